@@ -1,0 +1,95 @@
+"""Every tunable of the offline pipeline, in one place, with the reason for each default.
+
+The training report and the store manifest record the values used, so a store says how it was made.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GroupingConfig:
+    # The original team relaxed "0.0 % defective" to 1.0 % so that training data is not limited to
+    # rare perfect days (and does not overfit them).
+    normal_defect_rate: float = 0.01
+    # Below this many rows a per-setting model is noise; the original dropped such groups.
+    min_group_rows: int = 500
+    # K-Means k is chosen by silhouette inside these bounds, per maker.
+    min_clusters: int = 2
+    max_clusters: int = 40
+    # Silhouette is O(n^2): estimate it on at most this many unique setting combinations.
+    silhouette_sample: int = 4000
+    # Unique combinations are subsampled to this many before K-Means (continuous "settings" such as
+    # KAMP's temperatures would otherwise give one combination per shot).
+    max_unique_settings: int = 20000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Model family by group size: trees are robust on little data, AEs need thousands of rows, and
+    # the memory module of MemAE only pays off when there is much normal data to memorise.
+    autoencoder_min_rows: int = 2500
+    memae_min_rows: int = 12000
+    # Cap rows per group for AE/MemAE training: beyond this the loss curve is flat and time grows.
+    max_train_rows: int = 30000
+    epochs: int = 60
+    batch_size: int = 256
+    patience: int = 5
+    validation_split: float = 0.15
+    learning_rate: float = 1e-3
+    # MemAE (Gong et al., ICCV 2019): N memory items, hard-shrink threshold lambda in [1/N, 3/N],
+    # entropy weight alpha; their alpha=0.0002 works on tabular data too.
+    memory_items: int = 50
+    shrink_threshold: float = 0.02
+    entropy_weight: float = 0.0002
+    iforest_trees: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    # Fixed threshold: this quantile of the training loss.
+    fixed_quantile: float = 0.995
+    # CV (std/mean) of the training loss widens the threshold: a noisy group needs more room.
+    cv_gain: float = 0.10
+    # On the nearest-setting path each unit of scaled setting distance adds this much weight.
+    distance_gain: float = 0.50
+    # The total widening is capped so that no weight can make a group blind.
+    margin_limit: float = 0.50
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    workers: int = 0  # 0 = one per core
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainingConfig":
+        return cls(
+            grouping=GroupingConfig(**raw.get("grouping", {})),
+            model=ModelConfig(**raw.get("model", {})),
+            threshold=ThresholdConfig(**raw.get("threshold", {})),
+            workers=int(raw.get("workers", 0)),
+        )
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "TrainingConfig":
+        """Apply ``section.name=value`` overrides (from the CLI's ``--set``)."""
+        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold}
+        updated = dict(sections)
+        workers = self.workers
+        for dotted, value in overrides.items():
+            if dotted == "workers":
+                workers = int(value)
+                continue
+            section, _, name = dotted.partition(".")
+            if section not in sections or name not in {f.name for f in fields(sections[section])}:
+                raise ValueError(f"unknown setting {dotted!r}; use section.name with section in {sorted(sections)}")
+            current = getattr(updated[section], name)
+            updated[section] = replace(updated[section], **{name: type(current)(value)})
+        return TrainingConfig(workers=workers, **updated)

@@ -1,0 +1,90 @@
+"""Training groups: (maker, facility, item, setting cluster), and which of them may be trained.
+
+A group is normal enough to learn from when its row-weighted lot defect rate is below the limit;
+the others are kept to measure the models on; groups too small for any model are dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from model_store.config import GroupingConfig
+from model_store.settings import SettingModel, assign_clusters, scale_settings
+
+GROUP_KEYS = ["maker", "facility", "item", "cluster"]
+TRAIN, VALIDATION, DROPPED = "train", "validation", "dropped"
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    maker: str
+    facility: str
+    item: str
+    cluster: int
+
+    @property
+    def id(self) -> str:
+        """Filesystem- and URL-safe identifier, stable across runs."""
+        safe = [_slug(self.maker), _slug(self.facility), _slug(self.item), f"c{self.cluster}"]
+        return "__".join(safe)
+
+    def to_dict(self) -> dict:
+        return {"maker": self.maker, "facility": self.facility, "item": self.item, "cluster": int(self.cluster)}
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in str(text))
+
+
+def cluster_rows(records: pd.DataFrame, models: dict[str, SettingModel]) -> tuple[np.ndarray, np.ndarray]:
+    """Setting cluster and scaled setting vector norm-ready per row; -1 where settings are unknown."""
+    clusters = np.full(len(records), -1, dtype=np.int64)
+    for maker, model in models.items():
+        rows = np.flatnonzero((records["maker"] == maker).to_numpy())
+        if len(rows) == 0:
+            continue
+        scaled = scale_settings(records.iloc[rows][list(model.fields)].to_numpy(dtype=float), model)
+        ok = ~np.isnan(scaled).any(axis=1)
+        clusters[rows[ok]] = assign_clusters(scaled[ok], model.centroids)
+    return clusters, np.flatnonzero(clusters >= 0)
+
+
+def group_table(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingConfig) -> pd.DataFrame:
+    """One row per group: rows, lots, days, lot defect rate (row-weighted) and its role.
+
+    ``records`` needs the ``cluster`` column; rows with cluster -1 or no item are not grouped.
+    """
+    frame = records[GROUP_KEYS + ["lot_date"]].copy()
+    frame["lot_rate"] = lot_rates
+    frame = frame[(frame["cluster"] >= 0) & frame["item"].notna()]
+    table = frame.groupby(GROUP_KEYS, as_index=False).agg(
+        rows=("lot_rate", "size"),
+        lots=("lot_date", "nunique"),
+        lot_rows=("lot_rate", "count"),
+        lot_defect_rate=("lot_rate", "mean"),
+    )
+    table["role"] = np.select(
+        [
+            table["rows"] < config.min_group_rows,
+            table["lot_rows"] == 0,
+            table["lot_defect_rate"] < config.normal_defect_rate,
+        ],
+        [DROPPED, VALIDATION, TRAIN],
+        default=VALIDATION,
+    )
+    table["reason"] = np.select(
+        [
+            table["rows"] < config.min_group_rows,
+            table["lot_rows"] == 0,
+            table["lot_defect_rate"] < config.normal_defect_rate,
+        ],
+        [
+            f"fewer than {config.min_group_rows} rows",
+            "no lot covers it",
+            f"lot defect rate below {config.normal_defect_rate:.1%}",
+        ],
+        default=f"lot defect rate at or above {config.normal_defect_rate:.1%}",
+    )
+    return table.sort_values(GROUP_KEYS).reset_index(drop=True)

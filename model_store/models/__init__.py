@@ -1,0 +1,19 @@
+"""One model family per module; each trains on scaled [0, 1] inputs and exports what serving needs.
+
+Serving never calls Keras: AE and MemAE are exported to :class:`~model_store.models.forward.ForwardNet`
+(plain NumPy weights), IsolationForest is stored with skops. Keras ``.keras`` files are kept beside
+the exported weights for audit and the parity test.
+"""
+from __future__ import annotations
+
+IFOREST, AUTOENCODER, MEMAE = "iforest", "autoencoder", "memae"
+MODEL_KINDS = (IFOREST, AUTOENCODER, MEMAE)
+
+
+def kind_for_rows(rows: int, autoencoder_min_rows: int, memae_min_rows: int) -> str:
+    """Model family by the amount of data (the original team's rule)."""
+    if rows >= memae_min_rows:
+        return MEMAE
+    if rows >= autoencoder_min_rows:
+        return AUTOENCODER
+    return IFOREST

@@ -1,0 +1,114 @@
+"""Serving-side groups: a store entry turned into arrays and a model, kept in a bounded LRU."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model_store.errors import StoreError
+from model_store.imputation import fill_with_means
+from model_store.models import IFOREST
+from model_store.models.forward import ForwardNet
+from model_store.scaling import MinMax, scale_clip
+from model_store.store import StoreManifest
+from model_store.thresholds import GroupThreshold
+from model_store.trainer import group_losses
+
+
+@dataclass(frozen=True)
+class GroupEvaluation:
+    loss: np.ndarray  # (rows,)
+    errors: np.ndarray  # (rows, features): per-feature contribution, larger = more unusual
+    imputed: np.ndarray  # (rows, features) bool
+    out_of_range: np.ndarray  # (rows, features) bool
+
+
+@dataclass(frozen=True)
+class RuntimeGroup:
+    id: str
+    key: dict[str, Any]
+    kind: str
+    features: tuple[str, ...]
+    scaler: MinMax
+    means: np.ndarray
+    median: np.ndarray
+    threshold: GroupThreshold
+    model: Any  # ForwardNet or IsolationForest
+
+    def evaluate(self, x: np.ndarray) -> GroupEvaluation:
+        filled, imputed = fill_with_means(np.asarray(x, dtype=float), self.means)
+        scaled, out_of_range = scale_clip(filled, self.scaler)
+        loss, errors = group_losses(self.kind, self.model, scaled, self.median)
+        return GroupEvaluation(np.asarray(loss, dtype=float), errors, imputed, out_of_range & ~imputed)
+
+
+def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> RuntimeGroup:
+    kind = entry["model_kind"]
+    try:
+        if kind == IFOREST:
+            from model_store.models.iforest import load_iforest
+
+            model: Any = load_iforest(manifest.artifact(entry["artifacts"]["model"]))
+        else:
+            model = ForwardNet.load(manifest.artifact(entry["artifacts"]["forward"]))
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means an unusable artifact
+        raise StoreError(f"{manifest.root}: group {entry['id']}: cannot load its model ({exc})") from exc
+    return RuntimeGroup(
+        id=entry["id"],
+        key=entry["key"],
+        kind=kind,
+        features=tuple(entry["features"]),
+        scaler=MinMax.from_dict(entry["scaler"]),
+        means=np.asarray(entry["feature_means"], dtype=float),
+        median=np.asarray(entry["feature_median_scaled"], dtype=np.float32),
+        threshold=GroupThreshold.from_dict(entry["threshold"]),
+        model=model,
+    )
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class GroupCache:
+    """Per-group models loaded on first use and kept in an LRU bounded by count.
+
+    Thread-safe: scoring runs in a thread pool off the event loop.
+    """
+
+    manifest: StoreManifest
+    capacity: int = 2048
+    stats: CacheStats = field(default_factory=CacheStats)
+    _items: "OrderedDict[str, RuntimeGroup]" = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, group_id: str) -> RuntimeGroup:
+        with self._lock:
+            group = self._items.get(group_id)
+            if group is not None:
+                self._items.move_to_end(group_id)
+                self.stats.hits += 1
+                return group
+            self.stats.misses += 1
+        group = load_runtime_group(self.manifest, self.manifest.group(group_id))
+        with self._lock:
+            self.stats.loads += 1
+            self._items[group_id] = group
+            self._items.move_to_end(group_id)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+                self.stats.evictions += 1
+        return group
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,303 @@
+"""Plant schema: maps one plant's own export onto moldwatch's roles.
+
+A plant names its columns its own way and each machine maker records its own fields. The schema
+file (YAML or TOML) is the only place where such names appear; everything downstream works on the
+canonical frame produced by :func:`canonical_records`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from model_store.errors import DataError, SchemaError
+
+# Canonical column names of the records frame that every later step uses.
+RECORD_ID = "record_id"
+TIMESTAMP = "timestamp"
+MAKER = "maker"
+FACILITY = "facility"
+ITEM = "item"
+LOT_DATE = "lot_date"
+LABEL = "label"
+IDENTITY_COLUMNS: tuple[str, ...] = (RECORD_ID, TIMESTAMP, MAKER, FACILITY, ITEM, LOT_DATE)
+
+LOT_COLUMNS: tuple[str, ...] = ("facility", "item", "lot_date", "good_qty", "bad_qty")
+
+
+@dataclass(frozen=True)
+class MakerFields:
+    """The fields one machine maker records: set points and measured production values."""
+
+    settings: tuple[str, ...]
+    production: tuple[str, ...]
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.settings + self.production
+
+
+@dataclass(frozen=True)
+class PlantSchema:
+    """Roles of a plant's export. Column names are the plant's own."""
+
+    name: str
+    record_id: str
+    timestamp: str
+    facility: str
+    item: str
+    makers: Mapping[str, MakerFields]
+    maker_column: str | None = None
+    maker_constant: str | None = None
+    lot_date: str | None = None
+    label: str | None = None
+    timestamp_format: str | None = None
+    lot_columns: Mapping[str, str] = field(default_factory=lambda: {c: c for c in LOT_COLUMNS})
+    source: str = "<memory>"
+
+    def fields_of(self, maker: str) -> MakerFields:
+        try:
+            return self.makers[maker]
+        except KeyError:
+            known = ", ".join(sorted(self.makers))
+            raise DataError(f"{self.source}: unknown maker {maker!r}; the schema defines: {known}") from None
+
+    @property
+    def numeric_fields(self) -> tuple[str, ...]:
+        """Every setting and production field of every maker, each once, in schema order."""
+        seen: dict[str, None] = {}
+        for fields in self.makers.values():
+            for name in fields.all:
+                seen.setdefault(name, None)
+        return tuple(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "record_id": self.record_id,
+            "timestamp": self.timestamp,
+            "facility": self.facility,
+            "item": self.item,
+            "maker": {"column": self.maker_column} if self.maker_column else {"constant": self.maker_constant},
+            "makers": {
+                m: {"settings": list(f.settings), "production": list(f.production)} for m, f in self.makers.items()
+            },
+            "lots": dict(self.lot_columns),
+        }
+        if self.lot_date:
+            out["lot_date"] = self.lot_date
+        if self.label:
+            out["label"] = self.label
+        if self.timestamp_format:
+            out["timestamp_format"] = self.timestamp_format
+        return out
+
+    def hash(self) -> str:
+        """Stable digest of the roles (not of the file's formatting): stores record it to refuse mixing plants."""
+        body = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _require_str(raw: Mapping[str, Any], key: str, source: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise SchemaError(f"{source}: '{key}' must name a column (a non-empty string), got {value!r}")
+    return value
+
+
+def _str_list(value: Any, where: str, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SchemaError(f"{source}: {where} must be a list of column names, got {value!r}")
+    if len(set(value)) != len(value):
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        raise SchemaError(f"{source}: {where} lists {dupes} more than once")
+    return tuple(value)
+
+
+def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchema:
+    """Build and check a :class:`PlantSchema` from a parsed YAML/TOML mapping."""
+    if not isinstance(raw, Mapping):
+        raise SchemaError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    maker_spec = raw.get("maker")
+    maker_column = maker_constant = None
+    if isinstance(maker_spec, Mapping) and isinstance(maker_spec.get("column"), str):
+        maker_column = maker_spec["column"]
+    elif isinstance(maker_spec, Mapping) and isinstance(maker_spec.get("constant"), str):
+        maker_constant = maker_spec["constant"]
+    else:
+        raise SchemaError(f"{source}: 'maker' must be {{column: NAME}} or {{constant: MAKER}}, got {maker_spec!r}")
+
+    makers_raw = raw.get("makers")
+    if not isinstance(makers_raw, Mapping) or not makers_raw:
+        raise SchemaError(f"{source}: 'makers' must map each maker to its settings and production fields")
+    makers: dict[str, MakerFields] = {}
+    for maker, spec in makers_raw.items():
+        if not isinstance(spec, Mapping):
+            raise SchemaError(f"{source}: makers.{maker} must have 'settings' and 'production' lists")
+        settings = _str_list(spec.get("settings"), f"makers.{maker}.settings", source)
+        production = _str_list(spec.get("production"), f"makers.{maker}.production", source)
+        if not settings or not production:
+            raise SchemaError(f"{source}: makers.{maker} needs at least one setting and one production field")
+        overlap = sorted(set(settings) & set(production))
+        if overlap:
+            raise SchemaError(f"{source}: makers.{maker}: {overlap} are listed as both setting and production")
+        makers[str(maker)] = MakerFields(settings, production)
+    if maker_constant is not None and maker_constant not in makers:
+        raise SchemaError(f"{source}: maker constant {maker_constant!r} is not one of 'makers' ({', '.join(makers)})")
+
+    lots_raw = raw.get("lots", {}) or {}
+    if not isinstance(lots_raw, Mapping) or not set(lots_raw) <= set(LOT_COLUMNS):
+        raise SchemaError(f"{source}: 'lots' may only rename {', '.join(LOT_COLUMNS)}; got {lots_raw!r}")
+    lot_columns = {c: str(lots_raw.get(c, c)) for c in LOT_COLUMNS}
+
+    optional = {}
+    for key in ("lot_date", "label", "timestamp_format"):
+        if raw.get(key) is not None:
+            optional[key] = _require_str(raw, key, source)
+    return PlantSchema(
+        name=str(raw.get("name", Path(source).stem)),
+        record_id=_require_str(raw, "record_id", source),
+        timestamp=_require_str(raw, "timestamp", source),
+        facility=_require_str(raw, "facility", source),
+        item=_require_str(raw, "item", source),
+        makers=makers,
+        maker_column=maker_column,
+        maker_constant=maker_constant,
+        lot_columns=lot_columns,
+        source=source,
+        **optional,
+    )
+
+
+def load_schema(path: str | Path) -> PlantSchema:
+    """Read a plant schema from a ``.yaml``/``.yml`` or ``.toml`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: schema file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SchemaError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}".splitlines()[0]) from None
+    return parse_schema(raw, source=str(path))
+
+
+def write_schema(schema: PlantSchema, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
+    index = int(np.flatnonzero(bad)[0])
+    return f"row {index + 1} (value {frame[column].iloc[index]!r})"
+
+
+def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "records") -> pd.DataFrame:
+    """Rename a plant export to canonical roles and check it against the schema.
+
+    Raises :class:`DataError` naming the source, the column and the first offending row. Numeric
+    fields may be missing (NaN) — imputation deals with gaps — but must not hold text.
+    """
+    if frame.empty:
+        raise DataError(f"{source}: no rows; expected production records with columns {schema.record_id}, {schema.timestamp}, ...")
+    needed = [schema.record_id, schema.timestamp, schema.facility, schema.item]
+    if schema.maker_column:
+        needed.append(schema.maker_column)
+    if schema.lot_date:
+        needed.append(schema.lot_date)
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing column {missing[0]!r} (schema {schema.source} needs {', '.join(needed)})")
+
+    out = pd.DataFrame(index=frame.index)
+    out[RECORD_ID] = frame[schema.record_id].astype(str)
+    ts = pd.to_datetime(frame[schema.timestamp], format=schema.timestamp_format, errors="coerce")
+    if ts.dt.tz is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    bad_ts = ts.isna().to_numpy() & frame[schema.timestamp].notna().to_numpy()
+    if bad_ts.any() or ts.isna().all():
+        bad = bad_ts if bad_ts.any() else np.ones(len(ts), bool)
+        raise DataError(f"{source}: column {schema.timestamp!r} must hold timestamps; {_first_bad_row(frame, schema.timestamp, bad)}")
+    out[TIMESTAMP] = ts
+    if schema.maker_column:
+        makers = frame[schema.maker_column].astype("string")
+        unknown = ~makers.isin(list(schema.makers)).to_numpy() & makers.notna().to_numpy()
+        if unknown.any():
+            raise DataError(
+                f"{source}: unknown maker in column {schema.maker_column!r}, {_first_bad_row(frame, schema.maker_column, unknown)}; "
+                f"the schema defines {', '.join(schema.makers)}"
+            )
+        out[MAKER] = makers.astype(object).where(makers.notna(), None)
+    else:
+        out[MAKER] = schema.maker_constant
+    out[FACILITY] = frame[schema.facility].astype("string").astype(object).where(frame[schema.facility].notna(), None)
+    out[ITEM] = frame[schema.item].astype("string").astype(object).where(frame[schema.item].notna(), None)
+    if schema.lot_date:
+        lot = pd.to_datetime(frame[schema.lot_date], errors="coerce")
+        out[LOT_DATE] = lot.dt.strftime("%Y-%m-%d").where(lot.notna(), ts.dt.strftime("%Y-%m-%d"))
+    else:
+        out[LOT_DATE] = ts.dt.strftime("%Y-%m-%d")
+    if out[FACILITY].isna().any():
+        raise DataError(f"{source}: column {schema.facility!r} is empty at {_first_bad_row(frame, schema.facility, out[FACILITY].isna().to_numpy())}; every record needs its facility")
+
+    for name in schema.numeric_fields:
+        if name not in frame.columns:
+            makers_using = [m for m, f in schema.makers.items() if name in f.all]
+            present = set(out[MAKER].dropna().unique())
+            if present & set(makers_using):
+                raise DataError(f"{source}: missing column {name!r} (a field of maker {makers_using[0]} in {schema.source})")
+            out[name] = np.nan
+            continue
+        column = frame[name]
+        values = pd.to_numeric(column, errors="coerce")
+        bad = values.isna().to_numpy() & column.notna().to_numpy()
+        if bad.any():
+            raise DataError(f"{source}: column {name!r} must be numeric; {_first_bad_row(frame, name, bad)}")
+        out[name] = values.astype("float64")
+    if schema.label and schema.label in frame.columns:
+        out[LABEL] = _as_label(frame[schema.label])
+    return out.reset_index(drop=True)
+
+
+_FAIL_WORDS = {"n", "ng", "fail", "false", "bad", "defect", "1", "1.0", "y", "yes", "true"}
+
+
+def _as_label(column: pd.Series) -> pd.Series:
+    """Evaluation labels as 1 = defective. Accepts 0/1, booleans or KAMP's 'Y'/'N' PassOrFail."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column.astype(float).fillna(0).astype(int)
+    text = column.astype(str).str.strip().str.lower()
+    # KAMP's PassOrFail is 'Y' for pass; other exports write 'OK'/'NG'.
+    if set(text.unique()) <= {"y", "n", "nan"}:
+        return (text == "n").astype(int)
+    return text.isin(_FAIL_WORDS - {"n", "y"}).astype(int)
+
+
+def canonical_lots(frame: pd.DataFrame, schema: PlantSchema, source: str = "lots") -> pd.DataFrame:
+    """Rename a lot table to ``facility, item, lot_date, good_qty, bad_qty`` and check it."""
+    if frame.empty:
+        raise DataError(f"{source}: no rows; expected daily lots with columns {', '.join(schema.lot_columns.values())}")
+    rename = {v: k for k, v in schema.lot_columns.items()}
+    missing = [v for v in schema.lot_columns.values() if v not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing column {missing[0]!r}; lots need {', '.join(schema.lot_columns.values())}")
+    lots = frame[list(rename)].rename(columns=rename).copy()
+    lots["facility"] = lots["facility"].astype(str)
+    lots["item"] = lots["item"].astype(str)
+    dates = pd.to_datetime(lots["lot_date"], errors="coerce")
+    if dates.isna().any():
+        raise DataError(f"{source}: column {schema.lot_columns['lot_date']!r} must hold dates; {_first_bad_row(lots, 'lot_date', dates.isna().to_numpy())}")
+    lots["lot_date"] = dates.dt.strftime("%Y-%m-%d")
+    for col in ("good_qty", "bad_qty"):
+        qty = pd.to_numeric(lots[col], errors="coerce")
+        bad = qty.isna().to_numpy() | (qty.fillna(0) < 0).to_numpy()
+        if bad.any():
+            raise DataError(f"{source}: column {schema.lot_columns[col]!r} must be a non-negative count; {_first_bad_row(lots, col, bad)}")
+        lots[col] = qty.astype("int64")
+    return lots.reset_index(drop=True)

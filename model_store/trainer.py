@@ -1,0 +1,129 @@
+"""Train one group: scaler, model, training-loss summary, threshold, artifacts.
+
+Runs inside a worker process (one per core), so it takes plain data in and returns a JSON-ready
+manifest entry; the parent computes hashes and writes the manifest.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_store.config import TrainingConfig
+from model_store.imputation import fill_with_means
+from model_store.models import AUTOENCODER, IFOREST, MEMAE
+from model_store.scaling import MinMax, scale_clip
+from model_store.thresholds import fit_threshold, loss_summary
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    group_id: str
+    key: dict
+    kind: str
+    features: tuple[str, ...]
+    x: np.ndarray  # raw production values of the group's rows, NaN where missing
+    lot_defect_rate: float
+    lots: int
+    setting_centroid: list[float]
+    setting_mode: list[float]
+    config: TrainingConfig
+    out_dir: str  # the store's staging directory
+
+
+def group_losses(kind: str, model, scaled: np.ndarray, median: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row loss and per-feature error for any model family (shared with serving).
+
+    AE/MemAE: mean absolute reconstruction error, per feature |x - x_hat|.
+    IsolationForest: negated sklearn score; per feature |x - training median| as the explanation.
+    """
+    if kind == IFOREST:
+        from model_store.models.iforest import iforest_loss
+
+        return iforest_loss(model, scaled), np.abs(scaled - median)
+    errors = np.abs(scaled - model(scaled))
+    return errors.mean(axis=1), errors
+
+
+def train_group(task: GroupTask) -> dict:
+    started = time.perf_counter()
+    cfg = task.config.model
+    means = np.nanmean(task.x, axis=0)
+    means = np.where(np.isnan(means), 0.0, means)
+    x, _ = fill_with_means(task.x, means)
+    scaler = MinMax.fit(x)
+    scaled, _ = scale_clip(x, scaler)
+    median = np.median(scaled, axis=0)
+    group_dir = Path(task.out_dir) / "groups" / task.group_id
+    group_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    fit_rows = scaled if len(scaled) <= cfg.max_train_rows else scaled[rng.choice(len(scaled), cfg.max_train_rows, replace=False)]
+
+    training: dict = {}
+    artifacts: dict[str, str] = {}
+    if task.kind == IFOREST:
+        from model_store.models.iforest import fit_iforest, save_iforest
+
+        model = fit_iforest(fit_rows, cfg.iforest_trees, cfg.seed)
+        save_iforest(model, group_dir / "model.skops")
+        artifacts["model"] = f"groups/{task.group_id}/model.skops"
+    else:
+        from model_store.models.keras_nets import export_forward, fit_autoencoder
+
+        memory = (cfg.memory_items, cfg.shrink_threshold, cfg.entropy_weight) if task.kind == MEMAE else None
+        keras_model, training = fit_autoencoder(
+            fit_rows, memory=memory, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
+            validation_split=cfg.validation_split, learning_rate=cfg.learning_rate, seed=cfg.seed,
+        )
+        keras_model.save(group_dir / "model.keras")
+        model = export_forward(keras_model)
+        model.save(group_dir / "forward.npz")
+        artifacts["model"] = f"groups/{task.group_id}/model.keras"
+        artifacts["forward"] = f"groups/{task.group_id}/forward.npz"
+
+    losses, errors = group_losses(task.kind, model, scaled, median)
+    threshold = fit_threshold(losses, task.lot_defect_rate, task.config.threshold)
+    histogram, edges = np.histogram(losses, bins=40)
+    training.update(
+        seconds=round(time.perf_counter() - started, 3),
+        fit_rows=int(len(fit_rows)),
+        loss_histogram={"counts": histogram.tolist(), "edges": edges.tolist()},
+        feature_error_mean=errors.mean(axis=0).tolist(),
+        pid=os.getpid(),
+    )
+    return {
+        "id": task.group_id,
+        "key": task.key,
+        "model_kind": task.kind,
+        "artifacts": artifacts,
+        "rows": int(len(task.x)),
+        "lots": int(task.lots),
+        "lot_defect_rate": float(task.lot_defect_rate),
+        "features": list(task.features),
+        "scaler": scaler.to_dict(),
+        "feature_means": means.tolist(),
+        "feature_median_scaled": median.tolist(),
+        "loss_summary": loss_summary(losses),
+        "threshold": threshold.to_dict(),
+        "setting_centroid": list(task.setting_centroid),
+        "setting_mode": list(task.setting_mode),
+        "training": training,
+    }
+
+
+def init_worker() -> None:
+    """Keep each worker process to one thread: parallelism comes from the process pool."""
+    os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except Exception:  # noqa: BLE001 - threading can only be set before TF initialises; best effort
+        pass

@@ -1,0 +1,66 @@
+"""Verdict objects (DESIGN.md §3) from a :class:`~model_store.scoring.ScoredBatch`.
+
+The JSON Schema of a verdict is ``model_store/schemas/verdict.schema.json``; tests validate real
+messages against it.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from model_store.scoring import ScoredBatch
+
+VERDICT_SCHEMA_PATH = Path(__file__).parent / "schemas" / "verdict.schema.json"
+VERDICT_VERSION = 1
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def _iso(ts: Any) -> str | None:
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
+        return None
+    return pd.Timestamp(ts).isoformat()
+
+
+def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, scored_at: str | None = None) -> list[dict[str, Any]]:
+    """One verdict per record, in input order."""
+    scored_at = scored_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    ids = records["record_id"].to_numpy(dtype=object)
+    stamps = records["timestamp"].to_numpy()
+    out: list[dict[str, Any]] = []
+    for i in range(len(batch)):
+        cluster = int(batch.cluster[i])
+        item = batch.item[i]
+        out.append(
+            {
+                "verdict_version": VERDICT_VERSION,
+                "record_id": str(ids[i]),
+                "maker": batch.maker[i] if isinstance(batch.maker[i], str) else None,
+                "facility": str(batch.facility[i]),
+                "item": item if isinstance(item, str) else None,
+                "timestamp": _iso(stamps[i]),
+                "setting_cluster": cluster if cluster >= 0 else None,
+                "group_id": batch.group_id[i],
+                "resolution": str(batch.resolution[i]),
+                "distance": _num(batch.distance[i]),
+                "model_kind": batch.model_kind[i],
+                "model_version": model_version,
+                "loss": _num(batch.loss[i]),
+                "threshold": _num(batch.threshold[i]),
+                "margin": _num(batch.margin[i]),
+                "score": _num(batch.score[i]),
+                "anomaly": bool(batch.anomaly[i]),
+                "imputed": list(batch.imputed[i]),
+                "out_of_range": list(batch.out_of_range[i]),
+                "top_features": list(batch.top_features[i]),
+                "reason": batch.reason[i],
+                "scored_at": scored_at,
+            }
+        )
+    return out
