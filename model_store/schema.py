@@ -193,6 +193,18 @@ def write_schema(schema: PlantSchema, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+def _parse_timestamps(column: pd.Series, fmt: str | None) -> pd.Series:
+    """Parse with the schema's format, else ISO 8601 (fast), else per-value inference."""
+    if fmt:
+        return pd.to_datetime(column, format=fmt, errors="coerce")
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column
+    parsed = pd.to_datetime(column, format="ISO8601", errors="coerce")
+    if (parsed.isna() & column.notna()).any():
+        parsed = pd.to_datetime(column, format="mixed", errors="coerce")
+    return parsed
+
+
 def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
     index = int(np.flatnonzero(bad)[0])
     return f"row {index + 1} (value {frame[column].iloc[index]!r})"
@@ -217,7 +229,7 @@ def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "r
 
     out = pd.DataFrame(index=frame.index)
     out[RECORD_ID] = frame[schema.record_id].astype(str)
-    ts = pd.to_datetime(frame[schema.timestamp], format=schema.timestamp_format, errors="coerce")
+    ts = _parse_timestamps(frame[schema.timestamp], schema.timestamp_format)
     if ts.dt.tz is not None:
         ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
     bad_ts = ts.isna().to_numpy() & frame[schema.timestamp].notna().to_numpy()

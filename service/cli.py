@@ -1,0 +1,182 @@
+"""``moldwatch``: one console script for the offline pipeline, the worker and the demo.
+
+Every command exits non-zero with a one-line reason on bad input (``error: ...`` on stderr).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from model_store.errors import MoldwatchError
+
+app = typer.Typer(
+    name="moldwatch",
+    help="Catch defective injection-molding shots as they happen, and recommend the settings that make good parts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into a one-line reason and exit code 2 (no traceback)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MoldwatchError as exc:
+            fail(str(exc))
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            fail(f"{exc.filename}: {exc.strerror}")
+        except KeyboardInterrupt:
+            fail("interrupted", code=130)
+
+    return wrapper
+
+
+def _parse_sets(values: list[str]) -> dict[str, str]:
+    overrides = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise MoldwatchError(f"--set {value!r}: expected section.name=value, e.g. grouping.min_group_rows=300")
+        overrides[name.strip()] = setting.strip()
+    return overrides
+
+
+@app.command()
+@user_errors
+def simulate(
+    out: Path = typer.Option(..., "--out", help="Directory to write records, lots, schema and truth/ into."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same plant."),
+    days: int = typer.Option(30, help="Production days."),
+    facilities: int = typer.Option(24, help="Machines (each belongs to one maker)."),
+    items: int = typer.Option(48, help="Distinct molded items."),
+    shots: int = typer.Option(500_000, help="Approximate total shots."),
+    missing_rate: float = typer.Option(0.01, help="Share of numeric values left blank."),
+    fmt: str = typer.Option("parquet", "--format", help="Records file format: parquet or csv."),
+) -> None:
+    """Simulate a plant: records, daily lots, the plant schema and (for evaluation) ground truth."""
+    from model_store.simulate import SimulationConfig, simulate as run_simulation, write_plant
+
+    if fmt not in ("parquet", "csv"):
+        raise MoldwatchError(f"--format {fmt!r}: expected parquet or csv")
+    started = time.perf_counter()
+    config = SimulationConfig(seed=seed, days=days, facilities=facilities, items=items, shots=shots, missing_rate=missing_rate)
+    with console.status("Simulating the plant..."):
+        plant = run_simulation(config)
+        paths = write_plant(plant, out, fmt=fmt)
+    console.print(
+        f"Simulated {len(plant.records):,} shots, {len(plant.lots):,} lots, {plant.records['facility'].nunique()} facilities, "
+        f"{plant.records['item'].nunique()} items in {time.perf_counter() - started:.1f} s -> {out}"
+    )
+    for role, path in paths.items():
+        console.print(f"  {role:<10} {path}")
+
+
+@app.command()
+@user_errors
+def train(
+    schema: Path = typer.Option(..., help="Plant schema file (YAML or TOML)."),
+    records: str = typer.Option(..., help="Records: .csv, .parquet, or a postgresql:// URI."),
+    lots: str = typer.Option(..., help="Daily lots: .csv, .parquet, or a postgresql:// URI."),
+    store: Path = typer.Option(..., help="Model store directory to write (replaced atomically)."),
+    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
+    workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.name=value (see the report)."),
+) -> None:
+    """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
+    from model_store.config import TrainingConfig
+    from model_store.loaders import read_table
+    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.training import train_store
+
+    from service.progress import progress_bar
+
+    plant = load_schema(schema)
+    overrides = _parse_sets(set_)
+    if workers:
+        overrides["workers"] = str(workers)
+    try:
+        config = TrainingConfig().with_overrides(overrides)
+    except (ValueError, TypeError) as exc:
+        raise MoldwatchError(f"--set: {exc}") from None
+    with console.status("Reading records and lots..."):
+        frame = canonical_records(read_table(records, records_query), plant, source=str(records))
+        lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
+    console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
+    with progress_bar(console) as progress:
+        manifest = train_store(frame, lot_frame, plant, store, config, progress=progress)
+    kinds: dict[str, int] = {}
+    for entry in manifest["groups"]:
+        kinds[entry["model_kind"]] = kinds.get(entry["model_kind"], 0) + 1
+    console.print(
+        f"Store {store} version {manifest['model_version']}: {len(manifest['groups'])} groups "
+        f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) in {manifest['training']['seconds']:.0f} s. "
+        f"Report: {store / 'report.html'}"
+    )
+
+
+@app.command()
+@user_errors
+def score(
+    store: Path = typer.Option(..., help="Model store directory."),
+    records: str = typer.Option(..., help="Records: .csv, .parquet, or a postgresql:// URI."),
+    out: Path = typer.Option(..., help="Verdicts file to write (JSON lines)."),
+    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    batch: int = typer.Option(50_000, help="Records per scoring batch."),
+) -> None:
+    """Score records with a store; write one verdict per record (JSON lines)."""
+    from model_store.loaders import read_table
+    from model_store.schema import canonical_records
+    from model_store.scoring import ScoringEngine
+    from model_store.store import open_store
+    from model_store.verdict import to_verdicts
+
+    from service.progress import progress_bar
+
+    manifest = open_store(store)
+    engine = ScoringEngine(manifest)
+    frame = canonical_records(read_table(records, records_query), manifest.schema, source=str(records))
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    counts = {"anomaly": 0, "unscorable": 0}
+    memory: dict = {}
+    with progress_bar(console) as progress, open(tmp, "w", encoding="utf-8") as fh:
+        for start in range(0, len(frame), batch):
+            chunk = frame.iloc[start : start + batch]
+            scored = engine.score(chunk, memory=memory)
+            for verdict in to_verdicts(chunk, scored, engine.model_version):
+                fh.write(json.dumps(verdict, separators=(",", ":")) + "\n")
+            counts["anomaly"] += int(scored.anomaly.sum())
+            counts["unscorable"] += int((scored.resolution == "unscorable").sum())
+            progress("score", min(start + batch, len(frame)), len(frame))
+    tmp.replace(out)
+    console.print(
+        f"Scored {len(frame):,} records: {counts['anomaly']:,} anomalies ({counts['anomaly'] / len(frame):.2%}), "
+        f"{counts['unscorable']:,} unscorable -> {out}"
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

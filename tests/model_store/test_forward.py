@@ -1,0 +1,36 @@
+"""The NumPy forward pass must match Keras: serving uses it instead of model.predict."""
+import numpy as np
+import pytest
+
+keras_nets = pytest.importorskip("model_store.models.keras_nets")
+from model_store.models.forward import ForwardNet  # noqa: E402
+
+
+@pytest.mark.parametrize("memory", [None, (20, 0.05, 0.0002)], ids=["autoencoder", "memae"])
+def test_numpy_forward_matches_keras(tmp_path, memory) -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(600, 2))
+    x = (1 / (1 + np.exp(-(z @ rng.normal(size=(2, 6)))))).astype(np.float32)
+    model, info = keras_nets.fit_autoencoder(
+        x, memory=memory, epochs=3, batch_size=64, patience=2, validation_split=0.2, learning_rate=1e-3, seed=0
+    )
+    assert info["epochs_run"] >= 1
+    net = keras_nets.export_forward(model)
+    net.save(tmp_path / "forward.npz")
+    loaded = ForwardNet.load(tmp_path / "forward.npz")
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(loaded(x), expected, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    import keras
+
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_memory_attention_is_sparse_and_normalised() -> None:
+    from model_store.models.forward import MemoryLayer
+
+    items = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    w = MemoryLayer(items, shrink_threshold=0.1).attention(np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32) * 3)
+    assert np.allclose(w.sum(axis=1), 1.0, atol=1e-5)
+    assert (w == 0).mean() > 0.3
