@@ -1,0 +1,56 @@
+"""Session fixtures: one small simulated plant and one store trained on it, shared by all tests.
+
+Small on purpose (a few seconds of training): tests check behaviour, bench/ measures quality.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model_store.config import TrainingConfig
+from model_store.schema import canonical_lots, canonical_records
+
+SMALL_PLANT = dict(seed=7, days=6, facilities=20, items=40, shots=40_000)
+# Few epochs and low size bounds so every model family appears in a small store.
+SMALL_TRAINING = {
+    "model.epochs": "4",
+    "model.autoencoder_min_rows": "900",
+    "model.memae_min_rows": "2500",
+    "grouping.min_group_rows": "300",
+    "workers": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def small_plant():
+    from model_store.simulate import SimulationConfig, simulate
+
+    return simulate(SimulationConfig(**SMALL_PLANT))
+
+
+@pytest.fixture(scope="session")
+def small_plant_files(small_plant, tmp_path_factory) -> dict[str, Path]:
+    from model_store.simulate import write_plant
+
+    return write_plant(small_plant, tmp_path_factory.mktemp("plant"), fmt="csv")
+
+
+@pytest.fixture(scope="session")
+def trained_store(small_plant, tmp_path_factory) -> Path:
+    from model_store.training import train_store
+
+    store = tmp_path_factory.mktemp("stores") / "store"
+    records = canonical_records(small_plant.records, small_plant.schema)
+    lots = canonical_lots(small_plant.lots, small_plant.schema)
+    train_store(records, lots, small_plant.schema, store, TrainingConfig().with_overrides(SMALL_TRAINING))
+    return store
+
+
+@pytest.fixture()
+def store_copy(trained_store, tmp_path) -> Path:
+    """A private copy for tests that modify or tamper with a store."""
+    target = tmp_path / "store"
+    shutil.copytree(trained_store, target)
+    return target
