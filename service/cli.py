@@ -180,3 +180,5 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+from service import run_command  # noqa: E402,F401  (registers `moldwatch run`)

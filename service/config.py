@@ -1,0 +1,248 @@
+"""Worker settings: one flat pydantic-settings model, read from ``MOLDWATCH_*`` variables and ``.env``.
+
+Flat on purpose: every field is one environment variable (``MOLDWATCH_KAFKA_BOOTSTRAP_SERVERS``)
+and one ``moldwatch run`` option (``--kafka-bootstrap-servers``), so an SRE can map a Helm value, an
+env var and a flag onto each other without reading code. Secrets are ``SecretStr``: they print as
+``**********`` everywhere (repr, logs, ``safe_summary``) and are only read where a client needs them.
+"""
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MOLDWATCH_"
+
+# Help panels of ``moldwatch run --help``: each setting names its panel in json_schema_extra.
+SOURCE, MONGO, KAFKA, STORE, FLOW, HTTP, LOGS = "Source", "MongoDB", "Kafka", "Model store", "Batching & flow", "HTTP", "Logs"
+
+
+def _panel(panel: str, **extra: Any) -> dict[str, Any]:
+    return {"panel": panel, **extra}
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the streaming worker reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # a shared .env may hold other tools' variables
+        validate_default=True,
+    )
+
+    # -- source ----------------------------------------------------------------------------------
+    source: Literal["mongo", "kafka"] = Field(
+        "mongo", description="Where raw records come from: the MongoDB change stream, or a Kafka topic (scale-out).",
+        json_schema_extra=_panel(SOURCE))
+    worker_name: str = Field(
+        "moldwatch", min_length=1,
+        description="Name of this worker's stream: the checkpoint document id (one per watched collection).",
+        json_schema_extra=_panel(SOURCE))
+    start_from: Literal["now", "beginning"] = Field(
+        "now", description="Without any checkpoint: start at the stream's current end, or backfill the whole collection first.",
+        json_schema_extra=_panel(SOURCE))
+    backfill_margin_s: float = Field(
+        0.0, ge=0, description="On lost change-stream history, backfill from this many seconds before the last "
+        "processed record (catches late-arriving records; costs duplicates).", json_schema_extra=_panel(SOURCE))
+
+    # -- MongoDB ---------------------------------------------------------------------------------
+    mongo_uri: str = Field("mongodb://localhost:27017", description="MongoDB connection URI (credentials belong in "
+                           "MOLDWATCH_MONGO_PASSWORD, not here).", json_schema_extra=_panel(MONGO))
+    mongo_database: str = Field("moldwatch", min_length=1, description="Database of the production collection.",
+                                json_schema_extra=_panel(MONGO))
+    mongo_collection: str = Field("shots", min_length=1, description="Production collection to watch (one document per shot).",
+                                  json_schema_extra=_panel(MONGO))
+    mongo_checkpoint_collection: str = Field("moldwatch_checkpoints", min_length=1,
+                                             description="Collection (same database) holding resume-token checkpoints.",
+                                             json_schema_extra=_panel(MONGO))
+    mongo_tls: bool = Field(False, description="Connect to MongoDB over TLS.", json_schema_extra=_panel(MONGO))
+    mongo_tls_ca_file: Path | None = Field(None, description="CA bundle (PEM) that signed the MongoDB server certificate.",
+                                           json_schema_extra=_panel(MONGO))
+    mongo_tls_certificate_key_file: Path | None = Field(
+        None, description="Client certificate and private key in one PEM file (X.509 / mutual TLS).",
+        json_schema_extra=_panel(MONGO))
+    mongo_tls_certificate_key_password: SecretStr | None = Field(
+        None, description="Password of the client key, if encrypted.", json_schema_extra=_panel(MONGO, secret=True))
+    mongo_auth_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-1", "MONGODB-X509"] | None = Field(
+        None, description="Authentication mechanism (default: none, or the URI's).", json_schema_extra=_panel(MONGO))
+    mongo_username: str | None = Field(None, description="MongoDB user.", json_schema_extra=_panel(MONGO))
+    mongo_password: SecretStr | None = Field(None, description="MongoDB password.", json_schema_extra=_panel(MONGO, secret=True))
+    mongo_auth_source: str | None = Field(None, description="Database that holds the user (MongoDB's default: admin).",
+                                          json_schema_extra=_panel(MONGO))
+    mongo_timeout_ms: int = Field(5000, gt=0, description="Server selection / connect timeout for MongoDB calls.",
+                                  json_schema_extra=_panel(MONGO))
+
+    # -- Kafka -----------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.",
+                                         json_schema_extra=_panel(KAFKA))
+    kafka_verdicts_topic: str = Field("moldwatch.verdicts", min_length=1, description="One verdict per record.",
+                                      json_schema_extra=_panel(KAFKA))
+    kafka_alarms_topic: str = Field("moldwatch.alarms", min_length=1, description="Verdicts that are anomalies.",
+                                    json_schema_extra=_panel(KAFKA))
+    kafka_dead_letters_topic: str = Field("moldwatch.dead-letters", min_length=1,
+                                          description="Undecodable or invalid records, with the reason and the original.",
+                                          json_schema_extra=_panel(KAFKA))
+    kafka_records_topic: str = Field("moldwatch.records", min_length=1,
+                                     description="Raw records (source=kafka), e.g. from the MongoDB Kafka source connector.",
+                                     json_schema_extra=_panel(KAFKA))
+    kafka_group_id: str = Field("moldwatch-workers", min_length=1, description="Consumer group of the workers (source=kafka).",
+                                json_schema_extra=_panel(KAFKA))
+    kafka_client_id: str = Field("moldwatch", description="Client id shown in broker logs and quotas.",
+                                 json_schema_extra=_panel(KAFKA))
+    kafka_linger_ms: int = Field(5, ge=0, description="Producer linger: a few ms lets verdicts share a request.",
+                                 json_schema_extra=_panel(KAFKA))
+    kafka_request_timeout_ms: int = Field(10000, gt=0, description="Producer/consumer request timeout; an unacked "
+                                          "message is retried after it.", json_schema_extra=_panel(KAFKA))
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None, description="Default: derived from kafka_tls and kafka_sasl_mechanism.", json_schema_extra=_panel(KAFKA))
+    kafka_tls: bool = Field(False, description="Connect to Kafka over TLS.", json_schema_extra=_panel(KAFKA))
+    kafka_tls_ca_file: Path | None = Field(None, description="CA bundle (PEM) for the brokers' certificates.",
+                                           json_schema_extra=_panel(KAFKA))
+    kafka_tls_cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.",
+                                             json_schema_extra=_panel(KAFKA))
+    kafka_tls_key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.",
+                                            json_schema_extra=_panel(KAFKA))
+    kafka_tls_key_password: SecretStr | None = Field(None, description="Password of the client key, if encrypted.",
+                                                     json_schema_extra=_panel(KAFKA, secret=True))
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = Field(
+        None, description="SASL mechanism (default: no SASL).", json_schema_extra=_panel(KAFKA))
+    kafka_sasl_username: str | None = Field(None, description="SASL user.", json_schema_extra=_panel(KAFKA))
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.", json_schema_extra=_panel(KAFKA, secret=True))
+
+    # -- model store -----------------------------------------------------------------------------
+    store: Path = Field(Path("store"), description="Model store directory (from 'moldwatch train').",
+                        json_schema_extra=_panel(STORE))
+    store_poll_s: float = Field(2.0, gt=0, description="How often the store's manifest is checked for a new version "
+                                "(hot reload).", json_schema_extra=_panel(STORE))
+    cache_size: int = Field(2048, ge=1, description="Group models kept in memory (LRU by count).",
+                            json_schema_extra=_panel(STORE))
+
+    # -- batching and flow -----------------------------------------------------------------------
+    batch_size: int = Field(500, ge=1, le=100_000, description="Most records scored together (vectorised per model).",
+                            json_schema_extra=_panel(FLOW))
+    batch_max_wait_ms: int = Field(20, ge=0, description="Longest a record waits for its batch to fill: bounds the "
+                                   "latency added by batching.", json_schema_extra=_panel(FLOW))
+    queue_size: int = Field(5000, ge=1, description="Records read but not yet scored; when full, reading stops "
+                            "(backpressure instead of memory growth).", json_schema_extra=_panel(FLOW))
+    in_flight_batches: int = Field(4, ge=1, description="Scored batches awaiting Kafka acks; when full, scoring waits.",
+                                   json_schema_extra=_panel(FLOW))
+    checkpoint_interval_s: float = Field(0.5, ge=0, description="Least time between checkpoint writes (0: after every "
+                                         "acknowledged batch).", json_schema_extra=_panel(FLOW))
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM: longest wait for draining and Kafka acks.",
+                                      json_schema_extra=_panel(FLOW))
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    http_enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics and POST /score.",
+                               json_schema_extra=_panel(HTTP))
+    http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.", json_schema_extra=_panel(HTTP))
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP server (0: any free port).",
+                           json_schema_extra=_panel(HTTP))
+    ready_timeout_s: float = Field(0.5, gt=0, description="Timeout of each readiness ping (MongoDB, Kafka).",
+                                   json_schema_extra=_panel(HTTP))
+    ready_cache_s: float = Field(1.0, ge=0, description="Readiness results are reused this long: a probe storm "
+                                 "must not become a ping storm.", json_schema_extra=_panel(HTTP))
+
+    # -- logs ------------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.",
+                                                                    json_schema_extra=_panel(LOGS))
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines unless stdout is a terminal.", json_schema_extra=_panel(LOGS))
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> "WorkerSettings":
+        if (self.kafka_tls_cert_file is None) != (self.kafka_tls_key_file is None):
+            raise ValueError("kafka_tls_cert_file and kafka_tls_key_file go together (mutual TLS needs both)")
+        if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"kafka_sasl_mechanism {self.kafka_sasl_mechanism} needs kafka_sasl_username and kafka_sasl_password")
+        if self.mongo_password is not None and not self.mongo_username:
+            raise ValueError("mongo_password is set but mongo_username is not")
+        return self
+
+    # -- client arguments ------------------------------------------------------------------------
+    def mongo_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``AsyncMongoClient`` (TLS and auth); values win over the URI's."""
+        kwargs: dict[str, Any] = {
+            "serverSelectionTimeoutMS": self.mongo_timeout_ms,
+            "connectTimeoutMS": self.mongo_timeout_ms,
+            "appname": f"moldwatch/{self.worker_name}",
+            "tz_aware": True,  # datetimes come back in UTC, never as ambiguous naive local times
+        }
+        if self.mongo_tls:
+            kwargs["tls"] = True
+        if self.mongo_tls_ca_file:
+            kwargs["tlsCAFile"] = str(self.mongo_tls_ca_file)
+        if self.mongo_tls_certificate_key_file:
+            kwargs["tlsCertificateKeyFile"] = str(self.mongo_tls_certificate_key_file)
+        if self.mongo_tls_certificate_key_password:
+            kwargs["tlsCertificateKeyFilePassword"] = self.mongo_tls_certificate_key_password.get_secret_value()
+        if self.mongo_auth_mechanism:
+            kwargs["authMechanism"] = self.mongo_auth_mechanism
+        if self.mongo_username:
+            kwargs["username"] = self.mongo_username
+        if self.mongo_password:
+            kwargs["password"] = self.mongo_password.get_secret_value()
+        if self.mongo_auth_source:
+            kwargs["authSource"] = self.mongo_auth_source
+        return kwargs
+
+    def kafka_security_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments shared by aiokafka's producer and consumer."""
+        protocol = self.kafka_security_protocol
+        if protocol is None:
+            protocol = ("SASL_" if self.kafka_sasl_mechanism else "") + ("SSL" if self.kafka_tls else "PLAINTEXT")
+        kwargs: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=str(self.kafka_tls_ca_file) if self.kafka_tls_ca_file else None)
+            if self.kafka_tls_cert_file and self.kafka_tls_key_file:
+                password = self.kafka_tls_key_password.get_secret_value() if self.kafka_tls_key_password else None
+                context.load_cert_chain(str(self.kafka_tls_cert_file), str(self.kafka_tls_key_file), password)
+            kwargs["ssl_context"] = context
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+        return kwargs
+
+    def safe_summary(self) -> dict[str, Any]:
+        """Settings fit for a start-up log line: secrets masked, credentials stripped from URIs."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["mongo_uri"] = redact_uri(self.mongo_uri)
+        return out
+
+
+def redact_uri(uri: str) -> str:
+    """``mongodb://user:pw@host/db`` -> ``mongodb://***@host/db``: URIs may carry credentials."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``kafka_bootstrap_servers`` -> ``MOLDWATCH_KAFKA_BOOTSTRAP_SERVERS``."""
+    return ENV_PREFIX + field.upper()
+
+
+def is_secret(field: str) -> bool:
+    extra = WorkerSettings.model_fields[field].json_schema_extra
+    return bool(isinstance(extra, dict) and extra.get("secret"))
+
+
+__all__ = ["WorkerSettings", "env_name", "is_secret", "redact_uri", "ENV_PREFIX"]

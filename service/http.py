@@ -1,0 +1,110 @@
+"""HTTP adapter of the worker: probes, metrics and synchronous scoring, served by uvicorn inside
+the worker's own event loop (no second process, no thread: the probes see the real loop).
+
+- ``GET /healthz``  liveness: answering at all proves the loop is responsive; 503 if a worker
+  task died (a restart is the fix).
+- ``GET /readyz``   readiness: 200 only when the source (MongoDB or Kafka), the Kafka producer
+  and the model store are all usable; 503 with the reasons otherwise.
+- ``GET /metrics``  Prometheus text exposition of the worker's own registry.
+- ``POST /score``   score one JSON record now and return its verdict; 422 with the reason when
+  the record is invalid (the original team's FastAPI endpoint).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Any, Iterator
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.decode import NOT_A_DOCUMENT, DeadLetter
+from service.sink import dumps
+
+if TYPE_CHECKING:
+    from service.worker import Worker
+
+
+def create_app(worker: "Worker") -> FastAPI:
+    app = FastAPI(title="moldwatch worker", summary="Per-shot anomaly verdicts for injection molding.")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok, body = worker.liveness()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok, reasons = await worker.readiness()
+        body: dict[str, Any] = {"ready": ok, "reasons": reasons}
+        if worker.model_version:
+            body["model_version"] = worker.model_version
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/score")
+    async def score(request: Request) -> Response:
+        try:
+            document = await request.json()
+        except ValueError as exc:
+            return JSONResponse({"reason": NOT_A_DOCUMENT, "error": f"body is not JSON: {exc}"}, status_code=422)
+        try:
+            outcome = await worker.score_document(document)
+        except LookupError as exc:  # no store loaded yet
+            return JSONResponse({"reason": "not_ready", "error": str(exc)}, status_code=503)
+        if isinstance(outcome, DeadLetter):
+            return JSONResponse({"reason": outcome.reason, "error": outcome.error}, status_code=422)
+        return Response(dumps(outcome), media_type="application/json")
+
+    # GET /recipes/{facility}/{item} (recipe guidance) is added here by a later issue.
+    return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the worker owns SIGTERM/SIGINT (drain before exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def start_http(app: FastAPI, host: str, port: int) -> tuple[EmbeddedServer, "asyncio.Task[None]", int]:
+    """Serve ``app`` on the running loop; return the server, its task and the bound port.
+
+    The socket is bound here, not by uvicorn: uvicorn answers a bind failure with ``sys.exit``,
+    which would end the whole worker instead of giving a one-line error.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    bound = int(sock.getsockname()[1])
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="moldwatch-http")
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("HTTP server stopped while starting")
+        await asyncio.sleep(0.01)
+    return server, task, bound
+
+
+async def stop_http(server: EmbeddedServer, task: "asyncio.Task[None]") -> None:
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 5)
+
+
+__all__ = ["create_app", "start_http", "stop_http", "EmbeddedServer"]

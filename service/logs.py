@@ -1,0 +1,103 @@
+"""structlog set-up: JSON lines for log shippers, key-value text for people at a terminal.
+
+Libraries that log through the standard library (uvicorn, aiokafka, pymongo) go through the same
+processors, so one worker writes one format. Tests assert on events with
+``structlog.testing.capture_logs()``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal, MutableMapping, TextIO
+
+import structlog
+from pydantic import SecretStr
+
+EventDict = MutableMapping[str, Any]
+"""What a processor receives and returns: the event's key-value pairs."""
+
+_MASK = "**********"
+# Keys whose values are never logged whatever their type: a password passed as a plain str by
+# mistake must not reach a log shipper either.
+_SECRET_KEYS = frozenset({"password", "sasl_password", "mongo_password", "kafka_sasl_password", "secret", "token_secret"})
+
+
+def mask_secrets(_: Any, __: str, event: EventDict) -> EventDict:
+    """Mask ``SecretStr`` values and values of keys that name a secret."""
+    for key, value in event.items():
+        if isinstance(value, SecretStr) or key.lower() in _SECRET_KEYS:
+            event[key] = _MASK
+    return event
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        mask_secrets,
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    stream: TextIO | None = None,
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stdout) in one format.
+
+    ``auto`` picks JSON unless the stream is a terminal: containers and systemd capture stdout,
+    where one JSON object per line is what Loki / Elasticsearch parse without rules.
+    """
+    stream = stream or sys.stdout
+    as_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=_isatty(stream), exception_formatter=structlog.dev.plain_traceback)
+    )
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if as_json else _identity,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Chatty libraries: their INFO lines are connection churn, not events an operator acts on.
+    for name in ("aiokafka", "pymongo", "uvicorn.access", "kafka"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def _identity(_: Any, __: str, event: EventDict) -> EventDict:
+    return event
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def get_logger(name: str = "moldwatch") -> Any:
+    return structlog.get_logger(name)
+
+
+__all__ = ["configure_logging", "get_logger", "mask_secrets", "EventDict"]

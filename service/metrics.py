@@ -1,0 +1,179 @@
+"""Prometheus metrics of one worker, in a registry of its own.
+
+A registry per worker (not the global default) so that tests, the demo and the benchmark can run
+several workers in one process. Label sets are bounded: facility and item come from the plant
+(tens to hundreds), dead-letter reasons and resolution paths are fixed vocabularies.
+
+Dashboards (PromQL):
+    anomaly rate per facility/item  rate(moldwatch_anomalies_total[5m]) / rate(moldwatch_verdicts_total[5m])
+    p99 end-to-end latency          histogram_quantile(0.99, rate(moldwatch_end_to_end_seconds_bucket[5m]))
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Scoring a batch takes ~1-100 ms; end-to-end spans a few ms (live) to minutes (catching up).
+SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+# Kept for the benchmark's exact p50/p99 (histograms only give bucket-interpolated quantiles).
+LATENCY_WINDOW = 200_000
+
+NONE_LABEL = "none"  # label value for a missing item/maker: Prometheus labels cannot be null
+
+
+def label(value: Any) -> str:
+    return NONE_LABEL if value is None or value == "" else str(value)
+
+
+@dataclass
+class LatencyWindow:
+    """The most recent end-to-end latencies (seconds), for exact quantiles in benchmarks."""
+
+    maxlen: int = LATENCY_WINDOW
+    values: deque[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.values = deque(maxlen=self.maxlen)
+
+    def add(self, seconds: float) -> None:
+        self.values.append(seconds)
+
+    def clear(self) -> None:
+        self.values.clear()
+
+    def quantiles(self, qs: Sequence[float] = (0.5, 0.99)) -> dict[float, float]:
+        data = sorted(self.values)
+        if not data:
+            return {q: float("nan") for q in qs}
+        return {q: data[min(len(data) - 1, int(q * len(data)))] for q in qs}
+
+
+class CacheStatsCollector(Collector):
+    """Model-cache counters read at scrape time from the live engine's ``cache.stats``.
+
+    The engine's counters restart when a hot reload swaps in a new engine; the totals of retired
+    engines are folded into ``_base`` so the exported counters stay monotone.
+    """
+
+    FIELDS = ("hits", "misses", "loads", "evictions")
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        self._base = dict.fromkeys(self.FIELDS, 0)
+
+    def track(self, engine: Any) -> None:
+        if self._engine is not None:
+            for name in self.FIELDS:
+                self._base[name] += int(getattr(self._engine.cache.stats, name))
+        self._engine = engine
+
+    def totals(self) -> dict[str, int]:
+        stats = self._engine.cache.stats if self._engine is not None else None
+        return {name: self._base[name] + (int(getattr(stats, name)) if stats else 0) for name in self.FIELDS}
+
+    def collect(self) -> Iterable[Any]:
+        for name, value in self.totals().items():
+            yield CounterMetricFamily(f"moldwatch_model_cache_{name}", f"Model cache {name} (per-group models).", value=value)
+        size = len(self._engine.cache) if self._engine is not None else 0
+        yield GaugeMetricFamily("moldwatch_model_cache_models", "Group models held in the LRU cache.", value=size)
+
+
+class WorkerMetrics:
+    """Every metric of one worker. Adapters call the ``observe_*`` helpers, not the raw metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter("moldwatch_records_in", "Raw records read from the source.", ["source"], registry=r)
+        self.verdicts = Counter("moldwatch_verdicts", "Verdicts acknowledged by Kafka.", ["facility", "item"], registry=r)
+        self.anomalies = Counter("moldwatch_anomalies", "Anomalous verdicts acknowledged by Kafka.", ["facility", "item"], registry=r)
+        self.dead_letters = Counter("moldwatch_dead_letters", "Records sent to the dead-letter topic.", ["reason"], registry=r)
+        self.resolutions = Counter("moldwatch_resolutions", "Verdicts by resolution path.", ["path"], registry=r)
+        self.imputed = Counter("moldwatch_imputed_fields", "Fields filled by imputation.", ["field"], registry=r)
+        self.batches = Counter("moldwatch_batches", "Micro-batches scored.", registry=r)
+        self.batch_fallbacks = Counter(
+            "moldwatch_batch_fallbacks", "Batches whose vectorised scoring failed and were scored record by record.", registry=r)
+        self.batch_size = Histogram("moldwatch_batch_size", "Records per micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.scoring_seconds = Histogram(
+            "moldwatch_scoring_seconds", "Time to decode and score one micro-batch (off the event loop).",
+            buckets=SCORING_BUCKETS, registry=r)
+        self.end_to_end = Histogram(
+            "moldwatch_end_to_end_seconds", "Record timestamp to Kafka acknowledgement of its verdict.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.processing = Histogram(
+            "moldwatch_processing_seconds", "Record read from the source to Kafka acknowledgement of its verdict.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.stream_lag = Gauge(
+            "moldwatch_change_stream_lag_seconds",
+            "Now minus the time of the last event read (cluster time, else the record timestamp).", ["source"], registry=r)
+        self.history_lost = Counter(
+            "moldwatch_change_stream_history_lost", "Resume tokens the source could not resume from (backfilled).", registry=r)
+        self.backfilled = Counter("moldwatch_backfilled_records", "Records re-read by timestamp after lost history.", registry=r)
+        self.reloads = Counter("moldwatch_model_reloads", "Model store hot reloads.", ["outcome"], registry=r)
+        self.kafka_send_errors = Counter("moldwatch_kafka_send_errors", "Kafka sends that failed (then retried).", ["topic"], registry=r)
+        self.checkpoints = Counter("moldwatch_checkpoints", "Checkpoints written (resume token / offsets).", registry=r)
+        self.source_errors = Counter("moldwatch_source_errors", "Source read errors (the source reconnects).", ["source"], registry=r)
+        self.loop_lag = Gauge("moldwatch_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer.", registry=r)
+        self.store = Info("moldwatch_store", "The model store being served.", registry=r)
+        self.cache = CacheStatsCollector()
+        r.register(self.cache)
+        self.latencies = LatencyWindow()
+        self._last_checkpoint: float | None = None
+        self._started = time.time()
+        self.checkpoint_age = Gauge(
+            "moldwatch_checkpoint_age_seconds", "Seconds since the last checkpoint (since start if none yet).", registry=r)
+        self.checkpoint_age.set_function(self._checkpoint_age)
+        for reason in ("missing_field", "invalid_field", "unknown_maker", "not_a_document", "undecodable", "scoring_failed"):
+            self.dead_letters.labels(reason)  # present at 0 so rate() works before the first bad record
+        for path in ("exact", "nearest", "unscorable"):
+            self.resolutions.labels(path)
+        for outcome in ("ok", "failed"):
+            self.reloads.labels(outcome)
+
+    # -- gauges computed at scrape time --------------------------------------------------------
+    def _checkpoint_age(self) -> float:
+        return time.time() - (self._last_checkpoint or self._started)
+
+    def watch_queue(self, depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        queue = Gauge("moldwatch_queue_records", "Records read and waiting to be scored.", registry=self.registry)
+        queue.set_function(depth)
+        flight = Gauge("moldwatch_in_flight_batches", "Scored batches waiting for Kafka acks.", registry=self.registry)
+        flight.set_function(in_flight)
+
+    # -- helpers the worker calls --------------------------------------------------------------
+    def set_store(self, engine: Any, path: str) -> None:
+        self.store.info({"model_version": str(engine.model_version), "path": str(path),
+                         "groups": str(len(engine.manifest.groups))})
+        self.cache.track(engine)
+
+    def checkpointed(self) -> None:
+        self._last_checkpoint = time.time()
+        self.checkpoints.inc()
+
+    def observe_verdict(self, verdict: dict[str, Any]) -> None:
+        facility, item = label(verdict.get("facility")), label(verdict.get("item"))
+        self.verdicts.labels(facility, item).inc()
+        if verdict.get("anomaly"):
+            self.anomalies.labels(facility, item).inc()
+        self.resolutions.labels(str(verdict.get("resolution"))).inc()
+        for name in verdict.get("imputed") or ():
+            self.imputed.labels(str(name)).inc()
+
+    def observe_latency(self, record_time: float | None, received_at: float, acked_at: float) -> None:
+        self.processing.observe(max(0.0, acked_at - received_at))
+        if record_time is not None:
+            # A plant clock ahead of ours gives a negative span; zero is the honest floor.
+            seconds = max(0.0, acked_at - record_time)
+            self.end_to_end.observe(seconds)
+            self.latencies.add(seconds)
+
+
+__all__ = ["WorkerMetrics", "LatencyWindow", "CacheStatsCollector", "label"]

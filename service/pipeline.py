@@ -1,0 +1,180 @@
+"""One micro-batch: raw source messages -> verdicts and dead letters.
+
+Pure apart from the facility memory (last known item and settings per facility, carried across
+batches so that a record with a gap is imputed from its machine's recent state). All CPU work —
+decoding, the canonical frame, the vectorised scoring core — runs in :meth:`Pipeline.run_batch`,
+which the worker calls on a single-thread executor so the event loop only moves data.
+
+Failure policy: a batch that raises is re-scored record by record and only the records that
+still raise become dead letters. A :class:`~model_store.errors.StoreError` is different: the
+store changed or broke on disk under a lazily loading engine, which says nothing about the
+records, so it propagates and the worker reloads the store and retries the batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pandas as pd
+
+from model_store.errors import StoreError
+from model_store.imputation import FacilityMemory
+from model_store.scoring import ScoringEngine
+from model_store.verdict import to_verdicts
+from service.decode import SCORING_FAILED, UNDECODABLE, CanonicalRecord, DeadLetter, RecordDecoder, short_repr
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    """What a source hands the pipeline.
+
+    ``position`` is opaque here (a resume token, a Kafka offset); the worker checkpoints it once
+    this message and every earlier one are acknowledged by Kafka. A ``marker`` carries only a
+    position (e.g. an idle change stream's post-batch resume token) and no record.
+    """
+
+    document: Any
+    position: Any = None
+    received_at: float = field(default_factory=time.time)
+    event_time: float | None = None  # when the source saw it (cluster time), for the lag gauge
+    error: str | None = None  # the source could not parse it; ``document`` holds the raw text
+    marker: bool = False
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    verdict: dict[str, Any]
+    record_time: float  # record timestamp, epoch seconds (for end-to-end latency)
+    received_at: float
+
+
+@dataclass(frozen=True)
+class FailedRecord:
+    dead_letter: DeadLetter
+    received_at: float
+
+
+@dataclass
+class BatchResult:
+    scored: list[ScoredRecord]
+    failed: list[FailedRecord]
+    model_version: str
+    seconds: float = 0.0
+    fallback: bool = False
+
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        return [s.verdict for s in self.scored]
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return [f.dead_letter for f in self.failed]
+
+
+class Pipeline:
+    """Decode -> canonical frame -> :class:`ScoringEngine` -> verdicts, for one worker."""
+
+    def __init__(self, engine: ScoringEngine, executor: Executor | None = None) -> None:
+        self._engine = engine
+        self._decoder = RecordDecoder(engine.schema)
+        self.executor = executor
+        self.memory: FacilityMemory = {}
+
+    @property
+    def engine(self) -> ScoringEngine:
+        return self._engine
+
+    @property
+    def decoder(self) -> RecordDecoder:
+        return self._decoder
+
+    def swap(self, engine: ScoringEngine) -> None:
+        """Serve a new store from the next batch on. Facility memory is kept: it is about the
+        machines, not the models. Call between batches (the worker does)."""
+        decoder = self._decoder if engine.schema.hash() == self._engine.schema.hash() else RecordDecoder(engine.schema)
+        self._engine, self._decoder = engine, decoder
+
+    async def process(self, messages: Sequence[SourceMessage]) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.run_batch, messages)
+
+    def run_batch(self, messages: Sequence[SourceMessage], memory: FacilityMemory | None = None) -> BatchResult:
+        """Score a batch synchronously. ``memory`` defaults to the worker's facility memory."""
+        started = time.perf_counter()
+        engine, decoder = self._engine, self._decoder
+        memory = self.memory if memory is None else memory
+        records: list[CanonicalRecord] = []
+        received: list[float] = []
+        failed: list[FailedRecord] = []
+        for message in messages:
+            if message.marker:
+                continue
+            if message.error is not None:
+                failed.append(FailedRecord(DeadLetter(UNDECODABLE, message.error, message.document), message.received_at))
+                continue
+            outcome = decoder.decode(message.document)
+            if isinstance(outcome, DeadLetter):
+                failed.append(FailedRecord(outcome, message.received_at))
+            else:
+                records.append(outcome)
+                received.append(message.received_at)
+        result = BatchResult([], failed, engine.model_version)
+        if records:
+            try:
+                verdicts = score_records(engine, decoder, records, memory)
+                result.scored = [ScoredRecord(v, r.record_time, t) for v, r, t in zip(verdicts, records, received)]
+            except StoreError:
+                raise
+            except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
+                result.fallback = True
+                self._score_one_by_one(engine, decoder, records, received, memory, result)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _score_one_by_one(
+        self,
+        engine: ScoringEngine,
+        decoder: RecordDecoder,
+        records: list[CanonicalRecord],
+        received: list[float],
+        memory: FacilityMemory,
+        result: BatchResult,
+    ) -> None:
+        for record, at in zip(records, received):
+            try:
+                (verdict,) = score_records(engine, decoder, [record], memory)
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this record is the offender
+                error = f"scoring raised {type(exc).__name__}: {short_repr(str(exc))}"
+                result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, record.row), at))
+            else:
+                result.scored.append(ScoredRecord(verdict, record.record_time, at))
+
+    def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:
+        """Score one document synchronously (``POST /score``) without touching the stream's state.
+
+        Reads a copy of the facility memory, so a record with gaps is imputed from the stream's
+        recent history, but an ad-hoc request never changes what the stream believes.
+        """
+        memory = {facility: dict(state) for facility, state in self.memory.items()}
+        result = self.run_batch([SourceMessage(document)], memory=memory)
+        if result.failed:
+            return result.failed[0].dead_letter
+        return result.scored[0].verdict
+
+
+def score_records(
+    engine: ScoringEngine, decoder: RecordDecoder, records: Sequence[CanonicalRecord], memory: FacilityMemory
+) -> list[dict[str, Any]]:
+    """Build the canonical frame and run the shared scoring core (online: no backward fill)."""
+    frame = pd.DataFrame.from_records([r.row for r in records], columns=decoder.columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    batch = engine.score(frame, memory=memory, backward=False)
+    return to_verdicts(frame, batch, engine.model_version)
+
+
+__all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_records"]

@@ -1,0 +1,118 @@
+"""``moldwatch run``: the streaming worker as a command.
+
+Its options are generated from :class:`~service.config.WorkerSettings`, so ``--help`` lists every
+setting with its environment variable and default, and cannot drift from the model. A flag wins
+over the environment, which wins over ``.env``. Secrets have no flag on purpose (a command line
+is visible to every user of the host in ``ps``): they come from the environment or ``.env`` only.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+
+from service.cli import app, fail, user_errors
+from service.config import WorkerSettings, env_name, is_secret
+
+SECRETS = [name for name in WorkerSettings.model_fields if is_secret(name)]
+
+
+def _cli_type(annotation: Any) -> type:
+    """The click-friendly type of a setting: Literals and secrets are strings, Optionals unwrapped."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        return _cli_type(args[0])
+    if annotation in (bool, int, float, str, Path):
+        return annotation
+    return str
+
+
+def _choices(annotation: Any) -> list[str]:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return [str(c) for c in typing.get_args(candidate)]
+    return []
+
+
+def _parameters() -> list[inspect.Parameter]:
+    params = [
+        inspect.Parameter(
+            "env_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            default=typer.Option(None, "--env-file", help="Read settings from this file instead of ./.env.",
+                                 rich_help_panel="Source"),
+        )
+    ]
+    for name, field in WorkerSettings.model_fields.items():
+        if name in SECRETS:
+            continue
+        kind = _cli_type(field.annotation)
+        flag = "--" + name.replace("_", "-")
+        choices = _choices(field.annotation)
+        default = field.default if field.default is not None else "none"
+        text = (field.description or "").rstrip(".") + "."
+        if choices:
+            text += f" One of: {', '.join(choices)}."
+        text += f" (env {env_name(name)}; default: {default})"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=str(extra.get("panel", "")) or None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind], default=option))
+    return params
+
+
+def _settings(env_file: Path | None, overrides: dict[str, Any]) -> WorkerSettings:
+    try:
+        return WorkerSettings(_env_file=env_file or ".env", **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        if where:
+            where = f"--{where.replace('_', '-')} / {env_name(where)}: "
+        fail(f"{where}{err.get('msg')}")
+        raise  # unreachable: fail() exits
+
+
+def run(**options: Any) -> None:
+    env_file = options.pop("env_file", None)
+    if env_file is not None and not Path(env_file).is_file():
+        fail(f"{env_file}: env file not found")
+    settings = _settings(env_file, {k: v for k, v in options.items() if v is not None})
+
+    from service.logs import configure_logging
+    from service.worker import Worker
+
+    configure_logging(settings.log_level, settings.log_format)
+    worker = Worker(settings)
+    try:
+        code = asyncio.run(worker.run(install_signal_handlers=True))
+    except OSError as exc:
+        fail(str(exc.strerror or exc))
+        return
+    raise typer.Exit(code)
+
+
+run.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]
+run.__annotations__["return"] = None
+
+_EPILOG = (
+    "Settings come from flags, then MOLDWATCH_* environment variables, then .env. "
+    "Secrets are read from the environment or .env only: " + ", ".join(env_name(s) for s in SECRETS) + ". "
+    "SIGTERM/SIGINT: stop reading, drain, flush Kafka, checkpoint, exit 0."
+)
+
+app.command(
+    "run",
+    help="Run the streaming worker: MongoDB change stream (or a Kafka topic) -> score -> Kafka verdicts, "
+    "with /healthz /readyz /metrics and POST /score.",
+    epilog=_EPILOG,
+)(user_errors(run))
+
+__all__ = ["run"]

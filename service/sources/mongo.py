@@ -1,0 +1,294 @@
+"""MongoDB change-stream source (PyMongo's native async API) with resume-token checkpoints.
+
+Reads the production collection with ``watch(full_document="updateLookup")``; inserts, updates
+and replaces all yield the full record, deletes and other events only advance the position.
+
+Checkpoint (one document per worker in ``mongo_checkpoint_collection``)::
+
+    {_id: worker_name, source: "mongo", database, collection, resume_token,
+     last_timestamp, last_record_id, updated_at}
+
+written only through :meth:`MongoSource.commit`, which the worker calls after Kafka acknowledged
+every earlier verdict. ``last_timestamp`` is the record's timestamp field exactly as stored
+(BSON date or string), so a backfill query compares like with like.
+
+Lost history: when the server cannot resume from the token (ChangeStreamHistoryLost, an invalid
+or missing token) the source counts it, logs an error and backfills by timestamp from the last
+processed record, never silently starting from "now". A new stream is opened *before* the
+backfill query, so records inserted during the backfill come through the stream: at-least-once,
+nothing missed. While backfilling, checkpoints carry no token, so a crash mid-backfill backfills
+again from the last acknowledged record.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+import structlog
+from bson.timestamp import Timestamp
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from model_store.schema import PlantSchema
+from service.config import WorkerSettings
+from service.metrics import WorkerMetrics
+from service.pipeline import SourceMessage
+from service.sources import Emit
+
+log = structlog.get_logger("moldwatch.source.mongo")
+
+RECORD_EVENTS = frozenset({"insert", "update", "replace"})
+# Server codes that say "this resume token cannot be resumed from": ChangeStreamHistoryLost,
+# ChangeStreamFatalError, InvalidResumeToken.
+HISTORY_LOST_CODES = frozenset({286, 280, 260})
+# Failures that are about access or the server's state, not about the token: retry as they are.
+NOT_ABOUT_THE_TOKEN = frozenset({
+    13, 18,  # Unauthorized, AuthenticationFailed
+    6, 7, 89, 91, 189, 262, 9001,  # host unreachable / not found, network timeout, shutdown, primary stepped down...
+    10107, 11600, 11602, 13435, 13436,  # not primary / interrupted at shutdown / interrupted due to repl state change
+})
+MAX_AWAIT_MS = 500  # an idle getMore waits this long server-side: bounds how long a stop waits for a read
+RETRY_BACKOFF_S = (0.2, 10.0)
+
+
+def token_unusable(exc: BaseException, had_token: bool) -> bool:
+    """Whether ``exc`` means the server will not resume from our token (so backfill is needed)."""
+    if not isinstance(exc, OperationFailure) or not had_token:
+        return False
+    if exc.code in HISTORY_LOST_CODES:
+        return True
+    if exc.has_error_label("ResumableChangeStreamError") or exc.code in NOT_ABOUT_THE_TOKEN:
+        return False
+    # Refused for a reason of the server's own (older servers and other implementations report
+    # bad tokens without these codes): a backfill costs duplicates, a silent restart loses data.
+    return True
+
+
+@dataclass(frozen=True)
+class MongoPosition:
+    """Where the stream stands after one message: its resume token (None while backfilling) and,
+    for a record, the record's raw timestamp and id."""
+
+    token: Mapping[str, Any] | None
+    timestamp: Any = None
+    record_id: Any = None
+    has_record: bool = False
+
+
+class MongoSource:
+    name = "mongo"
+
+    def __init__(self, settings: WorkerSettings, schema: PlantSchema, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.timestamp_field = schema.timestamp
+        self.id_field = schema.record_id
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, **settings.mongo_client_kwargs())
+        database = self.client[settings.mongo_database]
+        self.collection = database[settings.mongo_collection]
+        self.checkpoints = database[settings.mongo_checkpoint_collection]
+        self.listening = asyncio.Event()
+        self._token: Mapping[str, Any] | None = None  # of the last message emitted
+        self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
+        self._written: dict[str, Any] = {}  # record part of the last checkpoint written
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    async def load_checkpoint(self) -> dict[str, Any] | None:
+        return await self.checkpoints.find_one({"_id": self.settings.worker_name})
+
+    async def commit(self, positions: list[Any]) -> None:
+        if not positions:
+            return
+        (position,) = self.compact(positions)
+        fields: dict[str, Any] = {
+            "source": "mongo",
+            "database": self.settings.mongo_database,
+            "collection": self.settings.mongo_collection,
+            "resume_token": position.token,
+            "updated_at": datetime.now(timezone.utc),
+        }
+        if position.has_record:
+            fields["last_timestamp"] = position.timestamp
+            fields["last_record_id"] = position.record_id
+        await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
+
+    def compact(self, positions: list[Any]) -> list[Any]:
+        """One position: the newest token, with the newest record's timestamp and id."""
+        last = positions[-1]
+        record = next((p for p in reversed(positions) if p.has_record), None)
+        if record is None or record is last:
+            return [last]
+        return [MongoPosition(last.token, record.timestamp, record.record_id, True)]
+
+    # -- readiness ---------------------------------------------------------------------------------
+    async def ping(self) -> str | None:
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
+        except asyncio.TimeoutError:
+            return f"mongodb: no ping answer within {self.settings.ready_timeout_s} s"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+            return f"mongodb: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+    async def run(self, emit: Emit) -> None:
+        checkpoint = await self._retry("read checkpoint", self.load_checkpoint)
+        backfill = self._plan(checkpoint)
+        pause = RETRY_BACKOFF_S[0]
+        while True:
+            if backfill:
+                self._token = None  # resume from the backfill's new stream, never from a refused token
+            had_token = self._token is not None
+            try:
+                stream = await self.collection.watch(
+                    full_document="updateLookup",
+                    resume_after=self._token if had_token else None,
+                    max_await_time_ms=MAX_AWAIT_MS,
+                    batch_size=self.settings.batch_size,
+                )
+                async with stream:
+                    if self._token is None:
+                        # The stream's start (a real server's post-batch token): reconnecting from
+                        # here after a network error loses nothing even before the first event.
+                        self._token = stream.resume_token
+                    self.listening.set()
+                    if backfill:
+                        # Stream first, then the query: whatever is inserted meanwhile is in the
+                        # stream. Backfilled positions carry no token (see the module doc).
+                        await self._backfill(emit)
+                        backfill = False
+                    pause = RETRY_BACKOFF_S[0]
+                    await self._follow(stream, emit)
+            except PyMongoError as exc:
+                if token_unusable(exc, had_token):
+                    self.metrics.history_lost.inc()
+                    log.error("change stream cannot resume from the checkpointed token; backfilling by timestamp",
+                              error=_one_line(exc), code=getattr(exc, "code", None), since=_text(self._since()))
+                    backfill = True
+                    self._token = None
+                    continue
+                self.metrics.source_errors.labels(self.name).inc()
+                log.warning("change stream interrupted, reconnecting", error=_one_line(exc), retry_in_s=pause)
+                if self._token is None and self._last is not None:
+                    backfill = True  # no token to resume from (server gave none): the timestamp is our position
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+    def _plan(self, checkpoint: Mapping[str, Any] | None) -> bool:
+        """Restore the position; return whether a backfill is needed before following the stream."""
+        if checkpoint is None:
+            if self.settings.start_from == "beginning":
+                log.info("no checkpoint: reading the whole collection first", collection=self.settings.mongo_collection)
+                return True
+            log.info("no checkpoint: starting at the current end of the change stream",
+                     collection=self.settings.mongo_collection, worker=self.settings.worker_name)
+            return False
+        self._token = checkpoint.get("resume_token")
+        if "last_timestamp" in checkpoint:
+            self._last = MongoPosition(self._token, checkpoint.get("last_timestamp"), checkpoint.get("last_record_id"), True)
+        if self._token is None:
+            self.metrics.history_lost.inc()
+            log.error("checkpoint has no resume token; backfilling by timestamp from the last processed record",
+                      since=_text(self._since()))
+            return True
+        log.info("resuming change stream from checkpoint", updated_at=_text(checkpoint.get("updated_at")))
+        return False
+
+    def _since(self) -> Any:
+        return self._last.timestamp if self._last is not None else None
+
+    async def _backfill(self, emit: Emit) -> None:
+        since = self._since()
+        query: dict[str, Any] = {}
+        if since is not None:
+            start = since
+            margin = self.settings.backfill_margin_s
+            if margin and isinstance(since, datetime):
+                start = since - timedelta(seconds=margin)
+            query = {self.timestamp_field: {"$gte": start}}
+        skip_id = self._last.record_id if self._last is not None else None
+        count = 0
+        started = time.monotonic()
+        cursor = self.collection.find(query).sort([(self.timestamp_field, ASCENDING), ("_id", ASCENDING)])
+        async for document in cursor.batch_size(self.settings.batch_size):
+            ts, record_id = document.get(self.timestamp_field), document.get(self.id_field)
+            if since is not None and ts == since and record_id == skip_id:
+                continue  # the last record already processed
+            position = MongoPosition(None, ts, record_id, True)
+            self._last = position
+            await emit(SourceMessage(document, position))
+            count += 1
+        self.metrics.backfilled.inc(count)
+        log.info("backfill finished", records=count, seconds=round(time.monotonic() - started, 3), since=_text(since))
+
+    async def _follow(self, stream: Any, emit: Emit) -> None:
+        idle_marker_at = time.monotonic()
+        while stream.alive:
+            change = await stream.try_next()
+            if change is None:
+                # Idle: the post-batch resume token moves on even without events; checkpointing
+                # it keeps the token inside the oplog window of a quiet collection.
+                token = stream.resume_token
+                if token is not None and token != self._token and self._last_emit_due(idle_marker_at):
+                    idle_marker_at = time.monotonic()
+                    self._token = token
+                    await emit(SourceMessage(None, MongoPosition(token), marker=True))
+                continue
+            self._token = change["_id"]
+            event_time = _event_time(change)
+            if event_time is not None:
+                self.metrics.stream_lag.labels(self.name).set(max(0.0, time.time() - event_time))
+            document = change.get("fullDocument")
+            if change.get("operationType") in RECORD_EVENTS and isinstance(document, Mapping):
+                position = MongoPosition(self._token, document.get(self.timestamp_field), document.get(self.id_field), True)
+                self._last = position
+                await emit(SourceMessage(document, position, event_time=event_time))
+            else:
+                # Deletes, drops, or an update whose document is gone by lookup time: no record, but
+                # the position moves.
+                await emit(SourceMessage(None, MongoPosition(self._token), marker=True))
+            if change.get("operationType") == "invalidate":
+                log.warning("change stream invalidated (collection dropped or renamed); reopening")
+                return
+
+    def _last_emit_due(self, since: float) -> bool:
+        return time.monotonic() - since >= max(self.settings.checkpoint_interval_s, 1.0)
+
+    async def _retry(self, what: str, call: Any) -> Any:
+        pause = RETRY_BACKOFF_S[0]
+        while True:
+            try:
+                return await call()
+            except PyMongoError as exc:
+                self.metrics.source_errors.labels(self.name).inc()
+                log.warning(f"mongodb: cannot {what}, retrying", error=_one_line(exc), retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+
+def _event_time(change: Mapping[str, Any]) -> float | None:
+    cluster = change.get("clusterTime")
+    if isinstance(cluster, Timestamp):
+        return float(cluster.time)
+    wall = change.get("wallTime")
+    if isinstance(wall, datetime):
+        return (wall if wall.tzinfo else wall.replace(tzinfo=timezone.utc)).timestamp()
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+__all__ = ["MongoSource", "MongoPosition", "token_unusable"]

@@ -1,0 +1,167 @@
+"""The batch step: raw messages -> verdicts and dead letters, with the real scoring core."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from model_store.errors import StoreError
+from model_store.scoring import ScoringEngine
+from model_store.store import open_store
+from service.decode import INVALID_FIELD, MISSING_FIELD, SCORING_FAILED, UNDECODABLE, UNKNOWN_MAKER
+from service.pipeline import Pipeline, SourceMessage
+from tests.service.test_worker_support import VERDICT_SCHEMA, plant_documents
+
+
+@pytest.fixture(scope="module")
+def engine(trained_store) -> ScoringEngine:
+    return ScoringEngine(open_store(trained_store))
+
+
+@pytest.fixture(scope="module")
+def documents(small_plant) -> list[dict[str, Any]]:
+    return plant_documents(small_plant, 400, "pipe", offset=1000)
+
+
+def messages(docs: list[Any]) -> list[SourceMessage]:
+    return [SourceMessage(d) for d in docs]
+
+
+def test_a_batch_yields_one_valid_verdict_per_good_record_and_dead_letters_for_the_rest(engine, documents, small_plant):
+    schema = small_plant.schema
+    bad = [
+        {k: v for k, v in documents[0].items() if k != schema.timestamp},
+        {**documents[1], schema.maker_column: "NOBODY"},
+        {**documents[2], schema.makers[documents[2][schema.maker_column]].production[0]: "n/a"},
+        ["not", "a", "document"],
+    ]
+    batch = messages(documents[3:200] + bad) + [SourceMessage("{oops", error="value is not JSON")]
+    result = Pipeline(engine).run_batch(batch)
+    assert [v["record_id"] for v in result.verdicts] == [d[schema.record_id] for d in documents[3:200]]
+    for verdict in result.verdicts:
+        jsonschema.validate(verdict, VERDICT_SCHEMA)
+        assert verdict["model_version"] == engine.model_version
+    assert [d.reason for d in result.dead_letters] == [MISSING_FIELD, UNKNOWN_MAKER, INVALID_FIELD, "not_a_document", UNDECODABLE]
+    assert not result.fallback and result.seconds > 0
+    assert {v["resolution"] for v in result.verdicts} <= {"exact", "nearest", "unscorable"}
+
+
+def test_markers_carry_positions_but_no_records(engine, documents):
+    result = Pipeline(engine).run_batch([SourceMessage(None, position="t1", marker=True), SourceMessage(documents[5])])
+    assert len(result.verdicts) == 1 and not result.dead_letters
+
+
+def test_facility_memory_carries_state_across_batches(engine, documents, small_plant):
+    schema = small_plant.schema
+    pipeline = Pipeline(engine)
+    first = documents[10]
+    pipeline.run_batch(messages([first]))
+    maker = first[schema.maker_column]
+    gap = {k: v for k, v in first.items() if k not in (schema.item, *schema.makers[maker].settings)}
+    gap[schema.record_id] = "gap-1"
+    (verdict,) = pipeline.run_batch(messages([gap])).verdicts
+    assert verdict["item"] == first[schema.item]
+    assert schema.item.lower() in verdict["imputed"] or "item" in verdict["imputed"]
+    assert set(schema.makers[maker].settings) <= set(verdict["imputed"])
+    assert verdict["resolution"] != "unscorable"
+
+
+def test_score_document_reads_but_never_changes_the_stream_memory(engine, documents):
+    pipeline = Pipeline(engine)
+    pipeline.run_batch(messages(documents[20:25]))
+    before = {f: dict(s) for f, s in pipeline.memory.items()}
+    verdict = pipeline.score_document(documents[30])
+    assert isinstance(verdict, dict) and verdict["record_id"] == documents[30]["shot_id"]
+    assert pipeline.memory == before
+
+
+class PoisonedEngine:
+    """The real engine, except that it raises for any frame holding a record id starting 'poison'."""
+
+    def __init__(self, engine: ScoringEngine, error: Exception) -> None:
+        self._engine, self._error = engine, error
+        self.schema, self.model_version = engine.schema, engine.model_version
+
+    def score(self, frame, **kwargs):
+        if frame["record_id"].str.startswith("poison").any():
+            raise self._error
+        return self._engine.score(frame, **kwargs)
+
+
+def test_a_batch_that_raises_is_rescored_record_by_record_and_only_offenders_dead_letter(engine, documents):
+    pipeline = Pipeline(PoisonedEngine(engine, ValueError("boom")))  # type: ignore[arg-type]
+    poisoned = {**documents[40], "shot_id": "poison-1"}
+    result = pipeline.run_batch(messages(documents[41:60] + [poisoned]))
+    assert result.fallback
+    assert len(result.verdicts) == 19
+    (letter,) = result.dead_letters
+    assert letter.reason == SCORING_FAILED and "boom" in letter.error and letter.document["record_id"] == "poison-1"
+
+
+def test_a_store_error_is_not_the_records_fault_and_propagates(engine, documents):
+    pipeline = Pipeline(PoisonedEngine(engine, StoreError("artifact missing")))  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        pipeline.run_batch(messages([{**documents[0], "shot_id": "poison-2"}]))
+
+
+def test_swap_serves_the_new_store_from_the_next_batch_and_keeps_memory(engine, trained_store, documents):
+    pipeline = Pipeline(engine)
+    pipeline.run_batch(messages(documents[60:70]))
+    memory = pipeline.memory
+    other = ScoringEngine(open_store(trained_store))
+    other.model_version = "swapped"
+    pipeline.swap(other)
+    (verdict,) = pipeline.run_batch(messages([documents[70]])).verdicts
+    assert verdict["model_version"] == "swapped" and pipeline.memory is memory
+
+
+async def test_process_runs_in_the_executor(engine, documents):
+    with ThreadPoolExecutor(1) as pool:
+        pipeline = Pipeline(engine, pool)
+        result = await pipeline.process(messages(documents[80:90]))
+    assert len(result.verdicts) == 10
+    assert asyncio.get_running_loop().is_running()
+
+
+# -- property: anything in, exactly one verdict or one dead letter out, never an exception --------
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=16),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=10,
+)
+numbers = st.floats() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats(min_value=-1e6, max_value=1e6).map(str)
+
+
+@st.composite
+def plant_like(draw, base_docs, schema):
+    """A real plant document with a few fields replaced (numbers, junk, deletions)."""
+    doc = dict(draw(st.sampled_from(base_docs)))
+    fields = sorted(doc)
+    for name in draw(st.lists(st.sampled_from(fields), max_size=4, unique=True)):
+        choice = draw(st.integers(0, 2))
+        if choice == 0:
+            doc.pop(name)
+        elif choice == 1:
+            doc[name] = draw(numbers)
+        else:
+            doc[name] = draw(json_like)
+    return doc
+
+
+def test_any_document_yields_a_verdict_or_a_dead_letter(engine, documents, small_plant):
+    pipeline = Pipeline(engine)
+    strategy = st.lists(st.one_of(json_like, plant_like(documents[:50], small_plant.schema)), min_size=1, max_size=8)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(strategy)
+    def check(batch):
+        result = pipeline.run_batch(messages(batch))
+        assert len(result.verdicts) + len(result.dead_letters) == len(batch)
+        for verdict in result.verdicts:
+            jsonschema.validate(verdict, VERDICT_SCHEMA)
+
+    check()

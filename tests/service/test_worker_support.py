@@ -1,0 +1,166 @@
+"""Helpers shared by the worker tests (documents from the simulated plant, Kafka readers, a
+running-worker context). No tests here; the ``test_`` name keeps it among the worker's test files.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from model_store.verdict import VERDICT_SCHEMA_PATH
+from service.config import WorkerSettings
+from service.worker import Worker
+
+VERDICT_SCHEMA = json.loads(Path(VERDICT_SCHEMA_PATH).read_text())
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def plant_documents(plant: Any, count: int, prefix: str, start: datetime | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """``count`` raw documents in the plant's own format, as a plant would insert them into MongoDB.
+
+    Each maker's document holds only its own fields (no NaN columns of other makers); ids are made
+    unique per test; timestamps are fresh and increasing so that end-to-end latency and backfill by
+    timestamp behave as in a live plant.
+    """
+    schema = plant.schema
+    frame = plant.records.iloc[offset : offset + count]
+    start = start or datetime.now(timezone.utc)
+    documents = []
+    for i, row in enumerate(frame.to_dict("records")):
+        doc: dict[str, Any] = {}
+        for key, value in row.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if hasattr(value, "to_pydatetime"):
+                value = value.to_pydatetime()
+            doc[key] = value
+        doc[schema.record_id] = f"{prefix}-{offset + i:06d}"
+        doc[schema.timestamp] = start + timedelta(milliseconds=i)
+        documents.append(doc)
+    return documents
+
+
+def worker_settings(mongo: Any, kafka: Any, store: Path, name: str, **overrides: Any) -> WorkerSettings:
+    """Settings with topics, database and checkpoint id unique to ``name`` (tests share servers)."""
+    values: dict[str, Any] = dict(
+        worker_name=name,
+        mongo_uri=mongo.uri,
+        mongo_database=name.replace("-", "_"),
+        mongo_collection="shots",
+        mongo_timeout_ms=2000,
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        kafka_verdicts_topic=f"{name}.verdicts",
+        kafka_alarms_topic=f"{name}.alarms",
+        kafka_dead_letters_topic=f"{name}.dead-letters",
+        kafka_records_topic=f"{name}.records",
+        kafka_group_id=f"{name}-group",
+        store=store,
+        store_poll_s=0.2,
+        batch_max_wait_ms=10,
+        checkpoint_interval_s=0.2,
+        http_host="127.0.0.1",
+        http_port=0,
+        ready_cache_s=0.0,
+        shutdown_timeout_s=20,
+    )
+    values.update(overrides)
+    return WorkerSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: WorkerSettings, listen_timeout: float = 60.0) -> AsyncIterator[Worker]:
+    """A worker running in this loop; on exit it is stopped gracefully and must exit 0."""
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        waiting = asyncio.create_task(worker.wait_listening(listen_timeout))
+        done, _ = await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiting.cancel()
+            raise AssertionError(f"worker exited early with {task.result()}")
+        waiting.result()
+        yield worker
+    finally:
+        worker.stop()
+        code = await asyncio.wait_for(task, 60)
+    assert code == 0, f"worker exited with {code}"
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+                     settle: float = 0.5) -> list[Any]:
+    """All messages of ``topic`` from the start, once ``expected`` arrived (then ``settle`` s more,
+    to catch duplicates), or whatever arrived by ``timeout``."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    reached_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                messages.extend(batch)
+            if len(messages) >= expected:
+                reached_at = reached_at or time.monotonic()
+                if time.monotonic() - reached_at >= settle:
+                    break
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def values(messages: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(m.value) for m in messages]
+
+
+async def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in payloads:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def get(worker: Worker, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client:
+        return await client.get(path)
+
+
+async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Poll an (async or sync) predicate until true or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def metric(worker: Worker, name: str, **labels: str) -> float:
+    """Sum of a metric's samples matching ``labels`` in the worker's registry."""
+    total = 0.0
+    for family in worker.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
