@@ -61,7 +61,7 @@ def test_scoring_exact_nearest_and_out_of_range(trained_store, small_plant) -> N
     records = canonical_records(small_plant.records.head(3000), small_plant.schema)
     batch = engine.score(records)
     assert set(batch.resolution) <= {"exact", "nearest", "unscorable"}
-    assert (batch.resolution == "exact").mean() > 0.5
+    assert (batch.resolution == "exact").mean() > 0.2 and (batch.resolution == "nearest").any()
     # An extreme value is clipped by the scaler but never hidden: it is listed and raises the loss.
     row = records.iloc[[int(np.flatnonzero(batch.resolution == "exact")[0])]].copy()
     field = engine.group(batch.group_id[np.flatnonzero(batch.resolution == "exact")[0]]).features[0]
@@ -80,7 +80,7 @@ def test_unknown_setting_resolves_nearest_with_wider_threshold(trained_store, sm
     row = records.iloc[[i]].copy()
     maker = row["maker"].iloc[0]
     fields = list(small_plant.schema.makers[maker].settings)
-    row[fields] = row[fields].to_numpy() * 1.07  # a setting never trained on
+    row[fields] = row[fields].to_numpy() * 1.3  # a setting never trained on
     moved = engine.score(row)
     assert moved.resolution[0] == "nearest" and moved.distance[0] > 0
     assert moved.threshold[0] >= engine.group(moved.group_id[0]).threshold.base

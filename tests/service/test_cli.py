@@ -1,0 +1,122 @@
+"""The CLI end to end, as a user runs it: subprocesses, exit codes, one-line errors, no partial output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+
+from model_store.verdict import VERDICT_SCHEMA_PATH
+
+pytestmark = pytest.mark.slow
+
+
+def moldwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("error:"), result.stderr
+    return " ".join(lines)  # rich may wrap a long line on narrow terminals
+
+
+def test_help_for_every_command() -> None:
+    for command in ("simulate", "train", "score"):
+        result = moldwatch(command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_simulate_train_score_end_to_end(tmp_path) -> None:
+    plant = tmp_path / "plant"
+    result = moldwatch("simulate", "--out", str(plant), "--shots", "30000", "--days", "5", "--facilities", "20", "--items", "40", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    store = tmp_path / "store"
+    result = moldwatch(
+        "train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records.parquet"), "--lots", str(plant / "lots.csv"),
+        "--store", str(store), "--workers", "1", "--set", "model.epochs=2", "--set", "model.autoencoder_min_rows=900",
+        "--set", "model.memae_min_rows=2500", "--set", "grouping.min_group_rows=300",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert {g["model_kind"] for g in manifest["groups"]} == {"iforest", "autoencoder", "memae"}
+    assert "<img" in (store / "report.html").read_text()
+    out = tmp_path / "verdicts.jsonl"
+    result = moldwatch("score", "--store", str(store), "--records", str(plant / "records.parquet"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(verdicts) == len(pd.read_parquet(plant / "records.parquet"))
+    schema = json.loads(VERDICT_SCHEMA_PATH.read_text())
+    for verdict in verdicts[:500]:
+        jsonschema.validate(verdict, schema)
+    assert len({v["record_id"] for v in verdicts}) == len(verdicts)
+
+
+@pytest.fixture()
+def plant_csv(small_plant_files, tmp_path) -> dict[str, Path]:
+    return small_plant_files
+
+
+def _train(plant: dict[str, Path], records: Path, store: Path) -> subprocess.CompletedProcess:
+    return moldwatch("train", "--schema", str(plant["schema"]), "--records", str(records), "--lots", str(plant["lots"]),
+                     "--store", str(store), "--workers", "1", "--set", "model.epochs=1")
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda f: f.drop(columns=["facility"]), "missing column 'facility'"),
+        (lambda f: f.assign(maker=f["maker"].where(f.index != 3, "ACME")), "unknown maker in column 'maker', row 4"),
+        (lambda f: f.iloc[0:0], "no rows"),
+        (lambda f: f.assign(**{f.columns[-1]: f[f.columns[-1]].astype(object).where(f.index != 5, "n/a")}), "must be numeric; row 6"),
+    ],
+    ids=["missing-column", "unknown-maker", "empty-file", "text-in-numeric"],
+)
+def test_bad_records_fail_with_one_line_and_write_nothing(plant_csv, tmp_path, mutate, expected) -> None:
+    frame = pd.read_csv(plant_csv["records"])
+    numeric = [c for c in frame.columns if frame[c].dtype == float][-1]
+    frame = frame[[c for c in frame.columns if c != numeric] + [numeric]]  # the last column is numeric
+    bad = tmp_path / "records.csv"
+    mutate(frame).to_csv(bad, index=False)
+    store = tmp_path / "store"
+    message = one_line_error(_train(plant_csv, bad, store))
+    assert expected in message
+    assert not store.exists() and not list(tmp_path.glob(".store.staging-*"))
+
+
+def test_truly_empty_file(plant_csv, tmp_path) -> None:
+    empty = tmp_path / "records.csv"
+    empty.write_text("")
+    assert "the file is empty" in one_line_error(_train(plant_csv, empty, tmp_path / "store"))
+
+
+def test_tampered_and_unreadable_store(store_copy, plant_csv, tmp_path) -> None:
+    out = tmp_path / "v.jsonl"
+    manifest = json.loads((store_copy / "manifest.json").read_text())
+    artifact = store_copy / manifest["groups"][0]["artifacts"]["model"]
+    artifact.write_bytes(b"tampered" + artifact.read_bytes())
+    message = one_line_error(moldwatch("score", "--store", str(store_copy), "--records", str(plant_csv["records"]), "--out", str(out)))
+    assert "does not match its sha256" in message and not out.exists()
+    (store_copy / "manifest.json").write_text("garbage")
+    message = one_line_error(moldwatch("score", "--store", str(store_copy), "--records", str(plant_csv["records"]), "--out", str(out)))
+    assert "unreadable manifest" in message and not out.exists()
+
+
+def test_failed_retrain_keeps_the_existing_store(store_copy, plant_csv, tmp_path) -> None:
+    before = (store_copy / "manifest.json").read_bytes()
+    bad = tmp_path / "records.csv"
+    pd.read_csv(plant_csv["records"]).drop(columns=["item"]).to_csv(bad, index=False)
+    one_line_error(_train(plant_csv, bad, store_copy))
+    assert (store_copy / "manifest.json").read_bytes() == before
+
+
+def test_bad_override_is_explained(plant_csv, tmp_path) -> None:
+    result = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+                       "--lots", str(plant_csv["lots"]), "--store", str(tmp_path / "s"), "--set", "model.nope=1")
+    assert "unknown setting 'model.nope'" in one_line_error(result)
