@@ -23,6 +23,9 @@ class GroupingConfig:
     # Unique combinations are subsampled to this many before K-Means (continuous "settings" such as
     # KAMP's temperatures would otherwise give one combination per shot).
     max_unique_settings: int = 20000
+    # A setting's production profile (per-field median over all its history, defective lots
+    # included: the median shrugs off a few percent of defects) needs this many rows to be trusted.
+    min_profile_rows: int = 50
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,17 @@ class RuntimeGroup:
     scaler: MinMax
     means: np.ndarray
     median: np.ndarray
+    error_scale: np.ndarray
     threshold: GroupThreshold
     model: Any  # ForwardNet or IsolationForest
 
-    def evaluate(self, x: np.ndarray) -> GroupEvaluation:
+    def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None) -> GroupEvaluation:
+        """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment)."""
         filled, imputed = fill_with_means(np.asarray(x, dtype=float), self.means)
+        if shift is not None:
+            filled = np.where(imputed, filled, filled + shift)
         scaled, out_of_range = scale_clip(filled, self.scaler)
-        loss, errors = group_losses(self.kind, self.model, scaled, self.median)
+        loss, errors = group_losses(self.kind, self.model, scaled, self.median, self.error_scale)
         return GroupEvaluation(np.asarray(loss, dtype=float), errors, imputed, out_of_range & ~imputed)
 
 
@@ -66,6 +70,7 @@ def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> Runtim
         scaler=MinMax.from_dict(entry["scaler"]),
         means=np.asarray(entry["feature_means"], dtype=float),
         median=np.asarray(entry["feature_median_scaled"], dtype=np.float32),
+        error_scale=np.asarray(entry["feature_error_scale"], dtype=np.float32),
         threshold=GroupThreshold.from_dict(entry["threshold"]),
         model=model,
     )

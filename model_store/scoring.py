@@ -88,6 +88,11 @@ class ScoringEngine:
             if maker in manifest.setting_models
         }
         self.facility_maker: dict[str, str] = manifest.raw.get("facility_maker", {})
+        self.profiles: dict[tuple[str, str, int], np.ndarray] = {
+            (p["facility"], p["item"], int(p["cluster"])): np.array([np.nan if v is None else v for v in p["median"]], dtype=float)
+            for entries in manifest.raw.get("setting_profiles", {}).values()
+            for p in entries
+        }
         self.defaults: dict[str, dict[str, Any]] = manifest.raw.get("facility_defaults", {})
 
     def group(self, group_id: str) -> RuntimeGroup:
@@ -104,6 +109,27 @@ class ScoringEngine:
         item = item if isinstance(item, str) else facility_defaults.get("item")
         combo = facility_defaults.get("settings_by_item", {}).get(item) or facility_defaults.get("settings")
         return item, (np.asarray(combo, dtype=float) if combo is not None and len(combo) == len(fields) else None)
+
+    def _alignment(
+        self, group: RuntimeGroup, path: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray
+    ) -> np.ndarray | None:
+        """Shift that moves nearest-path rows into the scoring group's frame.
+
+        A setting shifts every production value (that is why groups exist). When a record's own
+        setting has a history profile, ``group median - own median`` removes that shift, so the
+        group's model judges the record's deviation from *its own* setting's normal, not the
+        distance between two settings. Settings never seen keep no shift (and the distance weight).
+        """
+        near = np.flatnonzero(path == NEAREST)
+        target = self.profiles.get((group.key["facility"], group.key["item"], int(group.key["cluster"])))
+        if len(near) == 0 or target is None:
+            return None
+        shift = np.zeros((len(path), len(group.features)))
+        for i in near:
+            own = self.profiles.get((facility[i], item[i], int(cluster[i])))
+            if own is not None:
+                shift[i] = np.nan_to_num(target - own)
+        return shift
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True) -> ScoredBatch:
@@ -173,7 +199,8 @@ class ScoringEngine:
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
             group = self.cache.get(str(index.group_ids[g]))
-            evaluation = group.evaluate(sub.iloc[local][list(group.features)].to_numpy(dtype=float))
+            shift = self._alignment(group, resolution.path[local], facility[local], item[local], cluster[local])
+            evaluation = group.evaluate(sub.iloc[local][list(group.features)].to_numpy(dtype=float), shift)
             distance = np.where(resolution.path[local] == NEAREST, resolution.distance[local], 0.0)
             threshold = effective_thresholds(group.threshold, distance)
             margin, score, anomaly = decide(evaluation.loss, threshold)

@@ -34,18 +34,36 @@ class GroupTask:
     out_dir: str  # the store's staging directory
 
 
-def group_losses(kind: str, model, scaled: np.ndarray, median: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row loss and per-feature error for any model family (shared with serving).
+def feature_errors(kind: str, model, scaled: np.ndarray, median: np.ndarray) -> np.ndarray:
+    """Per-feature error: |x - x_hat| for AE/MemAE; |x - training median| for IsolationForest."""
+    if kind == IFOREST:
+        return np.abs(scaled - median)
+    return np.abs(scaled - model(scaled))
 
-    AE/MemAE: mean absolute reconstruction error, per feature |x - x_hat|.
-    IsolationForest: negated sklearn score; per feature |x - training median| as the explanation.
+
+def group_losses(
+    kind: str, model, scaled: np.ndarray, median: np.ndarray, error_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row loss and per-feature errors in units of each feature's usual training error.
+
+    AE/MemAE: the root mean square of the normalised reconstruction errors. A plain MAE lets the
+    noisiest features dominate and dilutes a defect that moves two of twelve fields; dividing each
+    feature's error by its mean training error weighs every field by its own noise.
+    IsolationForest: the negated sklearn score (larger = more isolated); the normalised
+    distances to the training median only explain it.
     """
+    errors = feature_errors(kind, model, scaled, median) / error_scale
     if kind == IFOREST:
         from model_store.models.iforest import iforest_loss
 
-        return iforest_loss(model, scaled), np.abs(scaled - median)
-    errors = np.abs(scaled - model(scaled))
-    return errors.mean(axis=1), errors
+        return iforest_loss(model, scaled), errors
+    return np.sqrt(np.mean(errors**2, axis=1)), errors
+
+
+def error_scale_of(raw_errors: np.ndarray) -> np.ndarray:
+    """Mean training error per feature, floored so a perfectly reconstructed field cannot explode."""
+    scale = raw_errors.mean(axis=0)
+    return np.maximum(scale, max(float(scale.mean()) * 0.05, 1e-6))
 
 
 def train_group(task: GroupTask) -> dict:
@@ -84,7 +102,8 @@ def train_group(task: GroupTask) -> dict:
         artifacts["model"] = f"groups/{task.group_id}/model.keras"
         artifacts["forward"] = f"groups/{task.group_id}/forward.npz"
 
-    losses, errors = group_losses(task.kind, model, scaled, median)
+    error_scale = error_scale_of(feature_errors(task.kind, model, scaled, median))
+    losses, errors = group_losses(task.kind, model, scaled, median, error_scale)
     threshold = fit_threshold(losses, task.lot_defect_rate, task.config.threshold)
     histogram, edges = np.histogram(losses, bins=40)
     training.update(
@@ -106,6 +125,7 @@ def train_group(task: GroupTask) -> dict:
         "scaler": scaler.to_dict(),
         "feature_means": means.tolist(),
         "feature_median_scaled": median.tolist(),
+        "feature_error_scale": error_scale.tolist(),
         "loss_summary": loss_summary(losses),
         "threshold": threshold.to_dict(),
         "setting_centroid": list(task.setting_centroid),

@@ -80,6 +80,25 @@ def facility_defaults(records: pd.DataFrame, schema: PlantSchema) -> dict[str, d
     return out
 
 
+def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> dict[str, list[dict[str, Any]]]:
+    """Per (facility, item, setting cluster) seen in history: the median of every production field.
+
+    The nearest-setting path uses them to move a record produced under an untrained setting into
+    the frame of the group that scores it (see :mod:`model_store.scoring`).
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    frame = data.records[(data.records["cluster"] >= 0) & data.records["item"].notna()]
+    for (maker, facility, item, cluster), sub in frame.groupby(["maker", "facility", "item", "cluster"]):
+        if len(sub) < min_rows:
+            continue
+        median = np.nanmedian(sub[list(schema.makers[maker].production)].to_numpy(dtype=float), axis=0)
+        out.setdefault(str(maker), []).append(
+            {"facility": str(facility), "item": str(item), "cluster": int(cluster), "rows": int(len(sub)),
+             "median": [None if np.isnan(v) else float(v) for v in median]}
+        )
+    return out
+
+
 def _tasks(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_dir: Path) -> list[GroupTask]:
     tasks = []
     keyed = data.records.groupby(["maker", "facility", "item", "cluster"]).indices
@@ -145,6 +164,7 @@ def build_manifest(
         "setting_models": {m: model.to_dict() for m, model in data.setting_models.items()},
         "facility_maker": {str(k): v for k, v in facility_maker.items()},
         "facility_defaults": facility_defaults(data.records, schema),
+        "setting_profiles": setting_profiles(data, schema, config.grouping.min_profile_rows),
         "groups": sorted(entries, key=lambda e: e["id"]),
         "group_table": _table_records(table),
         "training": {"seconds": round(seconds, 2), "records": int(len(data.records))},
