@@ -13,7 +13,7 @@ RUN useradd --system --uid 10001 --home /home/moldwatch --create-home moldwatch
 COPY --from=build /opt/moldwatch /opt/moldwatch
 ENV PATH=/opt/moldwatch/bin:$PATH PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3 MOLDWATCH_HTTP_HOST=0.0.0.0
 USER moldwatch
-EXPOSE 8080
-HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
 ENTRYPOINT ["moldwatch"]
 CMD ["run"]
