@@ -174,6 +174,9 @@ def score(
     )
 
 
+from service.recipe_command import register as _register_recipe; _register_recipe(app)  # noqa: E402,E702
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

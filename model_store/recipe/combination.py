@@ -1,0 +1,81 @@
+"""Which exact set-point combination of the recommended cluster to publish.
+
+A setting cluster is a region of the maker's whole setting space, so for one facility/item it can
+hold several distinct recipes (a standard one, a variant, one-step operator nudges). Default: the
+most used exact combination. When two or more combinations each have enough shots
+(``min_rows``), they are ranked with the cluster rule (:func:`.ranking.rank_clusters`, other
+clusters of the facility/item kept as their own units so lot counts are split correctly) and the
+most used among the lowest credible rates wins; with no clear difference that is again the most
+used one. Continuous "settings" (every shot its own combination) fall back to the most used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_store.recipe.config import RecipeConfig
+from model_store.recipe.ranking import rank_clusters, recommend
+from model_store.recipe.window import DIGITS
+
+MOST_USED, EVIDENCE = "most used", "lowest credible defect rate"
+
+
+@dataclass(frozen=True)
+class Combination:
+    values: dict[str, float | None]  # field -> set point (empty when no row has every field)
+    rows: int  # shots with exactly this combination
+    share: float  # of the cluster's shots with every setting field known
+    chosen_by: str  # MOST_USED or EVIDENCE
+    most_used: dict[str, float | None]
+    mask: np.ndarray  # over the pair's rows: the shots with this combination
+
+
+def _as_dict(fields: list[str], values: np.ndarray) -> dict[str, float | None]:
+    return {f: (round(float(v), DIGITS) if np.isfinite(v) else None) for f, v in zip(fields, values)}
+
+
+def choose_combination(
+    pair_shots: pd.DataFrame,
+    settings: pd.DataFrame,
+    cluster: int,
+    lots: pd.DataFrame | None,
+    config: RecipeConfig,
+    use_predicted: bool = True,
+) -> Combination:
+    """``pair_shots``: one facility/item's pseudo-labelled shots (ranking columns); ``settings``: their set points."""
+    fields = list(settings.columns)
+    n = len(pair_shots)
+    in_cluster = (pair_shots["cluster"] == cluster).to_numpy()
+    complete = settings.notna().all(axis=1).to_numpy() & in_cluster
+    if not complete.any():
+        return Combination({}, 0, 0.0, MOST_USED, {}, np.zeros(n, dtype=bool))
+    rounded = np.round(settings.to_numpy(float)[complete], DIGITS)
+    unique, inverse, counts = np.unique(rounded, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    combo = np.full(n, -1)
+    combo[complete] = inverse
+    top = int(np.argmax(counts))
+    most_used = _as_dict(fields, unique[top])
+    chosen, chosen_by = top, MOST_USED
+    if (counts >= config.min_rows).sum() >= 2:
+        m = len(unique)
+        # Units for the ranking: each combination of the cluster, every other cluster as a whole,
+        # and the cluster's shots with a gap in their set points as one more unit.
+        unit = np.where(combo >= 0, combo, np.where(in_cluster, m, m + 1 + pair_shots["cluster"].to_numpy()))
+        pair = (str(pair_shots["facility"].iloc[0]), str(pair_shots["item"].iloc[0]))
+        table = rank_clusters(pair_shots.assign(cluster=unit), lots, config, predicted_pairs={pair} if use_predicted else set())
+        table = recommend(table[table["cluster"] < m], config)
+        picked = table[table["recommended"]]
+        if len(picked):
+            chosen = int(picked["cluster"].iloc[0])
+            chosen_by = MOST_USED if chosen == top else EVIDENCE
+    return Combination(
+        _as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()), chosen_by, most_used, combo == chosen
+    )
+
+
+def combination_json(combo: Combination) -> dict[str, Any]:
+    return {"exact": combo.values, "exact_rows": combo.rows, "exact_share": round(combo.share, DIGITS), "chosen_by": combo.chosen_by, "most_used": combo.most_used}

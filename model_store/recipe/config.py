@@ -1,0 +1,75 @@
+"""Every tunable of recipe guidance, with the reason for each default.
+
+The defaults are statistical conventions, not values fitted to one plant: a 95 % interval, equal
+trust in the two kinds of evidence, and "as good as the best" meaning within 10 % of it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+WILSON, BETA = "wilson", "beta"
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    # Two-sided confidence of every interval; the ranking uses the upper bound (a rate we are
+    # this sure is not exceeded), so a cluster seen on a few shots pays for its uncertainty.
+    confidence: float = 0.95
+    # "wilson" (score interval) or "beta" (Jeffreys Beta(k + 1/2, n - k + 1/2) posterior).
+    interval: str = WILSON
+    # Weight of each kind of evidence in the credible defect rate. Pseudo-labels cover every shot
+    # but are the models' opinion; lot counts are the plant's own good/bad totals but only per day,
+    # so a day that ran two settings has to be split between them. Renormalised when a cluster has
+    # only one kind (no lots cover it, or no model could score it).
+    predicted_weight: float = 0.5
+    lot_weight: float = 0.5
+    # Day-to-day variation makes shots of one day alike: widen intervals by the Pearson dispersion
+    # of per-day counts (quasi-binomial), so 50k shots from 2 days are not 50k independent trials.
+    overdispersion: bool = True
+    # A cluster whose credible rate is within this relative margin (plus the absolute one) of the
+    # lowest credible rate counts as "lowest"; among those the most produced one is recommended,
+    # since the recipe the floor has run most is the best understood one.
+    relative_tolerance: float = 0.10
+    absolute_tolerance: float = 0.0005
+    # Clusters with fewer shots than this are ranked (and shown) but never recommended: the shop
+    # floor cannot learn an operating window from a handful of shots.
+    min_rows: int = 100
+    # Production fields' operating window is taken over the shots pseudo-labelled normal under the
+    # recommended setting (the window of good production), falling back to all its shots.
+    window_normal_only: bool = True
+    # A facility with no trained group at all is skipped (the store knows nothing of it). When
+    # True and lots cover it, it is ranked on lot counts alone instead.
+    lots_only_facilities: bool = False
+    # The HTML report draws this many facility/items (largest production first); all are tabled.
+    report_top: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"recipe.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.interval not in (WILSON, BETA):
+            raise ValueError(f"recipe.interval must be {WILSON!r} or {BETA!r}, got {self.interval!r}")
+        if self.predicted_weight < 0 or self.lot_weight < 0 or self.predicted_weight + self.lot_weight <= 0:
+            raise ValueError("recipe.predicted_weight and recipe.lot_weight must be >= 0 and not both 0")
+        if self.relative_tolerance < 0 or self.absolute_tolerance < 0:
+            raise ValueError("recipe tolerances must not be negative")
+        if self.min_rows < 1 or self.report_top < 0:
+            raise ValueError("recipe.min_rows must be >= 1 and recipe.report_top >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, overrides: dict[str, str]) -> "RecipeConfig":
+        """Apply ``name=value`` (or ``recipe.name=value``) overrides from the CLI's ``--set``."""
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for dotted, value in overrides.items():
+            name = dotted.removeprefix("recipe.")
+            if name not in known:
+                raise ValueError(f"unknown recipe setting {dotted!r}; known: {', '.join(sorted(known))}")
+            current = getattr(self, name)
+            if isinstance(current, bool):
+                changes[name] = str(value).strip().lower() in ("1", "true", "yes", "on")
+            else:
+                changes[name] = type(current)(value)
+        return replace(self, **changes)

@@ -1,0 +1,184 @@
+"""The recipe report: one self-contained HTML page (inline PNG plots, no external assets).
+
+Size is bounded: one overview chart, then small multiples for the ``report_top`` facility/items
+with the most production; every recipe is in the tables (and in recipes.csv / recipes.json).
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import PercentFormatter
+
+from model_store.plots import figure_to_img, page, plt
+from model_store.recipe.build import RecipeResult, describe_rule
+
+PREDICTED_COLOUR, LOT_COLOUR, PICK_COLOUR, OTHER_COLOUR = "#3b6fb6", "#e08a1e", "#2e9d4f", "#9aa4ae"
+OVERVIEW_MAX = 60  # rows of the overview chart; more would be unreadable at report width
+WINDOW_COLUMNS = 4
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.2%}"
+
+
+def _overview_figure(recipes: list[dict[str, Any]]) -> str:
+    chosen = sorted(recipes, key=lambda r: -r["history"]["rows"])[:OVERVIEW_MAX]
+    chosen = [r for r in chosen if r["history"]["defect_rate"] is not None and r["defect_rate"]["estimate"] is not None]
+    if not chosen:
+        return ""
+    chosen.sort(key=lambda r: r["history"]["defect_rate"])
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.2 * len(chosen) + 1)))
+    y = np.arange(len(chosen))
+    hist = np.array([r["history"]["defect_rate"] for r in chosen])
+    rec = np.array([r["defect_rate"]["estimate"] for r in chosen])
+    ax.hlines(y, np.minimum(hist, rec), np.maximum(hist, rec), color=OTHER_COLOUR, lw=1.5)
+    ax.scatter(hist, y, color="#c44e52", s=18, label="history (volume-weighted)", zorder=3)
+    ax.scatter(rec, y, color=PICK_COLOUR, s=18, label="recommended setting", zorder=3)
+    ax.set_yticks(y, [f"{r['facility']} / {r['item']}" for r in chosen], fontsize=6.5)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("estimated defect rate", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Estimated defect rate: history vs recommended setting (largest facility/items)", fontsize=9)
+    fig.tight_layout()
+    return figure_to_img(fig, "overview: history vs recommended defect rate")
+
+
+def _rate_panel(ax: Any, ranking: pd.DataFrame) -> None:
+    x = ranking["rows"].to_numpy(float)
+    for rate, low, high, colour, marker, shift, label in (
+        ("predicted_rate", "predicted_low", "predicted_high", PREDICTED_COLOUR, "o", 0.94, "pseudo-label rate"),
+        ("lot_rate", "lot_low", "lot_high", LOT_COLOUR, "s", 1.06, "lot rate (EM split)"),
+    ):
+        value = ranking[rate].to_numpy(float)
+        ok = np.isfinite(value)
+        if rate == "lot_rate":
+            ok &= ranking["lot_parts"].to_numpy(float) > 0
+        if not ok.any():
+            continue
+        yerr = np.vstack([value - ranking[low].to_numpy(float), ranking[high].to_numpy(float) - value])[:, ok]
+        ax.errorbar(x[ok] * shift, value[ok], yerr=np.clip(yerr, 0, None), fmt=marker, color=colour, ms=4, capsize=2, lw=1, label=label)
+    pick = ranking["recommended"].to_numpy(bool)
+    estimate = ranking["defect_rate"].to_numpy(float)
+    ax.scatter(x[pick], estimate[pick], s=260, facecolors="none", edgecolors=PICK_COLOUR, lw=2, label="recommended", zorder=4)
+    for xi, yi, c in zip(x, estimate, ranking["cluster"]):
+        if np.isfinite(yi):
+            ax.annotate(f"c{c}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    points = np.concatenate([ranking["predicted_rate"].to_numpy(float), ranking["lot_rate"].to_numpy(float)])
+    top = np.nanmax(points) if np.isfinite(points).any() else 0.01
+    ax.set_ylim(0, min(1.0, max(0.005, top * 1.6)))
+    ax.set_xscale("log")
+    ax.set_xlim(max(1, x.min() / 2), x.max() * 2)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("shots under the setting cluster (log)", fontsize=8)
+    ax.set_ylabel("defect rate, with interval", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, loc="upper right")
+
+
+def _window_panel(ax: Any, field: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]]) -> None:
+    labels, inner = [], []
+    for y, (cluster, picked) in enumerate(zip(ranking["cluster"], ranking["recommended"])):
+        stats = windows.get(int(cluster), {}).get("fields", {}).get(field)
+        labels.append(f"c{cluster}")
+        if not stats or stats["mean"] is None:
+            continue
+        colour = PICK_COLOUR if picked else OTHER_COLOUR
+        ax.hlines(y, stats["min"], stats["max"], color=colour, lw=0.8)
+        ax.hlines(y, stats["p5"], stats["p95"], color=colour, lw=5)
+        ax.plot([stats["mean"]], [y], marker="|", color="black", ms=8)
+        inner += [stats["p5"], stats["p95"]]
+    if inner:  # zoom on the p5-p95 bars: one glitch's min/max would squash them (the table has the extremes)
+        low, high = min(inner), max(inner)
+        pad = 0.6 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_xlim(low - pad, high + pad)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6.5)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_title(field, fontsize=7.5)
+    ax.tick_params(axis="x", labelsize=6)
+
+
+def _pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]], fields: list[str]) -> str:
+    rows = max(2, math.ceil(len(fields) / WINDOW_COLUMNS))
+    fig = plt.figure(figsize=(15, 1.45 * rows + 0.6))
+    grid = fig.add_gridspec(rows, 2 + WINDOW_COLUMNS, width_ratios=[1.3, 1.3] + [1] * WINDOW_COLUMNS)
+    _rate_panel(fig.add_subplot(grid[:, :2]), ranking)
+    for j, field in enumerate(fields):
+        _window_panel(fig.add_subplot(grid[j // WINDOW_COLUMNS, 2 + j % WINDOW_COLUMNS]), field, ranking, windows)
+    fig.suptitle(f"{facility} / {item}: setting clusters by volume and defect rate; operating window per production field "
+                 "(bar p5–p95, line min–max, tick mean; green = recommended)", fontsize=9)
+    fig.tight_layout()
+    return figure_to_img(fig, f"{facility} {item} setting clusters and operating window")
+
+
+def _table(head: list[str], rows: list[list[Any]], left: int = 2) -> str:
+    th = "".join(f"<th class=l>{html.escape(h)}</th>" if i < left else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
+    body = "".join(
+        "<tr>" + "".join(f"<td class=l>{html.escape(str(v))}</td>" if i < left else f"<td>{html.escape(str(v))}</td>" for i, v in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _recipes_table(recipes: list[dict[str, Any]]) -> str:
+    head = ["facility", "item", "maker", "cluster", "basis", "shots", "share", "est. defect rate", "credible rate",
+            "history rate", "expected reduction", "exact setting share"]
+    rows = [
+        [r["facility"], r["item"], r["maker"], r["setting_cluster"], r["basis"], f"{r['production']['rows']:,}",
+         _pct(r["production"]["share"]), _pct(r["defect_rate"]["estimate"]), _pct(r["defect_rate"]["credible"]),
+         _pct(r["history"]["defect_rate"]), _pct(r["history"]["expected_reduction"]), _pct(r["setting"]["exact_share"])]
+        for r in recipes
+    ]
+    return _table(head, rows, left=3)
+
+
+def _setting_table(recipe: dict[str, Any]) -> str:
+    setting = recipe["setting"]
+    differs = setting["most_used"] != setting["exact"]
+    head = ["field", "recommended", "cluster centre"] + (["most used"] if differs else [])
+    rows = [[name, setting["exact"].get(name, ""), setting["centroid"].get(name, "")] + ([setting["most_used"].get(name, "")] if differs else [])
+            for name in setting["fields"]]
+    window = [[name, *(("" if s[k] is None else s[k]) for k in ("min", "p5", "mean", "p95", "max"))] for name, s in recipe["window"]["fields"].items()]
+    note = "pseudo-labelled normal shots" if recipe["window"]["normal_only"] else "all shots"
+    return (
+        "<div style='display:flex;gap:2em;flex-wrap:wrap'>"
+        f"<div><b>Set points</b>: exact combination chosen by {html.escape(setting['chosen_by'])} "
+        f"({setting['exact_rows']:,} shots, {_pct(setting['exact_share'])} of the cluster)"
+        + _table(head, rows, left=1)
+        + f"</div><div><b>Operating window</b> ({recipe['window']['rows']:,} {note})"
+        + _table(["field", "min", "p5", "mean", "p95", "max"], window, left=1)
+        + "</div></div>"
+    )
+
+
+def write_report(result: RecipeResult, path: Path) -> None:
+    recipes = sorted(result.recipes, key=lambda r: (r["facility"], r["item"]))
+    top = sorted(result.recipes, key=lambda r: -r["history"]["rows"])[: result.config.report_top]
+    sections = []
+    for recipe in top:
+        pair = (recipe["facility"], recipe["item"])
+        ranking = result.clusters[(result.clusters["facility"] == pair[0]) & (result.clusters["item"] == pair[1])]
+        fields = list(recipe["window"]["fields"])
+        sections.append(
+            f"<h3>{html.escape(pair[0])} / {html.escape(pair[1])} — recommended cluster {recipe['setting_cluster']} "
+            f"({_pct(recipe['production']['share'])} of its production)</h3>"
+            + _pair_figure(pair[0], pair[1], ranking, result.windows.get(pair, {}), fields)
+            + _setting_table(recipe)
+        )
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.notes)  # skips have their own table
+    skipped = _table(["facility", "item", "records", "reason"], [[s["facility"], s["item"] or "(all)", f"{s['rows']:,}", s["reason"]] for s in result.skipped], left=2) if result.skipped else ""
+    body = (
+        f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, "
+        f"{len(result.recipes)} facility/item recipes, created {result.created_at}.</p>"
+        f"<p class=muted>{html.escape(describe_rule(result.config))}</p>"
+        + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
+        + (f"<h2>Skipped</h2>{skipped}" if skipped else "")
+        + "<h2>Overview</h2>" + _overview_figure(result.recipes)
+        + f"<h2>Largest {len(top)} facility/items</h2>" + "".join(sections)
+        + "<h2>All recipes</h2>" + _recipes_table(recipes)
+    )
+    path.write_text(page("moldwatch recipe guidance", body), encoding="utf-8")

@@ -1,0 +1,96 @@
+"""``moldwatch recipe``: the best setting per facility and item, as CSV, JSON, HTML and MongoDB.
+
+A thin adapter: read the inputs, :func:`model_store.recipe.compute_recipes`, write atomically,
+optionally upsert into MongoDB. ``service/cli.py`` calls :func:`register` with its ``app`` (an
+explicit call rather than a decorator at import: under ``python -m service.cli`` the running app
+is ``__main__.app``, not ``service.cli.app``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from model_store.errors import DataError, MoldwatchError
+
+
+def _read_records(records: str, query: str | None, manifest) -> "object":
+    from model_store.loaders import read_table
+    from model_store.schema import canonical_records
+
+    frame = read_table(records, query)
+    try:
+        return canonical_records(frame, manifest.schema, source=str(records))
+    except DataError as exc:
+        if "missing column" in str(exc):
+            raise DataError(f"records do not match the store's plant schema ({manifest.schema.name}): {exc}") from None
+        raise
+
+
+def recipe(
+    store: Path = typer.Option(..., help="Model store directory (its models pseudo-label the history)."),
+    records: str = typer.Option(..., help="Production history: .csv, .parquet, or a postgresql:// URI."),
+    out: Path = typer.Option(..., help="Directory to write recipes.json, recipes.csv, clusters.csv and report.html (replaced atomically)."),
+    lots: Optional[str] = typer.Option(None, help="Daily lots (.csv, .parquet or postgresql://): adds the actual defect rates."),
+    schema: Optional[Path] = typer.Option(None, help="The records' plant schema: refused unless it is the store's."),
+    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
+    mongo_uri: Optional[str] = typer.Option(None, help="Also upsert the recipes into MongoDB (one document per facility/item)."),
+    mongo_db: str = typer.Option("moldwatch", help="MongoDB database for --mongo-uri."),
+    mongo_collection: str = typer.Option("recipes", help="MongoDB collection for --mongo-uri."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe setting: name=value, e.g. confidence=0.9 (see recipes.json 'config')."),
+) -> None:
+    """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
+    from model_store.recipe import RecipeConfig, compute_recipes
+    from model_store.recipe.output import check_target, write_recipes
+    from model_store.schema import canonical_lots, load_schema
+    from model_store.store import open_store
+
+    from service.cli import _parse_sets, console
+    from service.progress import progress_bar
+
+    try:
+        config = RecipeConfig().with_overrides(_parse_sets(set_))
+    except (ValueError, TypeError) as exc:
+        raise MoldwatchError(f"--set: {exc}") from None
+    check_target(out.resolve())
+    manifest = open_store(store)
+    if schema is not None and load_schema(schema).hash() != manifest.schema_hash:
+        raise DataError(
+            f"{schema}: this plant schema is not the one the store {store} was trained with "
+            f"(hash {load_schema(schema).hash()} vs {manifest.schema_hash}); use the store's schema or retrain"
+        )
+    with console.status("Reading records and lots..."):
+        frame = _read_records(records, records_query, manifest)
+        from model_store.loaders import read_table
+
+        lot_frame = canonical_lots(read_table(lots, lots_query), manifest.schema, source=str(lots)) if lots else None
+    console.print(f"Read {len(frame):,} records" + (f" and {len(lot_frame):,} lots." if lot_frame is not None else " (no lots: pseudo-labels only)."))
+    with progress_bar(console) as progress:
+        result = compute_recipes(frame, lot_frame, manifest, config, progress=progress)
+
+    published: dict[str, int] = {}
+
+    def publish(_: Path) -> None:
+        from model_store.recipe.mongo import publish as upsert
+
+        published.update(upsert(mongo_uri, result.recipes, result.model_version, mongo_db, mongo_collection))
+
+    with console.status("Writing recipes and report..."):
+        target = write_recipes(result, out, before_commit=publish if mongo_uri else None)
+    for line in result.warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"{len(result.recipes)} facility/item recipes from {result.records:,} records (store {result.model_version}) -> {target}")
+    if mongo_uri:
+        console.print(
+            f"MongoDB {mongo_db}.{mongo_collection}: {published.get('upserted', 0)} inserted, "
+            f"{published.get('modified', 0)} updated, {published.get('pruned', 0)} stale removed"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``recipe`` to a CLI app. service.cli is imported here, not at the top, to avoid an import cycle."""
+    from service.cli import user_errors
+
+    app.command(name="recipe")(user_errors(recipe))
