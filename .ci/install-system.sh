@@ -9,6 +9,8 @@
 #   postgresql  -> initdb/postgres for service.devservers.postgres
 #   prometheus  -> prometheus + promtool for service.devservers.prometheus
 #   java, maven -> Kafka and the MongoDB-protocol server (jars from Maven Central)
+#   chromium    -> headless browser that renders the recipe report in a test
+#                  (fonts-liberation: a Recommends that --no-install-recommends drops)
 set -euo pipefail
 
 PYTHON="${1:?usage: $0 PATH/TO/venv/bin/python}"
@@ -19,6 +21,7 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
 command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v chromium >/dev/null || missing+=(chromium fonts-liberation)
 
 if ((${#missing[@]})); then
     echo "install-system: installing ${missing[*]}"
