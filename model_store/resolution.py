@@ -3,7 +3,13 @@
 exact    - the record's (facility, item, setting cluster) was trained;
 nearest  - else the trained group of the same facility and item whose setting centroid is nearest
            (Euclidean, in the maker's scaled setting space), else the nearest of the whole maker;
-unscorable - the maker has no trained group, or the settings are unknown.
+unscorable - the maker has no trained group, or the settings are unknown, or the only candidates
+           are other parts and the record's setting has no history profile to align it with.
+
+Another part on another machine is a different process: its model only says something about this
+record once the record is expressed relative to its own setting's normal (a *profile*, see
+:mod:`model_store.scoring`). Without one, scoring across parts raises alarms on every shot, so
+the maker-wide fallback is only taken for profiled records.
 """
 from __future__ import annotations
 
@@ -49,7 +55,10 @@ def resolve(
     cluster: np.ndarray,
     scaled: np.ndarray,
     max_distance: float | None = None,
+    profiled: np.ndarray | None = None,
 ) -> Resolution:
+    """``profiled`` marks rows whose own (facility, item, cluster) has a history profile; rows
+    without one may only fall back to groups of the same facility and item (None: all may)."""
     n = len(facility)
     group = np.full(n, -1, dtype=np.int64)
     path = np.full(n, UNSCORABLE, dtype=object)
@@ -71,7 +80,8 @@ def resolve(
     chosen = np.where(has_exact, exact.argmax(axis=1), nearest)
     chosen_d = d[np.arange(len(rows)), chosen]
 
-    ok = has_exact | (np.isfinite(chosen_d) if max_distance is None else chosen_d <= max_distance)
+    allowed = has_exact | has_same_fi | (np.ones(len(rows), bool) if profiled is None else profiled[rows])
+    ok = allowed & (has_exact | (np.isfinite(chosen_d) if max_distance is None else chosen_d <= max_distance))
     group[rows[ok]] = chosen[ok]
     path[rows[ok]] = np.where(has_exact[ok], EXACT, NEAREST)
     distance[rows[ok]] = chosen_d[ok]

@@ -112,8 +112,8 @@ class ScoringEngine:
 
     def _alignment(
         self, group: RuntimeGroup, path: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray
-    ) -> np.ndarray | None:
-        """Shift that moves nearest-path rows into the scoring group's frame.
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Shift that moves nearest-path rows into the scoring group's frame, and which rows moved.
 
         A setting shifts every production value (that is why groups exist). When a record's own
         setting has a history profile, ``group median - own median`` removes that shift, so the
@@ -121,15 +121,17 @@ class ScoringEngine:
         distance between two settings. Settings never seen keep no shift (and the distance weight).
         """
         near = np.flatnonzero(path == NEAREST)
+        aligned = np.zeros(len(path), dtype=bool)
         target = self.profiles.get((group.key["facility"], group.key["item"], int(group.key["cluster"])))
         if len(near) == 0 or target is None:
-            return None
+            return None, aligned
         shift = np.zeros((len(path), len(group.features)))
         for i in near:
             own = self.profiles.get((facility[i], item[i], int(cluster[i])))
             if own is not None:
                 shift[i] = np.nan_to_num(target - own)
-        return shift
+                aligned[i] = True
+        return shift, aligned
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True) -> ScoredBatch:
@@ -188,20 +190,28 @@ class ScoringEngine:
         cluster = np.full(len(rows), -1, dtype=np.int64)
         cluster[known] = assign_clusters(scaled[known], setting_model.centroids)
         out.cluster[rows] = cluster
-        resolution = resolve(index, facility, item, cluster, scaled, self.max_distance)
+        profiled = np.array([(f, i, int(c)) in self.profiles for f, i, c in zip(facility, item, cluster)], dtype=bool)
+        resolution = resolve(index, facility, item, cluster, scaled, self.max_distance, profiled)
         out.resolution[rows] = resolution.path
         out.distance[rows] = resolution.distance
         unscorable = resolution.group < 0
         out.reason[rows[unscorable & ~known]] = "setting fields unknown and no history to impute them from"
-        out.reason[rows[unscorable & known]] = "no trained group near this setting"
+        out.reason[rows[unscorable & known & ~profiled]] = (
+            "no trained group for this facility and item, and this setting has no history to align it with "
+            "another part's model; retrain the store with recent production"
+        )
+        out.reason[rows[unscorable & known & profiled]] = "no trained group near this setting"
 
         imputed_names = [[state_columns[j] for j in np.flatnonzero(imputed_state[r])] for r in range(len(rows))]
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
             group = self.cache.get(str(index.group_ids[g]))
-            shift = self._alignment(group, resolution.path[local], facility[local], item[local], cluster[local])
+            shift, aligned = self._alignment(group, resolution.path[local], facility[local], item[local], cluster[local])
             evaluation = group.evaluate(sub.iloc[local][list(group.features)].to_numpy(dtype=float), shift)
-            distance = np.where(resolution.path[local] == NEAREST, resolution.distance[local], 0.0)
+            # The distance weight widens the line for a record judged by another setting's model;
+            # an aligned record is judged against its own setting's normal, so it gets none.
+            unaligned_near = (resolution.path[local] == NEAREST) & ~aligned
+            distance = np.where(unaligned_near, resolution.distance[local], 0.0)
             threshold = effective_thresholds(group.threshold, distance)
             margin, score, anomaly = decide(evaluation.loss, threshold)
             target = rows[local]

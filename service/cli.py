@@ -185,3 +185,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
 
 from service import run_command  # noqa: E402,F401  (registers `moldwatch run`)
+from service import demo  # noqa: E402,F401  (registers `moldwatch demo`)

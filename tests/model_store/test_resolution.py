@@ -37,3 +37,15 @@ def test_empty_index_is_unscorable() -> None:
     empty = MakerIndex.build([], 2)
     r = resolve(empty, np.array(["F1"], dtype=object), np.array(["I1"], dtype=object), np.array([0]), np.array([[0.1, 0.1]]))
     assert r.path[0] == UNSCORABLE
+
+
+def test_other_parts_only_for_profiled_records() -> None:
+    facility = np.array(["F3", "F3"], dtype=object)
+    item = np.array(["I9", "I9"], dtype=object)
+    scaled = np.array([[0.45, 0.5], [0.45, 0.5]])
+    r = resolve(_index(), facility, item, np.array([0, 0]), scaled, profiled=np.array([True, False]))
+    assert list(r.path) == [NEAREST, UNSCORABLE]
+    # the same facility and item may always fall back to a sibling setting
+    same = resolve(_index(), np.array(["F1"], dtype=object), np.array(["I1"], dtype=object), np.array([5]),
+                   np.array([[0.5, 0.5]]), profiled=np.array([False]))
+    assert same.path[0] == NEAREST
