@@ -107,6 +107,7 @@ class Pipeline:
         engine, decoder = self._engine, self._decoder
         memory = self.memory if memory is None else memory
         records: list[CanonicalRecord] = []
+        originals: list[Any] = []  # what a scoring-failure dead letter quotes: the document as read
         received: list[float] = []
         failed: list[FailedRecord] = []
         for message in messages:
@@ -120,6 +121,7 @@ class Pipeline:
                 failed.append(FailedRecord(outcome, message.received_at))
             else:
                 records.append(outcome)
+                originals.append(message.document)
                 received.append(message.received_at)
         result = BatchResult([], failed, engine.model_version)
         if records:
@@ -130,7 +132,7 @@ class Pipeline:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
                 result.fallback = True
-                self._score_one_by_one(engine, decoder, records, received, memory, result)
+                self._score_one_by_one(engine, decoder, records, originals, received, memory, result)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -139,18 +141,19 @@ class Pipeline:
         engine: ScoringEngine,
         decoder: RecordDecoder,
         records: list[CanonicalRecord],
+        originals: list[Any],
         received: list[float],
         memory: FacilityMemory,
         result: BatchResult,
     ) -> None:
-        for record, at in zip(records, received):
+        for record, original, at in zip(records, originals, received):
             try:
                 (verdict,) = score_records(engine, decoder, [record], memory)
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
                 error = f"scoring raised {type(exc).__name__}: {short_repr(str(exc))}"
-                result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, record.row), at))
+                result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, original), at))
             else:
                 result.scored.append(ScoredRecord(verdict, record.record_time, at))
 

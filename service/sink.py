@@ -123,6 +123,7 @@ class KafkaSink:
         self.metrics = metrics
         self.facility_column = facility_column  # plant column for keying dead letters by facility
         self.producer: AIOKafkaProducer | None = None
+        self._last_error = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _new_producer(self) -> AIOKafkaProducer:
@@ -219,7 +220,7 @@ class KafkaSink:
     def _send_failed(self, message: Outgoing, exc: BaseException) -> None:
         message.future = None
         self.metrics.kafka_send_errors.labels(message.topic).inc()
-        log.warning("kafka send failed, will resend", topic=message.topic, error=f"{type(exc).__name__}: {exc}")
+        self._last_error = f"{type(exc).__name__}: {exc}"
 
     # -- flush -------------------------------------------------------------------------------------
     async def flush(self, delivery: Delivery, timeout_s: float | None = None) -> None:
@@ -250,6 +251,9 @@ class KafkaSink:
                 left = sum(m.acked_at is None for m in delivery.messages)
                 raise SinkError(f"{left} Kafka message(s) not acknowledged within {timeout_s} s")
             if retry:
+                failed = sum(m.future is None and m.acked_at is None for m in waiting)
+                # One line per resend round, not per message: an outage must not flood the logs.
+                log.warning("kafka sends failed; resending", messages=failed, error=self._last_error, retry_in_s=pause)
                 await asyncio.sleep(min(pause, _remaining(deadline) or pause))
                 pause = min(pause * 2, RETRY_BACKOFF_S[1])
                 for message in waiting:

@@ -99,7 +99,7 @@ def test_a_batch_that_raises_is_rescored_record_by_record_and_only_offenders_dea
     assert result.fallback
     assert len(result.verdicts) == 19
     (letter,) = result.dead_letters
-    assert letter.reason == SCORING_FAILED and "boom" in letter.error and letter.document["record_id"] == "poison-1"
+    assert letter.reason == SCORING_FAILED and "boom" in letter.error and letter.document is poisoned
 
 
 def test_a_store_error_is_not_the_records_fault_and_propagates(engine, documents):

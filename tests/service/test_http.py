@@ -1,0 +1,134 @@
+"""The worker's HTTP surface: probes, metrics and POST /score, served inside the worker's loop."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import jsonschema
+import pytest
+import pytest_asyncio
+from pymongo import AsyncMongoClient
+
+from service.config import WorkerSettings
+from service.devservers import free_port
+from service.worker import Worker
+from tests.service.test_worker_support import (
+    VERDICT_SCHEMA,
+    get,
+    metric,
+    plant_documents,
+    read_topic,
+    running_worker,
+    unique,
+    values,
+    wait_for,
+    worker_settings,
+)
+
+
+def jsonable(document: dict) -> dict:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in document.items()}
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def offline_worker(trained_store):
+    """A worker whose MongoDB and Kafka do not exist: HTTP and the store work, nothing is ready."""
+    dead = f"127.0.0.1:{free_port()}"
+    settings = WorkerSettings(  # type: ignore[call-arg]
+        _env_file=None, store=trained_store, http_host="127.0.0.1", http_port=0, ready_cache_s=0,
+        kafka_bootstrap_servers=dead, mongo_uri=f"mongodb://{dead}/?directConnection=true", mongo_timeout_ms=300,
+    )
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.http_port is not None and worker.pipeline is not None, timeout=30)
+    yield worker
+    worker.stop()
+    assert await asyncio.wait_for(task, 30) == 0
+
+
+async def test_liveness_metrics_and_unready_reasons_without_servers(offline_worker):
+    health = await get(offline_worker, "/healthz")
+    assert health.status_code == 200 and health.json()["alive"] is True
+    ready = await get(offline_worker, "/readyz")
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["ready"] is False and "kafka" in body["reasons"] and "mongodb" in body["reasons"]
+    assert body["model_version"] == offline_worker.model_version
+    exposition = await get(offline_worker, "/metrics")
+    assert exposition.status_code == 200 and exposition.headers["content-type"].startswith("text/plain")
+    for name in ("moldwatch_records_in", "moldwatch_verdicts", "moldwatch_dead_letters_total", "moldwatch_end_to_end_seconds",
+                 "moldwatch_model_cache_hits_total", "moldwatch_checkpoint_age_seconds", "moldwatch_store_info",
+                 "moldwatch_resolutions_total", "moldwatch_change_stream_lag_seconds"):
+        assert name in exposition.text, name
+
+
+async def test_post_score_returns_a_verdict_or_422_with_the_reason(offline_worker, small_plant):
+    document = jsonable(plant_documents(small_plant, 1, "http", offset=2000)[0])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{offline_worker.http_port}") as client:
+        scored = await client.post("/score", json=document)
+        assert scored.status_code == 200, scored.text
+        jsonschema.validate(scored.json(), VERDICT_SCHEMA)
+        assert scored.json()["record_id"] == document[small_plant.schema.record_id]
+        invalid = await client.post("/score", json={**document, small_plant.schema.timestamp: "soon"})
+        assert invalid.status_code == 422
+        assert invalid.json()["reason"] == "invalid_field" and small_plant.schema.timestamp in invalid.json()["error"]
+        not_json = await client.post("/score", content=b"{nope", headers={"content-type": "application/json"})
+        assert not_json.status_code == 422 and not_json.json()["reason"] == "not_a_document"
+        array = await client.post("/score", json=[document])
+        assert array.status_code == 422 and array.json()["reason"] == "not_a_document"
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(300)
+async def test_readyz_flips_when_mongodb_stops_and_recovers(mongo_server, kafka_server, trained_store):
+    name = unique("ready-mongo")
+    async with running_worker(worker_settings(mongo_server, kafka_server, trained_store, name)) as worker:
+        assert (await get(worker, "/readyz")).status_code == 200
+        await asyncio.to_thread(mongo_server.stop)
+        try:
+            response = await get(worker, "/readyz")
+            assert response.status_code == 503 and "mongodb" in response.json()["reasons"], response.text
+            assert (await get(worker, "/healthz")).status_code == 200  # not ready, but alive
+        finally:
+            await asyncio.to_thread(mongo_server.start)
+        await wait_for(lambda: _status(worker, "/readyz", 200), timeout=60, interval=0.5)
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(300)
+async def test_readyz_flips_when_kafka_stops_reading_stops_and_nothing_is_lost(mongo_server, kafka_server, trained_store,
+                                                                               small_plant):
+    name = unique("ready-kafka")
+    settings = worker_settings(mongo_server, kafka_server, trained_store, name, queue_size=50, batch_size=10,
+                               in_flight_batches=2, shutdown_timeout_s=60)
+    documents = plant_documents(small_plant, 300, name)
+    client = AsyncMongoClient(mongo_server.uri)
+    try:
+        async with running_worker(settings) as worker:
+            collection = client[settings.mongo_database][settings.mongo_collection]
+            await collection.insert_many(documents[:20])
+            await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 20)
+            assert (await get(worker, "/readyz")).status_code == 200
+            await asyncio.to_thread(kafka_server.stop)
+            try:
+                response = await get(worker, "/readyz")
+                assert response.status_code == 503 and "kafka" in response.json()["reasons"], response.text
+                await collection.insert_many(documents[20:])
+                await asyncio.sleep(3)
+                # Backpressure: the queue filled and reading stopped instead of buffering everything.
+                read = metric(worker, "moldwatch_records_in_total")
+                assert read < 300 and read <= 20 + 50 + 10 * (2 + 2) + 10, read
+            finally:
+                await asyncio.to_thread(kafka_server.start)
+            await wait_for(lambda: _status(worker, "/readyz", 200), timeout=90, interval=0.5)
+            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 300, timeout=90))
+    finally:
+        await client.close()
+    assert {v["record_id"] for v in verdicts} == {d[small_plant.schema.record_id] for d in documents}
+
+
+async def _status(worker: Worker, path: str, code: int) -> bool:
+    try:
+        return (await get(worker, path)).status_code == code
+    except httpx.HTTPError:
+        return False
