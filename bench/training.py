@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import PeakMemory, write_result  # noqa: E402
 
-MOLDWATCH = [sys.executable, "-m", "service.cli"]
+MOLDWATCH = [sys.executable, "-m", "service"]
 TARGET_SECONDS = 600
 
 

@@ -174,15 +174,12 @@ def score(
     )
 
 
-from service.recipe_command import register as _register_recipe; _register_recipe(app)  # noqa: E402,E702
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+# Commands defined in their own modules register themselves on ``app`` when imported. Run the
+# CLI as ``moldwatch`` or ``python -m service`` (not ``python -m service.cli``, which would build
+# a second ``app`` without them).
 
 from service import run_command  # noqa: E402,F401  (registers `moldwatch run`)
 from service import demo  # noqa: E402,F401  (registers `moldwatch demo`)
+from service.recipe_command import register as _register_recipe  # noqa: E402
+
+_register_recipe(app)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def moldwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
