@@ -13,6 +13,7 @@ records, so it propagates and the worker reloads the store and retries the batch
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class ScoredRecord:
     verdict: dict[str, Any]
     record_time: float  # record timestamp, epoch seconds (for end-to-end latency)
     received_at: float
+    payload: bytes = b""  # the verdict as JSON, serialised in the executor: the loop only moves bytes
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Pipeline:
         if records:
             try:
                 verdicts = score_records(engine, decoder, records, memory)
-                result.scored = [ScoredRecord(v, r.record_time, t) for v, r, t in zip(verdicts, records, received)]
+                result.scored = [ScoredRecord(v, r.record_time, t, dumps(v)) for v, r, t in zip(verdicts, records, received)]
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
@@ -155,7 +157,7 @@ class Pipeline:
                 error = f"scoring raised {type(exc).__name__}: {short_repr(str(exc))}"
                 result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, original), at))
             else:
-                result.scored.append(ScoredRecord(verdict, record.record_time, at))
+                result.scored.append(ScoredRecord(verdict, record.record_time, at, dumps(verdict)))
 
     def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:
         """Score one document synchronously (``POST /score``) without touching the stream's state.
@@ -170,6 +172,24 @@ class Pipeline:
         return result.scored[0].verdict
 
 
+def dumps(value: Any) -> bytes:
+    """Compact JSON. NaN/Infinity are not JSON: they become null rather than an unreadable message."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def score_records(
     engine: ScoringEngine, decoder: RecordDecoder, records: Sequence[CanonicalRecord], memory: FacilityMemory
 ) -> list[dict[str, Any]]:
@@ -180,4 +200,4 @@ def score_records(
     return to_verdicts(frame, batch, engine.model_version)
 
 
-__all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_records"]
+__all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_records", "dumps"]

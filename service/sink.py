@@ -25,7 +25,7 @@ from bson import json_util
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.metrics import WorkerMetrics
-from service.pipeline import BatchResult
+from service.pipeline import BatchResult, dumps
 
 log = structlog.get_logger("moldwatch.sink")
 
@@ -38,24 +38,6 @@ _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS  # human-readable extended JSON (
 
 class SinkError(RuntimeError):
     """Messages could not be acknowledged before a deadline."""
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON. NaN/Infinity are not JSON: they become null rather than an unreadable message."""
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:
-        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False).encode()
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def document_json(document: Any) -> str:
@@ -182,7 +164,7 @@ class KafkaSink:
         for scored in result.scored:
             verdict = scored.verdict
             key = facility_key(verdict.get("facility"))
-            value = dumps(verdict)
+            value = scored.payload or dumps(verdict)
             callback = (lambda at, sc=scored: on_verdict_ack(sc, at)) if on_verdict_ack else None
             delivery.messages.append(Outgoing(s.kafka_verdicts_topic, key, value, callback))
             if verdict.get("anomaly"):

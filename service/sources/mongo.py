@@ -93,7 +93,7 @@ class MongoSource:
         self.listening = asyncio.Event()
         self._token: Mapping[str, Any] | None = None  # of the last message emitted
         self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
-        self._written: dict[str, Any] = {}  # record part of the last checkpoint written
+        self._after_invalidate = False
 
     # -- checkpoint --------------------------------------------------------------------------------
     async def load_checkpoint(self) -> dict[str, Any] | None:
@@ -146,9 +146,12 @@ class MongoSource:
                 self._token = None  # resume from the backfill's new stream, never from a refused token
             had_token = self._token is not None
             try:
+                # After an invalidate event only startAfter may pass it (resumeAfter is refused).
+                after_invalidate, self._after_invalidate = self._after_invalidate, False
                 stream = await self.collection.watch(
                     full_document="updateLookup",
-                    resume_after=self._token if had_token else None,
+                    resume_after=self._token if had_token and not after_invalidate else None,
+                    start_after=self._token if had_token and after_invalidate else None,
                     max_await_time_ms=MAX_AWAIT_MS,
                     batch_size=self.settings.batch_size,
                 )
@@ -254,7 +257,8 @@ class MongoSource:
                 # the position moves.
                 await emit(SourceMessage(None, MongoPosition(self._token), marker=True))
             if change.get("operationType") == "invalidate":
-                log.warning("change stream invalidated (collection dropped or renamed); reopening")
+                log.warning("change stream invalidated (collection dropped or renamed); reopening after it")
+                self._after_invalidate = True
                 return
 
     def _last_emit_due(self, since: float) -> bool:
