@@ -8,14 +8,19 @@ is ``__main__.app``, not ``service.cli.app``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from model_store.errors import DataError, MoldwatchError
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def _read_records(records: str, query: str | None, manifest) -> "object":
+    from model_store.store import StoreManifest
+
+
+def _read_records(records: str, query: str | None, manifest: StoreManifest) -> pd.DataFrame:
     from model_store.loaders import read_table
     from model_store.schema import canonical_records
 
@@ -42,6 +47,7 @@ def recipe(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe setting: name=value, e.g. confidence=0.9 (see recipes.json 'config')."),
 ) -> None:
     """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
+    from model_store.loaders import read_table
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes
     from model_store.schema import canonical_lots, load_schema
@@ -55,16 +61,19 @@ def recipe(
     except (ValueError, TypeError) as exc:
         raise MoldwatchError(f"--set: {exc}") from None
     check_target(out.resolve())
+    if mongo_uri:
+        from model_store.recipe.mongo import check_reachable
+
+        check_reachable(mongo_uri)
     manifest = open_store(store)
-    if schema is not None and load_schema(schema).hash() != manifest.schema_hash:
+    schema_hash = load_schema(schema).hash() if schema is not None else manifest.schema_hash
+    if schema_hash != manifest.schema_hash:
         raise DataError(
             f"{schema}: this plant schema is not the one the store {store} was trained with "
-            f"(hash {load_schema(schema).hash()} vs {manifest.schema_hash}); use the store's schema or retrain"
+            f"(hash {schema_hash} vs {manifest.schema_hash}); use the store's schema or retrain"
         )
     with console.status("Reading records and lots..."):
         frame = _read_records(records, records_query, manifest)
-        from model_store.loaders import read_table
-
         lot_frame = canonical_lots(read_table(lots, lots_query), manifest.schema, source=str(lots)) if lots else None
     console.print(f"Read {len(frame):,} records" + (f" and {len(lot_frame):,} lots." if lot_frame is not None else " (no lots: pseudo-labels only)."))
     with progress_bar(console) as progress:

@@ -47,6 +47,21 @@ def upsert_recipes(collection: Any, recipes: Iterable[dict[str, Any]], model_ver
     return counts
 
 
+def check_reachable(uri: str) -> None:
+    """Ping the server: a CLI run fails in seconds, before minutes of scoring, when it is unreachable."""
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    try:
+        client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
+        try:
+            client.admin.command("ping")
+        finally:
+            client.close()
+    except (PyMongoError, ValueError) as exc:
+        raise MongoPublishError(f"{_redact(uri)}: {str(exc).splitlines()[0][:300]}") from None
+
+
 def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, database: str = DEFAULT_DB, collection: str = DEFAULT_COLLECTION) -> dict[str, int]:
     """Connect, upsert, disconnect. Raises :class:`MongoPublishError` with a one-line reason."""
     from pymongo import MongoClient
@@ -55,7 +70,7 @@ def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, databas
     try:
         client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
     except (PyMongoError, ValueError) as exc:
-        raise MongoPublishError(f"{_redact(uri)}: {str(exc).splitlines()[0]}") from None
+        raise MongoPublishError(f"{_redact(uri)}: {str(exc).splitlines()[0][:300]}") from None
     try:
         coll = client[database][collection]
         try:

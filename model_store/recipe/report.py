@@ -1,7 +1,8 @@
 """The recipe report: one self-contained HTML page (inline PNG plots, no external assets).
 
-Size is bounded: one overview chart, then small multiples for the ``report_top`` facility/items
-with the most production; every recipe is in the tables (and in recipes.csv / recipes.json).
+Size is bounded: one overview chart, then small multiples for ``report_top`` facility/items (those
+that ran several setting clusters first, then by production); every recipe is in the tables (and
+in recipes.csv / recipes.json).
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ WINDOW_COLUMNS = 4
 
 def _pct(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.2%}"
+
+
+def _num(value: Any) -> str:
+    """Numbers for tables: 6 significant digits (set points and measurements carry no more)."""
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _overview_figure(recipes: list[dict[str, Any]]) -> str:
@@ -140,9 +146,9 @@ def _setting_table(recipe: dict[str, Any]) -> str:
     setting = recipe["setting"]
     differs = setting["most_used"] != setting["exact"]
     head = ["field", "recommended", "cluster centre"] + (["most used"] if differs else [])
-    rows = [[name, setting["exact"].get(name, ""), setting["centroid"].get(name, "")] + ([setting["most_used"].get(name, "")] if differs else [])
+    rows = [[name, _num(setting["exact"].get(name)), _num(setting["centroid"].get(name))] + ([_num(setting["most_used"].get(name))] if differs else [])
             for name in setting["fields"]]
-    window = [[name, *(("" if s[k] is None else s[k]) for k in ("min", "p5", "mean", "p95", "max"))] for name, s in recipe["window"]["fields"].items()]
+    window = [[name, *(_num(s[k]) for k in ("min", "p5", "mean", "p95", "max"))] for name, s in recipe["window"]["fields"].items()]
     note = "pseudo-labelled normal shots" if recipe["window"]["normal_only"] else "all shots"
     return (
         "<div style='display:flex;gap:2em;flex-wrap:wrap'>"
@@ -157,7 +163,9 @@ def _setting_table(recipe: dict[str, Any]) -> str:
 
 def write_report(result: RecipeResult, path: Path) -> None:
     recipes = sorted(result.recipes, key=lambda r: (r["facility"], r["item"]))
-    top = sorted(result.recipes, key=lambda r: -r["history"]["rows"])[: result.config.report_top]
+    # Drawn first: facility/items that ran more than one setting cluster (there is a choice to show),
+    # largest production first; the rest are in the table.
+    top = sorted(result.recipes, key=lambda r: (r["history"]["clusters"] < 2, -r["history"]["rows"]))[: result.config.report_top]
     sections = []
     for recipe in top:
         pair = (recipe["facility"], recipe["item"])
@@ -178,7 +186,7 @@ def write_report(result: RecipeResult, path: Path) -> None:
         + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
         + (f"<h2>Skipped</h2>{skipped}" if skipped else "")
         + "<h2>Overview</h2>" + _overview_figure(result.recipes)
-        + f"<h2>Largest {len(top)} facility/items</h2>" + "".join(sections)
+        + f"<h2>{len(top)} largest facility/items (those with a choice of setting first)</h2>" + "".join(sections)
         + "<h2>All recipes</h2>" + _recipes_table(recipes)
     )
     path.write_text(page("moldwatch recipe guidance", body), encoding="utf-8")

@@ -231,3 +231,27 @@ def test_recipe_book_refuses_bad_input(tmp_path):
         RecipeBook.from_json(tmp_path / "bad.json")
     with pytest.raises(DataError, match="setting_cluster"):
         RecipeBook([{"facility": "F1", "item": "I1"}])
+
+
+# -- all-or-nothing output -----------------------------------------------------------------------
+def test_outputs_are_all_or_nothing(tmp_path):
+    from model_store.recipe.build import RecipeResult
+    from model_store.recipe.output import write_recipes
+
+    result = RecipeResult("v1", "hash", RecipeConfig(), [], pd.DataFrame({"facility": [], "item": []}))
+    out = tmp_path / "recipes"
+
+    def boom(staged):
+        assert (staged / "recipes.json").is_file()  # everything is staged before the last step runs
+        raise RuntimeError("publishing failed")
+
+    with pytest.raises(RuntimeError):
+        write_recipes(result, out, before_commit=boom, report=False)
+    assert list(tmp_path.iterdir()) == []  # no output, no staging directory left
+    write_recipes(result, out, report=False)
+    first = (out / "recipes.json").read_text()
+    with pytest.raises(RuntimeError):
+        write_recipes(RecipeResult("v2", "hash", RecipeConfig(), [], result.clusters), out, before_commit=boom, report=False)
+    assert (out / "recipes.json").read_text() == first and len(list(tmp_path.iterdir())) == 1  # the old recipes stay
+    write_recipes(RecipeResult("v2", "hash", RecipeConfig(), [], result.clusters), out, report=False)
+    assert json.loads((out / "recipes.json").read_text())["model_version"] == "v2"

@@ -128,7 +128,7 @@ def test_report_renders_in_headless_chromium_with_plots(recipes_dir, tmp_path):
 def test_upserts_into_mongodb_by_facility_and_item(mongo_server, trained_store, small_plant_files, tmp_path):
     from pymongo import MongoClient
 
-    from model_store.recipe.mongo import load_recipes
+    from model_store.recipe.mongo import load_recipes, publish
 
     database, collection = f"recipes_{uuid.uuid4().hex[:8]}", "recipes"
     client: MongoClient = MongoClient(mongo_server.uri)
@@ -144,11 +144,11 @@ def test_upserts_into_mongodb_by_facility_and_item(mongo_server, trained_store, 
         assert len(stored) == len(doc["recipes"])  # the stale document of another store is gone
         assert {(d["facility"], d["item"]) for d in stored} == {(r["facility"], r["item"]) for r in doc["recipes"]}
         assert {d["model_version"] for d in stored} == {doc["model_version"]}
-        second = run_recipe(*args, "--out", str(tmp_path / "b"))  # same store again: updates, no duplicates
-        assert second.exit_code == 0, second.output
-        assert coll.count_documents({}) == len(doc["recipes"])
+        again = publish(mongo_server.uri, doc["recipes"], doc["model_version"], database, collection)  # same store again
+        assert again["upserted"] == 0 and again["pruned"] == 0  # matched by facility/item: replaced, not inserted
+        assert coll.count_documents({}) == len(doc["recipes"])  # updated in place, no duplicates
         book = RecipeBook(load_recipes(coll, model_version=doc["model_version"]))
-        files = RecipeBook.from_json(tmp_path / "b" / "recipes.json")
+        files = RecipeBook.from_json(tmp_path / "a" / "recipes.json")
         for recipe in files.recipes():
             assert book.get(recipe["facility"], recipe["item"])["setting_cluster"] == recipe["setting_cluster"]
     finally:
@@ -156,7 +156,7 @@ def test_upserts_into_mongodb_by_facility_and_item(mongo_server, trained_store, 
         client.close()
 
 
-def test_unreachable_mongodb_leaves_no_output(trained_store, small_plant_files, tmp_path, monkeypatch):
+def test_unreachable_mongodb_fails_fast_with_no_output(trained_store, small_plant_files, tmp_path, monkeypatch):
     import socket
 
     monkeypatch.setattr("model_store.recipe.mongo.TIMEOUT_MS", 300)
