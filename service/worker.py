@@ -103,10 +103,14 @@ class Worker:
         return self.pipeline.engine.model_version if self.pipeline else None
 
     def stop(self) -> None:
-        """Ask for a graceful stop (safe to call from a signal handler or twice)."""
+        """Ask for a graceful stop (safe from a signal handler). A second call stops waiting for
+        Kafka acknowledgements: what is unacknowledged is re-read from the checkpoint on restart."""
         if not self._stopping.is_set():
             log.info("stopping: no more reading, draining what was read")
             self._stopping.set()
+        elif not self._give_up.is_set():
+            log.warning("second stop request: not waiting for Kafka any longer")
+            self._give_up.set()
 
     async def wait_listening(self, timeout: float = 60.0) -> None:
         """Until the source reads from a definite position (records inserted after this are seen)."""
@@ -432,6 +436,13 @@ class Worker:
                 return False
             self._store_sig = signature
             current = self._pending_engine or self.pipeline.engine
+            if engine.manifest.schema_hash != current.manifest.schema_hash:
+                # Another plant schema changes field names the source and sink rely on (timestamp
+                # for backfill, facility for keys): that takes a restart, not a hot swap.
+                self.metrics.reloads.labels("failed").inc()
+                log.error("new model store is for another plant schema; keeping the current one (restart to switch)",
+                          store=str(self.settings.store), serving=self.model_version)
+                return False
             if engine.model_version == current.model_version and not force:
                 return False
             self._pending_engine = engine

@@ -31,6 +31,7 @@ log = structlog.get_logger("moldwatch.source.kafka")
 RECORD_EVENTS = frozenset({"insert", "update", "replace"})
 _JSON = JSONOptions(tz_aware=True)  # $date values become UTC datetimes
 POLL_MS = 200  # an empty poll returns after this long: bounds how long a stop waits for a read
+STANDBY_AFTER_S = 15.0  # longer than a group join with the broker's default rebalance delay (3 s)
 
 
 def parse_value(raw: bytes | None) -> tuple[Any, str | None, bool]:
@@ -102,10 +103,15 @@ class KafkaSource:
 
     async def run(self, emit: Emit) -> None:
         self.consumer = await self._connect()
+        started = time.monotonic()
         while True:
             batches = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=self.settings.batch_size)
-            if self.consumer.assignment():
+            # Listening once partitions are assigned; a member left without partitions (more
+            # workers than partitions) is a healthy standby after a while, not "not ready".
+            if self.consumer.assignment() or time.monotonic() - started > STANDBY_AFTER_S:
                 self.listening.set()
+            if not batches:
+                self.metrics.stream_lag.labels(self.name).set(0.0)  # caught up
             for messages in batches.values():
                 for message in messages:
                     await emit(self._to_message(message))

@@ -235,6 +235,7 @@ class MongoSource:
         while stream.alive:
             change = await stream.try_next()
             if change is None:
+                self.metrics.stream_lag.labels(self.name).set(0.0)  # caught up: nothing is waiting
                 # Idle: the post-batch resume token moves on even without events; checkpointing
                 # it keeps the token inside the oplog window of a quiet collection.
                 token = stream.resume_token
