@@ -1,6 +1,7 @@
 """Pure parts of the sources: Kafka value parsing, token classification, position compaction."""
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timezone
 
@@ -72,3 +73,40 @@ def test_mongo_positions_compact_to_newest_token_and_newest_record():
 def test_kafka_positions_compact_to_the_highest_offset_per_partition():
     positions = [("t", 0, 5), ("t", 1, 3), ("t", 0, 7), ("t", 1, 2)]
     assert sorted(KafkaSource.compact(None, positions)) == [("t", 0, 7), ("t", 1, 3)]  # type: ignore[arg-type]
+
+
+class IdleStream:
+    """A change stream with no events whose post-batch resume token keeps moving (a real server)."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls, self.resume_token, self.alive = polls, None, True
+
+    async def try_next(self):
+        self.polls -= 1
+        self.alive = self.polls > 0
+        self.resume_token = {"_data": f"{self.polls:04d}"}
+        await asyncio.sleep(0.05)
+        return None
+
+
+async def test_an_idle_stream_checkpoints_its_post_batch_token():
+    from model_store.schema import parse_schema
+    from service.config import WorkerSettings
+    from service.metrics import WorkerMetrics
+
+    schema = parse_schema({"record_id": "id", "timestamp": "ts", "facility": "f", "item": "i", "maker": {"constant": "m"},
+                           "makers": {"m": {"settings": ["s"], "production": ["p"]}}})
+    settings = WorkerSettings(_env_file=None, checkpoint_interval_s=0, mongo_uri="mongodb://127.0.0.1:9")  # type: ignore[call-arg]
+    source = MongoSource(settings, schema, WorkerMetrics())
+    emitted = []
+
+    async def emit(message):
+        emitted.append(message)
+
+    try:
+        await source._follow(IdleStream(polls=30), emit)  # ~1.5 s of idle polling
+    finally:
+        await source.close()
+    assert emitted and all(m.marker and m.document is None for m in emitted)
+    assert len(emitted) <= 2  # throttled: at most one token checkpoint a second
+    assert emitted[-1].position.token["_data"] < "0030" and not emitted[-1].position.has_record
