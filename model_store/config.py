@@ -46,7 +46,7 @@ class ModelConfig:
     memory_items: int = 50
     shrink_threshold: float = 0.02
     entropy_weight: float = 0.0002
-    iforest_trees: int = 200
+    iforest_trees: int = 100  # sklearn's default; serving cost grows linearly with it
     seed: int = 0
 
 

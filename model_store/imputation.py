@@ -17,8 +17,17 @@ FacilityMemory = MutableMapping[str, dict[str, Any]]
 """Last known value of each state column per facility, carried across batches by the worker."""
 
 
-def _missing(values: pd.Series) -> np.ndarray:
-    return values.isna().to_numpy()
+def _is_missing(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    return pd.isna(values)
+
+
+def _last_valid(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per row: index of the latest valid row at or before it within its facility, else -1."""
+    index = np.where(valid, np.arange(len(valid)), -1)
+    latest = np.maximum.accumulate(index)
+    return np.where(latest >= starts, latest, -1)
 
 
 def impute_state(
@@ -35,40 +44,53 @@ def impute_state(
     gaps before a facility's first known value in this batch and updated with the last values.
     """
     out = frame.copy()
-    if out.empty or not columns:
-        return out, np.zeros((len(out), len(columns)), dtype=bool)
-    order = np.lexsort((out["timestamp"].to_numpy(), out["facility"].astype(str).to_numpy()))
-    ordered = out.iloc[order]
     imputed = np.zeros((len(out), len(columns)), dtype=bool)
-    facility = ordered["facility"].astype(str)
-    filled_cols: dict[str, pd.Series] = {}
+    if out.empty or not columns:
+        return out, imputed
+    facility = out["facility"].astype(str).to_numpy()
+    order = np.lexsort((out["timestamp"].to_numpy(), facility))
+    sorted_facility = facility[order]
+    boundary = np.r_[True, sorted_facility[1:] != sorted_facility[:-1]]
+    group = np.cumsum(boundary) - 1
+    starts = np.flatnonzero(boundary)[group]  # first sorted row of each row's facility
+    ends = np.r_[np.flatnonzero(boundary)[1:], len(order)][group] - 1  # last sorted row of it
+    last_rows = np.flatnonzero(np.r_[boundary[1:], True])  # the last sorted row of each facility
+
     for j, column in enumerate(columns):
-        values = ordered[column] if column in ordered else pd.Series(np.nan, index=ordered.index)
-        was_missing = _missing(values)
-        if not was_missing.any():
-            filled_cols[column] = values
-            continue
-        values = values.astype(object) if values.dtype == object else values
-        filled = values.groupby(facility, sort=False).ffill()
-        if memory:
-            remembered = facility.map(lambda f, c=column: memory.get(f, {}).get(c))
-            filled = filled.where(filled.notna(), remembered)
-        if backward:
-            filled = filled.groupby(facility, sort=False).bfill()
-        if column in fallback and fallback[column] is not None:
-            filled = filled.where(filled.notna(), fallback[column])
-        filled_cols[column] = filled
-        imputed[order, j] = was_missing & filled.notna().to_numpy()
-    for column, series in filled_cols.items():
-        restored = pd.Series(index=ordered.index, data=series.to_numpy()).reindex(out.index)
-        out[column] = restored.infer_objects() if restored.dtype == object and column not in ("item",) else restored
-    if memory is not None:
-        last = out.iloc[order].groupby(facility.to_numpy(), sort=False).tail(1)
-        for _, row in last.iterrows():
-            state = memory.setdefault(str(row["facility"]), {})
-            for column in columns:
-                if pd.notna(row[column]):
-                    state[column] = row[column]
+        raw = out[column].to_numpy() if column in out else np.full(len(out), np.nan)
+        values = raw[order].copy() if raw.dtype.kind == "f" else raw[order].astype(object)
+        valid = ~_is_missing(values)
+        if not valid.all():
+            before = _last_valid(valid, starts)
+            filled = np.where(before >= 0, values[np.maximum(before, 0)], values)
+            still = before < 0
+            if memory and still.any():
+                remembered = np.array([memory.get(f, {}).get(column) for f in sorted_facility[still]], dtype=object)
+                known = ~pd.isna(remembered)
+                rows = np.flatnonzero(still)[known]
+                filled[rows] = remembered[known]
+                still[rows] = False
+            if backward and still.any():
+                # the next valid row of the same facility: the same scan on the reversed order
+                reverse = _last_valid(valid[::-1], (len(valid) - 1 - ends)[::-1])[::-1]
+                after = np.where(reverse >= 0, len(valid) - 1 - reverse, -1)
+                rows = np.flatnonzero(still & (after >= 0))
+                filled[rows] = values[after[rows]]
+                still[rows] = False
+            if still.any() and fallback.get(column) is not None:
+                filled[still] = fallback[column]
+                still[:] = False
+            now_valid = ~_is_missing(filled)
+            imputed[order, j] = ~valid & now_valid
+            result = np.empty_like(filled)
+            result[order] = filled
+            out[column] = result.astype(float) if raw.dtype.kind == "f" else result
+            values, valid = filled, now_valid
+        if memory is not None:
+            latest = _last_valid(valid, starts)[last_rows]
+            for row, index in zip(last_rows, latest):
+                if index >= 0:
+                    memory.setdefault(str(sorted_facility[row]), {})[column] = values[index]
     return out, imputed
 
 

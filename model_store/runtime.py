@@ -11,6 +11,7 @@ import numpy as np
 from model_store.errors import StoreError
 from model_store.imputation import fill_with_means
 from model_store.models import IFOREST
+from model_store.models.forest import ForestArrays
 from model_store.models.forward import ForwardNet
 from model_store.scaling import MinMax, scale_clip
 from model_store.store import StoreManifest
@@ -37,7 +38,7 @@ class RuntimeGroup:
     median: np.ndarray
     error_scale: np.ndarray
     threshold: GroupThreshold
-    model: Any  # ForwardNet or IsolationForest
+    model: Any  # ForwardNet or ForestArrays
 
     def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None) -> GroupEvaluation:
         """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment)."""
@@ -53,9 +54,7 @@ def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> Runtim
     kind = entry["model_kind"]
     try:
         if kind == IFOREST:
-            from model_store.models.iforest import load_iforest
-
-            model: Any = load_iforest(manifest.artifact(entry["artifacts"]["model"]))
+            model: Any = ForestArrays.load(manifest.artifact(entry["artifacts"]["forward"]))
         else:
             model = ForwardNet.load(manifest.artifact(entry["artifacts"]["forward"]))
     except StoreError:

@@ -170,8 +170,8 @@ class ScoringEngine:
         fields = setting_model.fields
         state_columns = ["item", *fields]
         sub, imputed_state = impute_state(sub, state_columns, {}, memory=memory, backward=backward)
-        item = sub["item"].to_numpy(dtype=object)
-        settings = sub[list(fields)].to_numpy(dtype=float)
+        item = sub["item"].to_numpy(dtype=object, copy=True)  # filled below: must be writable
+        settings = sub[list(fields)].to_numpy(dtype=float, copy=True)
         facility = sub["facility"].astype(str).to_numpy(dtype=object)
         # Last resort for a facility seen with no history at all: its usual item and setting.
         gaps = np.flatnonzero(pd.isna(item) | np.isnan(settings).any(axis=1))
@@ -202,7 +202,8 @@ class ScoringEngine:
         )
         out.reason[rows[unscorable & known & profiled]] = "no trained group near this setting"
 
-        imputed_names = [[state_columns[j] for j in np.flatnonzero(imputed_state[r])] for r in range(len(rows))]
+        for r in np.flatnonzero(imputed_state.any(axis=1)):  # most records have no gap: skip them
+            out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
             group = self.cache.get(str(index.group_ids[g]))
@@ -222,15 +223,15 @@ class ScoringEngine:
             out.margin[target] = margin
             out.score[target] = score
             out.anomaly[target] = anomaly
+            features = group.features
+            for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
+                out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
+            for i in np.flatnonzero(evaluation.out_of_range.any(axis=1)):
+                out.out_of_range[target[i]] = [features[j] for j in np.flatnonzero(evaluation.out_of_range[i])]
             top = np.argsort(-evaluation.errors, axis=1)[:, :TOP_FEATURES]
-            for i, r in enumerate(local):
-                imputed_names[r] = imputed_names[r] + [group.features[j] for j in np.flatnonzero(evaluation.imputed[i])]
-                out.out_of_range[target[i]] = [group.features[j] for j in np.flatnonzero(evaluation.out_of_range[i])]
-                out.top_features[target[i]] = [
-                    {"field": group.features[j], "error": round(float(evaluation.errors[i, j]), 6)} for j in top[i]
-                ]
-        for r, target in enumerate(rows):
-            out.imputed[target] = imputed_names[r]
+            top_errors = np.round(np.take_along_axis(evaluation.errors, top, axis=1).astype(float), 6).tolist()
+            for i, (indices, errors) in enumerate(zip(top.tolist(), top_errors)):
+                out.top_features[target[i]] = [{"field": features[j], "error": e} for j, e in zip(indices, errors)]
 
 
 __all__ = ["ScoringEngine", "ScoredBatch", "EXACT", "NEAREST", "UNSCORABLE"]

@@ -49,14 +49,12 @@ def group_losses(
     AE/MemAE: the root mean square of the normalised reconstruction errors. A plain MAE lets the
     noisiest features dominate and dilutes a defect that moves two of twelve fields; dividing each
     feature's error by its mean training error weighs every field by its own noise.
-    IsolationForest: the negated sklearn score (larger = more isolated); the normalised
-    distances to the training median only explain it.
+    IsolationForest (a :class:`~model_store.models.forest.ForestArrays`): the negated sklearn
+    score (larger = more isolated); the normalised distances to the training median explain it.
     """
     errors = feature_errors(kind, model, scaled, median) / error_scale
     if kind == IFOREST:
-        from model_store.models.iforest import iforest_loss
-
-        return iforest_loss(model, scaled), errors
+        return model.loss(scaled), errors
     return np.sqrt(np.mean(errors**2, axis=1)), errors
 
 
@@ -83,11 +81,15 @@ def train_group(task: GroupTask) -> dict:
     training: dict = {}
     artifacts: dict[str, str] = {}
     if task.kind == IFOREST:
+        from model_store.models.forest import ForestArrays
         from model_store.models.iforest import fit_iforest, save_iforest
 
-        model = fit_iforest(fit_rows, cfg.iforest_trees, cfg.seed)
-        save_iforest(model, group_dir / "model.skops")
+        forest = fit_iforest(fit_rows, cfg.iforest_trees, cfg.seed)
+        save_iforest(forest, group_dir / "model.skops")
+        model = ForestArrays.from_sklearn(forest)
+        model.save(group_dir / "forest.npz")
         artifacts["model"] = f"groups/{task.group_id}/model.skops"
+        artifacts["forward"] = f"groups/{task.group_id}/forest.npz"
     else:
         from model_store.models.keras_nets import export_forward, fit_autoencoder
 

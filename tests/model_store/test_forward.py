@@ -34,3 +34,17 @@ def test_memory_attention_is_sparse_and_normalised() -> None:
     w = MemoryLayer(items, shrink_threshold=0.1).attention(np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32) * 3)
     assert np.allclose(w.sum(axis=1), 1.0, atol=1e-5)
     assert (w == 0).mean() > 0.3
+
+
+def test_forest_arrays_match_sklearn(tmp_path) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from model_store.models.forest import ForestArrays
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2000, 7)).astype(np.float32)
+    model = IsolationForest(n_estimators=50, max_samples=256, random_state=0).fit(x)
+    forest = ForestArrays.from_sklearn(model)
+    forest.save(tmp_path / "forest.npz")
+    probe = np.vstack([rng.random((300, 7)), rng.normal(0.5, 2.0, (50, 7))]).astype(np.float32)
+    np.testing.assert_allclose(ForestArrays.load(tmp_path / "forest.npz").loss(probe), -model.score_samples(probe), atol=1e-12)
