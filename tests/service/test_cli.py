@@ -74,7 +74,7 @@ def _train(plant: dict[str, Path], records: Path, store: Path) -> subprocess.Com
         (lambda f: f.drop(columns=["facility"]), "missing column 'facility'"),
         (lambda f: f.assign(maker=f["maker"].where(f.index != 3, "ACME")), "unknown maker in column 'maker', row 4"),
         (lambda f: f.iloc[0:0], "no rows"),
-        (lambda f: f.assign(**{f.columns[-1]: f[f.columns[-1]].astype(object).where(f.index != 5, "n/a")}), "must be numeric; row 6"),
+        (lambda f: f.assign(**{f.columns[-1]: f[f.columns[-1]].astype(object).where(f.index != 5, "hot")}), "must be numeric; row 6"),
     ],
     ids=["missing-column", "unknown-maker", "empty-file", "text-in-numeric"],
 )
