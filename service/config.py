@@ -122,6 +122,10 @@ class WorkerSettings(BaseSettings):
                                 "(hot reload).", json_schema_extra=_panel(STORE))
     cache_size: int = Field(2048, ge=1, description="Group models kept in memory (LRU by count).",
                             json_schema_extra=_panel(STORE))
+    recipes: Path | None = Field(
+        None, description="Recipe guidance: recipes.json from 'moldwatch recipe --out DIR' (or DIR itself). Adds "
+        "on_recipe to every verdict and serves GET /recipes/{facility}/{item}; reloaded when the file changes "
+        "(checked every store_poll_s). Unset: no recipe check.", json_schema_extra=_panel(STORE))
 
     # -- batching and flow -----------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=100_000, description="Most records scored together (vectorised per model).",

@@ -8,6 +8,9 @@ the worker's own event loop (no second process, no thread: the probes see the re
 - ``GET /metrics``  Prometheus text exposition of the worker's own registry.
 - ``POST /score``   score one JSON record now and return its verdict; 422 with the reason when
   the record is invalid (the original team's FastAPI endpoint).
+- ``GET /recipes/{facility}/{item}``  the recommended setting and operating window of a
+  facility/item (from the worker's recipes file); 404 with the reason when there is none, or
+  when the worker has no recipes file.
 """
 from __future__ import annotations
 
@@ -62,7 +65,13 @@ def create_app(worker: "Worker") -> FastAPI:
             return JSONResponse({"reason": outcome.reason, "error": outcome.error}, status_code=422)
         return Response(dumps(outcome), media_type="application/json")
 
-    # GET /recipes/{facility}/{item} (recipe guidance) is added here by a later issue.
+    @app.get("/recipes/{facility}/{item:path}")  # :path: an item name may hold a slash
+    async def recipe(facility: str, item: str) -> Response:
+        found, reason, error = worker.recipe(facility, item)
+        if found is None:
+            return JSONResponse({"reason": reason, "error": error, "facility": facility, "item": item}, status_code=404)
+        return Response(dumps(found), media_type="application/json")
+
     return app
 
 

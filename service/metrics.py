@@ -4,9 +4,21 @@ A registry per worker (not the global default) so that tests, the demo and the b
 several workers in one process. Label sets are bounded: facility and item come from the plant
 (tens to hundreds), dead-letter reasons and resolution paths are fixed vocabularies.
 
+Labelled counters whose label values are known at start (the configured source, the three output
+topics, dead-letter reasons, ...) are created at 0, so that rate()/increase() see the first event
+(a series born at 1 has no increase).
+
 Dashboards (PromQL):
     anomaly rate per facility/item  rate(moldwatch_anomalies_total[5m]) / rate(moldwatch_verdicts_total[5m])
     p99 end-to-end latency          histogram_quantile(0.99, rate(moldwatch_end_to_end_seconds_bucket[5m]))
+    share of production on recipe   sum by (facility) (rate(moldwatch_recipe_checks_total{on_recipe="true"}[5m]))
+      per facility                    / sum by (facility) (rate(moldwatch_recipe_checks_total[5m]))
+    share the recipes can judge     1 - sum(rate(moldwatch_recipe_checks_total{on_recipe="unknown"}[5m]))
+      (low: recipes are stale)        / sum(rate(moldwatch_recipe_checks_total[5m]))
+
+``on_recipe`` is "true" / "false" / "unknown" (no recipe for the facility/item, unknown setting
+cluster, or recipes made with another store version: rebuild them after a new store). The recipe
+counters exist only when the worker has a recipes file (``MOLDWATCH_RECIPES``).
 """
 from __future__ import annotations
 
@@ -15,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,6 +39,7 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 LATENCY_WINDOW = 200_000
 
 NONE_LABEL = "none"  # label value for a missing item/maker: Prometheus labels cannot be null
+ON_RECIPE = {True: "true", False: "false", None: "unknown"}
 
 
 def label(value: Any) -> str:
@@ -122,6 +135,13 @@ class WorkerMetrics:
         self.checkpoints = Counter("moldwatch_checkpoints", "Checkpoints written (resume token / offsets).", registry=r)
         self.source_errors = Counter("moldwatch_source_errors", "Source read errors (the source reconnects).", ["source"], registry=r)
         self.loop_lag = Gauge("moldwatch_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer.", registry=r)
+        self.ready = Gauge("moldwatch_ready", "1 when the last readiness check (/readyz) passed, else 0.", registry=r)
+        self.recipe_checks = Counter(
+            "moldwatch_recipe_checks", "Verdicts acknowledged by Kafka, by whether their setting is the recommended one "
+            "(on_recipe: true, false, unknown).", ["facility", "on_recipe"], registry=r)
+        self.recipe_loads = Counter("moldwatch_recipe_loads", "Recipe file loads (start-up and changes).", ["outcome"], registry=r)
+        self.recipes = Gauge("moldwatch_recipes", "Recipes (facility/item pairs) being served; 0 when none are loaded.",
+                             registry=r)
         self.store = Info("moldwatch_store", "The model store being served.", registry=r)
         self.cache = CacheStatsCollector()
         r.register(self.cache)
@@ -137,6 +157,9 @@ class WorkerMetrics:
             self.resolutions.labels(path)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)
+            self.recipe_loads.labels(outcome)
+        # Process memory, CPU, open files and start time (process_*), for this worker's registry.
+        ProcessCollector(registry=r)
 
     # -- gauges computed at scrape time --------------------------------------------------------
     def _checkpoint_age(self) -> float:
@@ -149,6 +172,20 @@ class WorkerMetrics:
         flight.set_function(in_flight)
 
     # -- helpers the worker calls --------------------------------------------------------------
+    def expect(self, source: str, topics: Iterable[str]) -> None:
+        """Create the source's and the output topics' labelled counters at 0 (see the module doc)."""
+        self.records_in.labels(source)
+        self.source_errors.labels(source)
+        for topic in topics:
+            self.kafka_send_errors.labels(topic)
+
+    def set_recipes(self, book: Any) -> None:
+        """A recipe book is served: its size, and its facilities' check counters at 0."""
+        self.recipes.set(len(book))
+        for facility in sorted({str(r["facility"]) for r in book.recipes()}):
+            for value in ON_RECIPE.values():
+                self.recipe_checks.labels(facility, value)
+
     def set_store(self, engine: Any, path: str) -> None:
         self.store.info({"model_version": str(engine.model_version), "path": str(path),
                          "groups": str(len(engine.manifest.groups))})
@@ -166,6 +203,8 @@ class WorkerMetrics:
         self.resolutions.labels(str(verdict.get("resolution"))).inc()
         for name in verdict.get("imputed") or ():
             self.imputed.labels(str(name)).inc()
+        if "on_recipe" in verdict:  # absent: the worker has no recipes file
+            self.recipe_checks.labels(facility, ON_RECIPE.get(verdict["on_recipe"], "unknown")).inc()
 
     def observe_latency(self, record_time: float | None, received_at: float, acked_at: float) -> None:
         self.processing.observe(max(0.0, acked_at - received_at))

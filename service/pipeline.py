@@ -5,6 +5,11 @@ batches so that a record with a gap is imputed from its machine's recent state).
 decoding, the canonical frame, the vectorised scoring core — runs in :meth:`Pipeline.run_batch`,
 which the worker calls on a single-thread executor so the event loop only moves data.
 
+Recipe check: with a :class:`~model_store.recipe.RecipeBook` in ``Pipeline.recipes`` every verdict
+gets ``on_recipe`` (True / False / None = can't tell: no recipe for its facility/item, unknown
+setting cluster, or a recipe made with another store version). Without one (no recipes file
+configured) verdicts carry no ``on_recipe`` at all: "not checked" is not "can't tell".
+
 Failure policy: a batch that raises is re-scored record by record and only the records that
 still raise become dead letters. A :class:`~model_store.errors.StoreError` is different: the
 store changed or broke on disk under a lazily loading engine, which says nothing about the
@@ -23,6 +28,7 @@ import pandas as pd
 
 from model_store.errors import StoreError
 from model_store.imputation import FacilityMemory
+from model_store.recipe import RecipeBook
 from model_store.scoring import ScoringEngine
 from model_store.verdict import to_verdicts
 from service.decode import SCORING_FAILED, UNDECODABLE, CanonicalRecord, DeadLetter, RecordDecoder, short_repr
@@ -84,6 +90,9 @@ class Pipeline:
         self._decoder = RecordDecoder(engine.schema)
         self.executor = executor
         self.memory: FacilityMemory = {}
+        # Replaced whole by the worker (never mutated); a batch reads it once, so one batch is
+        # judged by one book even when a reload lands mid-batch.
+        self.recipes: RecipeBook | None = None
 
     @property
     def engine(self) -> ScoringEngine:
@@ -106,7 +115,7 @@ class Pipeline:
     def run_batch(self, messages: Sequence[SourceMessage], memory: FacilityMemory | None = None) -> BatchResult:
         """Score a batch synchronously. ``memory`` defaults to the worker's facility memory."""
         started = time.perf_counter()
-        engine, decoder = self._engine, self._decoder
+        engine, decoder, recipes = self._engine, self._decoder, self.recipes
         memory = self.memory if memory is None else memory
         records: list[CanonicalRecord] = []
         originals: list[Any] = []  # what a scoring-failure dead letter quotes: the document as read
@@ -128,13 +137,13 @@ class Pipeline:
         result = BatchResult([], failed, engine.model_version)
         if records:
             try:
-                verdicts = score_records(engine, decoder, records, memory)
+                verdicts = score_records(engine, decoder, records, memory, recipes)
                 result.scored = [ScoredRecord(v, r.record_time, t, dumps(v)) for v, r, t in zip(verdicts, records, received)]
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
                 result.fallback = True
-                self._score_one_by_one(engine, decoder, records, originals, received, memory, result)
+                self._score_one_by_one(engine, decoder, records, originals, received, memory, result, recipes)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -147,10 +156,11 @@ class Pipeline:
         received: list[float],
         memory: FacilityMemory,
         result: BatchResult,
+        recipes: RecipeBook | None,
     ) -> None:
         for record, original, at in zip(records, originals, received):
             try:
-                (verdict,) = score_records(engine, decoder, [record], memory)
+                (verdict,) = score_records(engine, decoder, [record], memory, recipes)
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
@@ -191,13 +201,23 @@ def _finite(value: Any) -> Any:
 
 
 def score_records(
-    engine: ScoringEngine, decoder: RecordDecoder, records: Sequence[CanonicalRecord], memory: FacilityMemory
+    engine: ScoringEngine,
+    decoder: RecordDecoder,
+    records: Sequence[CanonicalRecord],
+    memory: FacilityMemory,
+    recipes: RecipeBook | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the canonical frame and run the shared scoring core (online: no backward fill)."""
+    """Build the canonical frame and run the shared scoring core (online: no backward fill);
+    with ``recipes``, add ``on_recipe`` judged against the serving store's version."""
     frame = pd.DataFrame.from_records([r.row for r in records], columns=decoder.columns)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"])
     batch = engine.score(frame, memory=memory, backward=False)
-    return to_verdicts(frame, batch, engine.model_version)
+    verdicts = to_verdicts(frame, batch, engine.model_version)
+    if recipes is not None:
+        flags = recipes.on_recipe_batch(batch.facility, batch.item, batch.cluster, model_version=engine.model_version)
+        for verdict, flag in zip(verdicts, flags):
+            verdict["on_recipe"] = flag
+    return verdicts
 
 
 __all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_records", "dumps"]

@@ -10,7 +10,10 @@ Tasks on one event loop, each with one job::
                source.commit(positions) at most every checkpoint_interval_s
     store      polls the store's manifest; a new version is loaded aside (a thread) and swapped in
                by the scorer between two batches; a bad store is logged and the old one kept
-    http       uvicorn serving /healthz /readyz /metrics /score (see service/http.py)
+    recipes    (with a recipes file) polls it likewise; a changed file is loaded in a thread and
+               replaces the pipeline's RecipeBook (verdicts' on_recipe, GET /recipes); a broken one
+               is logged, counted, and the previous book kept
+    http       uvicorn serving /healthz /readyz /metrics /score /recipes (see service/http.py)
 
 Because the committer handles batches in order and commits only after their acks, a checkpoint
 never passes an unacknowledged verdict. ``stop()`` (SIGTERM/SIGINT) stops the reader, lets the
@@ -41,6 +44,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
+from model_store.recipe import RecipeBook
+from model_store.recipe.output import RECIPES_JSON
 from model_store.scoring import ScoringEngine
 from model_store.store import MANIFEST, open_store
 from service.config import WorkerSettings
@@ -72,6 +77,8 @@ class Worker:
     def __init__(self, settings: WorkerSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
+        self.metrics.expect(settings.source, (settings.kafka_verdicts_topic, settings.kafka_alarms_topic,
+                                              settings.kafka_dead_letters_topic))
         self.queue: asyncio.Queue[SourceMessage] = asyncio.Queue(settings.queue_size)
         self._in_flight: asyncio.Queue[InFlight | None] = asyncio.Queue(settings.in_flight_batches)
         self.metrics.watch_queue(self.queue.qsize, self._in_flight.qsize)
@@ -91,6 +98,9 @@ class Worker:
         self._store_sig: tuple[int, int, int] | None = None
         self._store_problem: str | None = None
         self._reload_lock = asyncio.Lock()
+        self.recipes: RecipeBook | None = None
+        self._recipes_sig: tuple[int, int, int] | None = None
+        self._recipes_problem: str | None = None
         self._positions: list[Any] = []
         self._checkpointed_at = time.monotonic()
         self._ready: tuple[float, bool, dict[str, str]] = (0.0, False, {})
@@ -139,6 +149,7 @@ class Worker:
                 return ok, reasons
             reasons = await self._check_readiness()
             self._ready = (time.monotonic(), not reasons, reasons)
+            self.metrics.ready.set(0 if reasons else 1)
             return not reasons, reasons
 
     async def _check_readiness(self) -> dict[str, str]:
@@ -189,10 +200,13 @@ class Worker:
                 http = await start_http(create_app(self), self.settings.http_host, self.settings.http_port)
                 self.http_port = http[2]
                 log.info("http serving", url=f"http://{self.settings.http_host}:{self.http_port}",
-                         endpoints="/healthz /readyz /metrics /score")
+                         endpoints="/healthz /readyz /metrics /score /recipes/{facility}/{item}")
             self._spawn("loop-monitor", self._monitor_loop())
             await self._load_store()
             assert self.pipeline is not None
+            if self.settings.recipes is not None:
+                await self._load_recipes()
+                self._spawn("recipes-watcher", self._watch_recipes())
             schema = self.pipeline.engine.schema
             self.sink = KafkaSink(self.settings, self.metrics, facility_column=schema.facility)
             self.source = self._make_source(schema)
@@ -459,6 +473,70 @@ class Worker:
         self.metrics.set_store(engine, str(self.settings.store))
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
+        self._check_recipe_version()
+
+    # -- recipes -------------------------------------------------------------------------------
+    def recipe(self, facility: str, item: str) -> tuple[dict[str, Any] | None, str, str]:
+        """``(recipe, "", "")``, or ``(None, reason, error)`` saying why there is none
+        (``GET /recipes/{facility}/{item}``)."""
+        if self.settings.recipes is None:
+            return None, "recipes_not_configured", "this worker has no recipes file (MOLDWATCH_RECIPES / --recipes)"
+        if self.recipes is None:
+            return None, "recipes_not_loaded", f"recipes file not loaded: {self._recipes_problem or 'not read yet'}"
+        found = self.recipes.get(facility, item)
+        if found is None:
+            return None, "no_recipe", f"no recipe for facility {facility!r} item {item!r}"
+        return found, "", ""
+
+    def _recipes_path(self) -> Path:
+        path = Path(self.settings.recipes or "")
+        return path / RECIPES_JSON if path.is_dir() else path  # `moldwatch recipe --out DIR` or its recipes.json
+
+    def _recipes_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._recipes_path())
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    async def _load_recipes(self) -> None:
+        """Read the recipes file in a thread; on any failure keep the current book (or none)."""
+        path = self._recipes_path()
+        self._recipes_sig = self._recipes_signature()  # before reading: a write after it is seen next poll
+        try:
+            book = await asyncio.to_thread(RecipeBook.from_json, path)
+        except Exception as exc:  # noqa: BLE001 - recipes are guidance: never stop scoring for them
+            self.metrics.recipe_loads.labels("failed").inc()
+            error = f"{type(exc).__name__}: {exc}"
+            if self.recipes is None:
+                self._recipes_problem = error
+            log.error("recipes file rejected; keeping the current recipes", path=str(path), error=error,
+                      serving=len(self.recipes) if self.recipes is not None else None)
+            if self.pipeline is not None and self.pipeline.recipes is None:
+                self.pipeline.recipes = RecipeBook([])  # configured: verdicts say on_recipe=null, not nothing
+            return
+        self.recipes, self._recipes_problem = book, None
+        if self.pipeline is not None:
+            self.pipeline.recipes = book
+        self.metrics.recipe_loads.labels("ok").inc()
+        self.metrics.set_recipes(book)
+        log.info("recipes loaded", path=str(path), recipes=len(book), model_versions=sorted(book.model_versions))
+        self._check_recipe_version()
+
+    def _check_recipe_version(self) -> None:
+        if self.recipes is None or not len(self.recipes) or self.model_version in self.recipes.model_versions:
+            return
+        log.warning("recipes were made with another model store version: on_recipe is null until they are rebuilt "
+                    "('moldwatch recipe')", recipes_versions=sorted(self.recipes.model_versions), serving=self.model_version)
+
+    async def _watch_recipes(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.store_poll_s)
+            signature = self._recipes_signature()
+            # None: missing right now ('moldwatch recipe' replaces its directory with two renames);
+            # keep what is served, and load the file when it is back.
+            if signature is not None and signature != self._recipes_sig:
+                await self._load_recipes()
 
     # -- shutdown ------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -467,6 +545,7 @@ class Worker:
         try:
             await self._cancel("reader")
             await self._cancel("store-watcher")
+            await self._cancel("recipes-watcher")
             scorer, committer = self._tasks.get("scorer"), self._tasks.get("committer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator
 
 import httpx
 import jsonschema
@@ -30,20 +34,29 @@ def jsonable(document: dict) -> dict:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in document.items()}
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def offline_worker(trained_store):
+@contextlib.asynccontextmanager
+async def serving_offline(store: Path, **overrides: Any) -> AsyncIterator[Worker]:
     """A worker whose MongoDB and Kafka do not exist: HTTP and the store work, nothing is ready."""
     dead = f"127.0.0.1:{free_port()}"
     settings = WorkerSettings(  # type: ignore[call-arg]
-        _env_file=None, store=trained_store, http_host="127.0.0.1", http_port=0, ready_cache_s=0,
+        _env_file=None, store=store, http_host="127.0.0.1", http_port=0, ready_cache_s=0,
         kafka_bootstrap_servers=dead, mongo_uri=f"mongodb://{dead}/?directConnection=true", mongo_timeout_ms=300,
+        **overrides,
     )
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
-    await wait_for(lambda: worker.http_port is not None and worker.pipeline is not None, timeout=30)
-    yield worker
-    worker.stop()
-    assert await asyncio.wait_for(task, 30) == 0
+    try:
+        await wait_for(lambda: worker.http_port is not None and worker.pipeline is not None, timeout=30)
+        yield worker
+    finally:
+        worker.stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def offline_worker(trained_store):
+    async with serving_offline(trained_store) as worker:
+        yield worker
 
 
 async def test_liveness_metrics_and_unready_reasons_without_servers(offline_worker):
@@ -58,8 +71,17 @@ async def test_liveness_metrics_and_unready_reasons_without_servers(offline_work
     assert exposition.status_code == 200 and exposition.headers["content-type"].startswith("text/plain")
     for name in ("moldwatch_records_in", "moldwatch_verdicts", "moldwatch_dead_letters_total", "moldwatch_end_to_end_seconds",
                  "moldwatch_model_cache_hits_total", "moldwatch_checkpoint_age_seconds", "moldwatch_store_info",
-                 "moldwatch_resolutions_total", "moldwatch_change_stream_lag_seconds"):
+                 "moldwatch_resolutions_total", "moldwatch_change_stream_lag_seconds", "process_resident_memory_bytes",
+                 "process_cpu_seconds_total", "process_start_time_seconds"):
         assert name in exposition.text, name
+    # Counters whose labels are known at start exist at 0, so rate() sees their first event.
+    settings = offline_worker.settings
+    for topic in (settings.kafka_verdicts_topic, settings.kafka_alarms_topic, settings.kafka_dead_letters_topic):
+        assert f'moldwatch_kafka_send_errors_total{{topic="{topic}"}} 0.0' in exposition.text, topic
+    assert 'moldwatch_source_errors_total{source="mongo"} 0.0' in exposition.text
+    assert 'moldwatch_records_in_total{source="mongo"} 0.0' in exposition.text
+    assert "moldwatch_ready 0.0" in exposition.text  # set by the /readyz above
+    assert "moldwatch_recipe_checks_total{" not in exposition.text  # no recipes file: nothing checked
 
 
 async def test_post_score_returns_a_verdict_or_422_with_the_reason(offline_worker, small_plant):
@@ -76,6 +98,40 @@ async def test_post_score_returns_a_verdict_or_422_with_the_reason(offline_worke
         assert not_json.status_code == 422 and not_json.json()["reason"] == "not_a_document"
         array = await client.post("/score", json=[document])
         assert array.status_code == 422 and array.json()["reason"] == "not_a_document"
+    assert "on_recipe" not in scored.json()  # no recipes file: not checked (not the same as "can't tell")
+
+
+async def test_get_recipes_without_a_recipes_file_says_so(offline_worker):
+    response = await get(offline_worker, "/recipes/F01/ITM-001")
+    assert response.status_code == 404
+    assert response.json()["reason"] == "recipes_not_configured" and "MOLDWATCH_RECIPES" in response.json()["error"]
+
+
+async def test_get_recipes_serves_a_recipes_file_that_appears_after_start(trained_store, small_plant, tmp_path):
+    """Missing at start: the worker serves anyway (404 recipes_not_loaded, on_recipe null); once the
+    file is written (as 'moldwatch recipe --out DIR' does) the worker reads it."""
+    document = jsonable(plant_documents(small_plant, 1, "http-recipe", offset=2000)[0])
+    async with serving_offline(trained_store, recipes=tmp_path / "out", store_poll_s=0.1) as worker:
+        before = await get(worker, "/recipes/F01/ITM-001")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}") as client:
+            unjudged = (await client.post("/score", json=document)).json()
+            (tmp_path / "out").mkdir()  # DIR of 'moldwatch recipe --out DIR': its recipes.json is read
+            recipe = {"facility": unjudged["facility"], "item": unjudged["item"], "maker": unjudged["maker"],
+                      "setting_cluster": unjudged["setting_cluster"], "model_version": worker.model_version}
+            staged = tmp_path / "staged.json"
+            staged.write_text(json.dumps({"recipes": [recipe]}))
+            staged.rename(tmp_path / "out" / "recipes.json")
+            await wait_for(lambda: metric(worker, "moldwatch_recipes") == 1, timeout=20)
+            judged = (await client.post("/score", json=document)).json()
+            found = await client.get(f"/recipes/{recipe['facility']}/{recipe['item']}")
+            other = await client.get(f"/recipes/{recipe['facility']}/ITM/with-a-slash")
+    assert before.status_code == 404 and before.json()["reason"] == "recipes_not_loaded"
+    assert "not found" in before.json()["error"]
+    assert metric(worker, "moldwatch_recipe_loads_total", outcome="failed") == 1
+    assert unjudged["on_recipe"] is None and judged["on_recipe"] is True
+    jsonschema.validate(judged, VERDICT_SCHEMA)
+    assert found.status_code == 200 and found.json() == recipe
+    assert other.status_code == 404 and other.json()["reason"] == "no_recipe" and other.json()["item"] == "ITM/with-a-slash"
 
 
 @pytest.mark.servers
