@@ -135,8 +135,10 @@ def worker_series() -> dict[str, set[str]]:
     engine = SimpleNamespace(model_version="20250601-1", manifest=SimpleNamespace(groups=[1, 2]),
                              cache=_FakeCache())
     metrics.set_store(engine, "/models/store")
+    metrics.expect("mongo", ["moldwatch.verdicts", "moldwatch.alarms", "moldwatch.dead-letters"])
     metrics.observe_verdict({"facility": "F1", "item": "A", "anomaly": True, "resolution": "exact",
-                             "imputed": ["Mold_Temperature_3"]})
+                             "imputed": ["Mold_Temperature_3"], "on_recipe": True})
+    metrics.ready.set(1)
     metrics.observe_latency(record_time=100.0, received_at=100.01, acked_at=100.02)
     metrics.records_in.labels("mongo").inc()
     metrics.stream_lag.labels("mongo").set(0.1)

@@ -82,7 +82,7 @@ def test_dashboard_covers_the_worker(dashboard: dict[str, Any]) -> None:
         "moldwatch_dead_letters_total", "moldwatch_end_to_end_seconds_bucket", "moldwatch_scoring_seconds_bucket",
         "moldwatch_change_stream_lag_seconds", "moldwatch_checkpoint_age_seconds", "moldwatch_model_cache_hits_total",
         "moldwatch_model_cache_misses_total", "moldwatch_model_cache_loads_total", "moldwatch_model_reloads_total",
-        "moldwatch_kafka_send_errors_total", "moldwatch_store_info",
+        "moldwatch_kafka_send_errors_total", "moldwatch_store_info", "moldwatch_recipe_checks_total",
     }
     assert wanted - used == set()
     kinds = {p["type"] for p in panels(dashboard)}

@@ -179,12 +179,15 @@ def worker_endpoint() -> Iterator[tuple[WorkerMetrics, str]]:
 
 
 def _verdicts(metrics: WorkerMetrics) -> None:
-    """One burst: F1/A 100 verdicts of which 20 anomalous; F2/B 50 verdicts, none anomalous."""
+    """One burst: F1/A 100 verdicts of which 20 anomalous and 75 on recipe; F2/B 50 verdicts, none
+    anomalous, none the recipes can judge."""
     for i in range(100):
-        metrics.observe_verdict({"facility": "F1", "item": "A", "anomaly": i % 5 == 0, "resolution": "exact"})
+        metrics.observe_verdict({"facility": "F1", "item": "A", "anomaly": i % 5 == 0, "resolution": "exact",
+                                 "on_recipe": i % 4 != 0})
         metrics.observe_latency(record_time=1000.0, received_at=1000.01, acked_at=1000.02)
     for _ in range(50):
-        metrics.observe_verdict({"facility": "F2", "item": "B", "anomaly": False, "resolution": "nearest"})
+        metrics.observe_verdict({"facility": "F2", "item": "B", "anomaly": False, "resolution": "nearest",
+                                 "on_recipe": None})
 
 
 def _value(result: list[dict[str, Any]], **labels: str) -> float | None:
@@ -217,6 +220,9 @@ def test_recording_rules_on_a_real_prometheus(prometheus_factory: Any, worker_en
     per_item = prom.wait_for("job_facility_item:moldwatch_anomaly_ratio:rate5m",
                              lambda r: _value(r, facility="F1", item="A") == pytest.approx(0.2))
     assert _value(per_item, facility="F2", item="B") == 0.0
+    on_recipe = prom.wait_for("job_facility:moldwatch_on_recipe_ratio:rate5m",
+                              lambda r: _value(r, facility="F1") == pytest.approx(0.75))
+    assert _value(on_recipe, facility="F2") == 0.0
     rate = prom.query("job:moldwatch_verdicts:rate5m")
     assert rate and float(rate[0]["value"][1]) > 0
     p99 = prom.wait_for("job:moldwatch_end_to_end_seconds:p99_5m", lambda r: bool(r) and r[0]["value"][1] != "NaN")
