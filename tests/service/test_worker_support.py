@@ -73,6 +73,7 @@ def worker_settings(mongo: Any, kafka: Any, store: Path, name: str, **overrides:
         http_host="127.0.0.1",
         http_port=0,
         ready_cache_s=0.0,
+        ready_timeout_s=3.0,  # tests share two busy cores; production probes keep the 0.5 s default
         shutdown_timeout_s=20,
     )
     values.update(overrides)
