@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import signal
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -181,7 +182,15 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
     from service.devservers import KafkaServer, MongoServer
     from service.worker import Worker
 
+    # Our own handlers, not KeyboardInterrupt: a demo started from a script in the background
+    # inherits SIGINT as *ignored*, and SIGTERM (systemd, CI) should stop it just as cleanly.
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted.set)
     plant, store = await asyncio.to_thread(prepare_store, workdir, retrain)
+    if interrupted.is_set():
+        return LiveStats()
     stats = LiveStats()
     with console.status("Starting local Kafka and MongoDB-protocol servers..."):
         kafka, mongo = KafkaServer(), MongoServer()
@@ -207,12 +216,14 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
                  asyncio.create_task(feed(collection, documents, rate, stats, stop, plant.schema.timestamp))]
         deadline = time.monotonic() + duration if duration > 0 else math.inf
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while time.monotonic() < deadline and not worker_task.done():
+            while time.monotonic() < deadline and not worker_task.done() and not interrupted.is_set():
                 for task in tasks:
                     if task.done() and task.exception():
                         raise task.exception()  # type: ignore[misc]
                 live.update(render(stats, metrics_url, worker.metrics.latencies.quantiles((0.5, 0.99)), worker.model_version or "-"))
                 await asyncio.sleep(0.25)
+        if interrupted.is_set():
+            console.print("Stopping: draining the worker and shutting the servers down...")
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()

@@ -45,10 +45,13 @@ def _metric(port: int, name: str) -> float:
 
 def test_demo_streams_verdicts_and_ctrl_c_leaves_nothing_running(tmp_path) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--workdir", str(tmp_path), "--http-port", str(port), "--rate", "100"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log = tmp_path / "demo.log"  # a file, not a pipe: a full pipe would block the demo itself
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "demo", "--workdir", str(tmp_path), "--http-port", str(port), "--rate", "100"],
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+    tail = lambda: log.read_text()[-4000:]  # noqa: E731
     try:
         deadline = time.monotonic() + 420
         verdicts = 0.0
@@ -60,15 +63,19 @@ def test_demo_streams_verdicts_and_ctrl_c_leaves_nothing_running(tmp_path) -> No
             except OSError:
                 pass
             time.sleep(1)
-        assert verdicts >= 200, f"no verdicts flowed; demo output:\n{process.stdout.read() if process.poll() is not None else ''}"
+        assert verdicts >= 200, f"no verdicts flowed; demo output:\n{tail()}"
         children = _descendants(process.pid)
         assert children, "the demo should have started the Kafka and MongoDB servers"
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not stop within 120 s of Ctrl-C; output:\n{tail()}")
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, output[-3000:]
+    output = log.read_text()
+    assert process.returncode == 0, tail()
     time.sleep(1)
     assert not [pid for pid in children if _alive(pid)], "servers left running after Ctrl-C"
     assert "Traceback" not in output
