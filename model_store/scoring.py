@@ -20,6 +20,11 @@ from model_store.store import StoreManifest
 from model_store.thresholds import decide, effective_thresholds
 
 TOP_FEATURES = 3
+# A setting profile describes records whose set points lie within this many times its own 95th
+# percentile spread (floored, for profiles of one exact combination): beyond that the record runs
+# a different setting that merely fell into the same cluster, and aligning it would be wrong.
+PROFILE_REACH = 1.5
+PROFILE_MIN_RADIUS = 0.02
 
 
 @dataclass
@@ -88,11 +93,14 @@ class ScoringEngine:
             if maker in manifest.setting_models
         }
         self.facility_maker: dict[str, str] = manifest.raw.get("facility_maker", {})
-        self.profiles: dict[tuple[str, str, int], np.ndarray] = {
-            (p["facility"], p["item"], int(p["cluster"])): np.array([np.nan if v is None else v for v in p["median"]], dtype=float)
-            for entries in manifest.raw.get("setting_profiles", {}).values()
-            for p in entries
-        }
+        self.profiles: dict[tuple[str, str, int], np.ndarray] = {}
+        self.profile_reach: dict[tuple[str, str, int], tuple[np.ndarray, float]] = {}
+        for entries in manifest.raw.get("setting_profiles", {}).values():
+            for p in entries:
+                key = (p["facility"], p["item"], int(p["cluster"]))
+                self.profiles[key] = np.array([np.nan if v is None else v for v in p["median"]], dtype=float)
+                reach = PROFILE_REACH * max(float(p["setting_radius"]), PROFILE_MIN_RADIUS)
+                self.profile_reach[key] = (np.asarray(p["setting_centroid"], dtype=float), reach)
         self.defaults: dict[str, dict[str, Any]] = manifest.raw.get("facility_defaults", {})
 
     def group(self, group_id: str) -> RuntimeGroup:
@@ -110,8 +118,18 @@ class ScoringEngine:
         combo = facility_defaults.get("settings_by_item", {}).get(item) or facility_defaults.get("settings")
         return item, (np.asarray(combo, dtype=float) if combo is not None and len(combo) == len(fields) else None)
 
+    def _profiled(self, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, scaled: np.ndarray) -> np.ndarray:
+        """Rows whose own setting has a history profile that really describes them."""
+        out = np.zeros(len(facility), dtype=bool)
+        for r, key in enumerate(zip(facility, item, cluster.tolist())):
+            reach = self.profile_reach.get(key)
+            if reach is not None and not np.isnan(scaled[r]).any():
+                out[r] = float(np.sqrt(((scaled[r] - reach[0]) ** 2).sum())) <= reach[1]
+        return out
+
     def _alignment(
-        self, group: RuntimeGroup, path: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray
+        self, group: RuntimeGroup, near: np.ndarray, profiled: np.ndarray, facility: np.ndarray, item: np.ndarray,
+        cluster: np.ndarray,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """Shift that moves nearest-path rows into the scoring group's frame, and which rows moved.
 
@@ -120,17 +138,15 @@ class ScoringEngine:
         group's model judges the record's deviation from *its own* setting's normal, not the
         distance between two settings. Settings never seen keep no shift (and the distance weight).
         """
-        near = np.flatnonzero(path == NEAREST)
-        aligned = np.zeros(len(path), dtype=bool)
+        rows = np.flatnonzero(near & profiled)
+        aligned = np.zeros(len(near), dtype=bool)
         target = self.profiles.get((group.key["facility"], group.key["item"], int(group.key["cluster"])))
-        if len(near) == 0 or target is None:
+        if len(rows) == 0 or target is None:
             return None, aligned
-        shift = np.zeros((len(path), len(group.features)))
-        for i in near:
-            own = self.profiles.get((facility[i], item[i], int(cluster[i])))
-            if own is not None:
-                shift[i] = np.nan_to_num(target - own)
-                aligned[i] = True
+        shift = np.zeros((len(near), len(group.features)))
+        for i in rows:
+            shift[i] = np.nan_to_num(target - self.profiles[(facility[i], item[i], int(cluster[i]))])
+            aligned[i] = True
         return shift, aligned
 
     # -- scoring -------------------------------------------------------------------------------
@@ -190,7 +206,7 @@ class ScoringEngine:
         cluster = np.full(len(rows), -1, dtype=np.int64)
         cluster[known] = assign_clusters(scaled[known], setting_model.centroids)
         out.cluster[rows] = cluster
-        profiled = np.array([(f, i, int(c)) in self.profiles for f, i, c in zip(facility, item, cluster)], dtype=bool)
+        profiled = self._profiled(facility, item, cluster, scaled)
         resolution = resolve(index, facility, item, cluster, scaled, self.max_distance, profiled)
         out.resolution[rows] = resolution.path
         out.distance[rows] = resolution.distance
@@ -207,7 +223,7 @@ class ScoringEngine:
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
             group = self.cache.get(str(index.group_ids[g]))
-            shift, aligned = self._alignment(group, resolution.path[local], facility[local], item[local], cluster[local])
+            shift, aligned = self._alignment(group, resolution.path[local] == NEAREST, profiled[local], facility[local], item[local], cluster[local])
             evaluation = group.evaluate(sub.iloc[local][list(group.features)].to_numpy(dtype=float), shift)
             # The distance weight widens the line for a record judged by another setting's model;
             # an aligned record is judged against its own setting's normal, so it gets none.

@@ -91,10 +91,18 @@ def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> 
     for (maker, facility, item, cluster), sub in frame.groupby(["maker", "facility", "item", "cluster"]):
         if len(sub) < min_rows:
             continue
+        model = data.setting_models[maker]
         median = np.nanmedian(sub[list(schema.makers[maker].production)].to_numpy(dtype=float), axis=0)
+        settings = scale_settings(sub[list(model.fields)].to_numpy(dtype=float), model)
+        settings = settings[~np.isnan(settings).any(axis=1)]
+        if len(settings) == 0:
+            continue
+        centroid = settings.mean(axis=0)
+        radius = float(np.quantile(np.sqrt(((settings - centroid) ** 2).sum(axis=1)), 0.95))
         out.setdefault(str(maker), []).append(
             {"facility": str(facility), "item": str(item), "cluster": int(cluster), "rows": int(len(sub)),
-             "median": [None if np.isnan(v) else float(v) for v in median]}
+             "median": [None if np.isnan(v) else float(v) for v in median],
+             "setting_centroid": [float(v) for v in centroid], "setting_radius": radius}
         )
     return out
 
