@@ -27,22 +27,30 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of a process and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
+def process_tree(root: int) -> list[int]:
+    """A process and all its live descendants (Linux /proc), parents first."""
+    found, stack = [], [root]
     while stack:
         pid = stack.pop()
-        if pid in seen:
+        if pid in found:
             continue
-        seen.add(pid)
+        found.append(pid)
         try:
-            with open(f"/proc/{pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as fh:
                     stack.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total

@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import _tree_rss_bytes, write_result  # noqa: E402
+from bench._common import _tree_rss_bytes, process_tree, write_result  # noqa: E402
 from tests.plants import SMALL_PLANT, SMALL_TRAINING  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -143,21 +143,13 @@ def per_record_seconds(fn: Callable[[int], Any], count: int, warmup: int = 3) ->
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (children reaped or not)."""
-    total, stack, seen = 0.0, [pid], set()
-    tick = os.sysconf("SC_CLK_TCK")
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    """User + system CPU seconds of a process and its live descendants."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as fh:
-                    stack.extend(int(c) for c in fh.read().split())
         except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
     return total
