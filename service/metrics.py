@@ -146,6 +146,7 @@ class WorkerMetrics:
         self.cache = CacheStatsCollector()
         r.register(self.cache)
         self.latencies = LatencyWindow()
+        self._per_item: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._last_checkpoint: float | None = None
         self._started = time.time()
         self.checkpoint_age = Gauge(
@@ -197,9 +198,13 @@ class WorkerMetrics:
 
     def observe_verdict(self, verdict: dict[str, Any]) -> None:
         facility, item = label(verdict.get("facility")), label(verdict.get("item"))
-        self.verdicts.labels(facility, item).inc()
+        children = self._per_item.get((facility, item))
+        if children is None:  # labels() costs a lock and a tuple hash per call: resolve once per pair
+            children = self._per_item[(facility, item)] = (
+                self.verdicts.labels(facility, item), self.anomalies.labels(facility, item))
+        children[0].inc()
         if verdict.get("anomaly"):
-            self.anomalies.labels(facility, item).inc()
+            children[1].inc()
         self.resolutions.labels(str(verdict.get("resolution"))).inc()
         for name in verdict.get("imputed") or ():
             self.imputed.labels(str(name)).inc()
