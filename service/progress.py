@@ -24,7 +24,7 @@ def progress_bar(console: Console | None = None) -> Iterator[ProgressCallback]:
     console = console or Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal and False,
+        TimeRemainingColumn(), console=console, transient=False,
     ) as bar:
         tasks: dict[str, int] = {}
 
