@@ -60,6 +60,14 @@ class ThresholdConfig:
     distance_gain: float = 0.50
     # The total widening is capped so that no weight can make a group blind.
     margin_limit: float = 0.50
+    # Nearest-path sanity cap: on its own history, an untrained setting judged by a neighbour's
+    # model may alarm on at most this multiple of its lot defect rate (the lots say roughly how
+    # many of its shots were bad); where the neighbour would alarm on more, its line is raised
+    # just enough. A setting needs this many history rows for the cap to be estimated.
+    nearest_alarm_budget: float = 3.0
+    nearest_min_rows: int = 200
+    # Lot rates below this are treated as this (a 0 % lot does not mean a 0 % alarm budget).
+    nearest_min_rate: float = 0.005
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,10 @@ class ScoringEngine:
             if maker in manifest.setting_models
         }
         self.facility_maker: dict[str, str] = manifest.raw.get("facility_maker", {})
+        self.alarm_budget: dict[tuple[str, str, int, str], float] = {
+            (c["facility"], c["item"], int(c["cluster"]), c["group_id"]): float(c["factor"])
+            for c in manifest.raw.get("nearest_calibration", [])
+        }
         self.profiles: dict[tuple[str, str, int], np.ndarray] = {}
         self.profile_reach: dict[tuple[str, str, int], tuple[np.ndarray, float]] = {}
         for entries in manifest.raw.get("setting_profiles", {}).values():
@@ -117,6 +121,15 @@ class ScoringEngine:
         item = item if isinstance(item, str) else facility_defaults.get("item")
         combo = facility_defaults.get("settings_by_item", {}).get(item) or facility_defaults.get("settings")
         return item, (np.asarray(combo, dtype=float) if combo is not None and len(combo) == len(fields) else None)
+
+    def _budget_factors(
+        self, group_id: str, path: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray
+    ) -> np.ndarray:
+        """Nearest-path threshold factors from training-time calibration (1 where none)."""
+        factors = np.ones(len(path))
+        for i in np.flatnonzero(path == NEAREST):
+            factors[i] = self.alarm_budget.get((facility[i], item[i], int(cluster[i]), group_id), 1.0)
+        return factors
 
     def _profiled(self, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, scaled: np.ndarray) -> np.ndarray:
         """Rows whose own setting has a history profile that really describes them."""
@@ -230,6 +243,8 @@ class ScoringEngine:
             unaligned_near = (resolution.path[local] == NEAREST) & ~aligned
             distance = np.where(unaligned_near, resolution.distance[local], 0.0)
             threshold = effective_thresholds(group.threshold, distance)
+            if self.alarm_budget:
+                threshold = threshold * self._budget_factors(group.id, resolution.path[local], facility[local], item[local], cluster[local])
             margin, score, anomaly = decide(evaluation.loss, threshold)
             target = rows[local]
             out.group_id[target] = group.id

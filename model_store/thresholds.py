@@ -83,3 +83,11 @@ def decide(loss: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndar
     margin = loss - threshold
     score = loss / np.where(threshold > 0, threshold, np.finfo(float).tiny)
     return margin, score, margin > 0
+
+
+def alarm_budget_factor(scores: np.ndarray, lot_defect_rate: float, config: ThresholdConfig) -> float:
+    """Factor (>= 1) on a nearest-path threshold so that at most ``budget x lot rate`` of a
+    setting's history scores above it. ``scores`` are loss / threshold on that history."""
+    rate = max(float(lot_defect_rate) if np.isfinite(lot_defect_rate) else 0.0, config.nearest_min_rate)
+    share = min(1.0, config.nearest_alarm_budget * rate)
+    return max(1.0, float(np.quantile(np.asarray(scores, dtype=float), 1.0 - share)))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from model_store.config import TrainingConfig
 from model_store.errors import DataError
-from model_store.groups import TRAIN, VALIDATION, GroupKey, cluster_rows, group_table
+from model_store.groups import GROUP_KEYS, TRAIN, VALIDATION, GroupKey, cluster_rows, group_table
 from model_store.imputation import impute_state
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
@@ -219,6 +219,38 @@ def validation_figures(manifest: StoreManifest, data: PreparedData) -> dict[str,
     return figures
 
 
+def nearest_calibration(manifest: StoreManifest, data: PreparedData, config: TrainingConfig) -> list[dict[str, Any]]:
+    """Alarm-budget factors for every untrained setting with enough history (see ThresholdConfig)."""
+    from model_store.scoring import ScoringEngine
+    from model_store.thresholds import alarm_budget_factor
+
+    untrained = data.groups[data.groups["role"] != TRAIN][GROUP_KEYS]
+    records = data.records.reset_index(drop=True).assign(_lot_rate=data.lot_rates)
+    rows = records.merge(untrained, on=GROUP_KEYS, how="inner")
+    if rows.empty:
+        return []
+    rows = rows.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    batch = ScoringEngine(manifest).score(rows, memory={}, backward=True)
+    frame = pd.DataFrame({
+        "facility": batch.facility, "item": batch.item, "cluster": batch.cluster, "group_id": batch.group_id,
+        "path": batch.resolution, "score": batch.score,
+        "rate": rows["_lot_rate"].to_numpy(),
+    })
+    frame = frame[frame["path"] == "nearest"]
+    out = []
+    for (facility, item, cluster, group_id), sub in frame.groupby(["facility", "item", "cluster", "group_id"]):
+        if len(sub) < config.threshold.nearest_min_rows:
+            continue
+        rate = float(np.nanmean(sub["rate"])) if sub["rate"].notna().any() else float("nan")
+        out.append({
+            "facility": str(facility), "item": str(item), "cluster": int(cluster), "group_id": str(group_id),
+            "rows": int(len(sub)), "lot_defect_rate": None if np.isnan(rate) else rate,
+            "history_alarm_share": float((sub["score"] > 1.0).mean()),
+            "factor": alarm_budget_factor(sub["score"].to_numpy(), rate, config.threshold),
+        })
+    return out
+
+
 def train_store(
     records: pd.DataFrame,
     lots: pd.DataFrame,
@@ -250,6 +282,7 @@ def train_store(
         if progress:
             progress("validate", 0, 1)
         manifest["validation_groups"] = validation_figures(staged, data)
+        manifest["nearest_calibration"] = nearest_calibration(staged, data, config)
         if progress:
             progress("validate", 1, 1)
         manifest["training"]["seconds"] = round(time.perf_counter() - started, 2)

@@ -36,3 +36,14 @@ def test_decide_is_monotone_in_loss() -> None:
     margin, score, anomaly = decide(loss, np.full(4, 1.0))
     assert list(anomaly) == [False, False, False, True]
     assert np.all(np.diff(score) > 0) and np.allclose(margin, loss - 1.0)
+
+
+def test_alarm_budget_raises_only_miscalibrated_lines() -> None:
+    from model_store.thresholds import alarm_budget_factor
+
+    config = ThresholdConfig(nearest_alarm_budget=3.0, nearest_min_rate=0.005)
+    sane = np.linspace(0.0, 1.01, 1000)  # ~1 % of history above the line, lots say 1 %
+    assert alarm_budget_factor(sane, 0.01, config) == 1.0
+    flooded = np.linspace(0.5, 3.0, 1000)  # a neighbour's model that would alarm on 80 % of it
+    factor = alarm_budget_factor(flooded, 0.01, config)
+    assert factor > 1.0 and np.mean(flooded > factor) == pytest.approx(0.03, abs=0.002)
