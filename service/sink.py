@@ -24,6 +24,7 @@ from bson import json_util
 
 from service.config import WorkerSettings
 from service.decode import DeadLetter
+from service.kafka_ping import metadata_ping
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, dumps
 
@@ -148,13 +149,7 @@ class KafkaSink:
         """``None`` when the producer can reach a broker now, else the reason (readiness)."""
         if self.producer is None:
             return "kafka producer not connected"
-        try:
-            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), self.settings.ready_timeout_s)
-        except asyncio.TimeoutError:
-            return f"kafka: no metadata answer within {self.settings.ready_timeout_s} s"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-            return f"kafka: {type(exc).__name__}: {exc}"
-        return None
+        return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka")
 
     # -- add ---------------------------------------------------------------------------------------
     async def add_batch(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:

@@ -23,6 +23,7 @@ from bson.json_util import JSONOptions
 
 from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
+from service.kafka_ping import metadata_ping
 from service.pipeline import SourceMessage
 from service.sources import Emit
 
@@ -147,13 +148,7 @@ class KafkaSource:
     async def ping(self) -> str | None:
         if self.consumer is None:
             return "kafka source not connected"
-        try:
-            await asyncio.wait_for(self.consumer._client.fetch_all_metadata(), self.settings.ready_timeout_s)
-        except asyncio.TimeoutError:
-            return f"kafka source: no metadata answer within {self.settings.ready_timeout_s} s"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-            return f"kafka source: {type(exc).__name__}: {exc}"
-        return None
+        return await metadata_ping(self.consumer._client, self.settings.ready_timeout_s, "kafka source")
 
     async def close(self) -> None:
         consumer, self.consumer = self.consumer, None

@@ -1,0 +1,16 @@
+"""Readiness ping shared by the Kafka sink and the Kafka source: one metadata round trip."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def metadata_ping(client: Any, timeout_s: float, what: str) -> str | None:
+    """``None`` when ``client`` (an aiokafka client) gets a metadata answer in time, else why not."""
+    try:
+        await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+    except asyncio.TimeoutError:
+        return f"{what}: no metadata answer within {timeout_s} s"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+        return f"{what}: {type(exc).__name__}: {exc}"
+    return None
