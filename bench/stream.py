@@ -107,17 +107,9 @@ def later_plant(shots: int):
 
 def raw_documents(plant: Any) -> list[dict[str, Any]]:
     """The plant's raw rows as a plant would insert them: own fields only, no NaN, datetimes."""
-    documents = []
-    for row in plant.records.to_dict("records"):
-        doc: dict[str, Any] = {}
-        for key, value in row.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            if hasattr(value, "to_pydatetime"):
-                value = value.to_pydatetime()
-            doc[key] = value
-        documents.append(doc)
-    return documents
+    from model_store.simulate import as_documents
+
+    return as_documents(plant.records)
 
 
 def median_call_seconds(fn: Callable[[], Any], min_seconds: float = 1.0, min_reps: int = 5, warmup: int = 2) -> float:

@@ -100,8 +100,17 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
 
     from service.progress import progress_bar
 
+    from model_store.errors import StoreError
+    from model_store.store import open_store
+
     plant = simulate(SimulationConfig(**DEMO_PLANT))
     store = workdir / "store"
+    if not retrain and (store / "manifest.json").is_file():
+        try:
+            open_store(store)
+        except StoreError as exc:  # e.g. written by an older moldwatch: train a fresh one
+            console.print(f"Cannot reuse {store} ({exc}); training a new one.")
+            retrain = True
     if retrain or not (store / "manifest.json").is_file():
         console.print(f"Simulated {len(plant.records):,} shots of history; training the store (about a minute)...")
         records = canonical_records(plant.records, plant.schema)
@@ -115,7 +124,7 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
 
 def live_documents(plant: Any, defect_boost: float, broken_share: float, seed: int) -> Iterator[tuple[dict[str, Any], bool]]:
     """The next production day's shots as MongoDB documents, in time order; a few broken ones."""
-    from model_store.simulate import continue_plant
+    from model_store.simulate import as_documents, continue_plant
 
     day = 0
     rng = random.Random(seed)
@@ -124,9 +133,7 @@ def live_documents(plant: Any, defect_boost: float, broken_share: float, seed: i
     while True:
         later = continue_plant(plant, days=1, defect_boost=defect_boost, first_day=plant.n_days + day)
         frame = later.records.sort_values(schema.timestamp, kind="stable")
-        for raw in frame.to_dict("records"):
-            doc = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in raw.items()}
-            doc = {k: v for k, v in doc.items() if v is not None or k in (schema.item,)}
+        for doc in as_documents(frame):
             broken = rng.random() < broken_share
             if broken:  # what a flaky MES export does: text in a numeric field, or no facility
                 field_name = rng.choice([f for f in numeric if f in doc] or [schema.facility])

@@ -6,6 +6,7 @@ setting-dependent defect mechanisms, daily lots) for tests, demos and benchmarks
     later = continue_plant(plant, days=1)               # day 31 of the same plant
 """
 from model_store.simulate.config import SimulationConfig, SimulationConfigError
+from model_store.simulate.documents import as_documents
 from model_store.simulate.defects import CAUSES, NONE_LABEL, SENSOR_SPIKE_LABEL
 from model_store.simulate.makers import MAKERS, plant_schema
 from model_store.simulate.plant import PlantDefinition, define_plant
@@ -21,6 +22,7 @@ __all__ = [
     "SimulatedPlant",
     "SimulationConfig",
     "SimulationConfigError",
+    "as_documents",
     "continue_plant",
     "define_plant",
     "plant_schema",

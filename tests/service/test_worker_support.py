@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -16,6 +15,7 @@ from typing import Any, AsyncIterator
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from model_store.simulate import as_documents
 from model_store.verdict import VERDICT_SCHEMA_PATH
 from service.config import WorkerSettings
 from service.worker import Worker
@@ -37,18 +37,10 @@ def plant_documents(plant: Any, count: int, prefix: str, start: datetime | None 
     schema = plant.schema
     frame = plant.records.iloc[offset : offset + count]
     start = start or datetime.now(timezone.utc)
-    documents = []
-    for i, row in enumerate(frame.to_dict("records")):
-        doc: dict[str, Any] = {}
-        for key, value in row.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            if hasattr(value, "to_pydatetime"):
-                value = value.to_pydatetime()
-            doc[key] = value
+    documents = as_documents(frame)
+    for i, doc in enumerate(documents):
         doc[schema.record_id] = f"{prefix}-{offset + i:06d}"
         doc[schema.timestamp] = start + timedelta(milliseconds=i)
-        documents.append(doc)
     return documents
 
 
