@@ -15,10 +15,13 @@ from service.decode import (
     MISSING_FIELD,
     NOT_A_DOCUMENT,
     REASONS,
+    SCORING_FAILED,
+    UNDECODABLE,
     UNKNOWN_MAKER,
     CanonicalRecord,
     DeadLetter,
     RecordDecoder,
+    short_repr,
 )
 
 SCHEMA = parse_schema(
@@ -144,6 +147,271 @@ def test_constant_maker_schema_and_timestamp_format():
     assert decoder.decode({"id": "1", "ts": "2026-13-45", "fac": "M1"}).reason == INVALID_FIELD
 
 
+# -- numbers at the edges: what is a value, what is a gap, what is an error -----------------------
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (" 1.5 ", 1.5),  # blank-padded, as fixed-width exports write numbers
+        ("\t-2.25\n", -2.25),
+        ("1e3", 1000.0),
+        ("-0", 0.0),
+        ("7", 7.0),
+        (3, 3.0),
+        (-(2**62), float(-(2**62))),
+        (Int64(12), 12.0),
+        (Decimal("0.125"), 0.125),
+        (Decimal128("2.5E-1"), 0.25),
+        (2.5, 2.5),
+        (1e308, 1e308),
+    ],
+)
+def test_numbers_and_numeric_text_are_values(raw, expected):
+    out = DECODER.decode(good(s2=raw))
+    assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
+    value = out.row["s2"]
+    assert type(value) is float and value == expected
+
+
+@pytest.mark.parametrize("raw", ["", "   ", " \t\n ", "nan", " NaN ", "-nan", float("nan"), Decimal("NaN"),
+                                 Decimal128("NaN"), None])
+def test_blank_and_nan_are_gaps_not_errors(raw):
+    out = DECODER.decode(good(s2=raw))
+    assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
+    assert math.isnan(out.row["s2"])
+
+
+@pytest.mark.parametrize(
+    "raw, mentions",
+    [
+        ("inf", "infinite"),
+        (" -inf ", "infinite"),
+        ("Infinity", "infinite"),
+        ("1e400", "infinite"),  # a numeric string beyond float range: infinite, not a gap
+        (float("-inf"), "infinite"),
+        (Decimal("Infinity"), "infinite"),
+        (Decimal128("-Infinity"), "infinite"),
+        (10**400, "too large"),
+        (-(10**400), "too large"),
+        ("1,5", "numeric string"),
+        ("12 kg", "numeric string"),
+        (False, "boolean"),
+        ({"$numberDouble": "1.0"}, "numeric string"),
+        (b"1.5", "numeric string"),
+    ],
+)
+def test_infinite_and_non_numeric_values_are_invalid_fields(raw, mentions):
+    out = DECODER.decode(good(s2=raw))
+    assert isinstance(out, DeadLetter)
+    assert out.reason == INVALID_FIELD and out.error.startswith("s2: ") and mentions in out.error, out.error
+
+
+def test_an_invalid_value_is_quoted_in_the_error():
+    out = DECODER.decode(good(Cycle_Time="fast"))
+    assert out.error == "Cycle_Time: expected a number or a numeric string (got 'fast')"
+
+
+def test_several_errors_are_counted_after_the_first():
+    two = DECODER.decode(good(s2="x", p2="y"))
+    three = DECODER.decode(good(s2="x", p2="y", Cycle_Time="z"))
+    assert two.error.endswith("; and 1 more error") and three.error.endswith("; and 2 more errors")
+    assert "; and" not in DECODER.decode(good(s2="x")).error
+
+
+def test_short_repr_bounds_long_and_hostile_values():
+    assert short_repr("abc") == "'abc'"
+    text = short_repr("x" * 500)
+    assert len(text) == 120 and text.endswith("...") and text.startswith("'xxx")
+    assert len(short_repr("y" * 118)) == 120 and not short_repr("y" * 118).endswith("...")  # exactly at the limit
+
+    class Hostile:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    assert short_repr(Hostile()) == "<Hostile>"
+
+
+# -- names, ids and timestamps at the edges -----------------------------------------------------
+def test_names_and_ids_are_stripped():
+    out = DECODER.decode(good(_id="  shot-1 ", EQUIP_CD=" F01\t", PART_NAME=" ITM-9 ", maker=" A "))
+    assert (out.row["record_id"], out.row["facility"], out.row["item"], out.row["maker"]) == ("shot-1", "F01", "ITM-9", "A")
+
+
+@pytest.mark.parametrize(
+    "changes, reason, mentions",
+    [
+        (dict(_id="   "), INVALID_FIELD, "non-empty"),
+        (dict(_id=True), INVALID_FIELD, "_id"),
+        (dict(_id=1.5), INVALID_FIELD, "_id"),
+        (dict(EQUIP_CD=True), INVALID_FIELD, "EQUIP_CD"),
+        (dict(EQUIP_CD=1.0), INVALID_FIELD, "integer code"),
+        (dict(EQUIP_CD=None), MISSING_FIELD, "EQUIP_CD: is empty"),
+        (dict(PART_NAME=False), INVALID_FIELD, "PART_NAME"),
+        (dict(maker=True), UNKNOWN_MAKER, "maker True"),
+        (dict(maker=7), UNKNOWN_MAKER, "maker 7 is not defined by the plant schema (known: A, B)"),
+    ],
+)
+def test_bad_names_are_dead_letters(changes, reason, mentions):
+    out = DECODER.decode(good(**changes))
+    assert isinstance(out, DeadLetter) and out.reason == reason and mentions in out.error, (out.reason, out.error)
+
+
+def test_missing_field_errors_say_is_missing():
+    assert DECODER.decode(good(_id=...)).error == "_id: is missing"
+    assert DECODER.decode(good(EQUIP_CD="")).error == "EQUIP_CD: is empty; every record needs it"
+
+
+def test_a_blank_item_or_maker_is_a_gap():
+    out = DECODER.decode(good(PART_NAME="  ", maker=""))
+    assert out.row["item"] is None and out.row["maker"] is None
+
+
+def test_uuid_ids_and_integer_item_codes():
+    from uuid import UUID
+
+    out = DECODER.decode(good(_id=UUID(int=5), PART_NAME=0))
+    assert out.row["record_id"] == "00000000-0000-0000-0000-000000000005" and out.row["item"] == "0"
+
+
+@pytest.mark.parametrize(
+    "stamp, expected",
+    [
+        (datetime(1677, 9, 22), datetime(1677, 9, 22)),  # the first day pandas can hold
+        (datetime(2262, 4, 11), datetime(2262, 4, 11)),  # the last
+        (datetime(2026, 1, 5, tzinfo=timezone(timedelta(hours=-5))), datetime(2026, 1, 5, 5)),
+        (" 2026-01-05T08:30:00 ", datetime(2026, 1, 5, 8, 30)),
+        ("2026-01-05T08:30:00Z", datetime(2026, 1, 5, 8, 30)),
+        ("Jan 5 2026 08:30", datetime(2026, 1, 5, 8, 30)),  # pandas' leniency, like the offline loader
+    ],
+)
+def test_timestamps_at_the_edges_of_the_range(stamp, expected):
+    out = DECODER.decode(good(TimeStamp=stamp))
+    assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
+    assert out.row["timestamp"] == expected
+    assert out.record_time == expected.replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize(
+    "stamp, mentions",
+    [
+        (datetime(1677, 9, 21), "outside the supported range"),
+        (datetime(2262, 4, 12), "outside the supported range"),
+        ("1677-09-21T00:00:00", "outside the supported range"),
+        ("", "expected a BSON date"),
+        ("   ", "expected a BSON date"),
+        (1767601800.5, "is a number"),
+        (True, "expected a BSON date"),
+        ("not a time", "ISO 8601 expected"),
+    ],
+)
+def test_timestamps_outside_the_range_or_unparseable_are_invalid(stamp, mentions):
+    out = DECODER.decode(good(TimeStamp=stamp))
+    assert isinstance(out, DeadLetter) and out.reason == INVALID_FIELD
+    assert out.error.startswith("TimeStamp: ") and mentions in out.error, out.error
+
+
+def test_a_date_without_time_is_midnight():
+    from datetime import date
+
+    out = DECODER.decode(good(TimeStamp=date(2026, 1, 5), PART_FACT_PLAN_DATE=date(2026, 1, 4)))
+    assert out.row["timestamp"] == datetime(2026, 1, 5) and out.row["lot_date"] == "2026-01-04"
+
+
+def test_lot_date_accepts_dates_and_padded_text_and_ignores_junk():
+    assert DECODER.decode(good(PART_FACT_PLAN_DATE=datetime(2026, 1, 3, 23, 0))).row["lot_date"] == "2026-01-03"
+    assert DECODER.decode(good(PART_FACT_PLAN_DATE=" 2026-01-02 ")).row["lot_date"] == "2026-01-02"
+    assert DECODER.decode(good(PART_FACT_PLAN_DATE=12345)).row["lot_date"] == "2026-01-05"
+    assert DECODER.decode(good(PART_FACT_PLAN_DATE=None)).row["lot_date"] == "2026-01-05"
+
+
+def test_timestamp_format_errors_name_the_format():
+    schema = parse_schema(
+        {"record_id": "id", "timestamp": "ts", "timestamp_format": "%d/%m/%Y %H:%M", "facility": "fac", "item": "part",
+         "maker": {"constant": "kamp"}, "makers": {"kamp": {"settings": ["s"], "production": ["p"]}}}
+    )
+    out = RecordDecoder(schema).decode({"id": "1", "ts": "2026/01/05", "fac": "M1"})
+    assert out.reason == INVALID_FIELD and "in format %d/%m/%Y %H:%M" in out.error
+    iso = RecordDecoder(schema).decode({"id": "1", "ts": "2026-01-05T08:30:00", "fac": "M1"})
+    assert iso.row["timestamp"] == datetime(2026, 1, 5, 8, 30)  # ISO 8601 is always understood
+    assert iso.row["maker"] == "kamp" and iso.row["lot_date"] == "2026-01-05"
+
+
+def test_the_model_is_named_after_the_plant():
+    for name, expected in [("kamp plant", "Kamp_PlantRecord"), ("3rd-line", "Plant3Rd_LineRecord")]:
+        schema = parse_schema({"name": name, "record_id": "id", "timestamp": "ts", "facility": "fac",
+                               "item": "part", "maker": {"constant": "m"}, "makers": {"m": {"settings": ["s"], "production": ["p"]}}})
+        assert RecordDecoder(schema).model.__name__ == expected
+
+
+# -- property: a valid mapped document always decodes, to exactly its values ---------------------
+codes = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}", fullmatch=True)
+padding = st.sampled_from(["", " ", "  ", "\t", " \n"])
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def numeric_field(draw):
+    """(raw value as a plant or MongoDB would send it, the float it means or None for a gap)."""
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        value = draw(finite)
+        return value, value
+    if kind == 1:
+        value = draw(st.integers(-(10**15), 10**15))
+        return value, float(value)
+    if kind == 2:
+        value = draw(finite)
+        return draw(padding) + repr(value) + draw(padding), value
+    if kind == 3:
+        value = draw(st.floats(-1e9, 1e9, allow_nan=False))
+        return Decimal128(repr(value)), value
+    if kind == 4:
+        return draw(st.sampled_from([None, "", "  ", "nan", " NaN ", float("nan"), Decimal128("NaN")])), None
+    if kind == 5:
+        value = draw(st.integers(-(10**6), 10**6))
+        return draw(padding) + str(value) + draw(padding), float(value)
+    return ..., None  # absent
+
+
+@st.composite
+def valid_documents(draw):
+    maker = draw(st.sampled_from(["A", "B"]))
+    stamp = draw(st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31),
+                              timezones=st.none() | st.just(timezone.utc) | st.just(timezone(timedelta(hours=9)))))
+    expected_time = stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
+    record_id = draw(st.one_of(codes, st.builds(ObjectId), st.integers(0, 10**12)))
+    facility = draw(codes)
+    doc = {
+        "_id": draw(padding) + record_id + draw(padding) if isinstance(record_id, str) else record_id,
+        "TimeStamp": draw(st.sampled_from([stamp, stamp.isoformat()])),
+        "EQUIP_CD": draw(padding) + facility + draw(padding),
+        "maker": maker,
+    }
+    expected: dict = {"record_id": str(record_id), "timestamp": expected_time, "facility": facility, "maker": maker}
+    fields = SCHEMA.makers[maker].settings + SCHEMA.makers[maker].production
+    for field in fields:
+        raw, value = draw(numeric_field())
+        if raw is not ...:
+            doc[field] = raw
+        expected[field] = value
+    return doc, expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_documents())
+def test_a_valid_document_always_decodes_to_its_values(case):
+    document, expected = case
+    out = DECODER.decode(document)
+    assert isinstance(out, CanonicalRecord), (out.reason, out.error)
+    row = out.row
+    for key, value in expected.items():
+        if value is None:
+            assert math.isnan(row[key]), key
+        else:
+            assert row[key] == value, key
+    assert row["lot_date"] == expected["timestamp"].strftime("%Y-%m-%d")
+    assert list(row) == DECODER.columns
+
+
 # -- property: any JSON-like (or BSON-like) document decodes or dead-letters, never raises -------
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 bson_scalars = (
@@ -163,13 +431,16 @@ field_names = st.sampled_from(["_id", "TimeStamp", "EQUIP_CD", "PART_NAME", "mak
 mutated = st.builds(lambda base, changes: {**base, **changes}, st.just(good()), st.dictionaries(field_names, json_like, max_size=4))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(json_like, mutated, st.dictionaries(field_names, json_like)))
 def test_any_document_decodes_or_dead_letters_never_raises(document):
     out = DECODER.decode(document)
     assert isinstance(out, (CanonicalRecord, DeadLetter))
     if isinstance(out, DeadLetter):
-        assert out.reason in REASONS and out.error
+        # every failure of a document is anticipated and named: "undecodable" is for bytes that
+        # are not JSON (and would mean a bug here), "scoring_failed" is not the decoder's to give
+        assert out.reason in REASONS and out.reason not in (UNDECODABLE, SCORING_FAILED), (out.reason, out.error)
+        assert out.error and out.document is document
     else:
         assert out.row["record_id"] and out.row["facility"]
         assert all(isinstance(out.row[c], float) for c in SCHEMA.numeric_fields)

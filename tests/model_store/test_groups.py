@@ -1,0 +1,137 @@
+"""Training groups: which (maker, facility, item, setting) groups are trained, validated or dropped.
+
+The rule (model_store/groups.py): fewer than ``min_group_rows`` rows -> dropped; no row covered
+by a lot -> validation; row-weighted lot defect rate strictly below ``normal_defect_rate`` ->
+train; otherwise validation. Rates here are exact binary fractions so "equal" means equal.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model_store.config import GroupingConfig
+from model_store.groups import DROPPED, GROUP_KEYS, TRAIN, VALIDATION, GroupKey, cluster_rows, group_table
+from model_store.settings import SettingModel
+
+CONFIG = GroupingConfig(normal_defect_rate=0.25, min_group_rows=4)
+
+
+def _records(groups: list[tuple[str, str, str | None, int, list[float], list[str] | None]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Records of each (maker, facility, item, cluster) with one lot rate per row (NaN: no lot)."""
+    rows, rates = [], []
+    for maker, facility, item, cluster, lot_rates, days in groups:
+        for i, rate in enumerate(lot_rates):
+            rows.append({"maker": maker, "facility": facility, "item": item, "cluster": cluster,
+                         "lot_date": (days or ["d1"])[i % len(days or ["d1"])]})
+            rates.append(rate)
+    return pd.DataFrame(rows), np.array(rates, dtype=float)
+
+
+def _role(table: pd.DataFrame, facility: str) -> tuple[str, str]:
+    row = table.set_index("facility").loc[facility]
+    return row["role"], row["reason"]
+
+
+def test_row_count_at_the_floor_is_kept_one_below_is_dropped():
+    records, rates = _records([("M", "AT", "I", 0, [0.0] * 4, None), ("M", "BELOW", "I", 0, [0.0] * 3, None)])
+    table = group_table(records, rates, CONFIG)
+    assert _role(table, "AT") == (TRAIN, "lot defect rate below 25.0%")
+    assert _role(table, "BELOW") == (DROPPED, "fewer than 4 rows")
+
+
+def test_rate_equal_to_the_limit_is_not_normal():
+    # 0.25 exactly: "below 1 %" in the original means strictly below
+    records, rates = _records([("M", "EQUAL", "I", 0, [0.25] * 4, None), ("M", "UNDER", "I", 0, [0.25, 0.25, 0.25, 0.125], None),
+                               ("M", "OVER", "I", 0, [0.5] * 4, None)])
+    table = group_table(records, rates, CONFIG)
+    assert _role(table, "EQUAL") == (VALIDATION, "lot defect rate at or above 25.0%")
+    assert _role(table, "UNDER")[0] == TRAIN
+    assert _role(table, "OVER")[0] == VALIDATION
+    assert table.set_index("facility").loc["UNDER", "lot_defect_rate"] == 0.21875
+
+
+def test_the_rate_is_weighted_by_rows_not_by_lots():
+    # 6 rows of a 0 % lot and 2 rows of a 50 % lot: 1/8 by rows (train), 1/4 by lots (would not be)
+    records, rates = _records([("M", "F", "I", 0, [0.0] * 6 + [0.5] * 2, ["d1"] * 6 + ["d2"] * 2)])
+    row = group_table(records, rates, CONFIG).iloc[0]
+    assert (row["rows"], row["lots"], row["lot_rows"], row["lot_defect_rate"], row["role"]) == (8, 2, 8, 0.125, TRAIN)
+
+
+def test_rows_without_a_lot_count_as_rows_but_not_in_the_rate():
+    records, rates = _records([("M", "SOME", "I", 0, [0.0, np.nan, np.nan, 0.5], None),
+                               ("M", "NONE", "I", 0, [np.nan] * 5, None)])
+    table = group_table(records, rates, CONFIG).set_index("facility")
+    assert (table.loc["SOME", "rows"], table.loc["SOME", "lot_rows"], table.loc["SOME", "lot_defect_rate"]) == (4, 2, 0.25)
+    assert table.loc["SOME", "role"] == VALIDATION
+    assert (table.loc["NONE", "rows"], table.loc["NONE", "lot_rows"]) == (5, 0)
+    assert _role(table.reset_index(), "NONE") == (VALIDATION, "no lot covers it")
+
+
+def test_too_few_rows_wins_over_no_lot():
+    records, rates = _records([("M", "F", "I", 0, [np.nan] * 3, None)])
+    assert _role(group_table(records, rates, CONFIG), "F") == (DROPPED, "fewer than 4 rows")
+
+
+def test_unclustered_or_itemless_rows_are_not_grouped():
+    records, rates = _records([("M", "F", "I", 0, [0.0] * 4, None), ("M", "F", "I", -1, [0.0] * 9, None),
+                               ("M", "F", None, 0, [0.0] * 9, None)])
+    table = group_table(records, rates, CONFIG)
+    assert table[GROUP_KEYS].values.tolist() == [["M", "F", "I", 0]]
+    assert table["rows"].tolist() == [4]
+
+
+def test_groups_split_on_every_key_and_come_sorted():
+    records, rates = _records([("N", "F", "I", 0, [0.0] * 4, None), ("M", "G", "I", 0, [0.0] * 4, None),
+                               ("M", "F", "J", 0, [0.0] * 4, None), ("M", "F", "I", 1, [0.0] * 4, None),
+                               ("M", "F", "I", 0, [0.0] * 4, None)])
+    table = group_table(records, rates, CONFIG)
+    assert table[GROUP_KEYS].values.tolist() == [["M", "F", "I", 0], ["M", "F", "I", 1], ["M", "F", "J", 0],
+                                                 ["M", "G", "I", 0], ["N", "F", "I", 0]]
+    assert table.index.tolist() == [0, 1, 2, 3, 4]
+    assert set(table.columns) >= {*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"}
+
+
+def test_defaults_are_the_original_rule():
+    config = GroupingConfig()
+    assert config.normal_defect_rate == 0.01
+    records, rates = _records([("M", "F", "I", 0, [0.0] * (config.min_group_rows - 1) + [0.0], None)])
+    assert _role(group_table(records, rates, config), "F") == (TRAIN, "lot defect rate below 1.0%")
+
+
+# -- cluster_rows -------------------------------------------------------------------------------
+def _model(maker: str) -> SettingModel:
+    # set points (a, b) scaled by (x - [100, 10]) / [100, 10]; centroids at 0 and 1 in both axes
+    return SettingModel(maker, ("a", "b"), np.array([100.0, 10.0]), np.array([100.0, 10.0]),
+                        np.array([[0.0, 0.0], [1.0, 1.0]]), {})
+
+
+def test_rows_get_their_nearest_setting_cluster_or_minus_one():
+    records = pd.DataFrame({
+        "maker": ["M", "M", "M", "OTHER", "M"],
+        "a": [110.0, 190.0, np.nan, 100.0, 149.0],
+        "b": [11.0, 19.0, 10.0, 10.0, 15.0],
+    })
+    clusters, rows = cluster_rows(records, {"M": _model("M")})
+    assert clusters.tolist() == [0, 1, -1, -1, 0]  # NaN set point, unknown maker: -1; (0.49, 0.5) -> 0
+    assert rows.tolist() == [0, 1, 4]
+    assert clusters.dtype == np.int64
+
+
+def test_cluster_rows_of_a_maker_without_records():
+    records = pd.DataFrame({"maker": ["M"], "a": [200.0], "b": [20.0]})
+    clusters, rows = cluster_rows(records, {"M": _model("M"), "EMPTY": _model("EMPTY")})
+    assert clusters.tolist() == [1] and rows.tolist() == [0]
+
+
+# -- GroupKey -----------------------------------------------------------------------------------
+def test_group_id_is_filesystem_safe_and_stable():
+    key = GroupKey("LS Mtron", "F/07", "ITM.12-a", np.int64(3))
+    assert key.id == "LS_Mtron__F_07__ITM.12-a__c3"
+    assert key.to_dict() == {"maker": "LS Mtron", "facility": "F/07", "item": "ITM.12-a", "cluster": 3}
+    assert type(key.to_dict()["cluster"]) is int
+
+
+@pytest.mark.parametrize("text, slug", [("a b", "a_b"), ("ü", "ü"), ("x:y*z", "x_y_z"), ("..", ".."), ("_", "_")])
+def test_group_id_slugs(text, slug):
+    assert GroupKey(text, "f", "i", 0).id == f"{slug}__f__i__c0"
