@@ -16,18 +16,56 @@ from rich.console import Console
 
 from model_store.errors import MoldwatchError
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The CLI app; a usage mistake (missing option, bad value) ends like every other failure:
+    one ``error: ...`` line on stderr and exit code 2."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:  # typer >= 0.20 vendors click; older ones use click itself
+            from typer._click import exceptions as errors
+        except ImportError:  # pragma: no cover
+            from click import exceptions as errors  # type: ignore[no-redef]
+
+        try:
+            result = super().__call__(*args, standalone_mode=False, **kwargs)
+        except errors.NoArgsIsHelpError as exc:  # bare `moldwatch`: the help, as a request for it
+            typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(0)
+        except errors.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "moldwatch"
+            _say_error(f"{exc.format_message().rstrip('.')} (see: {where} --help)")
+            sys.exit(2)
+        except errors.ClickException as exc:
+            _say_error(exc.format_message())
+            sys.exit(2)
+        except typer.Abort:
+            _say_error("interrupted")
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = _App(
     name="moldwatch",
     help="Catch defective injection-molding shots as they happen, and recommend the settings that make good parts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option tables truncate long option and environment-variable names
+    # ("--mongo-checkpoint-col…") at 80 columns; click wraps the text and never cuts a name.
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 
 
+def _say_error(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The one way a command ends on bad input: ``error: <reason>`` on stderr, exit code 2."""
+    _say_error(message)
     raise typer.Exit(code)
 
 
@@ -46,6 +84,17 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail("interrupted", code=130)
 
     return wrapper
+
+
+def _list_training_settings(value: bool) -> None:
+    """``train --list-settings``: print every --set name with its default and meaning, then exit."""
+    if value:
+        from model_store.config import TrainingConfig
+
+        from service.settings_help import listing
+
+        typer.echo(listing(TrainingConfig()))
+        raise typer.Exit(0)
 
 
 def _parse_sets(values: list[str]) -> dict[str, str]:
@@ -98,7 +147,9 @@ def train(
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
     workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.name=value (see the report)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
+    list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
+                                       help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
     """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
     from model_store.config import TrainingConfig
@@ -107,9 +158,11 @@ def train(
     from model_store.training import train_store
 
     from service.progress import progress_bar
+    from service.settings_help import check_names, names
 
-    plant = load_schema(schema)
     overrides = _parse_sets(set_)
+    check_names(overrides, names(TrainingConfig()), "train")
+    plant = load_schema(schema)
     if workers:
         overrides["workers"] = str(workers)
     try:

@@ -119,4 +119,77 @@ def test_failed_retrain_keeps_the_existing_store(store_copy, plant_csv, tmp_path
 def test_bad_override_is_explained(plant_csv, tmp_path) -> None:
     result = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
                        "--lots", str(plant_csv["lots"]), "--store", str(tmp_path / "s"), "--set", "model.nope=1")
-    assert "unknown setting 'model.nope'" in one_line_error(result)
+    message = one_line_error(result)
+    assert "--set model.nope: unknown setting (did you mean model.seed?)" in message
+    assert "grouping.min_group_rows" in message and "moldwatch train --list-settings" in message
+
+
+
+# -- messages that say what to do ------------------------------------------------------------------
+def _runner():
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    return CliRunner(), app
+
+
+@pytest.mark.parametrize("command", ["simulate", "train", "score", "recipe", "run", "demo"])
+def test_help_is_legible_at_80_columns(command) -> None:
+    """No option or environment-variable name cut short, no line past the 80th column."""
+    runner, app = _runner()
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    too_long = [line for line in result.output.splitlines() if len(line) > 80 and " " in line.strip()]
+    assert not too_long, too_long
+    if command == "run":
+        from service.config import WorkerSettings, env_name, is_secret
+
+        text = " ".join(result.output.split())  # names are never wrapped; words are
+        for name in WorkerSettings.model_fields:
+            assert env_name(name) in text
+            if not is_secret(name):
+                assert "--" + name.replace("_", "-") in text
+
+
+def test_unknown_set_name_lists_the_valid_names() -> None:
+    from model_store.config import TrainingConfig
+    from model_store.recipe import RecipeConfig
+    from service.settings_help import names
+
+    runner, app = _runner()
+    result = runner.invoke(app, ["train", "--schema", "s", "--records", "r", "--lots", "l", "--store", "x", "--set", "grouping.min_rows=3"])
+    assert result.exit_code == 2
+    assert "did you mean grouping.min_group_rows?" in result.output
+    assert all(name in result.output for name in names(TrainingConfig()))
+    result = runner.invoke(app, ["recipe", "--store", "s", "--records", "r", "--out", "o", "--set", "confidance=0.9"])
+    assert result.exit_code == 2 and "did you mean confidence?" in result.output
+    assert all(name in result.output for name in names(RecipeConfig()))
+
+
+@pytest.mark.parametrize("command, config", [("train", "training"), ("recipe", "recipe")])
+def test_list_settings_prints_every_name_with_default_and_meaning(command, config) -> None:
+    from model_store.config import TrainingConfig
+    from model_store.recipe import RecipeConfig
+    from service.settings_help import settings
+
+    runner, app = _runner()
+    result = runner.invoke(app, [command, "--list-settings"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    listed = dict(line.split(" = ", 1) for line in lines if not line.startswith(" "))
+    target = TrainingConfig() if config == "training" else RecipeConfig()
+    for name, default, meaning in settings(target):
+        assert listed[name] in (str(default), repr(default)), name
+        assert meaning, f"{name} has no meaning to show"
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_usage_mistakes_end_like_every_other_error() -> None:
+    message = one_line_error(moldwatch("train", "--schema", "plant.yaml"))
+    assert "Missing option '--records'" in message and "--help" in message
+    assert moldwatch("train", "--schema", "plant.yaml").returncode == 2
+    assert moldwatch("train", "--list-settings").returncode == 0
+    bare = moldwatch()
+    assert bare.returncode == 0 and "Usage" in bare.stdout
