@@ -33,6 +33,16 @@ def _read_records(records: str, query: str | None, manifest: StoreManifest) -> p
         raise
 
 
+def _list_recipe_settings(value: bool) -> None:
+    if value:
+        from model_store.recipe import RecipeConfig
+
+        from service.settings_help import listing
+
+        typer.echo(listing(RecipeConfig()))
+        raise typer.Exit(0)
+
+
 def recipe(
     store: Path = typer.Option(..., help="Model store directory (its models pseudo-label the history)."),
     records: str = typer.Option(..., help="Production history: .csv, .parquet, or a postgresql:// URI."),
@@ -44,7 +54,9 @@ def recipe(
     mongo_uri: Optional[str] = typer.Option(None, help="Also upsert the recipes into MongoDB (one document per facility/item)."),
     mongo_db: str = typer.Option("moldwatch", help="MongoDB database for --mongo-uri."),
     mongo_collection: str = typer.Option("recipes", help="MongoDB collection for --mongo-uri."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe setting: name=value, e.g. confidence=0.9 (see recipes.json 'config')."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe setting: name=value, e.g. confidence=0.9 (names: --list-settings)."),
+    list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_recipe_settings,
+                                       help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
     """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
     from model_store.loaders import read_table
@@ -55,9 +67,12 @@ def recipe(
 
     from service.cli import _parse_sets, console
     from service.progress import progress_bar
+    from service.settings_help import check_names, names
 
+    overrides = _parse_sets(set_)
+    check_names({k.removeprefix("recipe."): v for k, v in overrides.items()}, names(RecipeConfig()), "recipe")
     try:
-        config = RecipeConfig().with_overrides(_parse_sets(set_))
+        config = RecipeConfig().with_overrides(overrides)
     except (ValueError, TypeError) as exc:
         raise MoldwatchError(f"--set: {exc}") from None
     check_target(out.resolve())
@@ -90,7 +105,11 @@ def recipe(
         target = write_recipes(result, out, before_commit=publish if mongo_uri else None)
     for line in result.warnings:
         console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
-    console.print(f"{len(result.recipes)} facility/item recipes from {result.records:,} records (store {result.model_version}) -> {target}")
+    for kept in result.kept:
+        console.print(f"{kept['facility']}/{kept['item']}: keep current practice ({kept['reason']})", highlight=False, soft_wrap=True)
+    keep = f", {len(result.kept)} keep current practice" if result.kept else ""
+    console.print(f"{len(result.recipes)} facility/item recipes{keep} from {result.records:,} records "
+                  f"(store {result.model_version}) -> {target}", highlight=False, soft_wrap=True)
     if mongo_uri:
         console.print(
             f"MongoDB {mongo_db}.{mongo_collection}: {published.get('upserted', 0)} inserted, "

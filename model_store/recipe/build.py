@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 
 from model_store.errors import DataError
-from model_store.recipe.combination import EVIDENCE, choose_combination, combination_json
+from model_store.recipe.combination import EVIDENCE, choose_combination, combination_json, use_centroid
 from model_store.recipe.config import RecipeConfig
+from model_store.recipe.guard import KEEP, RECOMMEND, spread_radius, within_spread, worse_than_history
 from model_store.recipe.pseudo_labels import pseudo_label
 from model_store.recipe.ranking import PAIR, rank_clusters
-from model_store.recipe.window import centroid_raw, operating_window
+from model_store.recipe.window import DIGITS, centroid_raw, operating_window
 from model_store.scoring import ScoringEngine
+from model_store.settings import SettingModel, scale_settings
 from model_store.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
@@ -35,6 +37,8 @@ class RecipeResult:
     recipes: list[dict[str, Any]]
     clusters: pd.DataFrame  # the ranking, one row per (facility, item, maker, cluster)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # Facility/items where no setting is credibly better than their own history: "keep current practice".
+    kept: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings other than "skipped" (those are in ``skipped``)
     records: int = 0
     labels: pd.DataFrame | None = None  # the pseudo-labels, one row per ranked record (not serialised)
@@ -62,6 +66,7 @@ class RecipeResult:
             "config": self.config.to_dict(),
             "rule": RULE,
             "recipes": self.recipes,
+            "keep_current_practice": self.kept,
             "skipped": self.skipped,
             "warnings": self.warnings,
             "clusters": clusters_json(self.clusters),
@@ -73,7 +78,9 @@ RULE = (
     "of its pseudo-label anomaly rate and its lot defect rate (lots split between clusters by EM), each a "
     "{interval} interval at {confidence:.0%} widened by day-to-day dispersion. Clusters with at least {min_rows} "
     "shots whose credible rate is within {relative_tolerance:.0%} (+{absolute_tolerance:.2%}) of the lowest are "
-    "candidates; the candidate with the most production is recommended."
+    "candidates; the candidate with the most production is recommended, unless its credible rate or its estimate is "
+    "above the facility/item's own history (then: keep current practice). The published exact combination lies within "
+    "the {spread_quantile:.0%} radius of its cluster's combinations, else the cluster centre is published."
 )
 
 
@@ -169,7 +176,7 @@ def compute_recipes(
     _build_recipes(result, history, labels, lots, manifest, pairs)
     if progress:
         progress("recipe", 1, 1)
-    if not result.recipes:
+    if not result.recipes and not result.kept:
         reasons = "; ".join(sorted({s["reason"] for s in skipped})) or "no setting cluster qualifies"
         raise DataError(f"nothing can be recommended: {reasons}")
     return result
@@ -180,14 +187,52 @@ def _pair_history(history_rate: pd.Series, weights: pd.Series) -> float | None:
     return float(np.average(history_rate[ok], weights=weights[ok])) if ok.any() and weights[ok].sum() > 0 else None
 
 
+def _history_ranking(labels: pd.DataFrame, lots: pd.DataFrame | None, config: RecipeConfig,
+                     pairs: set[tuple[str, str]]) -> pd.DataFrame:
+    """Each facility/item's whole history ranked as one unit (same evidence, intervals and blend)."""
+    one = labels.assign(cluster=np.where(labels["cluster"].to_numpy() >= 0, 0, -1))
+    return rank_clusters(one, lots, config, predicted_pairs=pairs).set_index(PAIR)
+
+
+class _Spread:
+    """Per (maker, cluster): the radius of its distinct set-point combinations around the centroid."""
+
+    def __init__(self, history: pd.DataFrame, labels: pd.DataFrame, manifest: StoreManifest, quantile: float):
+        self._history, self._labels, self._manifest, self._quantile = history, labels, manifest, quantile
+        self._radius: dict[tuple[str, int], float] = {}
+
+    def model(self, maker: str) -> SettingModel:
+        return self._manifest.setting_models[maker]
+
+    def radius(self, maker: str, cluster: int) -> float:
+        key = (maker, cluster)
+        if key not in self._radius:
+            model = self.model(maker)
+            rows = ((self._labels["maker"].astype(str) == maker) & (self._labels["cluster"] == cluster)).to_numpy()
+            values = self._history.loc[rows, list(model.fields)].dropna().to_numpy(float)
+            unique = np.unique(np.round(scale_settings(values, model), DIGITS), axis=0) if len(values) else values
+            self._radius[key] = spread_radius(unique, model.centroids[cluster], self._quantile)
+        return self._radius[key]
+
+    def within(self, maker: str, cluster: int, exact: dict[str, float | None]) -> bool:
+        model = self.model(maker)
+        point = np.array([np.nan if exact.get(f) is None else exact[f] for f in model.fields], dtype=float)
+        if not np.isfinite(point).all():
+            return False
+        return within_spread(scale_settings(point, model), model.centroids[cluster], self.radius(maker, cluster))
+
+
 def _build_recipes(
     result: RecipeResult, history: pd.DataFrame, labels: pd.DataFrame, lots: pd.DataFrame | None,
     manifest: StoreManifest, predicted_pairs: set[tuple[str, str]],
 ) -> None:
     config = result.config
     schema = manifest.schema
-    normal = ~labels["anomaly"].to_numpy()
+    # Normal = a model scored the shot and did not flag it (an unscorable shot is no evidence of good production).
+    normal = labels["scored"].to_numpy(bool) & ~labels["anomaly"].to_numpy(bool)
     pair_rows = labels[labels["cluster"] >= 0].groupby(["facility", "item"]).indices
+    whole = _history_ranking(labels, lots, config, predicted_pairs) if len(result.clusters) else None
+    spread = _Spread(history, labels, manifest, config.spread_quantile)
     for (facility, item), ranking in result.clusters.groupby(PAIR, sort=True):
         maker = str(ranking["maker"].iloc[0])
         fields = schema.makers[maker]
@@ -195,10 +240,12 @@ def _build_recipes(
         pair_labels = labels.iloc[rows]
         production = history.iloc[rows][list(fields.production)]
         cluster_of = pair_labels["cluster"].to_numpy()
-        windows = {
-            int(c): operating_window(production[cluster_of == c], normal[rows][cluster_of == c] if config.window_normal_only else None)
-            for c in ranking["cluster"]
-        }
+        pair_normal = normal[rows] if config.window_normal_only else None
+
+        def window_of(mask: np.ndarray) -> dict[str, Any]:
+            return operating_window(production[mask], None if pair_normal is None else pair_normal[mask])
+
+        windows = {int(c): window_of(cluster_of == c) for c in ranking["cluster"]}
         result.windows[(facility, item)] = windows
         picked = ranking[ranking["recommended"]]
         if picked.empty:
@@ -209,22 +256,48 @@ def _build_recipes(
             continue
         best = picked.iloc[0]
         cluster = int(best["cluster"])
-        combo = choose_combination(pair_labels, history.iloc[rows][list(fields.settings)], cluster, lots, config,
-                                   use_predicted=(facility, item) in predicted_pairs)
-        # The window of the published combination when it has enough shots of its own, else of the cluster.
-        window = windows[cluster]
-        if combo.chosen_by == EVIDENCE and combo.rows >= config.min_rows:
-            window = operating_window(production[combo.mask], normal[rows][combo.mask] if config.window_normal_only else None)
-        model = manifest.setting_models[maker]
         history_rate = _pair_history(ranking["defect_rate"], ranking["rows"])
         lot_rows = ranking[ranking["lot_parts"] > 0]
         estimate = _num(best["defect_rate"])
+        own = whole.loc[(facility, item)] if whole is not None and (facility, item) in whole.index else None
+        own = own.iloc[0] if isinstance(own, pd.DataFrame) else own
+        history_credible = _num(own["credible_rate"]) if own is not None else None
+        history_doc = {
+            "rows": int(ranking["rows"].sum()),
+            "clusters": int(len(ranking)),
+            "defect_rate": _num(history_rate),
+            "credible": history_credible,
+            "lot_defect_rate": _num(_pair_history(lot_rows["lot_rate"], lot_rows["lot_parts"])),
+            "expected_reduction": _num(1 - estimate / history_rate) if history_rate and estimate is not None else None,
+        }
+        reason = worse_than_history(_num(best["credible_rate"]), estimate, history_credible, _num(history_rate))
+        if reason is not None:
+            result.kept.append({
+                "facility": facility, "item": item, "maker": maker, "model_version": result.model_version,
+                "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}",
+                "considered": {"setting_cluster": cluster, "estimate": estimate, "credible": _num(best["credible_rate"]),
+                               "rows": int(best["rows"])},
+                "history": {k: v for k, v in history_doc.items() if k != "expected_reduction"},
+                "window": window_of(np.ones(len(rows), dtype=bool)),
+            })
+            continue
+        combo = choose_combination(pair_labels, history.iloc[rows][list(fields.settings)], cluster, lots, config,
+                                   use_predicted=(facility, item) in predicted_pairs)
+        model = manifest.setting_models[maker]
+        centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
+        if combo.values and not spread.within(maker, cluster, combo.values):
+            combo = use_centroid(combo, centroid)
+        # The window of the published combination when it has enough shots of its own, else of the cluster.
+        window = windows[cluster]
+        if combo.chosen_by == EVIDENCE and combo.rows >= config.min_rows:
+            window = window_of(combo.mask)
         result.recipes.append(
             {
                 "facility": facility,
                 "item": item,
                 "maker": maker,
                 "model_version": result.model_version,
+                "action": RECOMMEND,
                 "setting_cluster": cluster,
                 "basis": str(best["basis"]),
                 "production": {
@@ -239,17 +312,12 @@ def _build_recipes(
                     "lot": _num(best["lot_rate"]),
                     "lot_interval": [_num(best["lot_low"]), _num(best["lot_high"])] if best["lot_parts"] > 0 else None,
                 },
-                "history": {
-                    "rows": int(ranking["rows"].sum()),
-                    "clusters": int(len(ranking)),
-                    "defect_rate": _num(history_rate),
-                    "lot_defect_rate": _num(_pair_history(lot_rows["lot_rate"], lot_rows["lot_parts"])),
-                    "expected_reduction": _num(1 - estimate / history_rate) if history_rate and estimate is not None else None,
-                },
+                "history": history_doc,
                 "setting": {
                     "fields": list(fields.settings),
                     **combination_json(combo),
-                    "centroid": centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings),
+                    "centroid": centroid,
+                    "spread_radius": _num(spread.radius(maker, cluster)),
                 },
                 "window": window,
             }

@@ -21,6 +21,7 @@ from model_store.recipe.ranking import rank_clusters, recommend
 from model_store.recipe.window import DIGITS
 
 MOST_USED, EVIDENCE = "most used", "lowest credible defect rate"
+CENTROID = "cluster centre (the exact combination lies outside the cluster's spread)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ def choose_combination(
     return Combination(
         _as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()), chosen_by, most_used, combo == chosen
     )
+
+
+def use_centroid(combo: Combination, centroid: dict[str, float | None]) -> Combination:
+    """Publish the cluster centre instead of ``combo`` (no shot ran it exactly: rows 0, empty mask)."""
+    return Combination(dict(centroid), 0, 0.0, CENTROID, combo.most_used, np.zeros_like(combo.mask))
 
 
 def combination_json(combo: Combination) -> dict[str, Any]:

@@ -35,9 +35,13 @@ class RecipeConfig:
     # Clusters with fewer shots than this are ranked (and shown) but never recommended: the shop
     # floor cannot learn an operating window from a handful of shots.
     min_rows: int = 100
-    # Production fields' operating window is taken over the shots pseudo-labelled normal under the
-    # recommended setting (the window of good production), falling back to all its shots.
+    # Production fields' operating window is taken over the shots a model scored and judged normal
+    # under the recommended setting (the window of good production), falling back to all its shots.
     window_normal_only: bool = True
+    # The published exact combination must lie within this quantile of its cluster's distinct
+    # combinations' distances to the centroid (scaled setting space); farther out, the centroid is
+    # published. 0.95: the cluster's usual reach, not its single most distant member.
+    spread_quantile: float = 0.95
     # A facility with no trained group at all is skipped (the store knows nothing of it). When
     # True and lots cover it, it is ranked on lot counts alone instead.
     lots_only_facilities: bool = False
@@ -53,6 +57,8 @@ class RecipeConfig:
             raise ValueError("recipe.predicted_weight and recipe.lot_weight must be >= 0 and not both 0")
         if self.relative_tolerance < 0 or self.absolute_tolerance < 0:
             raise ValueError("recipe tolerances must not be negative")
+        if not 0.0 < self.spread_quantile <= 1.0:
+            raise ValueError(f"recipe.spread_quantile must be in (0, 1], got {self.spread_quantile}")
         if self.min_rows < 1 or self.report_top < 0:
             raise ValueError("recipe.min_rows must be >= 1 and recipe.report_top >= 0")
 

@@ -86,22 +86,35 @@ def _rate_panel(ax: Any, ranking: pd.DataFrame) -> None:
     ax.legend(fontsize=6.5, loc="upper right")
 
 
+def _window_extent(stats: list[dict[str, Any]]) -> tuple[float, float]:
+    """x-limits that hold every cluster's p1-p99 (never min/max: one spike would squash the bars)."""
+    low = min(st["p1"] for st in stats)
+    high = max(st["p99"] for st in stats)
+    pad = 0.08 * (high - low) or 0.05 * abs(high) or 1.0
+    return low - pad, high + pad
+
+
 def _window_panel(ax: Any, field: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]]) -> None:
-    labels, inner = [], []
+    """Per cluster: bar p5-p95, line p1-p99, tick mean; shots beyond p1-p99 as a triangle at the axis edge."""
+    labels: list[str] = []
+    drawn: list[tuple[int, dict[str, Any], bool]] = []
     for y, (cluster, picked) in enumerate(zip(ranking["cluster"], ranking["recommended"])):
         stats = windows.get(int(cluster), {}).get("fields", {}).get(field)
         labels.append(f"c{cluster}")
-        if not stats or stats["mean"] is None:
-            continue
-        colour = PICK_COLOUR if picked else OTHER_COLOUR
-        ax.hlines(y, stats["min"], stats["max"], color=colour, lw=0.8)
-        ax.hlines(y, stats["p5"], stats["p95"], color=colour, lw=5)
-        ax.plot([stats["mean"]], [y], marker="|", color="black", ms=8)
-        inner += [stats["p5"], stats["p95"]]
-    if inner:  # zoom on the p5-p95 bars: one glitch's min/max would squash them (the table has the extremes)
-        low, high = min(inner), max(inner)
-        pad = 0.6 * (high - low) or 0.05 * abs(high) or 1.0
-        ax.set_xlim(low - pad, high + pad)
+        if stats and stats.get("mean") is not None and stats.get("p1") is not None:
+            drawn.append((y, stats, bool(picked)))
+    if drawn:
+        left, right = _window_extent([st for _, st, _ in drawn])
+        for y, stats, picked in drawn:
+            colour = PICK_COLOUR if picked else OTHER_COLOUR
+            ax.hlines(y, stats["p1"], stats["p99"], color=colour, lw=0.8)
+            ax.hlines(y, stats["p5"], stats["p95"], color=colour, lw=5)
+            ax.plot([stats["mean"]], [y], marker="|", color="black", ms=8)
+            if stats["min"] is not None and stats["min"] < stats["p1"]:
+                ax.plot([left], [y], marker="<", color="#c44e52", ms=4, clip_on=False)
+            if stats["max"] is not None and stats["max"] > stats["p99"]:
+                ax.plot([right], [y], marker=">", color="#c44e52", ms=4, clip_on=False)
+        ax.set_xlim(left, right)
     ax.set_yticks(range(len(labels)), labels, fontsize=6.5)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_title(field, fontsize=7.5)
@@ -116,7 +129,7 @@ def _pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[
     for j, field in enumerate(fields):
         _window_panel(fig.add_subplot(grid[j // WINDOW_COLUMNS, 2 + j % WINDOW_COLUMNS]), field, ranking, windows)
     fig.suptitle(f"{facility} / {item}: setting clusters by volume and defect rate; operating window per production field "
-                 "(bar p5–p95, line min–max, tick mean; green = recommended)", fontsize=9)
+                 "(bar p5–p95, line p1–p99, tick mean, red triangle = outliers beyond; green = recommended)", fontsize=9)
     fig.tight_layout()
     return figure_to_img(fig, f"{facility} {item} setting clusters and operating window")
 
@@ -142,21 +155,33 @@ def _recipes_table(recipes: list[dict[str, Any]]) -> str:
     return _table(head, rows, left=3)
 
 
+def _outliers(stats: dict[str, Any]) -> str:
+    count = stats.get("outliers") or 0
+    return f"{count:,} ({_num(stats['min'])} / {_num(stats['max'])})" if count else "0"
+
+
+def _kept_table(kept: list[dict[str, Any]]) -> str:
+    head = ["facility", "item", "history rate", "history credible", "best cluster", "its credible rate", "reason"]
+    rows = [[k["facility"], k["item"], _pct(k["history"]["defect_rate"]), _pct(k["history"]["credible"]),
+             k["considered"]["setting_cluster"], _pct(k["considered"]["credible"]), k["reason"]] for k in kept]
+    return _table(head, rows, left=2)
+
+
 def _setting_table(recipe: dict[str, Any]) -> str:
     setting = recipe["setting"]
     differs = setting["most_used"] != setting["exact"]
     head = ["field", "recommended", "cluster centre"] + (["most used"] if differs else [])
     rows = [[name, _num(setting["exact"].get(name)), _num(setting["centroid"].get(name))] + ([_num(setting["most_used"].get(name))] if differs else [])
             for name in setting["fields"]]
-    window = [[name, *(_num(s[k]) for k in ("min", "p5", "mean", "p95", "max"))] for name, s in recipe["window"]["fields"].items()]
+    window = [[name, *(_num(s[k]) for k in ("p1", "p5", "mean", "p95", "p99")), _outliers(s)] for name, s in recipe["window"]["fields"].items()]
     note = "pseudo-labelled normal shots" if recipe["window"]["normal_only"] else "all shots"
     return (
         "<div style='display:flex;gap:2em;flex-wrap:wrap'>"
-        f"<div><b>Set points</b>: exact combination chosen by {html.escape(setting['chosen_by'])} "
+        f"<div><b>Set points</b>: {'exact combination chosen by ' if setting['exact_rows'] else ''}{html.escape(setting['chosen_by'])} "
         f"({setting['exact_rows']:,} shots, {_pct(setting['exact_share'])} of the cluster)"
         + _table(head, rows, left=1)
         + f"</div><div><b>Operating window</b> ({recipe['window']['rows']:,} {note})"
-        + _table(["field", "min", "p5", "mean", "p95", "max"], window, left=1)
+        + _table(["field", "p1", "p5", "mean", "p95", "p99", "outliers (min / max)"], window, left=1)
         + "</div></div>"
     )
 
@@ -185,6 +210,8 @@ def write_report(result: RecipeResult, path: Path) -> None:
         f"<p class=muted>{html.escape(describe_rule(result.config))}</p>"
         + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
         + (f"<h2>Skipped</h2>{skipped}" if skipped else "")
+        + (f"<h2>Keep current practice ({len(result.kept)})</h2><p>No setting cluster is credibly better than "
+           f"these facility/items' own history.</p>{_kept_table(result.kept)}" if result.kept else "")
         + "<h2>Overview</h2>" + _overview_figure(result.recipes)
         + f"<h2>{len(top)} largest facility/items (those with a choice of setting first)</h2>" + "".join(sections)
         + "<h2>All recipes</h2>" + _recipes_table(recipes)

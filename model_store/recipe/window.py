@@ -6,7 +6,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-STATS = ("min", "p5", "mean", "p95", "max")
+STATS = ("min", "p1", "p5", "mean", "p95", "p99", "max")
+# The operating window is p1-p99 of normal production: a sensor spike the models let through (one
+# shot at 531 degC among thousands at 223) must not stretch it. Shots outside are counted as outliers.
+WINDOW_LOW, WINDOW_HIGH = "p1", "p99"
 DIGITS = 6  # set points and measurements carry at most a few decimals; 6 keeps JSON small and exact enough
 
 
@@ -32,21 +35,23 @@ def most_used_combination(settings: pd.DataFrame) -> tuple[dict[str, float], int
     )
 
 
-def window_stats(values: np.ndarray) -> dict[str, float | None]:
-    """min / p5 / mean / p95 / max of one field, ignoring gaps (all None when nothing is known)."""
+def window_stats(values: np.ndarray) -> dict[str, float | int | None]:
+    """min / p1 / p5 / mean / p95 / p99 / max of one field, ignoring gaps (None when nothing is known),
+    and ``outliers``: how many shots lie outside p1-p99."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if len(values) == 0:
-        return {s: None for s in STATS}
-    p5, p95 = np.percentile(values, [5, 95])
-    return {"min": _num(values.min()), "p5": _num(p5), "mean": _num(values.mean()), "p95": _num(p95), "max": _num(values.max())}
+        return {**{s: None for s in STATS}, "outliers": 0}
+    p1, p5, p95, p99 = np.percentile(values, [1, 5, 95, 99])
+    return {"min": _num(values.min()), "p1": _num(p1), "p5": _num(p5), "mean": _num(values.mean()), "p95": _num(p95),
+            "p99": _num(p99), "max": _num(values.max()), "outliers": int(((values < p1) | (values > p99)).sum())}
 
 
 def operating_window(production: pd.DataFrame, normal: np.ndarray | None = None) -> dict[str, Any]:
     """Per production field, the window of the shots made under one setting.
 
-    With ``normal`` (pseudo-labels: True = normal), only normal shots count — the window of good
-    production — unless none is normal, then all shots.
+    With ``normal`` (True = a model scored the shot and judged it normal), only normal shots count —
+    the window of good production — unless none is normal, then all shots.
     """
     use = production
     normal_only = False

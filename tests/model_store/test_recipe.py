@@ -15,6 +15,7 @@ from model_store.errors import DataError
 from model_store.recipe import RecipeBook, RecipeConfig, rank_clusters
 from model_store.recipe.attribution import attribute_lots
 from model_store.recipe.intervals import beta_interval, pearson_dispersion, wilson_interval
+from model_store.recipe.guard import spread_radius, within_spread, worse_than_history
 from model_store.recipe.window import centroid_raw, most_used_combination, operating_window, window_stats
 
 DAYS = [f"2026-01-{d:02d}" for d in range(1, 21)]
@@ -190,9 +191,81 @@ def test_operating_window_describes_normal_production():
     assert window["rows"] == 90 and window["normal_only"]
     assert (x["min"], x["max"], x["mean"]) == (1.0, 90.0, 45.5)
     assert x["p5"] == pytest.approx(np.percentile(values[:90], 5)) and x["p95"] == pytest.approx(np.percentile(values[:90], 95))
+    # p1 / p99 of 1..90 (linear interpolation): 1 + 0.01 * 89 = 1.89 and 1 + 0.99 * 89 = 89.11; 1 and 90 lie outside.
+    assert (x["p1"], x["p99"], x["outliers"]) == (pytest.approx(1.89), pytest.approx(89.11), 2)
     assert window["fields"]["y"]["max"] == 2.0
     assert operating_window(production, np.zeros(100, bool))["rows"] == 100  # nothing normal: all shots
     assert window_stats(np.array([np.nan]))["mean"] is None
+
+
+def test_a_sensor_spike_judged_normal_stays_outside_the_window():
+    temps = np.r_[np.full(999, 223.0), 531.0]  # one spike the models let through
+    stats = window_stats(temps)
+    assert stats["max"] == 531.0 and stats["outliers"] == 1
+    assert stats["p99"] == 223.0  # position 0.99 * 999 = 989.01 lies between two 223s
+
+
+def test_window_plot_holds_p1_p99_and_marks_outliers_inside_the_axes():
+    from model_store.plots import plt
+    from model_store.recipe.report import _window_panel
+
+    spiky = window_stats(np.r_[np.linspace(220.0, 226.0, 999), 531.0])
+    calm = window_stats(np.linspace(210.0, 215.0, 500))
+    ranking = pd.DataFrame({"cluster": [0, 1], "recommended": [True, False]})
+    fig, ax = plt.subplots()
+    _window_panel(ax, "nozzle_temp", ranking, {0: {"fields": {"nozzle_temp": spiky}}, 1: {"fields": {"nozzle_temp": calm}}})
+    left, right = ax.get_xlim()
+    assert left < calm["p1"] and spiky["p99"] < right < 300  # the spike does not stretch the axis
+    xs = np.concatenate([np.ravel(line.get_xdata()) for line in ax.lines]
+                        + [np.ravel([seg[:, 0] for seg in c.get_segments()]) for c in ax.collections])
+    assert np.all((xs >= left) & (xs <= right))  # nothing drawn runs off the chart
+    assert any(line.get_marker() == ">" for line in ax.lines)  # the spike is marked at the edge
+    plt.close(fig)
+
+
+# -- never worse than history, and inside the cluster's spread -------------------------------------
+def test_equal_to_history_is_not_worse():
+    assert worse_than_history(0.02, 0.01, 0.02, 0.01) is None
+    assert worse_than_history(0.02, 0.01, 0.02 * (1 + 1e-12), 0.01) is None  # float noise of the same counts
+    assert worse_than_history(0.019, 0.009, 0.02, 0.01) is None  # better on both
+
+
+def test_credibly_or_expectedly_worse_than_history_keeps_current_practice():
+    assert "credible defect rate 2.01%" in worse_than_history(0.0201, 0.009, 0.02, 0.01)
+    assert "estimated defect rate 1.24%" in worse_than_history(0.019, 0.01236, 0.02, 0.01)  # the -23.6 % case
+    assert worse_than_history(0.03, 0.02, None, float("nan")) is None  # no history to compare: not blocked
+
+
+def test_history_is_ranked_like_one_more_cluster():
+    """Two equally good clusters: the history (both, twice the shots) is credibly as good as either alone,
+    so neither is credibly better; one clearly better cluster is."""
+    from model_store.recipe.build import _history_ranking
+
+    even = pd.concat([shots(0, 5_000, 50, DAYS), shots(1, 5_000, 52, DAYS)])
+    ranked = rank_clusters(even, None, RecipeConfig())
+    history = _history_ranking(even, None, RecipeConfig(), {("F1", "I1")}).loc[("F1", "I1")]
+    best = ranked[ranked["recommended"]].iloc[0]
+    # Wilson upper bound of 102 / 10,000 vs 50 / 5,000 (z = 1.96): the history's is lower (more shots).
+    assert history["credible_rate"] == pytest.approx(wilson_interval(np.array([102]), np.array([10_000]))[1][0], rel=0.05)
+    assert worse_than_history(best["credible_rate"], best["defect_rate"], history["credible_rate"], 0.0102) is not None
+    better = pd.concat([shots(0, 5_000, 5, DAYS), shots(1, 5_000, 100, DAYS)])
+    ranked = rank_clusters(better, None, RecipeConfig())
+    history = _history_ranking(better, None, RecipeConfig(), {("F1", "I1")}).loc[("F1", "I1")]
+    best = ranked[ranked["recommended"]].iloc[0]
+    assert int(best["cluster"]) == 0
+    assert worse_than_history(best["credible_rate"], best["defect_rate"], history["credible_rate"], 0.0105) is None
+
+
+def test_spread_radius_and_boundary():
+    centroid = np.array([0.0, 0.0])
+    # Distances 0, 1, 2, 3, 4: the 0.75 quantile is 3 exactly, the 0.95 quantile 3.8 (linear interpolation).
+    points = np.array([[0, 0], [1, 0], [0, 2], [3, 0], [0, 4]], dtype=float)
+    assert spread_radius(points, centroid, 0.75) == pytest.approx(3.0)
+    assert spread_radius(points, centroid, 0.95) == pytest.approx(3.8)
+    assert within_spread(np.array([3.0, 0.0]), centroid, 3.0)  # on the boundary: inside
+    assert within_spread(np.array([0.6, 0.8]), centroid, 1.0)  # a 3-4-5 triangle scaled: distance exactly 1
+    assert not within_spread(np.array([3.0, 0.001]), centroid, 3.0)
+    assert spread_radius(np.zeros((0, 2)), centroid) == 0.0
 
 
 def test_centroid_back_to_raw_units():

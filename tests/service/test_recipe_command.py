@@ -58,8 +58,21 @@ def test_writes_json_csv_and_report(recipes_dir, trained_store):
         assert list(recipe["window"]["fields"]) == list(fields.production)
         for stats in recipe["window"]["fields"].values():
             if stats["mean"] is not None:
-                assert stats["min"] <= stats["p5"] <= stats["mean"] <= stats["p95"] <= stats["max"]
+                assert stats["min"] <= stats["p1"] <= stats["p5"] <= stats["mean"] <= stats["p95"] <= stats["p99"] <= stats["max"]
         assert recipe["production"]["rows"] >= doc["config"]["min_rows"]
+        # Never worse than the item's own history, on the credible rate or the estimate.
+        assert recipe["action"] == "recommend"
+        assert recipe["defect_rate"]["credible"] <= recipe["history"]["credible"] * (1 + 1e-9)
+        assert recipe["history"]["expected_reduction"] >= -1e-9
+        # The published set points lie within the cluster's spread (or are its centre).
+        model = store.setting_models[recipe["maker"]]
+        point = (np.array([recipe["setting"]["exact"][f] for f in model.fields]) - model.minimum) / model.scale
+        distance = float(np.linalg.norm(point - model.centroids[recipe["setting_cluster"]]))
+        assert distance <= recipe["setting"]["spread_radius"] + 1e-5 or recipe["setting"]["chosen_by"].startswith("cluster centre")
+    for kept in doc["keep_current_practice"]:
+        assert kept["action"] == "keep current practice" and "above the item's own history" in kept["reason"]
+        assert (kept["considered"]["credible"] > kept["history"]["credible"]
+                or kept["considered"]["estimate"] > kept["history"]["defect_rate"])
     clusters = pd.read_csv(recipes_dir / "clusters.csv")
     assert clusters.groupby(["facility", "item"])["recommended"].sum().max() == 1
     # Facilities the small store has no group for are skipped, and say so.

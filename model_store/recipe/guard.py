@@ -1,0 +1,63 @@
+"""The two rules that stop a recipe from recommending worse than what the floor already does.
+
+* **History guard.** A facility/item's own history (every shot it made, all settings mixed) is
+  ranked like one more setting cluster. A recommendation whose credible defect rate or whose
+  point estimate is above the history's is no recommendation: the floor is told to keep its
+  current practice, with the reason. Equal is not worse (a facility/item that ran one setting has
+  exactly its history's rates and keeps its recipe).
+* **Spread rule.** The published exact set-point combination must lie inside its cluster's own
+  spread: within the ``quantile`` radius of the cluster's distinct combinations around the
+  centroid, in the maker's scaled setting space. Farther out it is an outlier of the cluster
+  (a one-off nudge), and the centroid is published instead.
+
+Pure functions on numbers and arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+KEEP = "keep current practice"
+RECOMMEND = "recommend"
+# Relative slack for "equal": the history's and a single cluster's rates come from the same counts
+# through different float paths (a weighted mean of one value), so they may differ in the last bits.
+EQUAL_SLACK = 1e-9
+
+
+def _above(value: float, reference: float) -> bool:
+    return value > reference + EQUAL_SLACK * max(abs(reference), 1e-12)
+
+
+def worse_than_history(credible: float | None, estimate: float | None, history_credible: float | None,
+                       history_estimate: float | None) -> str | None:
+    """Why the candidate is worse than the history (a sentence), or None when it is not.
+
+    Unknown history figures (None / NaN) cannot be compared and do not block a recommendation.
+    """
+    def known(x: float | None) -> bool:
+        return x is not None and bool(np.isfinite(x))
+
+    if known(credible) and known(history_credible) and _above(credible, history_credible):
+        return (f"its credible defect rate {credible:.2%} is above the item's own history ({history_credible:.2%}): "
+                "no setting is credibly better than the current mix")
+    if known(estimate) and known(history_estimate) and _above(estimate, history_estimate):
+        return (f"its estimated defect rate {estimate:.2%} is above the item's own history ({history_estimate:.2%}): "
+                "recommending it would expect more defects, not fewer")
+    return None
+
+
+def spread_radius(points: np.ndarray, centroid: np.ndarray, quantile: float = 0.95) -> float:
+    """The ``quantile`` of the distances of ``points`` (distinct combinations, scaled) to ``centroid``.
+
+    Linear interpolation between order statistics (NumPy's default); 0 for no points.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, len(centroid))
+    if len(points) == 0:
+        return 0.0
+    distances = np.sqrt(((points - np.asarray(centroid, dtype=float)) ** 2).sum(axis=1))
+    return float(np.quantile(distances, quantile))
+
+
+def within_spread(point: np.ndarray, centroid: np.ndarray, radius: float) -> bool:
+    """Whether ``point`` lies inside (or on) the sphere of ``radius`` around ``centroid``."""
+    distance = float(np.sqrt(((np.asarray(point, dtype=float) - np.asarray(centroid, dtype=float)) ** 2).sum()))
+    return distance <= radius * (1 + EQUAL_SLACK) + 1e-12
