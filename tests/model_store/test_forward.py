@@ -2,12 +2,16 @@
 import numpy as np
 import pytest
 
-keras_nets = pytest.importorskip("model_store.models.keras_nets")
-from model_store.models.forward import ForwardNet  # noqa: E402
+from model_store.models.forward import ForwardNet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory", [None, (20, 0.05, 0.0002)], ids=["autoencoder", "memae"])
 def test_numpy_forward_matches_keras(tmp_path, memory) -> None:
+    # Imported here, not skipped: TensorFlow is a dependency, and a broken import must fail this
+    # test loudly instead of silently skipping the module; the NumPy-only tests below need none of it.
+    from model_store.models import keras_nets
+
     rng = np.random.default_rng(1)
     z = rng.normal(size=(600, 2))
     x = (1 / (1 + np.exp(-(z @ rng.normal(size=(2, 6)))))).astype(np.float32)

@@ -68,6 +68,12 @@ def test_rows_without_a_lot_count_as_rows_but_not_in_the_rate():
     assert _role(table.reset_index(), "NONE") == (VALIDATION, "no lot covers it")
 
 
+def test_one_covered_row_is_enough_for_a_rate():
+    records, rates = _records([("M", "F", "I", 0, [0.0, np.nan, np.nan, np.nan], None)])
+    row = group_table(records, rates, CONFIG).iloc[0]
+    assert (row["lot_rows"], row["lot_defect_rate"], row["role"]) == (1, 0.0, TRAIN)
+
+
 def test_too_few_rows_wins_over_no_lot():
     records, rates = _records([("M", "F", "I", 0, [np.nan] * 3, None)])
     assert _role(group_table(records, rates, CONFIG), "F") == (DROPPED, "fewer than 4 rows")
@@ -89,7 +95,7 @@ def test_groups_split_on_every_key_and_come_sorted():
     assert table[GROUP_KEYS].values.tolist() == [["M", "F", "I", 0], ["M", "F", "I", 1], ["M", "F", "J", 0],
                                                  ["M", "G", "I", 0], ["N", "F", "I", 0]]
     assert table.index.tolist() == [0, 1, 2, 3, 4]
-    assert set(table.columns) >= {*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"}
+    assert list(table.columns) == [*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"]
 
 
 def test_defaults_are_the_original_rule():
@@ -120,7 +126,7 @@ def test_rows_get_their_nearest_setting_cluster_or_minus_one():
 
 def test_cluster_rows_of_a_maker_without_records():
     records = pd.DataFrame({"maker": ["M"], "a": [200.0], "b": [20.0]})
-    clusters, rows = cluster_rows(records, {"M": _model("M"), "EMPTY": _model("EMPTY")})
+    clusters, rows = cluster_rows(records, {"EMPTY": _model("EMPTY"), "M": _model("M")})
     assert clusters.tolist() == [1] and rows.tolist() == [0]
 
 

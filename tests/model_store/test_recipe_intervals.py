@@ -8,6 +8,7 @@ closed form solved by bisection here (no scipy), so a wrong tail cannot hide beh
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -48,6 +49,29 @@ def test_wilson_ends_are_exact_at_zero_and_all():
     assert low.tolist()[0] == 0.0 and round(float(high[0]), 4) == 0.2775  # 0 of 10
     assert round(float(low[1]), 4) == 0.7225 and high.tolist()[1] == 1.0  # 10 of 10: the mirror image
     assert (low[2], high[2]) == (0.0, 1.0)  # nothing seen, nothing known
+
+
+def test_wilson_for_one_trial_by_hand():
+    # n = 1: 0 of 1 has upper z²/(1+z²); 1 of 1 has lower 1/(1+z²) (centre ± half in closed form)
+    z2 = 1.959963984540054**2
+    low, high = wilson_interval(np.array([0, 1]), np.array([1, 1]))
+    assert low[0] == 0.0 and high[0] == pytest.approx(z2 / (1 + z2), abs=1e-12)
+    assert low[1] == pytest.approx(1 / (1 + z2), abs=1e-12) and high[1] == 1.0
+    assert round(float(high[0]), 4) == 0.7935
+
+
+def test_no_trials_means_nothing_known_whatever_k_says():
+    # fractional lot attribution can leave a defect count on zero effective parts
+    for interval in (wilson_interval, beta_interval):
+        low, high = interval(np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+        assert low.tolist() == [0.0, 0.0] and high.tolist() == [1.0, 1.0], interval.__name__
+
+
+def test_no_trials_raise_no_numpy_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wilson_interval(np.array([0.0, 0.0, 3.0]), np.array([0.0, 5.0, 0.0]))
+        beta_interval(np.array([0.0, 0.0]), np.array([0.0, 5.0]))
 
 
 def test_wilson_takes_fractional_and_broadcast_counts():
@@ -131,6 +155,11 @@ def test_pearson_dispersion_by_hand():
     assert pearson_dispersion(np.array([2, 8]), np.array([10, 10]), np.array([0.5, 0.5]), 1) == pytest.approx(7.2)
     # three units, two rates fitted: (1-2)²/1.6 + (3-2)²/1.6 + (5-5)²/2.5 = 1.25 on 1 df
     assert pearson_dispersion(np.array([1, 3, 5]), np.array([10, 10, 10]), np.array([0.2, 0.2, 0.5]), 2) == pytest.approx(1.25)
+
+
+def test_pearson_dispersion_counts_single_shot_units():
+    # units of one shot each at 0.5: (1-0.5)²/0.25 + (0-0.5)²/0.25 = 2 on 2 units - 1 rate
+    assert pearson_dispersion(np.array([1, 0]), np.array([1, 1]), np.array([0.5, 0.5]), 1) == pytest.approx(2.0)
 
 
 def test_pearson_dispersion_never_narrows_and_needs_a_degree_of_freedom():
