@@ -18,7 +18,9 @@ from typing import Annotated, Any, Mapping
 from uuid import UUID
 
 import pandas as pd
+from bson.datetime_ms import DatetimeMS
 from bson.decimal128 import Decimal128
+from bson.errors import InvalidBSON
 from bson.objectid import ObjectId
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
@@ -32,12 +34,23 @@ INVALID_FIELD = "invalid_field"  # present but of the wrong type or unparseable
 UNKNOWN_MAKER = "unknown_maker"  # maker not defined by the plant schema
 UNDECODABLE = "undecodable"  # bytes that are not JSON, or a failure nobody anticipated
 SCORING_FAILED = "scoring_failed"  # valid record that the scoring core raised on
-REASONS = (NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER, UNDECODABLE, SCORING_FAILED)
+# Permanent send failures (service/sink.py): the broker will never accept the message as it is.
+MESSAGE_TOO_LARGE = "message_too_large"  # the verdict exceeds the Kafka message limit
+SERIALIZATION_FAILED = "serialization_failed"  # the verdict could not be written as JSON
+REJECTED_BY_BROKER = "rejected_by_broker"  # the broker refused the record itself (corrupt, invalid)
+REASONS = (NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER, UNDECODABLE, SCORING_FAILED,
+           MESSAGE_TOO_LARGE, SERIALIZATION_FAILED, REJECTED_BY_BROKER)
 
 # pandas stores timestamps as datetime64[ns]; outside these bounds the scoring frame cannot hold them.
 _TS_MIN = datetime(1677, 9, 22)
 _TS_MAX = datetime(2262, 4, 11)
 _REPR_LIMIT = 120  # characters of a bad value quoted in an error: enough to recognise it
+# Identifying fields (record id, facility, item, maker) travel in every verdict, in Kafka keys and
+# in metric labels. Real ones are short codes; a megabyte "facility" would make a verdict the broker
+# refuses, and a label series per garbage value. 256 characters is far above any plant's naming.
+MAX_NAME_LENGTH = 256
+# Text longer than this is not a number or a date-time: refuse it before parsing a megabyte.
+_MAX_SCALAR_TEXT = 64
 
 
 @dataclass(frozen=True)
@@ -70,10 +83,17 @@ def _record_id(value: Any) -> str:
     if isinstance(value, bool):
         raise PydanticCustomError("record_id", "expected a string, integer or ObjectId")
     if isinstance(value, (ObjectId, UUID, int)):
-        return str(value)
+        return _bounded(str(value))
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return _bounded(value.strip())
     raise PydanticCustomError("record_id", "expected a non-empty string, integer or ObjectId")
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_NAME_LENGTH:
+        raise PydanticCustomError("too_long", "is {length} characters long; at most {limit} are accepted",
+                                  {"length": len(text), "limit": MAX_NAME_LENGTH})
+    return text
 
 
 def _name(value: Any) -> str | None:
@@ -83,9 +103,9 @@ def _name(value: Any) -> str | None:
     if isinstance(value, bool):
         raise PydanticCustomError("name", "expected a string or integer code")
     if isinstance(value, int):
-        return str(value)
+        return _bounded(str(value))
     if isinstance(value, str):
-        return value.strip() or None
+        return _bounded(value.strip()) or None
     raise PydanticCustomError("name", "expected a string or integer code")
 
 
@@ -105,12 +125,21 @@ def _to_naive_utc(value: datetime) -> datetime:
 
 
 def _parse_time(value: Any, fmt: str | None) -> datetime:
+    if isinstance(value, DatetimeMS):
+        # A BSON date beyond Python's datetime (year < 1 or > 9999: valid in MongoDB); the reader
+        # decodes such dates as DatetimeMS (DATETIME_AUTO) instead of crashing on them.
+        try:
+            value = value.as_datetime()
+        except (OverflowError, ValueError, OSError, InvalidBSON):
+            raise PydanticCustomError("timestamp", "is outside the supported range (1677-09-22 to 2262-04-11)") from None
     if isinstance(value, datetime):
         return _to_naive_utc(value)
     if isinstance(value, date):
         return datetime.combine(value, dtime())
     if isinstance(value, str) and value.strip():
         text = value.strip()
+        if len(text) > _MAX_SCALAR_TEXT:
+            raise PydanticCustomError("timestamp", "is {length} characters long; not a date-time", {"length": len(text)})
         try:
             return _to_naive_utc(datetime.fromisoformat(text))
         except ValueError:
@@ -146,6 +175,8 @@ def _number(value: Any) -> float | None:
         text = value.strip()
         if not text:
             return None
+        if len(text) > _MAX_SCALAR_TEXT:
+            raise PydanticCustomError("number", "is {length} characters long; not a number", {"length": len(text)})
         try:
             value = float(text)
         except ValueError:
@@ -167,7 +198,9 @@ def _maker_check(makers: tuple[str, ...]) -> Any:
     def check(value: Any) -> str | None:
         try:
             name = _name(value)
-        except PydanticCustomError:
+        except PydanticCustomError as exc:
+            if exc.type == "too_long":
+                raise
             name = short_repr(value)
         if name is not None and name not in makers:
             raise PydanticCustomError("unknown_maker", "maker {maker} is not defined by the plant schema (known: {known})",
@@ -286,5 +319,6 @@ class RecordDecoder:
         return [RECORD_ID, TIMESTAMP, MAKER, FACILITY, ITEM, LOT_DATE, *self.numeric_fields]
 
 
-__all__ = ["RecordDecoder", "CanonicalRecord", "DeadLetter", "REASONS", "short_repr",
+__all__ = ["RecordDecoder", "CanonicalRecord", "DeadLetter", "REASONS", "short_repr", "MAX_NAME_LENGTH",
+           "MESSAGE_TOO_LARGE", "SERIALIZATION_FAILED", "REJECTED_BY_BROKER",
            "NOT_A_DOCUMENT", "MISSING_FIELD", "INVALID_FIELD", "UNKNOWN_MAKER", "UNDECODABLE", "SCORING_FAILED"]

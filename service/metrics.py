@@ -133,6 +133,10 @@ class WorkerMetrics:
         self.reloads = Counter("moldwatch_model_reloads", "Model store hot reloads.", ["outcome"], registry=r)
         self.kafka_send_errors = Counter("moldwatch_kafka_send_errors", "Kafka sends that failed (then retried).", ["topic"], registry=r)
         self.checkpoints = Counter("moldwatch_checkpoints", "Checkpoints written (resume token / offsets).", registry=r)
+        self.stalled = Gauge("moldwatch_stalled_seconds", "Seconds that read records have waited with nothing "
+                             "acknowledged by Kafka (0 while idle or making progress).", registry=r)
+        self.checkpoint_failures = Counter("moldwatch_checkpoint_failures",
+                                           "Checkpoint writes that failed (retried with the next one).", registry=r)
         self.source_errors = Counter("moldwatch_source_errors", "Source read errors (the source reconnects).", ["source"], registry=r)
         self.loop_lag = Gauge("moldwatch_event_loop_lag_seconds", "How late the event loop ran a 0.5 s timer.", registry=r)
         self.ready = Gauge("moldwatch_ready", "1 when the last readiness check (/readyz) passed, else 0.", registry=r)
@@ -152,10 +156,20 @@ class WorkerMetrics:
         self.checkpoint_age = Gauge(
             "moldwatch_checkpoint_age_seconds", "Seconds since the last checkpoint (since start if none yet).", registry=r)
         self.checkpoint_age.set_function(self._checkpoint_age)
-        for reason in ("missing_field", "invalid_field", "unknown_maker", "not_a_document", "undecodable", "scoring_failed"):
+        from service.decode import REASONS
+
+        for reason in REASONS:
             self.dead_letters.labels(reason)  # present at 0 so rate() works before the first bad record
-        for path in ("exact", "nearest", "unscorable"):
+        from model_store.resolution import PATHS, UNSCORABLE
+        from model_store.scoring import UNSCORABLE_CAUSES
+
+        for path in (*PATHS, UNSCORABLE):
             self.resolutions.labels(path)
+        self.unscorable = Counter(
+            "moldwatch_unscorable", "Records no model could judge, by cause (insufficient_evidence: too many "
+            "production values missing).", ["cause"], registry=r)
+        for cause in (*UNSCORABLE_CAUSES, "other"):
+            self.unscorable.labels(cause)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)
             self.recipe_loads.labels(outcome)
@@ -165,6 +179,12 @@ class WorkerMetrics:
     # -- gauges computed at scrape time --------------------------------------------------------
     def _checkpoint_age(self) -> float:
         return time.time() - (self._last_checkpoint or self._started)
+
+    def watch_progress(self, stalled: Callable[[], float]) -> None:
+        """``moldwatch_stalled_seconds``: how long work has waited without any acknowledgement
+        (0 while idle or moving). Readiness fails past ``progress_timeout_s``; the
+        MoldwatchNoProgress alert fires on it."""
+        self.stalled.set_function(stalled)
 
     def watch_queue(self, depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         queue = Gauge("moldwatch_queue_records", "Records read and waiting to be scored.", registry=self.registry)
@@ -206,6 +226,10 @@ class WorkerMetrics:
         if verdict.get("anomaly"):
             children[1].inc()
         self.resolutions.labels(str(verdict.get("resolution"))).inc()
+        if verdict.get("resolution") == "unscorable":
+            from model_store.scoring import unscorable_cause
+
+            self.unscorable.labels(unscorable_cause(verdict.get("reason"))).inc()
         for name in verdict.get("imputed") or ():
             self.imputed.labels(str(name)).inc()
         if "on_recipe" in verdict:  # absent: the worker has no recipes file

@@ -2,56 +2,155 @@
 
 Lifecycle (after quix-streams' sinks): :meth:`KafkaSink.setup` connects, :meth:`add_batch` hands
 a scored batch's messages to the producer without waiting, :meth:`flush` returns only when every
-one of them is acknowledged by the brokers (``acks=all``), :meth:`close` stops the producer.
+one of them is settled (acknowledged by the brokers with ``acks=all``), :meth:`close` stops the
+producer.
 
-A send that fails (broker down, request timed out) is counted and sent again with back-off until
-it is acknowledged; :meth:`flush` does not return before that, so the worker cannot checkpoint past
-an unacknowledged verdict. Only a flush deadline (shutdown) gives up, by raising :class:`SinkError`.
+Errors are **retriable** or **permanent** (:func:`is_permanent`):
+
+- Permanent: the broker will never take this message as it is (larger than the message limit,
+  corrupt or invalid record) or it cannot be written at all (serialisation). The message becomes a
+  bounded dead letter (:func:`dead_letter_value`: truncated fields, the reason, the original's size
+  and sha256) and the stream moves on. A verdict over ``kafka_max_message_bytes`` never reaches the
+  producer: it is dead-lettered when the batch is added.
+- Retriable (broker down, timeouts, a hung broker): retried until acknowledged; :meth:`flush`
+  does not return before that, so the worker cannot checkpoint past an unacknowledged verdict.
+  Only a flush deadline (shutdown) gives up, by raising :class:`SinkError`.
+
+**Order per facility.** Messages reach the producer strictly in the order they were added: when
+one cannot be handed over (``send`` timed out while the broker hangs), nothing behind it is handed
+over until it is (a FIFO backlog, :meth:`_pump`). Inside the producer, aiokafka keeps one request
+in flight per broker and the idempotent producer retries a failed request in sequence, so one
+partition's messages are written in order without duplicates. If a message the producer had
+accepted still fails with a retriable error, the producer is replaced and *every* message not yet
+acknowledged is sent again in the original order: later verdicts of a facility can never overtake
+an earlier one.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 from bson import json_util
 
 from service.config import WorkerSettings
-from service.decode import DeadLetter
+from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
 from service.kafka_ping import metadata_ping
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, dumps
 
 log = structlog.get_logger("moldwatch.sink")
 
-# Kafka's default max.message.bytes is ~1 MB; a dead letter quoting a larger document would be
-# refused by the broker and block the stream, so the quoted original is cut at half of that.
-MAX_QUOTED_DOCUMENT = 512 * 1024
+# A dead letter must always fit the broker's limit (Kafka's default max.message.bytes is ~1 MB),
+# or the dead letter itself would block the stream. The quoted original is cut at 256 KiB; each
+# string in it at 1 KiB when the whole does not fit (the reader needs to recognise it, not have it:
+# the original's size and sha256 identify it exactly).
+MAX_QUOTED_DOCUMENT = 256 * 1024
+MAX_QUOTED_STRING = 1024
+MAX_QUOTED_ITEMS = 200  # list/dict entries kept per container when truncating
 RETRY_BACKOFF_S = (0.1, 5.0)  # first and largest pause between resends of failed messages
+MESSAGE_OVERHEAD = 512  # record headers, key, batch framing: what a message costs beyond its value
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS  # human-readable extended JSON ($oid, $date, ...)
+
+# Errors about the record itself: resending the same bytes can never succeed.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, CorruptRecordException,
+    UnsupportedForMessageFormatError, InvalidTopicError, TypeError, ValueError, UnicodeError,
+)
 
 
 class SinkError(RuntimeError):
     """Messages could not be acknowledged before a deadline."""
 
 
-def document_json(document: Any) -> str:
-    """The original document as JSON text: BSON types as extended JSON, anything odd as its repr."""
+def is_permanent(exc: BaseException) -> bool:
+    """Whether resending the same message can never succeed (then it is dead-lettered)."""
+    return isinstance(exc, PERMANENT_ERRORS)
+
+
+def permanent_reason(exc: BaseException) -> str:
+    if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)):
+        return MESSAGE_TOO_LARGE
+    if isinstance(exc, (TypeError, ValueError, UnicodeError)):
+        return SERIALIZATION_FAILED
+    return REJECTED_BY_BROKER
+
+
+# -- dead letters ------------------------------------------------------------------------------
+def _full_json(document: Any) -> str:
+    if isinstance(document, (bytes, bytearray)):
+        document = bytes(document).decode("utf-8", errors="replace")
+    return json_util.dumps(document, json_options=_JSON_OPTIONS, allow_nan=False)
+
+
+def _truncate(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` with long strings, bytes and containers cut (kept recognisable)."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_QUOTED_STRING else value[:MAX_QUOTED_STRING] + f"...(+{len(value) - MAX_QUOTED_STRING} chars)"
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value[:MAX_QUOTED_STRING])
+    if depth > 20:
+        return f"<{type(value).__name__} nested too deep>"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {(_truncate(k, depth + 1) if isinstance(k, str) else k): _truncate(v, depth + 1) for k, v in items[:MAX_QUOTED_ITEMS]}
+        if len(items) > MAX_QUOTED_ITEMS:
+            out["$more_fields"] = len(items) - MAX_QUOTED_ITEMS
+        return out
+    if isinstance(value, (list, tuple)):
+        kept = [_truncate(v, depth + 1) for v in value[:MAX_QUOTED_ITEMS]]
+        if len(value) > MAX_QUOTED_ITEMS:
+            kept.append(f"...(+{len(value) - MAX_QUOTED_ITEMS} items)")
+        return kept
+    return value
+
+
+def quote_document(document: Any) -> tuple[str, int, str, bool]:
+    """``(json_text, original_size, original_sha256, truncated)`` for a dead letter.
+
+    The size and hash are of the original's full extended-JSON text (UTF-8), so an operator can
+    match a truncated quote with the record in MongoDB or the raw topic.
+    """
     try:
-        if isinstance(document, (bytes, bytearray)):
-            document = bytes(document).decode("utf-8", errors="replace")
-        text = json_util.dumps(document, json_options=_JSON_OPTIONS, allow_nan=False)
+        text = _full_json(document)
     except (TypeError, ValueError, RecursionError, OverflowError) as exc:
         text = json.dumps({"$unserializable": type(exc).__name__, "$repr": _safe_repr(document)[:MAX_QUOTED_DOCUMENT]})
-    if len(text) > MAX_QUOTED_DOCUMENT:
-        text = json.dumps({"$truncated": True, "$text": text[:MAX_QUOTED_DOCUMENT]})
-    return text
+    raw = text.encode("utf-8", errors="replace")
+    size, digest = len(raw), hashlib.sha256(raw).hexdigest()
+    if len(raw) <= MAX_QUOTED_DOCUMENT:
+        return text, size, digest, False
+    try:
+        cut = _truncate(document)
+        if isinstance(cut, dict):
+            cut = {"$truncated": True, **cut}
+        short = _full_json(cut)
+    except Exception:  # noqa: BLE001 - whatever the truncated copy trips on, the text cut below works
+        short = ""
+    if not short or len(short.encode("utf-8", errors="replace")) > MAX_QUOTED_DOCUMENT:
+        short = json.dumps({"$truncated": True, "$text": text[: MAX_QUOTED_DOCUMENT // 2]})
+    return short, size, digest, True
+
+
+def document_json(document: Any) -> str:
+    """The original document as JSON text (extended JSON), cut to fit a dead letter."""
+    return quote_document(document)[0]
 
 
 def _safe_repr(value: Any) -> str:
@@ -62,24 +161,29 @@ def _safe_repr(value: Any) -> str:
 
 
 def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None) -> bytes:
+    text, size, digest, truncated = quote_document(letter.document)
     head = dumps({
         "reason": letter.reason,
-        "error": letter.error,
+        "error": letter.error[:2000],
         "worker": worker,
         "model_version": model_version,
         "dead_lettered_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "original_size": size,
+        "original_sha256": digest,
+        "truncated": truncated,
     })
     # Splice the document in as JSON text: it is already serialised, and must stay valid JSON.
-    return head[:-1] + b',"document":' + document_json(letter.document).encode() + b"}"
+    return head[:-1] + b',"document":' + text.encode("utf-8", errors="replace") + b"}"
 
 
 def facility_key(value: Any) -> bytes | None:
     return str(value).encode() if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) else None
 
 
-@dataclass
+# -- messages ----------------------------------------------------------------------------------
+@dataclass(eq=False)
 class Outgoing:
-    """One message until it is acknowledged."""
+    """One message until it is acknowledged (or settled as a dead letter)."""
 
     topic: str
     key: bytes | None
@@ -87,13 +191,17 @@ class Outgoing:
     on_ack: Callable[[float], None] | None = None
     future: asyncio.Future[Any] | None = None
     acked_at: float | None = None
+    origin: Any = None  # what a dead letter quotes if this message turns out permanently unsendable
+    verdict_index: int | None = None  # position in BatchResult.scored (verdict messages only)
+    failure: BaseException | None = None  # set when the producer gave up on it
 
 
 @dataclass
 class Delivery:
-    """The messages of one batch; :meth:`KafkaSink.flush` resolves them all."""
+    """The messages of one batch; :meth:`KafkaSink.flush` settles them all."""
 
     messages: list[Outgoing] = field(default_factory=list)
+    dead_lettered: dict[int, str] = field(default_factory=dict)  # verdict index -> reason (not a verdict after all)
 
     @property
     def acked(self) -> bool:
@@ -107,19 +215,40 @@ class KafkaSink:
         self.facility_column = facility_column  # plant column for keying dead letters by facility
         self.producer: AIOKafkaProducer | None = None
         self._last_error = ""
+        self._backlog: deque[Outgoing] = deque()  # added, not yet accepted by the producer (FIFO)
+        self._outstanding: deque[Outgoing] = deque()  # accepted by the producer, not yet settled
+        self._replace_producer = False
+        self._pump_failed = False
+        self._pump_lock = asyncio.Lock()
+        self._model_version: str | None = None
+        self.new_producer: Callable[[], Any] = self._new_producer  # replaceable: tests use fakes
+
+    @property
+    def last_error(self) -> str:
+        """The last send error while messages still wait (empty once everything is acknowledged)."""
+        return self._last_error if (self._backlog or self._replace_producer) else ""
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.settings.kafka_max_message_bytes
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             client_id=s.kafka_client_id,
             acks="all",
-            enable_idempotence=True,  # broker-side dedupe of internal retries: no duplicates, per-key order
+            # Broker-side dedupe of the producer's own retries; with aiokafka's one request in
+            # flight per broker, one partition's messages are written once and in order.
+            enable_idempotence=True,
             linger_ms=s.kafka_linger_ms,
             request_timeout_ms=s.kafka_request_timeout_ms,
+            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
             **s.kafka_security_kwargs(),
         )
+        keep_batches_until_acked(producer)
+        return producer
 
     async def setup(self, stopping: asyncio.Event | None = None) -> None:
         """Connect, retrying with back-off until the brokers answer (or ``stopping`` is set)."""
@@ -149,47 +278,125 @@ class KafkaSink:
         """``None`` when the producer can reach a broker now, else the reason (readiness)."""
         if self.producer is None:
             return "kafka producer not connected"
-        return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka")
+        return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka",
+                                   self.settings.kafka_bootstrap_servers)
 
     # -- add ---------------------------------------------------------------------------------------
-    async def add_batch(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:
-        """Queue a batch's verdicts, alarms and dead letters; returns without waiting for acks."""
+    def build(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:
+        """A batch's verdicts, alarms and dead letters as messages; oversized verdicts are
+        dead-lettered here (permanent: the broker would refuse them)."""
         s = self.settings
+        self._model_version = result.model_version
         delivery = Delivery()
-        for scored in result.scored:
+        limit = self.max_message_bytes
+        for index, scored in enumerate(result.scored):
             verdict = scored.verdict
             key = facility_key(verdict.get("facility"))
-            value = scored.payload or dumps(verdict)
+            try:
+                value = scored.payload or dumps(verdict)
+            except (TypeError, ValueError, RecursionError) as exc:
+                delivery.messages.append(self._letter(delivery, index, verdict, SERIALIZATION_FAILED,
+                                                      f"verdict is not serialisable: {type(exc).__name__}: {str(exc)[:200]}"))
+                continue
+            if len(value) + len(key or b"") > limit:
+                delivery.messages.append(self._letter(delivery, index, verdict, MESSAGE_TOO_LARGE,
+                                                      f"verdict of {len(value)} bytes exceeds the Kafka message limit of {limit} bytes"))
+                continue
             callback = (lambda at, sc=scored: on_verdict_ack(sc, at)) if on_verdict_ack else None
-            delivery.messages.append(Outgoing(s.kafka_verdicts_topic, key, value, callback))
+            delivery.messages.append(Outgoing(s.kafka_verdicts_topic, key, value, callback, origin=verdict, verdict_index=index))
             if verdict.get("anomaly"):
-                delivery.messages.append(Outgoing(s.kafka_alarms_topic, key, value))
+                delivery.messages.append(Outgoing(s.kafka_alarms_topic, key, value, origin=verdict))
         for failed in result.failed:
             doc = failed.dead_letter.document
             key = facility_key(doc.get(self.facility_column)) if self.facility_column and isinstance(doc, dict) else None
             value = dead_letter_value(failed.dead_letter, s.worker_name, result.model_version)
-            delivery.messages.append(Outgoing(s.kafka_dead_letters_topic, key, value))
-        for message in delivery.messages:
-            await self._send(message)
+            delivery.messages.append(Outgoing(s.kafka_dead_letters_topic, _bounded_key(key), value))
         return delivery
 
-    async def _send(self, message: Outgoing) -> None:
-        """Hand one message to the producer; a failure here is retried by :meth:`flush`."""
-        if self.producer is None:
-            return
+    def _letter(self, delivery: Delivery, index: int, verdict: Any, reason: str, error: str) -> Outgoing:
+        delivery.dead_lettered[index] = reason
+        self.metrics.dead_letters.labels(reason).inc()
+        log.warning("verdict dead-lettered: the broker would never accept it", reason=reason, error=error)
+        key = facility_key(verdict.get("facility")) if isinstance(verdict, dict) else None
+        value = dead_letter_value(DeadLetter(reason, error, verdict), self.settings.worker_name, self._model_version)
+        return Outgoing(self.settings.kafka_dead_letters_topic, _bounded_key(key), value)
+
+    async def add_batch(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:
+        """Queue a batch's verdicts, alarms and dead letters; returns without waiting for acks."""
+        delivery = self.build(result, on_verdict_ack)
+        self._backlog.extend(delivery.messages)
+        await self._pump()
+        return delivery
+
+    async def _pump(self) -> None:
+        """Hand backlog messages to the producer in order; stop at the first one that cannot be
+        handed over now (the broker is away): nothing may overtake it."""
+        async with self._pump_lock:
+            if self._replace_producer and not await self._renew_producer():
+                return
+            while self._outstanding and self._outstanding[0].acked_at is not None:
+                self._outstanding.popleft()
+            while self._backlog and self.producer is not None:
+                message = self._backlog[0]
+                if message.acked_at is not None:
+                    self._backlog.popleft()
+                    continue
+                try:
+                    # Awaits only while the producer's buffer is full or the topic's metadata is
+                    # unknown: that wait is the backpressure that stops intake when Kafka is slow.
+                    future = await self.producer.send(message.topic, message.value, key=message.key)
+                except Exception as exc:  # noqa: BLE001 - classified: permanent or retried
+                    if is_permanent(exc):
+                        self._permanent(message, exc)
+                        continue  # the message is a dead letter now: send that instead
+                    self._send_failed(message, exc)
+                    self._pump_failed = True
+                    return
+                self._pump_failed = False
+                self._backlog.popleft()
+                message.future, message.failure = future, None
+                self._outstanding.append(message)
+                future.add_done_callback(lambda f, m=message: self._done(m, f))
+
+    async def _renew_producer(self) -> bool:
+        """Replace the producer and queue every unacknowledged message again, in order."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            # Fail what the old producer still holds instead of letting it trickle out behind
+            # the resends below (that would put an older verdict after a newer one).
+            with contextlib.suppress(Exception):
+                old._message_accumulator.fail_all(KafkaError("producer replaced"))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+        producer = self.new_producer()
         try:
-            # Awaits only while the producer's buffer is full or the topic's metadata is unknown:
-            # that wait is the backpressure that stops intake when Kafka is slow.
-            future = await self.producer.send(message.topic, message.value, key=message.key)
+            await producer.start()
         except KafkaError as exc:
-            self._send_failed(message, exc)
-            return
-        message.future = future
-        future.add_done_callback(lambda f, m=message: self._done(m, f))
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._pump_failed = True
+            return False
+        self.producer = producer
+        pending = [m for m in self._outstanding if m.acked_at is None]
+        self._outstanding.clear()
+        for message in pending:
+            message.future = None
+        self._backlog.extendleft(reversed(pending))
+        self._replace_producer = False
+        log.warning("kafka producer replaced; resending unacknowledged messages in order", messages=len(pending))
+        return True
 
     def _done(self, message: Outgoing, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # flush() sees the failure and resends
+        if future is not message.future or message.acked_at is not None:
+            return  # a replaced send's late answer, or already settled by flush()
+        if future.cancelled():
+            message.failure = asyncio.CancelledError()
+            return
+        exc = future.exception()
+        if exc is not None:
+            message.failure = exc  # flush() decides: dead letter, or resend in order
+            return
         message.acked_at = time.time()
         if message.on_ack is not None:
             message.on_ack(message.acked_at)
@@ -199,9 +406,28 @@ class KafkaSink:
         self.metrics.kafka_send_errors.labels(message.topic).inc()
         self._last_error = f"{type(exc).__name__}: {exc}"
 
+    def _permanent(self, message: Outgoing, exc: BaseException) -> None:
+        """Turn ``message`` into a dead letter in place (its delivery still waits for it)."""
+        reason = permanent_reason(exc)
+        self.metrics.kafka_send_errors.labels(message.topic).inc()
+        error = f"{message.topic}: {type(exc).__name__}: {str(exc)[:300]} (message of {len(message.value)} bytes)"
+        if message.topic == self.settings.kafka_dead_letters_topic:
+            # A dead letter refused itself: quote nothing but its size and hash.
+            origin: Any = {"$refused_dead_letter_bytes": len(message.value),
+                           "$sha256": hashlib.sha256(message.value).hexdigest()}
+        else:
+            origin = message.origin if message.origin is not None else message.value
+        log.error("kafka refused a message permanently; dead-lettering it", topic=message.topic, reason=reason,
+                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        self.metrics.dead_letters.labels(reason).inc()
+        message.value = dead_letter_value(DeadLetter(reason, error, origin), self.settings.worker_name, self._model_version)
+        message.topic = self.settings.kafka_dead_letters_topic
+        message.key = _bounded_key(message.key)
+        message.on_ack, message.origin, message.future, message.failure = None, None, None, None
+
     # -- flush -------------------------------------------------------------------------------------
     async def flush(self, delivery: Delivery, timeout_s: float | None = None) -> None:
-        """Return when every message of ``delivery`` is acknowledged; resend failures meanwhile.
+        """Return when every message of ``delivery`` is settled; resend failures meanwhile.
 
         Raises :class:`SinkError` only when ``timeout_s`` passes first (shutdown with Kafka down).
         """
@@ -211,31 +437,52 @@ class KafkaSink:
             waiting = [m for m in delivery.messages if m.acked_at is None]
             if not waiting:
                 return
-            futures = [m.future for m in waiting if m.future is not None]
-            if futures:
-                await asyncio.wait(futures, timeout=_remaining(deadline))
-            retry = False
-            for message in waiting:
-                future = message.future
-                if future is None:
-                    retry = True
-                elif future.done():
-                    exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-                    if exc is not None:
-                        self._send_failed(message, exc)
-                        retry = True
+            for message in list(waiting):
+                if message.future is not None and message.future.done() and message.failure is None:
+                    self._done(message, message.future)  # settle now rather than after the callback
+                if message.failure is None:
+                    continue
+                exc, message.failure = message.failure, None
+                if is_permanent(exc):
+                    self._outstanding = deque(m for m in self._outstanding if m is not message)
+                    self._permanent(message, exc)
+                    self._backlog.appendleft(message)  # a dead letter now: another topic, order unaffected
+                else:
+                    self._send_failed(message, exc)
+                    self._replace_producer = True
+            waiting = [m for m in waiting if m.acked_at is None]
+            if not waiting:
+                return
             if deadline is not None and time.monotonic() >= deadline:
-                left = sum(m.acked_at is None for m in delivery.messages)
-                raise SinkError(f"{left} Kafka message(s) not acknowledged within {timeout_s} s")
-            if retry:
-                failed = sum(m.future is None and m.acked_at is None for m in waiting)
-                # One line per resend round, not per message: an outage must not flood the logs.
-                log.warning("kafka sends failed; resending", messages=failed, error=self._last_error, retry_in_s=pause)
-                await asyncio.sleep(min(pause, _remaining(deadline) or pause))
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
-                for message in waiting:
-                    if message.future is None and message.acked_at is None:
-                        await self._send(message)
+                raise SinkError(f"{len(waiting)} Kafka message(s) not acknowledged within {timeout_s} s")
+            if self._replace_producer or any(m.future is None for m in waiting):
+                if self._pump_failed or self._replace_producer:
+                    # One line per resend round, not per message: an outage must not flood the logs.
+                    log.warning("kafka sends failed; resending in order", messages=len(waiting), error=self._last_error,
+                                retry_in_s=pause)
+                    await asyncio.sleep(min(pause, _remaining(deadline) or pause))
+                    pause = min(pause * 2, RETRY_BACKOFF_S[1])
+                await self._pump()
+                continue
+            futures = [m.future for m in waiting if m.future is not None and not m.future.done()]
+            if futures:
+                await asyncio.wait(futures, timeout=_remaining(deadline), return_when=asyncio.FIRST_EXCEPTION)
+            else:
+                await asyncio.sleep(0)  # never spin without yielding
+
+
+def keep_batches_until_acked(producer: AIOKafkaProducer) -> None:
+    """With idempotence aiokafka retries a batch until it is acknowledged, except a batch whose
+    partition has no known leader for longer than the request timeout (a broker restarting): that
+    one fails while younger batches of the same partition may still be written after it, which
+    reorders a facility's verdicts. No expiry: such a batch waits for the leader like the others."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None and hasattr(accumulator, "_batch_ttl"):
+        accumulator._batch_ttl = float(365 * 24 * 3600)
+
+
+def _bounded_key(key: bytes | None) -> bytes | None:
+    return key if key is None or len(key) <= 1024 else hashlib.sha256(key).hexdigest().encode()
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -246,4 +493,5 @@ def ack_times(delivery: Delivery) -> Iterable[float]:
     return (m.acked_at for m in delivery.messages if m.acked_at is not None)
 
 
-__all__ = ["KafkaSink", "Delivery", "SinkError", "dead_letter_value", "document_json", "dumps"]
+__all__ = ["KafkaSink", "Delivery", "Outgoing", "SinkError", "dead_letter_value", "document_json", "quote_document",
+           "dumps", "is_permanent", "MAX_QUOTED_DOCUMENT"]

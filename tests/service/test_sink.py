@@ -54,6 +54,12 @@ class FlakyProducer:
         self.sent: list[tuple[str, bytes, bytes | None]] = []
         self._seen: set[tuple[str, bytes]] = set()
 
+    async def start(self) -> None:  # the sink replaces a producer whose sends failed
+        pass
+
+    async def stop(self) -> None:
+        pass
+
     async def send(self, topic, value, key=None):
         future = asyncio.get_running_loop().create_future()
         if (topic, value) not in self._seen:
@@ -72,7 +78,8 @@ def batch(verdicts: list[dict], letters: list[DeadLetter] = ()) -> BatchResult:
 async def test_flush_resends_failed_messages_until_acknowledged_and_counts_errors():
     metrics = WorkerMetrics()
     sink = KafkaSink(settings(), metrics, facility_column="fac")
-    sink.producer = FlakyProducer()  # type: ignore[assignment]
+    flaky = sink.producer = FlakyProducer()  # type: ignore[assignment]
+    sink.new_producer = lambda: flaky  # the "replacement" is the same flaky producer
     acked: list[str] = []
     result = batch([{"record_id": "r1", "facility": "F1", "anomaly": True}, {"record_id": "r2", "facility": "F2", "anomaly": False}],
                    [DeadLetter("missing_field", "ts: is missing", {"fac": "F9"})])
