@@ -10,9 +10,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from service.redact import one_line, redact_uri, uri_secrets
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MOLDWATCH_"
@@ -34,6 +35,7 @@ class WorkerSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",  # a shared .env may hold other tools' variables
         validate_default=True,
+        hide_input_in_errors=True,  # a rejected value may be a URI with a password in it
     )
 
     # -- source ----------------------------------------------------------------------------------
@@ -46,6 +48,11 @@ class WorkerSettings(BaseSettings):
         json_schema_extra=_panel(SOURCE))
     start_from: Literal["now", "beginning"] = Field(
         "now", description="Without any checkpoint: start at the stream's current end, or backfill the whole collection first.",
+        json_schema_extra=_panel(SOURCE))
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="at-least-once: checkpoint after Kafka acks (a crash re-scores the records after the "
+        "last checkpoint). exactly-once: verdicts, alarms, dead letters and the source position in one Kafka "
+        "transaction per batch (consumers must read with isolation.level=read_committed).",
         json_schema_extra=_panel(SOURCE))
     backfill_margin_s: float = Field(
         0.0, ge=0, description="On lost change-stream history, backfill from this many seconds before the last "
@@ -97,6 +104,16 @@ class WorkerSettings(BaseSettings):
                                  json_schema_extra=_panel(KAFKA))
     kafka_linger_ms: int = Field(5, ge=0, description="Producer linger: a few ms lets verdicts share a request.",
                                  json_schema_extra=_panel(KAFKA))
+    kafka_max_message_bytes: int = Field(
+        1_000_000, ge=10_000, description="Largest message the brokers accept (their message.max.bytes, ~1 MB by default); "
+        "a verdict above it is dead-lettered instead of retried forever.", json_schema_extra=_panel(KAFKA))
+    kafka_positions_topic: str = Field(
+        "moldwatch.positions", min_length=1, description="Compacted topic holding the change-stream resume token "
+        "(delivery=exactly-once, source=mongo), written in the same transaction as the verdicts.",
+        json_schema_extra=_panel(KAFKA))
+    kafka_transaction_timeout_ms: int = Field(
+        60000, gt=0, description="Transaction timeout (delivery=exactly-once): an open transaction of a crashed worker is "
+        "aborted by the broker after this.", json_schema_extra=_panel(KAFKA))
     kafka_request_timeout_ms: int = Field(10000, gt=0, description="Producer/consumer request timeout; an unacked "
                                           "message is retried after it.", json_schema_extra=_panel(KAFKA))
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
@@ -138,6 +155,10 @@ class WorkerSettings(BaseSettings):
                                    json_schema_extra=_panel(FLOW))
     checkpoint_interval_s: float = Field(0.5, ge=0, description="Least time between checkpoint writes (0: after every "
                                          "acknowledged batch).", json_schema_extra=_panel(FLOW))
+    rebalance_drain_s: float = Field(
+        10.0, ge=0, description="Kafka source: on a rebalance, longest wait for the records of revoked partitions to be "
+        "acknowledged and committed before they are handed over (fewer duplicates on the new owner).",
+        json_schema_extra=_panel(FLOW))
     shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM: longest wait for draining and Kafka acks.",
                                       json_schema_extra=_panel(FLOW))
 
@@ -149,6 +170,9 @@ class WorkerSettings(BaseSettings):
                            json_schema_extra=_panel(HTTP))
     ready_timeout_s: float = Field(0.5, gt=0, description="Timeout of each readiness ping (MongoDB, Kafka).",
                                    json_schema_extra=_panel(HTTP))
+    progress_timeout_s: float = Field(
+        60.0, gt=0, description="Not ready when records are waiting and nothing was acknowledged for this long "
+        "(a stream that no longer moves).", json_schema_extra=_panel(HTTP))
     ready_cache_s: float = Field(1.0, ge=0, description="Readiness results are reused this long: a probe storm "
                                  "must not become a ping storm.", json_schema_extra=_panel(HTTP))
 
@@ -157,6 +181,16 @@ class WorkerSettings(BaseSettings):
                                                                     json_schema_extra=_panel(LOGS))
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal.", json_schema_extra=_panel(LOGS))
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _check_mongo_uri(cls, uri: str) -> str:
+        """Parse the URI now: a URI the driver cannot parse gives one line without the password,
+        not a traceback (or the URI) at the first connection."""
+        problem = mongo_uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
+        return uri
 
     @model_validator(mode="after")
     def _check_pairs(self) -> "WorkerSettings":
@@ -224,19 +258,33 @@ class WorkerSettings(BaseSettings):
             else:
                 out[name] = value
         out["mongo_uri"] = redact_uri(self.mongo_uri)
+        out["kafka_bootstrap_servers"] = redact_uri(self.kafka_bootstrap_servers)
         return out
 
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (for :data:`service.redact.SCRUB`)."""
+        values = [v.get_secret_value() for v in (self.mongo_password, self.kafka_sasl_password, self.kafka_tls_key_password,
+                                                 self.mongo_tls_certificate_key_password) if v is not None]
+        return values + uri_secrets(self.mongo_uri)
 
-def redact_uri(uri: str) -> str:
-    """``mongodb://user:pw@host/db`` -> ``mongodb://***@host/db``: URIs may carry credentials."""
+
+def mongo_uri_problem(uri: str) -> str | None:
+    """Why the driver would refuse ``uri`` (one line, credentials masked), or None."""
     try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable uri>"
-    if "@" not in parts.netloc:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+        from pymongo.errors import ConfigurationError, InvalidURI
+        from pymongo.uri_parser_shared import _validate_uri  # parses without the DNS lookup of mongodb+srv
+    except ImportError:  # another PyMongo layout: the driver reports it at connection time instead
+        return None
+    try:
+        _validate_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        secrets = uri_secrets(uri)
+        text = one_line(exc)
+        for secret in sorted(secrets, key=len, reverse=True):
+            if len(secret) >= 3:
+                text = text.replace(secret, "**********")
+        return f"MongoDB URI {redact_uri(uri)} cannot be used: {text}"
+    return None
 
 
 def env_name(field: str) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Literal, MutableMapping, TextIO
 import structlog
 from pydantic import SecretStr
 
+from service.redact import SCRUB
+
 EventDict = MutableMapping[str, Any]
 """What a processor receives and returns: the event's key-value pairs."""
 
@@ -23,11 +25,19 @@ _SECRET_KEYS = frozenset({"password", "sasl_password", "mongo_password", "kafka_
 
 
 def mask_secrets(_: Any, __: str, event: EventDict) -> EventDict:
-    """Mask ``SecretStr`` values and values of keys that name a secret."""
+    """Mask ``SecretStr`` values and values of keys that name a secret; scrub every other string
+    of registered secrets and URI credentials (:data:`service.redact.SCRUB`)."""
     for key, value in event.items():
         if isinstance(value, SecretStr) or key.lower() in _SECRET_KEYS:
             event[key] = _MASK
+        elif isinstance(value, (str, list, tuple, dict)):
+            event[key] = SCRUB.value(value)
     return event
+
+
+def scrub_rendered(_: Any, __: str, line: Any) -> Any:
+    """After rendering: scrub the final line, tracebacks included (they are rendered last)."""
+    return SCRUB(line) if isinstance(line, str) else line
 
 
 def _shared_processors() -> list[Any]:
@@ -71,6 +81,7 @@ def configure_logging(
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if as_json else _identity,
             renderer,
+            scrub_rendered,
         ],
     )
     handler = logging.StreamHandler(stream)

@@ -51,6 +51,7 @@ from model_store.store import MANIFEST, open_store
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.metrics import WorkerMetrics
+from service.redact import SCRUB, one_line, scrub
 from service.pipeline import BatchResult, Pipeline, ScoredRecord, SourceMessage
 from service.sink import Delivery, KafkaSink, SinkError
 from service.sources import Source
@@ -76,6 +77,7 @@ class InFlight:
 class Worker:
     def __init__(self, settings: WorkerSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
+        SCRUB.register(settings.secret_values())  # before anything can log or answer a probe
         self.metrics = WorkerMetrics(registry)
         self.metrics.expect(settings.source, (settings.kafka_verdicts_topic, settings.kafka_alarms_topic,
                                               settings.kafka_dead_letters_topic))
@@ -103,9 +105,13 @@ class Worker:
         self._recipes_problem: str | None = None
         self._positions: list[Any] = []
         self._checkpointed_at = time.monotonic()
+        # Progress clock: the last time acknowledged work moved, or nothing was waiting.
+        self._progress_at = time.monotonic()
+        self.metrics.watch_progress(self.stalled_seconds)
         self._ready: tuple[float, bool, dict[str, str]] = (0.0, False, {})
         self._ready_lock = asyncio.Lock()
         self._loop_lag = 0.0
+        self._acking = False
 
     # -- public surface ------------------------------------------------------------------------
     @property
@@ -174,11 +180,28 @@ class Worker:
                 reasons[key] = reason
         if self.source is not None and source_key not in reasons and not self.source.listening.is_set():
             reasons[source_key] = "source reachable but not reading yet"
+        stalled = self.stalled_seconds()
+        if stalled >= self.settings.progress_timeout_s:
+            reasons["progress"] = (f"{self.waiting()} record(s) or batch(es) waiting and nothing acknowledged for "
+                                   f"{stalled:.0f} s (progress_timeout_s={self.settings.progress_timeout_s:g})"
+                                   + (f"; last Kafka error: {self.sink.last_error}" if self.sink and self.sink.last_error else ""))
         if self._failed:
             reasons["worker"] = f"task {self._failed} failed"
         elif self._stopping.is_set():
             reasons["worker"] = "shutting down"
-        return reasons
+        return {key: scrub(reason) for key, reason in reasons.items()}
+
+    # -- progress ------------------------------------------------------------------------------
+    def waiting(self) -> int:
+        """Records read but not scored, plus scored batches not yet acknowledged."""
+        return self.queue.qsize() + self._in_flight.qsize() + (1 if self._acking else 0)
+
+    def stalled_seconds(self) -> float:
+        """Seconds that work has been waiting without any acknowledgement (0 while idle or moving)."""
+        if not self.waiting():
+            self._progress_at = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     # -- run -----------------------------------------------------------------------------------
     async def run(self, install_signal_handlers: bool = False) -> int:
@@ -229,7 +252,7 @@ class Worker:
         if self.settings.source == "kafka":
             from service.sources.kafka import KafkaSource
 
-            return KafkaSource(self.settings, self.metrics)
+            return KafkaSource(self.settings, self.metrics, on_revoked=self.on_partitions_revoked)
         from service.sources.mongo import MongoSource
 
         return MongoSource(self.settings, schema, self.metrics)
@@ -276,6 +299,8 @@ class Worker:
     async def _emit(self, message: SourceMessage) -> None:
         if not message.marker:
             self.metrics.records_in.labels(self.settings.source).inc()
+        if not self.waiting():
+            self._progress_at = time.monotonic()  # work starts waiting now, not at the last ack
         await self.queue.put(message)  # blocks when full: the source stops reading
 
     # -- scoring -------------------------------------------------------------------------------
@@ -363,12 +388,20 @@ class Worker:
                 continue
             if item is None:
                 break
-            await self._await_acks(item.delivery)
-            self._count(item.result)
+            self._acking = True
+            try:
+                await self._await_acks(item.delivery)
+            finally:
+                self._acking = False
+            self._progress_at = time.monotonic()
+            self._count(item.result, item.delivery)
             self._positions.extend(item.positions)
             if time.monotonic() - self._checkpointed_at >= interval:
                 await self._checkpoint()
-        await self._checkpoint()
+        if not await self._checkpoint():
+            self.exit_code = 1
+            log.error("final checkpoint not written: the records since the last checkpoint are read again on restart",
+                      positions=len(self._positions))
 
     async def _await_acks(self, delivery: Delivery) -> None:
         assert self.sink is not None
@@ -383,28 +416,46 @@ class Worker:
                             "they are re-read from the last checkpoint on restart")
         flush.result()
 
-    def _count(self, result: BatchResult) -> None:
-        for scored in result.scored:
-            self.metrics.observe_verdict(scored.verdict)
+    def _count(self, result: BatchResult, delivery: Delivery | None = None) -> None:
+        dropped = delivery.dead_lettered if delivery is not None else {}
+        for index, scored in enumerate(result.scored):
+            if index not in dropped:  # dead-lettered by the sink (too large for Kafka): counted there
+                self.metrics.observe_verdict(scored.verdict)
         for failed in result.failed:
             self.metrics.dead_letters.labels(failed.dead_letter.reason).inc()
         if result.failed:
             first = result.failed[0].dead_letter
             log.warning("records dead-lettered", count=len(result.failed), reason=first.reason, error=first.error)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> bool:
+        """Persist the acknowledged positions; False when that failed (they are kept for a retry)."""
         if not self._positions or self.source is None:
-            return
+            return True
         positions = self.source.compact(self._positions)
         try:
             await asyncio.wait_for(self.source.commit(positions), self.settings.mongo_timeout_ms / 1000 + 1)
         except Exception as exc:  # noqa: BLE001 - keep the positions; the next checkpoint retries
             self._positions = positions
-            log.warning("checkpoint failed; will retry", error=f"{type(exc).__name__}: {str(exc)[:200]}")
-            return
+            self.metrics.checkpoint_failures.inc()
+            log.warning("checkpoint failed; will retry", error=one_line(exc, 200))
+            return False
         self._positions = []
         self._checkpointed_at = time.monotonic()
         self.metrics.checkpointed()
+        return True
+
+    async def on_partitions_revoked(self, partitions: set[Any]) -> None:
+        """Kafka source, rebalance: before the partitions go, let what was read from them be
+        scored and acknowledged (bounded wait), commit it, and forget their positions."""
+        deadline = time.monotonic() + self.settings.rebalance_drain_s
+        while self.waiting() and time.monotonic() < deadline and not self._give_up.is_set() and self._failed is None:
+            await asyncio.sleep(0.02)
+        if self.waiting():
+            log.warning("rebalance: records of revoked partitions still unacknowledged; their new owner scores them again",
+                        waiting=self.waiting())
+        await self._checkpoint()
+        if self.source is not None and hasattr(self.source, "drop"):
+            self._positions = self.source.drop(self._positions, partitions)
 
     # -- model store ---------------------------------------------------------------------------
     def _manifest_signature(self) -> tuple[int, int, int] | None:

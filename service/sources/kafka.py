@@ -6,18 +6,24 @@ wrapped by Kafka Connect's JsonConverter (``{"schema": ..., "payload": ...}``) o
 as a JSON string. Extended JSON (``{"$date": ...}``, ``{"$oid": ...}``) is decoded to BSON types.
 
 Offsets are committed only through :meth:`KafkaSource.commit`, after the verdicts of every earlier
-record are acknowledged; auto-commit is off. A rebalance may hand a partition to another worker
-before its last offsets were committed: those records are scored again there (at-least-once).
+record are acknowledged; auto-commit is off.
+
+Rebalances (:class:`_Rebalance`): before partitions are revoked, the worker lets what was read
+from them be acknowledged (bounded by ``rebalance_drain_s``) and commits it, then the positions of
+the revoked partitions are dropped: a commit only ever names partitions this member owns (a
+commit for a partition owned by another member fails, and would fail forever). Records that were
+not acknowledged in time are scored again by the new owner (at-least-once; exactly-once mode
+commits offsets in the verdicts' transaction instead).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from bson import json_util
 from bson.json_util import JSONOptions
 
@@ -26,6 +32,8 @@ from service.metrics import WorkerMetrics
 from service.kafka_ping import metadata_ping
 from service.pipeline import SourceMessage
 from service.sources import Emit
+
+OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
 
 log = structlog.get_logger("moldwatch.source.kafka")
 
@@ -64,27 +72,54 @@ def parse_value(raw: bytes | None) -> tuple[Any, str | None, bool]:
     return value, None, True
 
 
+class _Rebalance(ConsumerRebalanceListener):
+    """Commit what is acknowledged before partitions go; forget what is not ours any more."""
+
+    def __init__(self, source: "KafkaSource") -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        partitions = set(revoked)
+        if not partitions:
+            return
+        log.info("partitions revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        self.source.revoking = partitions
+        try:
+            if self.source.on_revoked is not None:
+                await self.source.on_revoked(partitions)
+        finally:
+            self.source.revoking = set()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
 class KafkaSource:
     name = "kafka"
 
-    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, on_revoked: OnRevoked | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.listening = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
+        self.on_revoked = on_revoked
+        self.revoking: set[TopicPartition] = set()  # during a revocation, still ours to commit
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
-        return AIOKafkaConsumer(
-            s.kafka_records_topic,
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.kafka_group_id,
             client_id=f"{s.kafka_client_id}-{s.worker_name}",
             enable_auto_commit=False,  # offsets move only after verdicts are acknowledged
             auto_offset_reset="earliest" if s.start_from == "beginning" else "latest",
             max_poll_records=s.batch_size,
+            # Records written by a transactional producer count only once committed.
+            isolation_level="read_committed",
             **s.kafka_security_kwargs(),
         )
+        consumer.subscribe([s.kafka_records_topic], listener=_Rebalance(self))
+        return consumer
 
     async def _connect(self) -> AIOKafkaConsumer:
         pause = 0.2
@@ -134,21 +169,44 @@ class KafkaSource:
             latest[key] = max(offset, latest.get(key, 0))
         return [(t, p, o) for (t, p), o in latest.items()]
 
+    def owned(self) -> set[TopicPartition]:
+        if self.consumer is None:
+            return set()
+        return set(self.consumer.assignment()) | self.revoking
+
+    def drop(self, positions: list[Any], partitions: set[Any]) -> list[Any]:
+        """``positions`` without those of ``partitions`` (revoked: another member commits them now)."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        return [p for p in positions if (p[0], p[1]) not in gone]
+
+    def offsets(self, positions: list[Any]) -> dict[TopicPartition, int]:
+        """Offsets to commit for ``positions``, only for partitions this member owns."""
+        owned = self.owned()
+        offsets = {TopicPartition(t, p): o for t, p, o in self.compact(positions)}
+        dropped = [tp for tp in offsets if tp not in owned]
+        if dropped:
+            log.info("not committing offsets of partitions this worker no longer owns",
+                     partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in dropped))
+        return {tp: o for tp, o in offsets.items() if tp in owned}
+
     async def commit(self, positions: list[Any]) -> None:
         if not positions or self.consumer is None:
             return
-        offsets = {TopicPartition(t, p): o for t, p, o in self.compact(positions)}
+        offsets = self.offsets(positions)
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group rebalanced: these partitions belong to another member now, which resumes
-            # from the last committed offsets (at-least-once). Nothing to retry here.
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under this commit: the partitions' new owner resumes from the
+            # last committed offsets (at-least-once). Nothing to retry: the positions are dropped.
             log.warning("offset commit refused after a rebalance", error=str(exc)[:300])
 
     async def ping(self) -> str | None:
         if self.consumer is None:
             return "kafka source not connected"
-        return await metadata_ping(self.consumer._client, self.settings.ready_timeout_s, "kafka source")
+        return await metadata_ping(self.consumer._client, self.settings.ready_timeout_s, "kafka source",
+                                   self.settings.kafka_bootstrap_servers)
 
     async def close(self) -> None:
         consumer, self.consumer = self.consumer, None

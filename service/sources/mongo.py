@@ -28,12 +28,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import structlog
+import bson
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from model_store.schema import PlantSchema
 from service.config import WorkerSettings
+from service.redact import one_line
 from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
 from service.sources import Emit
@@ -50,6 +54,16 @@ NOT_ABOUT_THE_TOKEN = frozenset({
     6, 7, 89, 91, 189, 262, 9001,  # host unreachable / not found, network timeout, shutdown, primary stepped down...
     10107, 11600, 11602, 13435, 13436,  # not primary / interrupted at shutdown / interrupted due to repl state change
 })
+# How documents are decoded: whatever BSON a server accepts must decode. Dates beyond Python's
+# datetime (valid in MongoDB) become DatetimeMS instead of raising; invalid UTF-8 is replaced
+# (U+FFFD) instead of raising; everything else has a Python type in the bson package.
+RECORD_CODEC = CodecOptions(tz_aware=True, tzinfo=timezone.utc, datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+                            unicode_decode_error_handler="replace")
+# Change events are read raw: a document that still fails to decode is then one dead letter with
+# its event's resume token, not an exception that kills the whole getMore batch (and the reader).
+_RAW_CODEC = CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=timezone.utc,
+                          datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace")
+MAX_RAW_QUOTE = 64 * 1024  # bytes of an undecodable document quoted (hex) in its dead letter
 MAX_AWAIT_MS = 500  # an idle getMore waits this long server-side: bounds how long a stop waits for a read
 RETRY_BACKOFF_S = (0.2, 10.0)
 
@@ -88,8 +102,11 @@ class MongoSource:
         self.id_field = schema.record_id
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, **settings.mongo_client_kwargs())
         database = self.client[settings.mongo_database]
-        self.collection = database[settings.mongo_collection]
+        self.collection = database[settings.mongo_collection].with_options(codec_options=RECORD_CODEC)
+        self._raw_collection = database[settings.mongo_collection].with_options(codec_options=_RAW_CODEC)
         self.checkpoints = database[settings.mongo_checkpoint_collection]
+        # Exactly-once mode replaces the checkpoint store (the resume token lives in Kafka then).
+        self.position_store: Any = None
         self.listening = asyncio.Event()
         self._token: Mapping[str, Any] | None = None  # of the last message emitted
         self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
@@ -97,12 +114,11 @@ class MongoSource:
 
     # -- checkpoint --------------------------------------------------------------------------------
     async def load_checkpoint(self) -> dict[str, Any] | None:
+        if self.position_store is not None:
+            return await self.position_store.load()
         return await self.checkpoints.find_one({"_id": self.settings.worker_name})
 
-    async def commit(self, positions: list[Any]) -> None:
-        if not positions:
-            return
-        (position,) = self.compact(positions)
+    def checkpoint_fields(self, position: "MongoPosition") -> dict[str, Any]:
         fields: dict[str, Any] = {
             "source": "mongo",
             "database": self.settings.mongo_database,
@@ -113,6 +129,13 @@ class MongoSource:
         if position.has_record:
             fields["last_timestamp"] = position.timestamp
             fields["last_record_id"] = position.record_id
+        return fields
+
+    async def commit(self, positions: list[Any]) -> None:
+        if not positions:
+            return
+        (position,) = self.compact(positions)
+        fields = self.checkpoint_fields(position)
         await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
 
     def compact(self, positions: list[Any]) -> list[Any]:
@@ -128,10 +151,15 @@ class MongoSource:
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
         except asyncio.TimeoutError:
-            return f"mongodb: no ping answer within {self.settings.ready_timeout_s} s"
+            return f"mongodb {self.endpoint}: no ping answer within {self.settings.ready_timeout_s} s"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-            return f"mongodb: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return f"mongodb {self.endpoint}: {_cause(exc)}"
         return None
+
+    @property
+    def endpoint(self) -> str:
+        """The server(s) of the URI, ``host:port`` (credentials never included)."""
+        return mongo_hosts(self.settings.mongo_uri)
 
     async def close(self) -> None:
         await self.client.close()
@@ -141,6 +169,7 @@ class MongoSource:
         checkpoint = await self._retry("read checkpoint", self.load_checkpoint)
         backfill = self._plan(checkpoint)
         pause = RETRY_BACKOFF_S[0]
+        first_start = True
         while True:
             if backfill:
                 self._token = None  # resume from the backfill's new stream, never from a refused token
@@ -148,7 +177,7 @@ class MongoSource:
             try:
                 # After an invalidate event only startAfter may pass it (resumeAfter is refused).
                 after_invalidate, self._after_invalidate = self._after_invalidate, False
-                stream = await self.collection.watch(
+                stream = await self._raw_collection.watch(
                     full_document="updateLookup",
                     resume_after=self._token if had_token and not after_invalidate else None,
                     start_after=self._token if had_token and after_invalidate else None,
@@ -159,7 +188,15 @@ class MongoSource:
                     if self._token is None:
                         # The stream's start (a real server's post-batch token): reconnecting from
                         # here after a network error loses nothing even before the first event.
-                        self._token = stream.resume_token
+                        self._token = _plain(stream.resume_token)
+                    if first_start and checkpoint is None and self._token is not None:
+                        # No gap before the first checkpoint: the starting position is persisted
+                        # before the worker reports ready, so a crash right after start resumes
+                        # here instead of at the end of the stream (losing what came meanwhile).
+                        await self._retry("write the starting checkpoint",
+                                          lambda: self.commit([MongoPosition(self._token)]))
+                        log.info("starting position checkpointed", worker=self.settings.worker_name)
+                    first_start = False
                     self.listening.set()
                     if backfill:
                         # Stream first, then the query: whatever is inserted meanwhile is in the
@@ -238,18 +275,22 @@ class MongoSource:
                 self.metrics.stream_lag.labels(self.name).set(0.0)  # caught up: nothing is waiting
                 # Idle: the post-batch resume token moves on even without events; checkpointing
                 # it keeps the token inside the oplog window of a quiet collection.
-                token = stream.resume_token
+                token = _plain(stream.resume_token)
                 if token is not None and token != self._token and self._last_emit_due(idle_marker_at):
                     idle_marker_at = time.monotonic()
                     self._token = token
                     await emit(SourceMessage(None, MongoPosition(token), marker=True))
                 continue
-            self._token = change["_id"]
+            self._token = _plain(change["_id"])
             event_time = _event_time(change)
             if event_time is not None:
                 self.metrics.stream_lag.labels(self.name).set(max(0.0, time.time() - event_time))
-            document = change.get("fullDocument")
-            if change.get("operationType") in RECORD_EVENTS and isinstance(document, Mapping):
+            document, error = decode_document(change.get("fullDocument"))
+            if error is not None:
+                # Undecodable even with the lenient codec: one dead letter, the stream moves on.
+                position = MongoPosition(self._token)
+                await emit(SourceMessage(document, position, event_time=event_time, error=error))
+            elif change.get("operationType") in RECORD_EVENTS and isinstance(document, Mapping):
                 position = MongoPosition(self._token, document.get(self.timestamp_field), document.get(self.id_field), True)
                 self._last = position
                 await emit(SourceMessage(document, position, event_time=event_time))
@@ -277,6 +318,42 @@ class MongoSource:
                 pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
+def decode_document(raw: Any) -> tuple[Any, str | None]:
+    """``(document, None)``, or ``(quote, error)`` when the raw BSON does not decode: the quote
+    holds the document's size and its first bytes (hex) for the dead letter."""
+    if not isinstance(raw, RawBSONDocument):
+        return raw, None
+    try:
+        return bson.decode(raw.raw, codec_options=RECORD_CODEC), None
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder trips on, the stream must move on
+        data = bytes(raw.raw)
+        quote = {"$undecodable_bson_size": len(data), "$undecodable_bson_hex": data[:MAX_RAW_QUOTE].hex()}
+        return quote, f"BSON document does not decode: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _plain(token: Any) -> Any:
+    """A resume token as a plain dict (it is stored in checkpoints and compared)."""
+    if isinstance(token, RawBSONDocument):
+        return bson.decode(token.raw, codec_options=RECORD_CODEC)
+    return token
+
+
+def mongo_hosts(uri: str) -> str:
+    """``host:port[,host:port]`` of a MongoDB URI, without credentials, path or options."""
+    _, sep, rest = uri.partition("://")
+    if not sep:
+        return "?"
+    rest = rest[rest.rfind("@") + 1:]
+    hosts = rest.split("/", 1)[0].split("?", 1)[0]
+    return ",".join(h if (":" in h and not h.endswith("]")) or uri.startswith("mongodb+srv") else f"{h}:27017"
+                    for h in hosts.split(",") if h) or "?"
+
+
+def _cause(exc: BaseException) -> str:
+    """A driver error as its cause: the first line, credentials scrubbed (readiness reasons)."""
+    return one_line(exc, 200)
+
+
 def _event_time(change: Mapping[str, Any]) -> float | None:
     cluster = change.get("clusterTime")
     if isinstance(cluster, Timestamp):
@@ -288,8 +365,7 @@ def _event_time(change: Mapping[str, Any]) -> float | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:300]}"
+    return one_line(exc)
 
 
 def _text(value: Any) -> str | None:
