@@ -170,8 +170,9 @@ async def test_readyz_flips_when_kafka_stops_reading_stops_and_nothing_is_lost(m
                 response = await get(worker, "/readyz")
                 assert response.status_code == 503 and "kafka" in response.json()["reasons"], response.text
                 await collection.insert_many(documents[20:])
-                await asyncio.sleep(3)
-                # Backpressure: the queue filled and reading stopped instead of buffering everything.
+                # Backpressure: with no acks, scoring stalls, the bounded queue fills up and the
+                # source blocks on it instead of buffering everything.
+                await wait_for(lambda: metric(worker, "moldwatch_queue_records") >= settings.queue_size, timeout=60)
                 read = metric(worker, "moldwatch_records_in_total")
                 assert read < 300 and read <= 20 + 50 + 10 * (2 + 2) + 10, read
             finally:

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from typing import Any
 
 import jsonschema
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
 
 from tests.service.test_worker_support import (
     VERDICT_SCHEMA,
     metric,
     plant_documents,
-    read_topic,
     running_worker,
     unique,
     values,
@@ -21,6 +23,40 @@ from tests.service.test_worker_support import (
 )
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
+
+
+async def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every message of ``topic`` up to its end offsets as they are now.
+
+    Called after the worker stopped (a graceful stop flushes every send), the end offsets cover
+    everything it ever produced: duplicates are counted exactly, without waiting a fixed time.
+    """
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not consumer.assignment():  # the topic's partitions, once its metadata arrived
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: no partitions assigned within {timeout} s")
+            await consumer.getmany(timeout_ms=100)
+        partitions = sorted(consumer.assignment())
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        messages: list[Any] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: did not reach the end offsets {ends} within {timeout} s")
+            for batch in (await consumer.getmany(*partitions, timeout_ms=200)).values():
+                messages.extend(m for m in batch if m.offset < ends[TopicPartition(m.topic, m.partition)])
+        return messages
+    finally:
+        await consumer.stop()
+
+
+def acknowledged(worker: Any, count: int) -> Any:
+    """Condition: Kafka acknowledged ``count`` verdicts of this worker."""
+    return lambda: metric(worker, "moldwatch_verdicts_total") >= count
 
 
 async def test_every_record_yields_one_valid_verdict_and_anomalies_raise_alarms(
@@ -36,24 +72,25 @@ async def test_every_record_yields_one_valid_verdict_and_anomalies_raise_alarms(
             await collection.insert_many(documents[:150])
             for doc in documents[150:]:  # one by one too: small batches take the same path
                 await collection.insert_one(doc)
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 300))
+            await wait_for(acknowledged(worker, 300), timeout=60)
             await wait_for(lambda: metric(worker, "moldwatch_checkpoints_total") > 0)
     finally:
         await client.close()
 
+    messages = await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic)
+    verdicts = values(messages)
     ids = [v["record_id"] for v in verdicts]
     assert sorted(ids) == sorted(d[small_plant.schema.record_id] for d in documents)  # exactly one each
     for verdict in verdicts:
         jsonschema.validate(verdict, VERDICT_SCHEMA)
     anomalies = {v["record_id"] for v in verdicts if v["anomaly"]}
-    alarms = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_alarms_topic, len(anomalies), timeout=10))
+    alarms = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_alarms_topic))
     assert {a["record_id"] for a in alarms} == anomalies
     assert len(alarms) == len(anomalies)
     assert metric(worker, "moldwatch_verdicts_total") == 300
     assert metric(worker, "moldwatch_records_in_total", source="mongo") == 300
     assert metric(worker, "moldwatch_end_to_end_seconds_count") == 300
     # Verdict keys are the facility, so one machine's verdicts stay in order on one partition.
-    messages = await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 300, timeout=10)
     assert all(m.key.decode() == json.loads(m.value)["facility"] for m in messages)
     assert anomalies, "the sample should hold anomalies, or the alarm check proves nothing"
 
@@ -76,11 +113,13 @@ async def test_bad_documents_go_to_dead_letters_and_the_worker_keeps_going(mongo
             await collection.insert_many(good[:30])
             await collection.insert_many(bad)  # in the middle of the stream
             await collection.insert_many(good[30:])
-            letters = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_dead_letters_topic, 4))
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 60))
+            await wait_for(acknowledged(worker, 60), timeout=60)
+            await wait_for(lambda: metric(worker, "moldwatch_dead_letters_total") >= 4, timeout=60)
             assert worker.liveness()[0]
     finally:
         await client.close()
+    letters = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_dead_letters_topic))
+    verdicts = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))
     assert sorted(v["record_id"] for v in verdicts) == sorted(d[schema.record_id] for d in good)
     by_id = {(letter["document"].get(schema.record_id) or letter["document"].get("_id")): letter for letter in letters}
     assert len(letters) == 4
@@ -103,19 +142,19 @@ async def test_restart_resumes_from_the_checkpoint_with_no_record_missing(mongo_
     client = AsyncMongoClient(mongo_server.uri)
     collection = client[settings.mongo_database][settings.mongo_collection]
     try:
-        async with running_worker(settings):
+        async with running_worker(settings) as worker:
             await collection.insert_many(documents[:80])
-            await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 80)
+            await wait_for(acknowledged(worker, 80), timeout=60)
         checkpoint = await client[settings.mongo_database][settings.mongo_checkpoint_collection].find_one({"_id": name})
         assert checkpoint["resume_token"] is not None
         assert checkpoint["last_record_id"] == documents[79][schema.record_id]
         await collection.insert_many(documents[80:160])  # while no worker runs
-        async with running_worker(settings):
+        async with running_worker(settings) as worker:
             await collection.insert_many(documents[160:])
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 240))
+            await wait_for(acknowledged(worker, 160), timeout=60)  # the 80 missed while down, and 80 new
     finally:
         await client.close()
-    ids = [v["record_id"] for v in verdicts]
+    ids = [v["record_id"] for v in values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))]
     assert set(ids) == {d[schema.record_id] for d in documents}
     assert len(ids) == 240  # a clean stop checkpoints everything: not even boundary duplicates
 
@@ -139,11 +178,11 @@ async def test_lost_history_is_backfilled_by_timestamp_never_skipped(mongo_serve
         })
         async with running_worker(settings) as worker:
             await database[settings.mongo_collection].insert_many(later)
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 100))
+            await wait_for(acknowledged(worker, len(missed + later)), timeout=60)
         checkpoint = await database[settings.mongo_checkpoint_collection].find_one({"_id": name})
     finally:
         await client.close()
-    ids = [v["record_id"] for v in verdicts]
+    ids = [v["record_id"] for v in values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))]
     assert set(ids) >= {d[schema.record_id] for d in missed + later}  # nothing after the checkpoint is lost
     assert not set(ids) & {d[schema.record_id] for d in processed}  # nothing before it is redone
     assert metric(worker, "moldwatch_change_stream_history_lost_total") == 1
@@ -177,21 +216,24 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
     collection = client[settings.mongo_database][settings.mongo_collection]
 
     async def insert_steadily() -> None:
+        # Ten at a time, each once the worker read the previous ones: records keep flowing
+        # through the reload, at the worker's own pace.
         for start in range(0, len(documents), 10):
             await collection.insert_many(documents[start : start + 10])
-            await asyncio.sleep(0.02)
+            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= start + 10, timeout=30, interval=0.01)
 
     try:
         async with running_worker(settings) as worker:
             first_version = worker.model_version
             inserting = asyncio.create_task(insert_steadily())
-            await asyncio.sleep(0.3)
+            await wait_for(acknowledged(worker, 20), timeout=30)  # the first version judged some
             await asyncio.to_thread(republish, store_copy, "v2-hot")
             await wait_for(lambda: worker.model_version == "v2-hot", timeout=30)
             await inserting
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 400))
+            await wait_for(acknowledged(worker, 400), timeout=60)
     finally:
         await client.close()
+    verdicts = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))
     assert sorted(v["record_id"] for v in verdicts) == sorted(d[schema.record_id] for d in documents)
     versions = [v["model_version"] for v in verdicts]
     assert versions[-1] == "v2-hot" and first_version in versions
@@ -213,9 +255,10 @@ async def test_a_bad_new_store_is_rejected_and_the_old_one_kept(mongo_server, ka
             manifest.write_text(manifest.read_text().replace('"groups"', '"groupz"', 1))  # a broken edit
             await wait_for(lambda: metric(worker, "moldwatch_model_reloads_total", outcome="failed") == 1, timeout=20)
             await collection.insert_many(documents)
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 40))
+            await wait_for(acknowledged(worker, 40), timeout=60)
             ok, reasons = await worker.readiness()
     finally:
         await client.close()
+    verdicts = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))
     assert len(verdicts) == 40 and {v["model_version"] for v in verdicts} == {version}
     assert worker.model_version == version and ok, reasons
