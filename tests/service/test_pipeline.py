@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from model_store.errors import StoreError
 from model_store.scoring import ScoringEngine
 from model_store.store import open_store
-from service.decode import INVALID_FIELD, MISSING_FIELD, SCORING_FAILED, UNDECODABLE, UNKNOWN_MAKER
+from service.decode import INVALID_FIELD, MISSING_FIELD, REASONS, SCORING_FAILED, UNDECODABLE, UNKNOWN_MAKER
 from service.pipeline import Pipeline, SourceMessage
 from tests.service.test_worker_support import VERDICT_SCHEMA, plant_documents
 
@@ -47,7 +47,8 @@ def test_a_batch_yields_one_valid_verdict_per_good_record_and_dead_letters_for_t
         assert verdict["model_version"] == engine.model_version
     assert [d.reason for d in result.dead_letters] == [MISSING_FIELD, UNKNOWN_MAKER, INVALID_FIELD, "not_a_document", UNDECODABLE]
     assert not result.fallback and result.seconds > 0
-    assert {v["resolution"] for v in result.verdicts} <= {"exact", "nearest", "unscorable"}
+    assert {v["resolution"] for v in result.verdicts} <= set(VERDICT_SCHEMA["properties"]["resolution"]["enum"])
+    assert {v["resolution"] for v in result.verdicts} != {"unscorable"}  # the store judges its own plant
 
 
 def test_markers_carry_positions_but_no_records(engine, documents):
@@ -161,6 +162,57 @@ def test_any_document_yields_a_verdict_or_a_dead_letter(engine, documents, small
     def check(batch):
         result = pipeline.run_batch(messages(batch))
         assert len(result.verdicts) + len(result.dead_letters) == len(batch)
+        for verdict in result.verdicts:
+            jsonschema.validate(verdict, VERDICT_SCHEMA)
+        for letter in result.dead_letters:
+            # every message here was read fine and the scoring core must take whatever decodes:
+            # "undecodable" or "scoring_failed" would be a bug, not the record's fault
+            assert letter.reason in REASONS and letter.reason not in (UNDECODABLE, SCORING_FAILED), (letter.reason, letter.error)
+
+    check()
+
+
+# -- property: a valid mapped document always gets a verdict ---------------------------------------
+padding = st.sampled_from(["", " ", "\t", "  "])
+gap = st.sampled_from([None, "", "   ", "nan", float("nan")])
+
+
+@st.composite
+def valid_plant_document(draw, base_docs, schema):
+    """A real plant document with numeric fields changed to other valid forms: numbers, padded
+    numeric text, gaps, deletions; item and setting fields may be missing (imputed per facility)."""
+    doc = dict(draw(st.sampled_from(base_docs)))
+    maker = doc[schema.maker_column]
+    numeric = [*schema.makers[maker].settings, *schema.makers[maker].production]
+    for name in draw(st.lists(st.sampled_from(numeric), max_size=6, unique=True)):
+        value = doc.get(name, 1.0)
+        choice = draw(st.integers(0, 4))
+        if choice == 0:
+            doc.pop(name, None)
+        elif choice == 1:
+            doc[name] = draw(gap)
+        elif choice == 2:
+            doc[name] = draw(padding) + repr(float(value)) + draw(padding)
+        elif choice == 3:
+            doc[name] = draw(st.floats(-1e12, 1e12, allow_nan=False))
+        else:
+            doc[name] = int(value)
+    if draw(st.booleans()):
+        doc.pop(schema.item, None)
+    return doc
+
+
+def test_a_valid_document_always_yields_a_verdict(engine, documents, small_plant):
+    pipeline = Pipeline(engine)
+    strategy = st.lists(valid_plant_document(documents[:50], small_plant.schema), min_size=1, max_size=8)
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(strategy)
+    def check(batch):
+        result = pipeline.run_batch(messages(batch))
+        assert [(d.reason, d.error) for d in result.dead_letters] == []
+        assert [v["record_id"] for v in result.verdicts] == [d[small_plant.schema.record_id] for d in batch]
+        assert not result.fallback  # no record made the batch raise
         for verdict in result.verdicts:
             jsonschema.validate(verdict, VERDICT_SCHEMA)
 
