@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,8 @@ def run_module(name: str, module: RuleModule, copy: Path, timeout_s: float, equi
     survivors.sort(key=lambda s: (s["line"] or 0, s["mutant"]))
     return {
         "module": module.path,
+        "ran_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "head": _head(),
         "tests": tests,
         "mutants": len(mutants),
         **counts,
@@ -299,19 +302,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"copy kept in {copy}")
         else:
             shutil.rmtree(copy, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     summary = {n: r.get("kill_rate") for n, r in sorted(results.items())}
     path = write_result(args.out, {
         "command": "bench/mutation.py " + " ".join(f"--module {n}" for n in (args.module or [])),
         "tool": "mutmut " + _mutmut_version(),
-        "head": commit,
-        "note": "run on a copy of the working tree at that commit (plus uncommitted edits then present)",
+        "note": "each module ran on a copy of the working tree at its 'head' commit, with the uncommitted edits then present",
         "target_kill_rate": TARGET,
         "kill_rates": summary,
         "modules": results,
     })
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def _mutmut_version() -> str:
