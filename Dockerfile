@@ -2,10 +2,13 @@
 # Build: docker build -t moldwatch .   Run: docker run -e MOLDWATCH_MONGO_URI=... moldwatch run --store /store
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+# Dependencies first, exactly as locked (versions and sha256; refresh: deploy/local/lock.sh), then
+# the project without resolving again. The lock is for CPython 3.11 on x86_64 Linux: this image.
+RUN python -m venv /opt/moldwatch && /opt/moldwatch/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY model_store ./model_store
 COPY service ./service
-RUN python -m venv /opt/moldwatch && /opt/moldwatch/bin/pip install --no-cache-dir .
+RUN /opt/moldwatch/bin/pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim-bookworm
 # A non-root user: the worker needs no privileges, only the store (read) and the network.

@@ -24,9 +24,20 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 stamp=.venv/.moldwatch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+lock=requirements.lock  # exact versions + sha256 of every dependency; refresh: deploy/local/lock.sh
+lock_platform() { sed -n 's/^# platform: //p' "$lock"; }
+this_platform() {
+  .venv/bin/python -c 'import platform, sys; print(sys.implementation.name, "%d.%d" % sys.version_info[:2], sys.platform, platform.machine())'
+}
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
   echo "== installing moldwatch and its test extras into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  if [ -f "$lock" ] && [ "$(lock_platform)" = "$(this_platform)" ]; then
+    .venv/bin/python -m pip install --quiet --require-hashes -r "$lock"
+  else
+    echo "   ($lock pins $(lock_platform 2>/dev/null || echo nothing), this is $(this_platform): installing pyproject.toml's ranges)"
+  fi
+  # The project itself (editable), plus anything pyproject.toml gained since the lock was written.
   .venv/bin/python -m pip install --quiet -e '.[test]'
   touch "$stamp"
 fi
