@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import StoreError
+from model_store.excursions import EXCURSION_BAND_SHARE, NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
 from model_store.imputation import fill_with_means
 from model_store.models import IFOREST
 from model_store.models.forest import ForestArrays
@@ -25,6 +26,7 @@ class GroupEvaluation:
     errors: np.ndarray  # (rows, features): per-feature contribution, larger = more unusual
     imputed: np.ndarray  # (rows, features) bool
     out_of_range: np.ndarray  # (rows, features) bool
+    excursion: np.ndarray  # (rows, features): distance beyond the training band / tolerance
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,29 @@ class RuntimeGroup:
     error_scale: np.ndarray
     threshold: GroupThreshold
     model: Any  # ForwardNet or ForestArrays
+    median_raw: np.ndarray  # per-field median of the training rows, raw units (alignment target)
+    band_low: np.ndarray  # excursion band (model_store/excursions.py), raw units
+    band_high: np.ndarray
+    tolerance: np.ndarray
+    share: float  # the excursion band share the tolerance was made with
 
-    def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None) -> GroupEvaluation:
-        """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment)."""
+    def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None, new_setting: np.ndarray | None = None) -> GroupEvaluation:
+        """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment).
+
+        ``new_setting`` marks rows produced under a setting the part never ran in history: their
+        gross-excursion tolerance uses ``NEW_SETTING_FLOOR`` (see :mod:`model_store.excursions`).
+        """
         filled, imputed = fill_with_means(np.asarray(x, dtype=float), self.means)
         if shift is not None:
             filled = np.where(imputed, filled, filled + shift)
         scaled, out_of_range = scale_clip(filled, self.scaler)
-        loss, errors = group_losses(self.kind, self.model, scaled, self.median, self.error_scale)
-        return GroupEvaluation(np.asarray(loss, dtype=float), errors, imputed, out_of_range & ~imputed)
+        loss, errors = group_losses(self.kind, self.model, scaled, self.median, self.error_scale, imputed)
+        tolerance = self.tolerance
+        if new_setting is not None and new_setting.any():
+            wide = excursion_tolerance(self.band_low, self.band_high, self.share, NEW_SETTING_FLOOR)
+            tolerance = np.where(np.asarray(new_setting, dtype=bool)[:, None], wide[None, :], self.tolerance[None, :])
+        excursion = excursion_ratios(filled, self.band_low, self.band_high, tolerance, ~imputed)
+        return GroupEvaluation(np.asarray(loss, dtype=float), errors, imputed, out_of_range & ~imputed, excursion)
 
 
 def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> RuntimeGroup:
@@ -61,6 +77,9 @@ def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> Runtim
         raise
     except Exception as exc:  # noqa: BLE001 - any decoding failure means an unusable artifact
         raise StoreError(f"{manifest.root}: group {entry['id']}: cannot load its model ({exc})") from exc
+    band = entry["feature_band"]
+    low, high = np.asarray(band["low"], dtype=float), np.asarray(band["high"], dtype=float)
+    share = float(manifest.raw.get("config", {}).get("threshold", {}).get("excursion_band_share", EXCURSION_BAND_SHARE))
     return RuntimeGroup(
         id=entry["id"],
         key=entry["key"],
@@ -72,6 +91,11 @@ def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> Runtim
         error_scale=np.asarray(entry["feature_error_scale"], dtype=np.float32),
         threshold=GroupThreshold.from_dict(entry["threshold"]),
         model=model,
+        median_raw=np.asarray(entry["feature_median_raw"], dtype=float),
+        band_low=low,
+        band_high=high,
+        tolerance=excursion_tolerance(low, high, share),
+        share=share,
     )
 
 

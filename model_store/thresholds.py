@@ -78,16 +78,28 @@ def effective_thresholds(threshold: GroupThreshold, distance: np.ndarray) -> np.
     return threshold.base * (1.0 + np.minimum(weight, threshold.margin_limit))
 
 
-def decide(loss: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """margin = loss - threshold, score = loss / threshold (monotone in loss), anomaly = margin > 0."""
+def decide(
+    loss: np.ndarray, threshold: np.ndarray, excursion: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decision: ``score = max(loss / threshold, excursion)``, ``anomaly = score > 1``.
+
+    ``excursion`` is the worst excursion ratio of each record (see :mod:`model_store.excursions`):
+    a value beyond its group's band by more than the tolerance counts whatever the model says.
+    ``margin = max(loss, excursion x threshold) - threshold``: in loss units, positive exactly when
+    the record is anomalous (it is ``loss - threshold`` whenever the model decides).
+    A loss or ratio equal to the line is not anomalous.
+    """
+    loss = np.asarray(loss, dtype=float)
+    threshold = np.asarray(threshold, dtype=float)
+    safe = np.where(threshold > 0, threshold, np.finfo(float).tiny)
+    model_score = loss / safe
     margin = loss - threshold
-    score = loss / np.where(threshold > 0, threshold, np.finfo(float).tiny)
-    return margin, score, margin > 0
-
-
-def alarm_budget_factor(scores: np.ndarray, lot_defect_rate: float, config: ThresholdConfig) -> float:
-    """Factor (>= 1) on a nearest-path threshold so that at most ``budget x lot rate`` of a
-    setting's history scores above it. ``scores`` are loss / threshold on that history."""
-    rate = max(float(lot_defect_rate) if np.isfinite(lot_defect_rate) else 0.0, config.nearest_min_rate)
-    share = min(1.0, config.nearest_alarm_budget * rate)
-    return max(1.0, float(np.quantile(np.asarray(scores, dtype=float), 1.0 - share)))
+    score = model_score
+    if excursion is not None:
+        excursion = np.asarray(excursion, dtype=float)
+        # (ratio - 1) x line rather than ratio x line - line: the sign then agrees with score > 1
+        # exactly, in floating point too.
+        wins = excursion > model_score
+        score = np.where(wins, excursion, model_score)
+        margin = np.where(wins, (excursion - 1.0) * safe, margin)
+    return margin, score, score > 1.0

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from model_store.config import TrainingConfig
+from model_store.excursions import training_band
 from model_store.imputation import fill_with_means
 from model_store.models import AUTOENCODER, IFOREST, MEMAE
 from model_store.scaling import MinMax, scale_clip
@@ -30,6 +31,7 @@ class GroupTask:
     lots: int
     setting_centroid: list[float]
     setting_mode: list[float]
+    part_band: tuple[list[float], list[float]]  # p0.1/p99.9 of the part's whole history (all settings)
     config: TrainingConfig
     out_dir: str  # the store's staging directory
 
@@ -42,7 +44,8 @@ def feature_errors(kind: str, model, scaled: np.ndarray, median: np.ndarray) -> 
 
 
 def group_losses(
-    kind: str, model, scaled: np.ndarray, median: np.ndarray, error_scale: np.ndarray
+    kind: str, model, scaled: np.ndarray, median: np.ndarray, error_scale: np.ndarray,
+    unmeasured: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row loss and per-feature errors in units of each feature's usual training error.
 
@@ -51,17 +54,48 @@ def group_losses(
     feature's error by its mean training error weighs every field by its own noise.
     IsolationForest (a :class:`~model_store.models.forest.ForestArrays`): the negated sklearn
     score (larger = more isolated); the normalised distances to the training median explain it.
+
+    ``unmeasured`` (rows, features) marks imputed values, which are no evidence and must never make
+    a record look more normal: an AE/MemAE loss is the larger of the RMS over all fields and the
+    RMS over the measured ones (a field filled with its mean reconstructs well and would dilute the
+    rest); a forest takes the shortest path at splits on them. Their own errors are reported as 0.
     """
     errors = feature_errors(kind, model, scaled, median) / error_scale
+    gaps = unmeasured is not None and bool(np.any(unmeasured))
     if kind == IFOREST:
-        return model.loss(scaled), errors
-    return np.sqrt(np.mean(errors**2, axis=1)), errors
+        loss = model.loss(scaled, unmeasured if gaps else None)
+    else:
+        loss = np.sqrt(np.mean(errors**2, axis=1))
+        if gaps:
+            measured = ~np.asarray(unmeasured, dtype=bool)
+            count = measured.sum(axis=1)
+            measured_rms = np.sqrt(np.where(measured, errors**2, 0.0).sum(axis=1) / np.maximum(count, 1))
+            loss = np.where(count > 0, np.maximum(loss, measured_rms), loss)
+    if gaps:
+        errors = np.where(unmeasured, 0.0, errors)
+    return loss, errors
 
 
 def error_scale_of(raw_errors: np.ndarray) -> np.ndarray:
     """Mean training error per feature, floored so a perfectly reconstructed field cannot explode."""
     scale = raw_errors.mean(axis=0)
     return np.maximum(scale, max(float(scale.mean()) * 0.05, 1e-6))
+
+
+def loss_histogram(losses: np.ndarray, bins: int = 40) -> dict:
+    """A readable histogram: bins over the bulk (up to the 99.5th percentile), the tail counted
+    apart (one outlier must not squash the rest), log-spaced when the bulk spans > 2 decades."""
+    losses = np.asarray(losses, dtype=float)
+    losses = losses[np.isfinite(losses)]
+    if len(losses) == 0:
+        return {"counts": [], "edges": [], "log": False, "above": 0, "max": None}
+    low, high = float(losses.min()), float(np.quantile(losses, 0.995))
+    high = high if high > low else low + 1e-9
+    log = low > 0 and high / low > 100
+    edges = np.geomspace(low, high, bins + 1) if log else np.linspace(low, high, bins + 1)
+    counts, _ = np.histogram(np.minimum(losses, high), bins=edges)
+    return {"counts": counts.tolist(), "edges": edges.tolist(), "log": bool(log),
+            "above": int((losses > high).sum()), "max": float(losses.max())}
 
 
 def train_group(task: GroupTask) -> dict:
@@ -106,12 +140,17 @@ def train_group(task: GroupTask) -> dict:
 
     error_scale = error_scale_of(feature_errors(task.kind, model, scaled, median))
     losses, errors = group_losses(task.kind, model, scaled, median, error_scale)
+    # The excursion band: what this group trained on, widened to everything its machine and part
+    # produced in history (other settings of the part legitimately move cycle times and pressures).
+    band_low, band_high = training_band(task.x)
+    band_low = np.minimum(band_low, np.asarray(task.part_band[0], dtype=float))
+    band_high = np.maximum(band_high, np.asarray(task.part_band[1], dtype=float))
     threshold = fit_threshold(losses, task.lot_defect_rate, task.config.threshold)
-    histogram, edges = np.histogram(losses, bins=40)
+    histogram = loss_histogram(losses)
     training.update(
         seconds=round(time.perf_counter() - started, 3),
         fit_rows=int(len(fit_rows)),
-        loss_histogram={"counts": histogram.tolist(), "edges": edges.tolist()},
+        loss_histogram=histogram,
         feature_error_mean=errors.mean(axis=0).tolist(),
         pid=os.getpid(),
     )
@@ -128,6 +167,8 @@ def train_group(task: GroupTask) -> dict:
         "feature_means": means.tolist(),
         "feature_median_scaled": median.tolist(),
         "feature_error_scale": error_scale.tolist(),
+        "feature_median_raw": np.nan_to_num(np.nanmedian(task.x, axis=0)).tolist() if len(task.x) else [],
+        "feature_band": {"low": band_low.tolist(), "high": band_high.tolist()},
         "loss_summary": loss_summary(losses),
         "threshold": threshold.to_dict(),
         "setting_centroid": list(task.setting_centroid),

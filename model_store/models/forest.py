@@ -35,6 +35,7 @@ class ForestArrays:
     leaf_depth: np.ndarray  # (nodes,) depth of the node + c(samples in it) - 1: the path length
     depth: int  # deepest level, so the descent knows when to stop
     denominator: float  # trees * c(max_samples)
+    shortest_leaf: np.ndarray  # (nodes,) the leaf of least path length in each node's subtree
 
     @classmethod
     def from_sklearn(cls, model: IsolationForest) -> "ForestArrays":
@@ -55,6 +56,7 @@ class ForestArrays:
             depth = max(depth, int(tree.max_depth))
             offset += n
         denominator = len(model.estimators_) * float(_average_path_length(np.array([model._max_samples]))[0])
+        flat_left, flat_right, flat_depth = np.concatenate(left), np.concatenate(right), np.concatenate(value)
         return cls(
             roots=np.asarray(roots, dtype=np.int64),
             left=np.concatenate(left).astype(np.int64),
@@ -64,16 +66,27 @@ class ForestArrays:
             leaf_depth=np.concatenate(value).astype(np.float64),
             depth=depth,
             denominator=denominator,
+            shortest_leaf=_shortest_leaves(flat_left.astype(np.int64), flat_right.astype(np.int64), flat_depth.astype(np.float64)),
         )
 
-    def loss(self, x: np.ndarray) -> np.ndarray:
-        """The negated sklearn ``score_samples``: 2^(-mean path length / c(max_samples))."""
+    def loss(self, x: np.ndarray, unmeasured: np.ndarray | None = None) -> np.ndarray:
+        """The negated sklearn ``score_samples``: 2^(-mean path length / c(max_samples)).
+
+        ``unmeasured`` (rows, features) marks imputed values: at a split on one, the row takes the
+        shortest path below that node, as if the value had been whatever isolates it soonest. An
+        imputed field can then never make a record look more normal than any real value would.
+        """
         x = np.asarray(x, dtype=np.float32).astype(np.float64)
+        gaps = unmeasured is not None and bool(np.any(unmeasured))
         # Flat gathers (np.take on 1-D arrays) are several times cheaper than 2-D fancy indexing.
         row_base = (np.arange(len(x), dtype=np.int64) * x.shape[1])[:, None]
         flat_x = x.ravel()
         node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        flat_unknown = np.asarray(unmeasured, dtype=bool).ravel() if gaps else None
         for _ in range(self.depth):
+            if flat_unknown is not None:  # a split on an unmeasured value: take its shortest leaf
+                unknown = np.take(flat_unknown, row_base + np.take(self.feature, node))
+                node = np.where(unknown, np.take(self.shortest_leaf, node), node)
             go_left = np.take(flat_x, row_base + np.take(self.feature, node)) <= np.take(self.threshold, node)
             node = np.where(go_left, np.take(self.left, node), np.take(self.right, node))
         depths = self.leaf_depth[node].sum(axis=1)
@@ -86,6 +99,7 @@ class ForestArrays:
             np.savez(
                 fh, roots=self.roots, left=self.left, right=self.right, feature=self.feature, threshold=self.threshold,
                 leaf_depth=self.leaf_depth, depth=np.array(self.depth), denominator=np.array(self.denominator),
+                shortest_leaf=self.shortest_leaf,
             )
 
     @classmethod
@@ -95,4 +109,21 @@ class ForestArrays:
                 roots=data["roots"], left=data["left"], right=data["right"], feature=data["feature"],
                 threshold=data["threshold"], leaf_depth=data["leaf_depth"], depth=int(data["depth"]),
                 denominator=float(data["denominator"]),
+                shortest_leaf=data["shortest_leaf"],
             )
+
+
+def _shortest_leaves(left: np.ndarray, right: np.ndarray, leaf_depth: np.ndarray) -> np.ndarray:
+    """Per node, the leaf of least path length below it (a leaf: itself).
+
+    sklearn numbers each tree's nodes in depth-first pre-order, so children come after their parent
+    in the flat arrays and one backward sweep sees every child before its parent.
+    """
+    best = np.arange(len(left), dtype=np.int64)
+    for node in range(len(left) - 1, -1, -1):
+        a, b = left[node], right[node]
+        if a == node:  # a leaf points to itself
+            continue
+        la, lb = best[a], best[b]
+        best[node] = la if leaf_depth[la] <= leaf_depth[lb] else lb
+    return best
