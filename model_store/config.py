@@ -13,8 +13,14 @@ class GroupingConfig:
     # The original team relaxed "0.0 % defective" to 1.0 % so that training data is not limited to
     # rare perfect days (and does not overfit them).
     normal_defect_rate: float = 0.01
-    # Below this many rows a per-setting model is noise; the original dropped such groups.
-    min_group_rows: int = 500
+    # Below this many rows a model is noise. The original dropped groups under 500 rows; a small
+    # IsolationForest on a few hundred clean shots of the right part still beats judging the part
+    # by another part's model, so the floor is lower (detection bench: per-path AUROC).
+    min_group_rows: int = 300
+    # Each (facility, item) also gets a pooled model over its cleanest lots, whatever the setting:
+    # lots below normal_defect_rate first; if they hold fewer than min_group_rows shots, the next
+    # cleanest lots are added while their rate stays below this ceiling.
+    part_max_lot_rate: float = 0.03
     # K-Means k is chosen by silhouette inside these bounds, per maker.
     min_clusters: int = 2
     max_clusters: int = 40
@@ -60,14 +66,19 @@ class ThresholdConfig:
     distance_gain: float = 0.50
     # The total widening is capped so that no weight can make a group blind.
     margin_limit: float = 0.50
-    # Nearest-path sanity cap: on its own history, an untrained setting judged by a neighbour's
-    # model may alarm on at most this multiple of its lot defect rate (the lots say roughly how
-    # many of its shots were bad); where the neighbour would alarm on more, its line is raised
-    # just enough. A setting needs this many history rows for the cap to be estimated.
-    nearest_alarm_budget: float = 3.0
-    nearest_min_rows: int = 200
-    # Lot rates below this are treated as this (a 0 % lot does not mean a 0 % alarm budget).
-    nearest_min_rate: float = 0.005
+    # Excursions (model_store/excursions.py): a measured value further beyond its group's
+    # p0.1-p99.9 training band than this share of the band's width flags the record, whatever
+    # the model says (~4.6 standard deviations from the mean of a normal field).
+    excursion_band_share: float = 0.25
+    # Production values are the evidence: a record with more than this share of its production
+    # fields missing is unscorable (never "normal" on imputed means).
+    max_imputed_share: float = 0.5
+    # Lot calibration (model_store/calibration.py): a (group, path) needs this many history rows
+    # covered by lots for its own line; below that the path's typical calibration is used.
+    calibration_min_rows: int = 200
+    # A fallback path is used only if its scores explain the lots' counts better than a constant
+    # (likelihood-ratio statistic above this; 3.84 = chi-square(1) at 95 %).
+    path_min_evidence: float = 3.84
 
 
 @dataclass(frozen=True)

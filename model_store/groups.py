@@ -15,6 +15,9 @@ from model_store.settings import SettingModel, assign_clusters, scale_settings
 
 GROUP_KEYS = ["maker", "facility", "item", "cluster"]
 TRAIN, VALIDATION, DROPPED = "train", "validation", "dropped"
+# The cluster number of a part's pooled group: every setting of one (facility, item), trained on
+# its cleanest lots (see :func:`part_groups`).
+PART_CLUSTER = -1
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class GroupKey:
     @property
     def id(self) -> str:
         """Filesystem- and URL-safe identifier, stable across runs."""
-        safe = [_slug(self.maker), _slug(self.facility), _slug(self.item), f"c{self.cluster}"]
+        tail = "all" if self.cluster == PART_CLUSTER else f"c{self.cluster}"
+        safe = [_slug(self.maker), _slug(self.facility), _slug(self.item), tail]
         return "__".join(safe)
 
     def to_dict(self) -> dict:
@@ -88,3 +92,43 @@ def group_table(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingCo
         default=f"lot defect rate at or above {config.normal_defect_rate:.1%}",
     )
     return table.sort_values(GROUP_KEYS).reset_index(drop=True)
+
+
+def part_groups(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingConfig) -> tuple[pd.DataFrame, dict[tuple, np.ndarray]]:
+    """One pooled group per (maker, facility, item) over its cleanest lots, whatever the setting.
+
+    A part whose settings all run dirty lots has no clean *setting* to learn from, but its clean
+    *days* still show what its own good production looks like. Lots are taken cleanest first: all
+    below ``normal_defect_rate``; if they hold fewer than ``min_group_rows`` shots, the next
+    cleanest while their rate stays below ``part_max_lot_rate``. Returns a table shaped like
+    :func:`group_table` (cluster = ``PART_CLUSTER``) and each group's row positions in ``records``.
+    """
+    frame = pd.DataFrame({
+        "maker": records["maker"].to_numpy(), "facility": records["facility"].to_numpy(),
+        "item": records["item"].to_numpy(), "lot_date": records["lot_date"].to_numpy(), "lot_rate": lot_rates,
+        "position": np.arange(len(records)),
+    })
+    frame = frame[frame["item"].notna() & np.isfinite(frame["lot_rate"].to_numpy(dtype=float))]
+    rows: list[dict] = []
+    positions: dict[tuple, np.ndarray] = {}
+    for (maker, facility, item), sub in frame.groupby(["maker", "facility", "item"], sort=True):
+        lots = sub.groupby("lot_date")["lot_rate"].agg(["first", "size"]).sort_values("first", kind="stable")
+        clean = lots["first"] < config.normal_defect_rate
+        taken = clean.copy()
+        if lots.loc[clean, "size"].sum() < config.min_group_rows:
+            extra = lots[~clean & (lots["first"] < config.part_max_lot_rate)]
+            needed = config.min_group_rows - int(lots.loc[clean, "size"].sum())
+            reach = np.searchsorted(extra["size"].cumsum().to_numpy(), needed) + 1  # lots until enough rows
+            taken.loc[extra.index[:reach]] = True
+        chosen = sub[sub["lot_date"].isin(lots.index[taken.to_numpy()])]
+        n = len(chosen)
+        rate = float(chosen["lot_rate"].mean()) if n else float("nan")
+        role = TRAIN if n >= config.min_group_rows else DROPPED
+        reason = (f"pooled over its {int(taken.sum())} cleanest lots" if role == TRAIN
+                  else f"fewer than {config.min_group_rows} rows in lots below {config.part_max_lot_rate:.1%}")
+        rows.append({"maker": maker, "facility": facility, "item": item, "cluster": PART_CLUSTER, "rows": n,
+                     "lots": int(taken.sum()), "lot_rows": n, "lot_defect_rate": rate, "role": role, "reason": reason})
+        if role == TRAIN:
+            positions[(maker, facility, item, PART_CLUSTER)] = chosen["position"].to_numpy()
+    columns = GROUP_KEYS + ["rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"]
+    return pd.DataFrame(rows, columns=columns), positions

@@ -1,51 +1,97 @@
+"""Resolution: the fallback chain exact -> part -> nearest -> item -> maker -> unscorable."""
 import numpy as np
+import pytest
 
-from model_store.resolution import EXACT, NEAREST, UNSCORABLE, MakerIndex, resolve
+from model_store.resolution import EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
 
 
-def _index() -> MakerIndex:
+def _index(with_part: bool = True) -> MakerIndex:
     entries = [
         {"id": "a", "key": {"facility": "F1", "item": "I1", "cluster": 0}, "setting_centroid": [0.1, 0.1]},
         {"id": "b", "key": {"facility": "F1", "item": "I1", "cluster": 1}, "setting_centroid": [0.9, 0.9]},
         {"id": "c", "key": {"facility": "F2", "item": "I2", "cluster": 2}, "setting_centroid": [0.5, 0.5]},
+        {"id": "d", "key": {"facility": "F3", "item": "I1", "cluster": 3}, "setting_centroid": [0.6, 0.6]},
     ]
+    if with_part:
+        entries.append({"id": "p", "key": {"facility": "F1", "item": "I1", "cluster": -1}, "setting_centroid": [0.5, 0.5]})
     return MakerIndex.build(entries, 2)
 
 
-def test_paths() -> None:
-    facility = np.array(["F1", "F1", "F3", "F1"], dtype=object)
-    item = np.array(["I1", "I1", "I9", "I1"], dtype=object)
-    cluster = np.array([1, 2, 0, 0])
-    scaled = np.array([[0.9, 0.9], [0.2, 0.2], [0.45, 0.5], [np.nan, 0.1]])
-    r = resolve(_index(), facility, item, cluster, scaled)
-    assert list(r.path) == [EXACT, NEAREST, NEAREST, UNSCORABLE]
-    assert list(r.group) == [1, 0, 2, -1]  # same facility/item preferred; else the whole maker
-    assert np.isclose(r.distance[1], np.hypot(0.1, 0.1))
+def _one(index: MakerIndex, facility: str, item, cluster: int, scaled, profiled: bool = True, **kw):
+    return resolve(index, np.array([facility], dtype=object), np.array([item], dtype=object), np.array([cluster]),
+                   np.array([scaled], dtype=float), profiled=np.array([profiled]), **kw)
 
 
-def test_same_facility_item_beats_a_closer_group_elsewhere() -> None:
-    r = resolve(_index(), np.array(["F1"], dtype=object), np.array(["I1"], dtype=object), np.array([7]), np.array([[0.5, 0.5]]))
-    assert r.path[0] == NEAREST and r.group[0] in (0, 1)
+def test_exact_wins_over_everything() -> None:
+    r = _one(_index(), "F1", "I1", 1, [0.1, 0.1])  # nearer to a's centroid, but its own cluster is b
+    assert r.path[0] == EXACT and r.group[0] == 1
+    assert r.distance[0] == pytest.approx(np.hypot(0.8, 0.8))
 
 
-def test_max_distance_makes_far_records_unscorable() -> None:
-    r = resolve(_index(), np.array(["F9"], dtype=object), np.array(["I9"], dtype=object), np.array([0]), np.array([[3.0, 3.0]]), max_distance=1.0)
-    assert r.path[0] == UNSCORABLE and r.group[0] == -1
+def test_part_pool_comes_before_a_sibling_setting() -> None:
+    r = _one(_index(), "F1", "I1", 7, [0.12, 0.1])
+    assert r.path[0] == PART and r.group[0] == 4
+
+
+def test_nearest_sibling_when_the_part_has_no_pool() -> None:
+    r = _one(_index(with_part=False), "F1", "I1", 7, [0.8, 0.8], profiled=False)
+    assert r.path[0] == NEAREST and r.group[0] == 1 and r.distance[0] == pytest.approx(np.hypot(0.1, 0.1))
+
+
+def test_same_item_elsewhere_before_another_part() -> None:
+    # F9/I1 has no model: d (same item on F3) wins over c (another part) although c is nearer
+    r = _one(_index(with_part=False), "F9", "I1", 0, [0.5, 0.5])
+    assert r.path[0] == ITEM and r.group[0] == 3
+    # among the same item's groups elsewhere the nearest centroid wins (the F1/I1 pool sits at 0)
+    assert _one(_index(), "F9", "I1", 0, [0.5, 0.5]).group[0] == 4
+
+
+def test_another_part_only_for_profiled_records() -> None:
+    assert _one(_index(), "F9", "I9", 0, [0.5, 0.5]).path[0] == MAKER
+    unprofiled = _one(_index(), "F9", "I9", 0, [0.5, 0.5], profiled=False)
+    assert unprofiled.path[0] == UNSCORABLE and unprofiled.group[0] == -1 and np.isnan(unprofiled.distance[0])
+    assert _one(_index(), "F9", "I1", 0, [0.5, 0.5], profiled=False).path[0] == UNSCORABLE
+
+
+def test_disabled_paths_move_records_down_the_chain() -> None:
+    index = _index()
+    assert _one(index, "F1", "I1", 7, [0.8, 0.8], enabled=(EXACT, NEAREST, ITEM, MAKER)).path[0] == NEAREST
+    moved = _one(index, "F9", "I1", 0, [0.5, 0.5], enabled=(EXACT, PART, NEAREST, MAKER))
+    assert moved.path[0] == MAKER and moved.group[0] == 2  # another part: the same item is not offered again
+    assert _one(index, "F9", "I9", 0, [0.5, 0.5], enabled=(EXACT, PART)).path[0] == UNSCORABLE
+
+
+def test_max_distance_bounds_the_setting_paths_but_not_exact_or_part() -> None:
+    index = _index()
+    assert _one(index, "F9", "I9", 0, [3.0, 3.0], max_distance=1.0).path[0] == UNSCORABLE
+    assert _one(index, "F1", "I1", 0, [3.0, 3.0], max_distance=1.0).path[0] == EXACT
+    assert _one(index, "F1", "I1", 7, [3.0, 3.0], max_distance=1.0).path[0] == PART
+    # the boundary: a distance equal to the bound is allowed
+    lone = MakerIndex.build([{"id": "c", "key": {"facility": "F2", "item": "I2", "cluster": 2}, "setting_centroid": [0.5, 0.5]}], 2)
+    r = _one(lone, "F9", "I9", 0, [0.5, 1.5], max_distance=1.0)
+    assert r.path[0] == MAKER and r.distance[0] == 1.0
+    assert _one(lone, "F9", "I9", 0, [0.5, 1.5000001], max_distance=1.0).path[0] == UNSCORABLE
+
+
+def test_unknown_settings_only_the_part_pool() -> None:
+    index = _index()
+    r = _one(index, "F1", "I1", -1, [np.nan, 0.1])
+    assert r.path[0] == PART and np.isnan(r.distance[0])
+    assert _one(_index(with_part=False), "F1", "I1", -1, [np.nan, 0.1]).path[0] == UNSCORABLE
+    assert _one(index, "F1", None, -1, [np.nan, 0.1]).path[0] == UNSCORABLE
 
 
 def test_empty_index_is_unscorable() -> None:
-    empty = MakerIndex.build([], 2)
-    r = resolve(empty, np.array(["F1"], dtype=object), np.array(["I1"], dtype=object), np.array([0]), np.array([[0.1, 0.1]]))
+    r = _one(MakerIndex.build([], 2), "F1", "I1", 0, [0.1, 0.1])
     assert r.path[0] == UNSCORABLE
 
 
-def test_other_parts_only_for_profiled_records() -> None:
-    facility = np.array(["F3", "F3"], dtype=object)
-    item = np.array(["I9", "I9"], dtype=object)
-    scaled = np.array([[0.45, 0.5], [0.45, 0.5]])
-    r = resolve(_index(), facility, item, np.array([0, 0]), scaled, profiled=np.array([True, False]))
-    assert list(r.path) == [NEAREST, UNSCORABLE]
-    # the same facility and item may always fall back to a sibling setting
-    same = resolve(_index(), np.array(["F1"], dtype=object), np.array(["I1"], dtype=object), np.array([5]),
-                   np.array([[0.5, 0.5]]), profiled=np.array([False]))
-    assert same.path[0] == NEAREST
+def test_rows_keep_their_own_answers_in_a_mixed_batch() -> None:
+    facility = np.array(["F1", "F1", "F9", "F9", "F1"], dtype=object)
+    item = np.array(["I1", "I1", "I1", "I9", "I1"], dtype=object)
+    cluster = np.array([0, 7, 0, 0, -1])
+    scaled = np.array([[0.1, 0.1], [0.5, 0.5], [0.6, 0.6], [0.5, 0.5], [np.nan, np.nan]])
+    r = resolve(_index(), facility, item, cluster, scaled, profiled=np.array([True, True, True, False, False]))
+    assert list(r.path) == [EXACT, PART, ITEM, UNSCORABLE, PART]
+    assert list(r.group) == [0, 4, 3, -1, 4]
+    assert set(PATHS) == {EXACT, PART, NEAREST, ITEM, MAKER}
