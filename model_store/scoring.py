@@ -1,7 +1,8 @@
 """The scoring core, shared by ``moldwatch score``, ``recipe``, the benchmarks and the worker.
 
 impute state -> setting cluster -> resolve group -> impute production -> scale (clip) -> loss
--> adaptive threshold -> margin. Vectorised per group; returns arrays (:class:`ScoredBatch`), and
+-> lot-calibrated line -> score = max(loss / line, worst excursion ratio) -> anomaly = score > 1
+-> defect probability. Vectorised per group; returns arrays (:class:`ScoredBatch`), and
 :func:`model_store.verdict.to_verdicts` turns them into verdict objects.
 """
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_store.calibration import ProbabilityModel
+from model_store.excursions import excursion_ratios, excursion_tolerance
 from model_store.imputation import FacilityMemory, impute_state
-from model_store.resolution import EXACT, NEAREST, UNSCORABLE, MakerIndex, resolve
+from model_store.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
 from model_store.runtime import GroupCache, RuntimeGroup
 from model_store.settings import assign_clusters, scale_settings
 from model_store.store import StoreManifest
@@ -25,6 +28,27 @@ TOP_FEATURES = 3
 # a different setting that merely fell into the same cluster, and aligning it would be wrong.
 PROFILE_REACH = 1.5
 PROFILE_MIN_RADIUS = 0.02
+
+
+# Why a record could not be judged: a short cause (a metric label) and the text a verdict carries.
+UNSCORABLE_CAUSES = {
+    "unknown_maker": "no trained model for this maker (or unknown facility with no maker)",
+    "unknown_state": "item and setting fields unknown, and no history to impute them from",
+    "no_settings": "setting fields unknown and this part has no pooled model to judge it without them",
+    "no_model_for_part": (
+        "no trained model for this facility and item, and this setting has no history to align it with "
+        "another part's model; retrain the store with recent production"),
+    "no_group_near": "no trained group near this setting",
+    "insufficient_evidence": "too few production values measured",
+}
+
+
+def unscorable_cause(reason: str | None) -> str:
+    """The short cause of an unscorable verdict's reason ('other' for a reason not listed)."""
+    for cause, text in UNSCORABLE_CAUSES.items():
+        if reason and reason.startswith(text):
+            return cause
+    return "other"
 
 
 @dataclass
@@ -44,6 +68,10 @@ class ScoredBatch:
     margin: np.ndarray
     score: np.ndarray
     anomaly: np.ndarray
+    excursion: np.ndarray  # worst excursion ratio (> 1: a gross excursion), NaN when unscored
+    measured_share: np.ndarray  # share of the judging group's production fields that were measured
+    defect_probability: np.ndarray  # lot-calibrated, NaN when unscored or not calibrated
+    prior_ratio: np.ndarray  # loss / prior (uncalibrated) line: what the lot calibration matches
     imputed: list[list[str]]
     out_of_range: list[list[str]]
     top_features: list[list[dict[str, Any]]]
@@ -68,6 +96,10 @@ def _empty_batch(n: int) -> ScoredBatch:
         margin=np.full(n, np.nan),
         score=np.full(n, np.nan),
         anomaly=np.zeros(n, dtype=bool),
+        excursion=np.full(n, np.nan),
+        measured_share=np.full(n, np.nan),
+        defect_probability=np.full(n, np.nan),
+        prior_ratio=np.full(n, np.nan),
         imputed=[[] for _ in range(n)],
         out_of_range=[[] for _ in range(n)],
         top_features=[[] for _ in range(n)],
@@ -76,9 +108,16 @@ def _empty_batch(n: int) -> ScoredBatch:
 
 
 class ScoringEngine:
-    """Scores canonical record frames against one verified store."""
+    """Scores canonical record frames against one verified store.
 
-    def __init__(self, manifest: StoreManifest, cache_size: int = 2048, max_distance: float | None = None):
+    ``calibrated=False`` ignores the store's lot calibration (prior lines, every path): the
+    training pipeline scores history that way to fit the calibration in the first place.
+    """
+
+    def __init__(
+        self, manifest: StoreManifest, cache_size: int = 2048, max_distance: float | None = None, calibrated: bool = True,
+        paths: tuple[str, ...] | None = None,
+    ):
         self.manifest = manifest
         self.schema = manifest.schema
         self.model_version = manifest.model_version
@@ -93,19 +132,33 @@ class ScoringEngine:
             if maker in manifest.setting_models
         }
         self.facility_maker: dict[str, str] = manifest.raw.get("facility_maker", {})
-        self.alarm_budget: dict[tuple[str, str, int, str], float] = {
-            (c["facility"], c["item"], int(c["cluster"]), c["group_id"]): float(c["factor"])
-            for c in manifest.raw.get("nearest_calibration", [])
-        }
         self.profiles: dict[tuple[str, str, int], np.ndarray] = {}
         self.profile_reach: dict[tuple[str, str, int], tuple[np.ndarray, float]] = {}
+        self.profile_band: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
         for entries in manifest.raw.get("setting_profiles", {}).values():
             for p in entries:
                 key = (p["facility"], p["item"], int(p["cluster"]))
                 self.profiles[key] = np.array([np.nan if v is None else v for v in p["median"]], dtype=float)
                 reach = PROFILE_REACH * max(float(p["setting_radius"]), PROFILE_MIN_RADIUS)
                 self.profile_reach[key] = (np.asarray(p["setting_centroid"], dtype=float), reach)
+                self.profile_band[key] = (np.asarray(p["band"]["low"], dtype=float), np.asarray(p["band"]["high"], dtype=float))
         self.defaults: dict[str, dict[str, Any]] = manifest.raw.get("facility_defaults", {})
+        threshold_config = manifest.raw.get("config", {}).get("threshold", {})
+        self.max_imputed_share = float(threshold_config.get("max_imputed_share", 0.5))
+        calibration = manifest.raw.get("calibration") if calibrated else None
+        self.calibration = calibration
+        self.enabled_paths: tuple[str, ...] = PATHS
+        self.unit_factor: dict[tuple[str, str], float] = {}
+        self.path_factor: dict[str, float] = {}
+        self.probability: ProbabilityModel | None = None
+        if calibration:
+            self.enabled_paths = tuple(p for p in PATHS if calibration["paths"].get(p, {}).get("used", True))
+            self.unit_factor = {(u["group_id"], u["path"]): float(u["factor"]) for u in calibration["units"]}
+            self.path_factor = {k: float(v) for k, v in calibration["path_factor"].items()}
+            self.probability = ProbabilityModel(
+                {k: (float(v[0]), float(v[1])) for k, v in calibration["probability"].items()}, {}, 0.0)
+        if paths is not None:
+            self.enabled_paths = tuple(p for p in PATHS if p in paths)
 
     def group(self, group_id: str) -> RuntimeGroup:
         return self.cache.get(group_id)
@@ -122,13 +175,14 @@ class ScoringEngine:
         combo = facility_defaults.get("settings_by_item", {}).get(item) or facility_defaults.get("settings")
         return item, (np.asarray(combo, dtype=float) if combo is not None and len(combo) == len(fields) else None)
 
-    def _budget_factors(
-        self, group_id: str, path: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray
-    ) -> np.ndarray:
-        """Nearest-path threshold factors from training-time calibration (1 where none)."""
+    def line_factors(self, group_id: str, path: np.ndarray) -> np.ndarray:
+        """Lot-calibrated factor on the group's prior base, per record (1 without calibration)."""
         factors = np.ones(len(path))
-        for i in np.flatnonzero(path == NEAREST):
-            factors[i] = self.alarm_budget.get((facility[i], item[i], int(cluster[i]), group_id), 1.0)
+        if not self.calibration:
+            return factors
+        for name in np.unique(path):
+            factor = self.unit_factor.get((group_id, name), self.path_factor.get(name, 1.0))
+            factors[path == name] = factor
         return factors
 
     def _profiled(self, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, scaled: np.ndarray) -> np.ndarray:
@@ -141,26 +195,25 @@ class ScoringEngine:
         return out
 
     def _alignment(
-        self, group: RuntimeGroup, near: np.ndarray, profiled: np.ndarray, facility: np.ndarray, item: np.ndarray,
+        self, group: RuntimeGroup, path: np.ndarray, profiled: np.ndarray, facility: np.ndarray, item: np.ndarray,
         cluster: np.ndarray,
-    ) -> tuple[np.ndarray | None, np.ndarray]:
-        """Shift that moves nearest-path rows into the scoring group's frame, and which rows moved.
+    ) -> np.ndarray | None:
+        """Shift that moves a record judged by another group into that group's frame.
 
-        A setting shifts every production value (that is why groups exist). When a record's own
-        setting has a history profile, ``group median - own median`` removes that shift, so the
-        group's model judges the record's deviation from *its own* setting's normal, not the
-        distance between two settings. Settings never seen keep no shift (and the distance weight).
+        A setting (and a machine) shifts every production value; that is why groups exist. When
+        the record's own setting has a history profile, its median is replaced by the judging
+        group's training median, so the model judges the record's deviation from *its own* normal,
+        not the distance between two settings or processes. Resolution sends only profiled records
+        down these paths (item, maker). The part's pooled model already spans the part's settings,
+        and a sibling setting's model is judged with the distance weight instead.
         """
-        rows = np.flatnonzero(near & profiled)
-        aligned = np.zeros(len(near), dtype=bool)
-        target = self.profiles.get((group.key["facility"], group.key["item"], int(group.key["cluster"])))
-        if len(rows) == 0 or target is None:
-            return None, aligned
-        shift = np.zeros((len(near), len(group.features)))
+        rows = np.flatnonzero(np.isin(path, ALIGNED_PATHS) & profiled)
+        if len(rows) == 0:
+            return None
+        shift = np.zeros((len(path), len(group.features)))
         for i in rows:
-            shift[i] = np.nan_to_num(target - self.profiles[(facility[i], item[i], int(cluster[i]))])
-            aligned[i] = True
-        return shift, aligned
+            shift[i] = np.nan_to_num(group.median_raw - self.profiles[(facility[i], item[i], int(cluster[i]))])
+        return shift
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True) -> ScoredBatch:
@@ -178,7 +231,7 @@ class ScoringEngine:
         out.facility[:] = frame["facility"].to_numpy(dtype=object)
         out.maker[:] = frame["maker"].to_numpy(dtype=object)
         unknown_maker = ~frame["maker"].isin(list(self.index)).to_numpy()
-        out.reason[unknown_maker] = "no trained model for this maker (or unknown facility with no maker)"
+        out.reason[unknown_maker] = UNSCORABLE_CAUSES["unknown_maker"]
         for maker, index in self.index.items():
             rows = np.flatnonzero((frame["maker"] == maker).to_numpy())
             if len(rows):
@@ -220,49 +273,94 @@ class ScoringEngine:
         cluster[known] = assign_clusters(scaled[known], setting_model.centroids)
         out.cluster[rows] = cluster
         profiled = self._profiled(facility, item, cluster, scaled)
-        resolution = resolve(index, facility, item, cluster, scaled, self.max_distance, profiled)
+        resolution = resolve(index, facility, item, cluster, scaled, self.max_distance, profiled, self.enabled_paths)
         out.resolution[rows] = resolution.path
         out.distance[rows] = resolution.distance
         unscorable = resolution.group < 0
-        out.reason[rows[unscorable & ~known]] = "setting fields unknown and no history to impute them from"
-        out.reason[rows[unscorable & known & ~profiled]] = (
-            "no trained group for this facility and item, and this setting has no history to align it with "
-            "another part's model; retrain the store with recent production"
-        )
-        out.reason[rows[unscorable & known & profiled]] = "no trained group near this setting"
+        has_item = np.array([isinstance(v, str) for v in item], dtype=bool)
+        out.reason[rows[unscorable & ~known & ~has_item]] = UNSCORABLE_CAUSES["unknown_state"]
+        out.reason[rows[unscorable & ~known & has_item]] = UNSCORABLE_CAUSES["no_settings"]
+        out.reason[rows[unscorable & known & ~profiled]] = UNSCORABLE_CAUSES["no_model_for_part"]
+        out.reason[rows[unscorable & known & profiled]] = UNSCORABLE_CAUSES["no_group_near"]
 
         for r in np.flatnonzero(imputed_state.any(axis=1)):  # most records have no gap: skip them
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
-            group = self.cache.get(str(index.group_ids[g]))
-            shift, aligned = self._alignment(group, resolution.path[local] == NEAREST, profiled[local], facility[local], item[local], cluster[local])
-            evaluation = group.evaluate(sub.iloc[local][list(group.features)].to_numpy(dtype=float), shift)
-            # The distance weight widens the line for a record judged by another setting's model;
-            # an aligned record is judged against its own setting's normal, so it gets none.
-            unaligned_near = (resolution.path[local] == NEAREST) & ~aligned
-            distance = np.where(unaligned_near, resolution.distance[local], 0.0)
-            threshold = effective_thresholds(group.threshold, distance)
-            if self.alarm_budget:
-                threshold = threshold * self._budget_factors(group.id, resolution.path[local], facility[local], item[local], cluster[local])
-            margin, score, anomaly = decide(evaluation.loss, threshold)
-            target = rows[local]
-            out.group_id[target] = group.id
-            out.model_kind[target] = group.kind
-            out.loss[target] = evaluation.loss
-            out.threshold[target] = threshold
-            out.margin[target] = margin
-            out.score[target] = score
-            out.anomaly[target] = anomaly
-            features = group.features
-            for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
-                out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
-            for i in np.flatnonzero(evaluation.out_of_range.any(axis=1)):
-                out.out_of_range[target[i]] = [features[j] for j in np.flatnonzero(evaluation.out_of_range[i])]
-            top = np.argsort(-evaluation.errors, axis=1)[:, :TOP_FEATURES]
-            top_errors = np.round(np.take_along_axis(evaluation.errors, top, axis=1).astype(float), 6).tolist()
-            for i, (indices, errors) in enumerate(zip(top.tolist(), top_errors)):
-                out.top_features[target[i]] = [{"field": features[j], "error": e} for j, e in zip(indices, errors)]
+            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out)
+
+    def _own_band_excursions(
+        self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,
+        cluster: np.ndarray, share: float,
+    ) -> None:
+        """A record judged by another part's model is an excursion against what *its own* setting
+        produced in history (its profile band), not against the other part's band."""
+        for i in np.flatnonzero(aligned):
+            low, high = self.profile_band[(facility[i], item[i], int(cluster[i]))]
+            measured = ~evaluation.imputed[i]
+            tolerance = excursion_tolerance(low, high, share)
+            evaluation.excursion[i] = excursion_ratios(raw[i][None, :], low, high, tolerance, measured[None, :])[0]
+
+    def _judge(
+        self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: pd.DataFrame, resolution: Any,
+        profiled: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, out: ScoredBatch,
+    ) -> None:
+        """Loss, line, excursions and verdict fields of the records (``local``) one group judges."""
+        path = resolution.path[local]
+        aligned = np.isin(path, ALIGNED_PATHS) & profiled[local]
+        shift = self._alignment(group, path, profiled[local], facility[local], item[local], cluster[local])
+        raw = sub.iloc[local][list(group.features)].to_numpy(dtype=float)
+        new_setting = (path != EXACT) & ~profiled[local]  # a setting this part never ran in history
+        evaluation = group.evaluate(raw, shift, new_setting)
+        self._own_band_excursions(evaluation, raw, aligned, facility[local], item[local], cluster[local], group.share)
+        target = rows[local]
+        features = group.features
+        measured_share = 1.0 - evaluation.imputed.mean(axis=1) if len(features) else np.zeros(len(local))
+        # Production values are the evidence: a record mostly filled with means is not "normal".
+        evidence = measured_share >= 1.0 - self.max_imputed_share - 1e-12
+        # The distance weight widens the line for a record judged by a sibling setting's model
+        # without alignment; aligned and own-part records get none.
+        distance = np.where((path == NEAREST) & ~aligned, resolution.distance[local], 0.0)
+        prior = effective_thresholds(group.threshold, distance)
+        threshold = prior * self.line_factors(group.id, path)
+        excursion = evaluation.excursion.max(axis=1) if len(features) else np.zeros(len(local))
+        margin, score, anomaly = decide(evaluation.loss, threshold, excursion)
+        probability = self.probability.predict(path, score) if self.probability else np.full(len(local), np.nan)
+        out.group_id[target] = group.id
+        out.model_kind[target] = group.kind
+        out.measured_share[target] = measured_share
+        for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
+            out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
+        weak = target[~evidence]
+        if len(weak):
+            out.resolution[weak] = UNSCORABLE
+            out.reason[weak] = (
+                f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} of the "
+                f"{len(features)} production fields are missing")
+        keep = np.flatnonzero(evidence)
+        target = target[keep]
+        out.loss[target] = evaluation.loss[keep]
+        out.threshold[target] = threshold[keep]
+        out.margin[target] = margin[keep]
+        out.score[target] = score[keep]
+        out.anomaly[target] = anomaly[keep]
+        out.excursion[target] = excursion[keep]
+        out.defect_probability[target] = probability[keep]
+        out.prior_ratio[target] = (evaluation.loss / prior)[keep]
+        for i in np.flatnonzero(evaluation.out_of_range[keep].any(axis=1)):
+            out.out_of_range[target[i]] = [features[j] for j in np.flatnonzero(evaluation.out_of_range[keep[i]])]
+        # Gross excursions name their fields first (worst first); then the largest model errors.
+        errors = evaluation.errors[keep]
+        ratios = evaluation.excursion[keep]
+        rank = np.where(ratios > 1.0, 1e6 + ratios, errors)
+        top = np.argsort(-rank, axis=1, kind="stable")[:, :TOP_FEATURES]
+        top_errors = np.round(np.take_along_axis(errors, top, axis=1).astype(float), 6).tolist()
+        top_ratios = np.take_along_axis(ratios, top, axis=1).tolist()
+        for i, (indices, errs, rs) in enumerate(zip(top.tolist(), top_errors, top_ratios)):
+            out.top_features[target[i]] = [
+                {"field": features[j], "error": e, **({"excursion": round(float(r), 3)} if r > 1.0 else {})}
+                for j, e, r in zip(indices, errs, rs)
+            ]
 
 
-__all__ = ["ScoringEngine", "ScoredBatch", "EXACT", "NEAREST", "UNSCORABLE"]
+__all__ = ["ScoringEngine", "ScoredBatch", "UNSCORABLE_CAUSES", "unscorable_cause", "EXACT", "PART", "NEAREST", "ITEM", "MAKER", "UNSCORABLE"]

@@ -21,7 +21,7 @@ from model_store.errors import StoreError
 from model_store.schema import PlantSchema, parse_schema
 from model_store.settings import SettingModel
 
-STORE_FORMAT = 2  # 2: per-feature error scales, NumPy forests, setting profiles with their reach
+STORE_FORMAT = 3  # 3: excursion bands, pooled part groups, lot calibration; 2: error scales, NumPy forests, profiles
 MANIFEST = "manifest.json"
 
 

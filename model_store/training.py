@@ -20,13 +20,15 @@ import pandas as pd
 
 from model_store.config import TrainingConfig
 from model_store.errors import DataError
-from model_store.groups import GROUP_KEYS, TRAIN, VALIDATION, GroupKey, cluster_rows, group_table
+from model_store.excursions import training_band
+from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups
 from model_store.imputation import impute_state
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
 from model_store.schema import PlantSchema
 from model_store.settings import SettingModel, fit_setting_model, scale_settings
 from model_store.store import StoreManifest, StoreStaging, new_model_version, sha256_file
+from model_store.history import calibrate, history_figures
 from model_store.trainer import GroupTask, init_worker, train_group
 
 Progress = Callable[[str, int, int], None]
@@ -37,8 +39,9 @@ Progress = Callable[[str, int, int], None]
 class PreparedData:
     records: pd.DataFrame  # canonical, state imputed, with a ``cluster`` column
     setting_models: dict[str, SettingModel]
-    groups: pd.DataFrame  # the group table with roles
+    groups: pd.DataFrame  # the group table with roles (setting groups, then each part's pooled group)
     lot_rates: np.ndarray  # per record
+    part_rows: dict[tuple, np.ndarray]  # pooled group key -> row positions in ``records`` (its cleanest lots)
 
 
 def prepare(records: pd.DataFrame, lots: pd.DataFrame, schema: PlantSchema, config: TrainingConfig) -> PreparedData:
@@ -58,7 +61,9 @@ def prepare(records: pd.DataFrame, lots: pd.DataFrame, schema: PlantSchema, conf
     imputed["cluster"], _ = cluster_rows(imputed, models)
     rates = row_lot_rates(imputed, lot_defect_rates(lots))
     table = group_table(imputed, rates, config.grouping)
-    return PreparedData(imputed, models, table, rates)
+    parts, part_rows = part_groups(imputed, rates, config.grouping)
+    table = pd.concat([table, parts], ignore_index=True) if len(parts) else table
+    return PreparedData(imputed, models, table, rates, part_rows)
 
 
 def facility_defaults(records: pd.DataFrame, schema: PlantSchema) -> dict[str, dict[str, Any]]:
@@ -92,7 +97,9 @@ def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> 
         if len(sub) < min_rows:
             continue
         model = data.setting_models[maker]
-        median = np.nanmedian(sub[list(schema.makers[maker].production)].to_numpy(dtype=float), axis=0)
+        production = sub[list(schema.makers[maker].production)].to_numpy(dtype=float)
+        median = np.nanmedian(production, axis=0)
+        band_low, band_high = training_band(production)
         settings = scale_settings(sub[list(model.fields)].to_numpy(dtype=float), model)
         settings = settings[~np.isnan(settings).any(axis=1)]
         if len(settings) == 0:
@@ -102,7 +109,8 @@ def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> 
         out.setdefault(str(maker), []).append(
             {"facility": str(facility), "item": str(item), "cluster": int(cluster), "rows": int(len(sub)),
              "median": [None if np.isnan(v) else float(v) for v in median],
-             "setting_centroid": [float(v) for v in centroid], "setting_radius": radius}
+             "setting_centroid": [float(v) for v in centroid], "setting_radius": radius,
+             "band": {"low": band_low.tolist(), "high": band_high.tolist()}}
         )
     return out
 
@@ -110,15 +118,22 @@ def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> 
 def _tasks(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_dir: Path) -> list[GroupTask]:
     tasks = []
     keyed = data.records.groupby(["maker", "facility", "item", "cluster"]).indices
+    parts = data.records.groupby(["maker", "facility", "item"]).indices
     for row in data.groups[data.groups["role"] == TRAIN].itertuples():
         key = GroupKey(row.maker, row.facility, row.item, int(row.cluster))
-        idx = keyed[(row.maker, row.facility, row.item, row.cluster)]
+        if int(row.cluster) == PART_CLUSTER:
+            idx = data.part_rows[(row.maker, row.facility, row.item, PART_CLUSTER)]
+        else:
+            idx = keyed[(row.maker, row.facility, row.item, row.cluster)]
         sub = data.records.iloc[idx]
         fields = schema.makers[row.maker]
         model = data.setting_models[row.maker]
         settings = sub[list(fields.settings)].to_numpy(dtype=float)
-        centroid = np.nanmean(scale_settings(settings, model), axis=0)
-        mode = sub[list(fields.settings)].dropna().value_counts().index[0]
+        scaled = scale_settings(settings, model)
+        scaled = scaled[~np.isnan(scaled).any(axis=1)]
+        centroid = scaled.mean(axis=0) if len(scaled) else np.full(len(fields.settings), 0.5)
+        combos = sub[list(fields.settings)].dropna().value_counts()
+        mode = combos.index[0] if len(combos) else tuple(np.full(len(fields.settings), np.nan))
         tasks.append(
             GroupTask(
                 group_id=key.id,
@@ -129,7 +144,9 @@ def _tasks(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_
                 lot_defect_rate=float(row.lot_defect_rate),
                 lots=int(row.lots),
                 setting_centroid=[float(v) for v in centroid],
-                setting_mode=[float(v) for v in mode],
+                setting_mode=[None if pd.isna(v) else float(v) for v in mode],
+                part_band=tuple(band.tolist() for band in training_band(
+                    data.records.iloc[parts[(row.maker, row.facility, row.item)]][list(fields.production)].to_numpy(dtype=float))),
                 config=config,
                 out_dir=str(out_dir),
             )
@@ -195,62 +212,6 @@ def _table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def validation_figures(manifest: StoreManifest, data: PreparedData) -> dict[str, dict[str, Any]]:
-    """Score each validation group's rows with the trained store: loss and anomaly rate figures."""
-    from model_store.scoring import ScoringEngine
-
-    engine = ScoringEngine(manifest)
-    figures: dict[str, dict[str, Any]] = {}
-    keyed = data.records.groupby(["maker", "facility", "item", "cluster"]).indices
-    for row in data.groups[data.groups["role"] == VALIDATION].itertuples():
-        idx = keyed[(row.maker, row.facility, row.item, row.cluster)]
-        batch = engine.score(data.records.iloc[idx])
-        scored = np.isfinite(batch.loss)
-        if not scored.any():
-            continue
-        figures[GroupKey(row.maker, row.facility, row.item, int(row.cluster)).id] = {
-            "rows": int(len(idx)),
-            "lot_defect_rate": float(row.lot_defect_rate) if pd.notna(row.lot_defect_rate) else None,
-            "scored_by": sorted(set(batch.group_id[scored])),
-            "loss_mean": float(batch.loss[scored].mean()),
-            "loss_q95": float(np.quantile(batch.loss[scored], 0.95)),
-            "anomaly_rate": float(batch.anomaly[scored].mean()),
-        }
-    return figures
-
-
-def nearest_calibration(manifest: StoreManifest, data: PreparedData, config: TrainingConfig) -> list[dict[str, Any]]:
-    """Alarm-budget factors for every untrained setting with enough history (see ThresholdConfig)."""
-    from model_store.scoring import ScoringEngine
-    from model_store.thresholds import alarm_budget_factor
-
-    untrained = data.groups[data.groups["role"] != TRAIN][GROUP_KEYS]
-    records = data.records.reset_index(drop=True).assign(_lot_rate=data.lot_rates)
-    rows = records.merge(untrained, on=GROUP_KEYS, how="inner")
-    if rows.empty:
-        return []
-    rows = rows.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    batch = ScoringEngine(manifest).score(rows, memory={}, backward=True)
-    frame = pd.DataFrame({
-        "facility": batch.facility, "item": batch.item, "cluster": batch.cluster, "group_id": batch.group_id,
-        "path": batch.resolution, "score": batch.score,
-        "rate": rows["_lot_rate"].to_numpy(),
-    })
-    frame = frame[frame["path"] == "nearest"]
-    out = []
-    for (facility, item, cluster, group_id), sub in frame.groupby(["facility", "item", "cluster", "group_id"]):
-        if len(sub) < config.threshold.nearest_min_rows:
-            continue
-        rate = float(np.nanmean(sub["rate"])) if sub["rate"].notna().any() else float("nan")
-        out.append({
-            "facility": str(facility), "item": str(item), "cluster": int(cluster), "group_id": str(group_id),
-            "rows": int(len(sub)), "lot_defect_rate": None if np.isnan(rate) else rate,
-            "history_alarm_share": float((sub["score"] > 1.0).mean()),
-            "factor": alarm_budget_factor(sub["score"].to_numpy(), rate, config.threshold),
-        })
-    return out
-
-
 def train_store(
     records: pd.DataFrame,
     lots: pd.DataFrame,
@@ -280,11 +241,14 @@ def train_store(
         artifacts = {p.relative_to(staging.path).as_posix(): sha256_file(p) for p in staging.path.rglob("*") if p.is_file()}
         staged = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
         if progress:
-            progress("validate", 0, 1)
-        manifest["validation_groups"] = validation_figures(staged, data)
-        manifest["nearest_calibration"] = nearest_calibration(staged, data, config)
+            progress("calibrate", 0, 2)
+        manifest["calibration"] = calibrate(staged, data, config)
         if progress:
-            progress("validate", 1, 1)
+            progress("calibrate", 1, 2)
+        calibrated = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
+        manifest["history"] = history_figures(calibrated, data)
+        if progress:
+            progress("calibrate", 2, 2)
         manifest["training"]["seconds"] = round(time.perf_counter() - started, 2)
         if report:
             from model_store.report import write_training_report

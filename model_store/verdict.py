@@ -16,7 +16,7 @@ import pandas as pd
 from model_store.scoring import ScoredBatch
 
 VERDICT_SCHEMA_PATH = Path(__file__).parent / "schemas" / "verdict.schema.json"
-VERDICT_VERSION = 1
+VERDICT_VERSION = 2  # 2: excursion, measured_share, defect_probability; resolution part/item/maker
 
 
 def _num(value: float) -> float | None:
@@ -67,6 +67,9 @@ def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, s
                 "margin": _num(batch.margin[i]),
                 "score": _num(batch.score[i]),
                 "anomaly": bool(batch.anomaly[i]),
+                "excursion": _num(batch.excursion[i]),
+                "measured_share": _num(batch.measured_share[i]),
+                "defect_probability": _num(batch.defect_probability[i]),
                 "imputed": list(batch.imputed[i]),
                 "out_of_range": list(batch.out_of_range[i]),
                 "top_features": list(batch.top_features[i]),

@@ -1,0 +1,102 @@
+"""Lot calibration: matched factors and the bag-likelihood fit, at their boundaries."""
+import numpy as np
+import pytest
+
+from model_store.calibration import ProbabilityModel, fit_probability, matched_factor, unit_factors
+
+
+def test_matched_factor_picks_the_order_statistic() -> None:
+    ratio = np.array([0.5, 0.9, 1.2, 2.0, 3.0])
+    # 2 expected bad shots -> the line at the 3rd largest: exactly two ratios lie strictly above it
+    assert matched_factor(ratio, 2.0) == 1.2
+    assert (ratio > matched_factor(ratio, 2.0)).sum() == 2
+    # rounding to whole shots: 1.49 -> 1, 1.5 -> 2
+    assert matched_factor(ratio, 1.49) == 2.0
+    assert matched_factor(ratio, 1.5) == 1.2
+    # no budget: the largest ratio (nothing above the line)
+    assert matched_factor(ratio, 0.0) == 3.0
+    # a budget beyond the rows: the smallest ratio
+    assert matched_factor(ratio, 99.0) == 0.5
+
+
+def test_forced_alarms_use_up_the_budget() -> None:
+    ratio = np.array([0.5, 0.9, 1.2, 2.0, 3.0])
+    assert matched_factor(ratio, 3.0, forced_alarms=1) == 1.2  # 2 left for the model
+    assert matched_factor(ratio, 3.0, forced_alarms=5) == 3.0  # excursions exceed the lots: nothing more
+    assert np.isnan(matched_factor(np.array([]), 1.0))
+
+
+def test_unit_factors_match_the_lots_per_unit() -> None:
+    rng = np.random.default_rng(0)
+    n = 1000
+    group = np.r_[np.zeros(n, int), np.ones(n, int), np.full(50, 2)]
+    path = np.array(["exact"] * n + ["part"] * n + ["exact"] * 50, dtype=object)
+    ratio = rng.random(2 * n + 50) * 2
+    rate = np.r_[np.full(n, 0.01), np.full(n, 0.05), np.full(50, 0.02)]
+    excursion = np.zeros(2 * n + 50)
+    excursion[n:n + 10] = 5.0  # ten gross excursions in the part unit
+    units = unit_factors(group, path, ratio, excursion, rate, min_rows=200)
+    assert set(units.factors) == {(0, "exact"), (1, "part")}  # the 50-row unit is too small
+    assert units.alarms[(0, "exact")] == 10  # 1 % of 1000
+    assert units.alarms[(1, "part")] == 50  # 5 % of 1000, ten of them excursions
+    assert units.expected[(1, "part")] == pytest.approx(50.0)
+    assert units.rows[(2, "exact")] == 50
+    # the typical factor of a path is its row-weighted median (one unit each here)
+    assert units.path_factor == {"exact": units.factors[(0, "exact")], "part": units.factors[(1, "part")]}
+
+
+def test_rows_without_lots_are_not_counted() -> None:
+    units = unit_factors(np.zeros(300, int), np.array(["exact"] * 300, dtype=object), np.linspace(0, 1, 300),
+                         np.zeros(300), np.r_[np.full(250, 0.02), np.full(50, np.nan)], min_rows=260)
+    assert units.factors == {} and units.rows[(0, "exact")] == 250
+
+
+def _bags(rng: np.random.Generator, informative: bool) -> tuple:
+    """Lots of 200 shots; per-shot truth from a score the lots never see shot by shot."""
+    lots, n = 120, 200
+    score = np.exp(rng.normal(0, 1, lots * n))
+    p_true = 1 / (1 + np.exp(-(-4.0 + 1.5 * np.log(score)))) if informative else np.full(lots * n, 0.03)
+    defect = rng.random(lots * n) < p_true
+    lot = np.repeat(np.arange(lots), n)
+    # lots differ in how their shots score (a drifting process), so the bags carry signal
+    shift = np.repeat(rng.normal(0, 0.8, lots), n)
+    score = score * np.exp(shift)
+    p_true = 1 / (1 + np.exp(-(-4.0 + 1.5 * np.log(score)))) if informative else p_true
+    defect = rng.random(lots * n) < p_true
+    rate = (np.bincount(lot, weights=defect) / n)[lot]
+    return score, lot, rate, defect
+
+
+def test_bag_fit_recovers_a_slope_from_lot_counts_alone() -> None:
+    score, lot, rate, _ = _bags(np.random.default_rng(1), informative=True)
+    path = np.array(["exact"] * len(score), dtype=object)
+    model = fit_probability(path, score, lot, rate)
+    a, b = model.coefficients["exact"]
+    assert b == pytest.approx(1.5, abs=0.5) and a == pytest.approx(-4.0, abs=1.0)
+    p = model.predict(path, score)
+    assert p.sum() == pytest.approx(rate.sum(), rel=0.1)  # expected defects track the lots
+
+
+def test_uninformative_path_has_no_evidence_and_an_informative_one_has() -> None:
+    rng = np.random.default_rng(2)
+    score_a, lot_a, rate_a, _ = _bags(rng, informative=True)
+    score_b, lot_b, rate_b, _ = _bags(rng, informative=False)
+    path = np.array(["exact"] * len(score_a) + ["maker"] * len(score_b), dtype=object)
+    model = fit_probability(path, np.r_[score_a, score_b], np.r_[lot_a, lot_b + 10_000], np.r_[rate_a, rate_b],
+                            tested=("exact", "maker"))
+    assert model.evidence["exact"] > 50
+    assert model.evidence["maker"] < 3.84
+
+
+def test_predict_leaves_unknown_paths_and_missing_scores_empty() -> None:
+    model = ProbabilityModel({"exact": (0.0, 1.0)}, {}, 0.0)
+    p = model.predict(np.array(["exact", "exact", "part"], dtype=object), np.array([1.0, np.nan, 1.0]))
+    assert p[0] == pytest.approx(0.5) and np.isnan(p[1]) and np.isnan(p[2])
+    # monotone in score
+    q = model.predict(np.array(["exact"] * 3, dtype=object), np.array([0.5, 1.0, 4.0]))
+    assert np.all(np.diff(q) > 0)
+
+
+def test_fit_without_usable_rows_is_empty() -> None:
+    model = fit_probability(np.array(["unscorable"], dtype=object), np.array([1.0]), np.array([0]), np.array([0.1]))
+    assert model.coefficients == {}
