@@ -81,15 +81,29 @@ class PeakMemory:
         self.peak = max(self.peak, _tree_rss_bytes(self.pid))
 
 
-def detection_metrics(labels: np.ndarray, predicted: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+def detection_metrics(labels: np.ndarray, predicted: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
+    """Precision, recall and F1 at the system's own line; best-threshold F1, AUROC and PR-AUC of
+    its score; alarm rate against the true defect share. Ranking figures are None when the
+    labels hold a single class."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
-    score = np.nan_to_num(score, nan=0.0)
+    labels = np.asarray(labels, dtype=int)
+    score = np.nan_to_num(np.asarray(score, dtype=float), nan=0.0, posinf=1e300)
+    both = 0 < labels.sum() < len(labels)
+    best_f1 = None
+    if both:
+        p, r, _ = precision_recall_curve(labels, score)
+        best_f1 = float(np.max(2 * p * r / np.maximum(p + r, 1e-12)))
+    defect_share = float(labels.mean()) if len(labels) else 0.0
     return {
+        "rows": int(len(labels)),
         "precision": float(precision_score(labels, predicted, zero_division=0)),
         "recall": float(recall_score(labels, predicted, zero_division=0)),
         "f1": float(f1_score(labels, predicted, zero_division=0)),
-        "auroc": float(roc_auc_score(labels, score)),
-        "pr_auc": float(average_precision_score(labels, score)),
-        "flagged_share": float(np.mean(predicted)),
+        "best_f1": best_f1,
+        "auroc": float(roc_auc_score(labels, score)) if both else None,
+        "pr_auc": float(average_precision_score(labels, score)) if both else None,
+        "flagged_share": float(np.mean(predicted)) if len(labels) else 0.0,
+        "defect_share": defect_share,
+        "alarm_to_defect_ratio": float(np.mean(predicted) / defect_share) if defect_share > 0 else None,
     }

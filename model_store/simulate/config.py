@@ -29,6 +29,7 @@ class SimulationConfig:
     heater_drifts_per_100k: float = 5.0  # degrading-heater episodes per 100k shots
     defect_scale: float = 1.0  # multiplies every defect hazard (1.0 = the calibrated plant)
     sunday_run_share: float = 0.35  # chance that a machine runs on a Sunday
+    extra_settings: int = 0  # settings per (facility, item) beyond the usual 2-5 (a plant that re-tunes more)
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -47,6 +48,8 @@ class SimulationConfig:
                 raise SimulationConfigError(f"{name} must be in [0, 0.5), got {value}")
         if self.defect_scale < 0 or self.heater_drifts_per_100k < 0:
             raise SimulationConfigError("defect_scale and heater_drifts_per_100k must not be negative")
+        if not 0 <= self.extra_settings <= 10:
+            raise SimulationConfigError(f"extra_settings must be in [0, 10], got {self.extra_settings}")
         if not 0.0 <= self.sunday_run_share <= 1.0:
             raise SimulationConfigError(f"sunday_run_share must be in [0, 1], got {self.sunday_run_share}")
         try:

@@ -325,13 +325,15 @@ def _perturb(x0: np.ndarray, direction: str, strength: float, pr: pd.Series, mak
     return x
 
 
-def _pool(pr: pd.Series, maker: MakerSpec, low_runner: bool, rng: np.random.Generator) -> list[tuple[str, str, np.ndarray, float]]:
-    """2-5 settings (role, direction, set points, usage weight) for one (facility, item).
+def _pool(
+    pr: pd.Series, maker: MakerSpec, low_runner: bool, rng: np.random.Generator, extra_settings: int = 0
+) -> list[tuple[str, str, np.ndarray, float]]:
+    """2-5 settings (plus ``extra_settings``) (role, direction, set points, usage weight) for one (facility, item).
 
     High runners have a longer tuning history, hence more recipes, than parts made now and then;
     a dedicated line sticks to its proven standard recipe most of the time.
     """
-    k = int(rng.choice([2, 3, 4, 5], p=[0.45, 0.4, 0.15, 0.0] if low_runner else [0.1, 0.3, 0.35, 0.25]))
+    k = int(rng.choice([2, 3, 4, 5], p=[0.45, 0.4, 0.15, 0.0] if low_runner else [0.1, 0.3, 0.35, 0.25])) + extra_settings
     poor = [d for d, q in POOR_DIRECTIONS.items() if q in maker.setting_quantities]
     nominal = _nominal(pr, rng)
     x0, direction = nominal, "standard"
@@ -356,13 +358,13 @@ def _pool(pr: pd.Series, maker: MakerSpec, low_runner: bool, rng: np.random.Gene
     return pool
 
 
-def define_plant(seed: int, facilities: int = 24, items: int = 48) -> PlantDefinition:
+def define_plant(seed: int, facilities: int = 24, items: int = 48, extra_settings: int = 0) -> PlantDefinition:
     """Build the plant for a seed: deterministic, independent of how long it is then simulated."""
-    return _define_plant_cached(int(seed), int(facilities), int(items))
+    return _define_plant_cached(int(seed), int(facilities), int(items), int(extra_settings))
 
 
 @lru_cache(maxsize=4)
-def _define_plant_cached(seed: int, n_facilities: int, n_items: int) -> PlantDefinition:
+def _define_plant_cached(seed: int, n_facilities: int, n_items: int, extra_settings: int = 0) -> PlantDefinition:
     rng = np.random.default_rng([seed, 0xDEF])
     fac = _facilities(n_facilities, rng)
     items = _items(n_items, fac, rng)
@@ -383,7 +385,7 @@ def _define_plant_cached(seed: int, n_facilities: int, n_items: int) -> PlantDef
     median_weight = pairs["weight"].median()
     for j, pr in pairs.iterrows():
         maker = MAKERS[pr.maker]
-        for s, (role, direction, x, weight) in enumerate(_pool(pr, maker, pr.weight < median_weight, rng)):
+        for s, (role, direction, x, weight) in enumerate(_pool(pr, maker, pr.weight < median_weight, rng, extra_settings)):
             rows.append(
                 {
                     "setting_id": f"{pr.facility}-{pr['item']}-S{s + 1}",

@@ -101,7 +101,7 @@ def _drift(in_block: np.ndarray, block: np.ndarray, n_blocks: int, amplitude: fl
 def _generate(config: SimulationConfig, first_day: int, n_days: int, shots: int, boost: float, progress: Progress | None) -> SimulatedPlant:
     report = progress or (lambda stage, fraction: None)
     report("defining plant", 0.0)
-    defn = define_plant(config.seed, config.facilities, config.items)
+    defn = define_plant(config.seed, config.facilities, config.items, config.extra_settings)
     rng = np.random.default_rng([config.seed, 1, first_day, n_days, shots])
 
     report("planning production", 0.05)
