@@ -37,13 +37,13 @@ class RecipeResult:
     recipes: list[dict[str, Any]]
     clusters: pd.DataFrame  # the ranking, one row per (facility, item, maker, cluster)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    # Facility/items where no setting is credibly better than their own history: "keep current practice".
-    kept: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings other than "skipped" (those are in ``skipped``)
     records: int = 0
     labels: pd.DataFrame | None = None  # the pseudo-labels, one row per ranked record (not serialised)
     windows: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # per pair, per cluster
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    # Facility/items where no setting is credibly better than their own history: "keep current practice".
+    kept: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
@@ -172,7 +172,8 @@ def compute_recipes(
     if untrained:
         notes.append(f"{len(untrained)} facility/items have no trained group of their own: ranked on lot counts only "
                      f"(pseudo-labels from another item's model say more about the item than about its quality)")
-    result = RecipeResult(manifest.model_version, manifest.schema_hash, config, [], table, skipped, notes, len(records), labels)
+    result = RecipeResult(manifest.model_version, manifest.schema_hash, config, [], table, skipped=skipped, notes=notes,
+                          records=len(records), labels=labels)
     _build_recipes(result, history, labels, lots, manifest, pairs)
     if progress:
         progress("recipe", 1, 1)
