@@ -67,7 +67,7 @@ MODULES: dict[str, RuleModule] = {
     "ranking": RuleModule("model_store/recipe/ranking.py", ("tests/model_store/test_recipe.py",)),
     "intervals": RuleModule("model_store/recipe/intervals.py",
                             ("tests/model_store/test_recipe_intervals.py", "tests/model_store/test_recipe.py")),
-    "groups": RuleModule("model_store/groups.py", ("tests/model_store/test_groups*.py",)),
+    "groups": RuleModule("model_store/groups.py", ("tests/model_store/test_groups*.py", "tests/model_store/test_part_groups.py")),
     "lots": RuleModule("model_store/lots.py", ("tests/model_store/test_lots.py",)),
 }
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import math
+import os
+import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 from bson import Decimal128, Int64, ObjectId
+from bson.datetime_ms import DatetimeMS
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model_store.schema import parse_schema
@@ -39,7 +43,13 @@ SCHEMA = parse_schema(
     },
     source="test-schema",
 )
-DECODER = RecordDecoder(SCHEMA)
+
+
+@pytest.fixture
+def decoder() -> RecordDecoder:
+    """A decoder per test: one built at import time would keep the model-building code it was
+    built with, and mutation testing (bench/mutation.py) could not tell when that code breaks."""
+    return RecordDecoder(SCHEMA)
 
 
 def good(**changes):
@@ -58,8 +68,8 @@ def good(**changes):
     return {k: v for k, v in doc.items() if v is not ...}
 
 
-def test_valid_document_becomes_a_canonical_row():
-    out = DECODER.decode(good())
+def test_valid_document_becomes_a_canonical_row(decoder):
+    out = decoder.decode(good())
     assert isinstance(out, CanonicalRecord)
     row = out.row
     assert row["record_id"] == "6b0518ffc15a762ceb0939d4"  # ObjectId -> its hex string
@@ -69,34 +79,34 @@ def test_valid_document_becomes_a_canonical_row():
     assert row["Cycle_Time"] == 13.25 and row["p2"] == 1.5  # numeric string, Decimal128
     assert math.isnan(row["t1"]) and math.isnan(row["q1"])  # other maker's fields: missing
     assert out.record_time == datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc).timestamp()
-    assert list(row) == DECODER.columns
+    assert list(row) == decoder.columns
 
 
-def test_timestamps_in_other_zones_and_as_text_are_normalised_to_utc():
+def test_timestamps_in_other_zones_and_as_text_are_normalised_to_utc(decoder):
     kst = timezone(timedelta(hours=9))
-    assert DECODER.decode(good(TimeStamp=datetime(2026, 1, 5, 17, 30, tzinfo=kst))).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
-    assert DECODER.decode(good(TimeStamp="2026-01-05T17:30:00+09:00")).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
-    assert DECODER.decode(good(TimeStamp="2026-01-05 08:30:00")).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
+    assert decoder.decode(good(TimeStamp=datetime(2026, 1, 5, 17, 30, tzinfo=kst))).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
+    assert decoder.decode(good(TimeStamp="2026-01-05T17:30:00+09:00")).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
+    assert decoder.decode(good(TimeStamp="2026-01-05 08:30:00")).row["timestamp"] == datetime(2026, 1, 5, 8, 30)
 
 
-def test_gaps_are_missing_values_not_errors():
-    out = DECODER.decode(good(PART_NAME=None, s2=None, Cycle_Time="", p2=float("nan"), maker=...))
+def test_gaps_are_missing_values_not_errors(decoder):
+    out = decoder.decode(good(PART_NAME=None, s2=None, Cycle_Time="", p2=float("nan"), maker=...))
     assert isinstance(out, CanonicalRecord)
     assert out.row["item"] is None and out.row["maker"] is None  # imputed / looked up by facility later
     assert all(math.isnan(out.row[c]) for c in ("s2", "Cycle_Time", "p2"))
 
 
-def test_integer_ids_and_codes_are_accepted_as_text():
-    out = DECODER.decode(good(_id=Int64(42), EQUIP_CD=7, PART_NAME=13))
+def test_integer_ids_and_codes_are_accepted_as_text(decoder):
+    out = decoder.decode(good(_id=Int64(42), EQUIP_CD=7, PART_NAME=13))
     assert isinstance(out, CanonicalRecord)
     assert (out.row["record_id"], out.row["facility"], out.row["item"]) == ("42", "7", "13")
-    assert DECODER.decode(good(s2=Decimal("2.5"))).row["s2"] == 2.5
+    assert decoder.decode(good(s2=Decimal("2.5"))).row["s2"] == 2.5
 
 
-def test_lot_date_column_is_used_and_falls_back_to_the_timestamp_day():
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE="2026-01-04")).row["lot_date"] == "2026-01-04"
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE="not a date")).row["lot_date"] == "2026-01-05"
-    assert DECODER.decode(good()).row["lot_date"] == "2026-01-05"
+def test_lot_date_column_is_used_and_falls_back_to_the_timestamp_day(decoder):
+    assert decoder.decode(good(PART_FACT_PLAN_DATE="2026-01-04")).row["lot_date"] == "2026-01-04"
+    assert decoder.decode(good(PART_FACT_PLAN_DATE="not a date")).row["lot_date"] == "2026-01-05"
+    assert decoder.decode(good()).row["lot_date"] == "2026-01-05"
 
 
 @pytest.mark.parametrize(
@@ -122,16 +132,16 @@ def test_lot_date_column_is_used_and_falls_back_to_the_timestamp_day():
         (None, NOT_A_DOCUMENT, "NoneType"),
     ],
 )
-def test_invalid_documents_become_dead_letters_with_a_reason(document, reason, mentions):
-    out = DECODER.decode(document)
+def test_invalid_documents_become_dead_letters_with_a_reason(document, reason, mentions, decoder):
+    out = decoder.decode(document)
     assert isinstance(out, DeadLetter)
     assert out.reason == reason
     assert mentions in out.error
     assert out.document is document  # the original goes to the dead-letter topic untouched
 
 
-def test_a_plant_column_name_is_what_the_error_names():
-    out = DECODER.decode(good(**{"Barrel Temp 1": "hot"}))
+def test_a_plant_column_name_is_what_the_error_names(decoder):
+    out = decoder.decode(good(**{"Barrel Temp 1": "hot"}))
     assert isinstance(out, DeadLetter) and out.error.startswith("Barrel Temp 1:")
 
 
@@ -165,8 +175,8 @@ def test_constant_maker_schema_and_timestamp_format():
         (1e308, 1e308),
     ],
 )
-def test_numbers_and_numeric_text_are_values(raw, expected):
-    out = DECODER.decode(good(s2=raw))
+def test_numbers_and_numeric_text_are_values(raw, expected, decoder):
+    out = decoder.decode(good(s2=raw))
     assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
     value = out.row["s2"]
     assert type(value) is float and value == expected
@@ -174,8 +184,8 @@ def test_numbers_and_numeric_text_are_values(raw, expected):
 
 @pytest.mark.parametrize("raw", ["", "   ", " \t\n ", "nan", " NaN ", "-nan", float("nan"), Decimal("NaN"),
                                  Decimal128("NaN"), None])
-def test_blank_and_nan_are_gaps_not_errors(raw):
-    out = DECODER.decode(good(s2=raw))
+def test_blank_and_nan_are_gaps_not_errors(raw, decoder):
+    out = decoder.decode(good(s2=raw))
     assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
     assert math.isnan(out.row["s2"])
 
@@ -199,22 +209,22 @@ def test_blank_and_nan_are_gaps_not_errors(raw):
         (b"1.5", "numeric string"),
     ],
 )
-def test_infinite_and_non_numeric_values_are_invalid_fields(raw, mentions):
-    out = DECODER.decode(good(s2=raw))
+def test_infinite_and_non_numeric_values_are_invalid_fields(raw, mentions, decoder):
+    out = decoder.decode(good(s2=raw))
     assert isinstance(out, DeadLetter)
     assert out.reason == INVALID_FIELD and out.error.startswith("s2: ") and mentions in out.error, out.error
 
 
-def test_an_invalid_value_is_quoted_in_the_error():
-    out = DECODER.decode(good(Cycle_Time="fast"))
+def test_an_invalid_value_is_quoted_in_the_error(decoder):
+    out = decoder.decode(good(Cycle_Time="fast"))
     assert out.error == "Cycle_Time: expected a number or a numeric string (got 'fast')"
 
 
-def test_several_errors_are_counted_after_the_first():
-    two = DECODER.decode(good(s2="x", p2="y"))
-    three = DECODER.decode(good(s2="x", p2="y", Cycle_Time="z"))
+def test_several_errors_are_counted_after_the_first(decoder):
+    two = decoder.decode(good(s2="x", p2="y"))
+    three = decoder.decode(good(s2="x", p2="y", Cycle_Time="z"))
     assert two.error.endswith("; and 1 more error") and three.error.endswith("; and 2 more errors")
-    assert "; and" not in DECODER.decode(good(s2="x")).error
+    assert "; and" not in decoder.decode(good(s2="x")).error
 
 
 def test_short_repr_bounds_long_and_hostile_values():
@@ -231,8 +241,8 @@ def test_short_repr_bounds_long_and_hostile_values():
 
 
 # -- names, ids and timestamps at the edges -----------------------------------------------------
-def test_names_and_ids_are_stripped():
-    out = DECODER.decode(good(_id="  shot-1 ", EQUIP_CD=" F01\t", PART_NAME=" ITM-9 ", maker=" A "))
+def test_names_and_ids_are_stripped(decoder):
+    out = decoder.decode(good(_id="  shot-1 ", EQUIP_CD=" F01\t", PART_NAME=" ITM-9 ", maker=" A "))
     assert (out.row["record_id"], out.row["facility"], out.row["item"], out.row["maker"]) == ("shot-1", "F01", "ITM-9", "A")
 
 
@@ -250,25 +260,25 @@ def test_names_and_ids_are_stripped():
         (dict(maker=7), UNKNOWN_MAKER, "maker 7 is not defined by the plant schema (known: A, B)"),
     ],
 )
-def test_bad_names_are_dead_letters(changes, reason, mentions):
-    out = DECODER.decode(good(**changes))
+def test_bad_names_are_dead_letters(changes, reason, mentions, decoder):
+    out = decoder.decode(good(**changes))
     assert isinstance(out, DeadLetter) and out.reason == reason and mentions in out.error, (out.reason, out.error)
 
 
-def test_missing_field_errors_say_is_missing():
-    assert DECODER.decode(good(_id=...)).error == "_id: is missing"
-    assert DECODER.decode(good(EQUIP_CD="")).error == "EQUIP_CD: is empty; every record needs it"
+def test_missing_field_errors_say_is_missing(decoder):
+    assert decoder.decode(good(_id=...)).error == "_id: is missing"
+    assert decoder.decode(good(EQUIP_CD="")).error == "EQUIP_CD: is empty; every record needs it"
 
 
-def test_a_blank_item_or_maker_is_a_gap():
-    out = DECODER.decode(good(PART_NAME="  ", maker=""))
+def test_a_blank_item_or_maker_is_a_gap(decoder):
+    out = decoder.decode(good(PART_NAME="  ", maker=""))
     assert out.row["item"] is None and out.row["maker"] is None
 
 
-def test_uuid_ids_and_integer_item_codes():
+def test_uuid_ids_and_integer_item_codes(decoder):
     from uuid import UUID
 
-    out = DECODER.decode(good(_id=UUID(int=5), PART_NAME=0))
+    out = decoder.decode(good(_id=UUID(int=5), PART_NAME=0))
     assert out.row["record_id"] == "00000000-0000-0000-0000-000000000005" and out.row["item"] == "0"
 
 
@@ -283,8 +293,8 @@ def test_uuid_ids_and_integer_item_codes():
         ("Jan 5 2026 08:30", datetime(2026, 1, 5, 8, 30)),  # pandas' leniency, like the offline loader
     ],
 )
-def test_timestamps_at_the_edges_of_the_range(stamp, expected):
-    out = DECODER.decode(good(TimeStamp=stamp))
+def test_timestamps_at_the_edges_of_the_range(stamp, expected, decoder):
+    out = decoder.decode(good(TimeStamp=stamp))
     assert isinstance(out, CanonicalRecord), getattr(out, "error", "")
     assert out.row["timestamp"] == expected
     assert out.record_time == expected.replace(tzinfo=timezone.utc).timestamp()
@@ -303,24 +313,24 @@ def test_timestamps_at_the_edges_of_the_range(stamp, expected):
         ("not a time", "ISO 8601 expected"),
     ],
 )
-def test_timestamps_outside_the_range_or_unparseable_are_invalid(stamp, mentions):
-    out = DECODER.decode(good(TimeStamp=stamp))
+def test_timestamps_outside_the_range_or_unparseable_are_invalid(stamp, mentions, decoder):
+    out = decoder.decode(good(TimeStamp=stamp))
     assert isinstance(out, DeadLetter) and out.reason == INVALID_FIELD
     assert out.error.startswith("TimeStamp: ") and mentions in out.error, out.error
 
 
-def test_a_date_without_time_is_midnight():
+def test_a_date_without_time_is_midnight(decoder):
     from datetime import date
 
-    out = DECODER.decode(good(TimeStamp=date(2026, 1, 5), PART_FACT_PLAN_DATE=date(2026, 1, 4)))
+    out = decoder.decode(good(TimeStamp=date(2026, 1, 5), PART_FACT_PLAN_DATE=date(2026, 1, 4)))
     assert out.row["timestamp"] == datetime(2026, 1, 5) and out.row["lot_date"] == "2026-01-04"
 
 
-def test_lot_date_accepts_dates_and_padded_text_and_ignores_junk():
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE=datetime(2026, 1, 3, 23, 0))).row["lot_date"] == "2026-01-03"
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE=" 2026-01-02 ")).row["lot_date"] == "2026-01-02"
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE=12345)).row["lot_date"] == "2026-01-05"
-    assert DECODER.decode(good(PART_FACT_PLAN_DATE=None)).row["lot_date"] == "2026-01-05"
+def test_lot_date_accepts_dates_and_padded_text_and_ignores_junk(decoder):
+    assert decoder.decode(good(PART_FACT_PLAN_DATE=datetime(2026, 1, 3, 23, 0))).row["lot_date"] == "2026-01-03"
+    assert decoder.decode(good(PART_FACT_PLAN_DATE=" 2026-01-02 ")).row["lot_date"] == "2026-01-02"
+    assert decoder.decode(good(PART_FACT_PLAN_DATE=12345)).row["lot_date"] == "2026-01-05"
+    assert decoder.decode(good(PART_FACT_PLAN_DATE=None)).row["lot_date"] == "2026-01-05"
 
 
 def test_timestamp_format_errors_name_the_format():
@@ -336,10 +346,112 @@ def test_timestamp_format_errors_name_the_format():
 
 
 def test_the_model_is_named_after_the_plant():
-    for name, expected in [("kamp plant", "Kamp_PlantRecord"), ("3rd-line", "Plant3Rd_LineRecord")]:
+    for name, expected in [("kamp plant", "Kamp_PlantRecord"), ("3rd-line", "Plant3Rd_LineRecord"), ("a1 line", "A1_LineRecord")]:
         schema = parse_schema({"name": name, "record_id": "id", "timestamp": "ts", "facility": "fac",
                                "item": "part", "maker": {"constant": "m"}, "makers": {"m": {"settings": ["s"], "production": ["p"]}}})
         assert RecordDecoder(schema).model.__name__ == expected
+
+
+# -- every refusal says exactly why, naming the plant's own field --------------------------------
+def _refusals():
+    long_text = "x" * 65  # one over the limit of what can be a number or a date-time
+    at_limit = "x" * 64
+    return [
+        (dict(_id=True), INVALID_FIELD, "_id: expected a string, integer or ObjectId (got True)"),
+        (dict(_id="  "), INVALID_FIELD, "_id: expected a non-empty string, integer or ObjectId (got '  ')"),
+        (dict(_id=...), MISSING_FIELD, "_id: is missing"),
+        (dict(_id="i" * 257), INVALID_FIELD, f"_id: is 257 characters long; at most 256 are accepted (got {short_repr('i' * 257)})"),
+        (dict(_id=int("9" * 257)), INVALID_FIELD, f"_id: is 257 characters long; at most 256 are accepted (got {short_repr(int('9' * 257))})"),
+        (dict(EQUIP_CD=True), INVALID_FIELD, "EQUIP_CD: expected a string or integer code (got True)"),
+        (dict(EQUIP_CD=1.5), INVALID_FIELD, "EQUIP_CD: expected a string or integer code (got 1.5)"),
+        (dict(EQUIP_CD=""), MISSING_FIELD, "EQUIP_CD: is empty; every record needs it"),
+        (dict(EQUIP_CD="f" * 257), INVALID_FIELD, f"EQUIP_CD: is 257 characters long; at most 256 are accepted (got {short_repr('f' * 257)})"),
+        (dict(PART_NAME=10 ** 256), INVALID_FIELD, f"PART_NAME: is 257 characters long; at most 256 are accepted (got {short_repr(10 ** 256)})"),
+        (dict(TimeStamp=datetime(1677, 9, 21)), INVALID_FIELD,
+         "TimeStamp: is outside the supported range (1677-09-22 to 2262-04-11) (got datetime.datetime(1677, 9, 21, 0, 0))"),
+        (dict(TimeStamp="nope"), INVALID_FIELD, "TimeStamp: is not a date-time (ISO 8601 expected) (got 'nope')"),
+        (dict(TimeStamp=at_limit), INVALID_FIELD, f"TimeStamp: is not a date-time (ISO 8601 expected) (got {short_repr(at_limit)})"),
+        (dict(TimeStamp=long_text), INVALID_FIELD, f"TimeStamp: is 65 characters long; not a date-time (got {short_repr(long_text)})"),
+        (dict(TimeStamp=5), INVALID_FIELD, "TimeStamp: is a number; expected a BSON date or an ISO 8601 string (got 5)"),
+        (dict(TimeStamp=[1]), INVALID_FIELD, "TimeStamp: expected a BSON date or an ISO 8601 string (got [1])"),
+        (dict(TimeStamp=DatetimeMS(2**62)), INVALID_FIELD,
+         f"TimeStamp: is outside the supported range (1677-09-22 to 2262-04-11) (got {short_repr(DatetimeMS(2**62))})"),
+        (dict(s2=True), INVALID_FIELD, "s2: expected a number, not a boolean (got True)"),
+        (dict(s2="fast"), INVALID_FIELD, "s2: expected a number or a numeric string (got 'fast')"),
+        (dict(s2=at_limit), INVALID_FIELD, f"s2: expected a number or a numeric string (got {short_repr(at_limit)})"),
+        (dict(s2=long_text), INVALID_FIELD, f"s2: is 65 characters long; not a number (got {short_repr(long_text)})"),
+        (dict(s2=10**400), INVALID_FIELD, f"s2: is too large for a 64-bit float (got {short_repr(10**400)})"),
+        (dict(s2="-inf"), INVALID_FIELD, "s2: is infinite (got '-inf')"),
+        (dict(s2=[1]), INVALID_FIELD, "s2: expected a number or a numeric string (got [1])"),
+        (dict(maker="Z"), UNKNOWN_MAKER, "maker: maker Z is not defined by the plant schema (known: A, B)"),
+        (dict(maker=[1]), UNKNOWN_MAKER, "maker: maker [1] is not defined by the plant schema (known: A, B)"),
+        (dict(maker="M" * 256), UNKNOWN_MAKER, f"maker: maker {'M' * 256} is not defined by the plant schema (known: A, B)"),
+        (dict(maker="M" * 257), INVALID_FIELD, f"maker: is 257 characters long; at most 256 are accepted (got {short_repr('M' * 257)})"),
+    ]
+
+
+@pytest.mark.parametrize("changes, reason, error", _refusals())
+def test_every_refusal_says_exactly_why(decoder, changes, reason, error):
+    out = decoder.decode(good(**changes))
+    assert isinstance(out, DeadLetter)
+    assert (out.reason, out.error) == (reason, error)
+
+
+def test_names_and_numbers_at_the_length_limits_are_accepted(decoder):
+    out = decoder.decode(good(_id="i" * 256, EQUIP_CD="f" * 256, PART_NAME=" " + "p" * 256 + " ", s2="0" * 63 + "5"))
+    assert isinstance(out, CanonicalRecord), out.error
+    assert (len(out.row["record_id"]), len(out.row["facility"]), len(out.row["item"]), out.row["s2"]) == (256, 256, 256, 5.0)
+    padded = decoder.decode(good(s2=" " * 100 + "2.5" + " " * 100))  # the limit counts the text, not its padding
+    assert padded.row["s2"] == 2.5
+
+
+def test_bson_dates_beyond_python_arrive_as_datetime_ms(decoder):
+    out = decoder.decode(good(TimeStamp=DatetimeMS(datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc))))
+    assert out.row["timestamp"] == datetime(2026, 1, 5, 8, 30)
+
+
+def test_an_unanticipated_failure_is_undecodable_not_a_crash(decoder):
+    class Exploding(Mapping):
+        def __getitem__(self, key):
+            raise RuntimeError("boom")
+
+        def __iter__(self):
+            return iter(["_id"])
+
+        def __len__(self):
+            return 1
+
+    document = Exploding()
+    out = decoder.decode(document)
+    assert (out.reason, out.error) == (UNDECODABLE, "RuntimeError: 'boom'") and out.document is document
+
+
+def test_internal_field_names_are_not_aliases(decoder):
+    # only the plant's own column names count: a document keyed by the model's names has no id
+    out = decoder.decode({"record_id": "x", "timestamp": datetime(2026, 1, 5), "facility": "F", "n0": 1.0})
+    assert (out.reason, out.error) == (MISSING_FIELD, "_id: is missing; and 2 more errors")
+
+
+@pytest.fixture
+def seoul_clock():
+    """The process's local time zone set to UTC+9, as on a plant server in Korea."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "KST-9"  # POSIX form: needs no tz database
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def test_timestamps_are_utc_whatever_the_servers_local_zone(decoder, seoul_clock):
+    kst = timezone(timedelta(hours=9))
+    out = decoder.decode(good(TimeStamp=datetime(2026, 1, 5, 17, 30, tzinfo=kst)))
+    assert out.row["timestamp"] == datetime(2026, 1, 5, 8, 30)
+    naive = decoder.decode(good(TimeStamp=datetime(2026, 1, 5, 8, 30)))  # BSON dates are UTC
+    assert naive.record_time == out.record_time == datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc).timestamp()
 
 
 # -- property: a valid mapped document always decodes, to exactly its values ---------------------
@@ -396,11 +508,11 @@ def valid_documents(draw):
     return doc, expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(valid_documents())
-def test_a_valid_document_always_decodes_to_its_values(case):
+def test_a_valid_document_always_decodes_to_its_values(decoder, case):
     document, expected = case
-    out = DECODER.decode(document)
+    out = decoder.decode(document)
     assert isinstance(out, CanonicalRecord), (out.reason, out.error)
     row = out.row
     for key, value in expected.items():
@@ -409,7 +521,7 @@ def test_a_valid_document_always_decodes_to_its_values(case):
         else:
             assert row[key] == value, key
     assert row["lot_date"] == expected["timestamp"].strftime("%Y-%m-%d")
-    assert list(row) == DECODER.columns
+    assert list(row) == decoder.columns
 
 
 # -- property: any JSON-like (or BSON-like) document decodes or dead-letters, never raises -------
@@ -431,10 +543,10 @@ field_names = st.sampled_from(["_id", "TimeStamp", "EQUIP_CD", "PART_NAME", "mak
 mutated = st.builds(lambda base, changes: {**base, **changes}, st.just(good()), st.dictionaries(field_names, json_like, max_size=4))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(json_like, mutated, st.dictionaries(field_names, json_like)))
-def test_any_document_decodes_or_dead_letters_never_raises(document):
-    out = DECODER.decode(document)
+def test_any_document_decodes_or_dead_letters_never_raises(decoder, document):
+    out = decoder.decode(document)
     assert isinstance(out, (CanonicalRecord, DeadLetter))
     if isinstance(out, DeadLetter):
         # every failure of a document is anticipated and named: "undecodable" is for bytes that
