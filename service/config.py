@@ -168,6 +168,10 @@ class WorkerSettings(BaseSettings):
     http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.", json_schema_extra=_panel(HTTP))
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP server (0: any free port).",
                            json_schema_extra=_panel(HTTP))
+    http_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest POST /score body; larger ones get 413.",
+                                     json_schema_extra=_panel(HTTP))
+    http_max_json_depth: int = Field(32, ge=2, le=500, description="Deepest nesting of JSON arrays/objects POST /score "
+                                     "accepts (a record is 1 deep); deeper ones get 422.", json_schema_extra=_panel(HTTP))
     ready_timeout_s: float = Field(0.5, gt=0, description="Timeout of each readiness ping (MongoDB, Kafka).",
                                    json_schema_extra=_panel(HTTP))
     progress_timeout_s: float = Field(

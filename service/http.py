@@ -7,7 +7,9 @@ the worker's own event loop (no second process, no thread: the probes see the re
   and the model store are all usable; 503 with the reasons otherwise.
 - ``GET /metrics``  Prometheus text exposition of the worker's own registry.
 - ``POST /score``   score one JSON record now and return its verdict; 422 with the reason when
-  the record is invalid (the original team's FastAPI endpoint).
+  the record is invalid (the original team's FastAPI endpoint). Every bad request is a 4xx with a
+  reason: 413 for a body over ``http_max_body_bytes`` (read no further than that), 422 for a body
+  that is not JSON, not an object, or nests deeper than ``http_max_json_depth``.
 - ``GET /recipes/{facility}/{item}``  the recommended setting and operating window of a
   facility/item (from the worker's recipes file); 404 with the reason when there is none, or
   when the worker has no recipes file.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -24,7 +27,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model_store.errors import StoreError
 from service.decode import NOT_A_DOCUMENT, DeadLetter
+from service.redact import SCRUB
 from service.sink import dumps
 
 if TYPE_CHECKING:
@@ -41,7 +46,7 @@ def create_app(worker: "Worker") -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ok, reasons = await worker.readiness()
+        ok, reasons = await worker.readiness()  # reasons are scrubbed of secrets by the worker
         body: dict[str, Any] = {"ready": ok, "reasons": reasons}
         if worker.model_version:
             body["model_version"] = worker.model_version
@@ -49,18 +54,34 @@ def create_app(worker: "Worker") -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Scrubbed like every other output: no label or info value may carry a secret.
+        return Response(SCRUB(generate_latest(worker.metrics.registry).decode()), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/score")
     async def score(request: Request) -> Response:
+        limit = worker.settings.http_max_body_bytes
+        body = await read_bounded(request, limit)
+        if body is None:
+            return JSONResponse({"reason": "body_too_large", "error": f"request body exceeds {limit} bytes"}, status_code=413)
         try:
-            document = await request.json()
-        except ValueError as exc:
-            return JSONResponse({"reason": NOT_A_DOCUMENT, "error": f"body is not JSON: {exc}"}, status_code=422)
+            document = json.loads(body)
+        except RecursionError:
+            return JSONResponse({"reason": "too_deep", "error": "JSON nests too deeply"}, status_code=422)
+        except ValueError as exc:  # includes UnicodeDecodeError
+            return JSONResponse({"reason": NOT_A_DOCUMENT, "error": f"body is not JSON: {str(exc)[:200]}"}, status_code=422)
+        depth = json_depth(document)
+        if depth > worker.settings.http_max_json_depth:
+            return JSONResponse({"reason": "too_deep", "error": f"JSON nests {depth} levels deep; at most "
+                                 f"{worker.settings.http_max_json_depth} are accepted"}, status_code=422)
+        if not isinstance(document, dict):
+            return JSONResponse({"reason": NOT_A_DOCUMENT, "error": f"expected a JSON object, got {type(document).__name__}"},
+                                status_code=422)
         try:
             outcome = await worker.score_document(document)
         except LookupError as exc:  # no store loaded yet
             return JSONResponse({"reason": "not_ready", "error": str(exc)}, status_code=503)
+        except StoreError as exc:  # the store broke under the engine: the worker reloads it
+            return JSONResponse({"reason": "not_ready", "error": f"model store unusable: {str(exc)[:200]}"}, status_code=503)
         if isinstance(outcome, DeadLetter):
             return JSONResponse({"reason": outcome.reason, "error": outcome.error}, status_code=422)
         return Response(dumps(outcome), media_type="application/json")
@@ -73,6 +94,34 @@ def create_app(worker: "Worker") -> FastAPI:
         return Response(dumps(found), media_type="application/json")
 
     return app
+
+
+async def read_bounded(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds ``limit`` bytes (never buffers more than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, ``{}`` is 1), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+            deepest = max(deepest, depth + 1)
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+            deepest = max(deepest, depth + 1)
+    return deepest
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -112,8 +112,14 @@ class Worker:
         self._ready_lock = asyncio.Lock()
         self._loop_lag = 0.0
         self._acking = False
+        self.positions: Any = None  # exactly-once with the MongoDB source: the Kafka position store
+        self._committed_position: Any = None  # exactly-once: the position of the last committed transaction
 
     # -- public surface ------------------------------------------------------------------------
+    @property
+    def exactly_once(self) -> bool:
+        return self.settings.delivery == "exactly-once"
+
     @property
     def model_version(self) -> str | None:
         return self.pipeline.engine.model_version if self.pipeline else None
@@ -231,8 +237,16 @@ class Worker:
                 await self._load_recipes()
                 self._spawn("recipes-watcher", self._watch_recipes())
             schema = self.pipeline.engine.schema
-            self.sink = KafkaSink(self.settings, self.metrics, facility_column=schema.facility)
             self.source = self._make_source(schema)
+            if self.exactly_once:
+                from service.exactly_once import KafkaPositionStore, TransactionalSink
+
+                self.sink = TransactionalSink(self.settings, self.metrics, facility_column=schema.facility)
+                if self.settings.source == "mongo":
+                    self.positions = KafkaPositionStore(self.settings, self.sink)
+                    self.source.position_store = self.positions  # type: ignore[attr-defined]
+            else:
+                self.sink = KafkaSink(self.settings, self.metrics, facility_column=schema.facility)
             if not await self._until_stopping(self.sink.setup(self._stopping)):
                 return self.exit_code
             self._spawn("reader", self.source.run(self._emit))
@@ -390,11 +404,19 @@ class Worker:
                 break
             self._acking = True
             try:
-                await self._await_acks(item.delivery)
+                if self.exactly_once:
+                    await self._commit_transaction(item)
+                else:
+                    await self._await_acks(item.delivery)
             finally:
                 self._acking = False
             self._progress_at = time.monotonic()
             self._count(item.result, item.delivery)
+            if self.exactly_once:
+                self._checkpointed_at = time.monotonic()
+                if item.positions:
+                    self.metrics.checkpointed()
+                continue
             self._positions.extend(item.positions)
             if time.monotonic() - self._checkpointed_at >= interval:
                 await self._checkpoint()
@@ -402,6 +424,32 @@ class Worker:
             self.exit_code = 1
             log.error("final checkpoint not written: the records since the last checkpoint are read again on restart",
                       positions=len(self._positions))
+
+    async def _commit_transaction(self, item: InFlight) -> None:
+        """Exactly-once: the batch's messages and its source position in one Kafka transaction."""
+        from service.exactly_once import TransactionalSink
+
+        assert isinstance(self.sink, TransactionalSink) and self.source is not None
+        position = offsets = None
+        if item.positions and self.positions is not None:
+            # With the previous position first: a batch of markers only keeps the last record's
+            # timestamp and id (what a lost-history backfill starts from).
+            earlier = [self._committed_position] if self._committed_position is not None else []
+            (last,) = self.source.compact(earlier + item.positions)
+            position = self.positions.message(self.source.checkpoint_fields(last))  # type: ignore[attr-defined]
+        elif item.positions:
+            offsets = self.source.offsets(item.positions)  # type: ignore[attr-defined]
+        commit = asyncio.ensure_future(self.sink.commit_batch(item.delivery, position, offsets, self.settings.kafka_group_id))
+        give_up = asyncio.ensure_future(self._give_up.wait())
+        await asyncio.wait({commit, give_up}, return_when=asyncio.FIRST_COMPLETED)
+        give_up.cancel()
+        if not commit.done():
+            commit.cancel()
+            raise SinkError("shutdown deadline passed with a transaction not committed; "
+                            "its records are read again from the last committed position on restart")
+        commit.result()
+        if position is not None:
+            self._committed_position = last
 
     async def _await_acks(self, delivery: Delivery) -> None:
         assert self.sink is not None

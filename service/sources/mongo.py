@@ -33,6 +33,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, AsyncMongoClient
+from aiokafka.errors import KafkaError
 from pymongo.errors import OperationFailure, PyMongoError
 
 from model_store.schema import PlantSchema
@@ -90,6 +91,7 @@ class MongoPosition:
     timestamp: Any = None
     record_id: Any = None
     has_record: bool = False
+    start_at: Any = None  # cluster time the stream started at (servers that give no initial token)
 
 
 class MongoSource:
@@ -111,6 +113,7 @@ class MongoSource:
         self._token: Mapping[str, Any] | None = None  # of the last message emitted
         self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
         self._after_invalidate = False
+        self._start_at: Any = None  # cluster time to open the stream at while there is no token
 
     # -- checkpoint --------------------------------------------------------------------------------
     async def load_checkpoint(self) -> dict[str, Any] | None:
@@ -129,6 +132,8 @@ class MongoSource:
         if position.has_record:
             fields["last_timestamp"] = position.timestamp
             fields["last_record_id"] = position.record_id
+        if position.start_at is not None:
+            fields["start_at_operation_time"] = position.start_at
         return fields
 
     async def commit(self, positions: list[Any]) -> None:
@@ -136,6 +141,9 @@ class MongoSource:
             return
         (position,) = self.compact(positions)
         fields = self.checkpoint_fields(position)
+        if self.position_store is not None:
+            await self.position_store.save(fields)
+            return
         await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
 
     def compact(self, positions: list[Any]) -> list[Any]:
@@ -170,6 +178,10 @@ class MongoSource:
         backfill = self._plan(checkpoint)
         pause = RETRY_BACKOFF_S[0]
         first_start = True
+        if checkpoint is None and not backfill:
+            # The server's clock before the stream opens: if the stream gives no initial token
+            # (some servers only give one with the first event), this is the position to persist.
+            self._start_at = await self._retry("read the cluster time", self._operation_time)
         while True:
             if backfill:
                 self._token = None  # resume from the backfill's new stream, never from a refused token
@@ -181,6 +193,7 @@ class MongoSource:
                     full_document="updateLookup",
                     resume_after=self._token if had_token and not after_invalidate else None,
                     start_after=self._token if had_token and after_invalidate else None,
+                    start_at_operation_time=self._start_at if not had_token and not backfill else None,
                     max_await_time_ms=MAX_AWAIT_MS,
                     batch_size=self.settings.batch_size,
                 )
@@ -189,13 +202,14 @@ class MongoSource:
                         # The stream's start (a real server's post-batch token): reconnecting from
                         # here after a network error loses nothing even before the first event.
                         self._token = _plain(stream.resume_token)
-                    if first_start and checkpoint is None and self._token is not None:
+                    if first_start and checkpoint is None and not backfill and (self._token or self._start_at):
                         # No gap before the first checkpoint: the starting position is persisted
                         # before the worker reports ready, so a crash right after start resumes
                         # here instead of at the end of the stream (losing what came meanwhile).
-                        await self._retry("write the starting checkpoint",
-                                          lambda: self.commit([MongoPosition(self._token)]))
-                        log.info("starting position checkpointed", worker=self.settings.worker_name)
+                        start = MongoPosition(self._token, start_at=None if self._token else self._start_at)
+                        await self._retry("write the starting checkpoint", lambda: self.commit([start]))
+                        log.info("starting position checkpointed", worker=self.settings.worker_name,
+                                 by="resume token" if self._token else "cluster time")
                     first_start = False
                     self.listening.set()
                     if backfill:
@@ -230,6 +244,10 @@ class MongoSource:
                      collection=self.settings.mongo_collection, worker=self.settings.worker_name)
             return False
         self._token = checkpoint.get("resume_token")
+        if self._token is None and checkpoint.get("start_at_operation_time") is not None and "last_timestamp" not in checkpoint:
+            self._start_at = checkpoint["start_at_operation_time"]
+            log.info("resuming change stream from the checkpointed start time", updated_at=_text(checkpoint.get("updated_at")))
+            return False
         if "last_timestamp" in checkpoint:
             self._last = MongoPosition(self._token, checkpoint.get("last_timestamp"), checkpoint.get("last_record_id"), True)
         if self._token is None:
@@ -239,6 +257,10 @@ class MongoSource:
             return True
         log.info("resuming change stream from checkpoint", updated_at=_text(checkpoint.get("updated_at")))
         return False
+
+    async def _operation_time(self) -> Any:
+        reply = await self.client.admin.command("ping")
+        return reply.get("operationTime") if isinstance(reply, Mapping) else None
 
     def _since(self) -> Any:
         return self._last.timestamp if self._last is not None else None
@@ -311,7 +333,7 @@ class MongoSource:
         while True:
             try:
                 return await call()
-            except PyMongoError as exc:
+            except (PyMongoError, KafkaError, OSError) as exc:  # Kafka: the exactly-once position store
                 self.metrics.source_errors.labels(self.name).inc()
                 log.warning(f"mongodb: cannot {what}, retrying", error=_one_line(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
@@ -349,9 +371,17 @@ def mongo_hosts(uri: str) -> str:
                     for h in hosts.split(",") if h) or "?"
 
 
+_CAUSES = (("Errno 111", "connection refused"), ("Connection refused", "connection refused"),
+           ("Name or service not known", "host name does not resolve"), ("nodename nor servname", "host name does not resolve"),
+           ("timed out", "timed out"), ("Authentication failed", "authentication failed"))
+
+
 def _cause(exc: BaseException) -> str:
-    """A driver error as its cause: the first line, credentials scrubbed (readiness reasons)."""
-    return one_line(exc, 200)
+    """A driver error as its cause first (connection refused, ...), then its first line without
+    the topology dump, credentials scrubbed (readiness reasons)."""
+    text = one_line(exc, 400).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    cause = next((plain for marker, plain in _CAUSES if marker in text), None)
+    return f"{cause}: {text}" if cause else text
 
 
 def _event_time(change: Mapping[str, Any]) -> float | None:

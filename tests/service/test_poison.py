@@ -21,7 +21,7 @@ from bson.codec_options import CodecOptions
 from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 from pymongo import AsyncMongoClient
 
 from service.config import WorkerSettings
@@ -270,7 +270,8 @@ def _named_cases(schema: Any, base: list[dict[str, Any]], tag: str) -> list[tupl
 @pytest.mark.servers
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # the first test of a session also trains the shared store
-@hsettings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@hsettings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+           phases=[Phase.generate])  # one generated set per run; shrinking would re-run the worker many times
 @given(data=st.data())
 async def test_poison_suite_every_document_gets_one_outcome_and_the_stream_keeps_moving(
     data, mongo_server, kafka_server, trained_store, small_plant

@@ -1,0 +1,211 @@
+"""``--delivery exactly-once``: one Kafka transaction per micro-batch.
+
+Each batch's verdicts, alarms and dead letters *and* its source position are committed together:
+
+- MongoDB source: the checkpoint (resume token, last record) is a message on a compacted topic
+  (``kafka_positions_topic``, key = worker name) inside the transaction; :class:`KafkaPositionStore`
+  reads the last committed one back on start.
+- Kafka source: the consumer offsets go through ``send_offsets_to_transaction``.
+
+A consumer that reads with ``isolation.level=read_committed`` therefore sees each record's verdict
+exactly once across crashes: a transaction open at a crash is aborted (the restarted worker's
+producer, with the same ``transactional.id``, fences and aborts it), and the restarted worker resumes
+from the position of the last committed transaction. The transactional id is derived from the
+worker name, so two workers must never share a name (the second would fence the first).
+
+Failures: a retriable one (broker down, timeouts) aborts the transaction and sends the same
+messages again in a new one, in order; a permanent one for a single message turns it into a dead
+letter (as in at-least-once mode) before the retry; a fatal one (fenced by another instance with
+the same name) stops the worker, which must not write any more.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
+from bson import json_util
+
+from service.config import WorkerSettings
+from service.metrics import WorkerMetrics
+from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, SinkError, is_permanent
+from service.redact import one_line
+
+log = structlog.get_logger("moldwatch.exactly_once")
+_JSON = json_util.JSONOptions(tz_aware=True, json_mode=json_util.JSONMode.CANONICAL)  # exact round trip of tokens
+
+
+class FencedError(SinkError):
+    """Another worker with the same transactional id took over: this one must stop writing."""
+
+
+def transactional_id(settings: WorkerSettings) -> str:
+    return f"{settings.kafka_client_id}-{settings.worker_name}"
+
+
+class TransactionalSink(KafkaSink):
+    """The sink of exactly-once mode: :meth:`commit_batch` writes a delivery and a position in one
+    transaction. :meth:`add_batch` only builds the messages (nothing is sent outside a transaction)."""
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=s.kafka_client_id,
+            transactional_id=transactional_id(s),
+            transaction_timeout_ms=s.kafka_transaction_timeout_ms,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.kafka_linger_ms,
+            request_timeout_ms=s.kafka_request_timeout_ms,
+            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
+            **s.kafka_security_kwargs(),
+        )
+
+    async def add_batch(self, result: Any, on_verdict_ack: Any = None) -> Delivery:
+        return self.build(result, on_verdict_ack)
+
+    async def commit_batch(self, delivery: Delivery, position: tuple[str, bytes, bytes] | None = None,
+                           offsets: dict[TopicPartition, int] | None = None, group_id: str | None = None) -> None:
+        """Write ``delivery`` (+ the position message or the consumer offsets) in one transaction;
+        retry in a new transaction until it commits."""
+        pause = RETRY_BACKOFF_S[0]
+        while True:
+            try:
+                await self._transaction(delivery, position, offsets, group_id)
+                return
+            except ProducerFenced as exc:
+                raise FencedError(f"fenced by another worker with transactional id {transactional_id(self.settings)}: "
+                                  f"{one_line(exc)}") from exc
+            except Exception as exc:  # noqa: BLE001 - aborted; the same messages go again in a new transaction
+                self._last_error = one_line(exc)
+                self.metrics.kafka_send_errors.labels(self.settings.kafka_verdicts_topic).inc()
+                log.warning("transaction failed; retrying the batch in a new transaction", error=self._last_error,
+                            retry_in_s=pause)
+                await self._reset_after_failure()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_BACKOFF_S[1])
+
+    async def _transaction(self, delivery: Delivery, position: tuple[str, bytes, bytes] | None,
+                           offsets: dict[TopicPartition, int] | None, group_id: str | None) -> None:
+        if self.producer is None:
+            await self.setup()
+        producer = self.producer
+        assert producer is not None
+        await producer.begin_transaction()
+        try:
+            futures = []
+            for message in delivery.messages:
+                while True:
+                    try:
+                        futures.append((message, await producer.send(message.topic, message.value, key=message.key)))
+                        break
+                    except Exception as exc:  # noqa: BLE001 - a message the broker will never take: dead letter
+                        if not is_permanent(exc):
+                            raise
+                        self._permanent(message, exc)
+            if position is not None:
+                topic, key, value = position
+                futures.append((None, await producer.send(topic, value, key=key)))
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, group_id)
+            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+            for (message, _), outcome in zip(futures, results):
+                if isinstance(outcome, BaseException):
+                    if message is not None and is_permanent(outcome):
+                        self._permanent(message, outcome)  # next attempt sends the dead letter instead
+                    raise outcome
+            await producer.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if producer._txn_manager is not None and not producer._txn_manager.is_fatal_error():
+                    await asyncio.wait_for(producer.abort_transaction(), self.settings.kafka_request_timeout_ms / 1000 * 3)
+            raise
+        now = time.time()
+        for message in delivery.messages:
+            message.acked_at = now
+            if message.on_ack is not None:
+                message.on_ack(now)
+
+    async def _reset_after_failure(self) -> None:
+        """A transactional producer in an unknown state after a failure: start a new one (same id:
+        it fences and aborts whatever the old one left open)."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer._message_accumulator.fail_all(KafkaError("transaction aborted"))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 5)
+
+    async def flush(self, delivery: Delivery, timeout_s: float | None = None) -> None:
+        """Settled by :meth:`commit_batch`; nothing is in flight outside a transaction."""
+        if not delivery.acked:
+            raise SinkError("exactly-once deliveries are settled by commit_batch")
+
+
+class KafkaPositionStore:
+    """The MongoDB change-stream checkpoint on a compacted Kafka topic (exactly-once mode)."""
+
+    def __init__(self, settings: WorkerSettings, sink: TransactionalSink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.topic = settings.kafka_positions_topic
+        self.key = settings.worker_name.encode()
+
+    def message(self, fields: dict[str, Any]) -> tuple[str, bytes, bytes]:
+        """The position as a message for :meth:`TransactionalSink.commit_batch`."""
+        return self.topic, self.key, json_util.dumps(fields, json_options=_JSON).encode()
+
+    async def ensure_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                    request_timeout_ms=self.settings.kafka_request_timeout_ms,
+                                    **self.settings.kafka_security_kwargs())
+        await admin.start()
+        try:
+            result = await admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=-1,
+                                                         topic_configs={"cleanup.policy": "compact"})])
+            for _, code, *rest in getattr(result, "topic_errors", []) or []:
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    log.warning("positions topic not created", topic=self.topic, error_code=code, detail=rest)
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    async def load(self) -> dict[str, Any] | None:
+        """The last committed position of this worker, or None (read_committed, to the end)."""
+        await self.ensure_topic()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    **self.settings.kafka_security_kwargs())
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in (await consumer.partitions_for_topic(self.topic) or set())]
+            if not partitions:
+                return None
+            consumer.assign(partitions)
+            seek = consumer.seek_to_beginning(*partitions)
+            if asyncio.iscoroutine(seek):  # a coroutine in older aiokafka releases
+                await seek
+            ends = await consumer.end_offsets(partitions)
+            found: dict[str, Any] | None = None
+            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in batch:
+                        if record.key == self.key:
+                            found = None if record.value is None else json_util.loads(record.value, json_options=_JSON)
+            return found
+        finally:
+            await consumer.stop()
+
+    async def save(self, fields: dict[str, Any]) -> None:
+        """A position alone in its own transaction (the starting position)."""
+        await self.sink.commit_batch(Delivery(), position=self.message(fields))
+
+
+__all__ = ["TransactionalSink", "KafkaPositionStore", "FencedError", "transactional_id"]
