@@ -55,7 +55,7 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
     fitted: dict[str, Any] = {}
     evidence: dict[str, float] = {}
     for _ in range(len(PATHS)):  # again without each path the lots found no evidence for, until all have some
-        batch = ScoringEngine(manifest, calibrated=False, paths=enabled).score(frame, memory={}, backward=True)
+        batch = ScoringEngine(manifest, calibrated=False, paths=enabled).score(frame, memory={}, backward=True, explain=False)
         ids, group_code = np.unique(np.where(batch.group_id == None, "", batch.group_id).astype(str), return_inverse=True)  # noqa: E711
         units = unit_factors(group_code, batch.resolution.astype(str), batch.prior_ratio, np.nan_to_num(batch.excursion),
                              lot_rate, config.threshold.calibration_min_rows, _in_sample(frame, batch, data))
@@ -94,7 +94,7 @@ def history_figures(manifest: StoreManifest, data: Any) -> dict[str, Any]:
     """The calibrated store on its own history, per group and per path: rows, lot defect rate
     (row-weighted) and alarm rate — the report shows one against the other."""
     frame, lot_rate, _ = _history(data)
-    batch = ScoringEngine(manifest).score(frame, memory={}, backward=True)
+    batch = ScoringEngine(manifest).score(frame, memory={}, backward=True, explain=False)
     keys = frame[["maker", "facility", "item", "cluster"]]
     scored = batch.resolution != UNSCORABLE
     table = pd.DataFrame({

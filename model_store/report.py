@@ -49,7 +49,7 @@ def _loss_histograms(groups: list[dict[str, Any]], calibration: dict[str, Any]) 
             ax.set_xlabel("training loss" + (" (log)" if hist.get("log") else ""), fontsize=7)
             ax.set_ylabel("shots", fontsize=7)
             ax.set_title(f"{entry['id']}\n{entry['model_kind']} · {entry['rows']} rows", fontsize=7.5)
-            ax.tick_params(labelsize=6.5)
+            ax.tick_params(which="both", labelsize=6.5)
         fig.suptitle("Training loss per group (red: its lot-calibrated line on the exact path)", fontsize=10)
         fig.tight_layout()
         images.append(figure_to_img(fig, f"loss histograms {start + 1}-{start + len(chunk)}"))
@@ -107,7 +107,7 @@ def _cluster_figure(manifest: dict[str, Any]) -> str:
         model = manifest["setting_models"][maker]
         sizes: dict[int, int] = {}
         for row in table:
-            if row["key"]["maker"] == maker:
+            if row["key"]["maker"] == maker and row["key"]["cluster"] >= 0:  # pooled part groups span all clusters
                 sizes[row["key"]["cluster"]] = sizes.get(row["key"]["cluster"], 0) + row["rows"]
         ks = sorted(sizes)
         axes[0, j].bar([str(k) for k in ks], [sizes[k] for k in ks], color="#4c9f70")

@@ -216,12 +216,17 @@ class ScoringEngine:
         return shift
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True) -> ScoredBatch:
+    def score(
+        self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True, explain: bool = True
+    ) -> ScoredBatch:
         """Score canonical records (see :func:`model_store.schema.canonical_records`).
 
         ``memory`` carries each facility's last known item and settings across calls (online);
-        ``backward`` also fills gaps from later rows of the same batch (offline history).
+        ``backward`` also fills gaps from later rows of the same batch (offline history);
+        ``explain=False`` skips the per-record field lists (imputed, out_of_range, top_features),
+        for bulk scoring that only needs the numbers (calibration, figures).
         """
+        self._explain = explain
         n = len(records)
         out = _empty_batch(n)
         if n == 0:
@@ -283,7 +288,7 @@ class ScoringEngine:
         out.reason[rows[unscorable & known & ~profiled]] = UNSCORABLE_CAUSES["no_model_for_part"]
         out.reason[rows[unscorable & known & profiled]] = UNSCORABLE_CAUSES["no_group_near"]
 
-        for r in np.flatnonzero(imputed_state.any(axis=1)):  # most records have no gap: skip them
+        for r in np.flatnonzero(imputed_state.any(axis=1)) if self._explain else ():  # most records have no gap
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
@@ -300,6 +305,8 @@ class ScoringEngine:
             measured = ~evaluation.imputed[i]
             tolerance = excursion_tolerance(low, high, share)
             evaluation.excursion[i] = excursion_ratios(raw[i][None, :], low, high, tolerance, measured[None, :])[0]
+
+    _explain = True
 
     def _judge(
         self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: pd.DataFrame, resolution: Any,
@@ -329,8 +336,9 @@ class ScoringEngine:
         out.group_id[target] = group.id
         out.model_kind[target] = group.kind
         out.measured_share[target] = measured_share
-        for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
-            out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
+        if self._explain:
+            for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
+                out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
         weak = target[~evidence]
         if len(weak):
             out.resolution[weak] = UNSCORABLE
@@ -347,6 +355,12 @@ class ScoringEngine:
         out.excursion[target] = excursion[keep]
         out.defect_probability[target] = probability[keep]
         out.prior_ratio[target] = (evaluation.loss / prior)[keep]
+        if self._explain:
+            self._explain_fields(evaluation, keep, target, features, out)
+
+    @staticmethod
+    def _explain_fields(evaluation: Any, keep: np.ndarray, target: np.ndarray, features: tuple[str, ...], out: ScoredBatch) -> None:
+        """out_of_range and top_features of the judged records (gross excursions first)."""
         for i in np.flatnonzero(evaluation.out_of_range[keep].any(axis=1)):
             out.out_of_range[target[i]] = [features[j] for j in np.flatnonzero(evaluation.out_of_range[keep[i]])]
         # Gross excursions name their fields first (worst first); then the largest model errors.
