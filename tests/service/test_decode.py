@@ -345,6 +345,15 @@ def test_timestamp_format_errors_name_the_format():
     assert iso.row["maker"] == "kamp" and iso.row["lot_date"] == "2026-01-05"
 
 
+def test_the_maker_is_read_from_the_plants_own_column():
+    schema = parse_schema({"record_id": "id", "timestamp": "ts", "facility": "fac", "item": "part",
+                           "maker": {"column": "vendor"}, "makers": {"A": {"settings": ["s"], "production": ["p"]}}})
+    decoder = RecordDecoder(schema)
+    out = decoder.decode({"id": "1", "ts": "2026-01-05T08:30:00", "fac": "M1", "vendor": "A", "maker": "Z"})
+    assert out.row["maker"] == "A"
+    assert decoder.decode({"id": "1", "ts": "2026-01-05T08:30:00", "fac": "M1", "vendor": "Q"}).reason == UNKNOWN_MAKER
+
+
 def test_the_model_is_named_after_the_plant():
     for name, expected in [("kamp plant", "Kamp_PlantRecord"), ("3rd-line", "Plant3Rd_LineRecord"), ("a1 line", "A1_LineRecord")]:
         schema = parse_schema({"name": name, "record_id": "id", "timestamp": "ts", "facility": "fac",
