@@ -10,25 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
+import os
 import random
 import signal
+import sys
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-import pandas as pd
 import typer
-from rich.console import Group
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
 
 from service.cli import app, console, user_errors
+from service.demo_view import LiveStats, render, summary_line
+
+SUMMARY_EVERY_S = 5.0  # off a terminal: one plain line this often
 
 # A quick plant: ~1 minute of training on 2 cores, yet every maker, several settings per item and
 # all three model families.
@@ -36,59 +36,30 @@ DEMO_PLANT = dict(seed=3, days=14, facilities=20, items=40, shots=160_000)
 DEMO_TRAINING = {"model.epochs": "25", "model.memae_min_rows": "6000"}
 
 
-@dataclass
-class LiveStats:
-    """What the terminal view shows; updated from the verdicts topic."""
+def quiet_noise(log_path: Path | None) -> None:
+    """Third-party chatter off the screen: the worker's and libraries' logs go to ``log_path``
+    (JSON lines), TensorFlow's C++ banners are switched off before it is imported, and Python
+    warnings become log records. ``None``: everything on stderr (``--verbose``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ INFO/WARNING/ERROR banners
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # and the oneDNN notice printed at import
+    from service.logs import configure_logging
 
-    started: float = field(default_factory=time.monotonic)
-    inserted: int = 0
-    broken_inserted: int = 0
-    verdicts: int = 0
-    anomalies: int = 0
-    dead_letters: int = 0
-    per_facility: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    paths: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    recent_alarms: deque = field(default_factory=lambda: deque(maxlen=6))
-    arrivals: deque = field(default_factory=lambda: deque(maxlen=5000))
-
-    def observe(self, verdict: dict[str, Any]) -> None:
-        self.verdicts += 1
-        self.arrivals.append(time.monotonic())
-        row = self.per_facility[verdict["facility"]]
-        row[0] += 1
-        self.paths[verdict["resolution"]] += 1
-        if verdict["anomaly"]:
-            self.anomalies += 1
-            row[1] += 1
-            top = ", ".join(f["field"] for f in verdict["top_features"][:2])
-            self.recent_alarms.append(f"{verdict['facility']} {verdict['item']} score {verdict['score']:.2f} ({top})")
-
-    def rate(self) -> float:
-        now = time.monotonic()
-        recent = [t for t in self.arrivals if now - t <= 5]
-        return len(recent) / 5.0
+    if log_path is None:
+        configure_logging("info", "console", stream=sys.stderr)
+        return
+    configure_logging("info", "json", stream=open(log_path, "a", encoding="utf-8", buffering=1))  # noqa: SIM115 - lives as long as the demo
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    for name in ("aiokafka", "kafka", "tensorflow", "absl", "pymongo", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).propagate = True  # to the file handler on the root logger, never the terminal
 
 
-def render(stats: LiveStats, metrics_url: str, latencies: dict[float, float], model_version: str) -> Panel:
-    table = Table(title="Verdicts per facility", expand=True)
-    for name in ("facility", "verdicts", "anomalies", "anomaly rate"):
-        table.add_column(name, justify="right" if name != "facility" else "left")
-    for facility in sorted(stats.per_facility):
-        total, bad = stats.per_facility[facility]
-        style = "bold red" if total >= 20 and bad / total > 0.05 else ""
-        table.add_row(facility, f"{total:,}", f"{bad:,}", f"{bad / total:.1%}" if total else "-", style=style)
-    p50, p99 = (latencies.get(q, math.nan) * 1000 for q in (0.5, 0.99))
-    elapsed = time.monotonic() - stats.started
-    summary = (
-        f"[b]{stats.verdicts:,}[/] verdicts ({stats.rate():.0f}/s) · [b red]{stats.anomalies:,}[/] anomalies "
-        f"({stats.anomalies / max(stats.verdicts, 1):.1%}) · {stats.dead_letters} dead letters "
-        f"(of {stats.broken_inserted} broken records) · inserted {stats.inserted:,} in {elapsed:.0f}s\n"
-        f"end-to-end latency p50 {p50:.0f} ms · p99 {p99:.0f} ms · paths "
-        + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.paths.items()))
-        + f"\nmetrics: {metrics_url}   model version: {model_version}   Ctrl-C to stop"
-    )
-    alarms = "\n".join(stats.recent_alarms) or "(none yet)"
-    return Panel(Group(summary, table, Panel(alarms, title="latest alarms")), title="moldwatch live demo")
+def settings_line(settings: Any, log_path: Path | None) -> str:
+    """The worker's settings in one line (the full set is in the log file, or with --verbose)."""
+    topics = f"{settings.kafka_verdicts_topic}, {settings.kafka_alarms_topic}, {settings.kafka_dead_letters_topic}"
+    logs = f" · logs {log_path}" if log_path else ""
+    return (f"worker: {settings.mongo_database}.{settings.mongo_collection} on {settings.mongo_uri.split('/?')[0]} -> Kafka "
+            f"{settings.kafka_bootstrap_servers} ({topics}) · store {settings.store}{logs}")
 
 
 def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
@@ -107,7 +78,7 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
     store = workdir / "store"
     if not retrain and (store / "manifest.json").is_file():
         try:
-            open_store(store)
+            open_store(store, verify=False)  # the format only: the worker verifies every hash when it loads it
         except StoreError as exc:  # e.g. written by an older moldwatch: train a fresh one
             console.print(f"Cannot reuse {store} ({exc}); training a new one.")
             retrain = True
@@ -166,7 +137,9 @@ async def feed(collection: Any, documents: Iterator[tuple[dict[str, Any], bool]]
 async def follow(bootstrap: str, topics: list[str], stats: LiveStats, stop: asyncio.Event) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    # earliest: the broker is fresh each run, so everything on it is this run's (and nothing is
+    # missed between the topic's creation and this consumer's first fetch).
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
         while not stop.is_set():
@@ -182,7 +155,7 @@ async def follow(bootstrap: str, topics: list[str], stats: LiveStats, stop: asyn
 
 
 async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, retrain: bool, defect_boost: float,
-                   broken_share: float) -> LiveStats:
+                   broken_share: float, log_path: Path | None = None, started: float | None = None) -> LiveStats:
     from pymongo import AsyncMongoClient
 
     from service.config import WorkerSettings
@@ -195,13 +168,22 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupted.set)
-    plant, store = await asyncio.to_thread(prepare_store, workdir, retrain)
+    stats = LiveStats(started=started or time.monotonic())
+    kafka, mongo = KafkaServer(), MongoServer()
+    # The servers start while the plant is simulated (and the store loaded or trained): a second
+    # run shows verdicts within seconds, not after one step then the other.
+    servers = asyncio.gather(asyncio.to_thread(kafka.start), asyncio.to_thread(mongo.start))
+    try:
+        plant, store = await asyncio.to_thread(prepare_store, workdir, retrain)
+        with console.status("Starting local Kafka and MongoDB-protocol servers..."):
+            await servers
+    except BaseException:
+        await asyncio.gather(servers, return_exceptions=True)
+        await asyncio.gather(asyncio.to_thread(kafka.close), asyncio.to_thread(mongo.close))
+        raise
     if interrupted.is_set():
-        return LiveStats()
-    stats = LiveStats()
-    with console.status("Starting local Kafka and MongoDB-protocol servers..."):
-        kafka, mongo = KafkaServer(), MongoServer()
-        await asyncio.gather(asyncio.to_thread(kafka.start), asyncio.to_thread(mongo.start))
+        await asyncio.gather(asyncio.to_thread(kafka.close), asyncio.to_thread(mongo.close))
+        return stats
     stop = asyncio.Event()
     worker: Worker | None = None
     tasks: list[asyncio.Task] = []
@@ -209,8 +191,9 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         settings = WorkerSettings(
             mongo_uri=mongo.uri, mongo_database="plant", mongo_collection="shots",
             kafka_bootstrap_servers=kafka.bootstrap_servers, store=store, http_host="127.0.0.1", http_port=http_port,
-            log_format="json", log_level="warning",
+            log_format="json", log_level="info",
         )
+        console.print(settings_line(settings, log_path), highlight=False, soft_wrap=True)
         worker = Worker(settings)
         worker_task = asyncio.create_task(worker.run())
         await worker.wait_listening(60)
@@ -222,13 +205,33 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         tasks = [asyncio.create_task(follow(kafka.bootstrap_servers, topics, stats, stop)),
                  asyncio.create_task(feed(collection, documents, rate, stats, stop, plant.schema.timestamp))]
         deadline = time.monotonic() + duration if duration > 0 else math.inf
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
-            while time.monotonic() < deadline and not worker_task.done() and not interrupted.is_set():
-                for task in tasks:
-                    if task.done() and task.exception():
-                        raise task.exception()  # type: ignore[misc]
-                live.update(render(stats, metrics_url, worker.metrics.latencies.quantiles((0.5, 0.99)), worker.model_version or "-"))
+
+        def latencies() -> dict[float, float]:
+            return worker.metrics.latencies.quantiles((0.5, 0.99))
+
+        def running() -> bool:
+            for task in tasks:
+                if task.done() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+            return time.monotonic() < deadline and not worker_task.done() and not interrupted.is_set()
+
+        if console.is_terminal and sys.stdout.isatty():  # `demo > file` or `demo | tee`: the plain lines below
+            with Live(console=console, refresh_per_second=4, transient=False, vertical_overflow="crop") as live:
+                while running():
+                    live.update(render(stats, metrics_url, latencies(), worker.model_version or "-", console.size.height))
+                    await asyncio.sleep(0.25)
+        else:  # piped or in a log: plain lines, no redraws
+            next_line = time.monotonic() + SUMMARY_EVERY_S
+            first_seen = False
+            while running():
+                if not first_seen and stats.first_verdict_s is not None:
+                    first_seen = True
+                    print(f"first verdict after {stats.first_verdict_s:.1f} s", flush=True)
+                if time.monotonic() >= next_line:
+                    print(summary_line(stats, latencies()), flush=True)
+                    next_line += SUMMARY_EVERY_S
                 await asyncio.sleep(0.25)
+            print(summary_line(stats, latencies()), flush=True)
         if interrupted.is_set():
             console.print("Stopping: draining the worker and shutting the servers down...")
         stop.set()
@@ -256,11 +259,15 @@ def demo(
     retrain: bool = typer.Option(False, help="Train the store again even if one exists."),
     defect_boost: float = typer.Option(3.0, help="Multiply every defect hazard: a bad day makes a livelier demo."),
     broken_share: float = typer.Option(0.002, help="Share of inserted records that are broken (to dead letters)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the worker's and libraries' logs here instead of in WORKDIR/worker.log."),
 ) -> None:
     """Live demo: simulate, train, start local Kafka + MongoDB, stream shots through the worker, watch verdicts."""
+    started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
+    log_path = None if verbose else workdir / "worker.log"
+    quiet_noise(log_path)
     try:
-        stats = asyncio.run(run_demo(workdir, rate, duration, http_port, retrain, defect_boost, broken_share))
+        stats = asyncio.run(run_demo(workdir, rate, duration, http_port, retrain, defect_boost, broken_share, log_path, started))
     except KeyboardInterrupt:
         console.print("Stopped; servers shut down.")
         return
