@@ -93,6 +93,15 @@ print(json.dumps(out))
 """
 
 
+# Appended to the copy's tests/conftest.py (never the shared tree's): the same tests, property
+# tests last, so that a mutant a hand-computed case kills dies before hundreds of examples run.
+_ORDER_HOOK = """
+
+def pytest_collection_modifyitems(items):  # added by bench/mutation.py in its private copy
+    items.sort(key=lambda item: bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False)))
+"""
+
+
 def copy_tree(target: Path) -> None:
     """The working tree as it is now (tracked and untracked files git does not ignore)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -121,6 +130,9 @@ def configure(copy: Path, module: RuleModule, tests: list[str]) -> None:
     ])
     pyproject = copy / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + config)
+    conftest = copy / "tests" / "conftest.py"
+    if conftest.exists() and "def pytest_collection_modifyitems" not in conftest.read_text():
+        conftest.write_text(conftest.read_text() + _ORDER_HOOK)
     for stale in ("mutants", "mutmut-stats.json", ".hypothesis"):
         target = copy / stale
         if target.is_dir():

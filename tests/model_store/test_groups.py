@@ -11,7 +11,17 @@ import pandas as pd
 import pytest
 
 from model_store.config import GroupingConfig
-from model_store.groups import DROPPED, GROUP_KEYS, TRAIN, VALIDATION, GroupKey, cluster_rows, group_table
+from model_store.groups import (
+    DROPPED,
+    GROUP_KEYS,
+    PART_CLUSTER,
+    TRAIN,
+    VALIDATION,
+    GroupKey,
+    cluster_rows,
+    group_table,
+    part_groups,
+)
 from model_store.settings import SettingModel
 
 CONFIG = GroupingConfig(normal_defect_rate=0.25, min_group_rows=4)
@@ -141,3 +151,93 @@ def test_group_id_is_filesystem_safe_and_stable():
 @pytest.mark.parametrize("text, slug", [("a b", "a_b"), ("ü", "ü"), ("x:y*z", "x_y_z"), ("..", ".."), ("_", "_")])
 def test_group_id_slugs(text, slug):
     assert GroupKey(text, "f", "i", 0).id == f"{slug}__f__i__c0"
+
+
+# -- part_groups: the boundaries tests/model_store/test_part_groups.py leaves open ----------------
+PART_CONFIG = GroupingConfig(normal_defect_rate=0.25, min_group_rows=4, part_max_lot_rate=0.5)
+
+
+def _part_records(lots: list[tuple[str, float, int]], facility: str = "F", item: str | None = "I",
+                  cluster: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of one part: (lot_date, lot rate, rows) per lot."""
+    rows, rates = [], []
+    for day, rate, count in lots:
+        rows += [{"maker": "M", "facility": facility, "item": item, "cluster": cluster, "lot_date": day}] * count
+        rates += [rate] * count
+    return pd.DataFrame(rows), np.array(rates, dtype=float)
+
+
+def _one_part(lots: list[tuple[str, float, int]]) -> tuple[pd.Series, dict]:
+    records, rates = _part_records(lots)
+    table, positions = part_groups(records, rates, PART_CONFIG)
+    assert len(table) == 1
+    return table.iloc[0], positions
+
+
+def test_part_group_takes_every_clean_lot_and_no_other_when_they_are_enough():
+    row, positions = _one_part([("d1", 0.0, 2), ("d2", 0.125, 2), ("d3", 0.25, 3), ("d4", 0.375, 1)])
+    assert (row["cluster"], row["rows"], row["lots"], row["lot_defect_rate"], row["role"]) == (PART_CLUSTER, 4, 2, 0.0625, TRAIN)
+    assert row["reason"] == "pooled over its 2 cleanest lots"
+    assert positions[("M", "F", "I", PART_CLUSTER)].tolist() == [0, 1, 2, 3]
+
+
+def test_part_group_adds_the_next_cleanest_lots_until_it_has_exactly_enough():
+    # 2 clean rows; 2 more are needed: d3 (rate 0.25, at the limit: not clean) brings exactly 2
+    row, positions = _one_part([("d4", 0.375, 2), ("d3", 0.25, 2), ("d1", 0.0, 2), ("d5", 0.4375, 2)])
+    assert (row["rows"], row["lots"], row["role"], row["lot_defect_rate"]) == (4, 2, TRAIN, 0.125)
+    assert positions[("M", "F", "I", PART_CLUSTER)].tolist() == [2, 3, 4, 5]
+
+
+def test_part_group_takes_one_more_lot_when_one_row_is_missing():
+    row, _ = _one_part([("d1", 0.0, 3), ("d2", 0.375, 2), ("d3", 0.25, 2)])
+    assert (row["rows"], row["lots"]) == (5, 2)  # d3 (cleaner) brings 2 rows where 1 was missing; d2 stays out
+
+
+def test_part_group_takes_equally_clean_lots_in_date_order():
+    # 36 one-shot lots, none clean, 7 needed: the seven 0.3 lots of the earliest days. (A
+    # quicksort orders this pattern's ties differently: found by search, it pins the stable sort.)
+    pattern = [0.375, 0.375, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4375, 0.375, 0.4375, 0.375, 0.375, 0.4375, 0.4375, 0.375,
+               0.375, 0.375, 0.4375, 0.3, 0.4375, 0.4375, 0.3, 0.375, 0.4375, 0.375, 0.3, 0.4375, 0.4375, 0.4375, 0.3,
+               0.3, 0.4375, 0.3, 0.375, 0.3]
+    records, rates = _part_records([(f"d{i:02d}", rate, 1) for i, rate in enumerate(pattern)])
+    config = GroupingConfig(normal_defect_rate=0.25, min_group_rows=7, part_max_lot_rate=0.5)
+    table, positions = part_groups(records, rates, config)
+    days = sorted(records.iloc[positions[("M", "F", "I", PART_CLUSTER)]]["lot_date"])
+    assert days == ["d02", "d03", "d04", "d05", "d06", "d07", "d19"] and table["lots"].item() == 7
+
+
+def test_part_group_never_takes_lots_at_the_ceiling():
+    row, positions = _one_part([("d1", 0.0, 2), ("d2", 0.5, 5)])  # 0.5 == part_max_lot_rate
+    assert (row["rows"], row["role"]) == (2, DROPPED)
+    assert row["reason"] == "fewer than 4 rows in lots below 50.0%"
+    assert positions == {}
+
+
+def test_part_group_with_no_usable_lot_has_no_rows_and_no_rate():
+    row, positions = _one_part([("d1", 0.5, 9), ("d2", 0.75, 9)])
+    assert (row["rows"], row["lots"], row["role"]) == (0, 0, DROPPED) and np.isnan(row["lot_defect_rate"])
+    assert positions == {}
+
+
+def test_part_group_with_no_clean_lot_uses_the_cleanest_dirty_ones():
+    row, _ = _one_part([("d1", 0.4375, 4), ("d2", 0.375, 4)])
+    assert (row["rows"], row["lots"], row["lot_defect_rate"], row["role"]) == (4, 1, 0.375, TRAIN)
+
+
+def test_part_group_pools_every_setting():
+    records, rates = _part_records([("d1", 0.0, 2)], cluster=0)
+    more, more_rates = _part_records([("d2", 0.0, 2)], cluster=3)
+    table, positions = part_groups(pd.concat([records, more], ignore_index=True), np.concatenate([rates, more_rates]), PART_CONFIG)
+    assert table[GROUP_KEYS].values.tolist() == [["M", "F", "I", PART_CLUSTER]]
+    assert (table["rows"].item(), table["lots"].item()) == (4, 2)
+    assert positions[("M", "F", "I", PART_CLUSTER)].tolist() == [0, 1, 2, 3]
+
+
+def test_part_groups_one_per_part_sorted_and_shaped_like_the_group_table():
+    b, b_rates = _part_records([("d1", 0.0, 1)], facility="B")
+    a, a_rates = _part_records([("d1", 0.0, 4)], facility="A")  # appears second, sorts first
+    table, positions = part_groups(pd.concat([b, a], ignore_index=True), np.concatenate([b_rates, a_rates]), PART_CONFIG)
+    assert list(table.columns) == [*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"]
+    assert table["facility"].tolist() == ["A", "B"] and table["role"].tolist() == [TRAIN, DROPPED]
+    assert table["lot_rows"].tolist() == table["rows"].tolist() == [4, 1]
+    assert list(positions) == [("M", "A", "I", PART_CLUSTER)] and positions[("M", "A", "I", PART_CLUSTER)].tolist() == [1, 2, 3, 4]
