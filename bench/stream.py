@@ -537,7 +537,7 @@ def histogram_sum_count(histogram: Any) -> tuple[float, float]:
     return total, count
 
 
-def worker_settings(opts: argparse.Namespace, mongo: Any, kafka: Any, store: Path, name: str) -> Any:
+def worker_settings(opts: argparse.Namespace, mongo: Any, kafka: Any, store: Path, name: str, **extra: Any) -> Any:
     from service.config import WorkerSettings
 
     return WorkerSettings(  # type: ignore[call-arg]
@@ -552,9 +552,10 @@ def worker_settings(opts: argparse.Namespace, mongo: Any, kafka: Any, store: Pat
         kafka_alarms_topic=f"{name}.alarms",
         kafka_dead_letters_topic=f"{name}.dead-letters",
         store=store,
+        kafka_positions_topic=f"{name}.positions",
         http_enabled=False,
         log_level="warning",
-        **tuned(opts),
+        **{**tuned(opts), **extra},
     )
 
 
@@ -743,6 +744,41 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
             log(f"stream: end to end {n:,} records in {seconds:.2f}s = {rate:,.0f}/s (x{rate / base['records_per_s']:.2f} of insert-only; "
                 f"inserts done after {sent['last'] - sent['first']:.2f}s); CPU s {out['end_to_end']['cpu_seconds_during_run']}")
 
+        if "delivery" in parts:
+            # -- at-least-once vs exactly-once: the same burst, one run, alternating modes ------------
+            rates: dict[str, list[float]] = {"at-least-once": [], "exactly-once": []}
+            for round_ in range(opts.delivery_rounds):
+                for mode in ("at-least-once", "exactly-once") if round_ % 2 == 0 else ("exactly-once", "at-least-once"):
+                    mongo = await asyncio.to_thread(MongoServer().start)
+                    try:
+                        name = f"bench-{uuid.uuid4().hex[:8]}"
+                        async with RunningWorker(worker_settings(opts, mongo, kafka, store, name, delivery=mode)) as running:
+                            await inserter.command(op="burst", uri=mongo.uri, db="plant", collection="shots", start=warm,
+                                                   count=warm, stride=stride, batch=size, prefix=f"{mode}-warm")
+                            await running.until_processed(warm, timeout=180)
+                            running.reset()
+                            done = asyncio.create_task(running.until_processed(opts.delivery_records, timeout=opts.stream_timeout))
+                            sent = await inserter.command(op="burst", uri=mongo.uri, db="plant", collection="shots",
+                                                          start=warm, count=opts.delivery_records, batch=size, prefix=mode)
+                            finished = await done
+                    finally:
+                        await asyncio.to_thread(mongo.close)
+                    rate = opts.delivery_records / (finished - sent["first"])
+                    rates[mode].append(rate)
+                    log(f"delivery: {mode} round {round_ + 1}: {opts.delivery_records:,} records at {rate:,.0f}/s")
+            median = {mode: statistics.median(r) for mode, r in rates.items()}
+            out["delivery_modes"] = {
+                "records_per_round": opts.delivery_records,
+                "rounds": opts.delivery_rounds,
+                "records_per_s": rates,
+                "median_records_per_s": median,
+                "exactly_once_cost": 1 - median["exactly-once"] / median["at-least-once"],
+                "note": "end to end (first insert to last Kafka ack/commit), same burst, same run, modes alternating; "
+                        "exactly-once commits one Kafka transaction per micro-batch",
+            }
+            log(f"delivery: exactly-once {median['exactly-once']:,.0f}/s vs at-least-once {median['at-least-once']:,.0f}/s "
+                f"(cost {out['delivery_modes']['exactly_once_cost']:.1%})")
+
         if "latency" in parts:
             load = os.getloadavg()
             mongo = await asyncio.to_thread(MongoServer().start)
@@ -826,7 +862,7 @@ def train(store: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="core,stream,latency,rss", help="comma-separated subset of core,stream,latency,rss")
+    parser.add_argument("--parts", default="core,stream,latency,rss", help="comma-separated subset of core,stream,latency,rss,delivery (delivery: at-least-once vs exactly-once throughput)")
     parser.add_argument("--store", type=Path, help="a trained store to use (default: train the small plant's store)")
     parser.add_argument("--out", default="stream")
     g = parser.add_argument_group("part 1: scoring core")
@@ -839,6 +875,8 @@ def main() -> None:
     g.add_argument("--insert-batch", type=int, default=1_000)
     g.add_argument("--stream-timeout", type=float, default=240.0)
     g.add_argument("--paced-rate", type=int, default=500)
+    g.add_argument("--delivery-records", type=int, default=20_000, help="records per delivery-mode round")
+    g.add_argument("--delivery-rounds", type=int, default=2, help="rounds per delivery mode (alternating order)")
     g.add_argument("--paced-seconds", type=float, default=25.0)
     g = parser.add_argument_group("worker settings (public WorkerSettings fields)")
     g.add_argument("--batch-size", type=int, default=10_000)
@@ -892,7 +930,7 @@ def main() -> None:
             core["target_met"] = bool(kinds) and len(kinds) == len(KINDS) and all(core["kinds"][k]["target_met"] for k in kinds)
             report["scoring_core"] = core
 
-        if parts & {"stream", "latency"}:
+        if parts & {"stream", "latency", "delivery"}:
             report.update(asyncio.run(stream_parts(opts, store, parts)))
 
         if "rss" in parts:

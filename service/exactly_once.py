@@ -67,6 +67,14 @@ class TransactionalSink(KafkaSink):
             **s.kafka_security_kwargs(),
         )
 
+    async def setup(self, stopping: asyncio.Event | None = None) -> None:
+        await super().setup(stopping)
+        assert self.producer is not None
+        # Register the transactional id now (an empty transaction): this fences the previous
+        # incarnation of this worker and aborts its open transaction before any position is read.
+        await self.producer.begin_transaction()
+        await self.producer.commit_transaction()
+
     async def add_batch(self, result: Any, on_verdict_ack: Any = None) -> Delivery:
         return self.build(result, on_verdict_ack)
 
@@ -167,7 +175,10 @@ class KafkaPositionStore:
                                     **self.settings.kafka_security_kwargs())
         await admin.start()
         try:
-            result = await admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=-1,
+            if self.topic in await admin.list_topics():
+                return
+            brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
+            result = await admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=min(3, brokers),
                                                          topic_configs={"cleanup.policy": "compact"})])
             for _, code, *rest in getattr(result, "topic_errors", []) or []:
                 if code not in (0, TopicAlreadyExistsError.errno):
@@ -178,23 +189,38 @@ class KafkaPositionStore:
             await admin.close()
 
     async def load(self) -> dict[str, Any] | None:
-        """The last committed position of this worker, or None (read_committed, to the end)."""
+        """The last committed position of this worker, or None (read_committed, to the end).
+
+        Waits until no transaction is open on the topic (its last stable offset reaches the high
+        watermark): a committed transaction whose markers are not written yet would otherwise hide
+        the newest position, and resuming from an older one duplicates verdicts. The sink's
+        producer fenced this worker's previous incarnation at start-up, so an abandoned transaction
+        is aborted and this wait is short.
+        """
         await self.ensure_topic()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, isolation_level="read_committed",
-                                    **self.settings.kafka_security_kwargs())
+        kwargs = dict(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
+                      **self.settings.kafka_security_kwargs())
+        consumer = AIOKafkaConsumer(isolation_level="read_committed", **kwargs)
+        probe = AIOKafkaConsumer(isolation_level="read_uncommitted", **kwargs)
         await consumer.start()
+        await probe.start()
         try:
-            partitions = [TopicPartition(self.topic, p) for p in (await consumer.partitions_for_topic(self.topic) or set())]
+            metadata = await consumer._client.fetch_all_metadata()  # the consumer's own knows only subscribed topics
+            partitions = [TopicPartition(self.topic, p) for p in (metadata.partitions_for_topic(self.topic) or set())]
             if not partitions:
                 return None
+            deadline = time.monotonic() + self.settings.kafka_transaction_timeout_ms / 1000 + 10
+            while True:
+                stable, high = await consumer.end_offsets(partitions), await probe.end_offsets(partitions)
+                if stable == high or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
             consumer.assign(partitions)
             seek = consumer.seek_to_beginning(*partitions)
             if asyncio.iscoroutine(seek):  # a coroutine in older aiokafka releases
                 await seek
-            ends = await consumer.end_offsets(partitions)
             found: dict[str, Any] | None = None
-            while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            while [tp for tp in partitions if await consumer.position(tp) < stable[tp]]:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     for record in batch:
                         if record.key == self.key:
@@ -202,6 +228,7 @@ class KafkaPositionStore:
             return found
         finally:
             await consumer.stop()
+            await probe.stop()
 
     async def save(self, fields: dict[str, Any]) -> None:
         """A position alone in its own transaction (the starting position)."""

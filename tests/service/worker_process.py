@@ -89,7 +89,8 @@ async def read_to_end(bootstrap: str, topic: str, committed: bool = True, timeou
                                 isolation_level="read_committed" if committed else "read_uncommitted")
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in (await consumer.partitions_for_topic(topic) or set())]
+        metadata = await consumer._client.fetch_all_metadata()  # the consumer's own knows only subscribed topics
+        partitions = [TopicPartition(topic, p) for p in (metadata.partitions_for_topic(topic) or set())]
         if not partitions:
             return []
         consumer.assign(partitions)
@@ -100,7 +101,7 @@ async def read_to_end(bootstrap: str, topic: str, committed: bool = True, timeou
         ends = await consumer.end_offsets(partitions)
         messages: list[Any] = []
         deadline = time.monotonic() + timeout
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             assert time.monotonic() < deadline, f"{topic} not read to its end offsets in {timeout} s"
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 messages.extend(batch)
