@@ -495,7 +495,10 @@ class Worker:
     async def on_partitions_revoked(self, partitions: set[Any]) -> None:
         """Kafka source, rebalance: before the partitions go, let what was read from them be
         scored and acknowledged (bounded wait), commit it, and forget their positions."""
-        deadline = time.monotonic() + self.settings.rebalance_drain_s
+        # Exactly-once: records of revoked partitions must not be committed by this member after
+        # the revocation (their new owner scores them: a duplicate), so wait until all is committed.
+        drain_s = self.settings.rebalance_drain_s if not self.exactly_once else float("inf")
+        deadline = time.monotonic() + drain_s
         while self.waiting() and time.monotonic() < deadline and not self._give_up.is_set() and self._failed is None:
             await asyncio.sleep(0.02)
         if self.waiting():
