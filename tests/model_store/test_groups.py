@@ -241,3 +241,10 @@ def test_part_groups_one_per_part_sorted_and_shaped_like_the_group_table():
     assert table["facility"].tolist() == ["A", "B"] and table["role"].tolist() == [TRAIN, DROPPED]
     assert table["lot_rows"].tolist() == table["rows"].tolist() == [4, 1]
     assert list(positions) == [("M", "A", "I", PART_CLUSTER)] and positions[("M", "A", "I", PART_CLUSTER)].tolist() == [1, 2, 3, 4]
+
+
+def test_part_groups_of_no_part_is_an_empty_table_with_the_columns():
+    records, rates = _part_records([("d1", 0.0, 5)], item=None)
+    table, positions = part_groups(records, rates, PART_CONFIG)
+    assert table.empty and positions == {}
+    assert list(table.columns) == [*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate", "role", "reason"]
