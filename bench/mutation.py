@@ -288,17 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.module or list(MODULES)
     equivalents = load_equivalents()
-    previous_path = ROOT / "bench" / "results" / f"{args.out}.json"
-    previous = json.loads(previous_path.read_text()).get("modules", {}) if previous_path.exists() else {}
-    results: dict[str, Any] = dict(previous)
     copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
     try:
         for name in names:
             copy_root = copy / name
             copy_root.mkdir()
             copy_tree(copy_root)
-            results[name] = run_module(name, MODULES[name], copy_root, args.timeout, equivalents)
-            r = results[name]
+            r = run_module(name, MODULES[name], copy_root, args.timeout, equivalents)
             if "kill_rate" in r:
                 print(f"   {name}: {r['killed']} killed, {r['timeout']} timeout, {r['survived']} survived, "
                       f"{r['no_tests']} no tests, {r['equivalent']} equivalent -> kill rate {r['kill_rate']:.1%} "
@@ -307,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"     {s['file']}:{s['line']} [{s['function']}] {s['before']!r} -> {s['after']!r}")
             else:
                 print(f"   {name}: {r.get('skipped') or r.get('error')}", flush=True)
+            path = _save(args.out, name, r, args.module)  # after each module: a long run keeps what it finished
             if not args.keep:
                 shutil.rmtree(copy_root, ignore_errors=True)
     finally:
@@ -314,17 +311,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"copy kept in {copy}")
         else:
             shutil.rmtree(copy, ignore_errors=True)
-    summary = {n: r.get("kill_rate") for n, r in sorted(results.items())}
-    path = write_result(args.out, {
-        "command": "bench/mutation.py " + " ".join(f"--module {n}" for n in (args.module or [])),
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+def _save(out: str, name: str, result: dict[str, Any], asked: list[str] | None) -> Path:
+    """Merge one module's result into the results file, re-read now (another run may have written)."""
+    existing = ROOT / "bench" / "results" / f"{out}.json"
+    modules = json.loads(existing.read_text()).get("modules", {}) if existing.exists() else {}
+    modules[name] = result
+    return write_result(out, {
+        "command": "bench/mutation.py" + "".join(f" --module {n}" for n in (asked or [])),
         "tool": "mutmut " + _mutmut_version(),
         "note": "each module ran on a copy of the working tree at its 'head' commit, with the uncommitted edits then present",
         "target_kill_rate": TARGET,
-        "kill_rates": summary,
-        "modules": results,
+        "kill_rates": {n: r.get("kill_rate") for n, r in sorted(modules.items())},
+        "modules": dict(sorted(modules.items())),
     })
-    print(f"wrote {path.relative_to(ROOT)}")
-    return 0
 
 
 def _head() -> str:
