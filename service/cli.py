@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -185,12 +186,32 @@ def train(
     )
 
 
+def _json_lines(stream: Any) -> Any:
+    """Records as JSON lines (one object per line; blank lines skipped) -> a DataFrame of raw fields."""
+    import pandas as pd
+
+    rows = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MoldwatchError(f"stdin line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise MoldwatchError(f"stdin line {number}: expected a JSON object (one record), got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise MoldwatchError("stdin: no records; expected JSON lines, one record per line")
+    return pd.DataFrame(rows)
+
+
 @app.command()
 @user_errors
 def score(
     store: Path = typer.Option(..., help="Model store directory."),
-    records: str = typer.Option(..., help="Records: .csv, .parquet, or a postgresql:// URI."),
-    out: Path = typer.Option(..., help="Verdicts file to write (JSON lines)."),
+    records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON lines on stdin (one record per line, the plant's own field names, as for POST /score)."),
+    out: Path = typer.Option(..., help="Verdicts file to write (JSON lines); - for stdout."),
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     batch: int = typer.Option(50_000, help="Records per scoring batch."),
 ) -> None:
@@ -205,13 +226,16 @@ def score(
 
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
-    frame = canonical_records(read_table(records, records_query), manifest.schema, source=str(records))
+    raw = _json_lines(sys.stdin) if records == "-" else read_table(records, records_query)
+    frame = canonical_records(raw, manifest.schema, source="stdin" if records == "-" else str(records))
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    to_stdout = str(out) == "-"
+    if not to_stdout:
+        out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     counts = {"anomaly": 0, "unscorable": 0}
     memory: dict = {}
-    with progress_bar(console) as progress, open(tmp, "w", encoding="utf-8") as fh:
+    with progress_bar(console) as progress, (nullcontext(sys.stdout) if to_stdout else open(tmp, "w", encoding="utf-8")) as fh:
         for start in range(0, len(frame), batch):
             chunk = frame.iloc[start : start + batch]
             scored = engine.score(chunk, memory=memory)
@@ -220,10 +244,11 @@ def score(
             counts["anomaly"] += int(scored.anomaly.sum())
             counts["unscorable"] += int((scored.resolution == "unscorable").sum())
             progress("score", min(start + batch, len(frame)), len(frame))
-    tmp.replace(out)
+    if not to_stdout:
+        tmp.replace(out)
     console.print(
         f"Scored {len(frame):,} records: {counts['anomaly']:,} anomalies ({counts['anomaly'] / len(frame):.2%}), "
-        f"{counts['unscorable']:,} unscorable -> {out}"
+        f"{counts['unscorable']:,} unscorable -> {'stdout' if to_stdout else out}"
     )
 
 

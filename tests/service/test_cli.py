@@ -193,3 +193,34 @@ def test_usage_mistakes_end_like_every_other_error() -> None:
     assert moldwatch("train", "--list-settings").returncode == 0
     bare = moldwatch()
     assert bare.returncode == 0 and "Usage" in bare.stdout
+
+
+def test_score_reads_json_lines_from_stdin(trained_store, small_plant_files) -> None:
+    frame = pd.read_csv(small_plant_files["records"]).head(5)
+    lines = "\n".join(frame.to_json(orient="records", lines=True).splitlines()) + "\n\n"  # a blank line is skipped
+    result = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
+                            input=lines, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(v["record_id"] for v in verdicts) == sorted(frame["shot_id"].astype(str))
+    schema = json.loads(VERDICT_SCHEMA_PATH.read_text())
+    for verdict in verdicts:
+        jsonschema.validate(verdict, schema)
+    bad = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
+                         input=lines.splitlines()[0] + "\n{not json\n", capture_output=True, text=True, timeout=300)
+    assert "stdin line 2: not JSON" in one_line_error(bad) and bad.stdout == ""
+
+
+def test_readme_example_record_is_a_valid_input() -> None:
+    """The record the README shows for POST /score and `score --records -` decodes under the simulated plant's schema."""
+    import re
+
+    from model_store.simulate import SimulationConfig, simulate
+    from service.decode import CanonicalRecord, RecordDecoder
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- example-record -->\s*```json\n(.*?)```", readme, re.S)
+    assert block, "README: the example input record is marked with <!-- example-record -->"
+    record = json.loads(block.group(1))
+    schema = simulate(SimulationConfig(seed=3, days=2, facilities=4, items=6, shots=3000)).schema
+    assert isinstance(RecordDecoder(schema).decode(record), CanonicalRecord)
