@@ -106,7 +106,8 @@ def evaluate(records: pd.DataFrame, labels: pd.DataFrame, truth: pd.DataFrame, r
         ranking = clusters[(clusters["facility"] == facility) & (clusters["item"] == kept["item"])]
         top = int(ranking.sort_values("rows", ascending=False)["cluster"].iloc[0])
         status_quo = setting_of_choice(records, labels, by_pair[(facility, kept["item"], top)], fields)
-        considered = setting_of_choice(records, labels, by_pair[(facility, kept["item"], kept["considered"]["setting_cluster"])], fields)
+        considered = setting_of_choice(records, labels, by_pair[(facility, kept["item"], kept["considered"]["setting_cluster"])], fields,
+                                       kept["considered"].get("exact") or None)
         rows.append(
             {
                 "action": "keep current practice",
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default="recipe")
     parser.add_argument("--store", type=Path, help="Keep the trained store here and reuse it when it exists (same seed/size)")
+    parser.add_argument("--quick", action="store_true", help="Skip the lots-only-facilities variant (it scores the history again)")
     args = parser.parse_args()
 
     from model_store.simulate import SimulationConfig, simulate
@@ -192,18 +194,20 @@ def main() -> None:
         result = compute_recipes(records.drop(columns=["label"], errors="ignore"), lots, open_store(store), config)
         recipe_seconds = time.perf_counter() - t2
         # Coverage variant: facilities without a trained group ranked on lot counts alone.
-        extended = compute_recipes(records.drop(columns=["label"], errors="ignore"), lots, open_store(store),
-                                   replace(config, lots_only_facilities=True))
-        # Ablation: each kind of evidence alone (same store, same rule).
+        extended = None if args.quick else compute_recipes(records.drop(columns=["label"], errors="ignore"), lots, open_store(store),
+                                                           replace(config, lots_only_facilities=True))
+        # Ablation: each kind of evidence alone (same store, same rule, the same pseudo-labels).
         ablation = {
-            name: compute_recipes(records.drop(columns=["label"], errors="ignore"), lots, open_store(store), replace(config, **change))
+            name: compute_recipes(records.drop(columns=["label"], errors="ignore"), lots, open_store(store), replace(config, **change),
+                                  labels=result.labels)
             for name, change in (("lots_only_evidence", {"predicted_weight": 0.0}), ("pseudo_labels_only_evidence", {"lot_weight": 0.0}))
         }
     print(f"{len(result.recipes)} recipes in {recipe_seconds:.0f}s", flush=True)
     # Records of skipped facilities are not in the ranking; evaluation runs on the recipes' pairs.
     report = evaluate(records, labels, plant.settings, result, plant.schema)
     overall = report["overall"]
-    report["variant_lots_only_facilities"] = evaluate(records, labels, plant.settings, extended, plant.schema)["overall"]
+    report["variant_lots_only_facilities"] = (evaluate(records, labels, plant.settings, extended, plant.schema)["overall"]
+                                              if extended is not None else "skipped (--quick)")
     for name, variant in ablation.items():
         report[f"ablation_{name}"] = evaluate(records, labels, plant.settings, variant, plant.schema)["overall"]
     report.update(

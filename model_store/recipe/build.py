@@ -18,9 +18,9 @@ from model_store.recipe.config import RecipeConfig
 from model_store.recipe.guard import KEEP, RECOMMEND, spread_radius, within_spread, worse_than_history
 from model_store.recipe.pseudo_labels import pseudo_label
 from model_store.recipe.ranking import PAIR, rank_clusters
-from model_store.recipe.window import DIGITS, centroid_raw, operating_window
+from model_store.recipe.window import centroid_raw, operating_window
 from model_store.scoring import ScoringEngine
-from model_store.settings import SettingModel, scale_settings
+from model_store.settings import scale_settings
 from model_store.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
@@ -80,7 +80,8 @@ RULE = (
     "shots whose credible rate is within {relative_tolerance:.0%} (+{absolute_tolerance:.2%}) of the lowest are "
     "candidates; the candidate with the most production is recommended, unless its credible rate or its estimate is "
     "above the facility/item's own history (then: keep current practice). The published exact combination lies within "
-    "the {spread_quantile:.0%} radius of its cluster's combinations, else the cluster centre is published."
+    "the {spread_quantile:.0%} radius (around the cluster centre) of the shots the facility/item ran in the cluster, else the "
+    "cluster centre is published."
 )
 
 
@@ -139,11 +140,14 @@ def compute_recipes(
     config: RecipeConfig | None = None,
     progress: Progress | None = None,
     engine: ScoringEngine | None = None,
+    labels: pd.DataFrame | None = None,
 ) -> RecipeResult:
     """Pseudo-label ``records`` (canonical) with the store, rank every setting cluster, build recipes.
 
     Facilities without any trained group are skipped with a warning (the store knows nothing of
-    them). Raises :class:`DataError` when nothing at all can be recommended.
+    them). ``labels``: the pseudo-labels of a previous result on the same records and store (its
+    ``labels``), to rank again under another config without scoring the history again. Raises
+    :class:`DataError` when nothing at all can be recommended.
     """
     config = config or RecipeConfig()
     if records is None or len(records) == 0:
@@ -162,7 +166,8 @@ def compute_recipes(
         skipped.append({"facility": facility, "item": None, "rows": int(n), "reason": "the store has no trained group for this facility"})
     history = records.loc[known].reset_index(drop=True)
 
-    labels = pseudo_label(history, engine or ScoringEngine(manifest), progress=progress)
+    if labels is None or len(labels) != len(history):
+        labels = pseudo_label(history, engine or ScoringEngine(manifest), progress=progress)
     if progress:
         progress("recipe", 0, 1)
     table = rank_clusters(labels, lots, config, predicted_pairs=pairs)
@@ -196,31 +201,29 @@ def _history_ranking(labels: pd.DataFrame, lots: pd.DataFrame | None, config: Re
 
 
 class _Spread:
-    """Per (maker, cluster): the radius of its distinct set-point combinations around the centroid."""
+    """Per (facility, item, cluster): the p-quantile distance of the shots it ran in that cluster to the
+    cluster's centroid (scaled setting space). Row-weighted on purpose: a combination holding more than
+    1 - quantile of those shots is inside by construction; only a rarely run outlier can fall outside."""
 
-    def __init__(self, history: pd.DataFrame, labels: pd.DataFrame, manifest: StoreManifest, quantile: float):
-        self._history, self._labels, self._manifest, self._quantile = history, labels, manifest, quantile
-        self._radius: dict[tuple[str, int], float] = {}
+    def __init__(self, manifest: StoreManifest, quantile: float):
+        self._manifest, self._quantile = manifest, quantile
+        self._radius: dict[tuple[str, str, int], float] = {}
 
-    def model(self, maker: str) -> SettingModel:
-        return self._manifest.setting_models[maker]
-
-    def radius(self, maker: str, cluster: int) -> float:
-        key = (maker, cluster)
+    def radius(self, pair: tuple[str, str], maker: str, cluster: int, settings: pd.DataFrame) -> float:
+        """``settings``: the pair's set points in this cluster (raw units, the maker's fields)."""
+        key = (*pair, cluster)
         if key not in self._radius:
-            model = self.model(maker)
-            rows = ((self._labels["maker"].astype(str) == maker) & (self._labels["cluster"] == cluster)).to_numpy()
-            values = self._history.loc[rows, list(model.fields)].dropna().to_numpy(float)
-            unique = np.unique(np.round(scale_settings(values, model), DIGITS), axis=0) if len(values) else values
-            self._radius[key] = spread_radius(unique, model.centroids[cluster], self._quantile)
+            model = self._manifest.setting_models[maker]
+            values = settings[list(model.fields)].dropna().to_numpy(float)
+            self._radius[key] = spread_radius(scale_settings(values, model), model.centroids[cluster], self._quantile)
         return self._radius[key]
 
-    def within(self, maker: str, cluster: int, exact: dict[str, float | None]) -> bool:
-        model = self.model(maker)
+    def within(self, maker: str, cluster: int, exact: dict[str, float | None], radius: float) -> bool:
+        model = self._manifest.setting_models[maker]
         point = np.array([np.nan if exact.get(f) is None else exact[f] for f in model.fields], dtype=float)
         if not np.isfinite(point).all():
             return False
-        return within_spread(scale_settings(point, model), model.centroids[cluster], self.radius(maker, cluster))
+        return within_spread(scale_settings(point, model), model.centroids[cluster], radius)
 
 
 def _build_recipes(
@@ -233,7 +236,7 @@ def _build_recipes(
     normal = labels["scored"].to_numpy(bool) & ~labels["anomaly"].to_numpy(bool)
     pair_rows = labels[labels["cluster"] >= 0].groupby(["facility", "item"]).indices
     whole = _history_ranking(labels, lots, config, predicted_pairs) if len(result.clusters) else None
-    spread = _Spread(history, labels, manifest, config.spread_quantile)
+    spread = _Spread(manifest, config.spread_quantile)
     for (facility, item), ranking in result.clusters.groupby(PAIR, sort=True):
         maker = str(ranking["maker"].iloc[0])
         fields = schema.makers[maker]
@@ -269,24 +272,31 @@ def _build_recipes(
             "defect_rate": _num(history_rate),
             "credible": history_credible,
             "lot_defect_rate": _num(_pair_history(lot_rows["lot_rate"], lot_rows["lot_parts"])),
-            "expected_reduction": _num(1 - estimate / history_rate) if history_rate and estimate is not None else None,
+            # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
+            "expected_reduction": _num(1 - float(best["defect_rate"]) / history_rate) if history_rate and estimate is not None else None,
         }
-        reason = worse_than_history(_num(best["credible_rate"]), estimate, history_credible, _num(history_rate))
+        set_points = history.iloc[rows][list(fields.settings)]
+        combo = choose_combination(pair_labels, set_points, cluster, lots, config,
+                                   use_predicted=(facility, item) in predicted_pairs)
+        # What is published is the combination: judged by its own figures when it was ranked on them.
+        own_credible = combo.credible if combo.credible is not None else _num(best["credible_rate"])
+        own_estimate = combo.estimate if combo.estimate is not None else estimate
+        reason = worse_than_history(own_credible, own_estimate, history_credible, _num(history_rate),
+                                    config.relative_tolerance, config.absolute_tolerance)
         if reason is not None:
             result.kept.append({
                 "facility": facility, "item": item, "maker": maker, "model_version": result.model_version,
                 "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}",
-                "considered": {"setting_cluster": cluster, "estimate": estimate, "credible": _num(best["credible_rate"]),
-                               "rows": int(best["rows"])},
+                "considered": {"setting_cluster": cluster, "estimate": _num(own_estimate), "credible": _num(own_credible),
+                               "rows": int(best["rows"]), "exact": combo.values},
                 "history": {k: v for k, v in history_doc.items() if k != "expected_reduction"},
                 "window": window_of(np.ones(len(rows), dtype=bool)),
             })
             continue
-        combo = choose_combination(pair_labels, history.iloc[rows][list(fields.settings)], cluster, lots, config,
-                                   use_predicted=(facility, item) in predicted_pairs)
         model = manifest.setting_models[maker]
         centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
-        if combo.values and not spread.within(maker, cluster, combo.values):
+        radius = spread.radius((facility, item), maker, cluster, set_points[cluster_of == cluster])
+        if combo.values and not spread.within(maker, cluster, combo.values, radius):
             combo = use_centroid(combo, centroid)
         # The window of the published combination when it has enough shots of its own, else of the cluster.
         window = windows[cluster]
@@ -318,7 +328,7 @@ def _build_recipes(
                     "fields": list(fields.settings),
                     **combination_json(combo),
                     "centroid": centroid,
-                    "spread_radius": _num(spread.radius(maker, cluster)),
+                    "spread_radius": _num(radius),
                 },
                 "window": window,
             }

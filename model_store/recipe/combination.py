@@ -32,6 +32,10 @@ class Combination:
     chosen_by: str  # MOST_USED or EVIDENCE
     most_used: dict[str, float | None]
     mask: np.ndarray  # over the pair's rows: the shots with this combination
+    # Its own credible rate and estimate when it was ranked against the cluster's other combinations
+    # (chosen by evidence); None otherwise (then the cluster's figures stand for it).
+    credible: float | None = None
+    estimate: float | None = None
 
 
 def _as_dict(fields: list[str], values: np.ndarray) -> dict[str, float | None]:
@@ -73,6 +77,10 @@ def choose_combination(
         if len(picked):
             chosen = int(picked["cluster"].iloc[0])
             chosen_by = MOST_USED if chosen == top else EVIDENCE
+            if chosen_by == EVIDENCE:
+                credible, estimate = float(picked["credible_rate"].iloc[0]), float(picked["defect_rate"].iloc[0])
+                return Combination(_as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()),
+                                   chosen_by, most_used, combo == chosen, credible, estimate)
     return Combination(
         _as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()), chosen_by, most_used, combo == chosen
     )

@@ -38,9 +38,9 @@ class RecipeConfig:
     # Production fields' operating window is taken over the shots a model scored and judged normal
     # under the recommended setting (the window of good production), falling back to all its shots.
     window_normal_only: bool = True
-    # The published exact combination must lie within this quantile of its cluster's distinct
-    # combinations' distances to the centroid (scaled setting space); farther out, the centroid is
-    # published. 0.95: the cluster's usual reach, not its single most distant member.
+    # The published exact combination must lie within this quantile of the distances to the
+    # centroid (scaled setting space) of the shots the facility/item ran in the cluster; farther
+    # out, the centroid is published. 0.95: the cluster's usual reach, not its most distant shot.
     spread_quantile: float = 0.95
     # A facility with no trained group at all is skipped (the store knows nothing of it). When
     # True and lots cover it, it is ranked on lot counts alone instead.

@@ -2,13 +2,16 @@
 
 * **History guard.** A facility/item's own history (every shot it made, all settings mixed) is
   ranked like one more setting cluster. A recommendation whose credible defect rate or whose
-  point estimate is above the history's is no recommendation: the floor is told to keep its
-  current practice, with the reason. Equal is not worse (a facility/item that ran one setting has
-  exactly its history's rates and keeps its recipe).
+  point estimate is worse than the history's is no recommendation: the floor is told to keep its
+  current practice, with the reason. "Worse" uses the ranking's own tolerance (a rate within it
+  of another counts as the same, RecipeConfig.relative_tolerance / absolute_tolerance): without
+  it, a cluster holding all but one of the item's shots would be "worse" than its own history by
+  a rounding error. Equal, or within the tolerance, is not worse.
 * **Spread rule.** The published exact set-point combination must lie inside its cluster's own
-  spread: within the ``quantile`` radius of the cluster's distinct combinations around the
-  centroid, in the maker's scaled setting space. Farther out it is an outlier of the cluster
-  (a one-off nudge), and the centroid is published instead.
+  spread: within the ``quantile`` radius around the centroid (maker's scaled setting space) of the
+  shots the facility/item ran in that cluster. Farther out it is an outlier of the cluster (a
+  rarely run nudge), and the centroid is published instead. Row-weighted, so a combination that
+  holds more than ``1 - quantile`` of those shots is inside by construction.
 
 Pure functions on numbers and arrays.
 """
@@ -23,30 +26,32 @@ RECOMMEND = "recommend"
 EQUAL_SLACK = 1e-9
 
 
-def _above(value: float, reference: float) -> bool:
-    return value > reference + EQUAL_SLACK * max(abs(reference), 1e-12)
+def _above(value: float, reference: float, relative: float, absolute: float) -> bool:
+    limit = reference * (1 + relative) + absolute
+    return value > limit + EQUAL_SLACK * max(abs(limit), 1e-12)
 
 
 def worse_than_history(credible: float | None, estimate: float | None, history_credible: float | None,
-                       history_estimate: float | None) -> str | None:
+                       history_estimate: float | None, relative: float = 0.0, absolute: float = 0.0) -> str | None:
     """Why the candidate is worse than the history (a sentence), or None when it is not.
 
-    Unknown history figures (None / NaN) cannot be compared and do not block a recommendation.
+    Worse: above ``history * (1 + relative) + absolute`` (the ranking's tolerance). Unknown history
+    figures (None / NaN) cannot be compared and do not block a recommendation.
     """
     def known(x: float | None) -> bool:
         return x is not None and bool(np.isfinite(x))
 
-    if known(credible) and known(history_credible) and _above(credible, history_credible):
+    if known(credible) and known(history_credible) and _above(credible, history_credible, relative, absolute):
         return (f"its credible defect rate {credible:.2%} is above the item's own history ({history_credible:.2%}): "
                 "no setting is credibly better than the current mix")
-    if known(estimate) and known(history_estimate) and _above(estimate, history_estimate):
+    if known(estimate) and known(history_estimate) and _above(estimate, history_estimate, relative, absolute):
         return (f"its estimated defect rate {estimate:.2%} is above the item's own history ({history_estimate:.2%}): "
                 "recommending it would expect more defects, not fewer")
     return None
 
 
 def spread_radius(points: np.ndarray, centroid: np.ndarray, quantile: float = 0.95) -> float:
-    """The ``quantile`` of the distances of ``points`` (distinct combinations, scaled) to ``centroid``.
+    """The ``quantile`` of the distances of ``points`` (one per shot, scaled) to ``centroid``.
 
     Linear interpolation between order statistics (NumPy's default); 0 for no points.
     """

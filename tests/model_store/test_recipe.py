@@ -226,8 +226,17 @@ def test_window_plot_holds_p1_p99_and_marks_outliers_inside_the_axes():
 # -- never worse than history, and inside the cluster's spread -------------------------------------
 def test_equal_to_history_is_not_worse():
     assert worse_than_history(0.02, 0.01, 0.02, 0.01) is None
-    assert worse_than_history(0.02, 0.01, 0.02 * (1 + 1e-12), 0.01) is None  # float noise of the same counts
+    assert worse_than_history(0.02, 0.01, 0.02 * (1 - 1e-12), 0.01) is None  # float noise of the same counts
     assert worse_than_history(0.019, 0.009, 0.02, 0.01) is None  # better on both
+
+
+def test_worse_than_history_at_the_ranking_tolerance():
+    # History credible 2 %, tolerance 10 % + 0.05 pp: the limit is 0.02 * 1.1 + 0.0005 = 0.0225 exactly.
+    assert worse_than_history(0.0225, 0.01, 0.02, 0.01, relative=0.10, absolute=0.0005) is None  # on the limit: not worse
+    assert "credible defect rate 2.26%" in worse_than_history(0.0226, 0.01, 0.02, 0.01, relative=0.10, absolute=0.0005)
+    # Estimate 1.16 % vs history 1 %: limit 0.01 * 1.1 + 0.0005 = 0.0115.
+    assert worse_than_history(0.02, 0.0115, 0.02, 0.01, relative=0.10, absolute=0.0005) is None
+    assert "estimated defect rate 1.16%" in worse_than_history(0.02, 0.0116, 0.02, 0.01, relative=0.10, absolute=0.0005)
 
 
 def test_credibly_or_expectedly_worse_than_history_keeps_current_practice():
@@ -248,6 +257,8 @@ def test_history_is_ranked_like_one_more_cluster():
     # Wilson upper bound of 102 / 10,000 vs 50 / 5,000 (z = 1.96): the history's is lower (more shots).
     assert history["credible_rate"] == pytest.approx(wilson_interval(np.array([102]), np.array([10_000]))[1][0], rel=0.05)
     assert worse_than_history(best["credible_rate"], best["defect_rate"], history["credible_rate"], 0.0102) is not None
+    # ... but within the ranking's tolerance: as good as the history, so still recommended.
+    assert worse_than_history(best["credible_rate"], best["defect_rate"], history["credible_rate"], 0.0102, 0.10, 0.0005) is None
     better = pd.concat([shots(0, 5_000, 5, DAYS), shots(1, 5_000, 100, DAYS)])
     ranked = rank_clusters(better, None, RecipeConfig())
     history = _history_ranking(better, None, RecipeConfig(), {("F1", "I1")}).loc[("F1", "I1")]
@@ -266,6 +277,18 @@ def test_spread_radius_and_boundary():
     assert within_spread(np.array([0.6, 0.8]), centroid, 1.0)  # a 3-4-5 triangle scaled: distance exactly 1
     assert not within_spread(np.array([3.0, 0.001]), centroid, 3.0)
     assert spread_radius(np.zeros((0, 2)), centroid) == 0.0
+
+
+def test_a_combination_run_on_more_than_five_percent_of_the_shots_is_inside_the_spread():
+    """Row-weighted p95: 94 shots at distance 0.1, 6 at distance 2 (one combination, 6 %): p95 is 2."""
+    centroid = np.zeros(2)
+    shots_ = np.vstack([np.tile([0.1, 0.0], (94, 1)), np.tile([0.0, 2.0], (6, 1))])
+    radius = spread_radius(shots_, centroid, 0.95)
+    assert radius == pytest.approx(2.0)
+    assert within_spread(np.array([0.0, 2.0]), centroid, radius)
+    rare = np.vstack([np.tile([0.1, 0.0], (96, 1)), np.tile([0.0, 2.0], (4, 1))])  # 4 %: an outlier of the cluster
+    # p95 at position 94.05 of 0..99: between two 0.1s -> 0.1
+    assert not within_spread(np.array([0.0, 2.0]), centroid, spread_radius(rare, centroid, 0.95))
 
 
 def test_centroid_back_to_raw_units():
