@@ -14,6 +14,8 @@ from model_store.calibration import fit_probability, unit_factors
 from model_store.config import TrainingConfig
 from model_store.groups import GroupKey
 from model_store.resolution import EXACT, PART, PATHS, UNSCORABLE
+
+OWN_PATHS = (EXACT, PART)
 from model_store.scoring import ScoredBatch, ScoringEngine
 from model_store.store import StoreManifest
 
@@ -69,6 +71,10 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
             break
         enabled = tuple(p for p in enabled if p not in weak)
     batch, units, model, ids = fitted["batch"], fitted["units"], fitted["model"], fitted["ids"]
+    # A record's own setting group and its own part's pool are always used (unless their lots
+    # disagree with them, above); a fallback to another setting or part needs evidence.
+    used = {p for p in fitted["enabled"]
+            if p in OWN_PATHS or evidence.get(p, 0.0) >= config.threshold.path_min_evidence}
     path_rows = pd.Series(batch.resolution).value_counts().to_dict()
     return {
         "method": "lot-matched lines per (group, path); DLLP bag likelihood for defect_probability",
@@ -81,7 +87,7 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
         "path_factor": units.path_factor,
         "probability": {p: list(ab) for p, ab in model.coefficients.items()},
         "paths": {
-            p: {"used": p in fitted["enabled"], "rows": int(path_rows.get(p, 0)),
+            p: {"used": p in used, "rows": int(path_rows.get(p, 0)),
                 "evidence": None if p not in evidence else round(evidence[p], 3)}
             for p in PATHS
         },

@@ -20,7 +20,9 @@ VERDICT_VERSION = 2  # 2: excursion, measured_share, defect_probability; resolut
 
 
 def _num(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+    """Seven significant digits: short JSON, and a tiny margin keeps its sign (rounding to a fixed
+    number of decimals would turn a margin of 3e-7 into 0 on an anomalous verdict)."""
+    return None if value is None or not math.isfinite(value) else float(f"{float(value):.7g}")
 
 
 def _iso(ts: Any) -> str | None:

@@ -63,8 +63,10 @@ def test_gross_excursions_always_alarm_and_are_named_first(engine, normal_rows, 
     row = normal_rows[kind].iloc[[0]]
     group = engine.group(engine.score(row).group_id[0])
     for j, field in enumerate(group.features):
-        span = group.scaler.span[j]
-        for value in (group.scaler.maximum[j] + spans * span + group.tolerance[j], group.scaler.minimum[j] - spans * span - group.tolerance[j]):
+        # beyond the excursion band (the group's training band widened to its part's history) by
+        # the tolerance plus 1, 3 or 10 training spans
+        step = group.tolerance[j] + spans * group.scaler.span[j]
+        for value in (group.band_high[j] + step, group.band_low[j] - step):
             _, out = _push(engine, row, j, value)
             assert out.anomaly[0], (kind, field, value)
             assert out.top_features[0][0]["field"] == field and out.top_features[0][0]["excursion"] > 1
@@ -176,3 +178,28 @@ def test_unscorable_causes_are_named() -> None:
     assert unscorable_cause(UNSCORABLE_CAUSES["no_group_near"]) == "no_group_near"
     assert unscorable_cause(UNSCORABLE_CAUSES["insufficient_evidence"] + ": more than 50 %") == "insufficient_evidence"
     assert unscorable_cause(None) == "other" and unscorable_cause("something else") == "other"
+
+
+def test_fallback_paths_need_lot_evidence(trained_store) -> None:
+    calibration = json.loads((trained_store / "manifest.json").read_text())["calibration"]
+    for path, info in calibration["paths"].items():
+        if path in ("exact", "part"):
+            assert info["used"] or (info["evidence"] is not None and info["evidence"] < calibration["min_evidence"])
+        else:
+            assert info["used"] == (info["evidence"] is not None and info["evidence"] >= calibration["min_evidence"]), path
+
+
+def test_disabled_paths_are_not_taken(trained_store, small_plant) -> None:
+    engine = ScoringEngine(open_store(trained_store))
+    unused = {p for p, info in engine.calibration["paths"].items() if not info["used"]}
+    records = canonical_records(small_plant.records.head(5000), small_plant.schema)
+    assert not (set(engine.score(records).resolution) & unused)
+
+
+def test_verdict_numbers_keep_the_sign_of_a_tiny_margin(scored, engine) -> None:
+    records, batch = scored
+    one = records.iloc[[0]]
+    single = engine.score(one)
+    single.margin[0], single.anomaly[0], single.score[0] = 3e-7, True, 1.0000001
+    verdict = to_verdicts(one, single, engine.model_version)[0]
+    assert verdict["margin"] == 3e-7 and verdict["anomaly"]
