@@ -285,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per module (default 1800)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     parser.add_argument("--out", default="mutation", help="results name under bench/results/ (default: mutation)")
+    parser.add_argument("--relabel", action="store_true",
+                        help="only re-apply the equivalents file to the saved results (after marking a mutant equivalent)")
     args = parser.parse_args(argv)
     names = args.module or list(MODULES)
     equivalents = load_equivalents()
+    if args.relabel:
+        return relabel(args.out, names, equivalents)
     copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
     try:
         for name in names:
@@ -328,6 +332,38 @@ def _save(out: str, name: str, result: dict[str, Any], asked: list[str] | None) 
         "kill_rates": {n: r.get("kill_rate") for n, r in sorted(modules.items())},
         "modules": dict(sorted(modules.items())),
     })
+
+
+def relabel(out: str, names: list[str], equivalents: list[dict[str, Any]]) -> int:
+    """Move saved survivors that the equivalents file now lists into the equivalent ones (and back)."""
+    path = ROOT / "bench" / "results" / f"{out}.json"
+    saved = json.loads(path.read_text())["modules"]
+    for name in names:
+        r = saved.get(name)
+        if not r or "kill_rate" not in r:
+            continue
+        known = {_key(e): e for e in equivalents if e["file"] == r["module"]}
+        pool = r["survivors"] + [{k: v for k, v in e.items() if k != "reason"} | {"outcome": "survived"}
+                                 for e in r["equivalent_mutants"]]
+        r["survivors"], r["equivalent_mutants"] = [], []
+        for mutant in pool:
+            match = known.get(_key(mutant)) if mutant.get("line") is not None else None
+            if match is None:
+                r["survivors"].append(mutant)
+            else:
+                r["equivalent_mutants"].append({k: v for k, v in mutant.items() if k != "outcome"} | {"reason": match["reason"]})
+        used = {_key(e) for e in r["equivalent_mutants"]}
+        r["stale_equivalents"] = [e for k, e in known.items() if k not in used]
+        r["equivalent"] = len(r["equivalent_mutants"])
+        r["survived"] = sum(1 for m in r["survivors"] if m.get("outcome") == "survived")
+        r["no_tests"] = sum(1 for m in r["survivors"] if m.get("outcome") == "no tests")
+        judged = r["killed"] + r["timeout"] + r["survived"] + r["no_tests"] + r["other"]
+        r["kill_rate"] = round((r["killed"] + r["timeout"]) / judged, 4) if judged else None
+        r["meets_target"] = r["kill_rate"] is not None and r["kill_rate"] >= TARGET
+        r["relabelled_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _save(out, name, r, None)
+        print(f"   {name}: kill rate {r['kill_rate']:.1%} ({r['survived'] + r['no_tests']} survivors, {r['equivalent']} equivalent)")
+    return 0
 
 
 def _head() -> str:
