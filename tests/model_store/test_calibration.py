@@ -100,3 +100,37 @@ def test_predict_leaves_unknown_paths_and_missing_scores_empty() -> None:
 def test_fit_without_usable_rows_is_empty() -> None:
     model = fit_probability(np.array(["unscorable"], dtype=object), np.array([1.0]), np.array([0]), np.array([0.1]))
     assert model.coefficients == {}
+
+
+def test_units_are_matched_on_rows_the_model_did_not_train_on() -> None:
+    # 300 training rows with tiny ratios, 300 new rows with larger ones; the lots say 1 % bad
+    ratio = np.r_[np.linspace(0.1, 0.5, 300), np.linspace(1.0, 3.0, 300)]
+    group, path = np.zeros(600, int), np.array(["part"] * 600, dtype=object)
+    in_sample = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    rate = np.full(600, 0.01)
+    fresh = unit_factors(group, path, ratio, np.zeros(600), rate, min_rows=300, in_sample=in_sample)
+    assert fresh.rows[(0, "part")] == 300 and fresh.expected[(0, "part")] == pytest.approx(3.0)
+    assert fresh.factors[(0, "part")] == pytest.approx(np.linspace(1.0, 3.0, 300)[-4])  # 3 above it
+    # too few new rows (301 needed): every row counts
+    every = unit_factors(group, path, ratio, np.zeros(600), rate, min_rows=301, in_sample=in_sample)
+    assert every.rows[(0, "part")] == 600 and every.factors[(0, "part")] == pytest.approx(np.linspace(1.0, 3.0, 300)[-7])
+
+
+def test_unit_size_boundary_order_and_excursion_line() -> None:
+    # a small unit sorts before a large one: the small one is skipped, the large one still matched
+    group = np.r_[np.zeros(10, int), np.ones(100, int)]
+    path = np.array(["exact"] * 110, dtype=object)
+    ratio = np.linspace(0.0, 1.0, 110) + 0.01
+    excursion = np.zeros(110)
+    excursion[10] = 1.0  # exactly the line: not forced
+    excursion[11] = 1.5  # beyond: forced
+    units = unit_factors(group, path, ratio, excursion, np.full(110, 0.05), min_rows=100)
+    assert set(units.factors) == {(1, "exact")}  # exactly min_rows rows is enough
+    assert units.excursions[(1, "exact")] == 1
+    assert units.alarms[(1, "exact")] == 5  # 5 % of 100, one of them the excursion
+
+
+def test_a_unit_whose_line_would_be_zero_is_not_calibrated() -> None:
+    units = unit_factors(np.zeros(200, int), np.array(["exact"] * 200, dtype=object), np.zeros(200), np.zeros(200),
+                         np.full(200, 0.01), min_rows=100)
+    assert units.factors == {} and units.path_factor == {}

@@ -95,3 +95,16 @@ def test_rows_keep_their_own_answers_in_a_mixed_batch() -> None:
     assert list(r.path) == [EXACT, PART, ITEM, UNSCORABLE, PART]
     assert list(r.group) == [0, 4, 3, -1, 4]
     assert set(PATHS) == {EXACT, PART, NEAREST, ITEM, MAKER}
+
+
+def test_empty_batch_and_empty_index_answers() -> None:
+    empty = resolve(_index(), np.array([], dtype=object), np.array([], dtype=object), np.array([], dtype=int), np.zeros((0, 2)))
+    assert len(empty.group) == len(empty.path) == len(empty.distance) == 0
+    r = _one(MakerIndex.build([], 2), "F1", "I1", 0, [0.1, 0.1])
+    assert r.group.tolist() == [-1] and np.isnan(r.distance[0])
+
+
+def test_without_profiles_every_record_may_take_the_aligned_paths() -> None:
+    r = resolve(_index(), np.array(["F9", "F9"], dtype=object), np.array(["I9", "I1"], dtype=object), np.array([0, 0]),
+                np.array([[0.5, 0.5], [0.6, 0.6]]), profiled=None)
+    assert list(r.path) == [MAKER, ITEM] and list(r.group) == [2, 3]

@@ -75,3 +75,20 @@ def test_decision_is_monotone_and_consistent(losses: list[float], line: float, e
     assert np.all(np.diff(score) >= 0)
     assert np.array_equal(anomaly, margin > 0)
     assert np.array_equal(anomaly, score > 1)
+
+
+def test_loss_summary_of_a_zero_mean_and_of_small_losses() -> None:
+    zero = loss_summary(np.zeros(4))
+    assert zero["cv"] == 0.0 and zero["std"] == 0.0 and set(zero) >= {"mean", "std", "cv", "max", "q50", "q99.5"}
+    small = loss_summary(np.array([0.25, 0.75]))  # a mean below 1 still gets its CV
+    assert small["cv"] == pytest.approx(0.5)
+
+
+def test_threshold_cv_of_small_and_zero_losses() -> None:
+    assert fit_threshold(np.array([0.25, 0.75]), 0.0, ThresholdConfig()).cv == pytest.approx(0.5)
+    assert fit_threshold(np.zeros(5), 0.0, ThresholdConfig()).cv == 0.0
+
+
+def test_decide_accepts_integer_inputs() -> None:
+    margin, score, anomaly = decide(np.array([1, 3]), np.array([2, 2]), np.array([0, 0]))
+    assert score.tolist() == [0.5, 1.5] and margin.tolist() == [-1.0, 1.0] and anomaly.tolist() == [False, True]
