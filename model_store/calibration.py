@@ -141,6 +141,31 @@ def _log_score(score: np.ndarray) -> np.ndarray:
     return np.clip(x, -LOG_SCORE_CLIP, LOG_SCORE_CLIP)
 
 
+def bag_objective(
+    theta: np.ndarray, column: np.ndarray, slope_column: np.ndarray, x: np.ndarray, bag: np.ndarray, share: np.ndarray,
+    paths: int,
+) -> tuple[float, np.ndarray]:
+    """Negative DLLP bag log likelihood per row, and its gradient in ``theta = [a..., b...]``.
+
+    Each bag (lot) contributes ``size x (share log mean + (1 - share) log(1 - mean))`` where
+    ``mean`` is its rows' mean predicted probability.
+    """
+    slopes = len(theta) - paths
+    bags = len(share)
+    size = np.bincount(bag, minlength=bags).astype(float)
+    total = size.sum()
+    a, b = theta[:paths], theta[paths:]
+    p = _sigmoid(a[column] + b[slope_column] * x)
+    mean = np.clip(np.bincount(bag, weights=p, minlength=bags) / np.maximum(size, 1), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    loglik = float((size * (share * np.log(mean) + (1 - share) * np.log1p(-mean))).sum())
+    # d(-loglik)/dp_i = -(share/mean - (1-share)/(1-mean)) for the row's bag (size cancels 1/size)
+    dp = -(share / mean - (1 - share) / (1 - mean))[bag]
+    dz = dp * p * (1 - p)
+    grad = np.concatenate([np.bincount(column, weights=dz, minlength=paths),
+                           np.bincount(slope_column, weights=dz * x, minlength=slopes)])
+    return -loglik / total, grad / total
+
+
 def _bag_fit(
     column: np.ndarray, slope_column: np.ndarray, x: np.ndarray, bag: np.ndarray, share: np.ndarray, paths: int,
     slopes: int, fixed_slope: int | None = None,
@@ -150,21 +175,11 @@ def _bag_fit(
     Returns the parameters ``[a_0 .. a_{paths-1}, b_0 .. b_{slopes-1}]`` and the log likelihood;
     ``fixed_slope`` holds that slope at 0 (the restricted model of a likelihood-ratio test).
     """
-    bags = int(bag.max()) + 1
-    size = np.bincount(bag, minlength=bags).astype(float)
+    size = np.bincount(bag, minlength=int(bag.max()) + 1).astype(float)
     total = size.sum()
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        a, b = theta[:paths], theta[paths:]
-        p = _sigmoid(a[column] + b[slope_column] * x)
-        mean = np.clip(np.bincount(bag, weights=p, minlength=bags) / np.maximum(size, 1), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-        loglik = float((size * (share * np.log(mean) + (1 - share) * np.log1p(-mean))).sum())
-        # d(-loglik)/dp_i = -(share/mean - (1-share)/(1-mean)) for the row's bag (size cancels 1/size)
-        dp = -(share / mean - (1 - share) / (1 - mean))[bag]
-        dz = dp * p * (1 - p)
-        grad = np.concatenate([np.bincount(column, weights=dz, minlength=paths),
-                               np.bincount(slope_column, weights=dz * x, minlength=slopes)])
-        return -loglik / total, grad / total
+        return bag_objective(theta, column, slope_column, x, bag, share, paths)
 
     prior = float(np.clip((share * size).sum() / total, 1e-4, 0.5))
     theta0 = np.r_[np.full(paths, np.log(prior / (1 - prior))), np.ones(slopes)]

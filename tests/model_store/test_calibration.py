@@ -134,3 +134,74 @@ def test_a_unit_whose_line_would_be_zero_is_not_calibrated() -> None:
     units = unit_factors(np.zeros(200, int), np.array(["exact"] * 200, dtype=object), np.zeros(200), np.zeros(200),
                          np.full(200, 0.01), min_rows=100)
     assert units.factors == {} and units.path_factor == {}
+
+
+def test_bag_objective_gradient_matches_finite_differences() -> None:
+    from scipy.optimize import check_grad
+
+    from model_store.calibration import bag_objective
+
+    rng = np.random.default_rng(5)
+    n = 400
+    column = rng.integers(0, 2, n)
+    slope_column = np.zeros(n, dtype=np.int64)
+    x = rng.normal(0, 1, n)
+    bag = rng.integers(0, 20, n)
+    share = rng.uniform(0.01, 0.2, 20)
+    for theta in (np.array([-3.0, -2.0, 1.5]), np.array([0.5, -1.0, 0.2])):
+        f = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[0]  # noqa: E731
+        g = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[1]  # noqa: E731
+        assert check_grad(f, g, theta) < 1e-6
+
+
+def test_bag_objective_value_by_hand() -> None:
+    from model_store.calibration import bag_objective
+
+    # one bag of two rows, a = 0, b = 1, x = (0, log 3): p = (0.5, 0.75), mean 0.625; lot share 0.5
+    value, _ = bag_objective(np.array([0.0, 1.0]), np.zeros(2, int), np.zeros(2, int), np.array([0.0, np.log(3.0)]),
+                             np.zeros(2, int), np.array([0.5]), 1)
+    assert value == pytest.approx(-(0.5 * np.log(0.625) + 0.5 * np.log(0.375)))
+
+
+def test_fit_reports_the_likelihood_of_its_coefficients() -> None:
+    from model_store.calibration import bag_objective
+
+    score, lot, rate, _ = _bags(np.random.default_rng(3), informative=True)
+    path = np.array(["exact"] * len(score), dtype=object)
+    model = fit_probability(path, score, lot, rate, tested=("exact",))
+    a, b = model.coefficients["exact"]
+    x = np.clip(np.log(score), -8, 8)
+    value, _ = bag_objective(np.array([a, b]), np.zeros(len(score), int), np.zeros(len(score), int), x, lot,
+                             np.bincount(lot, weights=rate) / np.bincount(lot), 1)
+    assert model.log_likelihood == pytest.approx(-value * len(score), rel=1e-9)
+    assert model.evidence["exact"] > 3.84
+
+
+def test_empty_fit_has_no_evidence_and_zero_likelihood() -> None:
+    model = fit_probability(np.array(["unscorable"], dtype=object), np.array([1.0]), np.array([0]), np.array([0.1]))
+    assert model.coefficients == {} and model.evidence == {} and model.log_likelihood == 0.0
+
+
+def test_too_few_new_rows_keep_every_row() -> None:
+    # 400 training rows but only 200 new ones (fewer than min_rows): the unit is matched on all 600
+    ratio = np.r_[np.linspace(0.1, 0.5, 400), np.linspace(1.0, 3.0, 200)]
+    in_sample = np.r_[np.ones(400, bool), np.zeros(200, bool)]
+    units = unit_factors(np.zeros(600, int), np.array(["part"] * 600, dtype=object), ratio, np.zeros(600),
+                         np.full(600, 0.01), min_rows=300, in_sample=in_sample)
+    assert units.rows[(0, "part")] == 600
+
+
+def test_a_zero_line_unit_does_not_stop_the_others() -> None:
+    group = np.r_[np.zeros(100, int), np.ones(100, int)]
+    ratio = np.r_[np.zeros(100), np.linspace(0.01, 1.0, 100)]
+    units = unit_factors(group, np.array(["exact"] * 200, dtype=object), ratio, np.zeros(200), np.full(200, 0.02), min_rows=100)
+    assert set(units.factors) == {(1, "exact")}
+
+
+def test_path_factor_is_the_row_weighted_median() -> None:
+    from model_store.calibration import _weighted_median
+
+    # weights 1, 1, 4: half the weight (3) is reached at the third value
+    assert _weighted_median([1.0, 2.0, 3.0], [1, 1, 4]) == 3.0
+    assert _weighted_median([3.0, 1.0, 2.0], [1, 1, 1]) == 2.0
+    assert _weighted_median([1.0, 2.0, 3.0, 4.0], [3, 1, 1, 1]) == 1.0  # cumulative 3 of 6 reached at the first
