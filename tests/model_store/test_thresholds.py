@@ -92,3 +92,12 @@ def test_threshold_cv_of_small_and_zero_losses() -> None:
 def test_decide_accepts_integer_inputs() -> None:
     margin, score, anomaly = decide(np.array([1, 3]), np.array([2, 2]), np.array([0, 0]))
     assert score.tolist() == [0.5, 1.5] and margin.tolist() == [-1.0, 1.0] and anomaly.tolist() == [False, True]
+
+
+def test_group_threshold_round_trips_through_the_manifest() -> None:
+    from model_store.thresholds import GroupThreshold
+
+    t = fit_threshold(np.array([1.0, 2.0, 4.0]), 0.0, ThresholdConfig())
+    raw = t.to_dict()
+    assert raw["base"] == 4.0 and set(raw) == set(GroupThreshold.__dataclass_fields__)
+    assert GroupThreshold.from_dict({k: str(v) for k, v in raw.items()}) == t  # values parsed as floats
