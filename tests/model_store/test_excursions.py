@@ -82,3 +82,9 @@ def test_ratio_never_falls_as_a_value_moves_further_out(low: float, width: float
         a = excursion_ratios(np.array([[start]]), lo, hi, tol)[0, 0]
         b = excursion_ratios(np.array([[further]]), lo, hi, tol)[0, 0]
         assert b >= a
+
+
+def test_ratio_is_distance_over_tolerance() -> None:
+    # 3 beyond the band with a tolerance of 2: ratio 1.5 (not 6)
+    ratio = excursion_ratios(np.array([[17.0], [4.0]]), np.array([10.0]), np.array([14.0]), np.array([2.0]))
+    assert ratio[:, 0].tolist() == [1.5, 3.0]
