@@ -205,3 +205,23 @@ def test_path_factor_is_the_row_weighted_median() -> None:
     assert _weighted_median([1.0, 2.0, 3.0], [1, 1, 4]) == 3.0
     assert _weighted_median([3.0, 1.0, 2.0], [1, 1, 1]) == 2.0
     assert _weighted_median([1.0, 2.0, 3.0, 4.0], [3, 1, 1, 1]) == 1.0  # cumulative 3 of 6 reached at the first
+
+
+def test_evidence_is_twice_the_log_likelihood_gain_of_a_free_slope() -> None:
+    from model_store.calibration import _bag_fit
+
+    rng = np.random.default_rng(4)
+    score_a, lot_a, rate_a, _ = _bags(rng, informative=True)
+    score_b, lot_b, rate_b, _ = _bags(rng, informative=False)
+    path = np.array(["exact"] * len(score_a) + ["maker"] * len(score_b), dtype=object)
+    score, lot, rate = np.r_[score_a, score_b], np.r_[lot_a, lot_b + 10_000], np.r_[rate_a, rate_b]
+    model = fit_probability(path, score, lot, rate, tested=("exact", "maker"))
+    column = (path == "maker").astype(np.int64)
+    _, bag = np.unique(lot, return_inverse=True)
+    share = np.bincount(bag, weights=rate) / np.bincount(bag)
+    x = np.clip(np.log(score), -8, 8)
+    _, free = _bag_fit(column, column, x, bag, share, 2, 2)
+    theta, restricted = _bag_fit(column, column, x, bag, share, 2, 2, fixed_slope=0)
+    assert theta[2] == 0.0  # the restricted slope is held at 0
+    assert model.evidence["exact"] == pytest.approx(2.0 * (free - restricted), rel=1e-6)
+    assert model.evidence["maker"] < 1.0  # no floor: an uninformative slope gains (almost) nothing
