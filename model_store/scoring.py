@@ -226,7 +226,6 @@ class ScoringEngine:
         ``explain=False`` skips the per-record field lists (imputed, out_of_range, top_features),
         for bulk scoring that only needs the numbers (calibration, figures).
         """
-        self._explain = explain
         n = len(records)
         out = _empty_batch(n)
         if n == 0:
@@ -240,7 +239,7 @@ class ScoringEngine:
         for maker, index in self.index.items():
             rows = np.flatnonzero((frame["maker"] == maker).to_numpy())
             if len(rows):
-                self._score_maker(maker, index, frame.iloc[rows], rows, out, memory, backward)
+                self._score_maker(maker, index, frame.iloc[rows], rows, out, memory, backward, explain)
         return out
 
     def _score_maker(
@@ -252,6 +251,7 @@ class ScoringEngine:
         out: ScoredBatch,
         memory: FacilityMemory | None,
         backward: bool,
+        explain: bool = True,
     ) -> None:
         setting_model = self.manifest.setting_models[maker]
         fields = setting_model.fields
@@ -288,11 +288,11 @@ class ScoringEngine:
         out.reason[rows[unscorable & known & ~profiled]] = UNSCORABLE_CAUSES["no_model_for_part"]
         out.reason[rows[unscorable & known & profiled]] = UNSCORABLE_CAUSES["no_group_near"]
 
-        for r in np.flatnonzero(imputed_state.any(axis=1)) if self._explain else ():  # most records have no gap
+        for r in np.flatnonzero(imputed_state.any(axis=1)) if explain else ():  # most records have no gap
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
-            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out)
+            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out, explain)
 
     def _own_band_excursions(
         self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,
@@ -306,11 +306,10 @@ class ScoringEngine:
             tolerance = excursion_tolerance(low, high, share)
             evaluation.excursion[i] = excursion_ratios(raw[i][None, :], low, high, tolerance, measured[None, :])[0]
 
-    _explain = True
-
     def _judge(
         self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: pd.DataFrame, resolution: Any,
         profiled: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, out: ScoredBatch,
+        explain: bool = True,
     ) -> None:
         """Loss, line, excursions and verdict fields of the records (``local``) one group judges."""
         path = resolution.path[local]
@@ -336,7 +335,7 @@ class ScoringEngine:
         out.group_id[target] = group.id
         out.model_kind[target] = group.kind
         out.measured_share[target] = measured_share
-        if self._explain:
+        if explain:
             for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
                 out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
         weak = target[~evidence]
@@ -355,7 +354,7 @@ class ScoringEngine:
         out.excursion[target] = excursion[keep]
         out.defect_probability[target] = probability[keep]
         out.prior_ratio[target] = (evaluation.loss / prior)[keep]
-        if self._explain:
+        if explain:
             self._explain_fields(evaluation, keep, target, features, out)
 
     @staticmethod
