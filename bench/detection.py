@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import detection_metrics, write_result  # noqa: E402
 from model_store.config import TrainingConfig  # noqa: E402
 from model_store.groups import TRAIN  # noqa: E402
-from model_store.imputation import fill_with_means  # noqa: E402
+from model_store.serving.imputation import fill_with_means  # noqa: E402
 from model_store.models import AUTOENCODER, IFOREST, MEMAE  # noqa: E402
-from model_store.scaling import MinMax, scale_clip  # noqa: E402
+from model_store.serving.scaling import MinMax, scale_clip  # noqa: E402
 from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.scoring import ScoringEngine  # noqa: E402
-from model_store.store import open_store  # noqa: E402
-from model_store.thresholds import decide, effective_thresholds, fit_threshold  # noqa: E402
+from model_store.serving.scoring import ScoringEngine  # noqa: E402
+from model_store.serving.store import open_store  # noqa: E402
+from model_store.serving.thresholds import decide, effective_thresholds, fit_threshold  # noqa: E402
 from model_store.training import prepare, train_store  # noqa: E402
 
 

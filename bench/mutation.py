@@ -58,11 +58,12 @@ class RuleModule:
 
 # Only fast tests (no servers, no TensorFlow training): each mutant reruns them.
 MODULES: dict[str, RuleModule] = {
-    "thresholds": RuleModule("model_store/thresholds.py", ("tests/model_store/test_thresholds.py",)),
-    "resolution": RuleModule("model_store/resolution.py", ("tests/model_store/test_resolution.py",)),
-    "imputation": RuleModule("model_store/imputation.py", ("tests/model_store/test_imputation.py",)),
-    "excursions": RuleModule("model_store/excursions.py", ("tests/model_store/test_excursions.py",)),
+    "thresholds": RuleModule("model_store/serving/thresholds.py", ("tests/model_store/serving/test_thresholds.py",)),
+    "resolution": RuleModule("model_store/serving/resolution.py", ("tests/model_store/serving/test_resolution.py",)),
+    "imputation": RuleModule("model_store/serving/imputation.py", ("tests/model_store/serving/test_imputation.py",)),
+    "excursions": RuleModule("model_store/serving/excursions.py", ("tests/model_store/serving/test_excursions.py",)),
     "calibration": RuleModule("model_store/calibration.py", ("tests/model_store/test_calibration.py",)),
+    "probability": RuleModule("model_store/serving/probability.py", ("tests/model_store/test_calibration.py",)),
     "decode": RuleModule("service/decode.py", ("tests/service/test_decode*.py",)),
     "ranking": RuleModule("model_store/recipe/ranking.py", ("tests/model_store/test_recipe.py",)),
     "intervals": RuleModule("model_store/recipe/intervals.py",

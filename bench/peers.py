@@ -59,10 +59,10 @@ from bench._common import RESULTS, detection_metrics, write_result  # noqa: E402
 from bench.detection import EXCURSION_PUSHES, PLANTS, split_by_day  # noqa: E402
 from model_store.config import TrainingConfig  # noqa: E402
 from model_store.groups import PART_CLUSTER, TRAIN  # noqa: E402
-from model_store.scaling import MinMax  # noqa: E402
+from model_store.serving.scaling import MinMax  # noqa: E402
 from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.scoring import ScoredBatch, ScoringEngine  # noqa: E402
-from model_store.store import open_store  # noqa: E402
+from model_store.serving.scoring import ScoredBatch, ScoringEngine  # noqa: E402
+from model_store.serving.store import open_store  # noqa: E402
 from model_store.training import prepare, train_store  # noqa: E402
 
 KEYS = ["maker", "facility", "item", "cluster"]
@@ -106,7 +106,7 @@ def _score_engine(engine: ScoringEngine, frame: pd.DataFrame, no_clip: bool) -> 
     """Offline scoring as bench/detection.py does it; ``no_clip`` swaps the runtime's scaler for
     the length of the call (the lead's code is untouched; training rows are inside their own
     scaler's range, so the clip only matters at scoring)."""
-    import model_store.runtime as runtime
+    import model_store.serving.runtime as runtime
 
     original = runtime.scale_clip
     if no_clip:

@@ -36,7 +36,7 @@ from model_store.config import TrainingConfig  # noqa: E402
 from model_store.recipe import RecipeConfig, compute_recipes  # noqa: E402
 from model_store.recipe.window import most_used_combination  # noqa: E402
 from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.store import open_store  # noqa: E402
+from model_store.serving.store import open_store  # noqa: E402
 from model_store.training import train_store  # noqa: E402
 
 TIE = 1e-9  # settings with the same true probability (e.g. a "fine" variant) are equally best

@@ -178,12 +178,12 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from model_store.imputation import fill_with_means
-    from model_store.scaling import scale_clip
+    from model_store.serving.imputation import fill_with_means
+    from model_store.serving.scaling import scale_clip
     from model_store.schema import canonical_records
-    from model_store.scoring import EXACT, ScoringEngine
-    from model_store.store import open_store
-    from model_store.verdict import to_verdicts
+    from model_store.serving.scoring import EXACT, ScoringEngine
+    from model_store.serving.store import open_store
+    from model_store.serving.verdict import to_verdicts
     from service.pipeline import Pipeline, SourceMessage
     from service.sink import dumps
 
@@ -324,7 +324,8 @@ def build_big_store(source: Path, target: Path, count: int) -> dict[str, Any]:
     import copy
 
     from model_store.groups import GroupKey
-    from model_store.store import StoreStaging, new_model_version, open_store
+    from model_store.serving.store import open_store
+    from model_store.store import StoreStaging, new_model_version
 
     manifest = open_store(source)
     templates = sorted(manifest.groups, key=lambda g: (g["model_kind"], g["id"]))
@@ -914,7 +915,7 @@ def main() -> None:
             manifest = train(store)
             log(f"trained the small plant's store in {time.perf_counter() - t:.0f}s: "
                 f"{dict(Counter(g['model_kind'] for g in manifest['groups']))}")
-        from model_store.store import open_store
+        from model_store.serving.store import open_store
 
         report["store"] = {"plant": SMALL_PLANT, "training": SMALL_TRAINING,
                            "groups": dict(Counter(g["model_kind"] for g in open_store(store).groups))}

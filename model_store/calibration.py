@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-# log(score) is clipped here: beyond e^8 (~3,000x the line) a record is as anomalous as it gets,
-# and unbounded excursion ratios must not dominate the fit.
-LOG_SCORE_CLIP = 8.0
+from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
+
 PROBABILITY_FLOOR = 1e-6
 
 
@@ -112,35 +111,6 @@ def _weighted_median(values: list[float], weights: list[int]) -> float:
     return float(v[np.searchsorted(cumulative, cumulative[-1] / 2.0)])
 
 
-@dataclass(frozen=True)
-class ProbabilityModel:
-    """Per path: (a, b) of ``sigmoid(a + b log score)``, and the evidence each path's slope carries."""
-
-    coefficients: dict[str, tuple[float, float]]
-    evidence: dict[str, float]  # likelihood-ratio statistic of b against b = 0
-    log_likelihood: float
-
-    def predict(self, path: np.ndarray, score: np.ndarray) -> np.ndarray:
-        """Defect probability per record; NaN where the path has no coefficients or no score."""
-        out = np.full(len(score), np.nan)
-        x = _log_score(score)
-        for name, (a, b) in self.coefficients.items():
-            rows = (path == name) & np.isfinite(x)
-            out[rows] = _sigmoid(a + b * x[rows])
-        return out
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
-
-
-def _log_score(score: np.ndarray) -> np.ndarray:
-    score = np.asarray(score, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.log(np.where(score > 0, score, np.nan))
-    return np.clip(x, -LOG_SCORE_CLIP, LOG_SCORE_CLIP)
-
-
 def bag_objective(
     theta: np.ndarray, column: np.ndarray, slope_column: np.ndarray, x: np.ndarray, bag: np.ndarray, share: np.ndarray,
     paths: int,
@@ -155,7 +125,7 @@ def bag_objective(
     size = np.bincount(bag, minlength=bags).astype(float)
     total = size.sum()
     a, b = theta[:paths], theta[paths:]
-    p = _sigmoid(a[column] + b[slope_column] * x)
+    p = sigmoid(a[column] + b[slope_column] * x)
     mean = np.clip(np.bincount(bag, weights=p, minlength=bags) / np.maximum(size, 1), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
     loglik = float((size * (share * np.log(mean) + (1 - share) * np.log1p(-mean))).sum())
     # d(-loglik)/dp_i = -(share/mean - (1-share)/(1-mean)) for the row's bag (size cancels 1/size)
@@ -196,7 +166,7 @@ def fit_probability(
 ) -> ProbabilityModel:
     """Fit per-path coefficients on every record with a score and a lot; ``tested`` paths also get
     their likelihood-ratio evidence (the fit again with that path's slope held at 0)."""
-    x = _log_score(score)
+    x = log_score(score)
     ok = np.isfinite(x) & np.isfinite(lot_rate) & (path != "unscorable")
     names = sorted(set(path[ok].tolist()))
     if not names:

@@ -66,7 +66,7 @@ class ThresholdConfig:
     distance_gain: float = 0.50
     # The total widening is capped so that no weight can make a group blind.
     margin_limit: float = 0.50
-    # Excursions (model_store/excursions.py): a measured value further beyond its group's
+    # Excursions (model_store/serving/excursions.py): a measured value further beyond its group's
     # p0.1-p99.9 training band than this share of the band's width flags the record, whatever
     # the model says (~4.6 standard deviations from the mean of a normal field).
     excursion_band_share: float = 0.25

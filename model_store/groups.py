@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from model_store.config import GroupingConfig
-from model_store.settings import SettingModel, assign_clusters, scale_settings
+from model_store.serving.clusters import SettingModel, assign_clusters, scale_settings
 
 GROUP_KEYS = ["maker", "facility", "item", "cluster"]
 TRAIN, VALIDATION, DROPPED = "train", "validation", "dropped"

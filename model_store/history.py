@@ -1,6 +1,6 @@
 """Score the training history with a staged store: lot calibration, and figures for the report.
 
-Both use the serving core (:class:`~model_store.scoring.ScoringEngine`) on the canonical history,
+Both use the serving core (:class:`~model_store.serving.scoring.ScoringEngine`) on the canonical history,
 so what the report shows is what ``moldwatch score`` and the worker do.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pandas as pd
 from model_store.calibration import fit_probability, unit_factors
 from model_store.config import TrainingConfig
 from model_store.groups import GroupKey
-from model_store.resolution import EXACT, PART, PATHS, UNSCORABLE
+from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
 
 OWN_PATHS = (EXACT, PART)
-from model_store.scoring import ScoredBatch, ScoringEngine
-from model_store.store import StoreManifest
+from model_store.serving.scoring import ScoredBatch, ScoringEngine
+from model_store.serving.store import StoreManifest
 
 
 def _history(data: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

@@ -20,14 +20,16 @@ import pandas as pd
 
 from model_store.config import TrainingConfig
 from model_store.errors import DataError
-from model_store.excursions import training_band
+from model_store.serving.excursions import training_band
 from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups
-from model_store.imputation import impute_state
+from model_store.serving.imputation import impute_state
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
 from model_store.schema import PlantSchema
-from model_store.settings import SettingModel, fit_setting_model, scale_settings
-from model_store.store import StoreManifest, StoreStaging, new_model_version, sha256_file
+from model_store.serving.clusters import SettingModel, scale_settings
+from model_store.settings import fit_setting_model
+from model_store.serving.store import StoreManifest, sha256_file
+from model_store.store import StoreStaging, new_model_version
 from model_store.history import calibrate, history_figures
 from model_store.trainer import GroupTask, init_worker, train_group
 
@@ -89,7 +91,7 @@ def setting_profiles(data: PreparedData, schema: PlantSchema, min_rows: int) -> 
     """Per (facility, item, setting cluster) seen in history: the median of every production field.
 
     The nearest-setting path uses them to move a record produced under an untrained setting into
-    the frame of the group that scores it (see :mod:`model_store.scoring`).
+    the frame of the group that scores it (see :mod:`model_store.serving.scoring`).
     """
     out: dict[str, list[dict[str, Any]]] = {}
     frame = data.records[(data.records["cluster"] >= 0) & data.records["item"].notna()]

@@ -218,9 +218,9 @@ def score(
     """Score records with a store; write one verdict per record (JSON lines)."""
     from model_store.loaders import read_table
     from model_store.schema import canonical_records
-    from model_store.scoring import ScoringEngine
-    from model_store.store import open_store
-    from model_store.verdict import to_verdicts
+    from model_store.serving.scoring import ScoringEngine
+    from model_store.serving.store import open_store
+    from model_store.serving.verdict import to_verdicts
 
     from service.progress import progress_bar
 

@@ -72,7 +72,7 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
     from service.progress import progress_bar
 
     from model_store.errors import StoreError
-    from model_store.store import open_store
+    from model_store.serving.store import open_store
 
     plant = simulate(SimulationConfig(**DEMO_PLANT))
     store = workdir / "store"

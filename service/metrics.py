@@ -160,8 +160,8 @@ class WorkerMetrics:
 
         for reason in REASONS:
             self.dead_letters.labels(reason)  # present at 0 so rate() works before the first bad record
-        from model_store.resolution import PATHS, UNSCORABLE
-        from model_store.scoring import UNSCORABLE_CAUSES
+        from model_store.serving.resolution import PATHS, UNSCORABLE
+        from model_store.serving.scoring import UNSCORABLE_CAUSES
 
         for path in (*PATHS, UNSCORABLE):
             self.resolutions.labels(path)
@@ -227,7 +227,7 @@ class WorkerMetrics:
             children[1].inc()
         self.resolutions.labels(str(verdict.get("resolution"))).inc()
         if verdict.get("resolution") == "unscorable":
-            from model_store.scoring import unscorable_cause
+            from model_store.serving.scoring import unscorable_cause
 
             self.unscorable.labels(unscorable_cause(verdict.get("reason"))).inc()
         for name in verdict.get("imputed") or ():

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from model_store.errors import StoreError
-from model_store.imputation import FacilityMemory
-from model_store.recipe import RecipeBook
-from model_store.scoring import ScoringEngine
-from model_store.verdict import to_verdicts
+from model_store.serving.imputation import FacilityMemory
+from model_store.serving.recipe_book import RecipeBook
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.verdict import to_verdicts
 from service.decode import SCORING_FAILED, UNDECODABLE, CanonicalRecord, DeadLetter, RecordDecoder, short_repr
 
 

@@ -17,7 +17,7 @@ from model_store.errors import DataError, MoldwatchError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from model_store.store import StoreManifest
+    from model_store.serving.store import StoreManifest
 
 
 def _read_records(records: str, query: str | None, manifest: StoreManifest) -> pd.DataFrame:
@@ -63,7 +63,7 @@ def recipe(
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes
     from model_store.schema import canonical_lots, load_schema
-    from model_store.store import open_store
+    from model_store.serving.store import open_store
 
     from service.cli import _parse_sets, console
     from service.progress import progress_bar

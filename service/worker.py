@@ -44,10 +44,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
-from model_store.recipe import RecipeBook
-from model_store.recipe.output import RECIPES_JSON
-from model_store.scoring import ScoringEngine
-from model_store.store import MANIFEST, open_store
+from model_store.serving.recipe_book import RECIPES_JSON, RecipeBook
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.store import MANIFEST, open_store
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.metrics import WorkerMetrics

@@ -1,8 +1,8 @@
 """One model family per module; each trains on scaled [0, 1] inputs and exports what serving needs.
 
 Serving never calls Keras or sklearn: AE and MemAE are exported to
-:class:`~model_store.models.forward.ForwardNet` (plain NumPy weights) and each IsolationForest to
-:class:`~model_store.models.forest.ForestArrays`. The fitted models (``.keras``, safe mode; ``.skops``)
+:class:`~model_store.serving.forward.ForwardNet` (plain NumPy weights) and each IsolationForest to
+:class:`~model_store.serving.forest.ForestArrays`. The fitted models (``.keras``, safe mode; ``.skops``)
 are kept beside the exports for audit and the parity tests.
 """
 from __future__ import annotations

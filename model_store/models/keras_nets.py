@@ -13,7 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from model_store.models.forward import DenseLayer, ForwardNet, MemoryLayer  # noqa: E402
+from model_store.serving.forward import DenseLayer, ForwardNet, MemoryLayer  # noqa: E402
 
 _EPS = 1e-12
 

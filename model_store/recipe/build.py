@@ -19,9 +19,9 @@ from model_store.recipe.guard import KEEP, RECOMMEND, spread_radius, within_spre
 from model_store.recipe.pseudo_labels import pseudo_label
 from model_store.recipe.ranking import PAIR, rank_clusters
 from model_store.recipe.window import centroid_raw, operating_window
-from model_store.scoring import ScoringEngine
-from model_store.settings import scale_settings
-from model_store.store import StoreManifest
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.clusters import scale_settings
+from model_store.serving.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
 RECIPE_FORMAT = 1

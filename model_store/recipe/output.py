@@ -17,9 +17,10 @@ from typing import Any, Callable
 import pandas as pd
 
 from model_store.errors import DataError
+from model_store.serving.recipe_book import RECIPES_JSON
 from model_store.recipe.build import RecipeResult
 
-RECIPES_JSON, RECIPES_CSV, CLUSTERS_CSV, REPORT_HTML = "recipes.json", "recipes.csv", "clusters.csv", "report.html"
+RECIPES_CSV, CLUSTERS_CSV, REPORT_HTML = "recipes.csv", "clusters.csv", "report.html"
 
 
 def recipes_table(recipes: list[dict[str, Any]]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from model_store.scoring import UNSCORABLE, ScoringEngine
+from model_store.serving.scoring import UNSCORABLE, ScoringEngine
 
 Progress = Callable[[str, int, int], None]
 BATCH = 50_000  # records per scoring call: bounded memory, and the same batching as `moldwatch score`

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from model_store.calibration import ProbabilityModel, fit_probability, matched_factor, unit_factors
+from model_store.calibration import fit_probability, matched_factor, unit_factors
+from model_store.serving.probability import ProbabilityModel
 
 
 def test_matched_factor_picks_the_order_statistic() -> None:

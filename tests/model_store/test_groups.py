@@ -22,7 +22,7 @@ from model_store.groups import (
     group_table,
     part_groups,
 )
-from model_store.settings import SettingModel
+from model_store.serving.clusters import SettingModel
 
 CONFIG = GroupingConfig(normal_defect_rate=0.25, min_group_rows=4)
 

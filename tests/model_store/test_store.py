@@ -15,8 +15,9 @@ from model_store.errors import StoreError
 from model_store.groups import PART_CLUSTER
 from model_store.models import MODEL_KINDS
 from model_store.schema import canonical_records, parse_schema
-from model_store.scoring import UNSCORABLE_CAUSES, ScoringEngine
-from model_store.store import MANIFEST, STORE_FORMAT, StoreStaging, open_store, sha256_file
+from model_store.serving.scoring import UNSCORABLE_CAUSES, ScoringEngine
+from model_store.serving.store import MANIFEST, STORE_FORMAT, open_store, sha256_file
+from model_store.store import StoreStaging
 
 SCHEMA = parse_schema({"record_id": "id", "timestamp": "ts", "facility": "fac", "item": "part",
                       "maker": {"constant": "M"}, "makers": {"M": {"settings": ["s"], "production": ["p"]}}})

@@ -10,7 +10,7 @@ import jsonschema
 import pandas as pd
 import pytest
 
-from model_store.verdict import VERDICT_SCHEMA_PATH
+from model_store.serving.verdict import VERDICT_SCHEMA_PATH
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model_store.errors import StoreError
-from model_store.scoring import ScoringEngine
-from model_store.store import open_store
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.store import open_store
 from service.decode import INVALID_FIELD, MISSING_FIELD, REASONS, SCORING_FAILED, UNDECODABLE, UNKNOWN_MAKER
 from service.pipeline import Pipeline, SourceMessage
 from tests.service.test_worker_support import VERDICT_SCHEMA, plant_documents

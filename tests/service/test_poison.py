@@ -122,8 +122,8 @@ def test_dead_letters_are_bounded_and_identify_the_original(size, width):
 @hsettings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_every_generated_document_gets_exactly_one_verdict_or_dead_letter(data, trained_store, small_plant):
-    from model_store.scoring import ScoringEngine
-    from model_store.store import open_store
+    from model_store.serving.scoring import ScoringEngine
+    from model_store.serving.store import open_store
     from service.pipeline import Pipeline
 
     global _PIPELINE

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from model_store.recipe import RecipeBook
-from model_store.store import open_store
+from model_store.serving.recipe_book import RecipeBook
+from model_store.serving.store import open_store
 from service.cli import app
 
 runner = CliRunner()

@@ -193,7 +193,8 @@ async def test_lost_history_is_backfilled_by_timestamp_never_skipped(mongo_serve
 def republish(store, version: str) -> None:
     """Publish the same models as a new store version the way training does: a staging directory
     renamed over the old one (whose files disappear under any engine still loading from them)."""
-    from model_store.store import MANIFEST, StoreStaging
+    from model_store.serving.store import MANIFEST
+    from model_store.store import StoreStaging
 
     raw = json.loads((store / MANIFEST).read_text())
     raw = {k: v for k, v in raw.items() if k not in ("artifacts", "store_format")}

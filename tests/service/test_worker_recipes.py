@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from pymongo import AsyncMongoClient
 
-from model_store.recipe import RecipeBook
+from model_store.serving.recipe_book import RecipeBook
 from service.pipeline import Pipeline, SourceMessage
 from service.worker import load_engine
 from tests.service.test_worker_support import (

@@ -16,7 +16,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from model_store.simulate import as_documents
-from model_store.verdict import VERDICT_SCHEMA_PATH
+from model_store.serving.verdict import VERDICT_SCHEMA_PATH
 from service.config import WorkerSettings
 from service.worker import Worker
 

@@ -3,7 +3,7 @@
 impute state -> setting cluster -> resolve group -> impute production -> scale (clip) -> loss
 -> lot-calibrated line -> score = max(loss / line, worst excursion ratio) -> anomaly = score > 1
 -> defect probability. Vectorised per group; returns arrays (:class:`ScoredBatch`), and
-:func:`model_store.verdict.to_verdicts` turns them into verdict objects.
+:func:`model_store.serving.verdict.to_verdicts` turns them into verdict objects.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_store.calibration import ProbabilityModel
-from model_store.excursions import excursion_ratios, excursion_tolerance
-from model_store.imputation import FacilityMemory, impute_state
-from model_store.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
-from model_store.runtime import GroupCache, RuntimeGroup
-from model_store.settings import assign_clusters, scale_settings
-from model_store.store import StoreManifest
-from model_store.thresholds import decide, effective_thresholds
+from model_store.serving.probability import ProbabilityModel
+from model_store.serving.excursions import excursion_ratios, excursion_tolerance
+from model_store.serving.imputation import FacilityMemory, impute_state
+from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
+from model_store.serving.runtime import GroupCache, RuntimeGroup
+from model_store.serving.clusters import assign_clusters, scale_settings
+from model_store.serving.store import StoreManifest
+from model_store.serving.thresholds import decide, effective_thresholds
 
 TOP_FEATURES = 3
 # A setting profile describes records whose set points lie within this many times its own 95th

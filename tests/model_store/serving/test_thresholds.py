@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_store.config import ThresholdConfig
-from model_store.thresholds import decide, effective_thresholds, fit_threshold, loss_summary
+from model_store.serving.thresholds import decide, effective_thresholds, fit_threshold, loss_summary
 
 
 def test_loss_summary_reports_cv_and_quantiles() -> None:
@@ -95,7 +95,7 @@ def test_decide_accepts_integer_inputs() -> None:
 
 
 def test_group_threshold_round_trips_through_the_manifest() -> None:
-    from model_store.thresholds import GroupThreshold
+    from model_store.serving.thresholds import GroupThreshold
 
     t = fit_threshold(np.array([1.0, 2.0, 4.0]), 0.0, ThresholdConfig())
     raw = t.to_dict()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from hypothesis import given, settings, strategies as st
 
-from model_store.imputation import _last_valid, fill_with_means, impute_state
+from model_store.serving.imputation import _last_valid, fill_with_means, impute_state
 
 
 def _frame() -> pd.DataFrame:

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import IsolationForest
 
-from model_store.models.forest import ForestArrays, _shortest_leaves
+from model_store.serving.forest import ForestArrays, _shortest_leaves
 
 
 @pytest.fixture(scope="module")

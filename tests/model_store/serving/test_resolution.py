@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model_store.resolution import EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
+from model_store.serving.resolution import EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
 
 
 def _index(with_part: bool = True) -> MakerIndex:

@@ -1,4 +1,4 @@
-"""Verdict objects (DESIGN.md §3) from a :class:`~model_store.scoring.ScoredBatch`.
+"""Verdict objects (DESIGN.md §3) from a :class:`~model_store.serving.scoring.ScoredBatch`.
 
 The JSON Schema of a verdict is ``model_store/schemas/verdict.schema.json``; tests validate real
 messages against it.
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_store.scoring import ScoredBatch
+from model_store.serving.scoring import ScoredBatch
 
-VERDICT_SCHEMA_PATH = Path(__file__).parent / "schemas" / "verdict.schema.json"
+VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema.json"
 VERDICT_VERSION = 2  # 2: excursion, measured_share, defect_probability; resolution part/item/maker
 
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from model_store.models import MODEL_KINDS
 from model_store.schema import canonical_records
-from model_store.scoring import UNSCORABLE_CAUSES, ScoringEngine, unscorable_cause
-from model_store.store import open_store
-from model_store.verdict import VERDICT_SCHEMA_PATH, VERDICT_VERSION, to_verdicts
+from model_store.serving.scoring import UNSCORABLE_CAUSES, ScoringEngine, unscorable_cause
+from model_store.serving.store import open_store
+from model_store.serving.verdict import VERDICT_SCHEMA_PATH, VERDICT_VERSION, to_verdicts
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ nearest  - else the trained setting of the same facility and item whose centroid
 item     - else the same item on another facility (nearest setting centroid), and
 maker    - else any part of the same maker (nearest setting centroid) — both only for records
            whose own setting has a history profile, which aligns them into the other group's frame
-           (see :mod:`model_store.scoring`): another machine or part is a different process, and
+           (see :mod:`model_store.serving.scoring`): another machine or part is a different process, and
            its model says nothing about an unaligned record;
 unscorable - none of these, with the reason.
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model_store.models.forward import ForwardNet
+from model_store.serving.forward import ForwardNet
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_numpy_forward_matches_keras(tmp_path, memory) -> None:
 
 
 def test_memory_attention_is_sparse_and_normalised() -> None:
-    from model_store.models.forward import MemoryLayer
+    from model_store.serving.forward import MemoryLayer
 
     items = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     w = MemoryLayer(items, shrink_threshold=0.1).attention(np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32) * 3)
@@ -43,7 +43,7 @@ def test_memory_attention_is_sparse_and_normalised() -> None:
 def test_forest_arrays_match_sklearn(tmp_path) -> None:
     from sklearn.ensemble import IsolationForest
 
-    from model_store.models.forest import ForestArrays
+    from model_store.serving.forest import ForestArrays
 
     rng = np.random.default_rng(0)
     x = rng.random((2000, 7)).astype(np.float32)

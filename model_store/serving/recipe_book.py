@@ -19,6 +19,8 @@ import numpy as np
 
 from model_store.errors import DataError
 
+RECIPES_JSON = "recipes.json"  # the file `moldwatch recipe --out DIR` writes and the book reads
+
 
 class RecipeBook:
     """Recipes keyed by (facility, item). Lookups are dict gets: safe to call per record."""

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import StoreError
-from model_store.excursions import EXCURSION_BAND_SHARE, NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
-from model_store.imputation import fill_with_means
+from model_store.serving.excursions import EXCURSION_BAND_SHARE, NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
+from model_store.serving.imputation import fill_with_means
 from model_store.models import IFOREST
-from model_store.models.forest import ForestArrays
-from model_store.models.forward import ForwardNet
-from model_store.scaling import MinMax, scale_clip
-from model_store.store import StoreManifest
-from model_store.thresholds import GroupThreshold
-from model_store.trainer import group_losses
+from model_store.serving.forest import ForestArrays
+from model_store.serving.forward import ForwardNet
+from model_store.serving.scaling import MinMax, scale_clip
+from model_store.serving.store import StoreManifest
+from model_store.serving.thresholds import GroupThreshold
+from model_store.serving.losses import group_losses
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class RuntimeGroup:
     threshold: GroupThreshold
     model: Any  # ForwardNet or ForestArrays
     median_raw: np.ndarray  # per-field median of the training rows, raw units (alignment target)
-    band_low: np.ndarray  # excursion band (model_store/excursions.py), raw units
+    band_low: np.ndarray  # excursion band (model_store/serving/excursions.py), raw units
     band_high: np.ndarray
     tolerance: np.ndarray
     share: float  # the excursion band share the tolerance was made with
@@ -51,7 +51,7 @@ class RuntimeGroup:
         """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment).
 
         ``new_setting`` marks rows produced under a setting the part never ran in history: their
-        gross-excursion tolerance uses ``NEW_SETTING_FLOOR`` (see :mod:`model_store.excursions`).
+        gross-excursion tolerance uses ``NEW_SETTING_FLOOR`` (see :mod:`model_store.serving.excursions`).
         """
         filled, imputed = fill_with_means(np.asarray(x, dtype=float), self.means)
         if shift is not None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:  # serving loads exported arrays and never imports scikit-learn
+    from sklearn.ensemble import IsolationForest
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_store.excursions import (
+from model_store.serving.excursions import (
     ABSOLUTE_FLOOR,
     MAX_RATIO,
     NEW_SETTING_FLOOR,

@@ -4,7 +4,7 @@ Identity and setting fields are process *state*: a machine keeps its item and se
 someone changes them, so the last known value on the same facility is the best guess (forward
 fill), then the next known one (backward fill, offline only), then a plant-wide fallback.
 Production values are *measurements*: they are filled later from the resolved group's training
-means (see :mod:`model_store.scoring`), because only the group knows what is normal for them.
+means (see :mod:`model_store.serving.scoring`), because only the group knows what is normal for them.
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def decide(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The decision: ``score = max(loss / threshold, excursion)``, ``anomaly = score > 1``.
 
-    ``excursion`` is the worst excursion ratio of each record (see :mod:`model_store.excursions`):
+    ``excursion`` is the worst excursion ratio of each record (see :mod:`model_store.serving.excursions`):
     a value beyond its group's band by more than the tolerance counts whatever the model says.
     ``margin = max(loss, excursion x threshold) - threshold``: in loss units, positive exactly when
     the record is anomalous (it is ``loss - threshold`` whenever the model decides).
