@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
 from bson import json_util
 
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
 from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, SinkError, is_permanent
@@ -82,7 +83,7 @@ class TransactionalSink(KafkaSink):
                            offsets: dict[TopicPartition, int] | None = None, group_id: str | None = None) -> None:
         """Write ``delivery`` (+ the position message or the consumer offsets) in one transaction;
         retry in a new transaction until it commits."""
-        pause = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while True:
             try:
                 await self._transaction(delivery, position, offsets, group_id)
@@ -92,12 +93,12 @@ class TransactionalSink(KafkaSink):
                                   f"{one_line(exc)}") from exc
             except Exception as exc:  # noqa: BLE001 - aborted; the same messages go again in a new transaction
                 self._last_error = one_line(exc)
+                pause = backoff.next()
                 self.metrics.kafka_send_errors.labels(self.settings.kafka_verdicts_topic).inc()
                 log.warning("transaction failed; retrying the batch in a new transaction", error=self._last_error,
                             retry_in_s=pause)
                 await self._reset_after_failure()
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
     async def _transaction(self, delivery: Delivery, position: tuple[str, bytes, bytes] | None,
                            offsets: dict[TopicPartition, int] | None, group_id: str | None) -> None:

@@ -50,6 +50,7 @@ from aiokafka.errors import (
 )
 from bson import json_util
 
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
 from service.kafka_ping import metadata_ping
@@ -252,18 +253,18 @@ class KafkaSink:
 
     async def setup(self, stopping: asyncio.Event | None = None) -> None:
         """Connect, retrying with back-off until the brokers answer (or ``stopping`` is set)."""
-        pause = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while True:
             producer = self._new_producer()
             try:
                 await producer.start()
             except KafkaError as exc:
                 await producer.stop()
+                pause = backoff.next()
                 log.warning("kafka unreachable, retrying", error=str(exc), retry_in_s=pause)
                 if stopping is not None and stopping.is_set():
                     raise SinkError(f"Kafka {self.settings.kafka_bootstrap_servers} unreachable: {exc}") from exc
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
                 continue
             self.producer = producer
             log.info("kafka producer connected", bootstrap_servers=self.settings.kafka_bootstrap_servers)
@@ -432,7 +433,7 @@ class KafkaSink:
         Raises :class:`SinkError` only when ``timeout_s`` passes first (shutdown with Kafka down).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while True:
             waiting = [m for m in delivery.messages if m.acked_at is None]
             if not waiting:
@@ -458,10 +459,10 @@ class KafkaSink:
             if self._replace_producer or any(m.future is None for m in waiting):
                 if self._pump_failed or self._replace_producer:
                     # One line per resend round, not per message: an outage must not flood the logs.
+                    pause = backoff.next()
                     log.warning("kafka sends failed; resending in order", messages=len(waiting), error=self._last_error,
                                 retry_in_s=pause)
                     await asyncio.sleep(min(pause, _remaining(deadline) or pause))
-                    pause = min(pause * 2, RETRY_BACKOFF_S[1])
                 await self._pump()
                 continue
             futures = [m.future for m in waiting if m.future is not None and not m.future.done()]

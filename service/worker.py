@@ -47,6 +47,7 @@ from model_store.errors import StoreError
 from model_store.serving.recipe_book import RECIPES_JSON, RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import MANIFEST, open_store
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.metrics import WorkerMetrics
@@ -59,6 +60,9 @@ log = structlog.get_logger("moldwatch.worker")
 
 _STOP = SourceMessage(None, marker=True)  # queue sentinel: everything before it is drained
 LOOP_TICK_S = 0.5  # loop-lag probe period
+# Pauses between re-scoring a batch whose store broke under the engine (after one immediate retry):
+# a store being replaced takes seconds, a broken one an operator.
+STORE_RETRY_BACKOFF_S = (0.2, 10.0)
 
 
 def load_engine(store: Path, cache_size: int) -> ScoringEngine:
@@ -365,7 +369,7 @@ class Worker:
         """Score; on a store that changed or broke under the engine, reload and retry (records are
         never dead-lettered for the store's fault)."""
         assert self.pipeline is not None
-        pause, attempt = 0.2, 0
+        backoff, attempt = Backoff(*STORE_RETRY_BACKOFF_S), 0
         while True:
             try:
                 result = await self.pipeline.process(batch)
@@ -379,9 +383,8 @@ class Worker:
                     self._apply_pending_reload()
                 if self._give_up.is_set():
                     raise
-                if attempt:
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 10.0)
+                if attempt:  # the first retry is immediate: a reload usually fixed it
+                    await asyncio.sleep(backoff.next())
                 attempt += 1
 
     def _on_verdict_ack(self, scored: ScoredRecord, acked_at: float) -> None:
