@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from model_store.recipe.config import RecipeConfig
 from model_store.recipe.intervals import beta_interval, wilson_interval
@@ -440,7 +440,7 @@ CONFIGS = st.builds(RecipeConfig, overdispersion=st.booleans(), min_rows=st.inte
                     relative_tolerance=st.sampled_from([0.0, 0.1, 0.5]), interval=st.sampled_from(["wilson", "beta"]))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(histories(), CONFIGS)
 def test_the_pick_is_an_eligible_candidate_with_the_most_shots(history, config):
     frame, table = history
@@ -458,7 +458,7 @@ def test_the_pick_is_an_eligible_candidate_with_the_most_shots(history, config):
         assert pair.sort_values("rank")["credible_rate"].fillna(np.inf).is_monotonic_increasing
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(histories(), st.randoms(use_true_random=False))
 def test_row_order_does_not_matter(history, random):
     frame, table = history
@@ -468,16 +468,17 @@ def test_row_order_does_not_matter(history, random):
     pd.testing.assert_frame_equal(rank_clusters(shuffled, table, RecipeConfig()), rank_clusters(frame, table, RecipeConfig()))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(histories())
 def test_facility_items_rank_independently(history):
     frame, table = history
+    assume((frame["facility"] == "F1").any())
     together = rank_clusters(frame, table, RecipeConfig())
     alone = rank_clusters(frame[frame["facility"] == "F1"], table, RecipeConfig())
     pd.testing.assert_frame_equal(together[together["facility"] == "F1"].reset_index(drop=True), alone)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(histories(with_lots=False), st.integers(1, 60))
 def test_a_worse_cluster_above_the_lowest_never_moves_the_pick(history, extra):
     """Without dispersion (which the pair shares), more anomalies in a cluster that is neither the pick
@@ -485,24 +486,25 @@ def test_a_worse_cluster_above_the_lowest_never_moves_the_pick(history, extra):
     frame, _ = history
     config = RecipeConfig(overdispersion=False, min_rows=20)
     out = rank_clusters(frame, None, config)
-    best = out[out["eligible"]].groupby(["facility", "item"])["credible_rate"].min()
-    for (facility, item, cluster, rate, rec) in out[["facility", "item", "cluster", "credible_rate", "recommended"]].values:
-        if rec or (facility, item) not in best.index or rate <= best[(facility, item)]:
-            continue
-        rows = np.flatnonzero((frame["facility"] == facility).to_numpy() & (frame["cluster"] == cluster).to_numpy()
-                              & frame["scored"].to_numpy() & ~frame["anomaly"].to_numpy())[:extra]
-        worse = frame.copy()
-        worse.loc[rows, "anomaly"] = True
-        assert picks(rank_clusters(worse, None, config)) == picks(out)
+    best = out["credible_rate"].where(out["eligible"]).groupby([out["facility"], out["item"]]).transform("min")
+    others = out[out["eligible"] & ~out["recommended"] & (out["credible_rate"] > best)]
+    assume(len(others) > 0)
+    facility, cluster = others["facility"].iloc[0], others["cluster"].iloc[0]
+    rows = np.flatnonzero((frame["facility"] == facility).to_numpy() & (frame["cluster"] == cluster).to_numpy()
+                          & frame["scored"].to_numpy() & ~frame["anomaly"].to_numpy())[:extra]
+    worse = frame.copy()
+    worse.loc[rows, "anomaly"] = True
+    assert picks(rank_clusters(worse, None, config)) == picks(out)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(histories(with_lots=False))
 def test_fewer_anomalies_in_the_pick_keep_it_the_pick(history):
     frame, _ = history
     config = RecipeConfig(overdispersion=False, min_rows=20)
-    out = rank_clusters(frame, None, config)
-    for (facility, item), cluster in picks(out).items():
-        better = frame.copy()
+    chosen = picks(rank_clusters(frame, None, config))
+    assume(len(chosen) > 0)
+    better = frame.copy()
+    for (facility, _), cluster in chosen.items():
         better.loc[(better["facility"] == facility) & (better["cluster"] == cluster), "anomaly"] = False
-        assert picks(rank_clusters(better, None, config))[(facility, item)] == cluster
+    assert picks(rank_clusters(better, None, config)) == chosen
