@@ -48,6 +48,36 @@ def trained_store(small_plant, tmp_path_factory) -> Path:
     return store
 
 
+# A store of IsolationForests only (no TensorFlow anywhere): the serving core's own tests need a
+# real store, not every model family. Few facilities and trees keep it to seconds.
+FOREST_PLANT = dict(seed=2, days=8, facilities=6, items=8, shots=12_000)
+FOREST_TRAINING = {
+    "model.autoencoder_min_rows": str(10**9),
+    "model.memae_min_rows": str(10**9),
+    "model.iforest_trees": "25",
+    "grouping.min_group_rows": "300",
+    "workers": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def forest_plant():
+    from model_store.simulate import SimulationConfig, simulate
+
+    return simulate(SimulationConfig(**FOREST_PLANT))
+
+
+@pytest.fixture(scope="session")
+def forest_store(forest_plant, tmp_path_factory) -> Path:
+    from model_store.training import train_store
+
+    store = tmp_path_factory.mktemp("stores") / "forest_store"
+    records = canonical_records(forest_plant.records, forest_plant.schema)
+    lots = canonical_lots(forest_plant.lots, forest_plant.schema)
+    train_store(records, lots, forest_plant.schema, store, TrainingConfig().with_overrides(FOREST_TRAINING), report=False)
+    return store
+
+
 @pytest.fixture()
 def store_copy(trained_store, tmp_path) -> Path:
     """A private copy for tests that modify or tamper with a store."""

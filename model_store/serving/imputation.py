@@ -30,6 +30,10 @@ def _last_valid(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.where(latest >= starts, latest, -1)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def impute_state(
     frame: pd.DataFrame,
     columns: list[str],
@@ -58,7 +62,11 @@ def impute_state(
 
     for j, column in enumerate(columns):
         raw = out[column].to_numpy() if column in out else np.full(len(out), np.nan)
-        values = raw[order].copy() if raw.dtype.kind == "f" else raw[order].astype(object)
+        # A column that is all blanks in this batch reads as float NaN even when it holds text
+        # (the item): what memory or the fallback would put there decides whether it is numeric.
+        supplied = [state[column] for state in (memory or {}).values() if column in state]
+        numeric = raw.dtype.kind == "f" and all(_is_number(v) for v in [*supplied, fallback.get(column, 0.0)] if v is not None)
+        values = raw[order].copy() if numeric else raw[order].astype(object)
         valid = ~_is_missing(values)
         if not valid.all():
             before = _last_valid(valid, starts)
@@ -84,7 +92,7 @@ def impute_state(
             imputed[order, j] = ~valid & now_valid
             result = np.empty_like(filled)
             result[order] = filled
-            out[column] = result.astype(float) if raw.dtype.kind == "f" else result
+            out[column] = result.astype(float) if numeric else result
             values, valid = filled, now_valid
         if memory is not None:
             latest = _last_valid(valid, starts)[last_rows]

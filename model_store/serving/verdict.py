@@ -34,10 +34,15 @@ def _iso(ts: Any) -> str | None:
 def _iso_column(column: pd.Series) -> list[str | None]:
     """ISO 8601 strings for a whole column at once (per-value Timestamp.isoformat is ~10 µs each)."""
     if pd.api.types.is_datetime64_any_dtype(column):
+        tz = getattr(column.dtype, "tz", None)
+        if tz is not None and str(tz) not in ("UTC", "utc"):  # a local zone: offsets vary (DST), per value
+            return [_iso(v) for v in column.tolist()]
+        # tz-aware UTC converts to naive UTC here; the offset is written back below, as isoformat() does
         text = np.datetime_as_string(column.to_numpy(dtype="datetime64[us]"), unit="us")
         missing = column.isna().to_numpy()
+        offset = "+00:00" if tz is not None else ""
         # match Timestamp.isoformat(): no fractional part when there is none
-        return [None if m else (t[:-7] if t.endswith(".000000") else t) for t, m in zip(text.tolist(), missing)]
+        return [None if m else (t[:-7] if t.endswith(".000000") else t) + offset for t, m in zip(text.tolist(), missing)]
     return [_iso(v) for v in column.tolist()]
 
 

@@ -279,3 +279,18 @@ def test_matches_a_per_facility_loop(case) -> None:
     assert mask.tolist() == expected_mask.tolist()
     if memory is not None:
         assert live == expected_memory
+
+
+def test_a_batch_whose_item_column_is_all_blank_takes_the_remembered_text() -> None:
+    # A micro-batch where no record names its item reads as a float NaN column; the facility's
+    # remembered item is text and must fill it (it used to raise "could not convert string to float").
+    frame = pd.DataFrame({"facility": ["F1", "F2"], "timestamp": pd.to_datetime(["2026-01-01", "2026-01-01"]),
+                          "item": [np.nan, np.nan], "set_temp": [np.nan, 210.0]})
+    memory = {"F1": {"item": "ITM-7", "set_temp": 200.0}}
+    out, imputed = impute_state(frame, ["item", "set_temp"], {}, memory=memory, backward=False)
+    assert out["item"].tolist()[0] == "ITM-7" and pd.isna(out["item"].tolist()[1])
+    assert out["set_temp"].tolist() == [200.0, 210.0] and out["set_temp"].dtype == float
+    assert imputed.tolist() == [[True, True], [False, False]]
+    # a text fallback alike
+    out, imputed = impute_state(frame, ["item"], {"item": "ITM-0"}, memory=None, backward=False)
+    assert out["item"].tolist() == ["ITM-0", "ITM-0"] and imputed[:, 0].all()

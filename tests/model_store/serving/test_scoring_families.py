@@ -1,4 +1,6 @@
-"""The serving core on a trained store: excursions, evidence, calibration, for every model family."""
+"""The serving core on a store with every model family (TensorFlow-trained AE and MemAE included):
+excursions, evidence, calibration, verdict schema. Rules that need no particular family are in
+test_scoring.py, on a store of forests only."""
 from __future__ import annotations
 
 import json
