@@ -54,8 +54,8 @@ def _predicted(units: pd.DataFrame, table: pd.DataFrame, config: RecipeConfig) -
     table["predicted_dispersion"] = 1.0
     if config.overdispersion:
         rates = units.merge(table[[*CLUSTER_KEYS, "predicted_rate"]], on=CLUSTER_KEYS)
-        phi = {
-            key: pearson_dispersion(g["anomalies"], g["scored"], g["predicted_rate"], g["cluster"].nunique())
+        phi = {  # one fitted rate per (maker, cluster): cluster numbers restart at 0 for each maker
+            key: pearson_dispersion(g["anomalies"], g["scored"], g["predicted_rate"], len(set(zip(g["maker"], g["cluster"]))))
             for key, g in rates.groupby(PAIR)
         }
         table["predicted_dispersion"] = [phi.get((f, i), 1.0) for f, i in zip(table["facility"], table["item"])]

@@ -214,6 +214,16 @@ def test_day_to_day_dispersion_widens_the_predicted_interval():
     assert (plain.loc[0, "predicted_low"], plain.loc[0, "predicted_high"]) == pytest.approx(wilson(8, 40))
 
 
+def test_each_makers_cluster_is_one_fitted_rate_of_the_dispersion():
+    # Cluster numbers restart for each maker: maker A's cluster 0 (days 0, 4, 0, 4 of 10) and maker B's
+    # cluster 0 (1 and 1 of 10) are two rates, as clusters 0 and 1 above: phi = 10 / (6 - 2) = 2.5, not 10 / 5.
+    frame = shots(*[block(10, 0, d, anomalies=a, maker="A") for d, a in zip(["D1", "D2", "D3", "D4"], [0, 4, 0, 4])],
+                  *[block(10, 0, d, anomalies=1, maker="B") for d in ["D1", "D2"]])
+    out = rank_clusters(frame, None, RecipeConfig()).set_index("maker")
+    assert out["predicted_dispersion"].tolist() == pytest.approx([2.5, 2.5])
+    assert out.loc["A", "predicted_high"] == pytest.approx(wilson(3.2, 16)[1])
+
+
 # -- lot evidence ----------------------------------------------------------------------------------
 def mixed_lots_frame() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cluster 0 ran alone on L1 (10 shots), shared L2 with cluster 1 (5 and 20 shots) and ran on L3,
