@@ -23,11 +23,24 @@ SMALL_TRAINING = {
 }
 
 
-@pytest.fixture(scope="session")
-def small_plant():
+def _simulate(plant: dict):
     from model_store.simulate import SimulationConfig, simulate
 
-    return simulate(SimulationConfig(**SMALL_PLANT))
+    return simulate(SimulationConfig(**plant))
+
+
+def _train(plant, store: Path, overrides: dict[str, str], report: bool = True) -> Path:
+    from model_store.training import train_store
+
+    records = canonical_records(plant.records, plant.schema)
+    lots = canonical_lots(plant.lots, plant.schema)
+    train_store(records, lots, plant.schema, store, TrainingConfig().with_overrides(overrides), report=report)
+    return store
+
+
+@pytest.fixture(scope="session")
+def small_plant():
+    return _simulate(SMALL_PLANT)
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +52,7 @@ def small_plant_files(small_plant, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def trained_store(small_plant, tmp_path_factory) -> Path:
-    from model_store.training import train_store
-
-    store = tmp_path_factory.mktemp("stores") / "store"
-    records = canonical_records(small_plant.records, small_plant.schema)
-    lots = canonical_lots(small_plant.lots, small_plant.schema)
-    train_store(records, lots, small_plant.schema, store, TrainingConfig().with_overrides(SMALL_TRAINING))
-    return store
+    return _train(small_plant, tmp_path_factory.mktemp("stores") / "store", SMALL_TRAINING)
 
 
 # A store of IsolationForests only (no TensorFlow anywhere): the serving core's own tests need a
@@ -62,20 +69,12 @@ FOREST_TRAINING = {
 
 @pytest.fixture(scope="session")
 def forest_plant():
-    from model_store.simulate import SimulationConfig, simulate
-
-    return simulate(SimulationConfig(**FOREST_PLANT))
+    return _simulate(FOREST_PLANT)
 
 
 @pytest.fixture(scope="session")
 def forest_store(forest_plant, tmp_path_factory) -> Path:
-    from model_store.training import train_store
-
-    store = tmp_path_factory.mktemp("stores") / "forest_store"
-    records = canonical_records(forest_plant.records, forest_plant.schema)
-    lots = canonical_lots(forest_plant.lots, forest_plant.schema)
-    train_store(records, lots, forest_plant.schema, store, TrainingConfig().with_overrides(FOREST_TRAINING), report=False)
-    return store
+    return _train(forest_plant, tmp_path_factory.mktemp("stores") / "forest_store", FOREST_TRAINING, report=False)
 
 
 @pytest.fixture()
