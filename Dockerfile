@@ -1,11 +1,21 @@
-# moldwatch worker image: the streaming worker plus the offline CLI (train, score, recipe).
-# Build: docker build -t moldwatch .   Run: docker run -e MOLDWATCH_MONGO_URI=... moldwatch run --store /store
+# moldwatch worker image: the streaming worker (`moldwatch run`, POST /score) and `moldwatch score`
+# on CSV or JSON lines. It installs the base install only (requirements-serve.lock): no TensorFlow,
+# Keras, scikit-learn, SciPy, matplotlib, psycopg or pyarrow; `train`, `recipe` and `simulate`
+# exit 2 with `pip install 'moldwatch[train]'`.
+#   docker build -t moldwatch .
+#   docker run -e MOLDWATCH_MONGO_URI=... -v /srv/store:/store:ro moldwatch run --store /store
+# An image that also trains (the full lock: the train and test extras), e.g. for a training Job:
+#   docker build --build-arg LOCK=requirements.lock -t moldwatch-train .
+#   docker run -v /srv:/srv moldwatch-train train --schema ... --store /srv/store
 FROM python:3.11-slim-bookworm AS build
+# requirements-serve.lock (worker) or requirements.lock (trains too); refresh both: deploy/local/lock.sh
+ARG LOCK=requirements-serve.lock
 WORKDIR /src
-COPY pyproject.toml README.md requirements.lock ./
-# Dependencies first, exactly as locked (versions and sha256; refresh: deploy/local/lock.sh), then
-# the project without resolving again. The lock is for CPython 3.11 on x86_64 Linux: this image.
-RUN python -m venv /opt/moldwatch && /opt/moldwatch/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
+COPY requirements-serve.lock requirements.lock ./
+# Dependencies first, exactly as locked (versions and sha256), then the project without resolving
+# again. The locks are for CPython 3.11 on x86_64 Linux: this image.
+RUN python -m venv /opt/moldwatch && /opt/moldwatch/bin/pip install --no-cache-dir --require-hashes -r "$LOCK"
+COPY pyproject.toml README.md ./
 COPY model_store ./model_store
 COPY service ./service
 RUN /opt/moldwatch/bin/pip install --no-cache-dir --no-deps .

@@ -4,6 +4,7 @@ Every command exits non-zero with a one-line reason on bad input (``error: ...``
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -42,6 +43,11 @@ class _App(typer.Typer):
         except typer.Abort:
             _say_error("interrupted")
             sys.exit(130)
+        except ModuleNotFoundError as exc:  # a lazy import the commands' own checks did not foresee
+            if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA:
+                raise
+            _say_error(f"{exc.name} is not installed; this needs the train extra: {INSTALL_TRAIN}")
+            sys.exit(2)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -56,6 +62,27 @@ app = _App(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
+
+# What only the `train` extra installs (pyproject.toml). A base install, such as the worker image,
+# serves (`run`, `score` on CSV or JSON lines) but cannot train, build recipes, simulate, or read
+# Parquet or PostgreSQL; those commands say so in one line instead of a traceback.
+TRAIN_EXTRA = ("tensorflow", "keras", "sklearn", "scipy", "skops", "matplotlib", "psycopg", "pyarrow")
+TRAINING = ("tensorflow", "keras", "sklearn", "scipy", "skops", "matplotlib")
+INSTALL_TRAIN = "pip install 'moldwatch[train]'"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # an import hook refusing it, or a module without a spec
+        return False
+
+
+def require_train_extra(command: str, modules: tuple[str, ...] = TRAINING) -> None:
+    """Called first thing by the commands that need the train extra: before any input is read."""
+    missing = [module for module in modules if not _installed(module)]
+    if missing:
+        fail(f"moldwatch {command} needs the train extra ({', '.join(missing)} not installed): {INSTALL_TRAIN}")
 
 
 def _say_error(message: str) -> None:
@@ -121,6 +148,7 @@ def simulate(
     fmt: str = typer.Option("parquet", "--format", help="Records file format: parquet or csv."),
 ) -> None:
     """Simulate a plant: records, daily lots, the plant schema and (for evaluation) ground truth."""
+    require_train_extra("simulate", ("pyarrow",))  # the ground truth is always Parquet
     from model_store.simulate import SimulationConfig, simulate as run_simulation, write_plant
 
     if fmt not in ("parquet", "csv"):
@@ -153,6 +181,7 @@ def train(
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
     """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
+    require_train_extra("train")
     from model_store.config import TrainingConfig
     from model_store.loaders import read_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
@@ -216,7 +245,7 @@ def score(
     batch: int = typer.Option(50_000, help="Records per scoring batch."),
 ) -> None:
     """Score records with a store; write one verdict per record (JSON lines)."""
-    from model_store.loaders import read_table
+    from model_store.loaders import is_postgres, read_table
     from model_store.schema import canonical_records
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store
@@ -224,6 +253,9 @@ def score(
 
     from service.progress import progress_bar
 
+    source = Path(records)
+    if records != "-" and not is_postgres(records) and (source.is_dir() or source.suffix.lower() in (".parquet", ".pq")):
+        require_train_extra("score on Parquet", ("pyarrow",))
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
     raw = _json_lines(sys.stdin) if records == "-" else read_table(records, records_query)

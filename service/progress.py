@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from model_store.training import Progress as ProgressCallback
+if TYPE_CHECKING:  # a type only: model_store.training needs the train extra, `moldwatch score` must not
+    from model_store.training import Progress as ProgressCallback
 
 STAGES = {
     "prepare": "Lots, setting clusters, groups",

@@ -59,6 +59,9 @@ def recipe(
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
     """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
+    from service.cli import require_train_extra
+
+    require_train_extra("recipe", ("scipy", "matplotlib"))  # intervals, the HTML report
     from model_store.loaders import read_table
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything moldwatch needs on a fresh Debian machine, idempotently:
-# a virtual environment with the package and its test extras, the Debian packages behind the
-# local test servers (PostgreSQL, Prometheus), and the Kafka / MongoDB-protocol server jars.
+# a virtual environment with the package and its train and test extras (requirements.lock; the
+# worker image installs only requirements-serve.lock), the Debian packages behind the local test
+# servers (PostgreSQL, Prometheus), and the Kafka / MongoDB-protocol server jars.
 # Re-running it is cheap: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,13 +25,13 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 stamp=.venv/.moldwatch-installed
-lock=requirements.lock  # exact versions + sha256 of every dependency; refresh: deploy/local/lock.sh
+lock=requirements.lock  # exact versions + sha256 of every dependency of .[train,test]; refresh: deploy/local/lock.sh
 lock_platform() { sed -n 's/^# platform: //p' "$lock"; }
 this_platform() {
   .venv/bin/python -c 'import platform, sys; print(sys.implementation.name, "%d.%d" % sys.version_info[:2], sys.platform, platform.machine())'
 }
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
-  echo "== installing moldwatch and its test extras into .venv"
+  echo "== installing moldwatch with its train and test extras into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
   if [ -f "$lock" ] && [ "$(lock_platform)" = "$(this_platform)" ]; then
     .venv/bin/python -m pip install --quiet --require-hashes -r "$lock"
@@ -38,7 +39,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp
     echo "   ($lock pins $(lock_platform 2>/dev/null || echo nothing), this is $(this_platform): installing pyproject.toml's ranges)"
   fi
   # The project itself (editable), plus anything pyproject.toml gained since the lock was written.
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e '.[train,test]'
   touch "$stamp"
 fi
 echo "== system packages and server jars"

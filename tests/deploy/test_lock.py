@@ -1,5 +1,10 @@
-"""requirements.lock: every dependency pyproject.toml declares (with the test extra) is pinned,
-inside its range, with a sha256; setup.sh and the Dockerfile install it in hash-checking mode."""
+"""The two locks: every dependency pyproject.toml declares is pinned, inside its range, with a sha256.
+
+requirements.lock        the base install + the train and test extras: setup.sh, .ci/run, the tests
+requirements-serve.lock  the base install alone: the worker image (no TensorFlow, scikit-learn, ...)
+
+Both are written by deploy/local/lock.sh; the installers use them in hash-checking mode.
+"""
 from __future__ import annotations
 
 import re
@@ -11,36 +16,74 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCK = ROOT / "requirements.lock"
+FULL, SERVE = ROOT / "requirements.lock", ROOT / "requirements-serve.lock"
+# Which of pyproject's requirement lists each lock must satisfy.
+LOCKED_LISTS = {FULL: ("dependencies", "train", "test"), SERVE: ("dependencies",)}
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)\s*\\\n\s+--hash=sha256:([0-9a-f]{64})$", re.M)
+LOCKS = pytest.mark.parametrize("lock", [FULL, SERVE], ids=lambda p: p.name)
 
 
-def pins() -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version, _ in PIN.findall(LOCK.read_text())}
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def test_every_entry_is_pinned_with_a_hash() -> None:
-    text = LOCK.read_text()
+def pins(lock: Path) -> dict[str, tuple[str, str]]:
+    return {canonicalize_name(name): (version, sha) for name, version, sha in PIN.findall(lock.read_text())}
+
+
+def platform_machine(lock: Path) -> str:
+    return re.search(r"^# platform: \S+ \S+ \S+ (\S+)$", lock.read_text(), re.M).group(1)
+
+
+def requirements(lists: tuple[str, ...], machine: str) -> list[Requirement]:
+    """pyproject's requirements in ``lists`` that apply on ``machine`` (markers evaluated)."""
+    declared = project()
+    specs = [spec for name in lists for spec in (declared["dependencies"] if name == "dependencies" else declared["optional-dependencies"][name])]
+    found = [Requirement(spec) for spec in specs]
+    return [r for r in found if r.marker is None or r.marker.evaluate({"platform_machine": machine})]
+
+
+@LOCKS
+def test_every_entry_is_pinned_with_a_hash(lock) -> None:
+    text = lock.read_text()
     entries = [line for line in text.splitlines() if line and not line.startswith(("#", " "))]
     assert entries and len(entries) == len(PIN.findall(text))
     assert re.search(r"^# platform: cpython 3\.\d+ linux \w+$", text, re.M)
 
 
-def test_pyproject_dependencies_are_locked_within_their_ranges() -> None:
+@LOCKS
+def test_pyproject_dependencies_are_locked_within_their_ranges(lock) -> None:
     """Fails when pyproject.toml gained or changed a dependency: run deploy/local/lock.sh."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    locked = pins()
-    environment = {"platform_machine": re.search(r"^# platform: \S+ \S+ \S+ (\S+)$", LOCK.read_text(), re.M).group(1)}
-    for spec in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
-        requirement = Requirement(spec)
-        if requirement.marker is not None and not requirement.marker.evaluate(environment):
-            continue
+    locked = pins(lock)
+    for requirement in requirements(LOCKED_LISTS[lock], platform_machine(lock)):
         name = canonicalize_name(requirement.name)
-        assert name in locked, f"{name} is not in requirements.lock: run deploy/local/lock.sh"
-        assert requirement.specifier.contains(locked[name], prereleases=True), f"{name}=={locked[name]} is outside {requirement.specifier}"
+        assert name in locked, f"{name} is not in {lock.name}: run deploy/local/lock.sh"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), f"{lock.name}: {name}=={version} is outside {requirement.specifier}"
 
 
-@pytest.mark.parametrize("path", ["deploy/local/setup.sh", "Dockerfile"])
-def test_installers_use_the_lock_in_hash_checking_mode(path) -> None:
-    text = (ROOT / path).read_text()
-    assert re.search(r"--require-hashes -r (requirements\.lock|\"\$lock\")", text), path
+def test_the_serving_lock_is_the_full_lock_less_training_and_tests() -> None:
+    # Same platform, and every package the worker image installs at the version and hash the tests ran.
+    assert platform_machine(SERVE) == platform_machine(FULL)
+    full, serve = pins(FULL), pins(SERVE)
+    assert {name: pin for name, pin in serve.items() if full.get(name) != pin} == {}
+    # Nothing only the train extra asks for reaches the worker image, not even through a base dependency.
+    base = {canonicalize_name(r.name) for r in requirements(("dependencies",), platform_machine(SERVE))}
+    train_only = {canonicalize_name(r.name) for r in requirements(("train",), platform_machine(SERVE))} - base
+    assert train_only and not train_only & serve.keys(), sorted(train_only & serve.keys())
+    assert {"keras", "scikit-learn", "scipy", "matplotlib"} <= train_only
+    assert any(name.startswith("tensorflow") for name in train_only)  # tensorflow-cpu on x86_64
+
+
+def test_installers_use_the_locks_in_hash_checking_mode() -> None:
+    assert re.search(r'--require-hashes -r (requirements\.lock|"\$lock")', (ROOT / "deploy/local/setup.sh").read_text())
+    assert re.search(r"^lock=requirements\.lock\b", (ROOT / "deploy/local/setup.sh").read_text(), re.M)
+    # The image installs the lock its LOCK build argument names: by default the serving one.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'--require-hashes -r "?\$\{?LOCK\}?"?', dockerfile)
+    assert re.search(r"^ARG LOCK=requirements-serve\.lock$", dockerfile, re.M)
+
+
+def test_setup_installs_the_extras_the_full_lock_holds() -> None:
+    # setup.sh installs the project over the lock: with fewer extras the tests would miss TensorFlow.
+    assert "'.[train,test]'" in (ROOT / "deploy/local/setup.sh").read_text()
