@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from model_store.recipe.config import RecipeConfig
 from model_store.recipe.intervals import beta_interval, wilson_interval
@@ -101,9 +101,9 @@ def test_unknown_settings_and_rows_without_item_or_facility_are_not_ranked():
 
 def test_keys_come_out_as_strings_and_integer_clusters():
     # Facility codes read as numbers are the store's string keys ("7"), and a float cluster column an integer one.
-    frame = block(10, anomalies=1).assign(facility=7, cluster=2.0)
-    table = rank_clusters(frame, None, NO_DISPERSION, predicted_pairs={("7", "I1")})
-    assert table["facility"].tolist() == ["7"] and table["cluster"].tolist() == [2]
+    frame = block(10, anomalies=1).assign(facility=7, item=3, cluster=2.0)
+    table = rank_clusters(frame, None, NO_DISPERSION, predicted_pairs={("7", "3")})
+    assert table["facility"].tolist() == ["7"] and table["item"].tolist() == ["3"] and table["cluster"].tolist() == [2]
     assert table["cluster"].dtype == np.int64 and table["basis"].tolist() == ["predicted"]
 
 
@@ -450,7 +450,7 @@ CONFIGS = st.builds(RecipeConfig, overdispersion=st.booleans(), min_rows=st.inte
                     relative_tolerance=st.sampled_from([0.0, 0.1, 0.5]), interval=st.sampled_from(["wilson", "beta"]))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(histories(), CONFIGS)
 def test_the_pick_is_an_eligible_candidate_with_the_most_shots(history, config):
     frame, table = history
@@ -468,7 +468,7 @@ def test_the_pick_is_an_eligible_candidate_with_the_most_shots(history, config):
         assert pair.sort_values("rank")["credible_rate"].fillna(np.inf).is_monotonic_increasing
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(histories(), st.randoms(use_true_random=False))
 def test_row_order_does_not_matter(history, random):
     frame, table = history
@@ -478,14 +478,14 @@ def test_row_order_does_not_matter(history, random):
     pd.testing.assert_frame_equal(rank_clusters(shuffled, table, RecipeConfig()), rank_clusters(frame, table, RecipeConfig()))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(histories())
 def test_facility_items_rank_independently(history):
     frame, table = history
-    assume((frame["facility"] == "F1").any())
+    facility = frame["facility"].iloc[0]
     together = rank_clusters(frame, table, RecipeConfig())
-    alone = rank_clusters(frame[frame["facility"] == "F1"], table, RecipeConfig())
-    pd.testing.assert_frame_equal(together[together["facility"] == "F1"].reset_index(drop=True), alone)
+    alone = rank_clusters(frame[frame["facility"] == facility], table, RecipeConfig())
+    pd.testing.assert_frame_equal(together[together["facility"] == facility].reset_index(drop=True), alone)
 
 
 @settings(max_examples=8, deadline=None)
@@ -498,7 +498,8 @@ def test_a_worse_cluster_above_the_lowest_never_moves_the_pick(history, extra):
     out = rank_clusters(frame, None, config)
     best = out["credible_rate"].where(out["eligible"]).groupby([out["facility"], out["item"]]).transform("min")
     others = out[out["eligible"] & ~out["recommended"] & (out["credible_rate"] > best)]
-    assume(len(others) > 0)
+    if others.empty:
+        return  # nothing to make worse here (no filtering: each example costs two rankings)
     facility, cluster = others["facility"].iloc[0], others["cluster"].iloc[0]
     rows = np.flatnonzero((frame["facility"] == facility).to_numpy() & (frame["cluster"] == cluster).to_numpy()
                           & frame["scored"].to_numpy() & ~frame["anomaly"].to_numpy())[:extra]
@@ -507,13 +508,14 @@ def test_a_worse_cluster_above_the_lowest_never_moves_the_pick(history, extra):
     assert picks(rank_clusters(worse, None, config)) == picks(out)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(histories(with_lots=False))
 def test_fewer_anomalies_in_the_pick_keep_it_the_pick(history):
     frame, _ = history
     config = RecipeConfig(overdispersion=False, min_rows=20)
     chosen = picks(rank_clusters(frame, None, config))
-    assume(len(chosen) > 0)
+    if not chosen:
+        return
     better = frame.copy()
     for (facility, _), cluster in chosen.items():
         better.loc[(better["facility"] == facility) & (better["cluster"] == cluster), "anomaly"] = False
