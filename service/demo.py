@@ -160,6 +160,7 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
 
     from service.config import WorkerSettings
     from service.devservers import KafkaServer, MongoServer
+    from service.run_command import serve
     from service.worker import Worker
 
     # Our own handlers, not KeyboardInterrupt: a demo started from a script in the background
@@ -195,7 +196,7 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         )
         console.print(settings_line(settings, log_path), highlight=False, soft_wrap=True)
         worker = Worker(settings)
-        worker_task = asyncio.create_task(worker.run())
+        worker_task = asyncio.create_task(serve(worker))  # with its HTTP server: /metrics, /readyz
         await worker.wait_listening(60)
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         client = AsyncMongoClient(mongo.uri)

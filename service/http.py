@@ -1,5 +1,6 @@
 """HTTP adapter of the worker: probes, metrics and synchronous scoring, served by uvicorn inside
-the worker's own event loop (no second process, no thread: the probes see the real loop).
+the worker's own event loop (no second process, no thread: the probes see the real loop). The run
+command starts it beside the worker (``service.run_command.serve``); the worker knows nothing of it.
 
 - ``GET /healthz``  liveness: answering at all proves the loop is responsive; 503 if a worker
   task died (a restart is the fix).
@@ -125,7 +126,7 @@ def json_depth(value: Any) -> int:
 
 
 class EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the worker owns SIGTERM/SIGINT (drain before exit)."""
+    """uvicorn without its signal handlers: the run command owns SIGTERM/SIGINT (the worker drains before exit)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -4,20 +4,28 @@ Its options are generated from :class:`~service.config.WorkerSettings`, so ``--h
 setting with its environment variable and default, and cannot drift from the model. A flag wins
 over the environment, which wins over ``.env``. Secrets have no flag on purpose (a command line
 is visible to every user of the host in ``ps``): they come from the environment or ``.env`` only.
+
+The command owns the process: its signal handlers and the HTTP server (:func:`serve`), started
+beside the :class:`~service.worker.Worker`, which only exposes what the endpoints need
+(liveness, readiness, ``score_document``, recipes, metrics).
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from pydantic import ValidationError
 
 from service.cli import app, fail, user_errors
 from service.config import WorkerSettings, env_name, is_secret
+
+if TYPE_CHECKING:
+    from service.worker import Worker
 
 SECRETS = [name for name in WorkerSettings.model_fields if is_secret(name)]
 
@@ -79,6 +87,41 @@ def _settings(env_file: Path | None, overrides: dict[str, Any]) -> WorkerSetting
         raise  # unreachable: fail() exits
 
 
+async def serve(worker: "Worker", install_signal_handlers: bool = False) -> int:
+    """Run ``worker`` with its HTTP server beside it (``http_enabled``) on this loop; return the
+    worker's exit code. ``worker.http_port`` says where it listens once it does.
+
+    Raises ``OSError`` when the HTTP port cannot be bound (before the worker starts), and what
+    :meth:`Worker.run` raises. With ``install_signal_handlers``, SIGTERM/SIGINT call
+    :meth:`Worker.stop` (a second one stops waiting for Kafka).
+    """
+    import structlog
+
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signal_handlers else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, worker.stop)
+    http: Any = None
+    try:
+        if worker.settings.http_enabled:
+            from service.http import create_app, start_http
+
+            host = worker.settings.http_host
+            http = await start_http(create_app(worker), host, worker.settings.http_port)
+            worker.http_port = http[2]
+            structlog.get_logger("moldwatch.http").info(
+                "http serving", url=f"http://{host}:{worker.http_port}",
+                endpoints="/healthz /readyz /metrics /score /recipes/{facility}/{item}")
+        return await worker.run()
+    finally:
+        if http is not None:
+            from service.http import stop_http
+
+            await stop_http(http[0], http[1])
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
 def run(**options: Any) -> None:
     env_file = options.pop("env_file", None)
     if env_file is not None and not Path(env_file).is_file():
@@ -91,7 +134,7 @@ def run(**options: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     worker = Worker(settings)
     try:
-        code = asyncio.run(worker.run(install_signal_handlers=True))
+        code = asyncio.run(serve(worker, install_signal_handlers=True))
     except OSError as exc:
         fail(str(exc.strerror or exc))
         return
@@ -115,4 +158,4 @@ app.command(
     epilog=_EPILOG,
 )(user_errors(run))
 
-__all__ = ["run"]
+__all__ = ["run", "serve"]

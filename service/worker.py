@@ -8,12 +8,17 @@ Tasks on one event loop, each with one job::
                -> sink.add_batch -> bounded in-flight queue (in_flight_batches)
     committer  in-flight batches in order -> sink.flush (every message acked) -> metrics ->
                source.commit(positions) at most every checkpoint_interval_s
-    store      polls the store's manifest; a new version is loaded aside (a thread) and swapped in
-               by the scorer between two batches; a bad store is logged and the old one kept
-    recipes    (with a recipes file) polls it likewise; a changed file is loaded in a thread and
+    store      a Reloader (service/reloader.py) polls the store's manifest; a new version is loaded
+               aside (a thread) and swapped in by the scorer between two batches; a bad store is
+               logged and the old one kept
+    recipes    (with a recipes file) a second Reloader; a changed file is loaded in a thread and
                replaces the pipeline's RecipeBook (verdicts' on_recipe, GET /recipes); a broken one
                is logged, counted, and the previous book kept
-    http       uvicorn serving /healthz /readyz /metrics /score /recipes (see service/http.py)
+
+The tasks are spawned and watched by a Supervisor (service/supervisor.py): one that dies stops
+the worker with exit code 1. Readiness is the worker's check behind a cached probe and a progress
+clock (service/readiness.py). The HTTP server and the signal handlers belong to the process, not
+to this class: ``service.run_command.serve`` starts them beside :meth:`Worker.run`.
 
 Because the committer handles batches in order and commits only after their acks, a checkpoint
 never passes an unacknowledged verdict. ``stop()`` (SIGTERM/SIGINT) stops the reader, lets the
@@ -22,7 +27,7 @@ scorer drain what was read, waits for the acks, writes the final checkpoint and 
 Embedding (tests, demo, bench)::
 
     worker = Worker(WorkerSettings(...))
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(worker.run())       # or serve(worker): with /healthz /readyz /metrics /score
     await worker.wait_listening(30)      # the source reads from a definite position now
     ...
     worker.stop(); exit_code = await task
@@ -32,8 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,10 +54,13 @@ from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.metrics import WorkerMetrics
-from service.redact import SCRUB, one_line, scrub
 from service.pipeline import BatchResult, Pipeline, ScoredRecord, SourceMessage
+from service.readiness import CachedProbe, ProgressClock, Reasons
+from service.redact import SCRUB, one_line, scrub
+from service.reloader import Reloader
 from service.sink import Delivery, KafkaSink, SinkError
 from service.sources import Source
+from service.supervisor import Supervisor
 
 log = structlog.get_logger("moldwatch.worker")
 
@@ -90,29 +96,26 @@ class Worker:
         # One thread: scoring is CPU-bound numpy; a second thread would only contend for the GIL
         # and the two cores the brokers also need.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="moldwatch-score")
+        self.supervisor = Supervisor(on_failure=self._task_failed)
         self.pipeline: Pipeline | None = None
         self.sink: KafkaSink | None = None
         self.source: Source | None = None
-        self.http_port: int | None = None
+        self.http_port: int | None = None  # set by whoever serves HTTP beside the worker (run_command.serve)
         self.exit_code = 0
-        self._stopping = asyncio.Event()
-        self._give_up = asyncio.Event()  # shutdown deadline passed: stop waiting for Kafka
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._failed: str | None = None
-        self._pending_engine: ScoringEngine | None = None
-        self._store_sig: tuple[int, int, int] | None = None
-        self._store_problem: str | None = None
-        self._reload_lock = asyncio.Lock()
-        self.recipes: RecipeBook | None = None
-        self._recipes_sig: tuple[int, int, int] | None = None
-        self._recipes_problem: str | None = None
+        self.store: Reloader[ScoringEngine] = Reloader(
+            "model store", Path(settings.store) / MANIFEST, self._open_store, settings.store_poll_s,
+            on_failed=lambda exc: self.metrics.reloads.labels("failed").inc(), describe=lambda e: e.model_version)
+        self._store_broken: str | None = None  # the scorer found the serving store unusable
+        self.recipe_file: Reloader[RecipeBook] | None = None
+        if settings.recipes is not None:
+            self.recipe_file = Reloader("recipes file", self._recipes_path, self._read_recipes, settings.store_poll_s,
+                                        on_loaded=self._recipes_loaded, on_failed=self._recipes_failed, describe=len)
         self._positions: list[Any] = []
         self._checkpointed_at = time.monotonic()
-        # Progress clock: the last time acknowledged work moved, or nothing was waiting.
-        self._progress_at = time.monotonic()
-        self.metrics.watch_progress(self.stalled_seconds)
-        self._ready: tuple[float, bool, dict[str, str]] = (0.0, False, {})
-        self._ready_lock = asyncio.Lock()
+        self.progress = ProgressClock(self.waiting)
+        self.metrics.watch_progress(self.progress.stalled_seconds)
+        self._probe = CachedProbe(self._check_readiness, settings.ready_cache_s,
+                                  on_result=lambda ok: self.metrics.ready.set(1 if ok else 0))
         self._loop_lag = 0.0
         self._acking = False
         self.positions: Any = None  # exactly-once with the MongoDB source: the Kafka position store
@@ -127,22 +130,22 @@ class Worker:
     def model_version(self) -> str | None:
         return self.pipeline.engine.model_version if self.pipeline else None
 
+    @property
+    def recipes(self) -> RecipeBook | None:
+        """The recipes served now (None without a recipes file, or before one was read)."""
+        return self.recipe_file.value if self.recipe_file is not None else None
+
     def stop(self) -> None:
         """Ask for a graceful stop (safe from a signal handler). A second call stops waiting for
         Kafka acknowledgements: what is unacknowledged is re-read from the checkpoint on restart."""
-        if not self._stopping.is_set():
-            log.info("stopping: no more reading, draining what was read")
-            self._stopping.set()
-        elif not self._give_up.is_set():
-            log.warning("second stop request: not waiting for Kafka any longer")
-            self._give_up.set()
+        self.supervisor.stop()
 
     async def wait_listening(self, timeout: float = 60.0) -> None:
         """Until the source reads from a definite position (records inserted after this are seen)."""
         deadline = time.monotonic() + timeout
         while self.source is None or not self.source.listening.is_set():
-            if self._failed or time.monotonic() > deadline:
-                raise TimeoutError(f"worker not listening after {timeout} s (failed task: {self._failed})")
+            if self.supervisor.failed or time.monotonic() > deadline:
+                raise TimeoutError(f"worker not listening after {timeout} s (failed task: {self.supervisor.failed})")
             await asyncio.sleep(0.02)
 
     async def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:
@@ -153,26 +156,18 @@ class Worker:
         return await loop.run_in_executor(self.executor, self.pipeline.score_document, document)
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
-        ok = self._failed is None
-        return ok, {"alive": ok, "loop_lag_s": round(self._loop_lag, 4), "failed_task": self._failed}
+        failed = self.supervisor.failed
+        return failed is None, {"alive": failed is None, "loop_lag_s": round(self._loop_lag, 4), "failed_task": failed}
 
-    async def readiness(self) -> tuple[bool, dict[str, str]]:
+    async def readiness(self) -> tuple[bool, Reasons]:
         """(ready, reasons). Pings are cached for ``ready_cache_s``: probe storms stay cheap."""
-        async with self._ready_lock:
-            at, ok, reasons = self._ready
-            if time.monotonic() - at < self.settings.ready_cache_s:
-                return ok, reasons
-            reasons = await self._check_readiness()
-            self._ready = (time.monotonic(), not reasons, reasons)
-            self.metrics.ready.set(0 if reasons else 1)
-            return not reasons, reasons
+        return await self._probe()
 
-    async def _check_readiness(self) -> dict[str, str]:
-        reasons: dict[str, str] = {}
-        if self.pipeline is None:
-            reasons["store"] = self._store_problem or "model store not loaded yet"
-        elif self._store_problem:
-            reasons["store"] = self._store_problem
+    async def _check_readiness(self) -> Reasons:
+        reasons: Reasons = {}
+        store_problem = self.store.reason() or self._store_broken
+        if store_problem:
+            reasons["store"] = store_problem
         source_key = "mongodb" if self.settings.source == "mongo" else "kafka_source"
         pings: dict[str, Any] = {}
         if self.sink is None or self.sink.producer is None:
@@ -194,9 +189,9 @@ class Worker:
             reasons["progress"] = (f"{self.waiting()} record(s) or batch(es) waiting and nothing acknowledged for "
                                    f"{stalled:.0f} s (progress_timeout_s={self.settings.progress_timeout_s:g})"
                                    + (f"; last Kafka error: {self.sink.last_error}" if self.sink and self.sink.last_error else ""))
-        if self._failed:
-            reasons["worker"] = f"task {self._failed} failed"
-        elif self._stopping.is_set():
+        if self.supervisor.failed:
+            reasons["worker"] = f"task {self.supervisor.failed} failed"
+        elif self.supervisor.stopping.is_set():
             reasons["worker"] = "shutting down"
         return {key: scrub(reason) for key, reason in reasons.items()}
 
@@ -207,38 +202,23 @@ class Worker:
 
     def stalled_seconds(self) -> float:
         """Seconds that work has been waiting without any acknowledgement (0 while idle or moving)."""
-        if not self.waiting():
-            self._progress_at = time.monotonic()
-            return 0.0
-        return time.monotonic() - self._progress_at
+        return self.progress.stalled_seconds()
 
     # -- run -----------------------------------------------------------------------------------
-    async def run(self, install_signal_handlers: bool = False) -> int:
+    async def run(self) -> int:
         """Run until :meth:`stop`; return the exit code (0 = drained and checkpointed).
 
-        Raises :class:`StoreError` when the store cannot be loaded at start-up, and ``OSError``
-        when the HTTP port cannot be bound.
+        Raises :class:`StoreError` when the store cannot be loaded at start-up.
         """
-        loop = asyncio.get_running_loop()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
         log.info("worker starting", **self.settings.safe_summary())
-        http: Any = None
+        spawn = self.supervisor.spawn
         try:
-            if self.settings.http_enabled:
-                from service.http import create_app, start_http
-
-                http = await start_http(create_app(self), self.settings.http_host, self.settings.http_port)
-                self.http_port = http[2]
-                log.info("http serving", url=f"http://{self.settings.http_host}:{self.http_port}",
-                         endpoints="/healthz /readyz /metrics /score /recipes/{facility}/{item}")
-            self._spawn("loop-monitor", self._monitor_loop())
+            spawn("loop-monitor", self._monitor_loop())
             await self._load_store()
             assert self.pipeline is not None
-            if self.settings.recipes is not None:
-                await self._load_recipes()
-                self._spawn("recipes-watcher", self._watch_recipes())
+            if self.recipe_file is not None:
+                await self.recipe_file.load(force=True)  # a missing or broken file: served without, not fatal
+                spawn("recipes-watcher", self.recipe_file.watch())
             schema = self.pipeline.engine.schema
             self.source = self._make_source(schema)
             if self.exactly_once:
@@ -250,20 +230,17 @@ class Worker:
                     self.source.position_store = self.positions  # type: ignore[attr-defined]
             else:
                 self.sink = KafkaSink(self.settings, self.metrics, facility_column=schema.facility)
-            if not await self._until_stopping(self.sink.setup(self._stopping)):
+            if not await self.supervisor.until_stopping(self.sink.setup(self.supervisor.stopping)):
                 return self.exit_code
-            self._spawn("reader", self.source.run(self._emit))
-            self._spawn("scorer", self._score_loop())
-            self._spawn("committer", self._commit_loop())
-            self._spawn("store-watcher", self._watch_store())
-            await self._stopping.wait()
+            spawn("reader", self.source.run(self._emit))
+            spawn("scorer", self._score_loop(), may_finish=True)  # both end after the drain marker
+            spawn("committer", self._commit_loop(), may_finish=True)
+            spawn("store-watcher", self.store.watch())
+            await self.supervisor.stopping.wait()
             await self._shutdown()
             return self.exit_code
         finally:
-            await self._close(http)
-            if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+            await self._close()
 
     def _make_source(self, schema: Any) -> Source:
         if self.settings.source == "kafka":
@@ -274,36 +251,8 @@ class Worker:
 
         return MongoSource(self.settings, schema, self.metrics)
 
-    def _spawn(self, name: str, coro: Any) -> None:
-        task = asyncio.create_task(coro, name=f"moldwatch-{name}")
-        self._tasks[name] = task
-        task.add_done_callback(lambda t, n=name: self._task_done(n, t))
-
-    def _task_done(self, name: str, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None and (self._stopping.is_set() or name in ("scorer", "committer")):
-            return
-        self._failed = name
+    def _task_failed(self, name: str, exc: BaseException | None) -> None:
         self.exit_code = 1
-        log.error("worker task failed; stopping", task=name,
-                  error=f"{type(exc).__name__}: {exc}" if exc else "returned unexpectedly", exc_info=exc)
-        self.stop()
-
-    async def _until_stopping(self, coro: Any) -> bool:
-        """Await ``coro`` unless a stop comes first (then cancel it and return False)."""
-        task = asyncio.ensure_future(coro)
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return False
-        task.result()
-        return True
 
     async def _monitor_loop(self) -> None:
         gauge = self.metrics.loop_lag
@@ -316,8 +265,7 @@ class Worker:
     async def _emit(self, message: SourceMessage) -> None:
         if not message.marker:
             self.metrics.records_in.labels(self.settings.source).inc()
-        if not self.waiting():
-            self._progress_at = time.monotonic()  # work starts waiting now, not at the last ack
+        self.progress.arriving()
         await self.queue.put(message)  # blocks when full: the source stops reading
 
     # -- scoring -------------------------------------------------------------------------------
@@ -351,7 +299,7 @@ class Worker:
             batch, last = await self._next_batch()
             if not batch:
                 continue
-            self._apply_pending_reload()
+            self._swap_store()
             result = await self._score(batch)
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(len(batch))
@@ -373,15 +321,15 @@ class Worker:
         while True:
             try:
                 result = await self.pipeline.process(batch)
-                self._store_problem = None
+                self._store_broken = None
                 return result
             except StoreError as exc:
-                self._store_problem = f"model store unusable: {exc}"
+                self._store_broken = f"model store unusable: {exc}"
                 log.error("model store changed or broke under the engine; reloading before retrying the batch",
                           error=str(exc), records=len(batch))
-                if await self._reload(force=True):
-                    self._apply_pending_reload()
-                if self._give_up.is_set():
+                await self.store.load(force=True)
+                self._swap_store()
+                if self.supervisor.give_up.is_set():
                     raise
                 if attempt:  # the first retry is immediate: a reload usually fixed it
                     await asyncio.sleep(backoff.next())
@@ -412,7 +360,7 @@ class Worker:
                     await self._await_acks(item.delivery)
             finally:
                 self._acking = False
-            self._progress_at = time.monotonic()
+            self.progress.moved()
             self._count(item.result, item.delivery)
             if self.exactly_once:
                 self._checkpointed_at = time.monotonic()
@@ -441,30 +389,19 @@ class Worker:
             position = self.positions.message(self.source.checkpoint_fields(last))  # type: ignore[attr-defined]
         elif item.positions:
             offsets = self.source.offsets(item.positions)  # type: ignore[attr-defined]
-        commit = asyncio.ensure_future(self.sink.commit_batch(item.delivery, position, offsets, self.settings.kafka_group_id))
-        give_up = asyncio.ensure_future(self._give_up.wait())
-        await asyncio.wait({commit, give_up}, return_when=asyncio.FIRST_COMPLETED)
-        give_up.cancel()
-        if not commit.done():
-            commit.cancel()
+        commit = self.sink.commit_batch(item.delivery, position, offsets, self.settings.kafka_group_id)
+        if not await self.supervisor.until_give_up(commit):
             raise SinkError("shutdown deadline passed with a transaction not committed; "
                             "its records are read again from the last committed position on restart")
-        commit.result()
         if position is not None:
             self._committed_position = last
 
     async def _await_acks(self, delivery: Delivery) -> None:
         assert self.sink is not None
-        flush = asyncio.ensure_future(self.sink.flush(delivery))
-        give_up = asyncio.ensure_future(self._give_up.wait())
-        await asyncio.wait({flush, give_up}, return_when=asyncio.FIRST_COMPLETED)
-        give_up.cancel()
-        if not flush.done():
-            flush.cancel()
+        if not await self.supervisor.until_give_up(self.sink.flush(delivery)):
             left = sum(m.acked_at is None for m in delivery.messages)
             raise SinkError(f"shutdown deadline passed with {left} Kafka message(s) unacknowledged; "
                             "they are re-read from the last checkpoint on restart")
-        flush.result()
 
     def _count(self, result: BatchResult, delivery: Delivery | None = None) -> None:
         dropped = delivery.dead_lettered if delivery is not None else {}
@@ -501,7 +438,8 @@ class Worker:
         # the revocation (their new owner scores them: a duplicate), so wait until all is committed.
         drain_s = self.settings.rebalance_drain_s if not self.exactly_once else float("inf")
         deadline = time.monotonic() + drain_s
-        while self.waiting() and time.monotonic() < deadline and not self._give_up.is_set() and self._failed is None:
+        while (self.waiting() and time.monotonic() < deadline and not self.supervisor.give_up.is_set()
+               and self.supervisor.failed is None):
             await asyncio.sleep(0.02)
         if self.waiting():
             log.warning("rebalance: records of revoked partitions still unacknowledged; their new owner scores them again",
@@ -511,68 +449,39 @@ class Worker:
             self._positions = self.source.drop(self._positions, partitions)
 
     # -- model store ---------------------------------------------------------------------------
-    def _manifest_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(Path(self.settings.store) / MANIFEST)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     async def _load_store(self) -> None:
-        self._store_sig = self._manifest_signature()
-        try:
-            engine = await asyncio.to_thread(load_engine, Path(self.settings.store), self.settings.cache_size)
-        except StoreError as exc:
-            self._store_problem = str(exc)
-            raise
+        """The first store: a failure here is fatal (raised), there is nothing to keep serving."""
+        await self.store.load(force=True, raise_errors=True)
+        engine = self.store.value
+        assert engine is not None
         self.pipeline = Pipeline(engine, self.executor)
         self.metrics.set_store(engine, str(self.settings.store))
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
 
-    async def _watch_store(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.store_poll_s)
-            signature = self._manifest_signature()
-            if signature is not None and signature != self._store_sig:
-                await self._reload()
+    async def _open_store(self, path: Path, force: bool) -> ScoringEngine | None:
+        """The Reloader's callback: a new engine, None when it is the version already held (unless
+        ``force``: the files changed under the engine), or StoreError to keep the current one."""
+        engine = await asyncio.to_thread(load_engine, Path(self.settings.store), self.settings.cache_size)
+        current = self.store.value
+        if current is None:
+            return engine
+        if engine.manifest.schema_hash != current.manifest.schema_hash:
+            # Another plant schema changes field names the source and sink rely on (timestamp
+            # for backfill, facility for keys): that takes a restart, not a hot swap.
+            raise StoreError("the new model store is for another plant schema (restart to switch)")
+        if engine.model_version == current.model_version and not force:
+            return None
+        return engine
 
-    async def _reload(self, force: bool = False) -> bool:
-        """Load the store aside; True when a new engine waits to be swapped in."""
-        assert self.pipeline is not None
-        async with self._reload_lock:
-            signature = self._manifest_signature()
-            if not force and (signature is None or signature == self._store_sig):
-                return False
-            try:
-                engine = await asyncio.to_thread(load_engine, Path(self.settings.store), self.settings.cache_size)
-            except Exception as exc:  # noqa: BLE001 - any failure: keep serving the current store
-                self._store_sig = signature  # do not retry the same bad files every poll
-                self.metrics.reloads.labels("failed").inc()
-                log.error("new model store rejected; keeping the current one", store=str(self.settings.store),
-                          error=f"{type(exc).__name__}: {exc}", serving=self.model_version)
-                return False
-            self._store_sig = signature
-            current = self._pending_engine or self.pipeline.engine
-            if engine.manifest.schema_hash != current.manifest.schema_hash:
-                # Another plant schema changes field names the source and sink rely on (timestamp
-                # for backfill, facility for keys): that takes a restart, not a hot swap.
-                self.metrics.reloads.labels("failed").inc()
-                log.error("new model store is for another plant schema; keeping the current one (restart to switch)",
-                          store=str(self.settings.store), serving=self.model_version)
-                return False
-            if engine.model_version == current.model_version and not force:
-                return False
-            self._pending_engine = engine
-            return True
-
-    def _apply_pending_reload(self) -> None:
-        engine, self._pending_engine = self._pending_engine, None
-        if engine is None or self.pipeline is None:
+    def _swap_store(self) -> None:
+        """Between two batches: serve the store the watcher (or a forced reload) accepted last."""
+        engine = self.store.value
+        if engine is None or self.pipeline is None or engine is self.pipeline.engine:
             return
         previous = self.pipeline.engine.model_version
         self.pipeline.swap(engine)
-        self._store_problem = None
+        self._store_broken = None
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_store(engine, str(self.settings.store))
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
@@ -583,11 +492,12 @@ class Worker:
     def recipe(self, facility: str, item: str) -> tuple[dict[str, Any] | None, str, str]:
         """``(recipe, "", "")``, or ``(None, reason, error)`` saying why there is none
         (``GET /recipes/{facility}/{item}``)."""
-        if self.settings.recipes is None:
+        if self.recipe_file is None:
             return None, "recipes_not_configured", "this worker has no recipes file (MOLDWATCH_RECIPES / --recipes)"
-        if self.recipes is None:
-            return None, "recipes_not_loaded", f"recipes file not loaded: {self._recipes_problem or 'not read yet'}"
-        found = self.recipes.get(facility, item)
+        book = self.recipe_file.value
+        if book is None:
+            return None, "recipes_not_loaded", f"recipes file not loaded: {self.recipe_file.error or 'not read yet'}"
+        found = book.get(facility, item)
         if found is None:
             return None, "no_recipe", f"no recipe for facility {facility!r} item {item!r}"
         return found, "", ""
@@ -596,36 +506,23 @@ class Worker:
         path = Path(self.settings.recipes or "")
         return path / RECIPES_JSON if path.is_dir() else path  # `moldwatch recipe --out DIR` or its recipes.json
 
-    def _recipes_signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._recipes_path())
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    async def _read_recipes(self, path: Path, force: bool) -> RecipeBook:
+        return await asyncio.to_thread(RecipeBook.from_json, path)
 
-    async def _load_recipes(self) -> None:
-        """Read the recipes file in a thread; on any failure keep the current book (or none)."""
-        path = self._recipes_path()
-        self._recipes_sig = self._recipes_signature()  # before reading: a write after it is seen next poll
-        try:
-            book = await asyncio.to_thread(RecipeBook.from_json, path)
-        except Exception as exc:  # noqa: BLE001 - recipes are guidance: never stop scoring for them
-            self.metrics.recipe_loads.labels("failed").inc()
-            error = f"{type(exc).__name__}: {exc}"
-            if self.recipes is None:
-                self._recipes_problem = error
-            log.error("recipes file rejected; keeping the current recipes", path=str(path), error=error,
-                      serving=len(self.recipes) if self.recipes is not None else None)
-            if self.pipeline is not None and self.pipeline.recipes is None:
-                self.pipeline.recipes = RecipeBook([])  # configured: verdicts say on_recipe=null, not nothing
-            return
-        self.recipes, self._recipes_problem = book, None
+    def _recipes_loaded(self, book: RecipeBook) -> None:
         if self.pipeline is not None:
             self.pipeline.recipes = book
         self.metrics.recipe_loads.labels("ok").inc()
         self.metrics.set_recipes(book)
-        log.info("recipes loaded", path=str(path), recipes=len(book), model_versions=sorted(book.model_versions))
+        log.info("recipes loaded", path=str(self._recipes_path()), recipes=len(book),
+                 model_versions=sorted(book.model_versions))
         self._check_recipe_version()
+
+    def _recipes_failed(self, exc: Exception) -> None:
+        # Recipes are guidance: never stop scoring for them.
+        self.metrics.recipe_loads.labels("failed").inc()
+        if self.pipeline is not None and self.pipeline.recipes is None:
+            self.pipeline.recipes = RecipeBook([])  # configured: verdicts say on_recipe=null, not nothing
 
     def _check_recipe_version(self) -> None:
         if self.recipes is None or not len(self.recipes) or self.model_version in self.recipes.model_versions:
@@ -633,66 +530,36 @@ class Worker:
         log.warning("recipes were made with another model store version: on_recipe is null until they are rebuilt "
                     "('moldwatch recipe')", recipes_versions=sorted(self.recipes.model_versions), serving=self.model_version)
 
-    async def _watch_recipes(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.store_poll_s)
-            signature = self._recipes_signature()
-            # None: missing right now ('moldwatch recipe' replaces its directory with two renames);
-            # keep what is served, and load the file when it is back.
-            if signature is not None and signature != self._recipes_sig:
-                await self._load_recipes()
-
     # -- shutdown ------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.call_later(self.settings.shutdown_timeout_s, self._give_up.set)
+        """In order: stop reading and watching, let the scorer drain what was read (the marker
+        ends it), let the committer settle and checkpoint; give up after ``shutdown_timeout_s``."""
+        give_up = self.supervisor.give_up_after(self.settings.shutdown_timeout_s)
         try:
-            await self._cancel("reader")
-            await self._cancel("store-watcher")
-            await self._cancel("recipes-watcher")
-            scorer, committer = self._tasks.get("scorer"), self._tasks.get("committer")
+            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher")
+            scorer = self.supervisor.task("scorer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))
                 await asyncio.wait({put, scorer}, timeout=self.settings.shutdown_timeout_s,
                                    return_when=asyncio.FIRST_COMPLETED)
-            pending = [t for t in (scorer, committer) if t is not None and not t.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=self.settings.shutdown_timeout_s + 1)
-            for name in ("scorer", "committer"):
-                task = self._tasks.get(name)
-                if task is None:
-                    continue
-                if not task.done():
-                    task.cancel()
-                    self.exit_code = 1
-                    log.error("shutdown deadline passed; not everything read was acknowledged", task=name)
-                elif not task.cancelled() and task.exception() is not None:
-                    self.exit_code = 1
+            unclean = await self.supervisor.drain(("scorer", "committer"), self.settings.shutdown_timeout_s + 1)
+            if unclean:
+                self.exit_code = 1
+                log.error("shutdown deadline passed or a task failed; not everything read was acknowledged",
+                          tasks=unclean)
             if self.exit_code == 0:
                 log.info("drained, flushed and checkpointed", records_in=_total(self.metrics.records_in))
         finally:
             give_up.cancel()
 
-    async def _cancel(self, name: str) -> None:
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def _close(self, http: Any) -> None:
-        for name in list(self._tasks):
-            await self._cancel(name)
+    async def _close(self) -> None:
+        await self.supervisor.cancel_all()
         if self.sink is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sink.close(), 5)
         if self.source is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.source.close(), 5)
-        if http is not None:
-            from service.http import stop_http
-
-            await stop_http(http[0], http[1])
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", exit_code=self.exit_code)
 

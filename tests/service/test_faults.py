@@ -13,6 +13,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from service.devservers import free_port
+from service.run_command import serve
 from service.worker import Worker
 from tests.service.test_worker_support import get, metric, plant_documents, running_worker, unique, wait_for, worker_settings
 from tests.service.worker_process import WorkerProcess, order_violations, verdict_id, wait_for_ids
@@ -101,7 +102,7 @@ async def test_an_unreachable_mongodb_is_named_with_its_address_and_cause(kafka_
                               kafka_bootstrap_servers=kafka_server.bootstrap_servers, store=trained_store, http_port=0,
                               http_host="127.0.0.1", ready_cache_s=0.0, ready_timeout_s=3.0)  # type: ignore[call-arg]
     worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(serve(worker))
     try:
         async def named() -> bool:
             if worker.http_port is None:

@@ -15,6 +15,7 @@ from pymongo import AsyncMongoClient
 
 from service.config import WorkerSettings
 from service.devservers import free_port
+from service.run_command import serve
 from service.worker import Worker
 from tests.service.test_worker_support import (
     VERDICT_SCHEMA,
@@ -44,7 +45,7 @@ async def serving_offline(store: Path, **overrides: Any) -> AsyncIterator[Worker
         **overrides,
     )
     worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(serve(worker))
     try:
         await wait_for(lambda: worker.http_port is not None and worker.pipeline is not None, timeout=30)
         yield worker

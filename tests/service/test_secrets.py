@@ -19,6 +19,7 @@ from service.config import WorkerSettings
 from service.devservers import free_port
 from service.logs import configure_logging
 from service.redact import MASK, SCRUB, Scrubber, redact_uri, uri_secrets
+from service.run_command import serve
 from service.worker import Worker
 from tests.service.test_worker_support import wait_for
 
@@ -82,7 +83,7 @@ async def test_no_secret_in_logs_probes_or_metrics_of_a_running_worker(trained_s
     stream = io.StringIO()
     configure_logging("debug", "json", stream=stream)
     worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(serve(worker))
     outputs: list[str] = []
     try:
         await wait_for(lambda: worker.http_port is not None, timeout=60)

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from model_store.simulate import as_documents
 from model_store.serving.verdict import VERDICT_SCHEMA_PATH
 from service.config import WorkerSettings
+from service.run_command import serve
 from service.worker import Worker
 
 VERDICT_SCHEMA = json.loads(Path(VERDICT_SCHEMA_PATH).read_text())
@@ -74,9 +75,10 @@ def worker_settings(mongo: Any, kafka: Any, store: Path, name: str, **overrides:
 
 @contextlib.asynccontextmanager
 async def running_worker(settings: WorkerSettings, listen_timeout: float = 60.0) -> AsyncIterator[Worker]:
-    """A worker running in this loop; on exit it is stopped gracefully and must exit 0."""
+    """A worker running in this loop, its HTTP server beside it (as ``moldwatch run`` serves it); on
+    exit it is stopped gracefully and must exit 0."""
     worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
+    task = asyncio.create_task(serve(worker))
     try:
         waiting = asyncio.create_task(worker.wait_listening(listen_timeout))
         done, _ = await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
