@@ -65,7 +65,7 @@ def impute_state(
         # A column that is all blanks in this batch reads as float NaN even when it holds text
         # (the item): what memory or the fallback would put there decides whether it is numeric.
         supplied = [state[column] for state in (memory or {}).values() if column in state]
-        numeric = raw.dtype.kind == "f" and all(_is_number(v) for v in [*supplied, fallback.get(column, 0.0)] if v is not None)
+        numeric = raw.dtype.kind == "f" and all(_is_number(v) for v in [*supplied, fallback.get(column)] if v is not None)
         values = raw[order].copy() if numeric else raw[order].astype(object)
         valid = ~_is_missing(values)
         if not valid.all():
@@ -92,7 +92,7 @@ def impute_state(
             imputed[order, j] = ~valid & now_valid
             result = np.empty_like(filled)
             result[order] = filled
-            out[column] = result.astype(float) if numeric else result
+            out[column] = result  # float when numeric: filled from a float array
             values, valid = filled, now_valid
         if memory is not None:
             latest = _last_valid(valid, starts)[last_rows]
