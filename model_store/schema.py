@@ -193,18 +193,6 @@ def write_schema(schema: PlantSchema, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(schema.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def _parse_timestamps(column: pd.Series, fmt: str | None) -> pd.Series:
-    """Parse with the schema's format, else ISO 8601 (fast), else per-value inference."""
-    if fmt:
-        return pd.to_datetime(column, format=fmt, errors="coerce")
-    if pd.api.types.is_datetime64_any_dtype(column):
-        return column
-    parsed = pd.to_datetime(column, format="ISO8601", errors="coerce")
-    if (parsed.isna() & column.notna()).any():
-        parsed = pd.to_datetime(column, format="mixed", errors="coerce")
-    return parsed
-
-
 def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
     index = int(np.flatnonzero(bad)[0])
     return f"row {index + 1} (value {frame[column].iloc[index]!r})"
@@ -213,9 +201,12 @@ def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
 def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "records") -> pd.DataFrame:
     """Rename a plant export to canonical roles and check it against the schema.
 
-    Raises :class:`DataError` naming the source, the column and the first offending row. Numeric
-    fields may be missing (NaN) — imputation deals with gaps — but must not hold text.
+    The rules are :mod:`model_store.mapping`'s, the same the streaming worker decodes documents
+    with. Raises :class:`DataError` naming the source, the column and the first refused row.
+    Numeric fields may be missing (NaN) — imputation deals with gaps — but must not hold text.
     """
+    from model_store.mapping import map_frame  # the mapping imports this module's roles
+
     if frame.empty:
         raise DataError(f"{source}: no rows; expected production records with columns {schema.record_id}, {schema.timestamp}, ...")
     needed = [schema.record_id, schema.timestamp, schema.facility, schema.item]
@@ -227,54 +218,35 @@ def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "r
     if missing:
         raise DataError(f"{source}: missing column {missing[0]!r} (schema {schema.source} needs {', '.join(needed)})")
 
-    out = pd.DataFrame(index=frame.index)
-    out[RECORD_ID] = frame[schema.record_id].astype(str)
-    ts = _parse_timestamps(frame[schema.timestamp], schema.timestamp_format)
-    if ts.dt.tz is not None:
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    bad_ts = ts.isna().to_numpy() & frame[schema.timestamp].notna().to_numpy()
-    if bad_ts.any() or ts.isna().all():
-        bad = bad_ts if bad_ts.any() else np.ones(len(ts), bool)
-        raise DataError(f"{source}: column {schema.timestamp!r} must hold timestamps; {_first_bad_row(frame, schema.timestamp, bad)}")
-    out[TIMESTAMP] = ts
-    if schema.maker_column:
-        makers = frame[schema.maker_column].astype("string")
-        unknown = ~makers.isin(list(schema.makers)).to_numpy() & makers.notna().to_numpy()
-        if unknown.any():
-            raise DataError(
-                f"{source}: unknown maker in column {schema.maker_column!r}, {_first_bad_row(frame, schema.maker_column, unknown)}; "
-                f"the schema defines {', '.join(schema.makers)}"
-            )
-        out[MAKER] = makers.astype(object).where(makers.notna(), None)
-    else:
-        out[MAKER] = schema.maker_constant
-    out[FACILITY] = frame[schema.facility].astype("string").astype(object).where(frame[schema.facility].notna(), None)
-    out[ITEM] = frame[schema.item].astype("string").astype(object).where(frame[schema.item].notna(), None)
-    if schema.lot_date:
-        lot = pd.to_datetime(frame[schema.lot_date], errors="coerce")
-        out[LOT_DATE] = lot.dt.strftime("%Y-%m-%d").where(lot.notna(), ts.dt.strftime("%Y-%m-%d"))
-    else:
-        out[LOT_DATE] = ts.dt.strftime("%Y-%m-%d")
-    if out[FACILITY].isna().any():
-        raise DataError(f"{source}: column {schema.facility!r} is empty at {_first_bad_row(frame, schema.facility, out[FACILITY].isna().to_numpy())}; every record needs its facility")
-
+    mapped = map_frame(frame, schema)
+    if mapped.errors:
+        row = min(mapped.errors)
+        raise DataError(f"{source}: {_refused_row(schema, row, mapped.errors[row][0])}")
+    out = mapped.frame
+    present = set(out[MAKER].dropna().unique())
     for name in schema.numeric_fields:
         if name not in frame.columns:
             makers_using = [m for m, f in schema.makers.items() if name in f.all]
-            present = set(out[MAKER].dropna().unique())
             if present & set(makers_using):
                 raise DataError(f"{source}: missing column {name!r} (a field of maker {makers_using[0]} in {schema.source})")
-            out[name] = np.nan
-            continue
-        column = frame[name]
-        values = pd.to_numeric(column, errors="coerce")
-        bad = values.isna().to_numpy() & column.notna().to_numpy()
-        if bad.any():
-            raise DataError(f"{source}: column {name!r} must be numeric; {_first_bad_row(frame, name, bad)}")
-        out[name] = values.astype("float64")
     if schema.label and schema.label in frame.columns:
-        out[LABEL] = _as_label(frame[schema.label])
-    return out.reset_index(drop=True)
+        out[LABEL] = _as_label(frame[schema.label].reset_index(drop=True))
+    return out
+
+
+def _refused_row(schema: PlantSchema, index: int, error: Any) -> str:
+    """An offline refusal: the column, the row (1-based) and its value, then the rule's words."""
+    column, at = error.column, f"row {index + 1}"
+    if error.reason == "missing_field":
+        return f"column {column!r} is empty at {at}; every record needs it"
+    value = f"(value {error.value!r})" if len(repr(error.value)) <= 120 else f"(value of {len(repr(error.value))} characters)"
+    if error.reason == "unknown_maker":
+        return f"unknown maker in column {column!r}, {at} {value}; the schema defines {', '.join(schema.makers)}"
+    if column == schema.timestamp:
+        return f"column {column!r} must hold timestamps; {at} {value}: {error.message}"
+    if column in schema.numeric_fields:
+        return f"column {column!r} must be numeric; {at} {value}: {error.message}"
+    return f"column {column!r}, {at} {value}: {error.message}"
 
 
 _FAIL_WORDS = {"n", "ng", "fail", "false", "bad", "defect", "1", "1.0", "y", "yes", "true"}

@@ -354,13 +354,6 @@ def test_the_maker_is_read_from_the_plants_own_column():
     assert decoder.decode({"id": "1", "ts": "2026-01-05T08:30:00", "fac": "M1", "vendor": "Q"}).reason == UNKNOWN_MAKER
 
 
-def test_the_model_is_named_after_the_plant():
-    for name, expected in [("kamp plant", "Kamp_PlantRecord"), ("3rd-line", "Plant3Rd_LineRecord"), ("a1 line", "A1_LineRecord")]:
-        schema = parse_schema({"name": name, "record_id": "id", "timestamp": "ts", "facility": "fac",
-                               "item": "part", "maker": {"constant": "m"}, "makers": {"m": {"settings": ["s"], "production": ["p"]}}})
-        assert RecordDecoder(schema).model.__name__ == expected
-
-
 # -- every refusal says exactly why, naming the plant's own field --------------------------------
 def _refusals():
     long_text = "x" * 65  # one over the limit of what can be a number or a date-time

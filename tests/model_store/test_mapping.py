@@ -1,0 +1,176 @@
+"""One mapping, offline and online: the same rows through ``canonical_records`` (a plant export as
+a frame) and through the worker's decoder (a micro-batch of documents) give the same frame, and
+refuse the same rows."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from bson import Decimal128, ObjectId
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from model_store.errors import DataError
+from model_store.mapping import map_documents
+from model_store.schema import canonical_records, parse_schema
+from service.decode import INVALID_FIELD, MISSING_FIELD, RecordDecoder
+
+SCHEMA = parse_schema(
+    {
+        "record_id": "_id",
+        "timestamp": "TimeStamp",
+        "facility": "EQUIP_CD",
+        "item": "PART_NAME",
+        "lot_date": "PART_FACT_PLAN_DATE",
+        "maker": {"column": "maker"},
+        "makers": {
+            "A": {"settings": ["Barrel Temp 1", "s2"], "production": ["Cycle_Time", "p2"]},
+            "B": {"settings": ["t1"], "production": ["q1"]},
+        },
+    },
+    source="test-schema",
+)
+FIELDS = ["_id", "TimeStamp", "EQUIP_CD", "PART_NAME", "PART_FACT_PLAN_DATE", "maker", "Barrel Temp 1", "s2",
+          "Cycle_Time", "p2", "t1", "q1"]
+
+
+def as_export(documents: list[dict]) -> pd.DataFrame:
+    """The documents as a plant export: one object column per field, None where a document lacks it
+    (object columns: pandas' own inference would turn an integer column with a gap into floats,
+    which is the loader's business, not the mapping's)."""
+    return pd.DataFrame({f: pd.Series([d.get(f) for d in documents], dtype=object) for f in FIELDS})
+
+
+def online(documents: list[dict]):
+    return RecordDecoder(SCHEMA).decode_batch(documents)
+
+
+# -- generated documents -------------------------------------------------------------------------
+codes = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}", fullmatch=True)
+padding = st.sampled_from(["", " ", "\t"])
+finite = st.floats(allow_nan=False, allow_infinity=False)
+numbers = st.one_of(
+    finite, st.integers(-(10**15), 10**15), finite.map(repr), st.just(None), st.just(float("nan")),
+    st.floats(-1e9, 1e9, allow_nan=False).map(lambda f: Decimal128(repr(f))), st.sampled_from(["", " nan ", "  7 "]),
+)
+stamps = st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31),
+                      timezones=st.none() | st.just(timezone.utc) | st.just(timezone(timedelta(hours=9))))
+
+
+@st.composite
+def valid_document(draw) -> dict:
+    maker = draw(st.sampled_from(["A", "B"]))
+    stamp = draw(stamps)
+    doc = {
+        "_id": draw(st.one_of(codes.map(lambda c: draw(padding) + c), st.builds(ObjectId), st.integers(0, 10**12))),
+        "TimeStamp": draw(st.sampled_from([stamp, stamp.isoformat()])),
+        "EQUIP_CD": draw(st.one_of(codes, st.integers(0, 999))),
+        "maker": maker,
+    }
+    if draw(st.booleans()):
+        doc["PART_NAME"] = draw(st.one_of(codes, st.just(None), st.just("  ")))
+    if draw(st.booleans()):
+        doc["PART_FACT_PLAN_DATE"] = draw(st.one_of(stamps.map(lambda s: s.date().isoformat()), st.just("junk"), stamps))
+    for field in SCHEMA.makers[maker].all:
+        if draw(st.booleans()):
+            doc[field] = draw(numbers)
+    return doc
+
+
+anything = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | stamps | st.builds(ObjectId)
+
+
+@st.composite
+def any_document(draw) -> dict:
+    """A valid document with up to three fields replaced by anything (or removed)."""
+    doc = draw(valid_document())
+    for field in draw(st.lists(st.sampled_from(FIELDS), max_size=3, unique=True)):
+        if draw(st.booleans()):
+            doc.pop(field, None)
+        else:
+            doc[field] = draw(anything)
+    return doc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(valid_document(), min_size=1, max_size=8))
+def test_valid_documents_map_to_the_same_frame_offline_and_online(documents):
+    decoded = online(documents)
+    assert decoded.dead_letters == {}, {k: (v.reason, v.error) for k, v in decoded.dead_letters.items()}
+    assert decoded.rows == list(range(len(documents)))
+    offline = canonical_records(as_export(documents), SCHEMA)
+    pd.testing.assert_frame_equal(decoded.frame, offline)
+    assert decoded.frame["timestamp"].dtype == np.dtype("datetime64[us]")
+    assert all(decoded.frame[c].dtype == np.float64 for c in SCHEMA.numeric_fields)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_document(), min_size=1, max_size=8))
+def test_both_paths_refuse_the_same_rows_and_keep_the_others(documents):
+    decoded = online(documents)
+    refused = sorted(decoded.dead_letters)
+    assert sorted(refused + decoded.rows) == list(range(len(documents)))  # each document: one outcome
+    if refused:
+        with pytest.raises(DataError, match=rf"row {refused[0] + 1}\b"):
+            canonical_records(as_export(documents), SCHEMA)
+        kept = [documents[i] for i in decoded.rows]
+        if kept:  # the rest of the batch maps exactly as it would alone
+            pd.testing.assert_frame_equal(decoded.frame, online(kept).frame)
+    else:
+        pd.testing.assert_frame_equal(decoded.frame, canonical_records(as_export(documents), SCHEMA))
+
+
+# -- hand-computed cases ---------------------------------------------------------------------------
+def good(**changes) -> dict:
+    doc = {"_id": "s1", "TimeStamp": datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc), "EQUIP_CD": "F01",
+           "PART_NAME": "ITM-1", "maker": "A", "Barrel Temp 1": 230.0, "s2": 50, "Cycle_Time": "13.25", "p2": None}
+    doc.update(changes)
+    return doc
+
+
+def test_a_bad_document_is_refused_and_the_rest_of_the_batch_proceeds():
+    documents = [good(_id="a"), good(_id="b", s2="hot"), good(_id="c", EQUIP_CD=None), good(_id="d", s2=float("inf"))]
+    decoded = online(documents)
+    assert decoded.rows == [0]
+    assert decoded.frame["record_id"].tolist() == ["a"]
+    assert {k: (v.reason, v.error) for k, v in decoded.dead_letters.items()} == {
+        1: (INVALID_FIELD, "s2: expected a number or a numeric string (got 'hot')"),
+        2: (MISSING_FIELD, "EQUIP_CD: is empty; every record needs it"),
+        3: (INVALID_FIELD, "s2: is infinite (got inf)"),
+    }
+
+
+def test_offline_refusals_name_column_row_and_value():
+    with pytest.raises(DataError, match=r"^plant\.csv: column 's2' must be numeric; row 2 \(value 'hot'\): expected a number"):
+        canonical_records(as_export([good(), good(s2="hot")]), SCHEMA, source="plant.csv")
+    with pytest.raises(DataError, match=r"^plant\.csv: column 'EQUIP_CD' is empty at row 1; every record needs it"):
+        canonical_records(as_export([good(EQUIP_CD="  ")]), SCHEMA, source="plant.csv")
+    with pytest.raises(DataError, match=r"column 'TimeStamp' must hold timestamps; row 1 \(value 'yesterday'\): is not a date-time"):
+        canonical_records(as_export([good(TimeStamp="yesterday")]), SCHEMA, source="plant.csv")
+
+
+def test_typed_export_columns_map_like_documents():
+    """A CSV/Parquet export arrives typed (float64 numbers with NaN gaps, datetime64 stamps, int ids)."""
+    frame = pd.DataFrame({
+        "_id": [1, 2], "TimeStamp": pd.to_datetime(["2026-01-05 08:30:00", "2026-01-05 08:30:30"]),
+        "EQUIP_CD": ["F01", "F02"], "PART_NAME": ["X", None], "PART_FACT_PLAN_DATE": ["2026-01-04", None],
+        "maker": ["A", "B"], "Barrel Temp 1": [230.0, np.nan], "s2": [50.0, np.nan], "Cycle_Time": [13.25, np.nan],
+        "p2": [np.nan, np.nan], "t1": [np.nan, 7.0], "q1": [np.nan, 8.0],
+    })
+    offline = canonical_records(frame, SCHEMA)
+    documents = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v)) and v is not None}
+                 for row in frame.astype(object).to_dict("records")]
+    for doc in documents:
+        doc["TimeStamp"] = doc["TimeStamp"].to_pydatetime()
+    pd.testing.assert_frame_equal(offline, online(documents).frame)
+    assert offline["record_id"].tolist() == ["1", "2"] and offline["item"].tolist() == ["X", None]
+    assert offline["lot_date"].tolist() == ["2026-01-04", "2026-01-05"]
+    with pytest.raises(DataError, match=r"column 's2' must be numeric; row 2 \(value inf\): is infinite"):
+        canonical_records(frame.assign(s2=[1.0, np.inf]), SCHEMA)
+
+
+def test_an_empty_batch_maps_to_an_empty_frame_with_the_canonical_columns():
+    mapped = map_documents([], SCHEMA)
+    assert list(mapped.frame.columns) == RecordDecoder(SCHEMA).columns and len(mapped.frame) == 0
