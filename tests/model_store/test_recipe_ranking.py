@@ -12,6 +12,7 @@ non-lowest cluster cannot move the pick.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -293,7 +294,9 @@ def test_a_facility_item_without_pseudo_labels_is_ranked_on_lots_alone():
 
 def test_no_evidence_at_all_means_no_credible_rate_and_no_pick():
     frame = shots(block(150, 0, anomalies=3), block(120, 1, anomalies=1))
-    out = by_cluster(rank_clusters(frame, None, RecipeConfig(), predicted_pairs=set()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both weights 0: the 0 / 0 is guarded, not computed and hidden as NaN
+        out = by_cluster(rank_clusters(frame, None, RecipeConfig(), predicted_pairs=set()))
     assert set(out["basis"]) == {"none"}
     assert out[["credible_low", "credible_rate", "defect_rate"]].isna().all().all()
     assert not out["eligible"].any() and not out["candidate"].any() and not out["recommended"].any()
