@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import typer
 from rich.live import Live
 
-from service.cli import app, console, user_errors
+from service.cli import app, console, require_train_extra, user_errors
 from service.demo_view import LiveStats, render, summary_line
 
 SUMMARY_EVERY_S = 5.0  # off a terminal: one plain line this often
@@ -263,6 +263,7 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the worker's and libraries' logs here instead of in WORKDIR/worker.log."),
 ) -> None:
     """Live demo: simulate, train, start local Kafka + MongoDB, stream shots through the worker, watch verdicts."""
+    require_train_extra("demo")  # it trains (or at least imports training) before any server starts
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = None if verbose else workdir / "worker.log"

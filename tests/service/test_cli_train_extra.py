@@ -87,6 +87,7 @@ def test_recipe_simulate_and_parquet_input_say_what_to_install(tmp_path) -> None
     out = tmp_path / "out"
     assert "moldwatch recipe needs" in the_hint(base_install("recipe", "--store", str(tmp_path / "store"), "--records", "r.csv", "--out", str(out)))
     assert "moldwatch simulate needs the train extra (pyarrow not installed)" in the_hint(base_install("simulate", "--out", str(out)))
+    assert "moldwatch demo needs" in the_hint(base_install("demo", "--workdir", str(out), "--duration", "1"))
     parquet = tmp_path / "records.parquet"
     parquet.write_bytes(b"PAR1")
     assert "moldwatch score on Parquet needs" in the_hint(base_install("score", "--store", str(tmp_path), "--records", str(parquet), "--out", str(out)))
@@ -94,7 +95,7 @@ def test_recipe_simulate_and_parquet_input_say_what_to_install(tmp_path) -> None
 
 
 def test_a_lazy_import_of_the_extra_is_explained_too(capsys) -> None:
-    # What the commands' own checks do not foresee (a postgresql:// source, the demo's training)
+    # What the commands' own checks do not foresee (a postgresql:// source, say)
     # reaches the app as ModuleNotFoundError: one line and exit 2 for the extra's packages...
     app = cli._App(add_completion=False, pretty_exceptions_enable=False)
 
