@@ -7,7 +7,10 @@ Both are written by deploy/local/lock.sh; the installers use them in hash-checki
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -87,3 +90,31 @@ def test_installers_use_the_locks_in_hash_checking_mode() -> None:
 def test_setup_installs_the_extras_the_full_lock_holds() -> None:
     # setup.sh installs the project over the lock: with fewer extras the tests would miss TensorFlow.
     assert "'.[train,test]'" in (ROOT / "deploy/local/setup.sh").read_text()
+
+
+def _report(*packages: tuple[str, str, str | None]) -> dict:
+    """A minimal `pip install --report` document: name, version, sha256 (None: an artifact without one)."""
+    return {
+        "environment": {"implementation_name": "cpython", "python_version": "3.11", "sys_platform": "linux", "platform_machine": "x86_64"},
+        "install": [{"metadata": {"name": name, "version": version},
+                     "download_info": {"url": f"https://files.example/{name}", "archive_info": {"hashes": {"sha256": sha} if sha else {}}}}
+                    for name, version, sha in packages],
+    }
+
+
+def test_lock_py_pins_every_package_but_the_project(tmp_path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report(("Zeta", "1.0", "a" * 64), ("moldwatch", "0.1.0", None), ("alpha", "2.3", "b" * 64))))
+    out, constraints = tmp_path / "out.lock", tmp_path / "pins.txt"
+    done = subprocess.run([sys.executable, str(ROOT / "deploy/local/lock.py"), str(report), str(out), "--pins", str(constraints),
+                           "--what", "for a test", "--used-by", "nobody"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert PIN.findall(out.read_text()) == [("alpha", "2.3", "b" * 64), ("Zeta", "1.0", "a" * 64)]
+    assert "# platform: cpython 3.11 linux x86_64" in out.read_text()
+    assert constraints.read_text() == "alpha==2.3\nZeta==1.0\n"
+    # An artifact pip could not hash (a VCS or local source) cannot be locked: refused, nothing written.
+    report.write_text(json.dumps(_report(("alpha", "2.3", None))))
+    out.unlink()
+    done = subprocess.run([sys.executable, str(ROOT / "deploy/local/lock.py"), str(report), str(out), "--what", "x", "--used-by", "y"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "alpha 2.3: pip's report has no sha256" in done.stderr and not out.exists()
