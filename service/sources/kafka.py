@@ -27,6 +27,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from bson import json_util
 from bson.json_util import JSONOptions
 
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
 from service.kafka_ping import metadata_ping
@@ -34,6 +35,9 @@ from service.pipeline import SourceMessage
 from service.sources import Emit
 
 OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+CONNECT_BACKOFF_S = (0.2, 10.0)  # first pause and cap (s) while the source's brokers are unreachable
 
 log = structlog.get_logger("moldwatch.source.kafka")
 
@@ -122,7 +126,7 @@ class KafkaSource:
         return consumer
 
     async def _connect(self) -> AIOKafkaConsumer:
-        pause = 0.2
+        backoff = Backoff(*CONNECT_BACKOFF_S)
         while True:
             consumer = self._new_consumer()
             try:
@@ -130,9 +134,9 @@ class KafkaSource:
             except KafkaError as exc:
                 await consumer.stop()
                 self.metrics.source_errors.labels(self.name).inc()
+                pause = backoff.next()
                 log.warning("kafka source unreachable, retrying", error=str(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 10.0)
                 continue
             log.info("kafka source connected", topic=self.settings.kafka_records_topic, group=self.settings.kafka_group_id)
             return consumer

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 from pymongo.errors import OperationFailure, PyMongoError
 
 from model_store.schema import PlantSchema
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.redact import one_line
 from service.metrics import WorkerMetrics
@@ -176,7 +177,7 @@ class MongoSource:
     async def run(self, emit: Emit) -> None:
         checkpoint = await self._retry("read checkpoint", self.load_checkpoint)
         backfill = self._plan(checkpoint)
-        pause = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         first_start = True
         if checkpoint is None and not backfill:
             # The server's clock before the stream opens: if the stream gives no initial token
@@ -217,7 +218,7 @@ class MongoSource:
                         # stream. Backfilled positions carry no token (see the module doc).
                         await self._backfill(emit)
                         backfill = False
-                    pause = RETRY_BACKOFF_S[0]
+                    backoff.reset()
                     await self._follow(stream, emit)
             except PyMongoError as exc:
                 if token_unusable(exc, had_token):
@@ -228,11 +229,11 @@ class MongoSource:
                     self._token = None
                     continue
                 self.metrics.source_errors.labels(self.name).inc()
+                pause = backoff.next()
                 log.warning("change stream interrupted, reconnecting", error=_one_line(exc), retry_in_s=pause)
                 if self._token is None and self._last is not None:
                     backfill = True  # no token to resume from (server gave none): the timestamp is our position
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
     def _plan(self, checkpoint: Mapping[str, Any] | None) -> bool:
         """Restore the position; return whether a backfill is needed before following the stream."""
@@ -329,15 +330,15 @@ class MongoSource:
         return time.monotonic() - since >= max(self.settings.checkpoint_interval_s, 1.0)
 
     async def _retry(self, what: str, call: Any) -> Any:
-        pause = RETRY_BACKOFF_S[0]
+        backoff = Backoff(*RETRY_BACKOFF_S)
         while True:
             try:
                 return await call()
             except (PyMongoError, KafkaError, OSError) as exc:  # Kafka: the exactly-once position store
                 self.metrics.source_errors.labels(self.name).inc()
+                pause = backoff.next()
                 log.warning(f"mongodb: cannot {what}, retrying", error=_one_line(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_BACKOFF_S[1])
 
 
 def decode_document(raw: Any) -> tuple[Any, str | None]:
