@@ -300,13 +300,13 @@ async def test_poison_suite_every_document_gets_one_outcome_and_the_stream_keeps
                 await collection.insert_one(document)
             await collection.insert_many(good[20:])
             expected = len(good) + len(cases) + len(generated)
-            verdicts = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_verdicts_topic, len(good), settle=0)
+            verdicts = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_verdicts_topic, len(good))
             letters: list[Any] = []
 
             async def outcomes() -> int:
                 nonlocal verdicts, letters
-                verdicts = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_verdicts_topic, 0, timeout=2, settle=0)
-                letters = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_dead_letters_topic, 0, timeout=2, settle=0)
+                verdicts = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_verdicts_topic, 0, timeout=2)
+                letters = await read_topic(kafka_server.bootstrap_servers, settings_.kafka_dead_letters_topic, 0, timeout=2)
                 return len(verdicts) + len(letters)
 
             deadline = asyncio.get_running_loop().time() + 90

@@ -83,7 +83,7 @@ async def test_verdicts_say_whether_they_are_on_recipe_and_a_replaced_recipes_fi
     try:
         async with running_worker(settings) as worker:
             await collection.insert_many(batches[0])
-            first = values(await read_topic(kafka_server.bootstrap_servers, topic, SHOTS, settle=0.2))
+            first = values(await read_topic(kafka_server.bootstrap_servers, topic, SHOTS))
             await wait_for(lambda: metric(worker, "moldwatch_recipe_checks_total") == SHOTS)
             checks = {(f, o): metric(worker, "moldwatch_recipe_checks_total", facility=f, on_recipe=o)
                       for f in {a[0], b[0], stale[0]} for o in ("true", "false", "unknown")}
@@ -95,13 +95,13 @@ async def test_verdicts_say_whether_they_are_on_recipe_and_a_replaced_recipes_fi
             write_recipes(path, [recipe(a, cluster_a + 1, version), recipe(b, cluster_b, version)])
             await wait_for(lambda: metric(worker, "moldwatch_recipe_loads_total", outcome="ok") == 2, timeout=20)
             await collection.insert_many(batches[1])
-            second = values(await read_topic(kafka_server.bootstrap_servers, topic, 2 * SHOTS, settle=0.2))[SHOTS:]
+            second = values(await read_topic(kafka_server.bootstrap_servers, topic, 2 * SHOTS))[SHOTS:]
 
             # A broken file is refused and v2 kept.
             path.write_text('{"recipes": [{"facility": ')
             await wait_for(lambda: metric(worker, "moldwatch_recipe_loads_total", outcome="failed") >= 1, timeout=20)
             await collection.insert_many(batches[2])
-            third = values(await read_topic(kafka_server.bootstrap_servers, topic, 3 * SHOTS, settle=0.2))[2 * SHOTS:]
+            third = values(await read_topic(kafka_server.bootstrap_servers, topic, 3 * SHOTS))[2 * SHOTS:]
             kept = await get(worker, f"/recipes/{b[0]}/{b[1]}")
             exposition = (await get(worker, "/metrics")).text
     finally:

@@ -93,25 +93,31 @@ async def running_worker(settings: WorkerSettings, listen_timeout: float = 60.0)
     assert code == 0, f"worker exited with {code}"
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
-                     settle: float = 0.5) -> list[Any]:
-    """All messages of ``topic`` from the start, once ``expected`` arrived (then ``settle`` s more,
-    to catch duplicates), or whatever arrived by ``timeout``."""
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
+    """All messages of ``topic`` from the start: waits until ``expected`` arrived (or ``timeout``),
+    then reads on to the end offsets the broker reports at that moment, so that every message
+    already written (a duplicate included) is in the result. No fixed settling time."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     messages: list[Any] = []
     deadline = time.monotonic() + timeout
-    reached_at: float | None = None
     try:
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for batch in batches.values():
+        while len(messages) < expected and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
                 messages.extend(batch)
-            if len(messages) >= expected:
-                reached_at = reached_at or time.monotonic()
-                if time.monotonic() - reached_at >= settle:
-                    break
+        partitions = consumer.assignment()
+        while not partitions and time.monotonic() < deadline:  # the topic may not exist yet
+            await consumer.getmany(timeout_ms=200)
+            partitions = consumer.assignment()
+        ends = await consumer.end_offsets(list(partitions)) if partitions else {}
+        # positions past transaction markers count as read: compare positions, not message counts
+        while time.monotonic() < deadline:
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if not behind:
+                break
+            for batch in (await consumer.getmany(*behind, timeout_ms=200)).values():
+                messages.extend(batch)
     finally:
         await consumer.stop()
     return messages
