@@ -144,6 +144,10 @@ def name_value(value: Any) -> str | None:
         raise Refusal(INVALID_FIELD, "expected a string or integer code")
     if isinstance(value, int):
         return bounded(str(value))
+    if isinstance(value, float) and value.is_integer():
+        # A CSV column of integer codes with one blank cell is read as floats: 7.0 is the code 7,
+        # as the same code sent as a BSON int or double is.
+        return str(int(value))
     if isinstance(value, str):
         return bounded(value.strip()) or None
     raise Refusal(INVALID_FIELD, "expected a string or integer code")

@@ -174,3 +174,20 @@ def test_typed_export_columns_map_like_documents():
 def test_an_empty_batch_maps_to_an_empty_frame_with_the_canonical_columns():
     mapped = map_documents([], SCHEMA)
     assert list(mapped.frame.columns) == RecordDecoder(SCHEMA).columns and len(mapped.frame) == 0
+
+
+def test_integer_codes_in_a_column_with_a_blank_are_codes_not_refusals():
+    # pandas reads a CSV column of integer facility / item codes with one blank cell as floats:
+    # the codes must come out as "101", "7" (as the same codes sent online as ints do), the blank
+    # item as a gap, and a fractional code is still refused with the column, row and value named.
+    frame = pd.DataFrame({
+        "_id": ["a", "b"], "TimeStamp": pd.to_datetime(["2026-01-05 08:30:00", "2026-01-05 08:30:30"]),
+        "EQUIP_CD": [101.0, 102.0], "PART_NAME": [7.0, np.nan], "PART_FACT_PLAN_DATE": ["2026-01-04", "2026-01-04"], "maker": ["A", "A"],
+        "Barrel Temp 1": [230.0, 231.0], "s2": [50.0, 51.0], "Cycle_Time": [13.0, 13.5], "p2": [1.0, 1.0],
+    })
+    offline = canonical_records(frame, SCHEMA)
+    assert offline["facility"].tolist() == ["101", "102"] and offline["item"].tolist() == ["7", None]
+    online_frame = online([{**good(_id="a", EQUIP_CD=101, PART_NAME=7)}, {**good(_id="b", EQUIP_CD=102.0, PART_NAME=None)}]).frame
+    assert online_frame["facility"].tolist() == ["101", "102"] and online_frame["item"].tolist() == ["7", None]
+    with pytest.raises(DataError, match=r"EQUIP_CD.*row 2 \(value 102\.5\)"):
+        canonical_records(frame.assign(EQUIP_CD=[101.0, 102.5]), SCHEMA)

@@ -253,7 +253,8 @@ def test_names_and_ids_are_stripped(decoder):
         (dict(_id=True), INVALID_FIELD, "_id"),
         (dict(_id=1.5), INVALID_FIELD, "_id"),
         (dict(EQUIP_CD=True), INVALID_FIELD, "EQUIP_CD"),
-        (dict(EQUIP_CD=1.0), INVALID_FIELD, "integer code"),
+        (dict(EQUIP_CD=1.5), INVALID_FIELD, "integer code"),
+        (dict(EQUIP_CD=float("inf")), INVALID_FIELD, "integer code"),
         (dict(EQUIP_CD=None), MISSING_FIELD, "EQUIP_CD: is empty"),
         (dict(PART_NAME=False), INVALID_FIELD, "PART_NAME"),
         (dict(maker=True), UNKNOWN_MAKER, "maker True"),
@@ -558,3 +559,51 @@ def test_any_document_decodes_or_dead_letters_never_raises(decoder, document):
     else:
         assert out.row["record_id"] and out.row["facility"]
         assert all(isinstance(out.row[c], float) for c in SCHEMA.numeric_fields)
+
+
+def test_a_batch_the_mapping_trips_on_is_decoded_one_by_one(decoder, monkeypatch) -> None:
+    # The batch path maps all documents at once; should the mapping itself raise on one of them
+    # (a bug, or a value no rule foresaw), the batch is mapped again one document at a time: the
+    # offender becomes an `undecodable` dead letter naming the exception, refusals keep their own
+    # reasons, and every other record is decoded in input order.
+    import service.decode as decode_module
+
+    real = decode_module.map_documents
+
+    def tripping(documents, schema):
+        if any(doc.get("EQUIP_CD") == "TRIP" for doc in documents):
+            raise ZeroDivisionError("a rule divided by zero")
+        return real(documents, schema)
+
+    monkeypatch.setattr(decode_module, "map_documents", tripping)
+    documents = [good(EQUIP_CD="F01"), good(EQUIP_CD="TRIP"), good(EQUIP_CD="F02", **{"Cycle_Time": "ERR"}),
+                 good(EQUIP_CD="F03")]
+    batch = decoder.decode_batch(documents)
+    assert batch.rows == [0, 3]
+    assert list(batch.frame["facility"]) == ["F01", "F03"] and len(batch.record_time) == 2
+    assert sorted(batch.dead_letters) == [1, 2]
+    tripped = batch.dead_letters[1]
+    assert tripped.reason == UNDECODABLE and tripped.error == "ZeroDivisionError: 'a rule divided by zero'"
+    assert batch.dead_letters[2].reason == INVALID_FIELD and "Cycle_Time" in batch.dead_letters[2].error
+    # the same documents without the trip: one batch call, the same records
+    monkeypatch.setattr(decode_module, "map_documents", real)
+    plain = decoder.decode_batch([documents[0], documents[3]])
+    assert list(plain.frame["facility"]) == ["F01", "F03"]
+    assert plain.frame.equals(batch.frame)
+
+
+def test_a_batch_where_every_document_trips_yields_an_empty_canonical_frame(decoder, monkeypatch) -> None:
+    import service.decode as decode_module
+
+    real = decode_module.map_documents
+    monkeypatch.setattr(decode_module, "map_documents",
+                        lambda documents, schema: real(documents, schema) if not documents else 1 / 0)
+    batch = decoder.decode_batch([good(), good()])
+    assert batch.rows == [] and batch.record_time == [] and sorted(batch.dead_letters) == [0, 1]
+    assert list(batch.frame.columns) == list(real([], SCHEMA).frame.columns) and batch.frame.empty
+
+
+@pytest.mark.parametrize(("code", "expected"), [(1.0, "1"), (7, "7"), (-3.0, "-3"), (0.0, "0"), (" 12 ", "12")])
+def test_integer_codes_read_the_same_whatever_their_number_type(decoder, code, expected):
+    out = decoder.decode(good(EQUIP_CD=code, PART_NAME=code))
+    assert isinstance(out, CanonicalRecord) and out.row["facility"] == expected == out.row["item"]
