@@ -65,6 +65,7 @@ MODULES: dict[str, RuleModule] = {
     "calibration": RuleModule("model_store/calibration.py", ("tests/model_store/test_calibration.py",)),
     "probability": RuleModule("model_store/serving/probability.py", ("tests/model_store/test_calibration.py",)),
     "decode": RuleModule("service/decode.py", ("tests/service/test_decode*.py",)),
+    "mapping": RuleModule("model_store/mapping.py", ("tests/model_store/test_mapping.py", "tests/service/test_decode*.py")),
     "ranking": RuleModule("model_store/recipe/ranking.py", ("tests/model_store/test_recipe.py", "tests/model_store/test_recipe_ranking.py")),
     "intervals": RuleModule("model_store/recipe/intervals.py",
                             ("tests/model_store/test_recipe_intervals.py", "tests/model_store/test_recipe.py")),
