@@ -214,7 +214,12 @@ class Worker:
         spawn = self.supervisor.spawn
         try:
             spawn("loop-monitor", self._monitor_loop())
-            await self._load_store()
+            try:
+                await self._load_store()
+            except StoreError as exc:
+                self.exit_code = 2  # what the run command exits with: the closing log line must agree
+                log.error("model store unusable; not starting", error=str(exc))
+                raise
             assert self.pipeline is not None
             if self.recipe_file is not None:
                 await self.recipe_file.load(force=True)  # a missing or broken file: served without, not fatal

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from model_store.serving.verdict import VERDICT_SCHEMA_PATH
+from service.devservers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -224,3 +226,17 @@ def test_readme_example_record_is_a_valid_input() -> None:
     record = json.loads(block.group(1))
     schema = simulate(SimulationConfig(seed=3, days=2, facilities=4, items=6, shots=3000)).schema
     assert isinstance(RecordDecoder(schema).decode(record), CanonicalRecord)
+
+
+def test_run_without_a_usable_store_exits_2_and_its_log_says_so(tmp_path) -> None:
+    # No server is needed: the store is loaded before any connection. The closing log line must
+    # carry the exit code the command really exits with (it used to say exit_code=0 before exit 2).
+    env = {**os.environ, "MOLDWATCH_STORE": str(tmp_path / "no-store"), "MOLDWATCH_HTTP_PORT": str(free_port()),
+           "MOLDWATCH_LOG_FORMAT": "json"}
+    result = subprocess.run([sys.executable, "-m", "service", "run"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "model store not found; train one with 'moldwatch train'" in result.stderr
+    events = [json.loads(line) for line in (result.stdout + result.stderr).splitlines() if line.startswith("{")]
+    stopped = [e for e in events if e.get("event") == "worker stopped"]
+    assert stopped and stopped[-1]["exit_code"] == 2
+    assert any(e.get("event") == "model store unusable; not starting" for e in events)
