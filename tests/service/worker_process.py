@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.config import WorkerSettings
 from service.devservers import free_port
@@ -114,7 +115,12 @@ async def wait_for_ids(bootstrap: str, topics: list[str], key: Any, wanted: set[
     """Read ``topics`` to their end until every id in ``wanted`` (``key(message)``) is there."""
     deadline = time.monotonic() + timeout
     while True:
-        messages = [m for t in topics for m in await read_to_end(bootstrap, t)]
+        try:
+            messages = [m for t in topics for m in await read_to_end(bootstrap, t)]
+        except KafkaError as exc:  # the test's own reader, e.g. a broker just resumed from SIGSTOP: read again
+            assert time.monotonic() < deadline, f"topics unreadable after {timeout} s: {exc}"
+            await asyncio.sleep(0.5)
+            continue
         seen = {key(m) for m in messages}
         if wanted <= seen:
             return messages
