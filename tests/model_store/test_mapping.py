@@ -14,24 +14,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model_store.errors import DataError
 from model_store.mapping import map_documents
-from model_store.schema import canonical_records, parse_schema
+from model_store.schema import canonical_records
 from service.decode import INVALID_FIELD, MISSING_FIELD, RecordDecoder
+from tests.service.test_decode import SCHEMA
 
-SCHEMA = parse_schema(
-    {
-        "record_id": "_id",
-        "timestamp": "TimeStamp",
-        "facility": "EQUIP_CD",
-        "item": "PART_NAME",
-        "lot_date": "PART_FACT_PLAN_DATE",
-        "maker": {"column": "maker"},
-        "makers": {
-            "A": {"settings": ["Barrel Temp 1", "s2"], "production": ["Cycle_Time", "p2"]},
-            "B": {"settings": ["t1"], "production": ["q1"]},
-        },
-    },
-    source="test-schema",
-)
+# The decoder's test plant (two makers, odd column names): both paths see the same schema.
 FIELDS = ["_id", "TimeStamp", "EQUIP_CD", "PART_NAME", "PART_FACT_PLAN_DATE", "maker", "Barrel Temp 1", "s2",
           "Cycle_Time", "p2", "t1", "q1"]
 
