@@ -178,3 +178,33 @@ def test_integer_codes_in_a_column_with_a_blank_are_codes_not_refusals():
     assert online_frame["facility"].tolist() == ["101", "102"] and online_frame["item"].tolist() == ["7", None]
     with pytest.raises(DataError, match=r"EQUIP_CD.*row 2 \(value 102\.5\)"):
         canonical_records(frame.assign(EQUIP_CD=[101.0, 102.5]), SCHEMA)
+
+
+def test_an_export_with_zone_aware_stamps_is_read_as_naive_utc_like_documents():
+    # 10:30 in Berlin (winter, +01:00) is 09:30 UTC, offline and online alike.
+    stamps = pd.to_datetime(["2026-01-05 10:30:00", "2026-01-05 10:30:30"]).tz_localize("Europe/Berlin")
+    frame = as_export([good(_id="a"), good(_id="b")]).assign(TimeStamp=stamps)
+    offline = canonical_records(frame, SCHEMA)
+    assert offline["timestamp"].tolist() == [pd.Timestamp("2026-01-05 09:30:00"), pd.Timestamp("2026-01-05 09:30:30")]
+    documents = [good(_id="a", TimeStamp=stamps[0].to_pydatetime()), good(_id="b", TimeStamp=stamps[1].to_pydatetime())]
+    assert online(documents).frame["timestamp"].tolist() == offline["timestamp"].tolist()
+
+
+@pytest.mark.parametrize(("stamp", "accepted"), [
+    (datetime(1677, 9, 22), True), (datetime(1677, 9, 21, 23, 59, 59), False),
+    (datetime(2262, 4, 11), True), (datetime(2262, 4, 11, 0, 0, 1), False),
+])
+def test_the_supported_time_range_includes_both_ends(stamp: datetime, accepted: bool):
+    decoded = online([good(TimeStamp=stamp)])
+    assert (decoded.rows == [0]) is accepted
+    if not accepted:
+        (letter,) = decoded.dead_letters.values()
+        assert letter.reason == INVALID_FIELD and "outside the supported range (1677-09-22 to 2262-04-11)" in letter.error
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(256, True), (257, False)])
+def test_a_name_of_exactly_the_length_bound_is_accepted(length: int, accepted: bool):
+    name = "F" * length
+    for changes in ({"EQUIP_CD": name}, {"PART_NAME": name}, {"_id": name}):
+        decoded = online([good(**changes)])
+        assert (decoded.rows == [0]) is accepted, changes
