@@ -57,6 +57,7 @@ _RANGE = "is outside the supported range (1677-09-22 to 2262-04-11)"
 # in metric labels. Real ones are short codes; a megabyte "facility" would make a verdict the broker
 # refuses, and a label series per garbage value. 256 characters is far above any plant's naming.
 MAX_NAME_LENGTH = 256
+_EXACT_FLOAT_INT = 2.0**53  # every integer up to here is exactly representable as a float
 # Text longer than this is not a number or a date-time: refuse it before parsing a megabyte.
 MAX_SCALAR_TEXT = 64
 REPR_LIMIT = 120  # characters of a bad value quoted in an error: enough to recognise it
@@ -144,10 +145,10 @@ def name_value(value: Any) -> str | None:
         raise Refusal(INVALID_FIELD, "expected a string or integer code")
     if isinstance(value, int):
         return bounded(str(value))
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
         # A CSV column of integer codes with one blank cell is read as floats: 7.0 is the code 7,
-        # as the same code sent as a BSON int or double is.
-        return str(int(value))
+        # as the same code sent as a BSON int or double is. Beyond 2**53 a float is no exact code.
+        return bounded(str(int(value)))
     if isinstance(value, str):
         return bounded(value.strip()) or None
     raise Refusal(INVALID_FIELD, "expected a string or integer code")

@@ -255,6 +255,8 @@ def test_names_and_ids_are_stripped(decoder):
         (dict(EQUIP_CD=True), INVALID_FIELD, "EQUIP_CD"),
         (dict(EQUIP_CD=1.5), INVALID_FIELD, "integer code"),
         (dict(EQUIP_CD=float("inf")), INVALID_FIELD, "integer code"),
+        (dict(EQUIP_CD=1e300), INVALID_FIELD, "integer code"),  # integral, but no exact code: 300 digits of noise
+        (dict(EQUIP_CD=2.0**53 + 2), INVALID_FIELD, "integer code"),
         (dict(EQUIP_CD=None), MISSING_FIELD, "EQUIP_CD: is empty"),
         (dict(PART_NAME=False), INVALID_FIELD, "PART_NAME"),
         (dict(maker=True), UNKNOWN_MAKER, "maker True"),
@@ -603,7 +605,7 @@ def test_a_batch_where_every_document_trips_yields_an_empty_canonical_frame(deco
     assert list(batch.frame.columns) == list(real([], SCHEMA).frame.columns) and batch.frame.empty
 
 
-@pytest.mark.parametrize(("code", "expected"), [(1.0, "1"), (7, "7"), (-3.0, "-3"), (0.0, "0"), (" 12 ", "12")])
+@pytest.mark.parametrize(("code", "expected"), [(1.0, "1"), (7, "7"), (-3.0, "-3"), (0.0, "0"), (" 12 ", "12"), (2.0**53, "9007199254740992")])
 def test_integer_codes_read_the_same_whatever_their_number_type(decoder, code, expected):
     out = decoder.decode(good(EQUIP_CD=code, PART_NAME=code))
     assert isinstance(out, CanonicalRecord) and out.row["facility"] == expected == out.row["item"]
