@@ -151,6 +151,7 @@ class WorkerMetrics:
         r.register(self.cache)
         self.latencies = LatencyWindow()
         self._per_item: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._last_checkpoint: float | None = None
         self._started = time.time()
         self.checkpoint_age = Gauge(
@@ -212,6 +213,15 @@ class WorkerMetrics:
                          "groups": str(len(engine.manifest.groups))})
         self.cache.track(engine)
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, resolved once: ``labels()`` takes a lock and hashes a tuple on
+        every call, a cost the per-record paths (one read, one verdict) should not pay each time."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def checkpointed(self) -> None:
         self._last_checkpoint = time.time()
         self.checkpoints.inc()
@@ -225,15 +235,15 @@ class WorkerMetrics:
         children[0].inc()
         if verdict.get("anomaly"):
             children[1].inc()
-        self.resolutions.labels(str(verdict.get("resolution"))).inc()
+        self.child(self.resolutions, str(verdict.get("resolution"))).inc()
         if verdict.get("resolution") == "unscorable":
             from model_store.serving.scoring import unscorable_cause
 
             self.unscorable.labels(unscorable_cause(verdict.get("reason"))).inc()
         for name in verdict.get("imputed") or ():
-            self.imputed.labels(str(name)).inc()
+            self.child(self.imputed, str(name)).inc()
         if "on_recipe" in verdict:  # absent: the worker has no recipes file
-            self.recipe_checks.labels(facility, ON_RECIPE.get(verdict["on_recipe"], "unknown")).inc()
+            self.child(self.recipe_checks, facility, ON_RECIPE.get(verdict["on_recipe"], "unknown")).inc()
 
     def observe_latency(self, record_time: float | None, received_at: float, acked_at: float) -> None:
         self.processing.observe(max(0.0, acked_at - received_at))

@@ -269,7 +269,7 @@ class Worker:
 
     async def _emit(self, message: SourceMessage) -> None:
         if not message.marker:
-            self.metrics.records_in.labels(self.settings.source).inc()
+            self.metrics.child(self.metrics.records_in, self.settings.source).inc()
         self.progress.arriving()
         await self.queue.put(message)  # blocks when full: the source stops reading
 

@@ -160,7 +160,7 @@ class KafkaSource:
         position = (message.topic, message.partition, message.offset + 1)  # Kafka commits the *next* offset
         event_time = message.timestamp / 1000.0 if message.timestamp and message.timestamp > 0 else None
         if event_time is not None:
-            self.metrics.stream_lag.labels(self.name).set(max(0.0, time.time() - event_time))
+            self.metrics.child(self.metrics.stream_lag, self.name).set(max(0.0, time.time() - event_time))
         document, error, is_record = parse_value(message.value)
         if not is_record:
             return SourceMessage(None, position, event_time=event_time, marker=True)

@@ -307,7 +307,7 @@ class MongoSource:
             self._token = _plain(change["_id"])
             event_time = _event_time(change)
             if event_time is not None:
-                self.metrics.stream_lag.labels(self.name).set(max(0.0, time.time() - event_time))
+                self.metrics.child(self.metrics.stream_lag, self.name).set(max(0.0, time.time() - event_time))
             document, error = decode_document(change.get("fullDocument"))
             if error is not None:
                 # Undecodable even with the lenient codec: one dead letter, the stream moves on.
