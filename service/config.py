@@ -104,6 +104,10 @@ class WorkerSettings(BaseSettings):
                                  json_schema_extra=_panel(KAFKA))
     kafka_linger_ms: int = Field(5, ge=0, description="Producer linger: a few ms lets verdicts share a request.",
                                  json_schema_extra=_panel(KAFKA))
+    kafka_batch_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest record batch the producer builds for one partition: verdicts go to "
+        "Kafka in batches of up to this many bytes (one request carries many verdicts). Capped at "
+        "kafka_max_message_bytes: the brokers' message.max.bytes limits a whole record batch.", json_schema_extra=_panel(KAFKA))
     kafka_max_message_bytes: int = Field(
         1_000_000, ge=10_000, description="Largest message the brokers accept (their message.max.bytes, ~1 MB by default); "
         "a verdict above it is dead-lettered instead of retried forever.", json_schema_extra=_panel(KAFKA))
@@ -207,6 +211,11 @@ class WorkerSettings(BaseSettings):
         return self
 
     # -- client arguments ------------------------------------------------------------------------
+    @property
+    def producer_batch_bytes(self) -> int:
+        """The producer's record-batch size: never above what the brokers accept as one message."""
+        return min(self.kafka_batch_bytes, self.kafka_max_message_bytes)
+
     def mongo_client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``AsyncMongoClient`` (TLS and auth); values win over the URI's."""
         kwargs: dict[str, Any] = {

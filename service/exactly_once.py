@@ -34,7 +34,7 @@ from bson import json_util
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
-from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, SinkError, is_permanent
+from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, Outgoing, SinkError, hand_over, is_permanent
 from service.redact import one_line
 
 log = structlog.get_logger("moldwatch.exactly_once")
@@ -63,6 +63,7 @@ class TransactionalSink(KafkaSink):
             acks="all",
             enable_idempotence=True,
             linger_ms=s.kafka_linger_ms,
+            max_batch_size=s.producer_batch_bytes,
             request_timeout_ms=s.kafka_request_timeout_ms,
             max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
             **s.kafka_security_kwargs(),
@@ -108,26 +109,28 @@ class TransactionalSink(KafkaSink):
         assert producer is not None
         await producer.begin_transaction()
         try:
-            futures = []
             for message in delivery.messages:
-                while True:
-                    try:
-                        futures.append((message, await producer.send(message.topic, message.value, key=message.key)))
-                        break
-                    except Exception as exc:  # noqa: BLE001 - a message the broker will never take: dead letter
-                        if not is_permanent(exc):
-                            raise
-                        self._permanent(message, exc)
+                message.future = None  # a retried transaction hands everything over again
+            while True:
+                refused, exc = await hand_over(producer, [m for m in delivery.messages if m.future is None])
+                if exc is None:
+                    break
+                if not is_permanent(exc):
+                    raise exc
+                _refused_permanently(self, refused, exc)
+            futures: dict[Any, list[Outgoing]] = {}
+            for message in delivery.messages:
+                futures.setdefault(message.future, []).append(message)
             if position is not None:
                 topic, key, value = position
-                futures.append((None, await producer.send(topic, value, key=key)))
+                futures[await producer.send(topic, value, key=key)] = []
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, group_id)
-            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
-            for (message, _), outcome in zip(futures, results):
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for messages, outcome in zip(futures.values(), results):
                 if isinstance(outcome, BaseException):
-                    if message is not None and is_permanent(outcome):
-                        self._permanent(message, outcome)  # next attempt sends the dead letter instead
+                    if messages and is_permanent(outcome):
+                        _refused_permanently(self, messages, outcome)  # the next attempt sends them apart / as dead letters
                     raise outcome
             await producer.commit_transaction()
         except BaseException:
@@ -155,6 +158,16 @@ class TransactionalSink(KafkaSink):
         """Settled by :meth:`commit_batch`; nothing is in flight outside a transaction."""
         if not delivery.acked:
             raise SinkError("exactly-once deliveries are settled by commit_batch")
+
+
+def _refused_permanently(sink: KafkaSink, messages: list[Outgoing], exc: BaseException) -> None:
+    """A batch the broker will never take as it is: send its messages one per batch next time;
+    a message refused alone becomes a dead letter."""
+    if len(messages) > 1:
+        for message in messages:
+            message.alone = True
+    else:
+        sink._permanent(messages[0], exc)
 
 
 class KafkaPositionStore:

@@ -16,11 +16,18 @@ Errors are **retriable** or **permanent** (:func:`is_permanent`):
   does not return before that, so the worker cannot checkpoint past an unacknowledged verdict.
   Only a flush deadline (shutdown) gives up, by raising :class:`SinkError`.
 
-**Order per facility.** Messages reach the producer strictly in the order they were added: when
-one cannot be handed over (``send`` timed out while the broker hangs), nothing behind it is handed
-over until it is (a FIFO backlog, :meth:`_pump`). Inside the producer, aiokafka keeps one request
-in flight per broker and the idempotent producer retries a failed request in sequence, so one
-partition's messages are written in order without duplicates. If a message the producer had
+**Batches.** Messages are handed to the producer as record batches, one per topic-partition, of
+up to ``kafka_batch_bytes`` (:func:`hand_over`): one future per batch instead of one per message,
+which is most of the producer's per-message CPU. A batch the broker refuses permanently (too large,
+corrupt) is not dead-lettered whole: its messages are sent again one per batch, in order, and only
+the one that still fails alone becomes a dead letter.
+
+**Order per facility.** Messages reach the producer strictly in the order they were added, per
+partition (the facility is the key): when a batch cannot be handed over (the broker hangs),
+nothing of its partition behind it is handed over until it is (a FIFO backlog, :meth:`_pump`).
+Inside the producer, aiokafka keeps one request in flight per broker and the idempotent producer
+retries a failed request in sequence, so one partition's messages are written in order without
+duplicates. If a message the producer had
 accepted still fails with a retriable error, the producer is replaced and *every* message not yet
 acknowledged is sent again in the original order: later verdicts of a facility can never overtake
 an earlier one.
@@ -39,6 +46,7 @@ from typing import Any, Callable, Iterable
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
@@ -68,6 +76,7 @@ MAX_QUOTED_STRING = 1024
 MAX_QUOTED_ITEMS = 200  # list/dict entries kept per container when truncating
 RETRY_BACKOFF_S = (0.1, 5.0)  # first and largest pause between resends of failed messages
 MESSAGE_OVERHEAD = 512  # record headers, key, batch framing: what a message costs beyond its value
+PARTITIONER = DefaultPartitioner()  # the producer's own default: murmur2 of the key, as Java clients
 _JSON_OPTIONS = json_util.RELAXED_JSON_OPTIONS  # human-readable extended JSON ($oid, $date, ...)
 
 # Errors about the record itself: resending the same bytes can never succeed.
@@ -195,6 +204,8 @@ class Outgoing:
     origin: Any = None  # what a dead letter quotes if this message turns out permanently unsendable
     verdict_index: int | None = None  # position in BatchResult.scored (verdict messages only)
     failure: BaseException | None = None  # set when the producer gave up on it
+    batch_records: int = 0  # messages in the record batch it was handed over in
+    alone: bool = False  # refused permanently inside a larger batch: goes again in a batch of its own
 
 
 @dataclass
@@ -244,6 +255,7 @@ class KafkaSink:
             # flight per broker, one partition's messages are written once and in order.
             enable_idempotence=True,
             linger_ms=s.kafka_linger_ms,
+            max_batch_size=s.producer_batch_bytes,
             request_timeout_ms=s.kafka_request_timeout_ms,
             max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
             **s.kafka_security_kwargs(),
@@ -330,34 +342,40 @@ class KafkaSink:
         return delivery
 
     async def _pump(self) -> None:
-        """Hand backlog messages to the producer in order; stop at the first one that cannot be
-        handed over now (the broker is away): nothing may overtake it."""
+        """Hand backlog messages to the producer in batches, in order per partition; stop at the
+        first batch that cannot be handed over now (the broker is away): nothing may overtake it."""
         async with self._pump_lock:
             if self._replace_producer and not await self._renew_producer():
                 return
             while self._outstanding and self._outstanding[0].acked_at is not None:
                 self._outstanding.popleft()
             while self._backlog and self.producer is not None:
-                message = self._backlog[0]
-                if message.acked_at is not None:
-                    self._backlog.popleft()
+                pending = [m for m in self._backlog if m.acked_at is None]
+                # Awaits only while a partition's previous batch waits for the sender, or the
+                # topic's metadata is unknown: that wait is the backpressure that stops intake
+                # when Kafka is slow.
+                refused, exc = await hand_over(self.producer, pending, self._batch_settled)
+                handed = [m for m in pending if m.future is not None]
+                self._outstanding.extend(handed)
+                # Keep what was not handed over (and whatever add_batch queued meanwhile) in order.
+                self._backlog = deque(m for m in self._backlog if m.future is None and m.acked_at is None)
+                if exc is None:
+                    self._pump_failed = False
                     continue
-                try:
-                    # Awaits only while the producer's buffer is full or the topic's metadata is
-                    # unknown: that wait is the backpressure that stops intake when Kafka is slow.
-                    future = await self.producer.send(message.topic, message.value, key=message.key)
-                except Exception as exc:  # noqa: BLE001 - classified: permanent or retried
-                    if is_permanent(exc):
-                        self._permanent(message, exc)
-                        continue  # the message is a dead letter now: send that instead
-                    self._send_failed(message, exc)
-                    self._pump_failed = True
-                    return
-                self._pump_failed = False
-                self._backlog.popleft()
-                message.future, message.failure = future, None
-                self._outstanding.append(message)
-                future.add_done_callback(lambda f, m=message: self._done(m, f))
+                if is_permanent(exc):
+                    if len(refused) > 1:
+                        for message in refused:
+                            message.alone = True  # find the one the producer refuses
+                    else:
+                        self._permanent(refused[0], exc)  # a dead letter now: sent on the next round
+                    continue
+                self._send_failed(refused[0], exc)
+                self._pump_failed = True
+                return
+
+    def _batch_settled(self, messages: list[Outgoing], future: asyncio.Future[Any]) -> None:
+        for message in messages:
+            self._done(message, future)
 
     async def _renew_producer(self) -> bool:
         """Replace the producer and queue every unacknowledged message again, in order."""
@@ -444,7 +462,13 @@ class KafkaSink:
                 if message.failure is None:
                     continue
                 exc, message.failure = message.failure, None
-                if is_permanent(exc):
+                if is_permanent(exc) and message.batch_records > 1:
+                    # Refused with its whole batch: which message is at fault is not known. Every
+                    # unacknowledged message goes again, in order, this one in a batch of its own.
+                    message.alone = True
+                    self._send_failed(message, exc)
+                    self._replace_producer = True
+                elif is_permanent(exc):
                     self._outstanding = deque(m for m in self._outstanding if m is not message)
                     self._permanent(message, exc)
                     self._backlog.appendleft(message)  # a dead letter now: another topic, order unaffected
@@ -465,11 +489,71 @@ class KafkaSink:
                     await asyncio.sleep(min(pause, _remaining(deadline) or pause))
                 await self._pump()
                 continue
-            futures = [m.future for m in waiting if m.future is not None and not m.future.done()]
+            futures = {m.future for m in waiting if m.future is not None and not m.future.done()}
             if futures:
                 await asyncio.wait(futures, timeout=_remaining(deadline), return_when=asyncio.FIRST_EXCEPTION)
             else:
                 await asyncio.sleep(0)  # never spin without yielding
+
+
+async def hand_over(producer: AIOKafkaProducer, messages: list[Outgoing],
+                    on_settled: Callable[[list[Outgoing], asyncio.Future[Any]], None] | None = None,
+                    ) -> tuple[list[Outgoing], BaseException | None]:
+    """Hand ``messages`` to ``producer`` as record batches, one topic-partition each, in order per
+    partition (the producer's default partitioner: a key lands where ``send`` would put it, and where
+    the verdicts of its facility always went).
+
+    Every message handed over gets its batch's future in ``future`` and the batch's size in
+    ``batch_records``; ``on_settled(batch, future)`` is called once the batch is settled. Returns
+    ``([], None)`` when all were handed over, else the messages of the batch the producer did not
+    take and why; those and every message whose batch was not submitted yet keep ``future=None``.
+    A message marked ``alone`` travels in a batch of its own.
+    """
+    open_batches: dict[tuple[str, int], tuple[Any, list[Outgoing]]] = {}
+    partitions: dict[tuple[str, bytes | None], int] = {}
+    known_topics: dict[str, list[int]] = {}
+
+    attempt: list[Outgoing] = []  # what a failure refuses: the batch being submitted, or one message
+
+    async def submit(tp: tuple[str, int]) -> None:
+        nonlocal attempt
+        builder, batch = open_batches.pop(tp)
+        builder.close()
+        attempt = batch
+        future = await producer.send_batch(builder, tp[0], partition=tp[1])
+        for message in batch:
+            message.future, message.failure, message.batch_records = future, None, len(batch)
+        if on_settled is not None:
+            future.add_done_callback(lambda f, b=batch: on_settled(b, f))
+
+    try:
+        for message in messages:
+            attempt = [message]
+            topic_partitions = known_topics.get(message.topic)
+            if topic_partitions is None:
+                topic_partitions = known_topics[message.topic] = sorted(await producer.partitions_for(message.topic))
+            where = (message.topic, message.key)
+            partition = partitions.get(where)
+            if partition is None:
+                partition = partitions[where] = PARTITIONER(message.key, topic_partitions, topic_partitions)
+            tp = (message.topic, partition)
+            if tp in open_batches and message.alone:
+                await submit(tp)
+            entry = open_batches.get(tp)
+            if entry is None:
+                entry = open_batches[tp] = (producer.create_batch(), [])
+            if entry[0].append(key=message.key, value=message.value, timestamp=None) is None:
+                await submit(tp)  # full
+                entry = open_batches[tp] = (producer.create_batch(), [])
+                entry[0].append(key=message.key, value=message.value, timestamp=None)  # a batch's first always fits
+            entry[1].append(message)
+            if message.alone:
+                await submit(tp)
+        for tp in list(open_batches):
+            await submit(tp)
+    except Exception as exc:  # noqa: BLE001 - the caller classifies it: permanent or retried
+        return attempt, exc
+    return [], None
 
 
 def keep_batches_until_acked(producer: AIOKafkaProducer) -> None:

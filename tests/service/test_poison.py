@@ -30,6 +30,7 @@ from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, FailedRecord, ScoredRecord, SourceMessage
 from service.sink import MAX_QUOTED_DOCUMENT, KafkaSink, dead_letter_value
 from service.sources.mongo import RECORD_CODEC, decode_document
+from tests.service.fake_producer import FakeProducer
 from tests.service.test_worker_support import plant_documents, read_topic, running_worker, unique, values, worker_settings
 
 MB = 1024 * 1024
@@ -145,30 +146,25 @@ def _batch(verdicts: list[dict[str, Any]]) -> BatchResult:
     return BatchResult([ScoredRecord(v, 0.0, 0.0) for v in verdicts], [], "v1")
 
 
-class RecordingProducer:
-    """A producer whose ``send`` fails as told: ``refuse`` (permanent) or ``stall`` (retriable, once)."""
+class RecordingProducer(FakeProducer):
+    """A producer that refuses a batch holding a record in ``refuse`` (permanent: too large) and
+    stalls a batch holding one in ``stall`` (retriable, once)."""
 
     def __init__(self, refuse: set[str] = frozenset(), stall: set[str] = frozenset()) -> None:
         self.refuse, self.stall = set(refuse), set(stall)
         self.written: list[tuple[str, bytes]] = []
+        self.batches: list[int] = []  # size of every batch handed over
 
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
-        record = json.loads(value).get("record_id") if topic.endswith("verdicts") else None
-        if record in self.refuse:
+    async def deliver(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> asyncio.Future[Any]:
+        records = {json.loads(value).get("record_id") for _, value in messages} if topic.endswith("verdicts") else set()
+        if records & self.refuse:
             raise MessageSizeTooLargeError()
-        if record in self.stall:
-            self.stall.discard(record)
-            raise KafkaTimeoutError()  # e.g. a hung broker: the message never entered the producer
-        self.written.append((topic, value))
-        future = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
+        if records & self.stall:
+            self.stall -= records
+            raise KafkaTimeoutError()  # e.g. a hung broker: the batch never entered the producer
+        self.batches.append(len(messages))
+        self.written.extend((topic, value) for _, value in messages)
+        return self.settled()
 
 
 async def test_a_verdict_over_the_message_limit_is_dead_lettered_not_retried():
