@@ -16,7 +16,8 @@ One run, four parts, each against a baseline measured in the same run (the machi
             batch); then the same burst again while another process keeps one core busy, within
             20 % of the quiet figure.
    produce  (optional) Kafka client send paths on the same messages: aiokafka one send per message
-            (the sink's), aiokafka send_batch, confluent-kafka/librdkafka where installed.
+            (the sink before batching), aiokafka send_batch at 16 KiB, the sink's hand_over (record
+            batches of kafka_batch_bytes), confluent-kafka/librdkafka where installed.
 3. latency  p50 / p99 end-to-end latency (record timestamp = insert time -> Kafka ack) at a paced
             1,000 records/s, from the worker's exact latency window, split per record into insert ->
             read (the test server's part: it holds an empty getMore reply for 50 ms) and read -> ack
@@ -828,10 +829,15 @@ async def end_to_end(opts: argparse.Namespace, inserter: "Inserter", kafka: Any,
     return result
 
 
+PER_MESSAGE = "aiokafka send per message (the sink before batching)"
+
+
 async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, Any]:
     """The same verdict-sized messages (20 facility keys) to a fresh topic per try, acks=all and
-    idempotent like the sink: aiokafka one ``send`` per message (the sink's way) vs aiokafka
-    ``create_batch``/``send_batch``, plus confluent-kafka (librdkafka) where it is installed.
+    idempotent like the sink: aiokafka one ``send`` per message (the sink's way before batching) vs
+    aiokafka ``create_batch``/``send_batch`` at the default 16 KiB, the sink's own
+    :func:`service.sink.hand_over` at ``kafka_batch_bytes``, plus confluent-kafka (librdkafka) where
+    it is installed.
     Methods alternate within each round; wall time from the first send to the last ack, and the
     bench process's CPU time (it runs nothing else meanwhile)."""
     from aiokafka import AIOKafkaProducer
@@ -874,8 +880,27 @@ async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, A
         finally:
             await p.stop()
 
-    methods: dict[str, Callable[[str], Any]] = {"aiokafka send per message (the sink)": per_message,
-                                                "aiokafka send_batch": batches}
+    async def sink_hand_over(topic: str) -> None:
+        from service.config import WorkerSettings
+        from service.sink import Outgoing, hand_over
+
+        size = WorkerSettings.model_fields["kafka_batch_bytes"].default
+        p = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", enable_idempotence=True, linger_ms=5,
+                             max_batch_size=size)
+        await p.start()
+        try:
+            await p.partitions_for(topic)
+            messages = [Outgoing(topic, k, value) for k in keys]
+            refused, exc = await hand_over(p, messages)
+            if exc is not None:
+                raise exc
+            await asyncio.gather(*{m.future for m in messages})
+        finally:
+            await p.stop()
+
+    methods: dict[str, Callable[[str], Any]] = {PER_MESSAGE: per_message,
+                                                "aiokafka send_batch (16 KiB batches)": batches,
+                                                "the sink: hand_over (send_batch, kafka_batch_bytes batches)": sink_hand_over}
     try:
         import confluent_kafka  # type: ignore[import-not-found]
 
@@ -908,7 +933,7 @@ async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, A
             results[name]["cpu_us_per_record"].append(cpu / count * 1e6)
             log(f"produce: round {round_ + 1} {name}: {count / wall:,.0f}/s, {cpu / count * 1e6:.1f} us CPU per message (load {load[0]:.1f})")
     median = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
-    base = median["aiokafka send per message (the sink)"]
+    base = median[PER_MESSAGE]
     return {
         "messages_per_try": count,
         "message_bytes": len(value),
