@@ -670,6 +670,9 @@ class RunningWorker:
             self.worker._on_verdict_ack = on_ack  # type: ignore[method-assign]
 
     async def __aenter__(self) -> "RunningWorker":
+        from service.gc_tuning import tune_for_streaming
+
+        tune_for_streaming()  # as `moldwatch run` does: this bench process hosts the worker
         self.task = asyncio.create_task(self.worker.run())
         waiting = asyncio.create_task(self.worker.wait_listening(60))
         done, _ = await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)

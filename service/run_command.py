@@ -133,6 +133,9 @@ def run(**options: Any) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     worker = Worker(settings)
+    from service.gc_tuning import tune_for_streaming
+
+    tune_for_streaming()  # this process runs the worker and nothing else
     try:
         code = asyncio.run(serve(worker, install_signal_handlers=True))
     except OSError as exc:

@@ -19,12 +19,6 @@ VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema
 VERDICT_VERSION = 2  # 2: excursion, measured_share, defect_probability; resolution part/item/maker
 
 
-def _num(value: float) -> float | None:
-    """Seven significant digits: short JSON, and a tiny margin keeps its sign (rounding to a fixed
-    number of decimals would turn a margin of 3e-7 into 0 on an anomalous verdict)."""
-    return None if value is None or not math.isfinite(value) else float(f"{float(value):.7g}")
-
-
 def _iso(ts: Any) -> str | None:
     if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
         return None
@@ -46,41 +40,60 @@ def _iso_column(column: pd.Series) -> list[str | None]:
     return [_iso(v) for v in column.tolist()]
 
 
+def _num_column(values: np.ndarray) -> list[float | None]:
+    """Seven significant digits, NaN/inf as null, for a whole column (Python floats: no NumPy
+    scalar per value). Significant digits keep JSON short, and a tiny margin keeps its sign
+    (rounding to a fixed number of decimals would turn a margin of 3e-7 into 0 on an anomalous
+    verdict)."""
+    isfinite = math.isfinite
+    return [float(f"{v:.7g}") if isfinite(v) else None for v in np.asarray(values, dtype=float).tolist()]
+
+
+_NUMBERS = ("distance", "loss", "threshold", "margin", "score", "excursion", "measured_share", "defect_probability")
+
+
 def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, scored_at: str | None = None) -> list[dict[str, Any]]:
     """One verdict per record, in input order."""
     scored_at = scored_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    ids = records["record_id"].to_numpy(dtype=object)
+    ids = records["record_id"].to_numpy(dtype=object).tolist()
     stamps = _iso_column(records["timestamp"])
+    # Column by column, as Python lists: one conversion per column instead of one NumPy scalar per
+    # value and field (this loop runs once per verdict on the worker's hot path).
+    distance, loss, threshold, margin, score, excursion, measured, probability = (
+        _num_column(getattr(batch, name)) for name in _NUMBERS)
+    makers, facilities, items = batch.maker.tolist(), batch.facility.tolist(), batch.item.tolist()
+    clusters, groups, resolutions = batch.cluster.tolist(), batch.group_id.tolist(), batch.resolution.tolist()
+    kinds, anomalies, reasons = batch.model_kind.tolist(), batch.anomaly.tolist(), batch.reason.tolist()
     out: list[dict[str, Any]] = []
     for i in range(len(batch)):
-        cluster = int(batch.cluster[i])
-        item = batch.item[i]
+        cluster = int(clusters[i])
+        item = items[i]
         out.append(
             {
                 "verdict_version": VERDICT_VERSION,
                 "record_id": str(ids[i]),
-                "maker": batch.maker[i] if isinstance(batch.maker[i], str) else None,
-                "facility": str(batch.facility[i]),
+                "maker": makers[i] if isinstance(makers[i], str) else None,
+                "facility": str(facilities[i]),
                 "item": item if isinstance(item, str) else None,
                 "timestamp": stamps[i],
                 "setting_cluster": cluster if cluster >= 0 else None,
-                "group_id": batch.group_id[i],
-                "resolution": str(batch.resolution[i]),
-                "distance": _num(batch.distance[i]),
-                "model_kind": batch.model_kind[i],
+                "group_id": groups[i],
+                "resolution": str(resolutions[i]),
+                "distance": distance[i],
+                "model_kind": kinds[i],
                 "model_version": model_version,
-                "loss": _num(batch.loss[i]),
-                "threshold": _num(batch.threshold[i]),
-                "margin": _num(batch.margin[i]),
-                "score": _num(batch.score[i]),
-                "anomaly": bool(batch.anomaly[i]),
-                "excursion": _num(batch.excursion[i]),
-                "measured_share": _num(batch.measured_share[i]),
-                "defect_probability": _num(batch.defect_probability[i]),
+                "loss": loss[i],
+                "threshold": threshold[i],
+                "margin": margin[i],
+                "score": score[i],
+                "anomaly": bool(anomalies[i]),
+                "excursion": excursion[i],
+                "measured_share": measured[i],
+                "defect_probability": probability[i],
                 "imputed": list(batch.imputed[i]),
                 "out_of_range": list(batch.out_of_range[i]),
                 "top_features": list(batch.top_features[i]),
-                "reason": batch.reason[i],
+                "reason": reasons[i],
                 "scored_at": scored_at,
             }
         )

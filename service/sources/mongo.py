@@ -61,9 +61,26 @@ NOT_ABOUT_THE_TOKEN = frozenset({
 # (U+FFFD) instead of raising; everything else has a Python type in the bson package.
 RECORD_CODEC = CodecOptions(tz_aware=True, tzinfo=timezone.utc, datetime_conversion=DatetimeConversion.DATETIME_AUTO,
                             unicode_decode_error_handler="replace")
+
+
+class ChangeEvent(RawBSONDocument):
+    """A change event (or getMore reply) read raw and decoded on first access in one pass of the C
+    decoder with :data:`RECORD_CODEC`. Only bytes that do not decode that way are inflated field by
+    field (the raw document's own way), their sub-documents staying raw: the one document that
+    fails is then isolated, and becomes one dead letter while its event still gives the position.
+    (The field-by-field inflation of every event was ~20 % of the worker's event-loop CPU.)"""
+
+    @staticmethod
+    def _inflate_bson(bson_bytes: bytes | memoryview, codec_options: CodecOptions[Any]) -> Mapping[str, Any]:
+        try:
+            return bson.decode(bson_bytes, codec_options=RECORD_CODEC)
+        except Exception:  # noqa: BLE001 - whatever the decoder trips on, inflate raw and isolate it
+            return RawBSONDocument._inflate_bson(bson_bytes, codec_options)
+
+
 # Change events are read raw: a document that still fails to decode is then one dead letter with
 # its event's resume token, not an exception that kills the whole getMore batch (and the reader).
-_RAW_CODEC = CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=timezone.utc,
+_RAW_CODEC = CodecOptions(document_class=ChangeEvent, tz_aware=True, tzinfo=timezone.utc,
                           datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace")
 MAX_RAW_QUOTE = 64 * 1024  # bytes of an undecodable document quoted (hex) in its dead letter
 MAX_AWAIT_MS = 500  # an idle getMore waits this long server-side: bounds how long a stop waits for a read

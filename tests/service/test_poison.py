@@ -29,7 +29,7 @@ from service.decode import MAX_NAME_LENGTH, DeadLetter, RecordDecoder
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, FailedRecord, ScoredRecord, SourceMessage
 from service.sink import MAX_QUOTED_DOCUMENT, KafkaSink, dead_letter_value
-from service.sources.mongo import RECORD_CODEC, decode_document
+from service.sources.mongo import _RAW_CODEC, RECORD_CODEC, ChangeEvent, _plain, decode_document
 from tests.service.fake_producer import FakeProducer
 from tests.service.test_worker_support import plant_documents, read_topic, running_worker, unique, values, worker_settings
 
@@ -102,6 +102,31 @@ def test_invalid_utf8_decodes_with_replacement_characters():
         bson.decode(raw)  # the strict default: what used to crash the reader
     document, error = decode_document(RawBSONDocument(raw, CodecOptions(document_class=RawBSONDocument)))
     assert error is None and document["s"] == "\ufffd\ufffdAB"
+
+
+def _undecodable(document: dict[str, Any]) -> bytes:
+    """``document`` as BSON with its field ``bad`` given an element type that does not exist."""
+    raw = bytearray(bson.encode(document))
+    at = raw.find(b"\x01bad\x00")
+    raw[at] = 0x7E
+    return bytes(raw)
+
+
+def test_a_getmore_batch_decodes_in_one_pass_and_an_undecodable_document_is_isolated():
+    good = {"_id": {"_data": "t1"}, "operationType": "insert", "fullDocument": {"_id": 1, "s": "ok", "v": 1.5}}
+    bad_event = _undecodable({"_id": {"_data": "t2"}, "operationType": "insert",
+                              "fullDocument": {"_id": 2, "bad": 2.5, "s": "x"}})
+    # A getMore reply as the server sends it: cursor.nextBatch holds the events, one of them bad.
+    batch = bson.encode({"cursor": {"nextBatch": [good, RawBSONDocument(bad_event)], "id": 0}, "ok": 1.0})
+    events = ChangeEvent(batch, _RAW_CODEC)["cursor"]["nextBatch"]
+    assert len(events) == 2
+    first, second = events
+    assert first["_id"] == {"_data": "t1"} and decode_document(first["fullDocument"]) == (good["fullDocument"], None)
+    assert _plain(second["_id"]) == {"_data": "t2"} and second["operationType"] == "insert"  # the position survives
+    quote, error = decode_document(second["fullDocument"])
+    assert error is not None and error.startswith("BSON document does not decode") and quote["$undecodable_bson_size"] > 0
+    # a whole event that decodes is plain data at once: no raw sub-documents left to inflate
+    assert type(ChangeEvent(bson.encode(good), _RAW_CODEC)["fullDocument"]) is dict
 
 
 # -- bounded dead letters ----------------------------------------------------------------------------
