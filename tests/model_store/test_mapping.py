@@ -208,3 +208,90 @@ def test_a_name_of_exactly_the_length_bound_is_accepted(length: int, accepted: b
     for changes in ({"EQUIP_CD": name}, {"PART_NAME": name}, {"_id": name}):
         decoded = online([good(**changes)])
         assert (decoded.rows == [0]) is accepted, changes
+
+
+# -- required fields: missing vs empty, named and never quoted ----------------------------------------
+def test_a_missing_or_empty_required_field_is_named_exactly_and_quotes_no_value():
+    def without(field: str) -> dict:
+        doc = good(_id=f"no-{field}")
+        doc.pop(field)
+        return doc
+
+    documents = [without("_id"), without("TimeStamp"), without("EQUIP_CD"), good(_id="blank", EQUIP_CD="  "),
+                 good(_id="nan", EQUIP_CD=float("nan"))]
+    errors = {k: (v.reason, v.error) for k, v in online(documents).dead_letters.items()}
+    assert errors == {
+        0: (MISSING_FIELD, "_id: is missing"),
+        1: (MISSING_FIELD, "TimeStamp: is missing"),
+        2: (MISSING_FIELD, "EQUIP_CD: is missing"),
+        3: (MISSING_FIELD, "EQUIP_CD: is empty; every record needs it"),
+        4: (MISSING_FIELD, "EQUIP_CD: is empty; every record needs it"),
+    }
+
+
+def test_an_export_with_a_missing_timestamp_says_which_row():
+    frame = as_export([good(_id="a"), good(_id="b")]).assign(
+        TimeStamp=pd.to_datetime(["2026-01-05 08:30:00", None]))  # a typed datetime64 column with a NaT
+    with pytest.raises(DataError, match=r"column 'TimeStamp' is empty at row 2; every record needs it"):
+        canonical_records(frame, SCHEMA)
+    from model_store.mapping import map_frame
+
+    (error,) = map_frame(frame, SCHEMA).errors[1]
+    assert (error.reason, error.text) == (MISSING_FIELD, "TimeStamp: is missing")
+
+
+# -- time: microseconds exact over the whole range, both readings -------------------------------------
+ODD_MICROSECONDS = [datetime(1677, 9, 22, 0, 0, 0, 1), datetime(2262, 4, 10, 23, 59, 59, 999_999),
+                    datetime(2026, 1, 5, 8, 30, 0, 123_457)]
+
+
+@pytest.mark.parametrize("stamp", ODD_MICROSECONDS)
+def test_timestamps_keep_every_microsecond_at_both_ends_of_the_range(stamp: datetime):
+    # Beyond 2**53 microseconds from 1970 (~285 years) a float64 cannot hold an odd microsecond:
+    # the conversion must stay in integers on every path.
+    expected = pd.Timestamp(stamp)
+    assert online([good(TimeStamp=stamp)]).frame["timestamp"].tolist() == [expected]
+    assert online([good(TimeStamp=stamp.isoformat())]).frame["timestamp"].tolist() == [expected]
+    typed = as_export([good()]).assign(TimeStamp=pd.Series(np.array([stamp], dtype="datetime64[us]")))
+    assert canonical_records(typed, SCHEMA)["timestamp"].tolist() == [expected]
+
+
+def test_an_export_stamp_outside_the_range_is_refused_with_its_column_and_value():
+    frame = as_export([good(_id="a"), good(_id="b")]).assign(
+        TimeStamp=pd.Series(np.array(["2026-01-05T08:30", "1600-01-01T00:00"], dtype="datetime64[us]")))
+    from model_store.mapping import map_frame
+
+    mapped = map_frame(frame, SCHEMA)
+    assert mapped.rows.tolist() == [0]
+    (error,) = mapped.errors[1]
+    assert error.reason == INVALID_FIELD and error.text.startswith("TimeStamp: is outside the supported range")
+    assert "1600-01-01" in error.text
+
+
+@pytest.mark.parametrize(("text", "accepted"), [
+    ("1677/09/22 00:00:00", True), ("1677/09/21 23:59:59", False),  # not ISO 8601: read by pandas, then range-checked
+    ("2262/04/11 00:00:00", True), ("2262/04/11 00:00:01", False),
+])
+def test_the_range_holds_for_text_that_is_not_iso_8601(text: str, accepted: bool):
+    decoded = online([good(TimeStamp=text)])
+    assert (decoded.rows == [0]) is accepted
+    if not accepted:
+        (letter,) = decoded.dead_letters.values()
+        assert (letter.reason, letter.error) == (
+            INVALID_FIELD, f"TimeStamp: is outside the supported range (1677-09-22 to 2262-04-11) (got '{text}')")
+
+
+def test_an_aware_time_converts_to_utc_whatever_the_machines_zone(monkeypatch):
+    import time as time_module
+
+    from model_store.mapping import time_value
+
+    monkeypatch.setenv("TZ", "Asia/Seoul")  # the host's zone must not enter the conversion
+    time_module.tzset()
+    try:
+        seoul = pd.Timestamp("2026-01-05 10:00", tz="Asia/Seoul")
+        assert time_value(seoul) == datetime(2026, 1, 5, 1, 0)
+        assert time_value(seoul.to_pydatetime()) == datetime(2026, 1, 5, 1, 0)
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()
