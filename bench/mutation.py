@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/mutation.py                      # every rule module that exists
     .venv/bin/python bench/mutation.py --module imputation  # one (repeatable)
+    .venv/bin/python bench/mutation.py --module mapping --recheck  # only its saved survivors, after new tests
 
 Why mutmut 3.x: it is maintained, it can be pointed at exactly one file (``only_mutate``) and
 exactly the test files that pin it (``pytest_add_cli_args_test_selection``), it runs each mutant
@@ -267,6 +268,7 @@ def run_module(name: str, module: RuleModule, copy: Path, timeout_s: float, equi
         "module": module.path,
         "ran_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "head": _head(),
+        "source_sha256": _sha256(copy / module.path),
         "tests": tests,
         "mutants": len(mutants),
         **counts,
@@ -289,11 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="mutation", help="results name under bench/results/ (default: mutation)")
     parser.add_argument("--relabel", action="store_true",
                         help="only re-apply the equivalents file to the saved results (after marking a mutant equivalent)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run again only the saved survivors and unchecked mutants (after adding tests; the "
+                             "module's source must be the one the saved run mutated)")
+    parser.add_argument("--children", type=int, default=1, help="mutmut workers (default 1: the machine is shared)")
     args = parser.parse_args(argv)
     names = args.module or list(MODULES)
     equivalents = load_equivalents()
     if args.relabel:
         return relabel(args.out, names, equivalents)
+    if args.recheck:
+        return recheck(args.out, names, equivalents, args.timeout, args.children)
     copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
     try:
         for name in names:
@@ -366,6 +374,90 @@ def relabel(out: str, names: list[str], equivalents: list[dict[str, Any]]) -> in
         _save(out, name, r, None)
         print(f"   {name}: kill rate {r['kill_rate']:.1%} ({r['survived'] + r['no_tests']} survivors, {r['equivalent']} equivalent)")
     return 0
+
+
+def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeout_s: float, children: int) -> int:
+    """Run again, with today's tests, only the mutants a saved run left alive or never checked.
+
+    Tests only grow between the runs and the module's source must be byte for byte the one the
+    saved run mutated (same mutant names, same mutations), so a mutant killed then is killed now:
+    the saved kills stand and only the rest is run.
+    """
+    path = ROOT / "bench" / "results" / f"{out}.json"
+    saved = json.loads(path.read_text())["modules"]
+    for name in names:
+        r, module = saved.get(name), MODULES[name]
+        if not r or "survivors" not in r:
+            print(f"   {name}: no saved run to recheck")
+            continue
+        source = ROOT / module.path
+        recorded = r.get("source_sha256") or _sha256_at(r["head"], module.path)
+        if recorded != _sha256(source):
+            print(f"   {name}: {module.path} changed since the saved run ({r['head']}): run it whole instead", flush=True)
+            return 2
+        pending = [m for m in r["survivors"] + r.get("other_outcomes", []) if m.get("mutant")]
+        copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
+        try:
+            copy_tree(copy)
+            tests = sorted({str(p.relative_to(copy)) for t in module.tests for p in copy.glob(t)})
+            configure(copy, module, tests)
+            mutmut = Path(sys.executable).with_name("mutmut")
+            started = time.monotonic()
+            print(f"== {name}: rechecking {len(pending)} mutants of {module.path} against {' '.join(tests)}", flush=True)
+            with (copy / f"mutmut-{name}.log").open("w") as log_file:
+                process = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *[m["mutant"] for m in pending]],
+                                           cwd=copy, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                try:
+                    code = process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait()
+                    code = None
+            collected = subprocess.run([sys.executable, "-c", _COLLECT, module.path], cwd=copy, check=True,
+                                       capture_output=True, text=True)
+            mutants: dict[str, dict[str, Any]] = json.loads(collected.stdout)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        survivors, others, newly = [], [], {KILLED: 0, TIMEOUT: 0}
+        for mutant in pending:
+            outcome = _OUTCOME_BY_STATUS.get(mutants.get(mutant["mutant"], {}).get("status", ""), OTHER)
+            if outcome in (KILLED, TIMEOUT):
+                newly[outcome] += 1
+            elif outcome in (SURVIVED, NO_TESTS):
+                survivors.append({**mutant, "outcome": mutants[mutant["mutant"]]["status"]})
+            else:
+                others.append({**mutant, "outcome": mutants.get(mutant["mutant"], {}).get("status", "not checked")})
+        r["killed"] += newly[KILLED]
+        r["timeout"] += newly[TIMEOUT]
+        r["survivors"], r["other_outcomes"] = survivors, others
+        r["survived"] = sum(1 for m in survivors if m["outcome"] == "survived")
+        r["no_tests"] = sum(1 for m in survivors if m["outcome"] == "no tests")
+        r["other"] = len(others)
+        r.pop("incomplete", None)
+        r.pop("kill_rate_of_checked", None)
+        r.pop("not_checked", None)
+        r["rechecked"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "head": _head(),
+                          "mutants": len(pending), "killed_now": newly[KILLED] + newly[TIMEOUT],
+                          "seconds": round(time.monotonic() - started, 1), "mutmut_exit": code,
+                          "tests": tests}
+        _save(out, name, r, None)
+        relabel(out, [name], equivalents)
+        print(f"   {name}: {newly[KILLED] + newly[TIMEOUT]} of {len(pending)} rechecked mutants killed now; "
+              f"{len(survivors)} survive, {len(others)} not checked", flush=True)
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sha256_at(commit: str, path: str) -> str | None:
+    import hashlib
+
+    shown = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True)
+    return hashlib.sha256(shown.stdout).hexdigest() if shown.returncode == 0 else None
 
 
 def _head() -> str:
