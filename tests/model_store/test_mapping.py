@@ -295,3 +295,28 @@ def test_an_aware_time_converts_to_utc_whatever_the_machines_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time_module.tzset()
+
+
+def test_an_integer_typed_numeric_export_column_maps_like_documents():
+    # A CSV numeric column without gaps is read as int64: its values are numbers, not refusals.
+    frame = as_export([good(_id="a"), good(_id="b")]).assign(s2=pd.Series([50, 51], dtype="int64"))
+    offline = canonical_records(frame, SCHEMA)
+    assert offline["s2"].tolist() == [50.0, 51.0]
+    pd.testing.assert_frame_equal(offline, online([good(_id="a", s2=50), good(_id="b", s2=51)]).frame)
+
+
+def test_an_export_whose_timestamps_are_all_missing_refuses_every_row_without_failing():
+    from model_store.mapping import map_frame
+
+    frame = as_export([good(_id="a"), good(_id="b")]).assign(TimeStamp=pd.to_datetime([None, None]))
+    mapped = map_frame(frame, SCHEMA)
+    assert mapped.rows.tolist() == [] and sorted(mapped.errors) == [0, 1]
+    assert {e.text for errors in mapped.errors.values() for e in errors} == {"TimeStamp: is missing"}
+
+
+def test_a_null_cell_in_an_export_is_a_missing_value_like_an_absent_key():
+    from model_store.mapping import map_frame
+
+    mapped = map_frame(as_export([good(_id="a", EQUIP_CD=None)]), SCHEMA)
+    (error,) = mapped.errors[0]
+    assert (error.reason, error.text) == (MISSING_FIELD, "EQUIP_CD: is missing")
