@@ -395,7 +395,9 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
         if recorded != _sha256(source):
             print(f"   {name}: {module.path} changed since the saved run ({r['head']}): run it whole instead", flush=True)
             return 2
-        pending = [m for m in r["survivors"] + r.get("other_outcomes", []) if m.get("mutant")]
+        known = {_key(e) for e in equivalents if e["file"] == module.path}
+        pending = [m for m in r["survivors"] + r.get("other_outcomes", [])  # equivalents: nothing to kill
+                   if m.get("mutant") and (m.get("line") is None or _key(m) not in known)]
         copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
         try:
             copy_tree(copy)
