@@ -220,19 +220,10 @@ def run_module(name: str, module: RuleModule, copy: Path, timeout_s: float, equi
     if not tests:
         return {"module": module.path, "skipped": f"none of its fast test files exist: {list(module.tests)}"}
     configure(copy, module, tests)
-    mutmut = Path(sys.executable).with_name("mutmut")
     log = copy / f"mutmut-{name}.log"
     started = time.monotonic()
     print(f"== {name}: mutating {module.path} against {' '.join(tests)}", flush=True)
-    with log.open("w") as out:
-        process = subprocess.Popen([str(mutmut), "run", "--max-children", "1"], cwd=copy, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
-            code = None
+    code = _run_mutmut(copy, log, ["--max-children", "1"], timeout_s)
     seconds = round(time.monotonic() - started, 1)
     meta = copy / "mutants" / (module.path + ".meta")
     if not meta.exists():
@@ -403,18 +394,10 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
             copy_tree(copy)
             tests = sorted({str(p.relative_to(copy)) for t in module.tests for p in copy.glob(t)})
             configure(copy, module, tests)
-            mutmut = Path(sys.executable).with_name("mutmut")
             started = time.monotonic()
             print(f"== {name}: rechecking {len(pending)} mutants of {module.path} against {' '.join(tests)}", flush=True)
-            with (copy / f"mutmut-{name}.log").open("w") as log_file:
-                process = subprocess.Popen([str(mutmut), "run", "--max-children", str(children), *[m["mutant"] for m in pending]],
-                                           cwd=copy, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-                try:
-                    code = process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait()
-                    code = None
+            code = _run_mutmut(copy, copy / f"mutmut-{name}.log",
+                               ["--max-children", str(children), *[m["mutant"] for m in pending]], timeout_s)
             collected = subprocess.run([sys.executable, "-c", _COLLECT, module.path], cwd=copy, check=True,
                                        capture_output=True, text=True)
             mutants: dict[str, dict[str, Any]] = json.loads(collected.stdout)
@@ -447,6 +430,21 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
         print(f"   {name}: {newly[KILLED] + newly[TIMEOUT]} of {len(pending)} rechecked mutants killed now; "
               f"{len(survivors)} survive, {len(others)} not checked", flush=True)
     return 0
+
+
+def _run_mutmut(copy: Path, log: Path, arguments: list[str], timeout_s: float) -> int | None:
+    """``mutmut run ARGUMENTS`` in ``copy``; its exit code, or None when stopped at ``timeout_s``
+    (what it finished stays in its results)."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    with log.open("w") as out:
+        process = subprocess.Popen([str(mutmut), "run", *arguments], cwd=copy, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            return None
 
 
 def _sha256(path: Path) -> str:
