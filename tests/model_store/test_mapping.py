@@ -320,3 +320,15 @@ def test_a_null_cell_in_an_export_is_a_missing_value_like_an_absent_key():
     mapped = map_frame(as_export([good(_id="a", EQUIP_CD=None)]), SCHEMA)
     (error,) = mapped.errors[0]
     assert (error.reason, error.text) == (MISSING_FIELD, "EQUIP_CD: is missing")
+
+
+def test_a_typed_lot_date_column_gives_its_day_and_a_gap_falls_back_to_the_shot_day():
+    frame = as_export([good(_id="a"), good(_id="b", TimeStamp=datetime(2026, 1, 6, 23, 0, tzinfo=timezone.utc))]).assign(
+        PART_FACT_PLAN_DATE=pd.to_datetime(["2026-01-04 17:00", None]))  # datetime64 with a NaT, as Parquet gives it
+    assert canonical_records(frame, SCHEMA)["lot_date"].tolist() == ["2026-01-04", "2026-01-06"]
+
+
+def test_text_read_by_pandas_keeps_every_microsecond_near_the_end_of_the_range():
+    # Not ISO 8601, so the per-value rule reads it: its conversion to microseconds must stay integral.
+    decoded = online([good(TimeStamp="2262/04/10 23:59:59.999999")])
+    assert decoded.frame["timestamp"].tolist() == [pd.Timestamp("2262-04-10 23:59:59.999999")]
