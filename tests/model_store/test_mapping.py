@@ -332,3 +332,12 @@ def test_text_read_by_pandas_keeps_every_microsecond_near_the_end_of_the_range()
     # Not ISO 8601, so the per-value rule reads it: its conversion to microseconds must stay integral.
     decoded = online([good(TimeStamp="2262/04/10 23:59:59.999999")])
     assert decoded.frame["timestamp"].tolist() == [pd.Timestamp("2262-04-10 23:59:59.999999")]
+
+
+def test_identifying_columns_hold_python_strings_and_none_not_arrow_strings():
+    # pandas 3 infers its Arrow-backed str dtype for strings, where a gap is NaN, not None: the
+    # scoring core and the verdicts test `isinstance(value, str)` and keep None as null.
+    frame = online([good(_id="a", PART_NAME=None), good(_id="b")]).frame
+    for column in ("record_id", "maker", "facility", "item", "lot_date"):
+        assert frame[column].dtype == object, column
+    assert frame["item"].tolist() == [None, "ITM-1"]
