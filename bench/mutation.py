@@ -387,8 +387,9 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
             print(f"   {name}: {module.path} changed since the saved run ({r['head']}): run it whole instead", flush=True)
             return 2
         known = {_key(e) for e in equivalents if e["file"] == module.path}
-        pending = [m for m in r["survivors"] + r.get("other_outcomes", [])  # equivalents: nothing to kill
-                   if m.get("mutant") and (m.get("line") is None or _key(m) not in known)]
+        candidates = [m for m in r["survivors"] + r.get("other_outcomes", []) if m.get("mutant")]
+        equivalent_now = [m for m in candidates if m.get("line") is not None and _key(m) in known]  # nothing to kill
+        pending = [m for m in candidates if m not in equivalent_now]
         copy = Path(tempfile.mkdtemp(prefix="moldwatch-mutation-"))
         try:
             copy_tree(copy)
@@ -414,7 +415,8 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
                 others.append({**mutant, "outcome": mutants.get(mutant["mutant"], {}).get("status", "not checked")})
         r["killed"] += newly[KILLED]
         r["timeout"] += newly[TIMEOUT]
-        r["survivors"], r["other_outcomes"] = survivors, others
+        # the equivalents stay survivors here; relabel() below files them as equivalent, with reasons
+        r["survivors"], r["other_outcomes"] = survivors + [{**m, "outcome": "survived"} for m in equivalent_now], others
         r["survived"] = sum(1 for m in survivors if m["outcome"] == "survived")
         r["no_tests"] = sum(1 for m in survivors if m["outcome"] == "no tests")
         r["other"] = len(others)
