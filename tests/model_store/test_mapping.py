@@ -341,3 +341,13 @@ def test_identifying_columns_hold_python_strings_and_none_not_arrow_strings():
     for column in ("record_id", "maker", "facility", "item", "lot_date"):
         assert frame[column].dtype == object, column
     assert frame["item"].tolist() == [None, "ITM-1"]
+
+
+def test_every_row_gets_its_own_lot_day_whatever_the_rows_before_it():
+    # A gap, a naive date, a zone-aware date-time whose UTC day differs from its local day, another
+    # date: each row's lot day is read on its own (the shots are all on 2026-01-05).
+    lots = [None, "2026-01-04", "2026-01-03T23:30:00-05:00", "2026-01-02"]
+    documents = [good(_id=f"r{i}", PART_FACT_PLAN_DATE=lot) for i, lot in enumerate(lots)]
+    expected = ["2026-01-05", "2026-01-04", "2026-01-04", "2026-01-02"]
+    assert online(documents).frame["lot_date"].tolist() == expected
+    assert canonical_records(as_export(documents), SCHEMA)["lot_date"].tolist() == expected
