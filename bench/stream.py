@@ -120,30 +120,25 @@ def raw_documents(plant: Any) -> list[dict[str, Any]]:
     return as_documents(plant.records)
 
 
-def median_call_seconds(fn: Callable[[], Any], min_seconds: float = 1.0, min_reps: int = 5, warmup: int = 2) -> float:
+def median_call_seconds(fn: Callable[[], Any], min_seconds: float = 1.0, min_reps: int = 5, warmup: int = 2,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median duration of ``fn()`` over at least ``min_reps`` calls and ``min_seconds`` of wall time,
+    measured with ``clock``."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - began < min_seconds:
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
 def median_call_cpu_seconds(fn: Callable[[], Any], min_seconds: float = 1.0, min_reps: int = 5, warmup: int = 2) -> float:
     """Like :func:`median_call_seconds` in CPU seconds of the calling thread: on a shared machine a
     pinned process waits for its core, and that wait is not the code's cost."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    began = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - began < min_seconds:
-        t = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t)
-    return statistics.median(times)
+    return median_call_seconds(fn, min_seconds, min_reps, warmup, clock=time.thread_time)
 
 
 def per_record_seconds(fn: Callable[[int], Any], count: int, warmup: int = 3) -> float:
