@@ -203,10 +203,11 @@ def _collapse_resends(got: list[str], expected: list[str]) -> list[str]:
 
 
 @pytest.mark.servers
-async def test_real_broker_acknowledges_keyed_messages_on_their_topics(kafka_server):
+@pytest.mark.parametrize("batch_bytes", [256 * 1024, 1024])  # the default, and batches of about one message
+async def test_real_broker_acknowledges_keyed_messages_on_their_topics(kafka_server, batch_bytes):
     name = unique("sink")
     config = settings(kafka_bootstrap_servers=kafka_server.bootstrap_servers, kafka_verdicts_topic=f"{name}.v",
-                      kafka_alarms_topic=f"{name}.a", kafka_dead_letters_topic=f"{name}.d")
+                      kafka_alarms_topic=f"{name}.a", kafka_dead_letters_topic=f"{name}.d", kafka_batch_bytes=batch_bytes)
     sink = KafkaSink(config, WorkerMetrics(), facility_column="fac")
     await sink.setup()
     try:
