@@ -82,10 +82,84 @@ class ThresholdConfig:
 
 
 @dataclass(frozen=True)
+class ConditionalConfig:
+    """The setting-conditioned scorer (model_store/serving/conditional.py), one unit per maker."""
+
+    # Squares and pairwise products of the set points (a response that bends). Off: on both
+    # generators of the proving ground the linear response with per-part slopes ranked as well or
+    # better, and a square extrapolates badly to a set point beyond anything run.
+    quadratic: bool = False
+    # Model fields that were positive throughout history in logs (multiplicative physics).
+    log_positive: bool = True
+    # Ridge penalty on the scaled set points and part offsets: a setting run for a few shots
+    # must not get a coefficient of its own.
+    ridge: float = 1.0
+    # Each part's own linear slopes on its set points (on top of the maker-wide response), with
+    # this penalty: a part needs a few hundred rows over several settings to move them much.
+    part_slopes: bool = True
+    part_ridge: float = 50.0
+    # Refits without the shots further than trim_z robust spreads from the fit on any field.
+    trim_rounds: int = 2
+    trim_z: float = 6.0
+    # A lot this defective gives its rows the least weight (min_weight) in the response fit; a
+    # clean lot gives full weight. Dirty lots are never dropped: a part may have no other history.
+    dirty_lot_rate: float = 0.05
+    min_weight: float = 0.05
+    # A part's tail tables come from its lots below this rate when they hold min_part_rows shots.
+    clean_lot_rate: float = 0.01
+    # Lines are set on the latest days of history (this share), scored by a fit on the days before.
+    calibration_share: float = 0.3
+    # A part needs this many rows for its own tables and residual spread (else the maker's).
+    min_part_rows: int = 200
+    # And this many held-out rows for a line of its own (else the maker's fallback line).
+    min_calibration_rows: int = 100
+    # The line is the held-out tail probability equal to the unit's lot defect share, at least this.
+    min_alpha: float = 0.002
+    # How the setting-conditioned score meets the setting groups' score: "conditional" (it alone
+    # decides; groups still name the setting), "max" (either alarms), or "groups" (the groups
+    # decide; it judges only records no group can).
+    combine: str = "conditional"
+    # A gross excursion: a value out of its part's p0.1..p99.9 band, and its residual out of the
+    # residual band, each by this share of the band's width. Twice the setting groups' 0.25:
+    # these bands span every setting and day of the part (new production lands beyond a quarter
+    # of them on several % of normal shots); the setting groups' own bands still apply.
+    excursion_share: float = 0.5
+    # Per-field residual evidence: "tails" (ECDF, as ECOD), "squares" (z^2 / 2), or "both" (the larger).
+    residual_evidence: str = "tails"
+    # Weight of the part's raw-value tails (a value rare for the part whatever the setting). 0: a
+    # setting change alone must not alarm, and the residual tails ranked as well without them.
+    raw_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.residual_evidence not in ("tails", "squares", "both"):
+            raise ValueError(f"conditional.residual_evidence must be tails, squares or both, got {self.residual_evidence!r}")
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"conditional.combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
+
+
+COMBINE_RULES = ("conditional", "max", "groups")
+
+
+def _typed(current: Any, value: Any, dotted: str) -> Any:
+    """An override in the type of its default (``bool('false')`` is True, so booleans are read as words)."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{dotted} takes true or false, got {value!r}")
+    return type(current)(value)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    conditional: ConditionalConfig = field(default_factory=ConditionalConfig)
     workers: int = 0  # 0 = one per core
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,12 +171,13 @@ class TrainingConfig:
             grouping=GroupingConfig(**raw.get("grouping", {})),
             model=ModelConfig(**raw.get("model", {})),
             threshold=ThresholdConfig(**raw.get("threshold", {})),
+            conditional=ConditionalConfig(**raw.get("conditional", {})),
             workers=int(raw.get("workers", 0)),
         )
 
     def with_overrides(self, overrides: dict[str, Any]) -> "TrainingConfig":
         """Apply ``section.name=value`` overrides (from the CLI's ``--set``)."""
-        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold}
+        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold, "conditional": self.conditional}
         updated = dict(sections)
         workers = self.workers
         for dotted, value in overrides.items():
@@ -113,5 +188,5 @@ class TrainingConfig:
             if section not in sections or name not in {f.name for f in fields(sections[section])}:
                 raise ValueError(f"unknown setting {dotted!r}; use section.name with section in {sorted(sections)}")
             current = getattr(updated[section], name)
-            updated[section] = replace(updated[section], **{name: type(current)(value)})
+            updated[section] = replace(updated[section], **{name: _typed(current, value, dotted)})
         return TrainingConfig(workers=workers, **updated)

@@ -31,14 +31,15 @@ class GroupKey:
     def id(self) -> str:
         """Filesystem- and URL-safe identifier, stable across runs."""
         tail = "all" if self.cluster == PART_CLUSTER else f"c{self.cluster}"
-        safe = [_slug(self.maker), _slug(self.facility), _slug(self.item), tail]
+        safe = [slug(self.maker), slug(self.facility), slug(self.item), tail]
         return "__".join(safe)
 
     def to_dict(self) -> dict:
         return {"maker": self.maker, "facility": self.facility, "item": self.item, "cluster": int(self.cluster)}
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A name made safe for paths and URLs (every other character becomes '_')."""
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in str(text))
 
 

@@ -57,7 +57,7 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
     fitted: dict[str, Any] = {}
     evidence: dict[str, float] = {}
     for _ in range(len(PATHS)):  # again without each path the lots found no evidence for, until all have some
-        batch = ScoringEngine(manifest, calibrated=False, paths=enabled).score(frame, memory={}, backward=True, explain=False)
+        batch = ScoringEngine(manifest, calibrated=False, paths=enabled, conditional=False).score(frame, memory={}, backward=True, explain=False)
         ids, group_code = np.unique(np.where(batch.group_id == None, "", batch.group_id).astype(str), return_inverse=True)  # noqa: E711
         units = unit_factors(group_code, batch.resolution.astype(str), batch.prior_ratio, np.nan_to_num(batch.excursion),
                              lot_rate, config.threshold.calibration_min_rows, _in_sample(frame, batch, data))

@@ -21,7 +21,7 @@ import pandas as pd
 from model_store.config import TrainingConfig
 from model_store.errors import DataError
 from model_store.serving.excursions import training_band
-from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups
+from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups, slug
 from model_store.serving.imputation import impute_state
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
@@ -30,7 +30,11 @@ from model_store.serving.clusters import SettingModel, scale_settings
 from model_store.settings import fit_setting_model
 from model_store.serving.store import StoreManifest, sha256_file
 from model_store.store import StoreStaging, new_model_version
+from model_store.calibration import fit_probability
+from model_store.conditional_fit import fit_conditional
 from model_store.history import calibrate, history_figures
+from model_store.serving.conditional import CONDITIONAL
+from model_store.serving.resolution import UNSCORABLE
 from model_store.trainer import GroupTask, init_worker, train_group
 
 Progress = Callable[[str, int, int], None]
@@ -214,6 +218,34 @@ def _table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_dir: Path) -> dict[str, Any]:
+    """One setting-conditioned unit per maker (model_store/serving/conditional.py), written under
+    ``out_dir/conditional``, and the defect probability fitted on their held-out scores and the lots."""
+    folder = out_dir / "conditional"
+    folder.mkdir(parents=True, exist_ok=True)
+    units: dict[str, Any] = {}
+    scores = np.full(len(data.records), np.nan)
+    for number, (maker, fields) in enumerate(schema.makers.items()):
+        rows = np.flatnonzero((data.records["maker"] == maker).to_numpy())
+        if len(rows) == 0:
+            continue
+        fitted = fit_conditional(maker, fields.production, fields.settings, data.records.iloc[rows], data.lot_rates[rows],
+                                 config.conditional)
+        if fitted is None:
+            continue
+        relative = f"conditional/{number:03d}-{slug(maker)}.npz"  # the number: two makers may share a slug
+        entry = fitted.unit.to_files(out_dir / relative)
+        units[maker] = {**entry, "artifact": relative}
+        scores[rows] = fitted.held_out_score
+    lot = (data.records["facility"].astype(str) + "|" + data.records["item"].astype(str) + "|"
+           + data.records["lot_date"].astype(str)).to_numpy(dtype=object)
+    path = np.where(np.isfinite(scores), CONDITIONAL, UNSCORABLE).astype(object)
+    model = fit_probability(path, scores, lot, data.lot_rates)
+    return {"combine": config.conditional.combine, "units": units,
+            "probability": list(model.coefficients[CONDITIONAL]) if CONDITIONAL in model.coefficients else None,
+            "held_out_rows": int(np.isfinite(scores).sum())}
+
+
 def train_store(
     records: pd.DataFrame,
     lots: pd.DataFrame,
@@ -231,15 +263,21 @@ def train_store(
     data = prepare(records, lots, schema, config)
     if progress:
         progress("prepare", 1, 1)
-    if not (data.groups["role"] == TRAIN).any():
-        raise DataError(
-            f"no group qualifies for training (needs >= {config.grouping.min_group_rows} rows and a lot defect rate "
-            f"below {config.grouping.normal_defect_rate:.1%}); check the lots file or relax the limits with --set"
-        )
     workers = config.workers or os.cpu_count() or 1
     with StoreStaging(store_dir) as staging:
         entries = run_tasks(_tasks(data, schema, config, staging.path), workers, progress)
         manifest = build_manifest(data, schema, config, entries, time.perf_counter() - started)
+        if progress:
+            progress("conditional", 0, 1)
+        manifest["conditional"] = train_conditional(data, schema, config, staging.path)
+        if not entries and not manifest["conditional"]["units"]:
+            raise DataError(
+                f"nothing to train: no setting group qualifies (needs >= {config.grouping.min_group_rows} rows and a lot "
+                f"defect rate below {config.grouping.normal_defect_rate:.1%}) and no maker has the "
+                f"{2 * config.conditional.min_calibration_rows} rows the setting-conditioned scorer needs; "
+                f"check the records and lots files or relax the limits with --set")
+        if progress:
+            progress("conditional", 1, 1)
         artifacts = {p.relative_to(staging.path).as_posix(): sha256_file(p) for p in staging.path.rglob("*") if p.is_file()}
         staged = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
         if progress:

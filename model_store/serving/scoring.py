@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_store.serving.probability import ProbabilityModel
+from model_store.serving.conditional import CONDITIONAL, ConditionalUnit, part_keys
+from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
 from model_store.serving.excursions import excursion_ratios, excursion_tolerance
 from model_store.serving.imputation import FacilityMemory, impute_state
 from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
@@ -116,7 +117,7 @@ class ScoringEngine:
 
     def __init__(
         self, manifest: StoreManifest, cache_size: int = 2048, max_distance: float | None = None, calibrated: bool = True,
-        paths: tuple[str, ...] | None = None,
+        paths: tuple[str, ...] | None = None, conditional: bool = True,
     ):
         self.manifest = manifest
         self.schema = manifest.schema
@@ -159,6 +160,16 @@ class ScoringEngine:
                 {k: (float(v[0]), float(v[1])) for k, v in calibration["probability"].items()}, {}, 0.0)
         if paths is not None:
             self.enabled_paths = tuple(p for p in PATHS if p in paths)
+        # The setting-conditioned scorer (one unit per maker); ``conditional=False`` leaves the
+        # setting groups alone, as the group calibration needs them.
+        section = manifest.raw.get("conditional", {}) if conditional else {}
+        self.combine: str = str(section.get("combine", "conditional"))
+        self.conditional_units: dict[str, ConditionalUnit] = {
+            maker: ConditionalUnit.from_files(entry, manifest.artifact(entry["artifact"]))
+            for maker, entry in section.get("units", {}).items()
+        }
+        self.conditional_probability: tuple[float, float] | None = (
+            tuple(section["probability"]) if section.get("probability") else None)  # type: ignore[assignment]
 
     def group(self, group_id: str) -> RuntimeGroup:
         return self.cache.get(group_id)
@@ -293,6 +304,72 @@ class ScoringEngine:
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
             self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out, explain)
+        unit = self.conditional_units.get(maker)
+        if unit is not None:
+            self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain)
+
+    def _judge_conditional(
+        self, unit: ConditionalUnit, sub: pd.DataFrame, settings: np.ndarray, facility: np.ndarray, item: np.ndarray,
+        rows: np.ndarray, out: ScoredBatch, explain: bool,
+    ) -> None:
+        """The setting-conditioned verdict of one maker's records (see :mod:`model_store.serving.conditional`).
+
+        Every record with enough measured production values is judged, whatever its setting or
+        part; ``combine`` says how this meets the setting groups' verdicts.
+        """
+        production = sub[list(unit.features)].to_numpy(dtype=float)
+        measured = ~np.isnan(production)
+        share = measured.mean(axis=1) if production.shape[1] else np.zeros(len(rows))
+        evidence_ok = share >= 1.0 - self.max_imputed_share - 1e-12
+        grouped = out.resolution[rows] != UNSCORABLE
+        if self.combine == "groups":
+            take = evidence_ok & ~grouped & (out.reason[rows] != None)  # noqa: E711 - object array
+            take &= np.array([not str(r).startswith(UNSCORABLE_CAUSES["insufficient_evidence"]) for r in out.reason[rows]], dtype=bool)
+        else:
+            take = evidence_ok
+        weak = ~evidence_ok & ~grouped & (out.reason[rows] == None)  # noqa: E711
+        if weak.any():
+            out.reason[rows[weak]] = (f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} "
+                                      f"of the {len(unit.features)} production fields are missing")
+        local = np.flatnonzero(take)
+        if len(local) == 0:
+            return
+        keys = part_keys(facility[local], np.array([str(v) for v in item[local]], dtype=object))
+        result = unit.score(settings[local], keys, production[local])
+        target = rows[local]
+        # The setting groups' own excursion bands still hold for the records they judge.
+        excursion = np.maximum(result.excursion, np.where(grouped[local], np.nan_to_num(out.excursion[target], nan=0.0), 0.0))
+        score = np.maximum(result.score, excursion)
+        if self.combine == "max":
+            previous = np.where(grouped[local], np.nan_to_num(out.score[target], nan=0.0), 0.0)
+            wins = score >= previous
+        else:
+            wins = np.ones(len(local), dtype=bool)
+        target, score, excursion = target[wins], score[wins], excursion[wins]
+        newly = out.resolution[target] == UNSCORABLE
+        out.resolution[target[newly]] = CONDITIONAL
+        out.reason[target] = None
+        out.model_kind[target] = CONDITIONAL
+        out.loss[target] = result.evidence[wins]
+        out.threshold[target] = result.line[wins]
+        out.score[target] = score
+        out.anomaly[target] = score > 1.0
+        out.margin[target] = np.where(excursion > result.score[wins], (excursion - 1.0) * result.line[wins],
+                                      result.evidence[wins] - result.line[wins])
+        out.excursion[target] = np.maximum(np.nan_to_num(out.excursion[target], nan=0.0), excursion)
+        out.measured_share[target] = share[local][wins]
+        if self.conditional_probability is not None:
+            a, b = self.conditional_probability
+            out.defect_probability[target] = sigmoid(a + b * np.nan_to_num(log_score(score), nan=-8.0))
+        if explain:
+            fields = result.fields[wins]
+            rank = np.argsort(-fields, axis=1, kind="stable")[:, :TOP_FEATURES]
+            for i, indices in enumerate(rank.tolist()):
+                out.top_features[target[i]] = [
+                    {"field": unit.features[j], "error": round(float(fields[i, j]), 6)} for j in indices]
+                if newly[i]:
+                    out.imputed[target[i]] = out.imputed[target[i]] + [
+                        unit.features[j] for j in np.flatnonzero(~measured[local[np.flatnonzero(wins)[i]]])]
 
     def _own_band_excursions(
         self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,

@@ -17,7 +17,7 @@ from model_store.errors import StoreError
 from model_store.schema import PlantSchema, parse_schema
 from model_store.serving.clusters import SettingModel
 
-STORE_FORMAT = 3  # 3: excursion bands, pooled part groups, lot calibration; 2: error scales, NumPy forests, profiles
+STORE_FORMAT = 4  # 4: setting-conditioned units per maker (conditional/); 3: excursion bands, pooled part groups, lot calibration; 2: error scales, NumPy forests, profiles
 MANIFEST = "manifest.json"
 
 

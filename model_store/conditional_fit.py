@@ -1,0 +1,242 @@
+"""Fit the setting-conditioned scorer of one maker (see :mod:`model_store.serving.conditional`).
+
+History in, a :class:`ConditionalUnit` out; no I/O. Every row of the maker is used: a lot's
+defect share only lowers the weight of its rows in the response fit, so a part whose lots were
+all dirty still has a response and tables. Lines are set on held-out evidence: a fit on the
+earlier days scores the latest days (as the unit will score new production), and the final unit
+is fitted on everything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from model_store.config import ConditionalConfig
+from model_store.serving.conditional import FALLBACK, Calibration, ConditionalUnit, Levels, SettingResponse, design_matrix, log_floors, part_keys
+from model_store.serving.tails import TailTable, tail_evidence
+
+ROW_CHUNK = 20000  # rows per block of the normal equations: bounds the design matrix's memory
+MAD_TO_SD = 1.4826
+SMALL_HISTORY_FLOOR = 20  # rows: below this a table, a spread or a line is noise
+CALIBRATION_POINTS = 2000  # held-out evidence sums kept per unit (quantiles of all of them)
+
+
+def _robust_center_scale(x: np.ndarray, floor_share: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Median and p5..p95 width per column (a constant column gets 1 % of its magnitude, or 1)."""
+    center = np.nan_to_num(np.nanmedian(x, axis=0)) if len(x) else np.zeros(x.shape[1])
+    if len(x):
+        width = np.nan_to_num(np.nanpercentile(x, 95, axis=0) - np.nanpercentile(x, 5, axis=0))
+    else:
+        width = np.zeros(x.shape[1])
+    fallback = np.where(np.abs(center) > 0, np.abs(center) * floor_share, 1.0)
+    return center, np.where(width > 0, width, fallback)
+
+
+def _solve_ridge(x_blocks: list[np.ndarray], y_blocks: list[np.ndarray], w_blocks: list[np.ndarray], ridge: float) -> np.ndarray:
+    columns = x_blocks[0].shape[1]
+    gram = np.zeros((columns, columns))
+    moment = np.zeros((columns, y_blocks[0].shape[1]))
+    for x, y, w in zip(x_blocks, y_blocks, w_blocks):
+        xw = x * w[:, None]
+        gram += x.T @ xw
+        moment += xw.T @ y
+    penalty = ridge * np.eye(columns)
+    penalty[0, 0] = 0.0  # the intercept is not shrunk
+    return np.linalg.lstsq(gram + penalty, moment, rcond=None)[0]
+
+
+def _fit_response(settings: np.ndarray, codes: np.ndarray, counts: tuple[int, int, int], production: np.ndarray,
+                  weight: np.ndarray, config: ConditionalConfig) -> SettingResponse:
+    no_logs = (np.full(settings.shape[1], np.nan), np.full(production.shape[1], np.nan))
+    s_floor, t_floor = (log_floors(settings), log_floors(production)) if config.log_positive else no_logs
+    slopes = np.zeros((0, settings.shape[1] + 1, production.shape[1]))
+    logs = SettingResponse(np.zeros(settings.shape[1]), np.ones(settings.shape[1]), np.zeros(production.shape[1]),
+                           np.ones(production.shape[1]), np.zeros((0, production.shape[1])), config.quadratic, slopes, s_floor, t_floor)
+    s_center, s_scale = _robust_center_scale(logs.transform_settings(settings))
+    t_center, t_scale = _robust_center_scale(logs.transform_targets(production))
+    probe = SettingResponse(s_center, s_scale, t_center, t_scale, np.zeros((0, production.shape[1])), config.quadratic, slopes,
+                            s_floor, t_floor)
+    target = (probe.transform_targets(production) - t_center) / t_scale
+    missing = np.isnan(target)
+    target = np.where(missing, 0.0, target)
+    scaled = probe.scale_settings(settings)
+    chunks = range(0, len(target), ROW_CHUNK)
+    x_blocks = [design_matrix(scaled[i:i + ROW_CHUNK], codes[i:i + ROW_CHUNK], counts, config.quadratic) for i in chunks]
+    y_blocks = [target[i:i + ROW_CHUNK] for i in chunks]
+    keep = weight * ~missing.all(axis=1)
+    coefficients = _solve_ridge(x_blocks, y_blocks, [keep[i:i + ROW_CHUNK] for i in chunks], config.ridge)
+    # Trim: shots far off the first fit (defects, glitches) must not pull the response.
+    outlier = np.zeros(len(target), dtype=bool)
+    for _ in range(config.trim_rounds):
+        residual = np.where(missing, 0.0, target - np.vstack([x @ coefficients for x in x_blocks]))
+        spread = np.median(np.abs(residual), axis=0) * MAD_TO_SD + 1e-9
+        outlier = (np.abs(residual) / spread > config.trim_z).any(axis=1)
+        coefficients = _solve_ridge(x_blocks, y_blocks, [(keep * ~outlier)[i:i + ROW_CHUNK] for i in chunks], config.ridge)
+    left = np.where(missing, 0.0, target - np.vstack([x @ coefficients for x in x_blocks]))
+    slopes = _part_slopes(scaled, codes[:, 0], counts[0], left, keep * ~outlier, config)
+    return SettingResponse(s_center, s_scale, t_center, t_scale, coefficients, config.quadratic, slopes, s_floor, t_floor)
+
+
+def _part_slopes(scaled: np.ndarray, part: np.ndarray, parts: int, left: np.ndarray, weight: np.ndarray,
+                 config: ConditionalConfig) -> np.ndarray:
+    """Each part's own linear response on what the maker-wide fit leaves: parts differ in how a
+    set point moves their values (a thick wall cools slower). Shrunk towards 0 by a penalty that
+    grows with the part's few rows, so a part that ran one setting keeps the maker's slopes."""
+    k = scaled.shape[1]
+    out = np.zeros((parts, k + 1, left.shape[1]))
+    if not config.part_slopes:
+        return out
+    for p in range(parts):
+        rows = np.flatnonzero((part == p) & (weight > 0))
+        if len(rows) < config.min_part_rows:
+            continue
+        x = np.hstack([np.ones((len(rows), 1)), scaled[rows]])
+        w = weight[rows]
+        penalty = config.part_ridge * np.eye(k + 1)
+        penalty[0, 0] = 0.0
+        out[p] = np.linalg.lstsq(x.T @ (x * w[:, None]) + penalty, (x * w[:, None]).T @ left[rows], rcond=None)[0]
+    return out
+
+
+def _residual_scale(residual: np.ndarray, part_column: np.ndarray, parts: int, min_rows: int) -> np.ndarray:
+    """MAD of the residuals per part (rows >= min_rows, else the maker's), floored at 5 % of the maker's."""
+    maker = np.nan_to_num(np.nanmedian(np.abs(residual - np.nanmedian(residual, axis=0)), axis=0) * MAD_TO_SD)
+    maker = np.maximum(maker, 1e-6)
+    out = np.tile(maker, (parts + 1, 1))
+    for p in range(parts):
+        rows = residual[part_column == p]
+        if len(rows) >= min_rows:
+            mad = np.nanmedian(np.abs(rows - np.nanmedian(rows, axis=0)), axis=0) * MAD_TO_SD
+            out[p] = np.maximum(np.nan_to_num(mad, nan=maker), maker * 0.05)
+    return out
+
+
+def _clean_rows(rows: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfig) -> np.ndarray:
+    """A part's tables come from its clean lots when they hold enough shots, else from all its rows."""
+    clean = rows[np.nan_to_num(lot_rate[rows], nan=1.0) < config.clean_lot_rate]
+    return clean if len(clean) >= config.min_part_rows else rows
+
+
+def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str, ...], settings: np.ndarray,
+              keys: np.ndarray, production: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfig) -> ConditionalUnit:
+    """Response, residual scales and tail tables on these rows (calibration left empty)."""
+    levels = Levels.of(keys.tolist())
+    codes = levels.codes(keys)
+    parts, column = levels.parts, codes[:, 0]
+    weight = np.clip(1.0 - np.nan_to_num(lot_rate, nan=config.dirty_lot_rate / 2) / config.dirty_lot_rate, config.min_weight, 1.0)
+    response = _fit_response(settings, codes, levels.counts, production, weight, config)
+    residual = response.residuals(settings, codes, production, levels.counts)
+    scale = _residual_scale(residual, column, len(parts), config.min_part_rows)
+    z = residual / scale[column]
+    raw_tables: dict[str, TailTable] = {}
+    residual_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(z[_clean_rows(np.arange(len(z)), lot_rate, config)])}
+    for key, p in parts.items():
+        rows = np.flatnonzero(column == p)
+        if len(rows) < config.min_part_rows:
+            continue
+        rows = _clean_rows(rows, lot_rate, config)
+        raw_tables[key] = TailTable.fit(production[rows])
+        residual_tables[key] = TailTable.fit(z[rows])
+    return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
+                           config.excursion_share, config.residual_evidence, config.raw_weight)
+
+
+def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence sums of rows a unit did not train on: with the part's own tables where the unit
+    has them (NaN elsewhere), and with the maker's fallback table for every row."""
+    z = unit.z(settings, keys, production)
+    own = np.full(len(keys), np.nan)
+    for key in np.unique(keys):
+        if key in unit.raw_tables:
+            rows = np.flatnonzero(keys == key)
+            own[rows] = (unit._residual_evidence(key, z[rows])
+                         + unit.raw_weight * tail_evidence(unit.raw_tables[key], production[rows])).sum(axis=1)
+    fallback = unit._residual_evidence(FALLBACK, z).sum(axis=1)
+    return own, fallback
+
+
+def _calibration(evidence: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfig) -> Calibration:
+    rates = lot_rate[np.isfinite(lot_rate)]
+    share = float(rates.mean()) if len(rates) else config.min_alpha
+    alpha = float(np.clip(share, config.min_alpha, 0.5))
+    scores = np.sort(evidence)
+    if len(scores) > CALIBRATION_POINTS:
+        scores = np.quantile(scores, np.linspace(0.0, 1.0, CALIBRATION_POINTS))
+    line = float(np.quantile(evidence, 1.0 - alpha))
+    return Calibration(scores, line, alpha)
+
+
+@dataclass(frozen=True)
+class FittedConditional:
+    unit: ConditionalUnit
+    held_out_score: np.ndarray  # per history row: its score by a fit that did not see its day (NaN: none)
+
+
+def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tuple[str, ...], frame: pd.DataFrame,
+                    lot_rate: np.ndarray, config: ConditionalConfig) -> FittedConditional | None:
+    """The maker's unit from its (state-imputed) canonical history; None without enough rows.
+
+    A small history (a lab run of a few hundred shots) lowers the row floors in proportion, down
+    to ``SMALL_HISTORY_FLOOR``: a tenth of the history makes a part, a fifth of the held-out days
+    a line of its own.
+    """
+    if len(frame) < 2 * SMALL_HISTORY_FLOOR:
+        return None
+    config = replace(config, min_part_rows=min(config.min_part_rows, max(SMALL_HISTORY_FLOOR, len(frame) // 10)),
+                     min_calibration_rows=min(config.min_calibration_rows, max(SMALL_HISTORY_FLOOR, len(frame) // 20)))
+    settings = frame[list(settings_fields)].to_numpy(dtype=float)
+    production = frame[list(features)].to_numpy(dtype=float)
+    keys = part_keys(frame["facility"].astype(str).to_numpy(dtype=object), frame["item"].astype(str).to_numpy(dtype=object))
+    lot_rate = np.asarray(lot_rate, dtype=float)
+    days = pd.Series(frame["lot_date"].astype(str).to_numpy())
+    ordered = sorted(days.unique())
+    # Forward, as the unit will be used: fit on the earlier days, score the later ones (a line
+    # matched on days the fit saw alarms too little on new production, and on alternate days too
+    # little novelty). Without enough days, alternate rows.
+    if len(ordered) >= 3:
+        cut = ordered[int(np.floor(len(ordered) * (1.0 - config.calibration_share))) - 1]
+        held_mask = (days > cut).to_numpy()
+    else:
+        held_mask = np.arange(len(frame)) % 2 == 1
+    own = np.full(len(frame), np.nan)
+    fallback = np.full(len(frame), np.nan)
+    train, held = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
+    if len(train) >= config.min_part_rows and len(held):
+        unit = _fit_unit(maker, features, settings_fields, settings[train], keys[train], production[train], lot_rate[train], config)
+        own[held], fallback[held] = _held_out_evidence(unit, settings[held], keys[held], production[held])
+    final = _fit_unit(maker, features, settings_fields, settings, keys, production, lot_rate, config)
+    calibration: dict[str, Calibration] = {}
+    scored = np.isfinite(fallback)
+    if scored.sum() < config.min_calibration_rows:
+        return None
+    # The fallback judges parts with little or no history of their own: its line comes from the
+    # held-out rows of parts the earlier days' fit had not seen, when there are enough of them
+    # (a known part scored by the maker's table is less surprising than a new one).
+    seen = set(keys[np.flatnonzero(~held_mask)].tolist())
+    novel = scored & ~np.isin(keys, list(seen))
+    pool = novel if novel.sum() >= config.min_calibration_rows else scored
+    calibration[FALLBACK] = _calibration(fallback[pool], lot_rate[pool], config)
+    for key in final.raw_tables:
+        rows = np.flatnonzero((keys == key) & np.isfinite(own))
+        if len(rows) >= config.min_calibration_rows:
+            calibration[key] = _calibration(own[rows], lot_rate[rows], config)
+    unit = ConditionalUnit(maker, features, settings_fields, final.levels, final.response, final.residual_scale,
+                           {k: v for k, v in final.raw_tables.items() if k in calibration},
+                           final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
+                           config.raw_weight)
+    held_out = np.full(len(frame), np.nan)
+    own_unit = np.array([k in unit.raw_tables for k in keys.tolist()], dtype=bool) & np.isfinite(own)
+    held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])
+    rest = ~own_unit & scored
+    held_out[rest] = calibration[FALLBACK].score(fallback[rest])
+    return FittedConditional(unit, held_out)
+
+
+def _scores_by_unit(unit: ConditionalUnit, keys: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(keys))
+    for key in np.unique(keys):
+        rows = keys == key
+        out[rows] = unit.calibration[key].score(evidence[rows])
+    return out

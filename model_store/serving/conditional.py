@@ -1,0 +1,316 @@
+"""The setting-conditioned scorer: what the settings do not explain is the evidence.
+
+One unit per maker, trained on the maker's whole history (dirty lots down-weighted, never dropped):
+
+1. **Response.** A ridge regression from the scaled set points (linear, squares and pairwise
+   products) plus a per-part offset to every production field: what this setting on this part
+   should produce. Its residuals, divided by each part's robust residual spread, are ``z``.
+   A setting never run before is still judged: the response extrapolates from the maker's
+   other settings instead of calling it a defect.
+2. **Tails.** Per field, the ECDF tail evidence (as ECOD) of the residual ``z`` and of the raw
+   value, each against the record's own part when the part has enough history (else the
+   maker's residual table alone): a value rare for its setting, or rare for its part at all.
+3. **One scale.** The evidence sum is turned into a held-out (cross-fitted) conformal tail
+   probability per calibration unit (a part, or the maker's fallback for parts with little
+   history), and the unit's line is the tail probability equal to its lots' defect share.
+   ``score = log p / log p_line``: 1 at the line for every unit, so ranking across parts and
+   the alarm line are the same thing.
+
+Pure NumPy (serving imports no training library); arrays in, arrays out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_store.serving.excursions import BAND_QUANTILES, EXCURSION_BAND_SHARE, excursion_ratios, excursion_tolerance
+from model_store.serving.tails import TAIL_LEVELS, TailTable, tail_evidence
+
+CONDITIONAL = "conditional"  # the resolution path and model kind of a record judged by it alone
+
+PART_SEPARATOR = "\x1f"  # joins facility and item into one part key (a control char no name holds)
+FALLBACK = "*"  # the maker-level calibration unit (parts with too little history of their own)
+SETTING_CLIP = 6.0  # scaled set points beyond +-6 spreads are held there: a typo must not explode a square
+
+
+def part_keys(facility: np.ndarray, item: np.ndarray) -> np.ndarray:
+    return np.array([f"{f}{PART_SEPARATOR}{i}" for f, i in zip(facility.tolist(), item.tolist())], dtype=object)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The parts, facilities and items a response knows, each numbered (its one-hot column)."""
+
+    parts: dict[str, int]
+    facilities: dict[str, int]
+    items: dict[str, int]
+
+    @classmethod
+    def of(cls, part_names: list[str]) -> "Levels":
+        parts = sorted(set(part_names))
+        facilities = sorted({p.split(PART_SEPARATOR, 1)[0] for p in parts})
+        items = sorted({p.split(PART_SEPARATOR, 1)[1] for p in parts})
+        return cls({k: i for i, k in enumerate(parts)}, {k: i for i, k in enumerate(facilities)}, {k: i for i, k in enumerate(items)})
+
+    def codes(self, keys: np.ndarray) -> np.ndarray:
+        """(rows, 3): part, facility and item column per row; -1 where never seen. A new pairing
+        of a known machine and a known item still gets both offsets."""
+        out = np.full((len(keys), 3), -1, dtype=np.int64)
+        for r, key in enumerate(keys.tolist()):
+            facility, _, item = str(key).partition(PART_SEPARATOR)
+            out[r] = (self.parts.get(key, -1), self.facilities.get(facility, -1), self.items.get(item, -1))
+        return out
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return len(self.parts), len(self.facilities), len(self.items)
+
+
+def _log_where(x: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """log(max(x, floor)) in the columns with a floor (finite), x itself elsewhere."""
+    logged = np.isfinite(floor)
+    if not logged.any():
+        return x
+    out = x.copy()
+    with np.errstate(invalid="ignore"):
+        out[:, logged] = np.log(np.maximum(x[:, logged], floor[logged]))
+    return out
+
+
+def log_floors(x: np.ndarray) -> np.ndarray:
+    """Per column: 1 % of its smallest value if every measured value is positive, else NaN (linear)."""
+    x = np.asarray(x, dtype=float)
+    with np.errstate(invalid="ignore"):
+        low = np.nanmin(np.where(np.isnan(x), np.inf, x), axis=0) if len(x) else np.full(x.shape[1], np.nan)
+    return np.where(np.isfinite(low) & (low > 0), low * 0.01, np.nan)
+
+
+def design_matrix(scaled: np.ndarray, codes: np.ndarray, counts: tuple[int, int, int], quadratic: bool) -> np.ndarray:
+    """[1, s, s^2, s_i s_j (i < j), one-hot part, facility, item] per row (code -1: no column set)."""
+    n, k = scaled.shape
+    blocks = [np.ones((n, 1)), scaled]
+    if quadratic:
+        upper = np.triu_indices(k, 1)
+        blocks += [scaled ** 2, scaled[:, upper[0]] * scaled[:, upper[1]]]
+    for c, count in enumerate(counts):
+        one_hot = np.zeros((n, count))
+        known = codes[:, c] >= 0
+        one_hot[np.flatnonzero(known), codes[known, c]] = 1.0
+        blocks.append(one_hot)
+    return np.hstack(blocks)
+
+
+@dataclass(frozen=True)
+class SettingResponse:
+    """Expected production values from set points and part (normalised units)."""
+
+    setting_center: np.ndarray  # (settings,)
+    setting_scale: np.ndarray
+    target_center: np.ndarray  # (fields,)
+    target_scale: np.ndarray
+    coefficients: np.ndarray  # (design columns, fields)
+    quadratic: bool
+    # (parts, settings + 1, fields): each part's own linear correction on its set points, fitted
+    # on what the maker-wide response leaves (zeros for a part with little history)
+    part_slopes: np.ndarray
+    # Fields that were positive throughout history are modelled in logs (NaN floor = linear):
+    # molding physics is multiplicative (fill time ~ volume / speed), and a ratio extrapolates to
+    # a new speed where a quadratic in the speed does not. The floor (1 % of the smallest value
+    # seen) keeps a 0 finite, and very far out.
+    setting_log_floor: np.ndarray
+    target_log_floor: np.ndarray
+
+    def transform_settings(self, settings: np.ndarray) -> np.ndarray:
+        return _log_where(np.asarray(settings, dtype=float), self.setting_log_floor)
+
+    def transform_targets(self, production: np.ndarray) -> np.ndarray:
+        return _log_where(np.asarray(production, dtype=float), self.target_log_floor)
+
+    def scale_settings(self, settings: np.ndarray) -> np.ndarray:
+        scaled = (self.transform_settings(settings) - self.setting_center) / self.setting_scale
+        return np.clip(np.nan_to_num(scaled, nan=0.0), -SETTING_CLIP, SETTING_CLIP)
+
+    def residuals(self, settings: np.ndarray, codes: np.ndarray, production: np.ndarray, counts: tuple[int, int, int]) -> np.ndarray:
+        """Normalised production minus its expectation; NaN where the value is missing."""
+        scaled = self.scale_settings(settings)
+        expected = design_matrix(scaled, codes, counts, self.quadratic) @ self.coefficients
+        part = codes[:, 0]
+        if len(self.part_slopes):
+            known = np.flatnonzero(part >= 0)
+            local = np.hstack([np.ones((len(known), 1)), scaled[known]])
+            expected[known] += np.einsum("rk,rkf->rf", local, self.part_slopes[part[known]])
+        residual = (self.transform_targets(production) - self.target_center) / self.target_scale - expected
+        logged = np.isfinite(self.target_log_floor)
+        if logged.any():
+            # Back to relative units for the evidence: in logs a value ten times its expectation is
+            # only log(10) out, and a push far beyond a part's range would hide in the compression.
+            log_units = residual[:, logged] * self.target_scale[logged]
+            residual[:, logged] = np.sign(log_units) * np.expm1(np.minimum(np.abs(log_units), 700.0)) / self.target_scale[logged]
+        return residual
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Held-out evidence sums of one calibration unit (sorted) and its line."""
+
+    scores: np.ndarray  # ascending
+    line: float  # evidence sum at the unit's line
+    alpha: float  # the tail probability the line stands for (the unit's lot defect share, floored)
+
+    def survival(self, evidence: np.ndarray) -> np.ndarray:
+        """Conformal tail probability of an evidence sum, interpolated, decaying beyond the maximum."""
+        c = self.scores
+        n = len(c)
+        rank = np.interp(evidence, c, np.arange(1, n + 1, dtype=float), left=0.0, right=float(n))
+        p = (1.0 + n - rank) / (n + 1.0)
+        spread = max(float(c[-1] - c[int(0.5 * (n - 1))]), 1e-6)
+        beyond = evidence > c[-1]
+        p = np.where(beyond, np.exp(-(evidence - c[-1]) / spread) / (n + 1.0), p)
+        return np.clip(p, 1e-300, 1.0)
+
+    def score(self, evidence: np.ndarray) -> np.ndarray:
+        """``log p / log p_line``: 1 at the line, > 1 beyond it, monotone in the evidence."""
+        p_line = float(self.survival(np.array([self.line]))[0])
+        denominator = np.log(p_line) if p_line < 1.0 else -1e-12
+        return np.log(self.survival(evidence)) / denominator
+
+
+@dataclass(frozen=True)
+class ConditionalUnit:
+    maker: str
+    features: tuple[str, ...]
+    settings: tuple[str, ...]
+    levels: Levels
+    response: SettingResponse
+    residual_scale: np.ndarray  # (parts + 1, fields): per part, last row = maker
+    raw_tables: dict[str, TailTable]  # part key -> raw-value table (parts with enough history)
+    residual_tables: dict[str, TailTable]  # part key -> residual table; FALLBACK = the maker's
+    calibration: dict[str, Calibration]  # part key or FALLBACK
+    excursion_share: float = EXCURSION_BAND_SHARE  # tolerance beyond a band, as a share of its width
+    residual_evidence: str = "tails"  # "tails", "squares" or "both" (see _residual_evidence)
+    raw_weight: float = 1.0  # weight of the part's raw-value tails beside the residual evidence
+
+    def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
+        codes = self.levels.codes(keys)
+        residual = self.response.residuals(settings, codes, production, self.levels.counts)
+        parts = len(self.levels.parts)
+        return residual / self.residual_scale[np.where(codes[:, 0] >= 0, codes[:, 0], parts)]
+
+    def _residual_evidence(self, key: str, z: np.ndarray) -> np.ndarray:
+        """Per field: ECDF tail evidence of the residual, or half its square (a Gaussian's
+        log-likelihood: moderate shifts on several fields add up), or the larger of the two."""
+        tails = tail_evidence(self.residual_tables[key], z) if self.residual_evidence != "squares" else 0.0
+        if self.residual_evidence == "tails":
+            return tails
+        squares = 0.5 * np.nan_to_num(np.minimum(z, 1e6)) ** 2
+        return np.maximum(tails, squares)
+
+    def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per record: evidence sum, per-field evidence (rows, fields), the calibration unit key and
+        the residuals ``z`` (rows, fields)."""
+        production = np.asarray(production, dtype=float)
+        z = self.z(settings, keys, production)
+        fields = np.zeros(production.shape)
+        unit = np.full(len(keys), FALLBACK, dtype=object)
+        for key in np.unique(keys) if len(keys) else ():
+            rows = np.flatnonzero(keys == key)
+            own = key in self.raw_tables and key in self.calibration
+            if own:
+                fields[rows] = self._residual_evidence(key, z[rows]) + self.raw_weight * tail_evidence(self.raw_tables[key], production[rows])
+                unit[rows] = key
+            else:
+                fields[rows] = self._residual_evidence(FALLBACK, z[rows])
+        return fields.sum(axis=1), fields, unit, z
+
+    def score(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> "ConditionalScore":
+        total, fields, unit, z = self.evidence(settings, keys, production)
+        score = np.zeros(len(total))
+        line = np.full(len(total), np.nan)
+        for key in np.unique(unit) if len(unit) else ():
+            rows = np.flatnonzero(unit == key)
+            calibration = self.calibration[key]
+            score[rows] = calibration.score(total[rows])
+            line[rows] = calibration.line
+        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z))
+
+    def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Worst gross-excursion ratio per record (see :mod:`model_store.serving.excursions`): a
+        value far beyond both what its part ever produced and what its setting explains alarms
+        whatever the tails say. A field counts only when it is out on both (a new setting moves
+        raw values legitimately; the residual alone would flag a value the part often produces).
+        A part without a raw table is judged on its residual against the maker's."""
+        out = np.zeros(len(keys))
+        for key in np.unique(keys) if len(keys) else ():
+            rows = np.flatnonzero(keys == key)
+            ratio = _band_ratios(self.residual_tables.get(key, self.residual_tables[FALLBACK]), z[rows], self.excursion_share)
+            table = self.raw_tables.get(key)
+            if table is not None:
+                ratio = np.minimum(ratio, _band_ratios(table, production[rows], self.excursion_share))
+            out[rows] = ratio.max(axis=1) if ratio.shape[1] else 0.0
+        return out
+
+    # -- persistence: one .npz of arrays, one JSON-ready dict of names ---------------------------
+    def to_files(self, path: Path) -> dict[str, Any]:
+        arrays: dict[str, np.ndarray] = {
+            "setting_center": self.response.setting_center, "setting_scale": self.response.setting_scale,
+            "target_center": self.response.target_center, "target_scale": self.response.target_scale,
+            "coefficients": self.response.coefficients, "residual_scale": self.residual_scale,
+            "part_slopes": self.response.part_slopes, "setting_log_floor": self.response.setting_log_floor,
+            "target_log_floor": self.response.target_log_floor,
+        }
+        raw_keys, residual_keys, calibration_keys = sorted(self.raw_tables), sorted(self.residual_tables), sorted(self.calibration)
+        for i, key in enumerate(raw_keys):
+            arrays.update(self.raw_tables[key].to_arrays(f"raw{i}_"))
+        for i, key in enumerate(residual_keys):
+            arrays.update(self.residual_tables[key].to_arrays(f"res{i}_"))
+        for i, key in enumerate(calibration_keys):
+            arrays[f"cal{i}"] = self.calibration[key].scores
+        np.savez(path, **arrays)
+        return {
+            "maker": self.maker, "features": list(self.features), "settings": list(self.settings),
+            "parts": sorted(self.levels.parts, key=self.levels.parts.__getitem__), "quadratic": self.response.quadratic,
+            "raw_tables": raw_keys, "residual_tables": residual_keys,
+            "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence,
+            "raw_weight": self.raw_weight,
+            "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
+                             "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
+        }
+
+    @classmethod
+    def from_files(cls, entry: dict[str, Any], path: Path) -> "ConditionalUnit":
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        response = SettingResponse(arrays["setting_center"], arrays["setting_scale"], arrays["target_center"],
+                                   arrays["target_scale"], arrays["coefficients"], bool(entry["quadratic"]), arrays["part_slopes"],
+                                   arrays["setting_log_floor"], arrays["target_log_floor"])
+        return cls(
+            maker=entry["maker"], features=tuple(entry["features"]), settings=tuple(entry["settings"]),
+            levels=Levels.of(list(entry["parts"])), response=response,
+            residual_scale=arrays["residual_scale"],
+            raw_tables={k: TailTable.from_arrays(arrays, f"raw{i}_") for i, k in enumerate(entry["raw_tables"])},
+            residual_tables={k: TailTable.from_arrays(arrays, f"res{i}_") for i, k in enumerate(entry["residual_tables"])},
+            calibration={c["unit"]: Calibration(arrays[f"cal{i}"], float(c["line"]), float(c["alpha"]))
+                         for i, c in enumerate(entry["calibration"])},
+            excursion_share=float(entry.get("excursion_share", EXCURSION_BAND_SHARE)),
+            residual_evidence=str(entry.get("residual_evidence", "tails")), raw_weight=float(entry.get("raw_weight", 1.0)),
+        )
+
+
+def _band_ratios(table: TailTable, x: np.ndarray, share: float = EXCURSION_BAND_SHARE) -> np.ndarray:
+    """Excursion ratios of ``x`` against the table's p0.1..p99.9 band, ``share`` of its width out."""
+    low = np.array([np.interp(BAND_QUANTILES[0], TAIL_LEVELS, table.values[:, j]) for j in range(table.values.shape[1])])
+    high = np.array([np.interp(BAND_QUANTILES[1], TAIL_LEVELS, table.values[:, j]) for j in range(table.values.shape[1])])
+    return excursion_ratios(x, np.nan_to_num(low), np.nan_to_num(high), excursion_tolerance(low, high, share))
+
+
+@dataclass(frozen=True)
+class ConditionalScore:
+    evidence: np.ndarray  # (rows,) evidence sum (the verdict's loss)
+    fields: np.ndarray  # (rows, fields) per-field evidence (top_features)
+    unit: np.ndarray  # (rows,) calibration unit: the part key, or FALLBACK
+    score: np.ndarray  # (rows,) log p / log p_line
+    line: np.ndarray  # (rows,) evidence sum at the line (the verdict's threshold)
+    excursion: np.ndarray  # (rows,) worst gross-excursion ratio (> 1 alarms whatever the score)
