@@ -1,35 +1,39 @@
-"""How moldwatch compares: PyOD and River side by side on the plants of bench/detection.py, and ablations.
+"""How moldwatch compares, on the whole proving ground: PyOD and River side by side, and ablations.
 
-Per plant (bench.detection.PLANTS): simulate, train on the early days (lots only), score the later
-days, compare with the per-shot truth. Peers train on the same rows moldwatch trains on (the normal
-setting groups), once per maker ("global") and once per moldwatch setting group ("group"; a test
-record whose group was not trained falls back to its maker's global model):
+Plants (bench/plants): the project's simulator (three configurations), the independently written
+generator ``forge`` (three), and the public labelled sets found under data/public (two, skipped
+with a note when absent). Per plant: train on the early lot days (lots only), score the later
+days, compare with the per-shot truth. Peers:
 
-- PyOD IForest and ECOD, thresholded by PyOD itself (``contamination`` = the training days' lot
-  defect rate, what a user knows); PyOD's AutoEncoder needs torch, which PyPI ships only with
-  its CUDA stack (several GB): not run, see the README.
-- River HalfSpaceTrees per maker, warmed on the training rows, then online over the test days in
-  time order (score, then learn if not flagged) behind its QuantileFilter (q = 1 - contamination).
-- A per-group sklearn IsolationForest with a plain p99 line over its training scores.
+- PyOD IForest, ECOD and COPOD per maker ("global") and per moldwatch setting group ("group", on
+  the normal groups' rows as moldwatch's groups train; a record of an untrained group falls back
+  to its maker's model), thresholded by PyOD itself (``contamination`` = the training days' lot
+  defect rate, what a user knows);
+- a sklearn IsolationForest per setting group and one per (machine, part) on all that part's
+  training rows, each with a plain p99 line over its training scores;
+- River HalfSpaceTrees per maker, warmed on the training rows, then online over the test days
+  (score, then learn if not flagged) behind its QuantileFilter (q = 1 - contamination).
 
 Peers see production fields filled with the training means and MinMax-scaled without clip.
 Reported per method: precision, recall, F1 at its own line, best-threshold F1, AUROC, PR-AUC,
-false alarms per 1,000 normal shots, the excursion-suite recall (normal scored test shots, one
-production field pushed 1, 3 and 10 spans beyond the judging group's range, or to 0; the same
-pushed shots for every method) and scoring records/s on one core (scoring call only, same rows).
+false alarms per 1,000 normal shots, alarm rate / true defect share, the excursion-suite recall
+(normal scored test shots, one production field pushed 1, 3 and 10 of its part's training
+ranges beyond that range, or to 0; the same pushed shots for every method) and scoring
+records/s on one core (scoring call only). moldwatch also: coverage (judged share of the shots
+with at least half their production fields measured) and the Brier score of defect_probability
+against a constant (the training days' lot defect rate).
 
-Ablations retrain or rescore moldwatch with one part taken out (TrainingConfig / engine knobs):
-see ABLATIONS. Mean and spread over the plants; results in bench/results/peers.json, a plot in
-bench/results/peers.png, and the README table with --markdown.
+Ablations rescore the same store with one part of the setting-conditioned scorer changed (units
+refitted in memory on the same training rows): see ABLATIONS. Results in bench/results/peers.json,
+a plot in bench/results/peers.png, the README table with --markdown.
 
-    .venv/bin/python bench/peers.py                      # three plants side by side, 40k shots each
-    .venv/bin/python bench/peers.py --plants default --ablations none --jobs 1   # quick look
-    .venv/bin/python bench/peers.py --markdown           # README table and plot from peers.json
-    .venv/bin/python bench/peers.py --merge              # results file from a cut-short run's partials
+    .venv/bin/python bench/peers.py                                   # the whole proving ground
+    .venv/bin/python bench/peers.py --plants forge_a --ablations none  # quick look
+    .venv/bin/python bench/peers.py --markdown                        # README table and plot from peers.json
+    .venv/bin/python bench/peers.py --merge                           # results file from a cut-short run's partials
 
-40k shots per plant (bench/detection.py uses 500k) because the nine ablations retrain moldwatch
-seven times per plant. ECOD note: PyOD's ECOD.decision_function recomputes its ECDFs over the
-training rows plus the whole scored batch, so its figures are for one batch of all test days.
+ECOD / COPOD note: PyOD's decision_function recomputes the ECDFs over the training rows plus the
+whole scored batch (transductive), so their figures are for one batch of all test days.
 """
 from __future__ import annotations
 
@@ -56,9 +60,12 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import RESULTS, detection_metrics, write_result  # noqa: E402
-from bench.detection import EXCURSION_PUSHES, PLANTS, split_by_day  # noqa: E402
+from bench.detection import EXCURSION_PUSHES  # noqa: E402
+from bench.plants import ProvingPlant  # noqa: E402
+from model_store.conditional_fit import fit_conditional  # noqa: E402
 from model_store.config import TrainingConfig  # noqa: E402
 from model_store.groups import PART_CLUSTER, TRAIN  # noqa: E402
+from model_store.lots import lot_defect_rates, row_lot_rates  # noqa: E402
 from model_store.serving.scaling import MinMax  # noqa: E402
 from model_store.schema import canonical_lots, canonical_records  # noqa: E402
 from model_store.serving.scoring import ScoredBatch, ScoringEngine  # noqa: E402
@@ -66,7 +73,39 @@ from model_store.serving.store import open_store  # noqa: E402
 from model_store.training import prepare, train_store  # noqa: E402
 
 KEYS = ["maker", "facility", "item", "cluster"]
-NEVER = 10**9  # a row count no group reaches
+PART_KEYS = ["maker", "facility", "item"]
+TRAIN_SHARE = 0.7  # the first 70 % of a plant's lot days train, the rest are scored
+
+
+# -- the proving ground -----------------------------------------------------------------------
+SIMULATED = {
+    # the project's own simulator (model_store.simulate): the default plant, another seed, and a
+    # differently configured one (two more settings per part, dirtier lots, more drifts and spikes)
+    "sim_default": {"seed": 11},
+    "sim_seed5": {"seed": 5},
+    "sim_variant": {"seed": 23, "extra_settings": 2, "defect_scale": 2.0, "heater_drifts_per_100k": 15.0,
+                    "sensor_spike_rate": 0.0015},
+}
+FORGE = ("forge_a", "forge_b", "forge_c")  # bench/plants/forge.py, written without reading the simulator
+PUBLIC = {"public_polenta": "polenta_road_lens", "public_lab": "lab_setting_changes"}  # bench/plants/public.py
+PLANTS = (*SIMULATED, *FORGE, *PUBLIC)
+
+
+def load_plant(name: str, shots: int) -> ProvingPlant:
+    if name in SIMULATED:
+        from model_store.simulate import SimulationConfig, simulate
+
+        knobs = SIMULATED[name]
+        plant = simulate(SimulationConfig(shots=shots, days=30, **knobs))
+        return ProvingPlant(name, "moldwatch-simulate", plant.records, plant.lots, plant.schema,
+                            plant.labels[["record_id", "defect"]], {"knobs": knobs, "shots": shots})
+    if name in FORGE:
+        from bench.plants.forge import forge_named
+
+        return forge_named(name)
+    from bench.plants.public import load_public
+
+    return load_public(PUBLIC[name])
 
 
 # -- ablations --------------------------------------------------------------------------------
@@ -74,47 +113,21 @@ NEVER = 10**9  # a row count no group reaches
 class Ablation:
     name: str
     what: str
-    overrides: dict[str, Any]  # TrainingConfig.with_overrides; empty = reuse the full store
-    calibrated: bool = True
-    drop_gaps: bool = False  # train and score only records without a gap
-    no_clip: bool = False  # MinMax without clip at scoring
+    conditional: dict[str, Any]  # ConditionalConfig overrides (units refitted in memory)
+    combine: str | None = None  # the engine's combine rule instead of the store's
 
 
-# Ordered cheapest first (the first two rescore the full store; the rest retrain), so that a run
-# cut short still has the cheap ones (each plant's partial result is written as it goes).
 ABLATIONS: tuple[Ablation, ...] = (
-    Ablation("no_lot_calibration", "ScoringEngine(calibrated=False): prior lines", {}, calibrated=False),
-    Ablation("minmax_no_clip", "scaled inputs not clipped to [0, 1] at scoring", {}, no_clip=True),
-    Ablation("all_iforest", "IsolationForest for every group",
-             {"model.autoencoder_min_rows": NEVER, "model.memae_min_rows": NEVER}),
-    Ablation("no_cv_weight", "threshold.cv_gain = 0", {"threshold.cv_gain": 0.0}),
-    Ablation("no_distance_weight", "threshold.distance_gain = 0", {"threshold.distance_gain": 0.0}),
-    Ablation("no_imputation", "records with any gap dropped (train) and left unjudged (test)", {"_": None}, drop_gaps=True),
-    Ablation("no_setting_clusters", "one setting cluster per maker: groups are (facility, item)",
-             {"grouping.min_clusters": 1, "grouping.max_clusters": 1}),
-    Ablation("all_autoencoder", "AutoEncoder for every group", {"model.autoencoder_min_rows": 0, "model.memae_min_rows": NEVER}),
-    Ablation("all_memae", "MemAE for every group", {"model.autoencoder_min_rows": 0, "model.memae_min_rows": 0}),
+    Ablation("groups_decide", "the seed's setting groups decide; the conditional scorer judges only what no group can", {},
+             combine="groups"),
+    Ablation("max_of_both", "either the groups or the conditional scorer alarms (max of the two scores)", {}, combine="max"),
+    Ablation("no_part_slopes", "no per-part slopes on the set points (maker-wide response + offsets)", {"part_slopes": False}),
+    Ablation("quadratic", "squares and pairwise products of the set points in the response", {"quadratic": True}),
+    Ablation("no_logs", "positive fields modelled in their own units, not logs", {"log_positive": False}),
+    Ablation("raw_tails", "the part's raw-value tails added to the residual evidence", {"raw_weight": 1.0}),
+    Ablation("residual_squares", "residual evidence z^2/2 instead of ECDF tails", {"residual_evidence": "squares"}),
+    Ablation("maker_lines", "one line per maker (no per-part calibration units)", {"min_calibration_rows": 10**9}),
 )
-
-
-def _unclipped(x: np.ndarray, scaler: MinMax) -> tuple[np.ndarray, np.ndarray]:
-    scaled = (x - scaler.minimum) / scaler.span
-    return scaled.astype(np.float32), (scaled < 0.0) | (scaled > 1.0)
-
-
-def _score_engine(engine: ScoringEngine, frame: pd.DataFrame, no_clip: bool) -> ScoredBatch:
-    """Offline scoring as bench/detection.py does it; ``no_clip`` swaps the runtime's scaler for
-    the length of the call (the lead's code is untouched; training rows are inside their own
-    scaler's range, so the clip only matters at scoring)."""
-    import model_store.serving.runtime as runtime
-
-    original = runtime.scale_clip
-    if no_clip:
-        runtime.scale_clip = _unclipped
-    try:
-        return engine.score(frame, memory={}, backward=False)
-    finally:
-        runtime.scale_clip = original
 
 
 # -- peers ------------------------------------------------------------------------------------
@@ -140,11 +153,16 @@ def _fit_matrix(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, MinMax]:
 
 
 def _fit_pyod(kind: str, x: np.ndarray, contamination: float, seed: int) -> tuple[Callable, float]:
+    from pyod.models.copod import COPOD
     from pyod.models.ecod import ECOD
     from pyod.models.iforest import IForest
 
-    model = IForest(n_estimators=100, contamination=contamination, random_state=seed, n_jobs=1) if kind == "iforest" \
-        else ECOD(contamination=contamination, n_jobs=1)
+    if kind == "iforest":
+        model: Any = IForest(n_estimators=100, contamination=contamination, random_state=seed, n_jobs=1)
+    elif kind == "ecod":
+        model = ECOD(contamination=contamination, n_jobs=1)
+    else:
+        model = COPOD(contamination=contamination, n_jobs=1)
     model.fit(x)
     return model.decision_function, float(model.threshold_)
 
@@ -158,43 +176,52 @@ def _fit_iforest_p99(x: np.ndarray, seed: int) -> tuple[Callable, float]:
 
 
 class BatchPeer:
-    """A batch detector trained per maker and optionally per setting group (maker fallback)."""
+    """A batch detector trained per maker, per setting group or per (machine, part); a record whose
+    group or part was not trained falls back to its maker's model."""
 
-    def __init__(self, fit: Callable[[np.ndarray], tuple[Callable, float]], per_group: bool):
-        self.fit_one, self.per_group = fit, per_group
+    def __init__(self, fit: Callable[[np.ndarray], tuple[Callable, float]], per: str):
+        self.fit_one, self.per = fit, per
         self.makers: dict[str, Fitted] = {}
-        self.groups: dict[tuple, Fitted] = {}
+        self.units: dict[tuple, Fitted] = {}
 
     def _fit(self, raw: np.ndarray) -> Fitted:
         x, means, scaler = _fit_matrix(raw)
         score, line = self.fit_one(x)
         return Fitted(means, scaler, score, line)
 
-    def fit(self, normal: pd.DataFrame, production: dict[str, list[str]], cap: int, seed: int) -> None:
+    def fit(self, rows: pd.DataFrame, production: dict[str, list[str]], cap: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        unique = normal.drop_duplicates("record_id")
+        unique = rows.drop_duplicates("record_id")
         for maker, fields in production.items():
-            rows = unique[unique["maker"] == maker]
-            if rows.empty:
+            sub = unique[unique["maker"] == maker]
+            if sub.empty:
                 continue
-            if len(rows) > cap:
-                rows = rows.iloc[np.sort(rng.choice(len(rows), cap, replace=False))]
-            self.makers[maker] = self._fit(rows[fields].to_numpy(dtype=float))
-        if self.per_group:
-            for key, rows in normal.groupby(KEYS, sort=False):
-                rows = rows if len(rows) <= cap else rows.iloc[np.sort(rng.choice(len(rows), cap, replace=False))]
-                self.groups[key] = self._fit(rows[production[key[0]]].to_numpy(dtype=float))
+            if len(sub) > cap:
+                sub = sub.iloc[np.sort(rng.choice(len(sub), cap, replace=False))]
+            self.makers[maker] = self._fit(sub[fields].to_numpy(dtype=float))
+        if self.per == "maker":
+            return
+        keys = KEYS if self.per == "group" else PART_KEYS
+        for key, sub in rows[rows["item"].notna()].groupby(keys, sort=False):
+            if len(sub) < 50:  # a model of a few dozen rows is noise; the maker's judges
+                continue
+            sub = sub if len(sub) <= cap else sub.iloc[np.sort(rng.choice(len(sub), cap, replace=False))]
+            self.units[key] = self._fit(sub[production[key[0]]].to_numpy(dtype=float))
+
+    def _unit(self, key: tuple) -> Fitted | None:
+        if self.per == "group":  # as moldwatch's groups resolve: the setting group, then the part's pool
+            return self.units.get(key) or self.units.get((*key[:3], PART_CLUSTER))
+        if self.per == "part":
+            return self.units.get(key[:3])
+        return None
 
     def score(self, frame: pd.DataFrame, keys: pd.DataFrame, production: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Scores as ratio to each model's line (so > 1 = flagged, comparable across models)."""
         score = np.zeros(len(frame))
-        # as moldwatch resolves: the exact setting group, then the part's pooled group, then the maker
-        which = [(self.groups.get(k) or self.groups.get((*k[:3], PART_CLUSTER))) if self.per_group else None
-                 for k in keys[KEYS].itertuples(index=False, name=None)]
         models: dict[int, Fitted] = {}
         assignment = np.full(len(frame), -1)
-        for r, (fitted, maker) in enumerate(zip(which, keys["maker"])):
-            fitted = fitted or self.makers.get(maker)
+        for r, key in enumerate(keys[KEYS].itertuples(index=False, name=None)):
+            fitted = self._unit(key) or self.makers.get(key[0])
             if fitted is not None:
                 models.setdefault(id(fitted), fitted)
                 assignment[r] = id(fitted)
@@ -256,16 +283,38 @@ class RiverPeer:
 
 
 # -- one plant --------------------------------------------------------------------------------
-def _push_frames(engine: ScoringEngine, test: pd.DataFrame, batch: ScoredBatch, labels: np.ndarray, shots: int, seed: int) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
-    """bench.detection's excursion pushes on one shared sample of normal scored test shots."""
+def split_by_day(records: pd.DataFrame, share: float = TRAIN_SHARE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    days = sorted(records["lot_date"].astype(str).unique())
+    cut = days[max(1, min(len(days) - 1, int(round(len(days) * share)))) - 1]
+    text = records["lot_date"].astype(str)
+    return records[text <= cut].reset_index(drop=True), records[text > cut].reset_index(drop=True)
+
+
+def _part_ranges(train: pd.DataFrame, production: dict[str, list[str]]) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """Per (maker, facility, item): each production field's training min and max."""
+    out = {}
+    for key, rows in train.groupby(PART_KEYS, sort=False):
+        x = rows[production[key[0]]].to_numpy(dtype=float)
+        out[key] = (np.nanmin(x, axis=0), np.nanmax(x, axis=0))
+    return out
+
+
+def _push_frames(test: pd.DataFrame, batch: ScoredBatch, labels: np.ndarray, ranges: dict, production: dict[str, list[str]],
+                 shots: int, seed: int) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    """The excursion suite on one shared sample of normal judged test shots of known parts: one
+    field pushed 1, 3 and 10 of its part's training ranges beyond that range's top, or to 0."""
     rng = np.random.default_rng(seed)
-    pool = np.flatnonzero((labels == 0) & (batch.resolution != "unscorable"))
-    rows = rng.choice(pool, min(shots, len(pool)), replace=False)
+    keys = list(zip(batch.maker.tolist(), batch.facility.tolist(), batch.item.tolist()))
+    known = np.array([k in ranges for k in keys], dtype=bool)
+    pool = np.flatnonzero((labels == 0) & (batch.resolution != "unscorable") & known)
+    rows = rng.choice(pool, min(shots, len(pool)), replace=False) if len(pool) else np.zeros(0, dtype=int)
     choices = []
     for r in rows:
-        group = engine.group(batch.group_id[r])
-        j = int(rng.integers(len(group.features)))
-        choices.append((group.features[j], float(group.scaler.maximum[j]), float(group.scaler.span[j])))
+        fields = production[keys[r][0]]
+        low, high = ranges[keys[r]]
+        j = int(rng.integers(len(fields)))
+        span = float(high[j] - low[j]) if np.isfinite(high[j] - low[j]) and high[j] > low[j] else max(abs(float(high[j])), 1.0)
+        choices.append((fields[j], float(high[j]), span))
     frames = {}
     for name, spans in EXCURSION_PUSHES:
         pushed = test.iloc[rows].copy().reset_index(drop=True)
@@ -292,67 +341,106 @@ def _summary(labels: np.ndarray, predicted: np.ndarray, score: np.ndarray, secon
     return m
 
 
-def run_plant(name: str, knobs: dict, args: argparse.Namespace, ablations: list[Ablation]) -> dict:
-    from model_store.simulate import SimulationConfig, simulate
+def _with_evidence(test: pd.DataFrame, schema) -> np.ndarray:
+    """Shots with at least half of their maker's production fields measured."""
+    out = np.zeros(len(test), dtype=bool)
+    for maker, fields in schema.makers.items():
+        rows = (test["maker"] == maker).to_numpy()
+        if rows.any():
+            out[rows] = test.loc[rows, list(fields.production)].notna().mean(axis=1).to_numpy() >= 0.5
+    return out
 
+
+def _ours(batch: ScoredBatch, labels: np.ndarray, seconds: float, excursion: dict[str, float], evidence: np.ndarray,
+          prior: float) -> dict:
+    m = _summary(labels, batch.anomaly, np.nan_to_num(batch.score), seconds, excursion)
+    judged = batch.resolution != "unscorable"
+    m["coverage"] = float(judged[evidence].mean()) if evidence.any() else None
+    m["paths"] = {str(k): int(v) for k, v in pd.Series(batch.resolution).value_counts().items()}
+    p = batch.defect_probability
+    ok = np.isfinite(p)
+    m["brier"] = float(np.mean((p[ok] - labels[ok]) ** 2)) if ok.any() else None
+    m["brier_constant"] = float(np.mean((prior - labels[ok]) ** 2)) if ok.any() else None
+    m["probability_rows"] = int(ok.sum())
+    return m
+
+
+def _engine_variant(engine: ScoringEngine, data: Any, schema, config: TrainingConfig, ablation: Ablation) -> ScoringEngine:
+    """The same store's engine with the conditional units refitted under the ablation's overrides."""
+    variant = copy.copy(engine)
+    variant.conditional_units = dict(engine.conditional_units)
+    if ablation.combine:
+        variant.combine = ablation.combine
+    if ablation.conditional:
+        cfg = config.with_overrides({f"conditional.{k}": v for k, v in ablation.conditional.items()}).conditional
+        for maker, fields in schema.makers.items():
+            rows = np.flatnonzero((data.records["maker"] == maker).to_numpy())
+            if len(rows) == 0:
+                continue
+            fitted = fit_conditional(maker, fields.production, fields.settings, data.records.iloc[rows], data.lot_rates[rows], cfg)
+            if fitted is not None:
+                variant.conditional_units[maker] = fitted.unit
+    return variant
+
+
+def run_plant(name: str, args: argparse.Namespace, ablations: list[Ablation]) -> dict:
     t0 = time.perf_counter()
-    plant = simulate(SimulationConfig(shots=args.shots, days=args.days, **knobs))
-    records = canonical_records(plant.records, plant.schema)
-    lots = canonical_lots(plant.lots, plant.schema)
-    truth = plant.labels.set_index("record_id")
-    train, test = split_by_day(records, args.train_days)
-    test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    labels = truth.loc[test["record_id"], "defect"].to_numpy().astype(int)
-    seed = int(knobs.get("seed", 0))
+    plant = load_plant(name, args.shots)
     schema = plant.schema
+    records = canonical_records(plant.records, schema)
+    lots = canonical_lots(plant.lots, schema)
+    truth = plant.labels.set_index("record_id")["defect"]
+    train, test = split_by_day(records)
+    test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    labels = truth.loc[test["record_id"]].to_numpy().astype(int)
+    seed = int(plant.notes.get("seed", plant.notes.get("knobs", {}).get("seed", 0)) or 0)
     production = {m: list(f.production) for m, f in schema.makers.items()}
-    print(f"[{name}] simulated {len(records):,} shots in {time.perf_counter() - t0:.0f}s; train {len(train):,}, test {len(test):,}", flush=True)
+    print(f"[{name}] {plant.generator}: {len(records):,} shots loaded in {time.perf_counter() - t0:.0f}s; train {len(train):,}, "
+          f"test {len(test):,} ({labels.mean():.2%} defective)", flush=True)
     config = TrainingConfig(workers=args.workers)
-    report: dict = {"systems": {}, "ablations": {}, "simulation": {
-        "name": name, **knobs, "shots": len(records), "days": args.days, "train_days": args.train_days,
-        "test_shots": len(test), "test_defect_share": float(labels.mean())}}
+    train_lots = lots[lots["lot_date"].astype(str).isin(set(train["lot_date"].astype(str)))]
+    contamination = _lot_rate(train_lots)
+    report: dict = {"systems": {}, "ablations": {}, "plant": {
+        "name": name, "generator": plant.generator, "notes": {k: v for k, v in plant.notes.items() if isinstance(v, (int, float, str))},
+        "shots": len(records), "train_shots": len(train), "test_shots": len(test), "test_defect_share": float(labels.mean()),
+        "train_lot_defect_rate": contamination}}
+    ranges = _part_ranges(train, production)
     with tempfile.TemporaryDirectory() as tmp:
-        stores: dict[str, Path] = {}
-
-        def store_for(key: str, cfg: TrainingConfig, rows: pd.DataFrame) -> tuple[Path, float]:
-            path = Path(tmp) / key
-            _, seconds = _timed(lambda: train_store(rows, lots, schema, path, cfg, report=False))
-            stores[key] = path
-            return path, seconds
-
-        path, train_seconds = store_for("full", config, train)
+        path = Path(tmp) / "store"
+        _, train_seconds = _timed(lambda: train_store(train, lots, schema, path, config, report=False))
         engine = ScoringEngine(open_store(path))
-        _score_engine(engine, test.iloc[:2000], False)  # warm the group cache: load once, as a worker does
-        batch, seconds = _timed(lambda: _score_engine(engine, test, False))
-        frames = _push_frames(engine, test, batch, labels, args.excursion_shots, seed)
-        keys = pd.DataFrame({"maker": batch.maker, "facility": batch.facility, "item": batch.item, "cluster": batch.cluster})
-        excursion = {k: float(_score_engine(engine, f, False).anomaly.mean()) for k, (f, _) in frames.items()}
-        ours = _summary(labels, batch.anomaly, np.nan_to_num(batch.score), seconds, excursion)
+        engine.score(test.iloc[:2000], memory={}, backward=False)  # warm the group cache: load once, as a worker does
+        batch, seconds = _timed(lambda: engine.score(test, memory={}, backward=False))
+        frames = _push_frames(test, batch, labels, ranges, production, args.excursion_shots, seed)
+        excursion = {k: float(engine.score(f, memory={}, backward=False).anomaly.mean()) for k, (f, _) in frames.items()}
+        ours = _ours(batch, labels, seconds, excursion, _with_evidence(test, schema), contamination)
         ours["train_seconds"] = round(train_seconds, 1)
         report["systems"]["moldwatch"] = ours
         _line(name, "moldwatch", ours)
 
-        # the peers: the same normal-group rows moldwatch trained on
-        normal = _training_rows(train, lots, schema, config)
-        train_lots = lots[lots["lot_date"].isin(set(train["lot_date"].astype(str)))]
-        contamination = _lot_rate(train_lots)
-        report["contamination"] = contamination
+        keys = pd.DataFrame({"maker": batch.maker, "facility": batch.facility, "item": batch.item, "cluster": batch.cluster})
+        data = prepare(train, lots, schema, config)
+        normal = _training_rows(data)
         peers: dict[str, Any] = {
-            "pyod_iforest_global": BatchPeer(lambda x: _fit_pyod("iforest", x, contamination, seed), per_group=False),
-            "pyod_iforest_group": BatchPeer(lambda x: _fit_pyod("iforest", x, contamination, seed), per_group=True),
-            "pyod_ecod_global": BatchPeer(lambda x: _fit_pyod("ecod", x, contamination, seed), per_group=False),
-            "pyod_ecod_group": BatchPeer(lambda x: _fit_pyod("ecod", x, contamination, seed), per_group=True),
-            "iforest_p99_group": BatchPeer(lambda x: _fit_iforest_p99(x, seed), per_group=True),
+            "pyod_iforest_global": BatchPeer(lambda x: _fit_pyod("iforest", x, contamination, seed), per="maker"),
+            "pyod_iforest_group": BatchPeer(lambda x: _fit_pyod("iforest", x, contamination, seed), per="group"),
+            "pyod_ecod_global": BatchPeer(lambda x: _fit_pyod("ecod", x, contamination, seed), per="maker"),
+            "pyod_ecod_group": BatchPeer(lambda x: _fit_pyod("ecod", x, contamination, seed), per="group"),
+            "pyod_copod_global": BatchPeer(lambda x: _fit_pyod("copod", x, contamination, seed), per="maker"),
+            "pyod_copod_group": BatchPeer(lambda x: _fit_pyod("copod", x, contamination, seed), per="group"),
+            "iforest_p99_group": BatchPeer(lambda x: _fit_iforest_p99(x, seed), per="group"),
+            "iforest_p99_part": BatchPeer(lambda x: _fit_iforest_p99(x, seed), per="part"),
             "river_hst": RiverPeer(1.0 - contamination, seed, args.river_warm_rows),
         }
         for peer_name, peer in peers.items():
-            _, fit_seconds = _timed(lambda: peer.fit(normal, production, args.peer_cap, seed))
+            rows = data.records if getattr(peer, "per", None) == "part" else normal
+            _, fit_seconds = _timed(lambda: peer.fit(rows, production, args.peer_cap, seed))
             if isinstance(peer, RiverPeer):
                 excursion_state = copy.deepcopy(peer)  # pushes judged by the state after the training days
             (score, flagged), seconds = _timed(lambda: peer.score(test, keys, production))
             excursion = {}
-            for k, (f, rows) in frames.items():
-                sub_keys = keys.iloc[rows].reset_index(drop=True)
+            for k, (f, rows_) in frames.items():
+                sub_keys = keys.iloc[rows_].reset_index(drop=True)
                 if isinstance(peer, RiverPeer):
                     excursion[k] = float(excursion_state.score(f, sub_keys, production, learn=False)[1].mean())
                 else:
@@ -361,66 +449,45 @@ def run_plant(name: str, knobs: dict, args: argparse.Namespace, ablations: list[
             m["train_seconds"] = round(fit_seconds, 1)
             report["systems"][peer_name] = m
             _line(name, peer_name, m)
-
         _partial(args, name, report)
-        # ablations
+
         for ablation in ablations:
             t = time.perf_counter()
-            rows = train
-            if ablation.drop_gaps:
-                rows = train[~_has_gap(train, schema)].reset_index(drop=True)
-            cfg = config.with_overrides({k: v for k, v in ablation.overrides.items() if k != "_"})
-            store = path if not ablation.overrides else store_for(ablation.name, cfg, rows)[0]
-            variant = ScoringEngine(open_store(store), calibrated=ablation.calibrated)
-            judged = ~_has_gap(test, schema) if ablation.drop_gaps else np.ones(len(test), dtype=bool)
-            result = _score_engine(variant, test[judged].reset_index(drop=True), ablation.no_clip)
-            predicted, score = np.zeros(len(test), dtype=bool), np.zeros(len(test))
-            predicted[judged], score[judged] = result.anomaly, np.nan_to_num(result.score)
-            excursion = {}
-            for k, (f, _) in frames.items():
-                ok = ~_has_gap(f, schema) if ablation.drop_gaps else np.ones(len(f), dtype=bool)
-                flagged = np.zeros(len(f), dtype=bool)
-                flagged[ok] = _score_engine(variant, f[ok].reset_index(drop=True), ablation.no_clip).anomaly
-                excursion[k] = float(flagged.mean())
-            m = _summary(labels, predicted, score, 1.0, excursion)
+            variant = _engine_variant(engine, data, schema, config, ablation)
+            result = variant.score(test, memory={}, backward=False, explain=False)
+            excursion = {k: float(variant.score(f, memory={}, backward=False, explain=False).anomaly.mean()) for k, (f, _) in frames.items()}
+            m = _ours(result, labels, 1.0, excursion, _with_evidence(test, schema), contamination)
             m.pop("records_per_second")
-            m["f1_delta"] = m["f1"] - ours["f1"]
-            m["best_f1_delta"] = (m["best_f1"] or 0) - (ours["best_f1"] or 0)
-            m["judged_share"] = float(judged.mean())
+            for figure in ("f1", "auroc", "pr_auc"):
+                m[f"{figure}_delta"] = (m[figure] or 0) - (ours[figure] or 0)
             m["seconds"] = round(time.perf_counter() - t, 1)
             report["ablations"][ablation.name] = m
             _partial(args, name, report)
-            print(f"[{name}] ablation {ablation.name:<20} F1 {m['f1']:.3f} ({m['f1_delta']:+.3f})  best {m['best_f1'] or 0:.3f}  "
-                  f"AUROC {m['auroc'] or 0:.3f}  excursions {m['excursion_recall_beyond_range'] or 0:.2f}  {m['seconds']:.0f}s", flush=True)
+            print(f"[{name}] ablation {ablation.name:<18} F1 {m['f1']:.3f} ({m['f1_delta']:+.3f})  AUROC {m['auroc'] or 0:.3f} "
+                  f"({m['auroc_delta']:+.3f})  PR-AUC {m['pr_auc'] or 0:.3f} ({m['pr_auc_delta']:+.3f})  {m['seconds']:.0f}s", flush=True)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
 
-def _training_rows(train: pd.DataFrame, lots: pd.DataFrame, schema, config: TrainingConfig) -> pd.DataFrame:
-    """The rows moldwatch trains on, keyed like its groups: each normal setting group's rows, and
-    each part's pooled cleanest lots (cluster = PART_CLUSTER; a plant with dirty lots has few clean
-    settings and leans on these)."""
-    data = prepare(train, lots, schema, config)
+def _training_rows(data: Any) -> pd.DataFrame:
+    """The rows moldwatch's setting groups train on, keyed like its groups: each normal setting
+    group's rows, each part's pooled cleanest lots (cluster = PART_CLUSTER), and every row of a
+    maker with neither."""
     trained = data.groups[(data.groups["role"] == TRAIN) & (data.groups["cluster"] != PART_CLUSTER)][KEYS]
     frames = [data.records.merge(trained, on=KEYS, how="inner")]
     for key, positions in data.part_rows.items():
         frames.append(data.records.iloc[positions].assign(cluster=PART_CLUSTER))
-    return pd.concat(frames, ignore_index=True)
+    rows = pd.concat(frames, ignore_index=True)
+    # A maker none of whose groups is clean enough (every lot dirty): its peers learn from all its
+    # rows, as a user of PyOD would, rather than not at all.
+    bare = sorted(set(data.records["maker"].dropna()) - set(rows["maker"].dropna()))
+    return pd.concat([rows, data.records[data.records["maker"].isin(bare)]], ignore_index=True) if bare else rows
 
 
 def _partial(args: argparse.Namespace, name: str, report: dict) -> None:
     """Each plant's result so far (--merge builds the results file from these if a run is cut short)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}-{name}.partial.json").write_text(json.dumps(report, default=float))
-
-
-def _has_gap(frame: pd.DataFrame, schema) -> np.ndarray:
-    """Records with any item, setting or production value missing (their own maker's fields)."""
-    gap = frame["item"].isna().to_numpy() | frame["maker"].isna().to_numpy()
-    for maker, fields in schema.makers.items():
-        rows = (frame["maker"] == maker).to_numpy()
-        cols = [*fields.settings, *fields.production]
-        gap[rows] |= frame.loc[rows, cols].isna().any(axis=1).to_numpy()
-    return gap
 
 
 def _lot_rate(lots: pd.DataFrame) -> float:
@@ -436,8 +503,9 @@ def _line(plant: str, system: str, m: dict) -> None:
 
 
 # -- summary, table, plot ---------------------------------------------------------------------
-FIGURES = ("precision", "recall", "f1", "best_f1", "auroc", "pr_auc", "false_alarms_per_1000_normal",
+FIGURES = ("precision", "recall", "f1", "best_f1", "auroc", "pr_auc", "false_alarms_per_1000_normal", "alarm_to_defect_ratio",
            "excursion_recall_beyond_range", "records_per_second")
+OURS = ("coverage", "brier", "brier_constant")
 
 
 def _spread(values: list[float | None]) -> dict[str, float | None]:
@@ -447,92 +515,118 @@ def _spread(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
 
+def plant_targets(plant: dict) -> dict[str, Any]:
+    """The issue's targets on one plant: F1 >= 1.1x, AUROC and PR-AUC >= the best peer's (each
+    peer at its own line), coverage >= 99 %, alarm rate 0.5-2x the defect share, excursion recall
+    100 %, Brier <= the constant's."""
+    ours = plant["systems"]["moldwatch"]
+    peers = {n: m for n, m in plant["systems"].items() if n != "moldwatch"}
+
+    def best(figure: str) -> tuple[str, float]:
+        name = max(peers, key=lambda n: peers[n].get(figure) or 0.0)
+        return name, float(peers[name].get(figure) or 0.0)
+
+    out: dict[str, Any] = {}
+    for figure, factor in (("f1", 1.1), ("auroc", 1.0), ("pr_auc", 1.0)):
+        name, value = best(figure)
+        out[figure] = {"ours": ours.get(figure), "best_peer": name, "best_peer_value": value,
+                       "met": (ours.get(figure) or 0.0) >= factor * value}
+    ratio = ours.get("alarm_to_defect_ratio")
+    out["coverage"] = {"ours": ours.get("coverage"), "met": (ours.get("coverage") or 0.0) >= 0.99}
+    out["alarm_rate"] = {"ratio": ratio, "met": ratio is not None and 0.5 <= ratio <= 2.0}
+    out["excursions"] = {"recall": ours.get("excursion_recall_beyond_range"), "met": (ours.get("excursion_recall_beyond_range") or 0) >= 1.0}
+    brier, constant = ours.get("brier"), ours.get("brier_constant")
+    out["brier"] = {"ours": brier, "constant": constant, "met": brier is not None and constant is not None and brier <= constant}
+    return out
+
+
 def summarise(plants: dict[str, dict]) -> dict:
     systems = list(next(iter(plants.values()))["systems"])
     # a run cut short (--merge) may hold some ablations on some plants only: summarise the common ones
     ablations = [a for a in next(iter(plants.values()))["ablations"] if all(a in p["ablations"] for p in plants.values())]
     out: dict = {"systems": {}, "ablations": {}}
     for s in systems:
-        out["systems"][s] = {f: _spread([p["systems"][s].get(f) for p in plants.values()]) for f in FIGURES}
+        out["systems"][s] = {f: _spread([p["systems"][s].get(f) for p in plants.values()]) for f in FIGURES + (OURS if s == "moldwatch" else ())}
     for a in ablations:
         out["ablations"][a] = {f: _spread([p["ablations"][a].get(f) for p in plants.values()])
-                               for f in ("f1", "f1_delta", "best_f1_delta", "auroc", "excursion_recall_beyond_range")}
-    peers = [s for s in systems if s != "moldwatch"]
-    beats = {n: all(p["systems"]["moldwatch"]["f1"] > p["systems"][s]["f1"] for s in peers) for n, p in plants.items()}
-    out["targets"] = {
-        "moldwatch_f1_beats_every_peer_on_every_plant": all(beats.values()),
-        "per_plant": beats,
-        "throughput_10x_pyod_autoencoder": None,  # not measured: PyOD's AutoEncoder needs torch (see README)
-    }
+                               for f in ("f1", "f1_delta", "auroc", "auroc_delta", "pr_auc", "pr_auc_delta", "alarm_to_defect_ratio",
+                                         "excursion_recall_beyond_range")}
+    targets = {n: plant_targets(p) for n, p in plants.items()}
+    out["targets"] = {"per_plant": targets,
+                      "all_met": {k: all(t[k]["met"] for t in targets.values()) for k in next(iter(targets.values()))}}
     return out
 
 
 def markdown(payload: dict) -> str:
-    s = payload["summary"]
     plants = list(payload["plants"])
 
-    def fmt(x: dict, digits: int = 3) -> str:
-        if x["mean"] is None:
-            return "–"
-        return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
+    def cell(m: dict, figure: str, digits: int = 3) -> str:
+        v = m.get(figure)
+        return "–" if v is None else f"{v:.{digits}f}"
 
-    lines = [f"Plants: {', '.join(plants)}; {payload['settings']['shots']:,} shots each (mean ± std over the plants).", "",
-             "| method | F1 at own line | per plant | precision | recall | best-threshold F1 | AUROC | PR-AUC | false alarms / 1k normal | excursion recall | records/s (1 core) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, m in s["systems"].items():
-        per_plant = " / ".join(f"{payload['plants'][p]['systems'][name]['f1']:.2f}" for p in plants)
-        rps = m["records_per_second"]
-        lines.append(f"| {name} | {fmt(m['f1'])} | {per_plant} | {fmt(m['precision'], 2)} | {fmt(m['recall'], 2)} | "
-                     f"{fmt(m['best_f1'])} | {fmt(m['auroc'])} | {fmt(m['pr_auc'])} | "
-                     f"{fmt(m['false_alarms_per_1000_normal'], 1)} | {fmt(m['excursion_recall_beyond_range'], 2)} | "
-                     f"{rps['mean']:,.0f} |")
+    lines = []
+    for figure, label in (("f1", "F1 at own line"), ("auroc", "AUROC"), ("pr_auc", "PR-AUC"), ("alarm_to_defect_ratio", "alarm rate / defect share")):
+        lines += [f"**{label}** per plant", "", "| method | " + " | ".join(plants) + " |", "| --- |" + " --- |" * len(plants)]
+        for name in payload["plants"][plants[0]]["systems"]:
+            row = [cell(payload["plants"][p]["systems"].get(name, {}), figure, 2 if figure == "alarm_to_defect_ratio" else 3) for p in plants]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines.append("")
+    t = payload["summary"]["targets"]["per_plant"]
+    lines += ["**moldwatch against the targets** (met / missed)", "", "| target | " + " | ".join(plants) + " |", "| --- |" + " --- |" * len(plants)]
+    for key, label in (("f1", "F1 >= 1.1x best peer"), ("auroc", "AUROC >= best peer"), ("pr_auc", "PR-AUC >= best peer"),
+                       ("coverage", "coverage >= 99 %"), ("alarm_rate", "alarm rate 0.5-2x"), ("excursions", "excursion recall 100 %"),
+                       ("brier", "Brier <= constant")):
+        lines.append(f"| {label} | " + " | ".join("met" if t[p][key]["met"] else "**missed**" for p in plants) + " |")
+    s = payload["summary"]
     if s["ablations"]:
-        lines += ["", "| ablation (moldwatch without …) | F1 | F1 delta | per plant | best-threshold F1 delta | excursion recall |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| ablation | F1 delta | AUROC delta | PR-AUC delta | alarm ratio | excursion recall |", "| --- | --- | --- | --- | --- | --- |"]
         for name, m in s["ablations"].items():
-            per_plant = " / ".join(f"{payload['plants'][p]['ablations'][name]['f1_delta']:+.3f}" for p in plants)
-            name = f"{name} ({payload['ablations'].get(name, '')})"
-            lines.append(f"| {name} | {fmt(m['f1'])} | {m['f1_delta']['mean']:+.3f} | {per_plant} | "
-                         f"{m['best_f1_delta']['mean']:+.3f} | {fmt(m['excursion_recall_beyond_range'], 2)} |")
+            lines.append(f"| {name}: {payload['ablations'].get(name, '')} | {m['f1_delta']['mean']:+.3f} | {m['auroc_delta']['mean']:+.3f} | "
+                         f"{m['pr_auc_delta']['mean']:+.3f} | {m['alarm_to_defect_ratio']['mean'] or 0:.2f} | "
+                         f"{m['excursion_recall_beyond_range']['mean'] or 0:.2f} |")
     return "\n".join(lines)
 
 
 def plot(payload: dict, path: Path) -> None:
+    """Per plant, each method's AUROC and PR-AUC (moldwatch red): where it wins and where it does not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = payload["summary"]["systems"]
-    names = list(s)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    y = np.arange(len(names))
-    for ax, figure, label in ((axes[0], "f1", "F1 at own line"), (axes[1], "auroc", "AUROC")):
-        means = [s[n][figure]["mean"] or 0 for n in names]
-        lo = [(s[n][figure]["mean"] or 0) - (s[n][figure]["min"] or 0) for n in names]
-        hi = [(s[n][figure]["max"] or 0) - (s[n][figure]["mean"] or 0) for n in names]
-        ax.barh(y, means, xerr=[lo, hi], color=["#c0392b" if n == "moldwatch" else "#7f8c8d" for n in names])
-        ax.set_yticks(y, names if ax is axes[0] else [""] * len(names), fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"{label} (bars: min-max over plants)", fontsize=8)
-    fig.tight_layout()
+    plants = list(payload["plants"])
+    names = list(payload["plants"][plants[0]]["systems"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(plants) + 2.2), dpi=80, sharey=True)
+    y = np.arange(len(plants))
+    height = 0.8 / len(names)
+    colours = plt.get_cmap("tab10")
+    for ax, figure, label in ((axes[0], "f1", "F1 at own line"), (axes[1], "auroc", "AUROC"), (axes[2], "pr_auc", "PR-AUC")):
+        for k, name in enumerate(names):
+            values = [payload["plants"][p]["systems"].get(name, {}).get(figure) or 0.0 for p in plants]
+            colour = "#c0392b" if name == "moldwatch" else colours(k % 10)
+            ax.barh(y + k * height, values, height=height, color=colour, label=name if ax is axes[0] else None,
+                    edgecolor="black" if name == "moldwatch" else None, linewidth=0.6)
+        ax.set_xlabel(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y + 0.4 - height / 2, plants, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.legend(loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plants", default=",".join(PLANTS), help=f"comma-separated, from {sorted(PLANTS)}")
-    parser.add_argument("--shots", type=int, default=40_000, help="per plant (bench/detection.py uses 500k; reduced so that peers and nine ablations fit)")
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--train-days", type=int, default=21)
+    parser.add_argument("--plants", default=",".join(PLANTS), help=f"comma-separated, from {list(PLANTS)}")
+    parser.add_argument("--shots", type=int, default=200_000, help="shots per simulated plant of the project's simulator")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--excursion-shots", type=int, default=300, help="normal scored test shots pushed per excursion kind")
+    parser.add_argument("--excursion-shots", type=int, default=300, help="normal judged test shots pushed per excursion kind")
     parser.add_argument("--peer-cap", type=int, default=50_000, help="training rows per peer model at most (subsampled)")
     parser.add_argument("--river-warm-rows", type=int, default=10_000, help="last training rows per maker River learns before the test days")
     parser.add_argument("--ablations", default="all", help=f"'all', 'none' or comma-separated from {[a.name for a in ABLATIONS]}")
     parser.add_argument("--out", default="peers")
-    parser.add_argument("--jobs", type=int, default=3, help="plants run side by side in this many processes (each trains with one worker)")
+    parser.add_argument("--jobs", type=int, default=1, help="plants run side by side in this many processes (each trains with one worker)")
     parser.add_argument("--markdown", action="store_true", help="print the README table from the results file and redraw its plot")
     parser.add_argument("--merge", action="store_true", help="build the results file from the plants' partial results (a run cut short)")
     args = parser.parse_args()
@@ -544,7 +638,15 @@ def main() -> None:
     names = args.plants.split(",")
     for name in names:
         if name not in PLANTS:
-            parser.error(f"unknown plant {name!r}; choose from {sorted(PLANTS)}")
+            parser.error(f"unknown plant {name!r}; choose from {list(PLANTS)}")
+    skipped: dict[str, str] = {}
+    for name in [n for n in names if n in PUBLIC]:
+        from bench.plants.public import available
+
+        if PUBLIC[name] not in available():
+            skipped[name] = f"data/public/{PUBLIC[name]} is absent (see bench/plants/public.py for where it comes from)"
+            print(f"[{name}] skipped: {skipped[name]}", flush=True)
+    names = [n for n in names if n not in skipped]
     chosen = [] if args.ablations == "none" else list(ABLATIONS) if args.ablations == "all" else \
         [a for a in ABLATIONS if a.name in args.ablations.split(",")]
     started = time.perf_counter()
@@ -556,14 +658,13 @@ def main() -> None:
 
         args.workers = 1  # no process pool inside a pool worker
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {n: pool.submit(run_plant, n, PLANTS[n], args, chosen) for n in names}
+            futures = {n: pool.submit(run_plant, n, args, chosen) for n in names}
             plants = {n: f.result() for n, f in futures.items()}
     else:
-        plants = {n: run_plant(n, PLANTS[n], args, chosen) for n in names}
-    payload = {"plants": plants, "summary": summarise(plants), "ablations": {a.name: a.what for a in ABLATIONS},
-               "settings": {"shots": args.shots, "days": args.days, "train_days": args.train_days,
-                            "excursion_shots": args.excursion_shots, "peer_cap": args.peer_cap,
-                            "river_warm_rows": args.river_warm_rows, "jobs": args.jobs,
+        plants = {n: run_plant(n, args, chosen) for n in names}
+    payload = {"plants": plants, "skipped": skipped, "summary": summarise(plants), "ablations": {a.name: a.what for a in ABLATIONS},
+               "settings": {"shots": args.shots, "train_share": TRAIN_SHARE, "excursion_shots": args.excursion_shots,
+                            "peer_cap": args.peer_cap, "river_warm_rows": args.river_warm_rows, "jobs": args.jobs,
                             "seconds": None if args.merge else round(time.perf_counter() - started)}}
     path = write_result(args.out, payload)
     plot(payload, RESULTS / f"{args.out}.png")
@@ -571,6 +672,7 @@ def main() -> None:
     print(f"-> {path} ({payload['settings']['seconds']} s)")
     for name in names:  # the partial files are scratch once the results file holds them
         (RESULTS / f"{args.out}-{name}.partial.json").unlink(missing_ok=True)
+
 
 if __name__ == "__main__":
     main()
