@@ -121,7 +121,7 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("groups_decide", "the seed's setting groups decide; the conditional scorer judges only what no group can", {},
              combine="groups"),
     Ablation("max_of_both", "either the groups or the conditional scorer alarms (max of the two scores)", {}, combine="max"),
-    Ablation("no_part_slopes", "no per-part slopes on the set points (maker-wide response + offsets)", {"part_slopes": False}),
+    Ablation("part_slopes", "each part's own linear slopes on its set points", {"part_slopes": True}),
     Ablation("quadratic", "squares and pairwise products of the set points in the response", {"quadratic": True}),
     Ablation("no_logs", "positive fields modelled in their own units, not logs", {"log_positive": False}),
     Ablation("raw_tails", "the part's raw-value tails added to the residual evidence", {"raw_weight": 1.0}),

@@ -161,10 +161,11 @@ class WorkerMetrics:
 
         for reason in REASONS:
             self.dead_letters.labels(reason)  # present at 0 so rate() works before the first bad record
+        from model_store.serving.conditional import CONDITIONAL
         from model_store.serving.resolution import PATHS, UNSCORABLE
         from model_store.serving.scoring import UNSCORABLE_CAUSES
 
-        for path in (*PATHS, UNSCORABLE):
+        for path in (*PATHS, CONDITIONAL, UNSCORABLE):
             self.resolutions.labels(path)
         self.unscorable = Counter(
             "moldwatch_unscorable", "Records no model could judge, by cause (insufficient_evidence: too many "

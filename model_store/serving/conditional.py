@@ -168,7 +168,9 @@ class Calibration:
         p = (1.0 + n - rank) / (n + 1.0)
         spread = max(float(c[-1] - c[int(0.5 * (n - 1))]), 1e-6)
         beyond = evidence > c[-1]
-        p = np.where(beyond, np.exp(-(evidence - c[-1]) / spread) / (n + 1.0), p)
+        # (the exponent is clamped at 0: np.where evaluates it on every row, and one far below the
+        # range with a tiny spread would overflow)
+        p = np.where(beyond, np.exp(-np.maximum(evidence - c[-1], 0.0) / spread) / (n + 1.0), p)
         return np.clip(p, 1e-300, 1.0)
 
     def score(self, evidence: np.ndarray) -> np.ndarray:

@@ -47,17 +47,23 @@ class RuntimeGroup:
     tolerance: np.ndarray
     share: float  # the excursion band share the tolerance was made with
 
-    def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None, new_setting: np.ndarray | None = None) -> GroupEvaluation:
+    def evaluate(self, x: np.ndarray, shift: np.ndarray | None = None, new_setting: np.ndarray | None = None,
+                 with_model: bool = True) -> GroupEvaluation:
         """Loss of raw production rows; ``shift`` (rows, features) is added first (profile alignment).
 
         ``new_setting`` marks rows produced under a setting the part never ran in history: their
         gross-excursion tolerance uses ``NEW_SETTING_FLOOR`` (see :mod:`model_store.serving.excursions`).
+        ``with_model=False`` skips the model (loss and errors 0): where the setting-conditioned
+        scorer decides, the group only resolves the setting and keeps its excursion bands.
         """
         filled, imputed = fill_with_means(np.asarray(x, dtype=float), self.means)
         if shift is not None:
             filled = np.where(imputed, filled, filled + shift)
         scaled, out_of_range = scale_clip(filled, self.scaler)
-        loss, errors = group_losses(self.kind, self.model, scaled, self.median, self.error_scale, imputed)
+        if with_model:
+            loss, errors = group_losses(self.kind, self.model, scaled, self.median, self.error_scale, imputed)
+        else:
+            loss, errors = np.zeros(len(scaled)), np.zeros(scaled.shape, dtype=np.float32)
         tolerance = self.tolerance
         if new_setting is not None and new_setting.any():
             wide = excursion_tolerance(self.band_low, self.band_high, self.share, NEW_SETTING_FLOOR)

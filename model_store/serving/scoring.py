@@ -301,10 +301,12 @@ class ScoringEngine:
 
         for r in np.flatnonzero(imputed_state.any(axis=1)) if explain else ():  # most records have no gap
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
+        unit = self.conditional_units.get(maker)
+        with_model = unit is None or self.combine != "conditional"
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
-            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out, explain)
-        unit = self.conditional_units.get(maker)
+            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out,
+                        explain, with_model)
         if unit is not None:
             self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain)
 
@@ -327,7 +329,9 @@ class ScoringEngine:
             take &= np.array([not str(r).startswith(UNSCORABLE_CAUSES["insufficient_evidence"]) for r in out.reason[rows]], dtype=bool)
         else:
             take = evidence_ok
-        weak = ~evidence_ok & ~grouped & (out.reason[rows] == None)  # noqa: E711
+        # Too few measurements is the reason whatever the groups said (no model for the part, no
+        # group near): this scorer would judge the record otherwise, and the cause is a metric label.
+        weak = ~evidence_ok & ~grouped
         if weak.any():
             out.reason[rows[weak]] = (f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} "
                                       f"of the {len(unit.features)} production fields are missing")
@@ -386,15 +390,16 @@ class ScoringEngine:
     def _judge(
         self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: pd.DataFrame, resolution: Any,
         profiled: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, out: ScoredBatch,
-        explain: bool = True,
+        explain: bool = True, with_model: bool = True,
     ) -> None:
-        """Loss, line, excursions and verdict fields of the records (``local``) one group judges."""
+        """Loss, line, excursions and verdict fields of the records (``local``) one group judges
+        (``with_model=False``: excursions only, the conditional scorer decides)."""
         path = resolution.path[local]
         aligned = np.isin(path, ALIGNED_PATHS) & profiled[local]
         shift = self._alignment(group, path, profiled[local], facility[local], item[local], cluster[local])
         raw = sub.iloc[local][list(group.features)].to_numpy(dtype=float)
         new_setting = (path != EXACT) & ~profiled[local]  # a setting this part never ran in history
-        evaluation = group.evaluate(raw, shift, new_setting)
+        evaluation = group.evaluate(raw, shift, new_setting, with_model)
         self._own_band_excursions(evaluation, raw, aligned, facility[local], item[local], cluster[local], group.share)
         target = rows[local]
         features = group.features

@@ -3,9 +3,10 @@
 A unit (a part, or a whole maker) keeps, per field, the values at a fixed grid of cumulative
 probabilities, dense in both tails. A new value's evidence on one field is ``-log`` of its
 two-sided tail probability (twice the smaller of its two tails), read off the table by linear
-interpolation, less ``-log`` of the central half's edge (the central half carries none). Beyond the table's ends
-the evidence keeps growing linearly with the distance (in units of the field's central spread),
-so a value ten spans out ranks above one a single span out instead of tying at the last level.
+interpolation, less ``-log`` of the central half's edge (the central half carries none). Beyond
+the table's ends the tail stays at the end's and the evidence keeps growing linearly with the
+distance (in units of the field's central spread), so a value ten spans out ranks above one a
+single span out instead of tying at the last level. Continuous and monotone in the value.
 
 Pure functions: arrays in, arrays out.
 """
@@ -67,15 +68,13 @@ def tail_evidence(table: TailTable, x: np.ndarray) -> np.ndarray:
         if not ok.any():
             continue
         v = column[ok]
-        # A field that never moved in history (a constant): any change is as far out as it gets.
-        # Beyond the table the tail is never larger than at its last level (a table of few rows
-        # has 1 / (rows + 1) > levels[0]): evidence must not drop just past the table's end.
-        lo_floor = min(max(1.0 / (table.rows[j] + 1.0), levels[0] * 0.5), levels[0])
-        # Mid-rank on ties (a constant field, a plateau of a discrete one): np.interp alone reads a
-        # tied value at the plateau's upper level, and its mirror at the lower one.
-        upper = np.interp(v, grid, levels, left=lo_floor, right=1.0 - lo_floor)
-        lower = 1.0 - np.interp(-v, -grid[::-1], 1.0 - levels[::-1], left=lo_floor, right=1.0 - lo_floor)
-        cdf = 0.5 * (upper + lower)
+        # The CDF through the table's distinct values, continuous everywhere: a tied value (a
+        # constant field, a plateau of a discrete one) is one knot at its tied levels' middle (its
+        # mid-rank). np.interp needs increasing knots (on ties its result is a jump that a rounding
+        # difference in the residual crosses: the verdict would depend on the batch it came in),
+        # and beyond the table the tail stays at the end knot's, the distance term below grows.
+        knots, first, counts = np.unique(grid, return_index=True, return_counts=True)
+        cdf = np.interp(v, knots, 0.5 * (levels[first] + levels[first + counts - 1]))
         # Two-sided tail probability: 1/2 or more (no evidence) is exactly the central half, p25..p75.
         tail = 2.0 * np.minimum(cdf, 1.0 - cdf)
         evidence = np.maximum(-np.log(np.maximum(tail, 1e-300)) - np.log(1.0 / CENTRAL_TAIL), 0.0)
