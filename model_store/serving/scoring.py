@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_store.serving.conditional import CONDITIONAL, ConditionalUnit, part_keys
+from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
 from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
 from model_store.serving.excursions import excursion_ratios, excursion_tolerance
 from model_store.serving.imputation import FacilityMemory, impute_state
@@ -77,6 +77,14 @@ class ScoredBatch:
     out_of_range: list[list[str]]
     top_features: list[list[dict[str, Any]]]
     reason: np.ndarray
+    # What the judging evidence rests on: "part" (the part's own history: its tables and line),
+    # "maker" (the maker's: a part, or a machine-part pairing, with too little history of its own),
+    # "group" (a setting group decided); None when unscored. A plant engineer reads how far to trust it.
+    basis: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.basis is None:
+            self.basis = np.full(len(self.loss), None, dtype=object)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -354,6 +362,7 @@ class ScoringEngine:
         out.resolution[target[newly]] = CONDITIONAL
         out.reason[target] = None
         out.model_kind[target] = CONDITIONAL
+        out.basis[target] = np.where(result.unit[wins] == FALLBACK, "maker", "part")
         out.loss[target] = result.evidence[wins]
         out.threshold[target] = result.line[wins]
         out.score[target] = score
@@ -428,6 +437,7 @@ class ScoringEngine:
                 f"{len(features)} production fields are missing")
         keep = np.flatnonzero(evidence)
         target = target[keep]
+        out.basis[target] = "group"
         out.loss[target] = evaluation.loss[keep]
         out.threshold[target] = threshold[keep]
         out.margin[target] = margin[keep]

@@ -64,6 +64,7 @@ def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, s
     makers, facilities, items = batch.maker.tolist(), batch.facility.tolist(), batch.item.tolist()
     clusters, groups, resolutions = batch.cluster.tolist(), batch.group_id.tolist(), batch.resolution.tolist()
     kinds, anomalies, reasons = batch.model_kind.tolist(), batch.anomaly.tolist(), batch.reason.tolist()
+    bases = [b if isinstance(b, str) else None for b in (batch.basis.tolist() if batch.basis is not None else [None] * len(batch))]
     out: list[dict[str, Any]] = []
     for i in range(len(batch)):
         cluster = int(clusters[i])
@@ -94,6 +95,7 @@ def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, s
                 "out_of_range": list(batch.out_of_range[i]),
                 "top_features": list(batch.top_features[i]),
                 "reason": reasons[i],
+                "basis": bases[i],
                 "scored_at": scored_at,
             }
         )
