@@ -26,6 +26,8 @@ TAIL_LEVELS = np.unique(np.concatenate([
 CENTRAL_TAIL = 0.5
 # Beyond the table, each central spread (p25..p75 width) of distance adds this much evidence.
 EXCESS_GAIN = 2.0
+# Table values closer than this share of the table's width (or magnitude) are one value (a tie).
+TIE_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ def tail_evidence(table: TailTable, x: np.ndarray) -> np.ndarray:
         # mid-rank). np.interp needs increasing knots (on ties its result is a jump that a rounding
         # difference in the residual crosses: the verdict would depend on the batch it came in),
         # and beyond the table the tail stays at the end knot's, the distance term below grows.
-        knots, first, counts = np.unique(grid, return_index=True, return_counts=True)
-        cdf = np.interp(v, knots, 0.5 * (levels[first] + levels[first + counts - 1]))
+        knots, cdf_at = _knots(grid)
+        cdf = np.interp(v, knots, cdf_at)
         # Two-sided tail probability: 1/2 or more (no evidence) is exactly the central half, p25..p75.
         tail = 2.0 * np.minimum(cdf, 1.0 - cdf)
         evidence = np.maximum(-np.log(np.maximum(tail, 1e-300)) - np.log(1.0 / CENTRAL_TAIL), 0.0)
@@ -83,6 +85,16 @@ def tail_evidence(table: TailTable, x: np.ndarray) -> np.ndarray:
         evidence = evidence + EXCESS_GAIN * excess / spread
         out[np.flatnonzero(ok), j] = evidence
     return out
+
+
+def _knots(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a table column and the CDF at each (the middle of its tied levels).
+    Values a rounding apart are one value: a quantile interpolated at a level that falls on a
+    plateau's edge lands a hair off the plateau's value."""
+    scale = max(float(grid[-1] - grid[0]), float(np.abs(grid).max()), 1e-300)
+    starts = np.flatnonzero(np.r_[True, np.diff(grid) > TIE_TOLERANCE * scale])
+    ends = np.r_[starts[1:], len(grid)] - 1
+    return grid[(starts + ends) // 2], 0.5 * (TAIL_LEVELS[starts] + TAIL_LEVELS[ends])
 
 
 def _central_spread(grid: np.ndarray) -> float:

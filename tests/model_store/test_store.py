@@ -154,6 +154,11 @@ def test_unreadable_and_incompatible_stores(tmp_path) -> None:
     manifest.write_text(json.dumps({**raw, "store_format": STORE_FORMAT - 1}))
     with pytest.raises(StoreError, match=f"store format {STORE_FORMAT - 1} is not supported"):
         open_store(store)
+    # a store of format 3 has no setting-conditioned units: refused, with what to do
+    assert STORE_FORMAT == 4
+    manifest.write_text(json.dumps({**raw, "store_format": 3}))
+    with pytest.raises(StoreError, match="store format 3 is not supported \\(expected 4\\); retrain the store"):
+        open_store(store)
     manifest.write_text("{not json")
     with pytest.raises(StoreError, match="unreadable manifest \\(JSONDecodeError"):
         open_store(store)
@@ -194,6 +199,13 @@ def test_store_has_all_model_kinds_and_contract_fields(trained_store) -> None:
         for path in group["artifacts"].values():
             assert path in raw["artifacts"] and not path.endswith((".pkl", ".pickle", ".joblib"))
             listed.add(path)
+    # one setting-conditioned unit per maker: its arrays are listed and hashed as every artifact
+    conditional = raw["conditional"]
+    assert conditional["combine"] == "conditional" and conditional["units"]
+    assert set(conditional["units"]) <= set(manifest.schema.makers)
+    for unit in conditional["units"].values():
+        assert unit["artifact"] in raw["artifacts"] and unit["artifact"].endswith(".npz")
+        listed.add(unit["artifact"])
     for path, digest in raw["artifacts"].items():
         assert sha256_file(trained_store / path) == digest
     on_disk = {p.relative_to(trained_store).as_posix() for p in trained_store.rglob("*") if p.is_file()}
@@ -206,7 +218,9 @@ def test_scoring_exact_nearest_and_out_of_range(trained_store, small_plant) -> N
     engine = ScoringEngine(open_store(trained_store))
     records = canonical_records(small_plant.records.head(3000), small_plant.schema)
     batch = engine.score(records)
-    assert set(batch.resolution) <= {"exact", "part", "nearest", "item", "maker", "unscorable"}
+    # "conditional": records no setting group can judge, which the maker's setting-conditioned
+    # scorer judges (they were "unscorable" before it)
+    assert set(batch.resolution) <= {"exact", "part", "nearest", "item", "maker", "conditional", "unscorable"}
     assert (batch.resolution == "exact").mean() > 0.2 and (batch.resolution == "part").any()
     # An extreme value is clipped by the scaler but never hidden: it is listed and raises the loss.
     row = records.iloc[[int(np.flatnonzero(batch.resolution == "exact")[0])]].copy()

@@ -1,0 +1,46 @@
+"""Training settings: the conditional section, ``--set`` overrides typed as their defaults
+(booleans read as words), and the combine rule validated."""
+from __future__ import annotations
+
+import pytest
+
+from model_store.config import COMBINE_RULES, ConditionalConfig, TrainingConfig
+
+
+def test_the_conditional_section_is_part_of_the_training_config_and_round_trips() -> None:
+    config = TrainingConfig()
+    assert isinstance(config.conditional, ConditionalConfig) and config.conditional.combine == "conditional"
+    changed = config.with_overrides({"conditional.min_alpha": "0.01", "conditional.combine": "max"})
+    assert changed.conditional.min_alpha == 0.01 and isinstance(changed.conditional.min_alpha, float)
+    assert TrainingConfig.from_dict(changed.to_dict()) == changed
+    assert TrainingConfig.from_dict({}) == config  # a store written before the section existed
+
+
+@pytest.mark.parametrize("word, value", [
+    ("true", True), ("True", True), ("yes", True), ("on", True), ("1", True),
+    ("false", False), ("FALSE", False), ("no", False), ("off", False), ("0", False), (" false ", False),
+])
+def test_booleans_are_read_as_words(word, value) -> None:
+    # bool("false") is True: a boolean override must not be converted with its type
+    config = TrainingConfig().with_overrides({"conditional.quadratic": word, "conditional.log_positive": word})
+    assert config.conditional.quadratic is value and config.conditional.log_positive is value
+
+
+def test_a_boolean_that_is_not_a_word_for_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="conditional.quadratic takes true or false, got 'maybe'"):
+        TrainingConfig().with_overrides({"conditional.quadratic": "maybe"})
+
+
+def test_combine_and_residual_evidence_are_validated() -> None:
+    assert COMBINE_RULES == ("conditional", "max", "groups")
+    for rule in COMBINE_RULES:
+        assert TrainingConfig().with_overrides({"conditional.combine": rule}).conditional.combine == rule
+    with pytest.raises(ValueError, match="conditional.combine must be one of conditional, max, groups, got 'both'"):
+        TrainingConfig().with_overrides({"conditional.combine": "both"})
+    with pytest.raises(ValueError, match="conditional.residual_evidence must be tails, squares or both"):
+        ConditionalConfig(residual_evidence="cubes")
+
+
+def test_an_unknown_conditional_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown setting 'conditional.nope'"):
+        TrainingConfig().with_overrides({"conditional.nope": "1"})
