@@ -186,6 +186,8 @@ def test_list_settings_prints_every_name_with_default_and_meaning(command, confi
         assert listed[name] in (str(default), repr(default)), name
         assert meaning, f"{name} has no meaning to show"
     assert all(len(line) <= 80 for line in lines)
+    if config == "training":  # the setting-conditioned scorer's section is listed too
+        assert {"conditional.combine", "conditional.min_alpha", "conditional.excursion_share"} <= set(listed)
 
 
 def test_usage_mistakes_end_like_every_other_error() -> None:

@@ -1,8 +1,11 @@
 """The scoring engine's own rules on a store of IsolationForests only (no TensorFlow): batch and
 stream agree, the order of records does not matter, evidence has a boundary, state carries over.
 
-Family-specific behaviour (AE/MemAE excursions, calibration on every path) is in
-test_scoring_families.py."""
+Each rule holds for both deciders: the store's default (the setting-conditioned scorer decides
+every record it can judge, combine "conditional") and the setting groups alone (``conditional=False``,
+as the group calibration scores history). Family-specific behaviour (AE/MemAE excursions,
+calibration on every path) is in test_scoring_families.py; what only the conditional scorer does
+(coverage, combine modes) in test_scoring_conditional.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,9 +22,15 @@ NUMBERS = ("loss", "threshold", "margin", "score", "excursion", "measured_share"
 LABELS = ("group_id", "resolution", "model_kind", "cluster", "anomaly", "reason")
 
 
-@pytest.fixture(scope="module")
-def engine(forest_store) -> ScoringEngine:
-    return ScoringEngine(open_store(forest_store))
+@pytest.fixture(scope="module", params=["conditional", "groups"])
+def engine(request, forest_store) -> ScoringEngine:
+    return ScoringEngine(open_store(forest_store), conditional=request.param == "conditional")
+
+
+def _judging_features(engine: ScoringEngine, batch, row: int = 0) -> list[str]:
+    """The production fields the record's decider reads: its maker's conditional unit, else its group."""
+    unit = engine.conditional_units.get(batch.maker[row])
+    return list(unit.features) if unit is not None else list(engine.group(batch.group_id[row]).features)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +57,21 @@ def _table(batch, ids) -> pd.DataFrame:
 def test_the_store_judges_records_and_alarms_some(judged, engine) -> None:
     batch = engine.score(judged)
     assert len(judged) >= 100 and batch.anomaly.any() and not batch.anomaly.all()
-    assert set(batch.model_kind) == {"iforest"}
-    # the verdict is the rule: anomalous exactly when score > 1 (score = max(loss / line, excursion))
+    # the verdict is the rule: anomalous exactly when score > 1
     assert np.array_equal(batch.anomaly, batch.score > 1.0)
-    assert np.allclose(batch.score, np.maximum(batch.loss / batch.threshold, batch.excursion))
+    assert np.array_equal(batch.anomaly, batch.margin > 0)
+    if engine.conditional_units:
+        # The setting-conditioned scorer decides every record (combine "conditional"); its score is
+        # max(log p / log p_line, excursion), which is > 1 exactly when the evidence sum (loss) is
+        # beyond its line (threshold) or a field is a gross excursion. (It replaced the groups'
+        # loss / line as the default decider: this test pinned "iforest" and loss / line before.)
+        assert set(batch.model_kind) == {"conditional"}
+        assert np.all(batch.score >= batch.excursion)
+        assert np.array_equal(batch.anomaly, (batch.loss > batch.threshold) | (batch.excursion > 1.0))
+    else:
+        assert set(batch.model_kind) == {"iforest"}
+        # score = max(loss / line, excursion)
+        assert np.allclose(batch.score, np.maximum(batch.loss / batch.threshold, batch.excursion))
 
 
 def test_one_record_at_a_time_equals_the_whole_batch(engine, judged) -> None:
@@ -82,8 +102,7 @@ def test_explain_false_changes_no_number_and_lists_nothing(engine, judged) -> No
 
 def test_evidence_boundary_half_the_fields_measured_is_enough_one_less_is_not(engine, judged) -> None:
     row = judged.iloc[[0]].copy()
-    group = engine.group(engine.score(row).group_id[0])
-    features = list(group.features)
+    features = _judging_features(engine, engine.score(row))
     assert engine.max_imputed_share == 0.5 and len(features) % 2 == 0
     half = row.copy()
     half[features[: len(features) // 2]] = np.nan  # measured share exactly 0.5: still judged

@@ -1,6 +1,13 @@
 """The serving core on a store with every model family (TensorFlow-trained AE and MemAE included):
 excursions, evidence, calibration, verdict schema. Rules that need no particular family are in
-test_scoring.py, on a store of forests only."""
+test_scoring.py, on a store of forests only.
+
+The setting-conditioned scorer decides by default (combine "conditional"), so every judged verdict's
+model_kind is "conditional". The family rules below are the setting groups' own and are checked on
+the groups alone (``conditional=False``: how the group calibration scores history, and what decides
+under combine "groups" or "max"); where a rule must also hold for the default verdict (a gross
+excursion alarms, a value pushed further never lowers the score, evidence has a boundary), it is
+checked on both."""
 from __future__ import annotations
 
 import json
@@ -27,6 +34,12 @@ def engine(trained_store) -> ScoringEngine:
 
 
 @pytest.fixture(scope="module")
+def groups(trained_store) -> ScoringEngine:
+    """The setting groups alone decide (no conditional scorer)."""
+    return ScoringEngine(open_store(trained_store), conditional=False)
+
+
+@pytest.fixture(scope="module")
 def scored(engine, small_plant) -> tuple[pd.DataFrame, object]:
     records = canonical_records(small_plant.records, small_plant.schema)
     records = records.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -34,9 +47,11 @@ def scored(engine, small_plant) -> tuple[pd.DataFrame, object]:
 
 
 @pytest.fixture(scope="module")
-def normal_rows(scored, engine) -> dict[str, pd.DataFrame]:
-    """Per model family: a few complete, unflagged records judged on the exact path."""
-    records, batch = scored
+def normal_rows(scored, groups) -> dict[str, pd.DataFrame]:
+    """Per model family: a few complete, unflagged records judged on the exact path (by the groups:
+    with the conditional scorer deciding, every verdict's model_kind is "conditional")."""
+    records, _ = scored
+    batch = groups.score(records, memory={}, backward=True)
     out = {}
     for kind in MODEL_KINDS:
         ok = (batch.model_kind == kind) & (batch.resolution == "exact") & ~batch.anomaly
@@ -61,35 +76,45 @@ def _push(engine: ScoringEngine, row: pd.DataFrame, field_index: int, value: flo
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("spans", [1.0, 3.0, 10.0])
-def test_gross_excursions_always_alarm_and_are_named_first(engine, normal_rows, kind, spans) -> None:
+def test_gross_excursions_always_alarm_and_are_named_first(engine, groups, normal_rows, kind, spans) -> None:
     row = normal_rows[kind].iloc[[0]]
-    group = engine.group(engine.score(row).group_id[0])
+    group = groups.group(groups.score(row).group_id[0])
     for j, field in enumerate(group.features):
         # beyond the excursion band (the group's training band widened to its part's history) by
         # the tolerance plus 1, 3 or 10 training spans
         step = group.tolerance[j] + spans * group.scaler.span[j]
         for value in (group.band_high[j] + step, group.band_low[j] - step):
-            _, out = _push(engine, row, j, value)
+            _, out = _push(groups, row, j, value)
             assert out.anomaly[0], (kind, field, value)
             assert out.top_features[0][0]["field"] == field and out.top_features[0][0]["excursion"] > 1
             assert out.excursion[0] > 1 and out.score[0] > 1 and out.margin[0] > 0
+            # the group's bands still hold when the conditional scorer decides
+            _, default = _push(engine, row, j, value)
+            assert default.anomaly[0] and default.model_kind[0] == "conditional", (kind, field, value)
+            assert default.excursion[0] > 1 and default.score[0] > 1 and default.margin[0] > 0
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_a_value_at_the_tolerance_is_not_an_excursion_and_just_beyond_is(engine, normal_rows, kind) -> None:
+def test_a_value_at_the_tolerance_is_not_an_excursion_and_just_beyond_is(engine, groups, normal_rows, kind) -> None:
+    # the group's own band (with the conditional scorer deciding, the worst of its bands and the
+    # group's is the verdict's excursion, so only the groups alone show the group's ratio of 1)
     row = normal_rows[kind].iloc[[0]]
-    group = engine.group(engine.score(row).group_id[0])
+    group = groups.group(groups.score(row).group_id[0])
     j = 0
-    _, at_line = _push(engine, row, j, group.band_high[j] + group.tolerance[j])
+    _, at_line = _push(groups, row, j, group.band_high[j] + group.tolerance[j])
     assert at_line.excursion[0] == pytest.approx(1.0)
-    _, beyond = _push(engine, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
+    _, beyond = _push(groups, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
     assert beyond.excursion[0] > 1.0 and beyond.anomaly[0]
+    _, default = _push(engine, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
+    assert default.excursion[0] > 1.0 and default.anomaly[0]
 
 
+@pytest.mark.parametrize("decider", ["groups", "conditional"])
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_pushing_a_field_further_out_never_lowers_the_score(engine, normal_rows, kind) -> None:
+def test_pushing_a_field_further_out_never_lowers_the_score(engine, groups, normal_rows, kind, decider) -> None:
     row = normal_rows[kind].iloc[[0]]
-    group = engine.group(engine.score(row).group_id[0])
+    group = groups.group(groups.score(row).group_id[0])
+    engine = groups if decider == "groups" else engine
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(j=st.integers(0, len(group.features) - 1), a=st.floats(0, 20), b=st.floats(0, 20), up=st.booleans())
@@ -105,7 +130,10 @@ def test_pushing_a_field_further_out_never_lowers_the_score(engine, normal_rows,
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_imputed_fields_never_lower_the_score(engine, normal_rows, kind) -> None:
+def test_imputed_fields_never_lower_the_score(groups, normal_rows, kind) -> None:
+    # The groups impute a missing field with its training mean. (The conditional scorer gives a
+    # missing field no evidence, as a value at its expectation: its own rule, in test_tails.py.)
+    engine = groups
     row = normal_rows[kind].iloc[[0]]
     group = engine.group(engine.score(row).group_id[0])
     for j, field in enumerate(group.features):
@@ -116,27 +144,37 @@ def test_imputed_fields_never_lower_the_score(engine, normal_rows, kind) -> None
         assert engine.score(gap).score[0] >= engine.score(at_mean).score[0] - 1e-9, field
 
 
-def test_no_measurements_is_unscorable_not_normal(engine, normal_rows) -> None:
+def _judging_features(engine: ScoringEngine, row: pd.DataFrame) -> list[str]:
+    """The production fields the record's decider reads: its maker's conditional unit, else its group."""
+    batch = engine.score(row)
+    unit = engine.conditional_units.get(batch.maker[0])
+    return list(unit.features) if unit is not None else list(engine.group(batch.group_id[0]).features)
+
+
+@pytest.mark.parametrize("decider", ["groups", "conditional"])
+def test_no_measurements_is_unscorable_not_normal(engine, groups, normal_rows, decider) -> None:
+    engine = groups if decider == "groups" else engine
     row = normal_rows["autoencoder"].iloc[[0]].copy()
-    group = engine.group(engine.score(row).group_id[0])
-    row[list(group.features)] = np.nan
+    row[_judging_features(engine, row)] = np.nan
     out = engine.score(row)
     assert out.resolution[0] == "unscorable" and not out.anomaly[0] and np.isnan(out.score[0])
     assert unscorable_cause(out.reason[0]) == "insufficient_evidence"
     assert out.measured_share[0] == 0.0
 
 
-def test_evidence_boundary_is_the_documented_share(engine, normal_rows) -> None:
+@pytest.mark.parametrize("decider", ["groups", "conditional"])
+def test_evidence_boundary_is_the_documented_share(engine, groups, normal_rows, decider) -> None:
+    engine = groups if decider == "groups" else engine
     row = normal_rows["autoencoder"].iloc[[0]].copy()
-    group = engine.group(engine.score(row).group_id[0])
-    n = len(group.features)
+    features = _judging_features(engine, row)
+    n = len(features)
     half = n // 2  # exactly max_imputed_share (0.5) missing when n is even: still scorable
     assert n % 2 == 0
     at_limit = row.copy()
-    at_limit[list(group.features[:half])] = np.nan
+    at_limit[features[:half]] = np.nan
     assert engine.score(at_limit).resolution[0] != "unscorable"
     over = row.copy()
-    over[list(group.features[: half + 1])] = np.nan
+    over[features[: half + 1]] = np.nan
     out = engine.score(over)
     assert out.resolution[0] == "unscorable" and out.measured_share[0] == pytest.approx((n - half - 1) / n)
 
