@@ -223,11 +223,11 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
         if len(rows) >= config.min_calibration_rows:
             calibration[key] = _calibration(own[rows], lot_rate[rows], config)
     unit = ConditionalUnit(maker, features, settings_fields, final.levels, final.response, final.residual_scale,
-                           {k: v for k, v in final.raw_tables.items() if k in calibration},
+                           final.raw_tables,  # every part's, for its excursion band; only calibrated parts judge by it
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight)
     held_out = np.full(len(frame), np.nan)
-    own_unit = np.array([k in unit.raw_tables for k in keys.tolist()], dtype=bool) & np.isfinite(own)
+    own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])
     rest = ~own_unit & scored
     held_out[rest] = calibration[FALLBACK].score(fallback[rest])

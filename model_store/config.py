@@ -121,10 +121,10 @@ class ConditionalConfig:
     # decide; it judges only records no group can).
     combine: str = "conditional"
     # A gross excursion: a value out of its part's p0.1..p99.9 band, and its residual out of the
-    # residual band, each by this share of the band's width. Twice the setting groups' 0.25:
+    # residual band, each by this share of the band's width. Four times the setting groups' 0.25:
     # these bands span every setting and day of the part (new production lands beyond a quarter
     # of them on several % of normal shots); the setting groups' own bands still apply.
-    excursion_share: float = 0.5
+    excursion_share: float = 1.0
     # Per-field residual evidence: "tails" (ECDF, as ECOD), "squares" (z^2 / 2), or "both" (the larger).
     residual_evidence: str = "tails"
     # Weight of the part's raw-value tails (a value rare for the part whatever the setting). 0: a
