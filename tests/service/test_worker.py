@@ -221,15 +221,15 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
         # through the reload, at the worker's own pace.
         for start in range(0, len(documents), 10):
             await collection.insert_many(documents[start : start + 10])
-            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= start + 10, timeout=30, interval=0.01)
+            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= start + 10, timeout=90, interval=0.01)
 
     try:
         async with running_worker(settings) as worker:
             first_version = worker.model_version
             inserting = asyncio.create_task(insert_steadily())
-            await wait_for(acknowledged(worker, 20), timeout=30)  # the first version judged some
+            await wait_for(acknowledged(worker, 20), timeout=90)  # the first version judged some
             await asyncio.to_thread(republish, store_copy, "v2-hot")
-            await wait_for(lambda: worker.model_version == "v2-hot", timeout=30)
+            await wait_for(lambda: worker.model_version == "v2-hot", timeout=90)
             await inserting
             await wait_for(acknowledged(worker, 400), timeout=60)
     finally:
