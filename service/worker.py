@@ -235,7 +235,13 @@ class Worker:
                     self.source.position_store = self.positions  # type: ignore[attr-defined]
             else:
                 self.sink = KafkaSink(self.settings, self.metrics, facility_column=schema.facility)
-            if not await self.supervisor.until_stopping(self.sink.setup(self.supervisor.stopping)):
+            try:
+                connected = await self.supervisor.until_stopping(self.sink.setup(self.supervisor.stopping))
+            except SinkError:
+                if not self.supervisor.stopping.is_set():
+                    raise
+                connected = False  # it gave up retrying because it was told to stop: a clean stop
+            if not connected:
                 return self.exit_code
             spawn("reader", self.source.run(self._emit))
             spawn("scorer", self._score_loop(), may_finish=True)  # both end after the drain marker

@@ -190,3 +190,23 @@ async def _status(worker: Worker, path: str, code: int) -> bool:
         return (await get(worker, path)).status_code == code
     except httpx.HTTPError:
         return False
+
+
+async def test_a_stop_while_kafka_is_unreachable_is_a_clean_exit(trained_store, monkeypatch):
+    # The sink stops retrying once told to stop and says so by raising; that lands in the same
+    # turn as the stop itself, and must read as a stop (exit 0), never as a failed worker.
+    from service.sink import KafkaSink, SinkError
+
+    told_to_stop = asyncio.Event()
+
+    async def setup_until_told_to_stop(self: KafkaSink, stopping: asyncio.Event | None = None) -> None:
+        assert stopping is not None
+        await stopping.wait()
+        told_to_stop.set()
+        raise SinkError("Kafka unreachable, and told to stop")
+
+    monkeypatch.setattr(KafkaSink, "setup", setup_until_told_to_stop)
+    for _ in range(3):  # the race has two outcomes; both must be a clean stop
+        async with serving_offline(trained_store) as worker:
+            assert worker.sink is not None
+    assert told_to_stop.is_set()

@@ -187,3 +187,20 @@ async def test_the_shutdown_deadline_sets_give_up():
     later.give_up_after(3600).cancel()
     await asyncio.sleep(0)
     assert not later.give_up.is_set()
+
+
+async def test_a_failure_before_any_stop_is_still_raised_when_a_stop_follows():
+    supervisor = Supervisor()
+
+    async def fails() -> None:
+        raise ValueError("bad")
+
+    task = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    supervisor.stop()  # the event is set, but the work had failed on its own before
+    try:
+        await supervisor.until_stopping(task)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a failure that came first was swallowed")
