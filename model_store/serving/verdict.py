@@ -16,7 +16,7 @@ import pandas as pd
 from model_store.serving.scoring import ScoredBatch
 
 VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema.json"
-VERDICT_VERSION = 2  # 2: excursion, measured_share, defect_probability; resolution part/item/maker
+VERDICT_VERSION = 3  # 2: excursion, measured_share, defect_probability; resolution part/item/maker. 3: basis; resolution and model_kind "conditional"
 
 
 def _iso(ts: Any) -> str | None:

@@ -229,7 +229,9 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
             inserting = asyncio.create_task(insert_steadily())
             await wait_for(acknowledged(worker, 20), timeout=90)  # the first version judged some
             await asyncio.to_thread(republish, store_copy, "v2-hot")
-            await wait_for(lambda: worker.model_version == "v2-hot", timeout=90)
+            await wait_for(lambda: worker.model_version == "v2-hot"
+                           or metric(worker, "moldwatch_model_reloads_total", outcome="failed") > 0, timeout=90)
+            assert worker.model_version == "v2-hot", f"the new store was rejected: {worker.store.error}"
             await inserting
             await wait_for(acknowledged(worker, 400), timeout=60)
     finally:

@@ -4,6 +4,7 @@ running-worker context). No tests here; the ``test_`` name keeps it among the wo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import contextlib
 import json
 import time
@@ -143,6 +144,14 @@ async def get(worker: Worker, path: str) -> httpx.Response:
         return await client.get(path)
 
 
+def _describe(predicate: Any) -> str:
+    """The predicate's source line (a failed wait says which condition it was)."""
+    try:
+        return inspect.getsource(predicate).strip()[:300]
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
 async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> None:
     """Poll an (async or sync) predicate until true or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -153,7 +162,7 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1)
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {timeout} s: {_describe(predicate)}")
         await asyncio.sleep(interval)
 
 
