@@ -127,6 +127,7 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("raw_tails", "the part's raw-value tails added to the residual evidence", {"raw_weight": 1.0}),
     Ablation("residual_squares", "residual evidence z^2/2 instead of ECDF tails", {"residual_evidence": "squares"}),
     Ablation("maker_lines", "one line per maker (no per-part calibration units)", {"min_calibration_rows": 10**9}),
+    Ablation("no_baseline", "residuals judged as they are (no running per-part baseline)", {"baseline_halflife": 0.0}),
 )
 
 

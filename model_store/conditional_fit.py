@@ -15,6 +15,7 @@ import pandas as pd
 
 from model_store.config import ConditionalConfig
 from model_store.serving.conditional import FALLBACK, Calibration, ConditionalUnit, Levels, SettingResponse, design_matrix, log_floors, part_keys
+from model_store.serving.baseline import running_baseline
 from model_store.serving.tails import TailTable, tail_evidence
 
 ROW_CHUNK = 20000  # rows per block of the normal equations: bounds the design matrix's memory
@@ -120,8 +121,11 @@ def _clean_rows(rows: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfi
 
 
 def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str, ...], settings: np.ndarray,
-              keys: np.ndarray, production: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfig) -> ConditionalUnit:
-    """Response, residual scales and tail tables on these rows (calibration left empty)."""
+              keys: np.ndarray, production: np.ndarray, lot_rate: np.ndarray, order: np.ndarray,
+              config: ConditionalConfig) -> ConditionalUnit:
+    """Response, residual scales, running baselines and tail tables on these rows (``order``:
+    their time order; calibration left empty). The tables hold the residuals as the unit will
+    judge them: less each part's running baseline, from the history's first shot on."""
     levels = Levels.of(keys.tolist())
     codes = levels.codes(keys)
     parts, column = levels.parts, codes[:, 0]
@@ -130,8 +134,15 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
     residual = response.residuals(settings, codes, production, levels.counts)
     scale = _residual_scale(residual, column, len(parts), config.min_part_rows)
     z = residual / scale[column]
+    baseline_state: dict[str, np.ndarray] = {}
+    d = None
+    if config.baseline_halflife > 0:
+        baseline, baseline_state = running_baseline(z, keys, order, config.baseline_halflife, config.baseline_clip, {})
+        d = z - baseline
     raw_tables: dict[str, TailTable] = {}
-    residual_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(z[_clean_rows(np.arange(len(z)), lot_rate, config)])}
+    clean = _clean_rows(np.arange(len(z)), lot_rate, config)
+    residual_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(z[clean])}
+    neighbour_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(d[clean])} if d is not None else {}
     for key, p in parts.items():
         rows = np.flatnonzero(column == p)
         if len(rows) < config.min_part_rows:
@@ -139,21 +150,26 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
         rows = _clean_rows(rows, lot_rate, config)
         raw_tables[key] = TailTable.fit(production[rows])
         residual_tables[key] = TailTable.fit(z[rows])
+        if d is not None:
+            neighbour_tables[key] = TailTable.fit(d[rows])
     return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
-                           config.excursion_share, config.residual_evidence, config.raw_weight)
+                           config.excursion_share, config.residual_evidence, config.raw_weight,
+                           config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables)
 
 
-def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Evidence sums of rows a unit did not train on: with the part's own tables where the unit
-    has them (NaN elsewhere), and with the maker's fallback table for every row."""
-    z = unit.z(settings, keys, production)
+def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
+                       order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence sums of rows a unit did not train on (their running baselines carried on from
+    where the unit's history ended): with the part's own tables where the unit has them (NaN
+    elsewhere), and with the maker's fallback table for every row."""
+    z, d, _ = unit.judged_residuals(settings, keys, production, order)
     own = np.full(len(keys), np.nan)
     for key in np.unique(keys):
         if key in unit.raw_tables:
             rows = np.flatnonzero(keys == key)
-            own[rows] = (unit._residual_evidence(key, z[rows])
+            own[rows] = (unit.field_evidence(key, z[rows], None if d is None else d[rows])
                          + unit.raw_weight * tail_evidence(unit.raw_tables[key], production[rows])).sum(axis=1)
-    fallback = unit._residual_evidence(FALLBACK, z).sum(axis=1)
+    fallback = unit.field_evidence(FALLBACK, z, d).sum(axis=1)
     return own, fallback
 
 
@@ -190,6 +206,7 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
     production = frame[list(features)].to_numpy(dtype=float)
     keys = part_keys(frame["facility"].astype(str).to_numpy(dtype=object), frame["item"].astype(str).to_numpy(dtype=object))
     lot_rate = np.asarray(lot_rate, dtype=float)
+    time = frame["timestamp"].to_numpy()
     days = pd.Series(frame["lot_date"].astype(str).to_numpy())
     ordered = sorted(days.unique())
     # Forward, as the unit will be used: fit on the earlier days, score the later ones (a line
@@ -204,9 +221,10 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
     fallback = np.full(len(frame), np.nan)
     train, held = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
     if len(train) >= config.min_part_rows and len(held):
-        unit = _fit_unit(maker, features, settings_fields, settings[train], keys[train], production[train], lot_rate[train], config)
-        own[held], fallback[held] = _held_out_evidence(unit, settings[held], keys[held], production[held])
-    final = _fit_unit(maker, features, settings_fields, settings, keys, production, lot_rate, config)
+        unit = _fit_unit(maker, features, settings_fields, settings[train], keys[train], production[train], lot_rate[train],
+                         _time_order(time[train]), config)
+        own[held], fallback[held] = _held_out_evidence(unit, settings[held], keys[held], production[held], _time_order(time[held]))
+    final = _fit_unit(maker, features, settings_fields, settings, keys, production, lot_rate, _time_order(time), config)
     calibration: dict[str, Calibration] = {}
     scored = np.isfinite(fallback)
     if scored.sum() < config.min_calibration_rows:
@@ -225,13 +243,18 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
     unit = ConditionalUnit(maker, features, settings_fields, final.levels, final.response, final.residual_scale,
                            final.raw_tables,  # every part's, for its excursion band; only calibrated parts judge by it
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
-                           config.raw_weight)
+                           config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
+                           final.neighbour_tables)
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])
     rest = ~own_unit & scored
     held_out[rest] = calibration[FALLBACK].score(fallback[rest])
     return FittedConditional(unit, held_out)
+
+
+def _time_order(time: np.ndarray) -> np.ndarray:
+    return np.argsort(time, kind="stable")
 
 
 def _scores_by_unit(unit: ConditionalUnit, keys: np.ndarray, evidence: np.ndarray) -> np.ndarray:

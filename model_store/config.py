@@ -130,8 +130,17 @@ class ConditionalConfig:
     # Weight of the part's raw-value tails (a value rare for the part whatever the setting). 0: a
     # setting change alone must not alarm, and the residual tails ranked as well without them.
     raw_weight: float = 0.0
+    # Residuals are judged against each part's running mean of its last residuals, weights halving
+    # every this many shots (0: off); inputs to the mean clipped at +-baseline_clip spreads (see
+    # model_store/serving/baseline.py).
+    baseline_halflife: float = 5.0
+    baseline_clip: float = 4.0
 
     def __post_init__(self) -> None:
+        if not (self.baseline_halflife == 0 or 0 < self.baseline_halflife < float("inf")):
+            raise ValueError(f"conditional.baseline_halflife must be 0 (off) or a positive number of shots, got {self.baseline_halflife!r}")
+        if not self.baseline_clip > 0:
+            raise ValueError(f"conditional.baseline_clip must be > 0 residual spreads, got {self.baseline_clip!r}")
         if self.residual_evidence not in ("tails", "squares", "both"):
             raise ValueError(f"conditional.residual_evidence must be tails, squares or both, got {self.residual_evidence!r}")
         if self.combine not in COMBINE_RULES:

@@ -7,6 +7,11 @@ One unit per maker, trained on the maker's whole history (dirty lots down-weight
    should produce. Its residuals, divided by each part's robust residual spread, are ``z``.
    A setting never run before is still judged: the response extrapolates from the maker's
    other settings instead of calling it a defect.
+1b. **Running baseline.** ``d``: ``z`` less the mean of the part's last few residuals (see
+   :mod:`model_store.serving.baseline`). A field's evidence is the smaller of its evidence on
+   ``z`` and on ``d``: a shot must be unlike what its setting should produce *and* unlike its
+   neighbours. What the response misses for one part at one setting, shot after shot, is not a
+   defect; nor is the first shot of a new part or setting that the response explains.
 2. **Tails.** Per field, the ECDF tail evidence (as ECOD) of the residual ``z`` and of the raw
    value, each against the record's own part when the part has enough history (else the
    maker's residual table alone): a value rare for its setting, or rare for its part at all.
@@ -20,12 +25,14 @@ Pure NumPy (serving imports no training library); arrays in, arrays out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import ChainMap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from model_store.serving.baseline import running_baseline
 from model_store.serving.excursions import BAND_QUANTILES, EXCURSION_BAND_SHARE, excursion_ratios, excursion_tolerance
 from model_store.serving.tails import TAIL_LEVELS, TailTable, tail_evidence
 
@@ -194,12 +201,41 @@ class ConditionalUnit:
     excursion_share: float = EXCURSION_BAND_SHARE  # tolerance beyond a band, as a share of its width
     residual_evidence: str = "tails"  # "tails", "squares" or "both" (see _residual_evidence)
     raw_weight: float = 1.0  # weight of the part's raw-value tails beside the residual evidence
+    baseline_halflife: float = 0.0  # shots; 0: residuals judged as they are (no running baseline)
+    baseline_clip: float = 4.0  # residuals enter the running baseline clipped to +-this
+    baseline_state: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> baseline at the history's end
+    neighbour_tables: dict[str, TailTable] = field(default_factory=dict)  # as residual_tables, of d (baseline on)
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
         residual = self.response.residuals(settings, codes, production, self.levels.counts)
         parts = len(self.levels.parts)
         return residual / self.residual_scale[np.where(codes[:, 0] >= 0, codes[:, 0], parts)]
+
+    def judged_residuals(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
+                         state: Mapping[str, np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """``z``; ``d``, ``z`` less each part's running baseline (None: no baseline); the
+        baselines' end state.
+
+        ``order``: the rows' time order (default: as given). ``state``: baselines carried from
+        earlier batches; a part not in it starts where the history ended (``baseline_state``).
+        """
+        z = self.z(settings, keys, production)
+        if not self.baseline_halflife > 0:
+            return z, None, {}
+        order = np.arange(len(keys)) if order is None else np.asarray(order)
+        start = self.baseline_state if state is None else ChainMap(dict(state), self.baseline_state)
+        baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start)
+        return z, z - baseline, end
+
+    def field_evidence(self, key: str, z: np.ndarray, d: np.ndarray | None) -> np.ndarray:
+        """Per field, against the tables of ``key`` (a part or FALLBACK): the residual evidence,
+        or with a baseline the smaller of it and the tail evidence of ``d``."""
+        evidence = self._residual_evidence(key, z)
+        if d is None:
+            return evidence
+        return np.minimum(evidence, tail_evidence(self.neighbour_tables[key], d))
 
     def _residual_evidence(self, key: str, z: np.ndarray) -> np.ndarray:
         """Per field: ECDF tail evidence of the residual, or half its square (a Gaussian's
@@ -210,25 +246,30 @@ class ConditionalUnit:
         squares = 0.5 * np.nan_to_num(np.minimum(z, 1e6)) ** 2
         return np.maximum(tails, squares)
 
-    def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per record: evidence sum, per-field evidence (rows, fields), the calibration unit key and
-        the residuals ``z`` (rows, fields)."""
+    def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
+                 state: Mapping[str, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Per record: evidence sum, per-field evidence (rows, fields), the calibration unit key,
+        the judged residuals (rows, fields); and the running baselines' end state."""
         production = np.asarray(production, dtype=float)
-        z = self.z(settings, keys, production)
+        z, d, end = self.judged_residuals(settings, keys, production, order, state)
         fields = np.zeros(production.shape)
         unit = np.full(len(keys), FALLBACK, dtype=object)
         for key in np.unique(keys) if len(keys) else ():
             rows = np.flatnonzero(keys == key)
             own = key in self.raw_tables and key in self.calibration
+            d_rows = None if d is None else d[rows]
             if own:
-                fields[rows] = self._residual_evidence(key, z[rows]) + self.raw_weight * tail_evidence(self.raw_tables[key], production[rows])
+                fields[rows] = self.field_evidence(key, z[rows], d_rows) + self.raw_weight * tail_evidence(self.raw_tables[key], production[rows])
                 unit[rows] = key
             else:
-                fields[rows] = self._residual_evidence(FALLBACK, z[rows])
-        return fields.sum(axis=1), fields, unit, z
+                fields[rows] = self.field_evidence(FALLBACK, z[rows], d_rows)
+        return fields.sum(axis=1), fields, unit, (z, d), end
 
-    def score(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> "ConditionalScore":
-        total, fields, unit, z = self.evidence(settings, keys, production)
+    def score(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
+              state: Mapping[str, np.ndarray] | None = None) -> "ConditionalScore":
+        """Verdict numbers per record; ``order`` and ``state`` as in :meth:`judged_residuals`."""
+        total, fields, unit, (z, d), end = self.evidence(settings, keys, production, order, state)
         score = np.zeros(len(total))
         line = np.full(len(total), np.nan)
         for key in np.unique(unit) if len(unit) else ():
@@ -236,18 +277,22 @@ class ConditionalUnit:
             calibration = self.calibration[key]
             score[rows] = calibration.score(total[rows])
             line[rows] = calibration.line
-        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z))
+        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z, d), end)
 
-    def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray) -> np.ndarray:
+    def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
         """Worst gross-excursion ratio per record (see :mod:`model_store.serving.excursions`): a
         value far beyond both what its part ever produced and what its setting explains alarms
         whatever the tails say. A field counts only when it is out on both (a new setting moves
         raw values legitimately; the residual alone would flag a value the part often produces).
-        A part without a raw table is judged on its residual against the maker's."""
+        A part without a raw table is judged on its residual against the maker's. With a baseline,
+        ``d`` must be out of its band too (a part's lasting misfit is not an excursion)."""
         out = np.zeros(len(keys))
         for key in np.unique(keys) if len(keys) else ():
             rows = np.flatnonzero(keys == key)
             ratio = _band_ratios(self.residual_tables.get(key, self.residual_tables[FALLBACK]), z[rows], self.excursion_share)
+            if d is not None:
+                neighbours = self.neighbour_tables.get(key, self.neighbour_tables[FALLBACK])
+                ratio = np.minimum(ratio, _band_ratios(neighbours, d[rows], self.excursion_share))
             table = self.raw_tables.get(key)
             if table is not None:
                 ratio = np.minimum(ratio, _band_ratios(table, production[rows], self.excursion_share))
@@ -263,11 +308,17 @@ class ConditionalUnit:
             "part_slopes": self.response.part_slopes, "setting_log_floor": self.response.setting_log_floor,
             "target_log_floor": self.response.target_log_floor,
         }
+        baseline_keys = sorted(self.baseline_state)
+        arrays["baseline_state"] = (np.array([self.baseline_state[k] for k in baseline_keys], dtype=float) if baseline_keys
+                                    else np.zeros((0, len(self.features))))
         raw_keys, residual_keys, calibration_keys = sorted(self.raw_tables), sorted(self.residual_tables), sorted(self.calibration)
         for i, key in enumerate(raw_keys):
             arrays.update(self.raw_tables[key].to_arrays(f"raw{i}_"))
         for i, key in enumerate(residual_keys):
             arrays.update(self.residual_tables[key].to_arrays(f"res{i}_"))
+        neighbour_keys = sorted(self.neighbour_tables)
+        for i, key in enumerate(neighbour_keys):
+            arrays.update(self.neighbour_tables[key].to_arrays(f"nbr{i}_"))
         for i, key in enumerate(calibration_keys):
             arrays[f"cal{i}"] = self.calibration[key].scores
         np.savez(path, **arrays)
@@ -277,6 +328,7 @@ class ConditionalUnit:
             "raw_tables": raw_keys, "residual_tables": residual_keys,
             "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence,
             "raw_weight": self.raw_weight,
+            "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys, "neighbour_tables": neighbour_keys,
             "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
                              "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
         }
@@ -298,6 +350,9 @@ class ConditionalUnit:
                          for i, c in enumerate(entry["calibration"])},
             excursion_share=float(entry.get("excursion_share", EXCURSION_BAND_SHARE)),
             residual_evidence=str(entry.get("residual_evidence", "tails")), raw_weight=float(entry.get("raw_weight", 1.0)),
+            baseline_halflife=float(entry.get("baseline_halflife", 0.0)), baseline_clip=float(entry.get("baseline_clip", 4.0)),
+            baseline_state={k: arrays["baseline_state"][i] for i, k in enumerate(entry.get("baseline_parts", []))},
+            neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.get("neighbour_tables", []))},
         )
 
 
@@ -316,3 +371,4 @@ class ConditionalScore:
     score: np.ndarray  # (rows,) log p / log p_line
     line: np.ndarray  # (rows,) evidence sum at the line (the verdict's threshold)
     excursion: np.ndarray  # (rows,) worst gross-excursion ratio (> 1 alarms whatever the score)
+    baseline_state: dict[str, np.ndarray]  # part key -> running baseline after these rows (empty: none kept)

@@ -90,6 +90,32 @@ class ScoredBatch:
         return len(self.loss)
 
 
+BASELINE_MEMORY = ("conditional", "baselines")  # not a str: no facility name can be this key
+MAX_REMEMBERED_PARTS = 100_000  # per store version and maker: a stream of made-up items cannot grow memory without end
+
+
+def baselines(memory: FacilityMemory | None, state_key: tuple[str, str]) -> dict[str, np.ndarray] | None:
+    """The running baselines this stream carries for one store version's maker (None: none yet)."""
+    if memory is None:
+        return None
+    return memory.get(BASELINE_MEMORY, {}).get(state_key)  # type: ignore[call-overload]
+
+
+def remember_baselines(memory: FacilityMemory, state_key: tuple[str, str], end: dict[str, np.ndarray]) -> None:
+    """Carry the parts' baselines to the next batch. Dictionaries are replaced, never changed in
+    place, so a shallow copy of the memory (POST /score) cannot move the stream's baselines; a
+    new store version's baselines replace the old one's (whose residuals meant something else)."""
+    carried = memory.get(BASELINE_MEMORY, {})  # type: ignore[call-overload]
+    parts = dict(carried.get(state_key, {}))
+    for key, value in end.items():
+        parts.pop(key, None)  # re-inserted last: the parts seen longest ago are dropped first
+        parts[key] = value
+    if len(parts) > MAX_REMEMBERED_PARTS:
+        parts = dict(list(parts.items())[len(parts) - MAX_REMEMBERED_PARTS:])
+    kept = {k: v for k, v in carried.items() if k[0] == state_key[0] and k != state_key}
+    memory[BASELINE_MEMORY] = {**kept, state_key: parts}  # type: ignore[index]
+
+
 def _empty_batch(n: int) -> ScoredBatch:
     return ScoredBatch(
         maker=np.full(n, None, dtype=object),
@@ -316,16 +342,17 @@ class ScoringEngine:
             self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out,
                         explain, with_model)
         if unit is not None:
-            self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain)
+            self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain, memory)
 
     def _judge_conditional(
         self, unit: ConditionalUnit, sub: pd.DataFrame, settings: np.ndarray, facility: np.ndarray, item: np.ndarray,
-        rows: np.ndarray, out: ScoredBatch, explain: bool,
+        rows: np.ndarray, out: ScoredBatch, explain: bool, memory: FacilityMemory | None = None,
     ) -> None:
         """The setting-conditioned verdict of one maker's records (see :mod:`model_store.serving.conditional`).
 
         Every record with enough measured production values is judged, whatever its setting or
-        part; ``combine`` says how this meets the setting groups' verdicts.
+        part; ``combine`` says how this meets the setting groups' verdicts. The parts' running
+        baselines continue from ``memory`` (online) or from the end of the store's history.
         """
         production = sub[list(unit.features)].to_numpy(dtype=float)
         measured = ~np.isnan(production)
@@ -347,7 +374,11 @@ class ScoringEngine:
         if len(local) == 0:
             return
         keys = part_keys(facility[local], np.array([str(v) for v in item[local]], dtype=object))
-        result = unit.score(settings[local], keys, production[local])
+        order = np.argsort(sub["timestamp"].to_numpy()[local], kind="stable")
+        state_key = (self.manifest.model_version, unit.maker)
+        result = unit.score(settings[local], keys, production[local], order, baselines(memory, state_key))
+        if memory is not None and result.baseline_state:
+            remember_baselines(memory, state_key, result.baseline_state)
         target = rows[local]
         # The setting groups' own excursion bands still hold for the records they judge.
         excursion = np.maximum(result.excursion, np.where(grouped[local], np.nan_to_num(out.excursion[target], nan=0.0), 0.0))

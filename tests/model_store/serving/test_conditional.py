@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_store.conditional_fit import fit_conditional
+from model_store.serving.baseline import smoothing
 from model_store.config import ConditionalConfig
 from model_store.serving.conditional import (
     CONDITIONAL,
@@ -22,7 +23,7 @@ from model_store.serving.conditional import (
     log_floors,
     part_keys,
 )
-from tests.model_store.maker_frames import FEATURES, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
+from tests.model_store.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
 
 
 # -- Calibration: survival and score --------------------------------------------------------------
@@ -194,6 +195,10 @@ def test_save_and_load_give_identical_scores(unit, tmp_path) -> None:
     assert a.unit.tolist() == b.unit.tolist()
     assert back.features == unit.features and back.settings == unit.settings and back.levels == unit.levels
     assert {k: (c.line, c.alpha) for k, c in back.calibration.items()} == {k: (c.line, c.alpha) for k, c in unit.calibration.items()}
+    assert back.baseline_halflife == unit.baseline_halflife > 0 and back.baseline_clip == unit.baseline_clip
+    assert set(back.baseline_state) == set(unit.baseline_state) == set(unit.levels.parts)
+    assert all(np.array_equal(back.baseline_state[k], unit.baseline_state[k]) for k in unit.baseline_state)
+    assert set(back.neighbour_tables) == set(unit.neighbour_tables) == set(unit.residual_tables)
 
 
 def test_a_new_pairing_of_a_known_machine_and_item_is_judged_by_the_makers_line(tmp_path) -> None:
@@ -243,3 +248,59 @@ def test_a_production_value_pushed_far_beyond_its_range_always_alarms(unit, fram
     production[:, field] = high + spans * width if up else low - spans * width
     result = unit.score(settings_, part_keys(facility, item), production)
     assert ((result.score > 1.0) | (result.excursion > 1.0)).all()
+
+
+# -- the running baseline ---------------------------------------------------------------------------
+def _misfit_run(shots: int, misfit: float, seed: int = 11):
+    """``shots`` of one known part at one setting, every field ``misfit`` noise sds off what the
+    maker's response says (a mould that runs differently from the maker's other parts)."""
+    settings_, facility, item = _records(shots, seed=seed, parts=(("F1", "A"),))
+    settings_[:] = settings_[0]
+    clean = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    noise = np.random.default_rng(seed).normal(size=clean.shape)
+    return settings_, part_keys(facility, item), clean + (misfit + noise) * NOISE
+
+
+def test_a_lasting_misfit_stops_alarming_within_a_few_half_lives_and_a_pushed_shot_in_it_still_alarms(unit, frame) -> None:
+    settings_, keys, production = _misfit_run(120, misfit=10.0)
+    start = {keys[0]: np.zeros(len(FEATURES))}  # the part's baseline had settled at "no misfit"
+    before = unit.score(settings_, keys, production, state=start)
+    z = unit.z(settings_, keys, production)
+    assert (np.abs(z[:, 0]) > 3).all()  # every shot is far off the response
+    # followed at a * clip spreads a shot until within the clip, then halved every half-life
+    a = smoothing(unit.baseline_halflife)
+    settle = int(np.ceil((np.abs(z).max() - unit.baseline_clip) / (a * unit.baseline_clip) + 3 * unit.baseline_halflife))
+    assert settle < 40
+    assert before.score[0] > 1.0  # the change itself is news
+    assert (before.score[settle:] > 1.0).mean() <= 0.02  # then as often as on any normal run
+    assert (before.excursion <= 1.0).all()
+    pushed = production.copy()
+    pushed[100, 1] += 40 * (frame["pressure"].max() - frame["pressure"].min())
+    after = unit.score(settings_, keys, pushed, state=start)
+    assert after.score[100] > 1.0 and after.excursion[100] > 1.0
+    assert np.array_equal(after.score[:100], before.score[:100])  # causal: nothing before it moved
+
+
+def test_baselines_carried_between_batches_give_the_same_verdicts_as_one_batch(unit, frame) -> None:
+    settings_, facility, item = _records(300, seed=21)
+    keys = part_keys(facility, item)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    production[::13, 0] += 50.0
+    whole = unit.score(settings_, keys, production)
+    first = unit.score(settings_[:120], keys[:120], production[:120])
+    second = unit.score(settings_[120:], keys[120:], production[120:], state=first.baseline_state)
+    assert np.allclose(np.r_[first.score, second.score], whole.score)
+    assert np.allclose(np.r_[first.excursion, second.excursion], whole.excursion)
+
+
+def test_without_a_baseline_only_the_residual_tables_judge() -> None:
+    history = maker_frame(seed=3)
+    off = fit_conditional("M", FEATURES, SETTINGS, history, np.zeros(len(history)), ConditionalConfig(baseline_halflife=0)).unit
+    assert off.baseline_halflife == 0 and off.baseline_state == {} and off.neighbour_tables == {}
+    settings_, facility, item = _records(50, seed=4)
+    keys = part_keys(facility, item)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    z, d, end = off.judged_residuals(settings_, keys, production)
+    assert d is None and end == {}
+    assert np.array_equal(off.score(settings_, keys, production).fields[keys == keys[0]],
+                          off._residual_evidence(keys[0], z[keys == keys[0]]))

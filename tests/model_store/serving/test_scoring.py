@@ -8,6 +8,8 @@ calibration on every path) is in test_scoring_families.py; what only the conditi
 (coverage, combine modes) in test_scoring_conditional.py."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,12 +77,25 @@ def test_the_store_judges_records_and_alarms_some(judged, engine) -> None:
 
 
 def test_one_record_at_a_time_equals_the_whole_batch(engine, judged) -> None:
-    # The worker scores micro-batches of any size, `moldwatch score` whole files: same numbers.
-    whole = _table(engine.score(judged), judged["record_id"])
-    for i in range(0, len(judged), 17):  # a sample of single records
-        one = judged.iloc[[i]]
-        single = _table(engine.score(one), one["record_id"])
+    # The worker scores micro-batches of any size, carrying each facility's state and each part's
+    # running baseline in its memory; `moldwatch score` whole files: same numbers.
+    ordered = judged.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    whole = _table(engine.score(ordered, memory={}), ordered["record_id"])
+    memory: dict = {}
+    for i in range(len(ordered)):
+        one = ordered.iloc[[i]]
+        single = _table(engine.score(one, memory=memory), one["record_id"])
         pd.testing.assert_frame_equal(single, whole.loc[single.index], check_dtype=False)
+
+
+def test_a_single_record_without_memory_is_judged_from_where_the_history_ended(engine, judged) -> None:
+    # POST /score of one shot with no stream behind it: its part's baseline is the store's own
+    # (the end of its history), the same as the first record of a fresh batch.
+    ordered = judged.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    first = ordered.drop_duplicates(["facility", "item"]).head(20)
+    alone = pd.concat([_table(engine.score(first.iloc[[i]]), first["record_id"].iloc[[i]]) for i in range(len(first))])
+    together = _table(engine.score(first), first["record_id"])  # one record per part: nothing carried between them
+    pd.testing.assert_frame_equal(alone, together.loc[alone.index], check_dtype=False, check_index_type=False)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,7 +156,10 @@ def test_a_facilitys_state_carries_over_between_calls_through_memory(engine, jud
     gap[["item", *setting_fields]] = np.nan
     memory: dict = {}
     first = engine.score(complete, memory=memory, backward=False)
+    after_first = copy.deepcopy(memory)
     second = engine.score(gap, memory=memory, backward=False)
     assert second.group_id[0] == first.group_id[0] and second.item[0] == first.item[0]
     assert "item" in second.imputed[0] and set(setting_fields) <= set(second.imputed[0])
-    assert second.score[0] == pytest.approx(first.score[0])  # same production values, same judge
+    # same production values, same judge, same part baseline: as if the complete record came twice
+    again = engine.score(complete.assign(record_id="again"), memory=after_first, backward=False)
+    assert second.score[0] == pytest.approx(again.score[0])

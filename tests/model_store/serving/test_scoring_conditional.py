@@ -188,3 +188,43 @@ def test_combine_max_alarms_whenever_either_does(manifest, groups_only, engine, 
     assert np.all(batch.anomaly[grouped] >= alone.anomaly[grouped])
     assert np.all(batch.anomaly >= conditional.anomaly)
     assert np.array_equal(batch.anomaly, batch.score > 1.0)
+
+
+def test_the_streams_memory_carries_each_parts_baseline_so_batches_score_as_one(engine, records) -> None:
+    from model_store.serving.scoring import BASELINE_MEMORY
+
+    later = records.iloc[-600:].reset_index(drop=True)
+    whole = engine.score(later, memory={}, backward=False, explain=False)
+    memory: dict = {}
+    parts = [engine.score(later.iloc[i : i + 150].reset_index(drop=True), memory=memory, backward=False, explain=False)
+             for i in range(0, len(later), 150)]
+    assert np.allclose(np.concatenate([p.score for p in parts]), whole.score, equal_nan=True)
+    carried = memory[BASELINE_MEMORY]
+    assert set(carried) == {(engine.manifest.model_version, maker) for maker in later["maker"].unique()}
+    # a shallow copy (what POST /score scores with) never moves the stream's baselines
+    before = {k: dict(v) for k, v in carried.items()}
+    copy = {facility: dict(state) if isinstance(state, dict) else state for facility, state in memory.items()}
+    engine.score(later.iloc[:50].assign(**{c: later[c].iloc[:50] * 1.5 for c in engine.conditional_units[later["maker"].iloc[0]].features}),
+                 memory=copy, backward=False, explain=False)
+    assert memory[BASELINE_MEMORY].keys() == before.keys()
+    for key, parts_ in before.items():
+        assert memory[BASELINE_MEMORY][key].keys() == parts_.keys()
+        assert all(np.array_equal(memory[BASELINE_MEMORY][key][p], v) for p, v in parts_.items())
+
+
+def test_remembered_baselines_are_bounded_and_belong_to_one_store_version() -> None:
+    from model_store.serving import scoring
+
+    memory: dict = {}
+    scoring.remember_baselines(memory, ("v1", "M"), {"a": np.zeros(2)})
+    scoring.remember_baselines(memory, ("v1", "N"), {"b": np.ones(2)})
+    assert set(memory[scoring.BASELINE_MEMORY]) == {("v1", "M"), ("v1", "N")}
+    scoring.remember_baselines(memory, ("v2", "M"), {"a": np.ones(2)})  # a new store: the old one's are dropped
+    assert set(memory[scoring.BASELINE_MEMORY]) == {("v2", "M")}
+    assert scoring.baselines(memory, ("v1", "N")) is None and scoring.baselines(None, ("v2", "M")) is None
+    cap = scoring.MAX_REMEMBERED_PARTS
+    scoring.remember_baselines(memory, ("v2", "M"), {f"p{i}": np.zeros(2) for i in range(cap + 5)})
+    kept = scoring.baselines(memory, ("v2", "M"))
+    assert len(kept) == cap and "a" not in kept and f"p{cap + 4}" in kept and "p4" not in kept and "p5" in kept
+    scoring.remember_baselines(memory, ("v2", "M"), {"p5": np.ones(2)})  # seen again: now the newest
+    assert list(scoring.baselines(memory, ("v2", "M")))[-1] == "p5"

@@ -1,0 +1,92 @@
+"""Each part's running residual baseline: what its last few shots said the setting response misses.
+
+A response fitted across a maker's parts and settings is never exact for one part at one setting
+(a new recipe, a mould that runs a little hot, a setting outside the history): its residuals
+there are offset, shot after shot, by the same amount. Judging those offsets as anomalies is how
+a pooled model alarms on every shot of a setting it has not seen. A defect is a shot that differs
+from the shots around it, so the residual is also judged against a running mean of the part's
+earlier residuals (causal: a shot never sees itself or later shots). Each shot pulls the mean
+towards itself by a bounded step, so one wild shot moves it by at most ``a * clip`` and the next
+shots are still judged against their neighbours, while a lasting offset is followed within a few
+half-lives (the scorer keeps the residual itself as evidence too: see ``field_evidence`` in
+:mod:`model_store.serving.conditional`).
+
+Pure: residuals, keys and an order in; baselines and the end state out. The state (part key ->
+last mean) is what the stream carries between batches and what a store ships from its history.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+START_LIMIT = 50.0  # residual spreads: where a new part's mean may start (a hostile first shot
+# must not leave a baseline that takes thousands of shots to walk back)
+
+
+def smoothing(halflife: float) -> float:
+    """The weight of the newest shot in a mean whose weights halve every ``halflife`` shots."""
+    if not halflife > 0:
+        raise ValueError(f"baseline half-life must be > 0 shots, got {halflife!r}")
+    return float(1.0 - 0.5 ** (1.0 / halflife))
+
+
+def running_baseline(
+    z: np.ndarray,
+    keys: np.ndarray,
+    order: np.ndarray,
+    halflife: float,
+    clip: float,
+    state: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per row: its part's running mean of the earlier residuals, weights halving every
+    ``halflife`` shots, starting from ``state``.
+
+    Each shot moves the mean towards itself by ``a`` times its distance from the mean, that
+    distance clipped to ``clip`` (a robust mean: one wild shot moves it by at most ``a * clip``, a
+    lasting offset is followed at up to that pace). A part not in ``state`` has no baseline for
+    its first shot (judged on ``z`` alone); its mean then starts at that shot (held within
+    ``START_LIMIT``). A missing residual (NaN) leaves the mean where it was. ``order`` is the
+    rows' time order (a permutation of ``range(len(z))``). Returns the baselines (rows, fields)
+    and the end state of every part seen here (``state``'s other parts are not repeated).
+    """
+    z = np.asarray(z, dtype=float)
+    rows, fields = z.shape
+    baseline = np.zeros((rows, fields))
+    if rows == 0:
+        return baseline, {}
+    a = smoothing(halflife)
+    ordered_keys = keys[order]
+    sort = np.argsort(ordered_keys, kind="stable")  # each part's rows together, in time order
+    sorted_keys = ordered_keys[sort]
+    by_time = np.asarray(order)[sort]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    lengths = np.diff(np.r_[starts, rows])
+    longest_first = np.argsort(-lengths, kind="stable")
+    starts, lengths = starts[longest_first], lengths[longest_first]
+    names = [str(sorted_keys[i]) for i in starts.tolist()]
+    mean = np.zeros((len(names), fields))
+    started = np.zeros(len(names), dtype=bool)
+    for g, name in enumerate(names):
+        prior = state.get(name)
+        if prior is not None:
+            mean[g] = prior
+            started[g] = True
+    active = len(names)
+    # Shot r of every part at once (parts longest first: the active ones are a prefix).
+    for r in range(int(lengths[0])):
+        while lengths[active - 1] <= r:
+            active -= 1
+        index = by_time[starts[:active] + r]
+        x = z[index]
+        m = mean[:active]
+        known = started[:active]
+        baseline[index] = np.where(known[:, None], m, 0.0)
+        step = np.nan_to_num(np.clip(x - m, -clip, clip), nan=0.0)
+        first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
+        mean[:active] = np.where(known[:, None], m + a * step, first)
+        started[:active] = True
+    return baseline, {name: mean[g].copy() for g, name in enumerate(names)}
+
+
+__all__ = ["running_baseline", "smoothing", "START_LIMIT"]

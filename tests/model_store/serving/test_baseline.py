@@ -1,0 +1,128 @@
+"""Running residual baselines (model_store/serving/baseline.py): hand-computed means, causality,
+the clipped step that bounds one wild shot, a new part's start, gaps, and the state that makes
+two batches the same as one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from model_store.serving.baseline import START_LIMIT, running_baseline, smoothing
+
+
+def _one_part(z: list[list[float]], halflife: float = 1.0, clip: float = 4.0, prior: list[float] | None = None):
+    x = np.array(z, dtype=float)
+    keys = np.array(["p"] * len(x), dtype=object)
+    state = {} if prior is None else {"p": np.array(prior, dtype=float)}
+    return running_baseline(x, keys, np.arange(len(x)), halflife, clip, state)
+
+
+def test_smoothing_halves_the_weight_every_halflife() -> None:
+    assert smoothing(1.0) == 0.5
+    a = smoothing(5.0)
+    assert (1 - a) ** 5 == pytest.approx(0.5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="half-life"):
+            smoothing(bad)
+
+
+def test_hand_computed_means_before_each_shot() -> None:
+    # a = 0.5. A new part's first shot has no baseline and its mean starts there; each later
+    # shot moves the mean half-way towards itself (steps clipped at 4)
+    baseline, end = _one_part([[2.0], [4.0], [0.0]])
+    assert baseline[:, 0].tolist() == [0.0, 2.0, 3.0]
+    assert end["p"].tolist() == [1.5]
+
+
+def test_a_prior_state_is_where_the_mean_starts() -> None:
+    baseline, end = _one_part([[2.0]], prior=[3.0])
+    assert baseline[0, 0] == 3.0 and end["p"][0] == 2.5
+
+
+def test_steps_are_clipped_so_one_wild_shot_moves_the_mean_by_at_most_clip_times_a() -> None:
+    for wild in (1e300, float("inf"), 5.0):
+        baseline, end = _one_part([[wild], [0.0]], clip=4.0, prior=[0.0])
+        assert baseline[0, 0] == 0.0  # a shot never sees itself
+        assert baseline[1, 0] == 2.0 and end["p"][0] == 1.0  # 0.5 * min(wild - 0, 4), then half-way back
+    baseline, _ = _one_part([[-1e300], [0.0]], clip=4.0, prior=[0.0])
+    assert baseline[1, 0] == -2.0
+
+
+def test_the_clip_boundary_is_kept_not_cut() -> None:
+    baseline, _ = _one_part([[4.0], [0.0]], clip=4.0, prior=[0.0])
+    assert baseline[1, 0] == 2.0  # a step equal to the clip: taken whole
+    baseline, _ = _one_part([[3.999], [0.0]], clip=4.0, prior=[0.0])
+    assert baseline[1, 0] == pytest.approx(1.9995)
+
+
+def test_a_new_parts_mean_starts_at_its_first_shot_held_within_the_start_limit() -> None:
+    baseline, _ = _one_part([[40.0], [40.0]])
+    assert baseline[:, 0].tolist() == [0.0, 40.0]
+    for wild, start in ((1e300, START_LIMIT), (-float("inf"), -START_LIMIT), (START_LIMIT, START_LIMIT)):
+        baseline, _ = _one_part([[wild], [0.0]])
+        assert baseline[1, 0] == start
+
+
+def test_a_missing_residual_leaves_the_mean_where_it_was() -> None:
+    baseline, end = _one_part([[2.0, 2.0], [np.nan, 4.0], [0.0, 0.0]])
+    assert baseline[2].tolist() == [2.0, 3.0]  # field 0 held at 2.0 through the gap
+    assert end["p"].tolist() == [1.0, 1.5]
+
+
+def test_parts_keep_separate_means_and_rows_are_taken_in_time_order() -> None:
+    z = np.array([[4.0], [2.0], [1.0], [2.0]])
+    keys = np.array(["a", "b", "a", "b"], dtype=object)
+    order = np.array([2, 3, 0, 1])  # rows 2 and 3 came first
+    baseline, end = running_baseline(z, keys, order, 1.0, 10.0, {})
+    assert baseline[:, 0].tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert end["a"][0] == 2.5 and end["b"][0] == 2.0
+
+
+def test_a_lasting_offset_within_the_clip_is_absorbed_at_the_geometric_rate() -> None:
+    halflife, offset = 5.0, 3.0
+    baseline, _ = _one_part([[offset]] * 50, halflife=halflife, prior=[0.0])
+    a = smoothing(halflife)
+    expected = offset * (1 - (1 - a) ** np.arange(50))
+    assert np.allclose(baseline[:, 0], expected)
+    assert abs(offset - baseline[10, 0]) <= offset * 0.25 + 1e-12  # two half-lives: a quarter left
+
+
+def test_a_lasting_offset_beyond_the_clip_is_followed_at_a_times_clip_per_shot_then_absorbed() -> None:
+    halflife, clip, offset = 5.0, 4.0, 40.0
+    a = smoothing(halflife)
+    baseline, _ = _one_part([[offset]] * 200, halflife=halflife, clip=clip, prior=[0.0])
+    linear = int(np.floor((offset - clip) / (a * clip)))
+    assert np.allclose(baseline[: linear + 1, 0], a * clip * np.arange(linear + 1))
+    assert offset - baseline[-1, 0] < 1e-3
+
+
+def test_no_rows_give_no_baselines() -> None:
+    baseline, end = running_baseline(np.zeros((0, 3)), np.array([], dtype=object), np.array([], dtype=int), 5.0, 4.0, {})
+    assert baseline.shape == (0, 3) and end == {}
+
+
+_Z = arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(1, 3)),
+            elements=st.floats(allow_nan=True, allow_infinity=True, width=64))
+
+
+@settings(max_examples=150, deadline=None)
+@given(z=_Z, labels=st.lists(st.sampled_from("abc"), min_size=40, max_size=40), cut=st.integers(0, 40),
+       halflife=st.floats(0.5, 50.0), seed=st.integers(0, 1000))
+def test_two_batches_carry_the_same_baselines_as_one(z, labels, cut, halflife, seed) -> None:
+    rows = len(z)
+    keys = np.array(labels[:rows], dtype=object)
+    order = np.random.default_rng(seed).permutation(rows)  # any time order
+    whole, end = running_baseline(z, keys, order, halflife, 4.0, {})
+    cut = min(cut, rows)
+    first, second = order[:cut], order[cut:]
+    b1, state = running_baseline(z[first], keys[first], np.arange(len(first)), halflife, 4.0, {})
+    b2, end2 = running_baseline(z[second], keys[second], np.arange(len(second)), halflife, 4.0, state)
+    split = np.zeros_like(whole)
+    split[first], split[second] = b1, b2
+    assert np.allclose(split, whole, rtol=1e-9, atol=1e-9)
+    assert set({**state, **end2}) == set(end)
+    for key, value in {**state, **end2}.items():
+        assert np.allclose(value, end[key], rtol=1e-9, atol=1e-9)
+    assert np.isfinite(whole).all()  # whatever came in
