@@ -140,6 +140,7 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
         baseline, baseline_state = running_baseline(z, keys, order, config.baseline_halflife, config.baseline_clip, {})
         d = z - baseline
     raw_tables: dict[str, TailTable] = {}
+    setting_ranges: dict[str, np.ndarray] = {}
     clean = _clean_rows(np.arange(len(z)), lot_rate, config)
     residual_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(z[clean])}
     neighbour_tables: dict[str, TailTable] = {FALLBACK: TailTable.fit(d[clean])} if d is not None else {}
@@ -147,6 +148,10 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
         rows = np.flatnonzero(column == p)
         if len(rows) < config.min_part_rows:
             continue
+        run = settings[rows]
+        run = run[np.isfinite(run).all(axis=1)]
+        if len(run):
+            setting_ranges[key] = np.stack([run.min(axis=0), run.max(axis=0)])
         rows = _clean_rows(rows, lot_rate, config)
         raw_tables[key] = TailTable.fit(production[rows])
         residual_tables[key] = TailTable.fit(z[rows])
@@ -154,7 +159,7 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
             neighbour_tables[key] = TailTable.fit(d[rows])
     return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
                            config.excursion_share, config.residual_evidence, config.raw_weight,
-                           config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables)
+                           config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables, setting_ranges)
 
 
 def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
@@ -244,7 +249,7 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
                            final.raw_tables,  # every part's, for its excursion band; only calibrated parts judge by it
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
-                           final.neighbour_tables)
+                           final.neighbour_tables, final.setting_ranges)
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])

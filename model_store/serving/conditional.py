@@ -205,6 +205,7 @@ class ConditionalUnit:
     baseline_clip: float = 4.0  # residuals enter the running baseline clipped to +-this
     baseline_state: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> baseline at the history's end
     neighbour_tables: dict[str, TailTable] = field(default_factory=dict)  # as residual_tables, of d (baseline on)
+    setting_ranges: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> (2, settings) lowest, highest run
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -277,27 +278,45 @@ class ConditionalUnit:
             calibration = self.calibration[key]
             score[rows] = calibration.score(total[rows])
             line[rows] = calibration.line
-        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z, d), end)
+        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z, d, settings), end)
 
-    def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
+    def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None,
+                   settings: np.ndarray | None = None) -> np.ndarray:
         """Worst gross-excursion ratio per record (see :mod:`model_store.serving.excursions`): a
         value far beyond both what its part ever produced and what its setting explains alarms
         whatever the tails say. A field counts only when it is out on both (a new setting moves
         raw values legitimately; the residual alone would flag a value the part often produces).
-        A part without a raw table is judged on its residual against the maker's. With a baseline,
-        ``d`` must be out of its band too (a part's lasting misfit is not an excursion)."""
+        A part without a raw table is judged on its residual against the maker's.
+
+        With a baseline, a record whose set points lie outside what its part ran in history (or a
+        part without that history) must also be out on ``d``, the residual less the running
+        baseline: there neither the part's raw band (made at other settings) nor the response (an
+        extrapolation) can tell a gross excursion from what the new setting makes, and only the
+        shots before it can. Within the part's own setting range the raw and residual bands are
+        trusted alone, so an excursion that lasts keeps alarming however long it lasts."""
         out = np.zeros(len(keys))
         for key in np.unique(keys) if len(keys) else ():
             rows = np.flatnonzero(keys == key)
             ratio = _band_ratios(self.residual_tables.get(key, self.residual_tables[FALLBACK]), z[rows], self.excursion_share)
-            if d is not None:
-                neighbours = self.neighbour_tables.get(key, self.neighbour_tables[FALLBACK])
-                ratio = np.minimum(ratio, _band_ratios(neighbours, d[rows], self.excursion_share))
             table = self.raw_tables.get(key)
             if table is not None:
                 ratio = np.minimum(ratio, _band_ratios(table, production[rows], self.excursion_share))
+            if d is not None:
+                neighbours = self.neighbour_tables.get(key, self.neighbour_tables[FALLBACK])
+                settled = np.minimum(ratio, _band_ratios(neighbours, d[rows], self.excursion_share))
+                known = self.within_history(key, settings[rows]) if settings is not None else np.zeros(len(rows), dtype=bool)
+                ratio = np.where(known[:, None], ratio, settled)
             out[rows] = ratio.max(axis=1) if ratio.shape[1] else 0.0
         return out
+
+    def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
+        """Per row: every set point within the lowest..highest its part ran in history (False for
+        a part without that history, or a missing set point)."""
+        settings = np.asarray(settings, dtype=float)
+        span = self.setting_ranges.get(key)
+        if span is None:
+            return np.zeros(len(settings), dtype=bool)
+        return ((settings >= span[0]) & (settings <= span[1])).all(axis=1)
 
     # -- persistence: one .npz of arrays, one JSON-ready dict of names ---------------------------
     def to_files(self, path: Path) -> dict[str, Any]:
@@ -308,6 +327,9 @@ class ConditionalUnit:
             "part_slopes": self.response.part_slopes, "setting_log_floor": self.response.setting_log_floor,
             "target_log_floor": self.response.target_log_floor,
         }
+        range_keys = sorted(self.setting_ranges)
+        arrays["setting_ranges"] = (np.array([self.setting_ranges[k] for k in range_keys], dtype=float) if range_keys
+                                    else np.zeros((0, 2, len(self.settings))))
         baseline_keys = sorted(self.baseline_state)
         arrays["baseline_state"] = (np.array([self.baseline_state[k] for k in baseline_keys], dtype=float) if baseline_keys
                                     else np.zeros((0, len(self.features))))
@@ -328,7 +350,7 @@ class ConditionalUnit:
             "raw_tables": raw_keys, "residual_tables": residual_keys,
             "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence,
             "raw_weight": self.raw_weight,
-            "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys, "neighbour_tables": neighbour_keys,
+            "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys, "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
             "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
                              "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
         }
@@ -353,6 +375,7 @@ class ConditionalUnit:
             baseline_halflife=float(entry.get("baseline_halflife", 0.0)), baseline_clip=float(entry.get("baseline_clip", 4.0)),
             baseline_state={k: arrays["baseline_state"][i] for i, k in enumerate(entry.get("baseline_parts", []))},
             neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.get("neighbour_tables", []))},
+            setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.get("setting_range_parts", []))},
         )
 
 

@@ -304,3 +304,46 @@ def test_without_a_baseline_only_the_residual_tables_judge() -> None:
     assert d is None and end == {}
     assert np.array_equal(off.score(settings_, keys, production).fields[keys == keys[0]],
                           off._residual_evidence(keys[0], z[keys == keys[0]]))
+
+
+def test_a_lasting_gross_excursion_at_a_setting_its_part_ran_keeps_alarming(unit, frame) -> None:
+    # Within the part's own setting range the raw and residual bands are trusted alone: the
+    # running baseline follows the value, yet every shot of it stays an excursion.
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 300, axis=0)
+    facility, item = np.full(300, "F1", dtype=object), np.full(300, "A", dtype=object)
+    keys = part_keys(facility, item)
+    assert unit.within_history(keys[0], settings_).all()
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    cushion = part["cushion"].to_numpy()
+    width = cushion.max() - cushion.min()
+    production[:, 2] = cushion.min() - 1.5 * width  # half a band width past the tolerance, for 300 shots
+    result = unit.score(settings_, keys, production)
+    assert (result.excursion > 1.0).all()
+    # (judged against its last shots, the same run would stop alarming: the rule above is what holds it)
+    z, d, _ = unit.judged_residuals(settings_, keys, production)
+    assert np.abs(d[-1, 2]) < np.abs(z[-1, 2]) / 10
+
+
+def test_outside_its_setting_range_a_part_is_judged_against_its_last_shots(unit, frame) -> None:
+    # a set point the part never ran: what the shots there have in common is not an excursion
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    low, high = part["speed"].min(), part["speed"].max()
+    settings_, keys, production = _misfit_run(200, misfit=10.0)
+    settings_[:, 0] = high + (high - low)  # beyond anything the part ran
+    production = expected(settings_[:, 0], settings_[:, 1], np.full(200, "F1", dtype=object), np.full(200, "A", dtype=object))
+    production[:, 2] += 1.0  # and the response misses it (~30 noise sds), on every shot
+    assert not unit.within_history(keys[0], settings_).any()
+    result = unit.score(settings_, keys, production)
+    assert result.excursion[0] > 1.0  # the first shot there is news
+    assert (result.excursion[100:] <= 1.0).all()  # the hundredth is not
+
+
+def test_within_history_is_inclusive_at_both_ends_and_false_without_history(unit, frame) -> None:
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    key = part_keys(np.array(["F1"], dtype=object), np.array(["A"], dtype=object))[0]
+    low, high = part[list(SETTINGS)].min().to_numpy(), part[list(SETTINGS)].max().to_numpy()
+    assert np.array_equal(unit.setting_ranges[key], np.stack([low, high]))
+    rows = np.array([low, high, low - [1e-9, 0], high + [0, 1e-9], [np.nan, low[1]]])
+    assert unit.within_history(key, rows).tolist() == [True, True, False, False, False]
+    assert unit.within_history("nowhere", rows).tolist() == [False] * 5
