@@ -16,7 +16,7 @@ import pandas as pd
 from model_store.config import ConditionalConfig
 from model_store.serving.conditional import FALLBACK, Calibration, ConditionalUnit, Levels, SettingResponse, design_matrix, log_floors, part_keys
 from model_store.serving.baseline import running_baseline
-from model_store.serving.tails import TailTable, tail_evidence
+from model_store.serving.tails import TailTable
 
 ROW_CHUNK = 20000  # rows per block of the normal equations: bounds the design matrix's memory
 MAD_TO_SD = 1.4826
@@ -173,7 +173,7 @@ def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.nda
         if key in unit.raw_tables:
             rows = np.flatnonzero(keys == key)
             own[rows] = (unit.field_evidence(key, z[rows], None if d is None else d[rows])
-                         + unit.raw_weight * tail_evidence(unit.raw_tables[key], production[rows])).sum(axis=1)
+                         + unit.raw_evidence(key, production[rows])).sum(axis=1)
     fallback = unit.field_evidence(FALLBACK, z, d).sum(axis=1)
     return own, fallback
 

@@ -247,6 +247,13 @@ class ConditionalUnit:
         squares = 0.5 * np.nan_to_num(np.minimum(z, 1e6)) ** 2
         return np.maximum(tails, squares)
 
+    def raw_evidence(self, key: str, production: np.ndarray) -> np.ndarray | float:
+        """The part's raw-value tails, weighted (0 when the weight is 0: an infinite value's
+        infinite tail must not turn into 0 * inf = NaN)."""
+        if not self.raw_weight:
+            return 0.0
+        return self.raw_weight * tail_evidence(self.raw_tables[key], production)
+
     def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
                  state: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -261,7 +268,7 @@ class ConditionalUnit:
             own = key in self.raw_tables and key in self.calibration
             d_rows = None if d is None else d[rows]
             if own:
-                fields[rows] = self.field_evidence(key, z[rows], d_rows) + self.raw_weight * tail_evidence(self.raw_tables[key], production[rows])
+                fields[rows] = self.field_evidence(key, z[rows], d_rows) + self.raw_evidence(key, production[rows])
                 unit[rows] = key
             else:
                 fields[rows] = self.field_evidence(FALLBACK, z[rows], d_rows)

@@ -382,7 +382,7 @@ class ScoringEngine:
         target = rows[local]
         # The setting groups' own excursion bands still hold for the records they judge.
         excursion = np.maximum(result.excursion, np.where(grouped[local], np.nan_to_num(out.excursion[target], nan=0.0), 0.0))
-        score = np.maximum(result.score, excursion)
+        score = np.fmax(result.score, excursion)  # fmax: a NaN on one side never hides the other
         if self.combine == "max":
             previous = np.where(grouped[local], np.nan_to_num(out.score[target], nan=0.0), 0.0)
             wins = score >= previous

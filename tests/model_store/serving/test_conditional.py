@@ -347,3 +347,20 @@ def test_within_history_is_inclusive_at_both_ends_and_false_without_history(unit
     rows = np.array([low, high, low - [1e-9, 0], high + [0, 1e-9], [np.nan, low[1]]])
     assert unit.within_history(key, rows).tolist() == [True, True, False, False, False]
     assert unit.within_history("nowhere", rows).tolist() == [False] * 5
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.sampled_from([1e300, -1e300, np.inf, -np.inf, 1e12, -1e12]), field=st.integers(0, len(FEATURES) - 1),
+       setting=st.sampled_from([None, 1e300, -np.inf, np.nan, 0.0]), record_seed=st.integers(0, 1000))
+def test_an_absurd_production_value_alarms_with_finite_numbers_whatever_the_settings(unit, value, field, setting, record_seed) -> None:
+    settings_, facility, item = _records(6, seed=record_seed)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    if setting is not None:
+        settings_[:, 0] = setting
+    production[:, field] = value
+    with np.errstate(over="raise", invalid="raise"):  # no overflow, no 0 * inf on the way (underflow to 0 is fine)
+        result = unit.score(settings_, part_keys(facility, item), production)
+    for name in ("evidence", "score", "excursion"):
+        assert np.isfinite(getattr(result, name)).all(), name
+    assert ((result.score > 1.0) | (result.excursion > 1.0)).all()
+    assert all(np.isfinite(v).all() for v in result.baseline_state.values())
