@@ -104,6 +104,7 @@ class Worker:
         self.exit_code = 0
         self.store: Reloader[ScoringEngine] = Reloader(
             "model store", Path(settings.store) / MANIFEST, self._open_store, settings.store_poll_s,
+            on_loaded=lambda engine: self._swap_store(),
             on_failed=lambda exc: self.metrics.reloads.labels("failed").inc(), describe=lambda e: e.model_version)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
@@ -486,7 +487,10 @@ class Worker:
         return engine
 
     def _swap_store(self) -> None:
-        """Between two batches: serve the store the watcher (or a forced reload) accepted last."""
+        """Serve the store the watcher (or a forced reload) accepted last: at once when it is
+        accepted (an idle stream must not keep reporting the old version), and again before each
+        batch. A batch in flight finishes with the engine it started with (the pipeline reads it
+        once per batch)."""
         engine = self.store.value
         if engine is None or self.pipeline is None or engine is self.pipeline.engine:
             return

@@ -216,23 +216,25 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
     client = AsyncMongoClient(mongo_server.uri)
     collection = client[settings.mongo_database][settings.mongo_collection]
 
-    async def insert_steadily() -> None:
+    async def insert_steadily(start: int, stop: int) -> None:
         # Ten at a time, each once the worker read the previous ones: records keep flowing
         # through the reload, at the worker's own pace.
-        for start in range(0, len(documents), 10):
-            await collection.insert_many(documents[start : start + 10])
-            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= start + 10, timeout=90, interval=0.01)
+        for first in range(start, stop, 10):
+            await collection.insert_many(documents[first : first + 10])
+            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= first + 10, timeout=90, interval=0.01)
 
     try:
         async with running_worker(settings) as worker:
             first_version = worker.model_version
-            inserting = asyncio.create_task(insert_steadily())
+            inserting = asyncio.create_task(insert_steadily(0, 200))
             await wait_for(acknowledged(worker, 20), timeout=90)  # the first version judged some
             await asyncio.to_thread(republish, store_copy, "v2-hot")
+            # The swap lands when the store is loaded, whether records are flowing then or not.
             await wait_for(lambda: worker.model_version == "v2-hot"
                            or metric(worker, "moldwatch_model_reloads_total", outcome="failed") > 0, timeout=90)
             assert worker.model_version == "v2-hot", f"the new store was rejected: {worker.store.error}"
             await inserting
+            await insert_steadily(200, 400)  # and what comes after it is judged by the new store
             await wait_for(acknowledged(worker, 400), timeout=60)
     finally:
         await client.close()
