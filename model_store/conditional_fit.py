@@ -124,8 +124,9 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
               keys: np.ndarray, production: np.ndarray, lot_rate: np.ndarray, order: np.ndarray,
               config: ConditionalConfig) -> ConditionalUnit:
     """Response, residual scales, running baselines and tail tables on these rows (``order``:
-    their time order; calibration left empty). The tables hold the residuals as the unit will
-    judge them: less each part's running baseline, from the history's first shot on."""
+    their time order; calibration left empty). Residual tables hold ``z``; with a baseline,
+    neighbour tables hold ``z`` less each part's running baseline, run from the history's first
+    shot on, as the unit will judge new shots."""
     levels = Levels.of(keys.tolist())
     codes = levels.codes(keys)
     parts, column = levels.parts, codes[:, 0]

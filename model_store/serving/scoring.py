@@ -266,7 +266,8 @@ class ScoringEngine:
     ) -> ScoredBatch:
         """Score canonical records (see :func:`model_store.schema.canonical_records`).
 
-        ``memory`` carries each facility's last known item and settings across calls (online);
+        ``memory`` carries each facility's last known item and settings, and each part's running
+        residual baseline, across calls (online);
         ``backward`` also fills gaps from later rows of the same batch (offline history);
         ``explain=False`` skips the per-record field lists (imputed, out_of_range, top_features),
         for bulk scoring that only needs the numbers (calibration, figures).
