@@ -115,6 +115,7 @@ class Ablation:
     what: str
     conditional: dict[str, Any]  # ConditionalConfig overrides (units refitted in memory)
     combine: str | None = None  # the engine's combine rule instead of the store's
+    engine: tuple[tuple[str, Any], ...] = ()  # engine settings instead of the store's (name, value)
 
 
 ABLATIONS: tuple[Ablation, ...] = (
@@ -128,6 +129,13 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("residual_squares", "residual evidence z^2/2 instead of ECDF tails", {"residual_evidence": "squares"}),
     Ablation("maker_lines", "one line per maker (no per-part calibration units)", {"min_calibration_rows": 10**9}),
     Ablation("no_baseline", "residuals judged as they are (no running per-part baseline)", {"baseline_halflife": 0.0}),
+    Ablation("lasting_always", "at a setting the part ran, every raw and residual excursion alarms without the neighbour check",
+             {"lasting_excursion_ratio": 1.0}),
+    Ablation("lasting_never", "every excursion must also stand out from the part's last shots", {"lasting_excursion_ratio": 1e12}),
+    Ablation("group_excursions", "the setting groups' own excursion bands alarm beside the conditional scorer", {},
+             engine=(("group_excursions", True),)),
+    Ablation("no_group_excursions", "the setting groups' own excursion bands do not alarm", {},
+             engine=(("group_excursions", False),)),
 )
 
 
@@ -372,6 +380,8 @@ def _engine_variant(engine: ScoringEngine, data: Any, schema, config: TrainingCo
     variant.conditional_units = dict(engine.conditional_units)
     if ablation.combine:
         variant.combine = ablation.combine
+    for name, value in ablation.engine:
+        setattr(variant, name, value)
     if ablation.conditional:
         cfg = config.with_overrides({f"conditional.{k}": v for k, v in ablation.conditional.items()}).conditional
         for maker, fields in schema.makers.items():

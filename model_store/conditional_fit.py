@@ -160,7 +160,8 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
             neighbour_tables[key] = TailTable.fit(d[rows])
     return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
                            config.excursion_share, config.residual_evidence, config.raw_weight,
-                           config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables, setting_ranges)
+                           config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables, setting_ranges,
+                           config.lasting_excursion_ratio)
 
 
 def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
@@ -250,7 +251,7 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
                            final.raw_tables,  # every part's, for its excursion band; only calibrated parts judge by it
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
-                           final.neighbour_tables, final.setting_ranges)
+                           final.neighbour_tables, final.setting_ranges, config.lasting_excursion_ratio)
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])

@@ -135,12 +135,23 @@ class ConditionalConfig:
     # model_store/serving/baseline.py).
     baseline_halflife: float = 5.0
     baseline_clip: float = 4.0
+    # With a baseline, a gross excursion must also stand out from the part's last shots (so a
+    # lasting shift that the plant's lots call normal stops alarming once the baseline follows
+    # it) — except at a setting the part ran in history, where one this many times its tolerance
+    # beyond the raw and residual bands alarms however long it lasts (1: every one does).
+    lasting_excursion_ratio: float = 2.0
+    # Whether the setting groups' own excursion bands still alarm where the conditional scorer
+    # decides ("conditional" combine).
+    group_excursions: bool = True
 
     def __post_init__(self) -> None:
         if not (self.baseline_halflife == 0 or 0 < self.baseline_halflife < float("inf")):
             raise ValueError(f"conditional.baseline_halflife must be 0 (off) or a positive number of shots, got {self.baseline_halflife!r}")
         if not self.baseline_clip > 0:
             raise ValueError(f"conditional.baseline_clip must be > 0 residual spreads, got {self.baseline_clip!r}")
+        if not self.lasting_excursion_ratio >= 1.0:
+            raise ValueError(f"conditional.lasting_excursion_ratio must be >= 1 (tolerances beyond the band; inf: never without the "
+                             f"neighbour check), got {self.lasting_excursion_ratio!r}")
         if self.residual_evidence not in ("tails", "squares", "both"):
             raise ValueError(f"conditional.residual_evidence must be tails, squares or both, got {self.residual_evidence!r}")
         if self.combine not in COMBINE_RULES:

@@ -38,6 +38,7 @@ from bson.errors import InvalidBSON
 from bson.objectid import ObjectId
 
 from model_store.schema import FACILITY, ITEM, LOT_DATE, MAKER, RECORD_ID, TIMESTAMP, PlantSchema
+from model_store.serving.columns import RecordColumns
 
 NOT_A_DOCUMENT = "not_a_document"  # not a JSON object / BSON document
 MISSING_FIELD = "missing_field"  # a required role (record id, timestamp, facility) is absent or empty
@@ -107,10 +108,14 @@ class Mapped:
     epoch seconds (UTC).
     """
 
-    frame: pd.DataFrame
+    records: RecordColumns
     rows: np.ndarray
     errors: dict[int, list[FieldError]] = field(default_factory=dict)
     record_time: list[float] = field(default_factory=list)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.records.frame
 
 
 # -- per-value rules (the specification; each raises Refusal) ------------------------------------
@@ -464,20 +469,23 @@ def map_columns(columns: Mapping[str, Sequence[Any]], n: int, schema: PlantSchem
     lot_values = take(schema.lot_date) if schema.lot_date else None
     if lot_values is not None and keep is not None:
         lot_values = [lot_values[i] for i in keep]
-    data: dict[str, Any] = {
-        RECORD_ID: pd.Series(pick(ids), dtype=object),
+    data: dict[str, np.ndarray] = {
+        RECORD_ID: _objects(pick(ids)),
         TIMESTAMP: stamps.astype("datetime64[us]"),
-        MAKER: pd.Series(pick(makers), dtype=object),
-        FACILITY: pd.Series(pick(facilities), dtype=object),
-        ITEM: pd.Series(pick(items), dtype=object),
-        LOT_DATE: pd.Series(lot_day_column(lot_values, stamps), dtype=object),
+        MAKER: _objects(pick(makers)),
+        FACILITY: _objects(pick(facilities)),
+        ITEM: _objects(pick(items)),
+        LOT_DATE: _objects(lot_day_column(lot_values, stamps)),
     }
     for name, values in zip(schema.numeric_fields, numbers):
-        data[name] = values if keep is None else values[rows]
-    frame = pd.DataFrame(data)
-    frame.index = pd.RangeIndex(len(frame))
+        data[name] = np.asarray(values if keep is None else values[rows], dtype=float)
     record_time = [u / 1_000_000 for u in stamps.tolist()]  # int / int: exact like datetime.timestamp()
-    return Mapped(frame, rows, errors, record_time)
+    return Mapped(RecordColumns(data, len(rows)), rows, errors, record_time)
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of the values as they are (np.array would unpack a sequence value)."""
+    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def canonical_columns(schema: PlantSchema) -> list[str]:

@@ -241,7 +241,7 @@ def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingC
            + data.records["lot_date"].astype(str)).to_numpy(dtype=object)
     path = np.where(np.isfinite(scores), CONDITIONAL, UNSCORABLE).astype(object)
     model = fit_probability(path, scores, lot, data.lot_rates)
-    return {"combine": config.conditional.combine, "units": units,
+    return {"combine": config.conditional.combine, "group_excursions": config.conditional.group_excursions, "units": units,
             "probability": list(model.coefficients[CONDITIONAL]) if CONDITIONAL in model.coefficients else None,
             "held_out_rows": int(np.isfinite(scores).sum())}
 

@@ -31,6 +31,7 @@ from model_store.mapping import (
     short_repr,
 )
 from model_store.schema import TIMESTAMP, PlantSchema
+from model_store.serving.columns import RecordColumns
 
 # Dead-letter reasons (a bounded vocabulary: each is a label of moldwatch_dead_letters_total).
 # NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER: the mapping's (model_store.mapping).
@@ -67,10 +68,14 @@ class DecodedBatch:
     each one's input position (``rows``) and time in epoch seconds, and a dead letter for every
     other input position."""
 
-    frame: pd.DataFrame
+    records: RecordColumns
     rows: list[int]
     record_time: list[float]
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.records.frame
 
 
 def refusal_text(errors: list[FieldError]) -> tuple[str, str]:
@@ -115,11 +120,11 @@ class RecordDecoder:
             reason, text = refusal_text(errors)
             letters[positions[k]] = DeadLetter(reason, text, documents[positions[k]])
         rows = [positions[k] for k in mapped.rows.tolist()]
-        return DecodedBatch(mapped.frame, rows, mapped.record_time, letters)
+        return DecodedBatch(mapped.records, rows, mapped.record_time, letters)
 
     def _one_by_one(self, documents: Sequence[Any], plain: list[dict[str, Any]], positions: list[int],
                     letters: dict[int, DeadLetter]) -> DecodedBatch:
-        frames: list[pd.DataFrame] = []
+        parts: list[RecordColumns] = []
         rows: list[int] = []
         times: list[float] = []
         for document, i in zip(plain, positions):
@@ -132,19 +137,19 @@ class RecordDecoder:
                 reason, text = refusal_text(mapped.errors[0])
                 letters[i] = DeadLetter(reason, text, documents[i])
                 continue
-            frames.append(mapped.frame)
+            parts.append(mapped.records)
             rows.append(i)
             times.extend(mapped.record_time)
-        frame = pd.concat(frames, ignore_index=True) if frames else map_documents([], self.schema).frame
-        return DecodedBatch(frame, rows, times, letters)
+        records = RecordColumns.concat(parts, map_documents([], self.schema).records)
+        return DecodedBatch(records, rows, times, letters)
 
     def decode(self, document: Any) -> CanonicalRecord | DeadLetter:
         """One document: a canonical record, or a dead letter with the reason. Never raises."""
         batch = self.decode_batch([document])
         if batch.dead_letters:
             return batch.dead_letters[0]
-        row = {column: _python(batch.frame[column].iloc[0]) for column in self.columns}
-        row[TIMESTAMP] = batch.frame[TIMESTAMP].iloc[0].to_pydatetime()
+        row = {column: _python(batch.records[column][0]) for column in self.columns}
+        row[TIMESTAMP] = pd.Timestamp(batch.records[TIMESTAMP][0]).to_pydatetime()
         return CanonicalRecord(row, batch.record_time[0])
 
 

@@ -28,6 +28,7 @@ import orjson
 import pandas as pd
 
 from model_store.errors import StoreError
+from model_store.serving.columns import RecordColumns
 from model_store.serving.imputation import FacilityMemory
 from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
@@ -140,21 +141,21 @@ class Pipeline:
             times = [received[k] for k in decoded.rows]
             originals = [documents[k] for k in decoded.rows]  # what a scoring-failure dead letter quotes
             try:
-                verdicts = score_frame(engine, decoded.frame, memory, recipes)
+                verdicts = score_frame(engine, decoded.records, memory, recipes)
                 payloads = dumps_many(verdicts)
                 result.scored = [ScoredRecord(v, r, t, p) for v, r, t, p in zip(verdicts, decoded.record_time, times, payloads)]
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
                 result.fallback = True
-                self._score_one_by_one(engine, decoded.frame, decoded.record_time, originals, times, memory, result, recipes)
+                self._score_one_by_one(engine, decoded.records, decoded.record_time, originals, times, memory, result, recipes)
         result.seconds = time.perf_counter() - started
         return result
 
     def _score_one_by_one(
         self,
         engine: ScoringEngine,
-        frame: pd.DataFrame,
+        records: RecordColumns,
         record_times: list[float],
         originals: list[Any],
         received: list[float],
@@ -164,7 +165,7 @@ class Pipeline:
     ) -> None:
         for j, (record_time, original, at) in enumerate(zip(record_times, originals, received)):
             try:
-                (verdict,) = score_frame(engine, frame.iloc[[j]].reset_index(drop=True), memory, recipes)
+                (verdict,) = score_frame(engine, records.take([j]), memory, recipes)
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
@@ -235,11 +236,11 @@ def _finite(value: Any) -> Any:
 
 def score_frame(
     engine: ScoringEngine,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | RecordColumns,
     memory: FacilityMemory,
     recipes: RecipeBook | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the shared scoring core on a canonical frame (online: no backward fill); with
+    """Run the shared scoring core on canonical records (online: no backward fill); with
     ``recipes``, add ``on_recipe`` judged against the serving store's version."""
     batch = engine.score(frame, memory=memory, backward=False)
     verdicts = to_verdicts(frame, batch, engine.model_version)

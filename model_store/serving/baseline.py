@@ -65,27 +65,38 @@ def running_baseline(
     longest_first = np.argsort(-lengths, kind="stable")
     starts, lengths = starts[longest_first], lengths[longest_first]
     names = [str(sorted_keys[i]) for i in starts.tolist()]
-    mean = np.zeros((len(names), fields))
-    started = np.zeros(len(names), dtype=bool)
+    parts = len(names)
+    # Step r holds shot r of every part long enough (parts longest first: a prefix of them).
+    # Rows are laid out step by step, so each step reads and writes one contiguous slice.
+    active = parts - np.searchsorted(lengths[::-1], np.arange(int(lengths[0])), side="right")
+    offsets = np.r_[0, np.cumsum(active)]
+    step_of = np.repeat(np.arange(len(active)), active)
+    part_of = np.arange(rows) - offsets[step_of]
+    layout = by_time[starts[part_of] + step_of]  # row of the table at each laid-out position
+    shots = z[layout]
+    judged = np.zeros((rows, fields))
+    mean = np.zeros((parts, fields))
+    started = np.zeros(parts, dtype=bool)
     for g, name in enumerate(names):
         prior = state.get(name)
         if prior is not None:
             mean[g] = prior
             started[g] = True
-    active = len(names)
-    # Shot r of every part at once (parts longest first: the active ones are a prefix).
-    for r in range(int(lengths[0])):
-        while lengths[active - 1] <= r:
-            active -= 1
-        index = by_time[starts[:active] + r]
-        x = z[index]
-        m = mean[:active]
-        known = started[:active]
-        baseline[index] = np.where(known[:, None], m, 0.0)
-        step = np.nan_to_num(np.clip(x - m, -clip, clip), nan=0.0)
-        first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
-        mean[:active] = np.where(known[:, None], m + a * step, first)
-        started[:active] = True
+    # The first shot of every part: a part without a state has no baseline, its mean starts there.
+    x = shots[: offsets[1]]
+    judged[: offsets[1]] = np.where(started[:, None], mean, 0.0)
+    step = np.nan_to_num(np.clip(x - mean, -clip, clip), nan=0.0)
+    first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
+    mean = np.where(started[:, None], mean + a * step, first)
+    for r in range(1, len(active)):
+        m = mean[: active[r]]  # a view: the update below is in place
+        judged[offsets[r] : offsets[r + 1]] = m
+        step = shots[offsets[r] : offsets[r + 1]] - m
+        np.clip(step, -clip, clip, out=step)
+        step[np.isnan(step)] = 0.0  # a missing residual leaves the mean where it was
+        step *= a
+        m += step
+    baseline[layout] = judged
     return baseline, {name: mean[g].copy() for g, name in enumerate(names)}
 
 

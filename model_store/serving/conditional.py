@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from model_store.serving.baseline import running_baseline
 from model_store.serving.excursions import BAND_QUANTILES, EXCURSION_BAND_SHARE, excursion_ratios, excursion_tolerance
-from model_store.serving.tails import TAIL_LEVELS, TailTable, tail_evidence
+from model_store.serving.tails import TAIL_LEVELS, TailBank, TailTable
 
 CONDITIONAL = "conditional"  # the resolution path and model kind of a record judged by it alone
 
@@ -65,15 +66,55 @@ class Levels:
     def codes(self, keys: np.ndarray) -> np.ndarray:
         """(rows, 3): part, facility and item column per row; -1 where never seen. A new pairing
         of a known machine and a known item still gets both offsets."""
-        out = np.full((len(keys), 3), -1, dtype=np.int64)
-        for r, key in enumerate(keys.tolist()):
-            facility, _, item = str(key).partition(PART_SEPARATOR)
-            out[r] = (self.parts.get(key, -1), self.facilities.get(facility, -1), self.items.get(item, -1))
-        return out
+        names, inverse = _distinct(keys)
+        per_name = np.full((len(names), 3), -1, dtype=np.int64)
+        for n, key in enumerate(names):
+            facility, _, item = key.partition(PART_SEPARATOR)
+            per_name[n] = (self.parts.get(key, -1), self.facilities.get(facility, -1), self.items.get(item, -1))
+        return per_name[inverse] if len(names) else np.full((len(keys), 3), -1, dtype=np.int64)
 
     @property
     def counts(self) -> tuple[int, int, int]:
         return len(self.parts), len(self.facilities), len(self.items)
+
+
+def _distinct(keys: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The distinct keys (as str) and each row's position among them."""
+    if len(keys) == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    names, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
+    return names.tolist(), inverse.reshape(-1)
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """One kind of table of a unit (raw, residual or neighbour), every part's stacked once: the
+    bank for tail evidence, the excursion band of each, and which key is which table."""
+
+    index: dict[str, int]
+    bank: TailBank
+    band_low: np.ndarray  # (tables, fields) the band's edges, NaN as 0 (see excursion_ratios)
+    band_high: np.ndarray
+    tolerance: np.ndarray  # (tables, fields)
+
+    @classmethod
+    def of(cls, tables: Mapping[str, TailTable], fields: int, share: float) -> "TableSet":
+        names = sorted(tables)
+        bank = TailBank.of([tables[k] for k in names]) if names else TailBank.of([TailTable(np.full((len(TAIL_LEVELS), fields), np.nan), np.zeros(fields, dtype=np.int64))])
+        low, high = bank.quantile(BAND_QUANTILES[0]), bank.quantile(BAND_QUANTILES[1])
+        return cls({k: i for i, k in enumerate(names)}, bank, np.nan_to_num(low), np.nan_to_num(high),
+                   excursion_tolerance(low, high, share))
+
+    def lookup(self, names: list[str], fallback: str | None = None) -> np.ndarray:
+        """Table of each name (``fallback``'s where it has none; -1 where neither has one)."""
+        other = self.index.get(fallback, -1) if fallback is not None else -1
+        return np.array([self.index.get(name, other) for name in names], dtype=np.int64)
+
+    def evidence(self, table: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.bank.evidence(table, x)
+
+    def band_ratios(self, table: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return excursion_ratios(x, self.band_low[table], self.band_high[table], self.tolerance[table])
 
 
 def _log_where(x: np.ndarray, floor: np.ndarray) -> np.ndarray:
@@ -180,11 +221,14 @@ class Calibration:
         p = np.where(beyond, np.exp(-np.maximum(evidence - c[-1], 0.0) / spread) / (n + 1.0), p)
         return np.clip(p, 1e-300, 1.0)
 
+    @cached_property
+    def _log_p_line(self) -> float:
+        p_line = float(self.survival(np.array([self.line]))[0])
+        return float(np.log(p_line)) if p_line < 1.0 else -1e-12
+
     def score(self, evidence: np.ndarray) -> np.ndarray:
         """``log p / log p_line``: 1 at the line, > 1 beyond it, monotone in the evidence."""
-        p_line = float(self.survival(np.array([self.line]))[0])
-        denominator = np.log(p_line) if p_line < 1.0 else -1e-12
-        return np.log(self.survival(evidence)) / denominator
+        return np.log(self.survival(evidence)) / self._log_p_line
 
 
 @dataclass(frozen=True)
@@ -206,6 +250,7 @@ class ConditionalUnit:
     baseline_state: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> baseline at the history's end
     neighbour_tables: dict[str, TailTable] = field(default_factory=dict)  # as residual_tables, of d (baseline on)
     setting_ranges: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> (2, settings) lowest, highest run
+    lasting_ratio: float = 1.0  # see ConditionalConfig.lasting_excursion_ratio (1: a store from before it)
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -230,18 +275,44 @@ class ConditionalUnit:
         baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start)
         return z, z - baseline, end
 
+    # -- every part's tables stacked once (built on first use, then kept) ------------------------
+    @cached_property
+    def residual_set(self) -> TableSet:
+        return TableSet.of(self.residual_tables, len(self.features), self.excursion_share)
+
+    @cached_property
+    def neighbour_set(self) -> TableSet:
+        return TableSet.of(self.neighbour_tables, len(self.features), self.excursion_share)
+
+    @cached_property
+    def raw_set(self) -> TableSet:
+        return TableSet.of(self.raw_tables, len(self.features), self.excursion_share)
+
+    @cached_property
+    def _ranges(self) -> tuple[dict[str, int], np.ndarray]:
+        names = sorted(self.setting_ranges)
+        stacked = (np.array([self.setting_ranges[k] for k in names], dtype=float) if names
+                   else np.zeros((0, 2, len(self.settings))))
+        return {k: i for i, k in enumerate(names)}, stacked
+
     def field_evidence(self, key: str, z: np.ndarray, d: np.ndarray | None) -> np.ndarray:
         """Per field, against the tables of ``key`` (a part or FALLBACK): the residual evidence,
         or with a baseline the smaller of it and the tail evidence of ``d``."""
-        evidence = self._residual_evidence(key, z)
-        if d is None:
-            return evidence
-        return np.minimum(evidence, tail_evidence(self.neighbour_tables[key], d))
+        z = np.asarray(z, dtype=float)
+        return self._field_evidence(np.full(len(z), self.residual_set.index[key]),
+                                    None if d is None else np.full(len(z), self.neighbour_set.index[key]), z, d)
 
-    def _residual_evidence(self, key: str, z: np.ndarray) -> np.ndarray:
+    def _field_evidence(self, residual: np.ndarray, neighbour: np.ndarray | None, z: np.ndarray, d: np.ndarray | None) -> np.ndarray:
+        """As :meth:`field_evidence`, each row against its own tables (indices into the sets)."""
+        evidence = self._residual_evidence(residual, z)
+        if d is None or neighbour is None:
+            return evidence
+        return np.minimum(evidence, self.neighbour_set.evidence(neighbour, d))
+
+    def _residual_evidence(self, table: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Per field: ECDF tail evidence of the residual, or half its square (a Gaussian's
         log-likelihood: moderate shifts on several fields add up), or the larger of the two."""
-        tails = tail_evidence(self.residual_tables[key], z) if self.residual_evidence != "squares" else 0.0
+        tails = self.residual_set.evidence(table, z) if self.residual_evidence != "squares" else 0.0
         if self.residual_evidence == "tails":
             return tails
         squares = 0.5 * np.nan_to_num(np.minimum(z, 1e6)) ** 2
@@ -252,26 +323,30 @@ class ConditionalUnit:
         infinite tail must not turn into 0 * inf = NaN)."""
         if not self.raw_weight:
             return 0.0
-        return self.raw_weight * tail_evidence(self.raw_tables[key], production)
+        production = np.asarray(production, dtype=float)
+        return self.raw_weight * self.raw_set.evidence(np.full(len(production), self.raw_set.index[key]), production)
 
     def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
                  state: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Per record: evidence sum, per-field evidence (rows, fields), the calibration unit key,
-        the judged residuals (rows, fields); and the running baselines' end state."""
+        the judged residuals (rows, fields); and the running baselines' end state.
+
+        A part with its own raw table and calibration is judged against its own tables plus its
+        raw-value tails; any other record against the maker's (FALLBACK) residual tables."""
         production = np.asarray(production, dtype=float)
         z, d, end = self.judged_residuals(settings, keys, production, order, state)
-        fields = np.zeros(production.shape)
-        unit = np.full(len(keys), FALLBACK, dtype=object)
-        for key in np.unique(keys) if len(keys) else ():
-            rows = np.flatnonzero(keys == key)
-            own = key in self.raw_tables and key in self.calibration
-            d_rows = None if d is None else d[rows]
-            if own:
-                fields[rows] = self.field_evidence(key, z[rows], d_rows) + self.raw_evidence(key, production[rows])
-                unit[rows] = key
-            else:
-                fields[rows] = self.field_evidence(FALLBACK, z[rows], d_rows)
+        names, inverse = _distinct(keys)
+        own_name = np.array([key in self.raw_tables and key in self.calibration for key in names], dtype=bool)
+        judged_as = [key if mine else FALLBACK for key, mine in zip(names, own_name)]
+        residual = self.residual_set.lookup(judged_as)[inverse]
+        neighbour = self.neighbour_set.lookup(judged_as)[inverse] if d is not None else None
+        fields = self._field_evidence(residual, neighbour, z, d) if len(names) else np.zeros(production.shape)
+        own = own_name[inverse] if len(names) else np.zeros(len(keys), dtype=bool)
+        if self.raw_weight and own.any():
+            rows = np.flatnonzero(own)
+            fields[rows] += self.raw_weight * self.raw_set.evidence(self.raw_set.lookup(names)[inverse[rows]], production[rows])
+        unit = np.array(judged_as, dtype=object)[inverse] if len(names) else np.full(0, FALLBACK, dtype=object)
         return fields.sum(axis=1), fields, unit, (z, d), end
 
     def score(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
@@ -280,8 +355,11 @@ class ConditionalUnit:
         total, fields, unit, (z, d), end = self.evidence(settings, keys, production, order, state)
         score = np.zeros(len(total))
         line = np.full(len(total), np.nan)
-        for key in np.unique(unit) if len(unit) else ():
-            rows = np.flatnonzero(unit == key)
+        names, inverse = _distinct(unit)
+        by_unit = np.argsort(inverse, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(inverse, minlength=len(names)))]
+        for n, key in enumerate(names):
+            rows = by_unit[bounds[n]:bounds[n + 1]]
             calibration = self.calibration[key]
             score[rows] = calibration.score(total[rows])
             line[rows] = calibration.line
@@ -300,30 +378,40 @@ class ConditionalUnit:
         baseline: there neither the part's raw band (made at other settings) nor the response (an
         extrapolation) can tell a gross excursion from what the new setting makes, and only the
         shots before it can. Within the part's own setting range the raw and residual bands are
-        trusted alone, so an excursion that lasts keeps alarming however long it lasts."""
-        out = np.zeros(len(keys))
-        for key in np.unique(keys) if len(keys) else ():
-            rows = np.flatnonzero(keys == key)
-            ratio = _band_ratios(self.residual_tables.get(key, self.residual_tables[FALLBACK]), z[rows], self.excursion_share)
-            table = self.raw_tables.get(key)
-            if table is not None:
-                ratio = np.minimum(ratio, _band_ratios(table, production[rows], self.excursion_share))
-            if d is not None:
-                neighbours = self.neighbour_tables.get(key, self.neighbour_tables[FALLBACK])
-                settled = np.minimum(ratio, _band_ratios(neighbours, d[rows], self.excursion_share))
-                known = self.within_history(key, settings[rows]) if settings is not None else np.zeros(len(rows), dtype=bool)
-                ratio = np.where(known[:, None], ratio, settled)
-            out[rows] = ratio.max(axis=1) if ratio.shape[1] else 0.0
-        return out
+        trusted alone for a value ``lasting_ratio`` tolerances out or more, so such an excursion
+        keeps alarming however long it lasts; a smaller one must stand out from the last shots
+        too (a lasting small shift is the plant's new normal until its lots say otherwise)."""
+        z = np.asarray(z, dtype=float)
+        if len(keys) == 0:
+            return np.zeros(0)
+        names, inverse = _distinct(keys)
+        ratio = self.residual_set.band_ratios(self.residual_set.lookup(names, FALLBACK)[inverse], z)
+        raw_table = self.raw_set.lookup(names)[inverse]
+        with_raw = np.flatnonzero(raw_table >= 0)
+        if len(with_raw):
+            ratio[with_raw] = np.minimum(ratio[with_raw], self.raw_set.band_ratios(raw_table[with_raw], np.asarray(production, dtype=float)[with_raw]))
+        if d is not None:
+            settled = np.minimum(ratio, self.neighbour_set.band_ratios(self.neighbour_set.lookup(names, FALLBACK)[inverse], d))
+            known = self._within_history(names, inverse, settings) if settings is not None else np.zeros(len(keys), dtype=bool)
+            ratio = np.where(known[:, None] & (ratio >= self.lasting_ratio), ratio, settled)
+        return ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
 
     def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
         """Per row: every set point within the lowest..highest its part ran in history (False for
         a part without that history, or a missing set point)."""
         settings = np.asarray(settings, dtype=float)
-        span = self.setting_ranges.get(key)
-        if span is None:
-            return np.zeros(len(settings), dtype=bool)
-        return ((settings >= span[0]) & (settings <= span[1])).all(axis=1)
+        return self._within_history([str(key)], np.zeros(len(settings), dtype=np.int64), settings)
+
+    def _within_history(self, names: list[str], inverse: np.ndarray, settings: np.ndarray) -> np.ndarray:
+        index, ranges = self._ranges
+        part = np.array([index.get(name, -1) for name in names], dtype=np.int64)[inverse]
+        out = np.zeros(len(inverse), dtype=bool)
+        rows = np.flatnonzero(part >= 0)
+        if len(rows):
+            span = ranges[part[rows]]
+            x = np.asarray(settings, dtype=float)[rows]
+            out[rows] = ((x >= span[:, 0]) & (x <= span[:, 1])).all(axis=1)
+        return out
 
     # -- persistence: one .npz of arrays, one JSON-ready dict of names ---------------------------
     def to_files(self, path: Path) -> dict[str, Any]:
@@ -357,7 +445,8 @@ class ConditionalUnit:
             "raw_tables": raw_keys, "residual_tables": residual_keys,
             "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence,
             "raw_weight": self.raw_weight,
-            "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys, "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
+            "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys,
+            "lasting_ratio": self.lasting_ratio, "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
             "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
                              "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
         }
@@ -383,14 +472,8 @@ class ConditionalUnit:
             baseline_state={k: arrays["baseline_state"][i] for i, k in enumerate(entry.get("baseline_parts", []))},
             neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.get("neighbour_tables", []))},
             setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.get("setting_range_parts", []))},
+            lasting_ratio=float(entry.get("lasting_ratio", 1.0)),
         )
-
-
-def _band_ratios(table: TailTable, x: np.ndarray, share: float = EXCURSION_BAND_SHARE) -> np.ndarray:
-    """Excursion ratios of ``x`` against the table's p0.1..p99.9 band, ``share`` of its width out."""
-    low = np.array([np.interp(BAND_QUANTILES[0], TAIL_LEVELS, table.values[:, j]) for j in range(table.values.shape[1])])
-    high = np.array([np.interp(BAND_QUANTILES[1], TAIL_LEVELS, table.values[:, j]) for j in range(table.values.shape[1])])
-    return excursion_ratios(x, np.nan_to_num(low), np.nan_to_num(high), excursion_tolerance(low, high, share))
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,35 @@ def impute_state(
     gaps before a facility's first known value in this batch and updated with the last values.
     """
     out = frame.copy()
-    imputed = np.zeros((len(out), len(columns)), dtype=bool)
     if out.empty or not columns:
-        return out, imputed
-    facility = out["facility"].astype(str).to_numpy()
-    order = np.lexsort((out["timestamp"].to_numpy(), facility))
+        return out, np.zeros((len(out), len(columns)), dtype=bool)
+    given = {c: out[c].to_numpy() for c in columns if c in out}
+    filled, imputed = impute_columns(out["facility"].astype(str).to_numpy(), out["timestamp"].to_numpy(), given, columns,
+                                     fallback, memory, backward)
+    for column in columns:
+        if filled[column] is not given.get(column):  # the column had gaps
+            out[column] = filled[column]  # float when numeric: filled from a float array
+    return out, imputed
+
+
+def impute_columns(
+    facility: np.ndarray,
+    timestamp: np.ndarray,
+    given: Mapping[str, np.ndarray],
+    columns: list[str],
+    fallback: Mapping[str, Any],
+    memory: FacilityMemory | None = None,
+    backward: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`impute_state` on arrays: ``given`` maps a column to its values (a column not in it
+    is all gaps); returns every column of ``columns`` filled, and the mask of what was imputed."""
+    rows = len(facility)
+    imputed = np.zeros((rows, len(columns)), dtype=bool)
+    filled_columns: dict[str, np.ndarray] = {}
+    if rows == 0:
+        return {c: np.asarray(given.get(c, np.full(0, np.nan))) for c in columns}, imputed
+    facility = np.asarray(facility).astype(str)
+    order = np.lexsort((timestamp, facility))
     sorted_facility = facility[order]
     boundary = np.r_[True, sorted_facility[1:] != sorted_facility[:-1]]
     group = np.cumsum(boundary) - 1
@@ -61,7 +85,8 @@ def impute_state(
     last_rows = np.flatnonzero(np.r_[boundary[1:], True])  # the last sorted row of each facility
 
     for j, column in enumerate(columns):
-        raw = out[column].to_numpy() if column in out else np.full(len(out), np.nan)
+        raw = given[column] if column in given else np.full(rows, np.nan)
+        filled_columns[column] = raw
         # A column that is all blanks in this batch reads as float NaN even when it holds text
         # (the item): what memory or the fallback would put there decides whether it is numeric.
         supplied = [state[column] for state in (memory or {}).values() if column in state]
@@ -75,16 +100,16 @@ def impute_state(
             if memory and still.any():
                 remembered = np.array([memory.get(f, {}).get(column) for f in sorted_facility[still]], dtype=object)
                 known = ~pd.isna(remembered)
-                rows = np.flatnonzero(still)[known]
-                filled[rows] = remembered[known]
-                still[rows] = False
+                found = np.flatnonzero(still)[known]
+                filled[found] = remembered[known]
+                still[found] = False
             if backward and still.any():
                 # the next valid row of the same facility: the same scan on the reversed order
                 reverse = _last_valid(valid[::-1], (len(valid) - 1 - ends)[::-1])[::-1]
                 after = np.where(reverse >= 0, len(valid) - 1 - reverse, -1)
-                rows = np.flatnonzero(still & (after >= 0))
-                filled[rows] = values[after[rows]]
-                still[rows] = False
+                found = np.flatnonzero(still & (after >= 0))
+                filled[found] = values[after[found]]
+                still[found] = False
             if still.any() and fallback.get(column) is not None:
                 filled[still] = fallback[column]
                 still[:] = False
@@ -92,14 +117,14 @@ def impute_state(
             imputed[order, j] = ~valid & now_valid
             result = np.empty_like(filled)
             result[order] = filled
-            out[column] = result  # float when numeric: filled from a float array
+            filled_columns[column] = result
             values, valid = filled, now_valid
         if memory is not None:
             latest = _last_valid(valid, starts)[last_rows]
             for row, index in zip(last_rows, latest):
                 if index >= 0:
                     memory.setdefault(str(sorted_facility[row]), {})[column] = values[index]
-    return out, imputed
+    return filled_columns, imputed
 
 
 def fill_with_means(x: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

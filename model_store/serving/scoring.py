@@ -16,10 +16,11 @@ import pandas as pd
 from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
 from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
 from model_store.serving.excursions import excursion_ratios, excursion_tolerance
-from model_store.serving.imputation import FacilityMemory, impute_state
+from model_store.serving.imputation import FacilityMemory, impute_columns
 from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
 from model_store.serving.runtime import GroupCache, RuntimeGroup
 from model_store.serving.clusters import assign_clusters, scale_settings
+from model_store.serving.columns import RecordColumns
 from model_store.serving.store import StoreManifest
 from model_store.serving.thresholds import decide, effective_thresholds
 
@@ -142,6 +143,45 @@ def _empty_batch(n: int) -> ScoredBatch:
     )
 
 
+class Columns:
+    """One maker's rows of a batch: each column taken once, each numeric one converted once."""
+
+    def __init__(self, arrays: RecordColumns, rows: np.ndarray):
+        self._arrays = arrays
+        self.rows = rows
+        self._taken: dict[str, np.ndarray] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._taken or name in self._arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._taken:
+            self._taken[name] = self._arrays[name][self.rows]
+        return self._taken[name]
+
+    def replace(self, name: str, values: np.ndarray) -> None:
+        self._taken[name] = values
+        self._numbers.pop(name, None)
+
+    def numbers(self, name: str) -> np.ndarray:
+        """The column as floats (NaN for a column the batch does not have)."""
+        if name not in self._numbers:
+            self._numbers[name] = np.asarray(self[name], dtype=float) if name in self else np.full(len(self), np.nan)
+        return self._numbers[name]
+
+    def matrix(self, names: tuple[str, ...] | list[str], local: np.ndarray | None = None) -> np.ndarray:
+        """(rows, names) floats, of the rows ``local`` (positions among these rows) or all."""
+        if not names:
+            return np.zeros((len(self) if local is None else len(local), 0))
+        columns = [self.numbers(n) for n in names]
+        return np.column_stack(columns if local is None else [c[local] for c in columns])
+
+
+
 class ScoringEngine:
     """Scores canonical record frames against one verified store.
 
@@ -198,6 +238,7 @@ class ScoringEngine:
         # setting groups alone, as the group calibration needs them.
         section = manifest.raw.get("conditional", {}) if conditional else {}
         self.combine: str = str(section.get("combine", "conditional"))
+        self.group_excursions: bool = bool(section.get("group_excursions", True))
         self.conditional_units: dict[str, ConditionalUnit] = {
             maker: ConditionalUnit.from_files(entry, manifest.artifact(entry["artifact"]))
             for maker, entry in section.get("units", {}).items()
@@ -209,10 +250,14 @@ class ScoringEngine:
         return self.cache.get(group_id)
 
     # -- state ---------------------------------------------------------------------------------
-    def _fill_makers(self, frame: pd.DataFrame) -> None:
-        missing = frame["maker"].isna()
+    def _makers(self, records: RecordColumns) -> np.ndarray:
+        """Each record's maker: its own, else its facility's (a maker column may be blank)."""
+        maker = np.array(records["maker"], dtype=object, copy=True)
+        missing = pd.isna(maker)
         if missing.any():
-            frame.loc[missing, "maker"] = frame.loc[missing, "facility"].map(self.facility_maker)
+            facility = records["facility"]
+            maker[missing] = [self.facility_maker.get(f, np.nan) if isinstance(f, str) else np.nan for f in facility[missing]]
+        return maker
 
     def _default_state(self, facility: str, item: Any, fields: tuple[str, ...]) -> tuple[Any, np.ndarray | None]:
         facility_defaults = self.defaults.get(str(facility), {})
@@ -233,10 +278,14 @@ class ScoringEngine:
     def _profiled(self, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, scaled: np.ndarray) -> np.ndarray:
         """Rows whose own setting has a history profile that really describes them."""
         out = np.zeros(len(facility), dtype=bool)
-        for r, key in enumerate(zip(facility, item, cluster.tolist())):
-            reach = self.profile_reach.get(key)
-            if reach is not None and not np.isnan(scaled[r]).any():
-                out[r] = float(np.sqrt(((scaled[r] - reach[0]) ** 2).sum())) <= reach[1]
+        found = [self.profile_reach.get(key) for key in zip(facility.tolist(), item.tolist(), cluster.tolist())]
+        rows = np.array([r for r, reach in enumerate(found) if reach is not None], dtype=np.int64)
+        if len(rows):
+            centroid = np.array([found[r][0] for r in rows], dtype=float)
+            radius = np.array([found[r][1] for r in rows], dtype=float)
+            x = scaled[rows]
+            distance = np.sqrt(((x - centroid) ** 2).sum(axis=1))
+            out[rows] = ~np.isnan(x).any(axis=1) & (distance <= radius)
         return out
 
     def _alignment(
@@ -262,9 +311,11 @@ class ScoringEngine:
 
     # -- scoring -------------------------------------------------------------------------------
     def score(
-        self, records: pd.DataFrame, memory: FacilityMemory | None = None, backward: bool = True, explain: bool = True
+        self, records: pd.DataFrame | RecordColumns, memory: FacilityMemory | None = None, backward: bool = True,
+        explain: bool = True,
     ) -> ScoredBatch:
-        """Score canonical records (see :func:`model_store.schema.canonical_records`).
+        """Score canonical records (a frame, see :func:`model_store.schema.canonical_records`, or
+        the decoder's columns).
 
         ``memory`` carries each facility's last known item and settings, and each part's running
         residual baseline, across calls (online);
@@ -272,27 +323,27 @@ class ScoringEngine:
         ``explain=False`` skips the per-record field lists (imputed, out_of_range, top_features),
         for bulk scoring that only needs the numbers (calibration, figures).
         """
-        n = len(records)
+        columns = RecordColumns.of(records)
+        n = columns.rows
         out = _empty_batch(n)
         if n == 0:
             return out
-        frame = records.reset_index(drop=True).copy()
-        self._fill_makers(frame)
-        out.facility[:] = frame["facility"].to_numpy(dtype=object)
-        out.maker[:] = frame["maker"].to_numpy(dtype=object)
-        unknown_maker = ~frame["maker"].isin(list(self.index)).to_numpy()
-        out.reason[unknown_maker] = UNSCORABLE_CAUSES["unknown_maker"]
-        for maker, index in self.index.items():
-            rows = np.flatnonzero((frame["maker"] == maker).to_numpy())
+        maker = self._makers(columns)
+        out.facility[:] = columns["facility"]
+        out.maker[:] = maker
+        known = np.array([isinstance(m, str) and m in self.index for m in maker.tolist()], dtype=bool)
+        out.reason[~known] = UNSCORABLE_CAUSES["unknown_maker"]
+        for name, index in self.index.items():
+            rows = np.flatnonzero(maker == name)
             if len(rows):
-                self._score_maker(maker, index, frame.iloc[rows], rows, out, memory, backward, explain)
+                self._score_maker(name, index, Columns(columns, rows), rows, out, memory, backward, explain)
         return out
 
     def _score_maker(
         self,
         maker: str,
         index: MakerIndex,
-        sub: pd.DataFrame,
+        sub: Columns,
         rows: np.ndarray,
         out: ScoredBatch,
         memory: FacilityMemory | None,
@@ -302,10 +353,13 @@ class ScoringEngine:
         setting_model = self.manifest.setting_models[maker]
         fields = setting_model.fields
         state_columns = ["item", *fields]
-        sub, imputed_state = impute_state(sub, state_columns, {}, memory=memory, backward=backward)
-        item = sub["item"].to_numpy(dtype=object, copy=True)  # filled below: must be writable
-        settings = sub[list(fields)].to_numpy(dtype=float, copy=True)
-        facility = sub["facility"].astype(str).to_numpy(dtype=object)
+        facility = np.asarray(sub["facility"]).astype(str).astype(object)
+        given = {c: sub[c] for c in state_columns if c in sub}
+        state, imputed_state = impute_columns(facility, sub["timestamp"], given, state_columns, {}, memory=memory, backward=backward)
+        for column in state_columns:
+            sub.replace(column, state[column])
+        item = np.array(state["item"], dtype=object, copy=True)  # filled below: must be writable
+        settings = sub.matrix(fields).copy()
         # Last resort for a facility seen with no history at all: its usual item and setting.
         gaps = np.flatnonzero(pd.isna(item) | np.isnan(settings).any(axis=1))
         for r in gaps:
@@ -346,7 +400,7 @@ class ScoringEngine:
             self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain, memory)
 
     def _judge_conditional(
-        self, unit: ConditionalUnit, sub: pd.DataFrame, settings: np.ndarray, facility: np.ndarray, item: np.ndarray,
+        self, unit: ConditionalUnit, sub: Columns, settings: np.ndarray, facility: np.ndarray, item: np.ndarray,
         rows: np.ndarray, out: ScoredBatch, explain: bool, memory: FacilityMemory | None = None,
     ) -> None:
         """The setting-conditioned verdict of one maker's records (see :mod:`model_store.serving.conditional`).
@@ -355,7 +409,7 @@ class ScoringEngine:
         part; ``combine`` says how this meets the setting groups' verdicts. The parts' running
         baselines continue from ``memory`` (online) or from the end of the store's history.
         """
-        production = sub[list(unit.features)].to_numpy(dtype=float)
+        production = sub.matrix(unit.features)
         measured = ~np.isnan(production)
         share = measured.mean(axis=1) if production.shape[1] else np.zeros(len(rows))
         evidence_ok = share >= 1.0 - self.max_imputed_share - 1e-12
@@ -375,14 +429,16 @@ class ScoringEngine:
         if len(local) == 0:
             return
         keys = part_keys(facility[local], np.array([str(v) for v in item[local]], dtype=object))
-        order = np.argsort(sub["timestamp"].to_numpy()[local], kind="stable")
+        order = np.argsort(sub["timestamp"][local], kind="stable")
         state_key = (self.manifest.model_version, unit.maker)
         result = unit.score(settings[local], keys, production[local], order, baselines(memory, state_key))
         if memory is not None and result.baseline_state:
             remember_baselines(memory, state_key, result.baseline_state)
         target = rows[local]
-        # The setting groups' own excursion bands still hold for the records they judge.
-        excursion = np.maximum(result.excursion, np.where(grouped[local], np.nan_to_num(out.excursion[target], nan=0.0), 0.0))
+        # The setting groups' own excursion bands still hold for the records they judge (unless
+        # the store says they do not: group_excursions).
+        held = grouped[local] & (self.group_excursions or self.combine != "conditional")
+        excursion = np.maximum(result.excursion, np.where(held, np.nan_to_num(out.excursion[target], nan=0.0), 0.0))
         score = np.fmax(result.score, excursion)  # fmax: a NaN on one side never hides the other
         if self.combine == "max":
             previous = np.where(grouped[local], np.nan_to_num(out.score[target], nan=0.0), 0.0)
@@ -401,7 +457,7 @@ class ScoringEngine:
         out.anomaly[target] = score > 1.0
         out.margin[target] = np.where(excursion > result.score[wins], (excursion - 1.0) * result.line[wins],
                                       result.evidence[wins] - result.line[wins])
-        out.excursion[target] = np.maximum(np.nan_to_num(out.excursion[target], nan=0.0), excursion)
+        out.excursion[target] = excursion  # already the larger of the two where the groups' bands hold
         out.measured_share[target] = share[local][wins]
         if self.conditional_probability is not None:
             a, b = self.conditional_probability
@@ -409,12 +465,13 @@ class ScoringEngine:
         if explain:
             fields = result.fields[wins]
             rank = np.argsort(-fields, axis=1, kind="stable")[:, :TOP_FEATURES]
-            for i, indices in enumerate(rank.tolist()):
-                out.top_features[target[i]] = [
-                    {"field": unit.features[j], "error": round(float(fields[i, j]), 6)} for j in indices]
-                if newly[i]:
-                    out.imputed[target[i]] = out.imputed[target[i]] + [
-                        unit.features[j] for j in np.flatnonzero(~measured[local[np.flatnonzero(wins)[i]]])]
+            names = unit.features
+            top = np.round(np.take_along_axis(fields, rank, axis=1), 6).tolist()
+            for t, indices, values in zip(target.tolist(), rank.tolist(), top):
+                out.top_features[t] = [{"field": names[j], "error": v} for j, v in zip(indices, values)]
+            judged = local[np.flatnonzero(wins)]
+            for i in np.flatnonzero(newly):
+                out.imputed[target[i]] = out.imputed[target[i]] + [names[j] for j in np.flatnonzero(~measured[judged[i]])]
 
     def _own_band_excursions(
         self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,
@@ -429,7 +486,7 @@ class ScoringEngine:
             evaluation.excursion[i] = excursion_ratios(raw[i][None, :], low, high, tolerance, measured[None, :])[0]
 
     def _judge(
-        self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: pd.DataFrame, resolution: Any,
+        self, group: RuntimeGroup, local: np.ndarray, rows: np.ndarray, sub: Columns, resolution: Any,
         profiled: np.ndarray, facility: np.ndarray, item: np.ndarray, cluster: np.ndarray, out: ScoredBatch,
         explain: bool = True, with_model: bool = True,
     ) -> None:
@@ -438,7 +495,7 @@ class ScoringEngine:
         path = resolution.path[local]
         aligned = np.isin(path, ALIGNED_PATHS) & profiled[local]
         shift = self._alignment(group, path, profiled[local], facility[local], item[local], cluster[local])
-        raw = sub.iloc[local][list(group.features)].to_numpy(dtype=float)
+        raw = sub.matrix(group.features, local)
         new_setting = (path != EXACT) & ~profiled[local]  # a setting this part never ran in history
         evaluation = group.evaluate(raw, shift, new_setting, with_model)
         self._own_band_excursions(evaluation, raw, aligned, facility[local], item[local], cluster[local], group.share)
@@ -459,8 +516,8 @@ class ScoringEngine:
         out.model_kind[target] = group.kind
         out.measured_share[target] = measured_share
         if explain:
-            for i in np.flatnonzero(evaluation.imputed.any(axis=1)):
-                out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in np.flatnonzero(evaluation.imputed[i])]
+            for i, columns in _row_lists(evaluation.imputed):
+                out.imputed[target[i]] = out.imputed[target[i]] + [features[j] for j in columns]
         weak = target[~evidence]
         if len(weak):
             out.resolution[weak] = UNSCORABLE
@@ -484,8 +541,8 @@ class ScoringEngine:
     @staticmethod
     def _explain_fields(evaluation: Any, keep: np.ndarray, target: np.ndarray, features: tuple[str, ...], out: ScoredBatch) -> None:
         """out_of_range and top_features of the judged records (gross excursions first)."""
-        for i in np.flatnonzero(evaluation.out_of_range[keep].any(axis=1)):
-            out.out_of_range[target[i]] = [features[j] for j in np.flatnonzero(evaluation.out_of_range[keep[i]])]
+        for i, columns in _row_lists(evaluation.out_of_range[keep]):
+            out.out_of_range[target[i]] = [features[j] for j in columns]
         # Gross excursions name their fields first (worst first); then the largest model errors.
         errors = evaluation.errors[keep]
         ratios = evaluation.excursion[keep]
@@ -498,6 +555,15 @@ class ScoringEngine:
                 {"field": features[j], "error": e, **({"excursion": round(float(r), 3)} if r > 1.0 else {})}
                 for j, e, r in zip(indices, errs, rs)
             ]
+
+
+def _row_lists(mask: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(row, its True columns) of every row of a (rows, columns) mask with any True, in order."""
+    rows, columns = np.nonzero(mask)
+    if len(rows) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(rows)) + 1
+    return list(zip(rows[np.r_[0, cuts]].tolist(), (c.tolist() for c in np.split(columns, cuts))))
 
 
 __all__ = ["ScoringEngine", "ScoredBatch", "UNSCORABLE_CAUSES", "unscorable_cause", "EXACT", "PART", "NEAREST", "ITEM", "MAKER", "UNSCORABLE"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_store.serving.columns import RecordColumns
 from model_store.serving.scoring import ScoredBatch
 
 VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema.json"
@@ -25,8 +26,14 @@ def _iso(ts: Any) -> str | None:
     return pd.Timestamp(ts).isoformat()
 
 
-def _iso_column(column: pd.Series) -> list[str | None]:
+def _iso_column(column: pd.Series | np.ndarray) -> list[str | None]:
     """ISO 8601 strings for a whole column at once (per-value Timestamp.isoformat is ~10 µs each)."""
+    if isinstance(column, np.ndarray):
+        if column.dtype.kind != "M":
+            return [_iso(v) for v in column.tolist()]
+        text = np.datetime_as_string(column.astype("datetime64[us]"), unit="us")
+        missing = np.isnat(column)
+        return [None if m else (t[:-7] if t.endswith(".000000") else t) for t, m in zip(text.tolist(), missing.tolist())]
     if pd.api.types.is_datetime64_any_dtype(column):
         tz = getattr(column.dtype, "tz", None)
         if tz is not None and str(tz) not in ("UTC", "utc"):  # a local zone: offsets vary (DST), per value
@@ -52,11 +59,16 @@ def _num_column(values: np.ndarray) -> list[float | None]:
 _NUMBERS = ("distance", "loss", "threshold", "margin", "score", "excursion", "measured_share", "defect_probability")
 
 
-def to_verdicts(records: pd.DataFrame, batch: ScoredBatch, model_version: str, scored_at: str | None = None) -> list[dict[str, Any]]:
+def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model_version: str,
+                scored_at: str | None = None) -> list[dict[str, Any]]:
     """One verdict per record, in input order."""
     scored_at = scored_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    ids = records["record_id"].to_numpy(dtype=object).tolist()
-    stamps = _iso_column(records["timestamp"])
+    if isinstance(records, pd.DataFrame):
+        ids = records["record_id"].to_numpy(dtype=object).tolist()
+        stamps = _iso_column(records["timestamp"])  # a frame's column keeps its time zone
+    else:
+        ids = np.asarray(records["record_id"], dtype=object).tolist()
+        stamps = _iso_column(np.asarray(records["timestamp"]))
     # Column by column, as Python lists: one conversion per column instead of one NumPy scalar per
     # value and field (this loop runs once per verdict on the worker's hot path).
     distance, loss, threshold, margin, score, excursion, measured, probability = (

@@ -44,3 +44,13 @@ def test_combine_and_residual_evidence_are_validated() -> None:
 def test_an_unknown_conditional_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown setting 'conditional.nope'"):
         TrainingConfig().with_overrides({"conditional.nope": "1"})
+
+
+def test_the_lasting_excursion_ratio_is_at_least_one_tolerance() -> None:
+    assert ConditionalConfig(lasting_excursion_ratio=1.0).lasting_excursion_ratio == 1.0  # the boundary is allowed
+    assert ConditionalConfig(lasting_excursion_ratio=float("inf")).lasting_excursion_ratio == float("inf")
+    for bad in (0.999, 0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="conditional.lasting_excursion_ratio must be >= 1"):
+            ConditionalConfig(lasting_excursion_ratio=bad)
+    assert TrainingConfig().with_overrides({"conditional.lasting_excursion_ratio": "3"}).conditional.lasting_excursion_ratio == 3.0
+    assert TrainingConfig().with_overrides({"conditional.group_excursions": "false"}).conditional.group_excursions is False

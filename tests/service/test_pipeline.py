@@ -91,16 +91,16 @@ def test_score_document_reads_but_never_changes_the_stream_memory(engine, docume
 
 
 class PoisonedEngine:
-    """The real engine, except that it raises for any frame holding a record id starting 'poison'."""
+    """The real engine, except that it raises for any batch holding a record id starting 'poison'."""
 
     def __init__(self, engine: ScoringEngine, error: Exception) -> None:
         self._engine, self._error = engine, error
         self.schema, self.model_version = engine.schema, engine.model_version
 
-    def score(self, frame, **kwargs):
-        if frame["record_id"].str.startswith("poison").any():
+    def score(self, records, **kwargs):
+        if any(str(r).startswith("poison") for r in records["record_id"]):
             raise self._error
-        return self._engine.score(frame, **kwargs)
+        return self._engine.score(records, **kwargs)
 
 
 def test_a_batch_that_raises_is_rescored_record_by_record_and_only_offenders_dead_letter(engine, documents):

@@ -126,3 +126,38 @@ def test_two_batches_carry_the_same_baselines_as_one(z, labels, cut, halflife, s
     for key, value in {**state, **end2}.items():
         assert np.allclose(value, end[key], rtol=1e-9, atol=1e-9)
     assert np.isfinite(whole).all()  # whatever came in
+
+
+def _reference(z: np.ndarray, keys: np.ndarray, order: np.ndarray, halflife: float, clip: float,
+               state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The documented rule, one shot at a time in time order (what the function vectorises)."""
+    a = smoothing(halflife)
+    mean = {k: np.array(v, dtype=float) for k, v in state.items()}
+    out = np.zeros(z.shape)
+    seen: dict[str, np.ndarray] = {}
+    for row in order:
+        key = str(keys[row])
+        x = z[row]
+        if key in mean:
+            out[row] = mean[key]
+            mean[key] = mean[key] + a * np.nan_to_num(np.clip(x - mean[key], -clip, clip), nan=0.0)
+        else:
+            mean[key] = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
+        seen[key] = mean[key]
+    return out, seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(z=_Z, labels=st.lists(st.sampled_from("abcdefg"), min_size=40, max_size=40), halflife=st.floats(0.5, 50.0),
+       clip=st.floats(0.1, 10.0), seed=st.integers(0, 1000), prior=st.sets(st.sampled_from("abcdefg")))
+def test_the_vectorised_means_are_the_rule_applied_shot_by_shot(z, labels, halflife, clip, seed, prior) -> None:
+    rows, fields = z.shape
+    keys = np.array(labels[:rows], dtype=object)
+    order = np.random.default_rng(seed).permutation(rows)
+    state = {k: np.linspace(-1.0, 1.0, fields) * (ord(k) - 100) for k in prior}
+    got, end = running_baseline(z, keys, order, halflife, clip, state)
+    want, want_end = _reference(z, keys, order, halflife, clip, state)
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert set(end) == set(want_end)
+    for key in end:
+        assert np.allclose(end[key], want_end[key], rtol=1e-12, atol=1e-12)

@@ -4,6 +4,8 @@ promises on a maker whose production is a known linear function of its set point
 alone never alarms, a production value pushed far out always does."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -303,26 +305,61 @@ def test_without_a_baseline_only_the_residual_tables_judge() -> None:
     z, d, end = off.judged_residuals(settings_, keys, production)
     assert d is None and end == {}
     assert np.array_equal(off.score(settings_, keys, production).fields[keys == keys[0]],
-                          off._residual_evidence(keys[0], z[keys == keys[0]]))
+                          off.field_evidence(keys[0], z[keys == keys[0]], None))
 
 
 def test_a_lasting_gross_excursion_at_a_setting_its_part_ran_keeps_alarming(unit, frame) -> None:
     # Within the part's own setting range the raw and residual bands are trusted alone: the
     # running baseline follows the value, yet every shot of it stays an excursion.
     part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
-    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 300, axis=0)
-    facility, item = np.full(300, "F1", dtype=object), np.full(300, "A", dtype=object)
+    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 1000, axis=0)
+    facility, item = np.full(1000, "F1", dtype=object), np.full(1000, "A", dtype=object)
     keys = part_keys(facility, item)
     assert unit.within_history(keys[0], settings_).all()
     production = expected(settings_[:, 0], settings_[:, 1], facility, item)
     cushion = part["cushion"].to_numpy()
     width = cushion.max() - cushion.min()
-    production[:, 2] = cushion.min() - 1.5 * width  # half a band width past the tolerance, for 300 shots
+    assert unit.lasting_ratio == ConditionalConfig().lasting_excursion_ratio == 2.0
+    production[:, 2] = cushion.min() - 3.5 * width  # 3.5 widths below: past 2 tolerances (a width each), for 1000 shots
     result = unit.score(settings_, keys, production)
-    assert (result.excursion > 1.0).all()
+    assert (result.excursion > 2.0).all()
     # (judged against its last shots, the same run would stop alarming: the rule above is what holds it)
     z, d, _ = unit.judged_residuals(settings_, keys, production)
     assert np.abs(d[-1, 2]) < np.abs(z[-1, 2]) / 10
+
+
+def test_a_lasting_small_excursion_at_a_setting_its_part_ran_stops_alarming_once_the_shots_follow_it(unit, frame) -> None:
+    # 1.5 widths below the part's band: past one tolerance, short of lasting_ratio (2): news while
+    # it is new, the part's new normal once the baseline has followed it
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 300, axis=0)
+    facility, item = np.full(300, "F1", dtype=object), np.full(300, "A", dtype=object)
+    keys = part_keys(facility, item)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    cushion = part["cushion"].to_numpy()
+    production[:, 2] = cushion.min() - 1.5 * (cushion.max() - cushion.min())
+    result = unit.score(settings_, keys, production)
+    assert result.excursion[0] > 1.0
+    assert (result.excursion[300:] <= 1.0).all()
+
+
+def test_the_lasting_ratio_boundary_equal_to_the_line_alarms_alone_and_just_above_it_needs_the_neighbours(unit, frame) -> None:
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 1000, axis=0)
+    facility, item = np.full(1000, "F1", dtype=object), np.full(1000, "A", dtype=object)
+    keys = part_keys(facility, item)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    cushion = part["cushion"].to_numpy()
+    production[:, 2] = cushion.min() - 2.5 * (cushion.max() - cushion.min())
+    always = replace(unit, lasting_ratio=1.0)  # the raw and residual bands alone (the ratio reported)
+    z, d, _ = unit.judged_residuals(settings_, keys, production)
+    alone = always.excursions(keys, production, z, d, settings_)
+    line = float(alone[-1])
+    assert line > 1.0
+    at_line = replace(unit, lasting_ratio=line).excursions(keys, production, z, d, settings_)
+    assert at_line[-1] == line  # equal to the line: the bands decide alone
+    above = replace(unit, lasting_ratio=float(np.nextafter(line, np.inf))).excursions(keys, production, z, d, settings_)
+    assert above[-1] < line and above[-1] <= 1.0  # one ulp short: the baseline has followed, no alarm
 
 
 def test_outside_its_setting_range_a_part_is_judged_against_its_last_shots(unit, frame) -> None:

@@ -190,6 +190,48 @@ def test_combine_max_alarms_whenever_either_does(manifest, groups_only, engine, 
     assert np.array_equal(batch.anomaly, batch.score > 1.0)
 
 
+def _with_group_excursions(manifest, on: bool) -> ScoringEngine:
+    raw = {**manifest.raw, "conditional": {**manifest.raw["conditional"], "group_excursions": on}}
+    return ScoringEngine(dataclasses.replace(manifest, raw=raw))
+
+
+def test_the_groups_excursion_bands_alarm_beside_the_conditional_scorer_only_when_the_store_says_so(manifest, groups_only, records) -> None:
+    sample = records.head(3000).copy()
+    # every shot's first production field far beyond anything: the setting groups' bands see it
+    unit = next(iter(ScoringEngine(manifest).conditional_units.values()))
+    sample.loc[sample["maker"] == unit.maker, unit.features[0]] = 1e9
+    alone = groups_only.score(sample)
+    with_groups, without = _with_group_excursions(manifest, True).score(sample), _with_group_excursions(manifest, False).score(sample)
+    grouped = alone.resolution != UNSCORABLE
+    assert (np.nan_to_num(alone.excursion[grouped]) > 1).any()
+    # with the groups' bands: never below what the groups alone reported; without: the conditional scorer's own
+    assert np.all(with_groups.excursion[grouped] >= np.nan_to_num(alone.excursion[grouped]))
+    assert np.all(without.excursion <= with_groups.excursion)
+    assert np.array_equal(without.anomaly, without.score > 1.0) and np.array_equal(with_groups.anomaly, with_groups.score > 1.0)
+    judged = without.resolution != UNSCORABLE
+    assert np.array_equal(with_groups.loss[judged], without.loss[judged])  # the evidence itself is the same
+
+    # With the conditional scorer's own excursions silenced, what remains is the groups' bands:
+    # a value twice its setting group's tolerance beyond the group's band reads 2 with them, 0 without.
+    plain = records.head(400).copy()
+    first = groups_only.score(plain)
+    on, off = _with_group_excursions(manifest, True), _with_group_excursions(manifest, False)
+    for engine_ in (on, off):
+        for maker, unit in list(engine_.conditional_units.items()):
+            quiet = dataclasses.replace(unit)
+            object.__setattr__(quiet, "excursions", lambda keys, *args, **kwargs: np.zeros(len(keys)))
+            engine_.conditional_units[maker] = quiet
+    with_unit = plain["maker"].isin(list(on.conditional_units)).to_numpy()
+    rows = np.flatnonzero((first.resolution != UNSCORABLE) & with_unit)[:40]
+    assert len(rows)
+    for r in rows:
+        group = groups_only.group(first.group_id[r])
+        plain.loc[r, group.features[0]] = group.band_high[0] + 2.0 * group.tolerance[0]
+    pushed_on, pushed_off = on.score(plain), off.score(plain)
+    assert np.all(pushed_on.excursion[rows] >= 2.0 - 1e-9) and pushed_on.anomaly[rows].all()
+    assert np.all(pushed_off.excursion[rows] == 0.0)
+
+
 def test_the_streams_memory_carries_each_parts_baseline_so_batches_score_as_one(engine, records) -> None:
     from model_store.serving.scoring import BASELINE_MEMORY
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_store.serving.tails import CENTRAL_TAIL, EXCESS_GAIN, TAIL_LEVELS, TailTable, tail_evidence
+from model_store.serving.tails import CENTRAL_TAIL, EXCESS_GAIN, TAIL_LEVELS, TailBank, TailTable, _central_spread, _knots, tail_evidence
 
 ROWS = 1000  # history rows behind the hand-made tables: 1 / (ROWS + 1) > TAIL_LEVELS[0]
 
@@ -151,3 +151,67 @@ def test_evidence_is_continuous_at_the_tied_values_of_a_discrete_field(history, 
     nudged = np.nextafter(value, np.inf if up else -np.inf)
     out = tail_evidence(table, np.array([[value], [nudged]]))
     assert abs(out[1, 0] - out[0, 0]) < 1e-6
+
+
+def _reference_evidence(table: TailTable, x: np.ndarray) -> np.ndarray:
+    """The rule written out one column at a time with np.interp (what the bank vectorises)."""
+    out = np.zeros(x.shape)
+    for j in range(x.shape[1]):
+        grid = table.values[:, j]
+        if np.isnan(grid).any() or table.rows[j] == 0:
+            continue
+        ok = ~np.isnan(x[:, j])
+        v = x[ok, j]
+        knots, cdf_at = _knots(grid)
+        cdf = np.interp(v, knots, cdf_at)
+        tail = 2.0 * np.minimum(cdf, 1.0 - cdf)
+        evidence = np.maximum(-np.log(np.maximum(tail, 1e-300)) - np.log(1.0 / CENTRAL_TAIL), 0.0)
+        excess = np.maximum(v - grid[-1], 0.0) + np.maximum(grid[0] - v, 0.0)
+        out[np.flatnonzero(ok), j] = evidence + EXCESS_GAIN * excess / _central_spread(grid)
+    return out
+
+
+value_lists = st.lists(st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(np.nan), st.just(np.inf), st.just(-np.inf)),
+                       min_size=1, max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(histories=st.lists(st.tuples(histories, histories), min_size=1, max_size=4), rounding=st.sampled_from([None, 0]),
+       values=value_lists, picks=st.lists(st.integers(0, 3), min_size=12, max_size=12), empty=st.booleans())
+def test_a_bank_of_tables_reads_every_row_against_its_own_table_as_the_rule_does(histories, rounding, values, picks, empty) -> None:
+    tables = []
+    for a, b in histories:
+        a = np.array(a) if rounding is None else np.round(a, rounding)
+        b = np.array(b) if rounding is None else np.round(b, rounding)
+        x = np.full((max(len(a), len(b)), 2), np.nan)
+        x[: len(a), 0], x[: len(b), 1] = a, b
+        tables.append(TailTable.fit(x))
+    if empty:  # a column with no history: no evidence from it
+        tables.append(TailTable(np.full((len(TAIL_LEVELS), 2), np.nan), np.array([0, 0])))
+    bank = TailBank.of(tables)
+    x = np.column_stack([values, values[::-1]])
+    index = np.array([picks[i] % len(tables) for i in range(len(x))])
+    out = bank.evidence(index, x)
+    expected = np.vstack([_reference_evidence(tables[t], x[i : i + 1]) for i, t in enumerate(index)])
+    assert np.allclose(out, expected, rtol=1e-12, atol=1e-12, equal_nan=False), (out, expected)
+    assert np.array_equal(np.isinf(out), np.isinf(expected))
+
+
+def test_a_large_batch_is_evaluated_in_bounded_pieces_with_the_same_result() -> None:
+    rng = np.random.default_rng(3)
+    tables = [TailTable.fit(rng.normal(size=(500, 3)) * (t + 1)) for t in range(3)]
+    bank = TailBank.of(tables)
+    x, index = rng.normal(size=(5000, 3)) * 3, rng.integers(0, 3, 5000)
+    whole = bank.evidence(index, x)
+    object.__setattr__(bank, "CHUNK_ELEMENTS", 7 * len(TAIL_LEVELS) * 3)  # 7 rows a piece
+    assert np.array_equal(bank.evidence(index, x), whole)
+
+
+def test_a_bank_refuses_tables_of_another_shape() -> None:
+    with pytest.raises(ValueError, match="tail table 1 has shape"):
+        TailBank.of([TailTable.fit(np.zeros((5, 2))), TailTable.fit(np.zeros((5, 3)))])
+
+
+def test_a_denormal_spread_is_floored_so_distances_stay_finite() -> None:
+    table = TailTable.fit(np.array([[0.0], [1.1125369292536007e-308]]))
+    assert np.isfinite(_one(table, 1.0)) and _one(table, 1.0) > 0
