@@ -363,7 +363,9 @@ class ConditionalUnit:
             calibration = self.calibration[key]
             score[rows] = calibration.score(total[rows])
             line[rows] = calibration.line
-        return ConditionalScore(total, fields, unit, score, line, self.excursions(keys, production, z, d, settings), end)
+        ratio, outside = self._excursion_ratios(keys, production, z, d, settings)
+        worst = ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+        return ConditionalScore(total, fields, unit, score, line, worst, end, outside)
 
     def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None,
                    settings: np.ndarray | None = None) -> np.ndarray:
@@ -381,20 +383,32 @@ class ConditionalUnit:
         trusted alone for a value ``lasting_ratio`` tolerances out or more, so such an excursion
         keeps alarming however long it lasts; a smaller one must stand out from the last shots
         too (a lasting small shift is the plant's new normal until its lots say otherwise)."""
+        ratio, _ = self._excursion_ratios(keys, production, z, d, settings)
+        return ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+
+    def _excursion_ratios(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None,
+                          settings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per field: the excursion ratio (see :meth:`excursions`), and whether the value lies
+        outside its part's raw band (the maker's residual band for a part without one): the
+        verdict's ``out_of_range``."""
         z = np.asarray(z, dtype=float)
+        production = np.asarray(production, dtype=float)
         if len(keys) == 0:
-            return np.zeros(0)
+            return np.zeros((0, len(self.features))), np.zeros((0, len(self.features)), dtype=bool)
         names, inverse = _distinct(keys)
         ratio = self.residual_set.band_ratios(self.residual_set.lookup(names, FALLBACK)[inverse], z)
+        outside = ratio > 0
         raw_table = self.raw_set.lookup(names)[inverse]
         with_raw = np.flatnonzero(raw_table >= 0)
         if len(with_raw):
-            ratio[with_raw] = np.minimum(ratio[with_raw], self.raw_set.band_ratios(raw_table[with_raw], np.asarray(production, dtype=float)[with_raw]))
+            raw = self.raw_set.band_ratios(raw_table[with_raw], production[with_raw])
+            outside[with_raw] = raw > 0
+            ratio[with_raw] = np.minimum(ratio[with_raw], raw)
         if d is not None:
             settled = np.minimum(ratio, self.neighbour_set.band_ratios(self.neighbour_set.lookup(names, FALLBACK)[inverse], d))
             known = self._within_history(names, inverse, settings) if settings is not None else np.zeros(len(keys), dtype=bool)
             ratio = np.where(known[:, None] & (ratio >= self.lasting_ratio), ratio, settled)
-        return ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+        return ratio, outside
 
     def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
         """Per row: every set point within the lowest..highest its part ran in history (False for
@@ -485,3 +499,4 @@ class ConditionalScore:
     line: np.ndarray  # (rows,) evidence sum at the line (the verdict's threshold)
     excursion: np.ndarray  # (rows,) worst gross-excursion ratio (> 1 alarms whatever the score)
     baseline_state: dict[str, np.ndarray]  # part key -> running baseline after these rows (empty: none kept)
+    outside: np.ndarray | None = None  # (rows, fields) outside the part's raw band (the verdict's out_of_range)

@@ -392,8 +392,14 @@ class ScoringEngine:
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
         unit = self.conditional_units.get(maker)
         with_model = unit is None or self.combine != "conditional"
+        # Where the conditional scorer decides and the groups' bands do not alarm, a setting group
+        # only names the setting (its model is never loaded).
+        naming_only = unit is not None and self.combine == "conditional" and not self.group_excursions
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
+            if naming_only:
+                out.group_id[rows[local]] = str(index.group_ids[g])
+                continue
             self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out,
                         explain, with_model)
         if unit is not None:
@@ -421,7 +427,12 @@ class ScoringEngine:
             take = evidence_ok
         # Too few measurements is the reason whatever the groups said (no model for the part, no
         # group near): this scorer would judge the record otherwise, and the cause is a metric label.
-        weak = ~evidence_ok & ~grouped
+        # (A group that judged the record said so itself, unless groups only name the setting.)
+        naming_only = self.combine == "conditional" and not self.group_excursions
+        weak = ~evidence_ok & (~grouped | naming_only)
+        if naming_only:
+            out.resolution[rows[weak]] = UNSCORABLE
+            out.measured_share[rows[weak]] = share[weak]
         if weak.any():
             out.reason[rows[weak]] = (f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} "
                                       f"of the {len(unit.features)} production fields are missing")
@@ -470,8 +481,13 @@ class ScoringEngine:
             for t, indices, values in zip(target.tolist(), rank.tolist(), top):
                 out.top_features[t] = [{"field": names[j], "error": v} for j, v in zip(indices, values)]
             judged = local[np.flatnonzero(wins)]
-            for i in np.flatnonzero(newly):
-                out.imputed[target[i]] = out.imputed[target[i]] + [names[j] for j in np.flatnonzero(~measured[judged[i]])]
+            # what no group listed: every record here when groups only name the setting
+            listing = np.ones(len(target), dtype=bool) if naming_only else newly
+            for i, columns in _row_lists(~measured[judged] & listing[:, None]):
+                out.imputed[target[i]] = out.imputed[target[i]] + [names[j] for j in columns]
+            if naming_only or newly.any():
+                for i, columns in _row_lists(result.outside[wins] & (listing[:, None])):
+                    out.out_of_range[target[i]] = [names[j] for j in columns]
 
     def _own_band_excursions(
         self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,

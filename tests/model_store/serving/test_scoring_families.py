@@ -10,6 +10,7 @@ excursion alarms, a value pushed further never lowers the score, evidence has a 
 checked on both."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -37,6 +38,15 @@ def engine(trained_store) -> ScoringEngine:
 def groups(trained_store) -> ScoringEngine:
     """The setting groups alone decide (no conditional scorer)."""
     return ScoringEngine(open_store(trained_store), conditional=False)
+
+
+@pytest.fixture(scope="module")
+def banded(trained_store) -> ScoringEngine:
+    """The conditional scorer decides and the setting groups' own bands alarm beside it
+    (conditional.group_excursions on; the default is off)."""
+    manifest = open_store(trained_store)
+    raw = {**manifest.raw, "conditional": {**manifest.raw["conditional"], "group_excursions": True}}
+    return ScoringEngine(dataclasses.replace(manifest, raw=raw))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +86,7 @@ def _push(engine: ScoringEngine, row: pd.DataFrame, field_index: int, value: flo
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("spans", [1.0, 3.0, 10.0])
-def test_gross_excursions_always_alarm_and_are_named_first(engine, groups, normal_rows, kind, spans) -> None:
+def test_gross_excursions_always_alarm_and_are_named_first(engine, groups, banded, normal_rows, kind, spans) -> None:
     row = normal_rows[kind].iloc[[0]]
     group = groups.group(groups.score(row).group_id[0])
     for j, field in enumerate(group.features):
@@ -88,14 +98,20 @@ def test_gross_excursions_always_alarm_and_are_named_first(engine, groups, norma
             assert out.anomaly[0], (kind, field, value)
             assert out.top_features[0][0]["field"] == field and out.top_features[0][0]["excursion"] > 1
             assert out.excursion[0] > 1 and out.score[0] > 1 and out.margin[0] > 0
-            # the group's bands still hold when the conditional scorer decides
-            _, default = _push(engine, row, j, value)
-            assert default.anomaly[0] and default.model_kind[0] == "conditional", (kind, field, value)
-            assert default.excursion[0] > 1 and default.score[0] > 1 and default.margin[0] > 0
+            # with group_excursions on, the group's bands still hold when the conditional scorer decides
+            _, both = _push(banded, row, j, value)
+            assert both.anomaly[0] and both.model_kind[0] == "conditional", (kind, field, value)
+            assert both.excursion[0] > 1 and both.score[0] > 1 and both.margin[0] > 0
+            # by default the conditional scorer alone decides: 3 spans and more beyond the group's
+            # band are beyond anything the part produced too (1 span may be within its wider band)
+            if spans >= 3.0:
+                _, default = _push(engine, row, j, value)
+                assert default.anomaly[0] and default.model_kind[0] == "conditional", (kind, field, value)
+                assert default.score[0] > 1 and default.margin[0] > 0
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_a_value_at_the_tolerance_is_not_an_excursion_and_just_beyond_is(engine, groups, normal_rows, kind) -> None:
+def test_a_value_at_the_tolerance_is_not_an_excursion_and_just_beyond_is(banded, groups, normal_rows, kind) -> None:
     # the group's own band (with the conditional scorer deciding, the worst of its bands and the
     # group's is the verdict's excursion, so only the groups alone show the group's ratio of 1)
     row = normal_rows[kind].iloc[[0]]
@@ -105,8 +121,8 @@ def test_a_value_at_the_tolerance_is_not_an_excursion_and_just_beyond_is(engine,
     assert at_line.excursion[0] == pytest.approx(1.0)
     _, beyond = _push(groups, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
     assert beyond.excursion[0] > 1.0 and beyond.anomaly[0]
-    _, default = _push(engine, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
-    assert default.excursion[0] > 1.0 and default.anomaly[0]
+    _, both = _push(banded, row, j, group.band_high[j] + group.tolerance[j] * 1.001)
+    assert both.excursion[0] > 1.0 and both.anomaly[0]
 
 
 @pytest.mark.parametrize("decider", ["groups", "conditional"])
