@@ -316,14 +316,18 @@ def maker_column(values: Sequence[Any], column: str, errors: Errors, makers: Seq
 
 
 _FLOATISH = frozenset({float, int, type(None)})
+_NONE_ONLY = {type(None)}
 
 
 def number_column(values: Sequence[Any], column: str, errors: Errors) -> np.ndarray:
     """Floats, ints and gaps in one NumPy call; any other type by the per-value rule."""
     out: np.ndarray | None = None
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
-        out = values.copy()
-    elif set(map(type, values)) <= _FLOATISH:
+    types = None if isinstance(values, np.ndarray) and values.dtype == np.float64 else set(map(type, values))
+    if types is None:
+        out = values.copy()  # type: ignore[union-attr]
+    elif types == _NONE_ONLY:
+        out = np.full(len(values), np.nan)  # another maker's field: NumPy's None -> NaN path is slow
+    elif types <= _FLOATISH:
         try:
             out = np.array(values, dtype=np.float64)  # None -> NaN (a gap)
         except (OverflowError, TypeError, ValueError):  # an int beyond float range: the rule says which
