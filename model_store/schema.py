@@ -181,7 +181,12 @@ def load_schema(path: str | Path) -> PlantSchema:
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"{path}: schema file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SchemaError(f"{path}: not a text file (a schema is YAML or TOML; was a data file given as --schema?)") from None
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read the schema ({exc.strerror or exc})") from None
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

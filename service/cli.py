@@ -242,7 +242,7 @@ def score(
     records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON lines on stdin (one record per line, the plant's own field names, as for POST /score)."),
     out: Path = typer.Option(..., help="Verdicts file to write (JSON lines); - for stdout."),
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
-    batch: int = typer.Option(50_000, help="Records per scoring batch."),
+    batch: int = typer.Option(50_000, min=1, help="Records per scoring batch."),
 ) -> None:
     """Score records with a store; write one verdict per record (JSON lines)."""
     from model_store.loaders import is_postgres, read_table

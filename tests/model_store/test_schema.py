@@ -75,6 +75,13 @@ def test_missing_schema_file(tmp_path) -> None:
         load_schema(tmp_path / "nope.yaml")
 
 
+def test_a_data_file_given_as_the_schema_is_one_line_naming_it(tmp_path) -> None:
+    parquet = tmp_path / "records.parquet"
+    parquet.write_bytes(b"PAR1\x15\x04\x15\xa0\x9c\x01\x15\xff\xfe\x00")
+    with pytest.raises(SchemaError, match=r"records.parquet: not a text file \(a schema is YAML or TOML"):
+        load_schema(parquet)
+
+
 def test_lots_validation() -> None:
     lots = pd.DataFrame({"facility": ["F1"], "item": ["X"], "lot_date": ["2026-01-01"], "good_qty": [10], "bad_qty": [-1]})
     with pytest.raises(DataError, match="bad_qty' must be a non-negative count"):

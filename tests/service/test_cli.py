@@ -197,6 +197,9 @@ def test_usage_mistakes_end_like_every_other_error() -> None:
     assert moldwatch("train", "--list-settings").returncode == 0
     bare = moldwatch()
     assert bare.returncode == 0 and "Usage" in bare.stdout
+    # a batch of no records is a usage mistake, not a traceback from deep inside
+    message = one_line_error(moldwatch("score", "--store", "s", "--records", "r.csv", "--out", "-", "--batch", "0"))
+    assert "--batch" in message and "greater than or equal to 1" in message
 
 
 def test_score_reads_json_lines_from_stdin(trained_store, small_plant_files) -> None:
