@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import typer
 from rich.live import Live
 
+from model_store.errors import MoldwatchError
 from service.cli import app, console, require_train_extra, user_errors
 from service.demo_view import LiveStats, render, summary_line
 
@@ -154,6 +155,29 @@ async def follow(bootstrap: str, topics: list[str], stats: LiveStats, stop: asyn
         await consumer.stop()
 
 
+class DemoError(MoldwatchError):
+    """The demo cannot go on (its worker stopped before it listened); one line for the user."""
+
+
+async def until_listening(worker: Any, worker_task: "asyncio.Task[Any]", timeout: float = 60.0) -> None:
+    """Until the worker reads the change stream; a worker that stops first (a busy HTTP port, a
+    store it cannot load) ends the wait at once with its own one-line reason, not a timeout."""
+    listening = asyncio.ensure_future(worker.wait_listening(timeout))
+    done, _ = await asyncio.wait({listening, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+    if listening in done:
+        listening.result()
+        return
+    listening.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listening
+    error = worker_task.exception() if not worker_task.cancelled() else None
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror  # "cannot serve HTTP on host:port: Address already in use", no "[Errno 98]"
+    else:
+        reason = str(error) if error is not None else f"exit status {worker_task.result()!r}"
+    raise DemoError(f"the worker stopped before it listened: {reason} (another moldwatch on this port? try --http-port)")
+
+
 async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, retrain: bool, defect_boost: float,
                    broken_share: float, log_path: Path | None = None, started: float | None = None) -> LiveStats:
     from pymongo import AsyncMongoClient
@@ -197,7 +221,7 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         console.print(settings_line(settings, log_path), highlight=False, soft_wrap=True)
         worker = Worker(settings)
         worker_task = asyncio.create_task(serve(worker))  # with its HTTP server: /metrics, /readyz
-        await worker.wait_listening(60)
+        await until_listening(worker, worker_task)
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
         client = AsyncMongoClient(mongo.uri)
         collection = client["plant"]["shots"]
