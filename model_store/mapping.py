@@ -24,6 +24,7 @@ an out-of-range timestamp.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
@@ -219,6 +220,9 @@ def time_value(value: Any, fmt: str | None = None) -> datetime:
             raise
         except ValueError:
             pass
+        if not fmt and _ambiguous_day_month(text):
+            raise Refusal(INVALID_FIELD, "is ambiguous (day or month first?); write ISO 8601 (2026-01-05T05:36:00) or name "
+                                         "the plant's format in the schema (timestamp_format: \"%d/%m/%Y %H:%M\")")
         try:
             if fmt:
                 return _to_naive_utc(datetime.strptime(text, fmt))
@@ -234,6 +238,19 @@ def time_value(value: Any, fmt: str | None = None) -> datetime:
         # Epoch numbers are ambiguous (s? ms? ns?): guessing wrong scores against the wrong lot.
         raise Refusal(INVALID_FIELD, "is a number; expected a BSON date or an ISO 8601 string")
     raise Refusal(INVALID_FIELD, "expected a BSON date or an ISO 8601 string")
+
+
+_DAY_MONTH = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)")
+
+
+def _ambiguous_day_month(text: str) -> bool:
+    """``05/01/2026``: 5 January or 1 May? Both readings are dates (a day-first plant would get
+    silently wrong dates from a month-first reader). ``13/01/2026`` and ``05/05/2026`` are not."""
+    match = _DAY_MONTH.match(text)
+    if match is None:
+        return False
+    first, second = int(match.group(1)), int(match.group(2))
+    return 1 <= first <= 12 and 1 <= second <= 12 and first != second
 
 
 def number_value(value: Any) -> float:

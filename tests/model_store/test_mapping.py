@@ -3,6 +3,7 @@ a frame) and through the worker's decoder (a micro-batch of documents) give the 
 refuse the same rows."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -351,3 +352,30 @@ def test_every_row_gets_its_own_lot_day_whatever_the_rows_before_it():
     expected = ["2026-01-05", "2026-01-04", "2026-01-04", "2026-01-02"]
     assert online(documents).frame["lot_date"].tolist() == expected
     assert canonical_records(as_export(documents), SCHEMA)["lot_date"].tolist() == expected
+
+
+# -- day or month first: refused when both readings are dates ---------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(first=st.integers(1, 28), second=st.integers(1, 12), separator=st.sampled_from("/.-"), clock=st.booleans())
+def test_a_date_whose_day_and_month_could_swap_is_refused_unless_the_schema_names_the_format(first, second, separator, clock):
+    text = f"{first:02d}{separator}{second:02d}{separator}2026" + (" 05:36" if clock else "")
+    decoded = online([good(TimeStamp=text)])
+    if first <= 12 and first != second:  # 05/01: 5 January or 1 May
+        (letter,) = decoded.dead_letters.values()
+        assert letter.reason == INVALID_FIELD and "is ambiguous (day or month first?)" in letter.error
+        assert "timestamp_format" in letter.error
+    else:  # 13/01: only day first is a date; 05/05: both readings agree
+        assert not decoded.dead_letters
+        assert decoded.frame["timestamp"][0] == pd.Timestamp(2026, second, first, 5 if clock else 0, 36 if clock else 0)
+    # named in the schema, the same text is read as the plant writes it
+    fmt = f"%d{separator}%m{separator}%Y" + (" %H:%M" if clock else "")
+    named = RecordDecoder(dataclasses.replace(SCHEMA, timestamp_format=fmt)).decode_batch([good(TimeStamp=text)])
+    assert not named.dead_letters
+    assert named.frame["timestamp"][0] == pd.Timestamp(2026, second, first, 5 if clock else 0, 36 if clock else 0)
+
+
+def test_year_first_and_iso_dates_are_never_ambiguous():
+    for text in ("2026/05/01 05:36", "2026-05-01", "2026-05-01T05:36:00+02:00"):
+        decoded = online([good(TimeStamp=text)])
+        assert not decoded.dead_letters, text
+        assert decoded.frame["timestamp"][0].month == 5
