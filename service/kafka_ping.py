@@ -28,17 +28,21 @@ async def metadata_ping(client: Any, timeout_s: float, what: str, endpoint: str 
     return f"{where}: {cause}"
 
 
-async def tcp_diagnosis(endpoints: str, timeout_s: float) -> str:
-    """``host:port: connection refused; host2:port: ...`` for each bootstrap address."""
-    results = await asyncio.gather(*(_probe(e.strip(), timeout_s) for e in endpoints.split(",") if e.strip()))
+SILENT_BROKER = "accepts connections but does not answer (broker hung or overloaded)"
+
+
+async def tcp_diagnosis(endpoints: str, timeout_s: float, default_port: int = 9092, accepted: str = SILENT_BROKER) -> str:
+    """``host:port: connection refused; host2:port: ...`` for each address (Kafka bootstrap servers
+    by default; ``accepted`` is what to say of an address that accepts a connection)."""
+    results = await asyncio.gather(*(_probe(e.strip(), timeout_s, default_port, accepted) for e in endpoints.split(",") if e.strip()))
     return "; ".join(results)
 
 
-async def _probe(endpoint: str, timeout_s: float) -> str:
+async def _probe(endpoint: str, timeout_s: float, default_port: int = 9092, accepted: str = SILENT_BROKER) -> str:
     host, _, port = endpoint.rpartition(":")
     host = host.strip("[]") or endpoint
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port or 9092)), timeout_s)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port or default_port)), timeout_s)
     except ConnectionRefusedError:
         return f"{endpoint}: connection refused"
     except socket.gaierror:
@@ -48,4 +52,4 @@ async def _probe(endpoint: str, timeout_s: float) -> str:
     except (OSError, ValueError) as exc:
         return f"{endpoint}: {one_line(exc)}"
     writer.close()
-    return f"{endpoint}: accepts connections but does not answer (broker hung or overloaded)"
+    return f"{endpoint}: {accepted}"

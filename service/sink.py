@@ -61,7 +61,7 @@ from bson import json_util
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
-from service.kafka_ping import metadata_ping
+from service.kafka_ping import metadata_ping, tcp_diagnosis
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, dumps
 
@@ -290,7 +290,9 @@ class KafkaSink:
     async def ping(self) -> str | None:
         """``None`` when the producer can reach a broker now, else the reason (readiness)."""
         if self.producer is None:
-            return "kafka producer not connected"
+            diagnosis = await tcp_diagnosis(self.settings.kafka_bootstrap_servers, min(self.settings.ready_timeout_s, 2.0),
+                                            accepted="accepts connections (the producer is connecting)")
+            return f"kafka producer not connected: {diagnosis}" if diagnosis else "kafka producer not connected"
         return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka",
                                    self.settings.kafka_bootstrap_servers)
 

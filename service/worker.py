@@ -171,10 +171,10 @@ class Worker:
             reasons["store"] = store_problem
         source_key = "mongodb" if self.settings.source == "mongo" else "kafka_source"
         pings: dict[str, Any] = {}
-        if self.sink is None or self.sink.producer is None:
-            reasons["kafka"] = "kafka producer not connected"
+        if self.sink is None:
+            reasons["kafka"] = "kafka producer not started"
         else:
-            pings["kafka"] = self.sink.ping()
+            pings["kafka"] = self.sink.ping()  # not connected yet: names each broker address and why
         if self.source is None:
             reasons[source_key] = "source not started"
         else:

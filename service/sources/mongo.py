@@ -38,6 +38,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from model_store.schema import PlantSchema
 from service.backoff import Backoff
+from service.kafka_ping import tcp_diagnosis
 from service.config import WorkerSettings
 from service.redact import one_line
 from service.metrics import WorkerMetrics
@@ -177,7 +178,13 @@ class MongoSource:
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
         except asyncio.TimeoutError:
-            return f"mongodb {self.endpoint}: no ping answer within {self.settings.ready_timeout_s} s"
+            cause = f"no ping answer within {self.settings.ready_timeout_s} s"
+            # the driver waits for a server either way: say whether the address refuses, does not
+            # resolve, or accepts and stays silent
+            diagnosis = "" if self.settings.mongo_uri.startswith("mongodb+srv") else await tcp_diagnosis(
+                self.endpoint, min(self.settings.ready_timeout_s, 2.0), 27017,
+                "accepts connections but does not answer (server hung, or not a MongoDB server)")
+            return f"mongodb: {diagnosis} ({cause})" if diagnosis else f"mongodb {self.endpoint}: {cause}"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
             return f"mongodb {self.endpoint}: {_cause(exc)}"
         return None

@@ -67,6 +67,10 @@ async def test_liveness_metrics_and_unready_reasons_without_servers(offline_work
     assert ready.status_code == 503
     body = ready.json()
     assert body["ready"] is False and "kafka" in body["reasons"] and "mongodb" in body["reasons"]
+    # each reason names the address and the cause, as the logs do (issue: both read the same before)
+    dead = offline_worker.settings.kafka_bootstrap_servers
+    assert body["reasons"]["kafka"] == f"kafka producer not connected: {dead}: connection refused", body["reasons"]
+    assert dead in body["reasons"]["mongodb"] and "refused" in body["reasons"]["mongodb"], body["reasons"]
     assert body["model_version"] == offline_worker.model_version
     exposition = await get(offline_worker, "/metrics")
     assert exposition.status_code == 200 and exposition.headers["content-type"].startswith("text/plain")

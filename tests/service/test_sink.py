@@ -218,7 +218,7 @@ async def test_real_broker_acknowledges_keyed_messages_on_their_topics(kafka_ser
         assert delivery.acked
     finally:
         await sink.close()
-    assert await sink.ping() == "kafka producer not connected"
+    assert await sink.ping() == f"kafka producer not connected: {kafka_server.bootstrap_servers}: accepts connections (the producer is connecting)"
     out = await read_topic(kafka_server.bootstrap_servers, f"{name}.v", 40)
     assert [json.loads(m.value)["record_id"] for m in out] == [v["record_id"] for v in verdicts]  # in order
     assert all(m.key == json.loads(m.value)["facility"].encode() for m in out)
