@@ -215,11 +215,24 @@ def train(
     )
 
 
-def _json_lines(stream: Any) -> Any:
-    """Records as JSON lines (one object per line; blank lines skipped) -> a DataFrame of raw fields."""
-    import pandas as pd
+def _stdin_records(stream: Any, schema: Any) -> Any:
+    """JSON lines read by the rule the worker and ``POST /score`` read documents with (a missing
+    production field is a gap to impute, not a missing column); the first refused line stops
+    with its number and reason."""
+    from service.decode import RecordDecoder
 
-    rows = []
+    documents, numbers = _json_lines(stream)
+    decoded = RecordDecoder(schema).decode_batch(documents)
+    if decoded.dead_letters:
+        k = min(decoded.dead_letters)
+        raise MoldwatchError(f"stdin line {numbers[k]}: {decoded.dead_letters[k].error}")
+    return decoded.frame
+
+
+def _json_lines(stream: Any) -> tuple[list[dict[str, Any]], list[int]]:
+    """Records as JSON lines (one object per line; blank lines skipped) and each one's line number."""
+    rows: list[dict[str, Any]] = []
+    numbers: list[int] = []
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
@@ -230,9 +243,10 @@ def _json_lines(stream: Any) -> Any:
         if not isinstance(row, dict):
             raise MoldwatchError(f"stdin line {number}: expected a JSON object (one record), got {type(row).__name__}")
         rows.append(row)
+        numbers.append(number)
     if not rows:
         raise MoldwatchError("stdin: no records; expected JSON lines, one record per line")
-    return pd.DataFrame(rows)
+    return rows, numbers
 
 
 @app.command()
@@ -258,8 +272,10 @@ def score(
         require_train_extra("score on Parquet", ("pyarrow",))
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
-    raw = _json_lines(sys.stdin) if records == "-" else read_table(records, records_query)
-    frame = canonical_records(raw, manifest.schema, source="stdin" if records == "-" else str(records))
+    if records == "-":
+        frame = _stdin_records(sys.stdin, manifest.schema)
+    else:
+        frame = canonical_records(read_table(records, records_query), manifest.schema, source=str(records))
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     to_stdout = str(out) == "-"
     if not to_stdout:

@@ -216,6 +216,20 @@ def test_score_reads_json_lines_from_stdin(trained_store, small_plant_files) -> 
     bad = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
                          input=lines.splitlines()[0] + "\n{not json\n", capture_output=True, text=True, timeout=300)
     assert "stdin line 2: not JSON" in one_line_error(bad) and bad.stdout == ""
+    # One input rule with the worker and POST /score: a production field the record lacks is a gap
+    # (imputed, and said so), a field that cannot be read names the line and the field.
+    record = json.loads(lines.splitlines()[0])
+    maker_fields = [k for k, v in record.items() if k == "cushion" or k == "PV_CUSHION" or k == "CushionAct"]
+    lacking = {k: v for k, v in record.items() if k not in maker_fields and v is not None}
+    gap = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
+                         input=json.dumps(lacking) + "\n", capture_output=True, text=True, timeout=300)
+    assert gap.returncode == 0, gap.stderr
+    (verdict,) = [json.loads(line) for line in gap.stdout.splitlines()]
+    assert verdict["resolution"] != "unscorable" and set(verdict["imputed"]) & {"cushion", "PV_CUSHION", "CushionAct"}
+    broken = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
+                            input=lines.splitlines()[0] + "\n" + json.dumps({**lacking, "timestamp": "yesterday"}) + "\n",
+                            capture_output=True, text=True, timeout=300)
+    assert "stdin line 2: timestamp: is not a date-time" in one_line_error(broken) and broken.stdout == ""
 
 
 def test_readme_example_record_is_a_valid_input() -> None:
