@@ -177,7 +177,12 @@ def _typed(current: Any, value: Any, dotted: str) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{dotted} takes true or false, got {value!r}")
-    return type(current)(value)
+    kind = type(current)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        words = {int: "a whole number", float: "a number", str: "text"}.get(kind, kind.__name__)
+        raise ValueError(f"{dotted} takes {words} (default {current!r}), got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class TrainingConfig:
         workers = self.workers
         for dotted, value in overrides.items():
             if dotted == "workers":
-                workers = int(value)
+                workers = _typed(workers, value, dotted)
                 continue
             section, _, name = dotted.partition(".")
             if section not in sections or name not in {f.name for f in fields(sections[section])}:

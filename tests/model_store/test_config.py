@@ -54,3 +54,12 @@ def test_the_lasting_excursion_ratio_is_at_least_one_tolerance() -> None:
             ConditionalConfig(lasting_excursion_ratio=bad)
     assert TrainingConfig().with_overrides({"conditional.lasting_excursion_ratio": "3"}).conditional.lasting_excursion_ratio == 3.0
     assert TrainingConfig().with_overrides({"conditional.group_excursions": "false"}).conditional.group_excursions is False
+
+
+def test_an_override_of_the_wrong_type_names_the_setting_and_what_it_takes() -> None:
+    with pytest.raises(ValueError, match=r"grouping.min_group_rows takes a whole number \(default \d+\), got 'abc'"):
+        TrainingConfig().with_overrides({"grouping.min_group_rows": "abc"})
+    with pytest.raises(ValueError, match=r"conditional.ridge takes a number \(default 1.0\), got 'x'"):
+        TrainingConfig().with_overrides({"conditional.ridge": "x"})
+    with pytest.raises(ValueError, match=r"workers takes a whole number \(default 0\), got 'many'"):
+        TrainingConfig().with_overrides({"workers": "many"})
