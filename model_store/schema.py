@@ -6,6 +6,8 @@ canonical frame produced by :func:`canonical_records`.
 """
 from __future__ import annotations
 
+import difflib
+
 import hashlib
 import json
 import tomllib
@@ -121,10 +123,19 @@ def _str_list(value: Any, where: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+SCHEMA_KEYS = ("name", "record_id", "timestamp", "timestamp_format", "facility", "item", "lot_date", "label", "maker",
+               "makers", "lots")
+
+
 def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchema:
     """Build and check a :class:`PlantSchema` from a parsed YAML/TOML mapping."""
     if not isinstance(raw, Mapping):
         raise SchemaError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = [str(k) for k in raw if k not in SCHEMA_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], SCHEMA_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; the keys are {', '.join(SCHEMA_KEYS)}"
+        raise SchemaError(f"{source}: unknown key {unknown[0]!r}{hint}")
     maker_spec = raw.get("maker")
     maker_column = maker_constant = None
     if isinstance(maker_spec, Mapping) and isinstance(maker_spec.get("column"), str):

@@ -93,3 +93,12 @@ def test_schema_hash_ignores_formatting_but_not_roles() -> None:
     assert a.hash() == b.hash()
     c = parse_schema({**a.to_dict(), "item": "other"})
     assert c.hash() != a.hash()
+
+
+def test_a_misspelt_key_is_named_with_the_key_it_resembles() -> None:
+    raw = {"recordid": "a", "timestamp": "b", "facility": "c", "item": "d", "maker": {"constant": "A"},
+           "makers": {"A": {"settings": ["x"], "production": ["y"]}}}
+    with pytest.raises(SchemaError, match=r"plant.yaml: unknown key 'recordid' \(did you mean 'record_id'\?\)"):
+        parse_schema(raw, source="plant.yaml")
+    with pytest.raises(SchemaError, match=r"unknown key 'zzz'; the keys are name, record_id"):
+        parse_schema({**{k: v for k, v in raw.items() if k != "recordid"}, "record_id": "a", "zzz": 1}, source="plant.yaml")
