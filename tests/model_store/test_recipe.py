@@ -351,3 +351,12 @@ def test_outputs_are_all_or_nothing(tmp_path):
     assert (out / "recipes.json").read_text() == first and len(list(tmp_path.iterdir())) == 1  # the old recipes stay
     write_recipes(RecipeResult("v2", "hash", RecipeConfig(), [], result.clusters), out, report=False)
     assert json.loads((out / "recipes.json").read_text())["model_version"] == "v2"
+
+
+def test_window_stats_quantiles_are_ordered_and_the_mean_is_no_quantile() -> None:
+    # 96 shots at 0, 4 at 100 (hand-computed): p95 interpolates between the 95th and 96th sorted
+    # values (both 0), p99 between the 99th and 100th (both 100); the mean (4) lies above p95
+    stats = window_stats(np.r_[np.zeros(96), np.full(4, 100.0)])
+    assert (stats["min"], stats["p1"], stats["p5"], stats["p95"], stats["max"]) == (0.0, 0.0, 0.0, 0.0, 100.0)
+    assert stats["p99"] == 100.0 and stats["mean"] == 4.0 > stats["p95"]
+    assert stats["outliers"] == 0  # nothing below p1 or above p99

@@ -58,7 +58,10 @@ def test_writes_json_csv_and_report(recipes_dir, trained_store):
         assert list(recipe["window"]["fields"]) == list(fields.production)
         for stats in recipe["window"]["fields"].values():
             if stats["mean"] is not None:
-                assert stats["min"] <= stats["p1"] <= stats["p5"] <= stats["mean"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+                # quantiles are ordered; the mean lies between min and max (a few high shots can lift
+                # it above p95: it is no quantile)
+                assert stats["min"] <= stats["p1"] <= stats["p5"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+                assert stats["min"] <= stats["mean"] <= stats["max"]
         assert recipe["production"]["rows"] >= doc["config"]["min_rows"]
         # Never worse than the item's own history (beyond the ranking's tolerance), on the credible rate or
         # the estimate: the cluster's, or the exact combination's own when it was chosen on its evidence.
