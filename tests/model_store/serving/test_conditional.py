@@ -308,19 +308,25 @@ def test_without_a_baseline_only_the_residual_tables_judge() -> None:
                           off.field_evidence(keys[0], z[keys == keys[0]], None))
 
 
+def _lasting_run(frame, shots: int, widths: float):
+    """``shots`` of part F1/A at its first historical setting, cushion held ``widths`` of the
+    part's cushion range below its lowest: (settings, keys, production)."""
+    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
+    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], shots, axis=0)
+    facility, item = np.full(shots, "F1", dtype=object), np.full(shots, "A", dtype=object)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    cushion = part["cushion"].to_numpy()
+    production[:, 2] = cushion.min() - widths * (cushion.max() - cushion.min())
+    return settings_, part_keys(facility, item), production
+
+
 def test_a_lasting_gross_excursion_at_a_setting_its_part_ran_keeps_alarming(unit, frame) -> None:
     # Within the part's own setting range the raw and residual bands are trusted alone: the
     # running baseline follows the value, yet every shot of it stays an excursion.
-    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
-    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 2000, axis=0)
-    facility, item = np.full(2000, "F1", dtype=object), np.full(2000, "A", dtype=object)
-    keys = part_keys(facility, item)
-    assert unit.within_history(keys[0], settings_).all()
-    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
-    cushion = part["cushion"].to_numpy()
-    width = cushion.max() - cushion.min()
     assert unit.lasting_ratio == ConditionalConfig().lasting_excursion_ratio == 3.0
-    production[:, 2] = cushion.min() - 4.5 * width  # 4.5 widths below: past 3 tolerances (a width each), for 2000 shots
+    # 4.5 widths below: past 3 tolerances (a width each), for 2000 shots
+    settings_, keys, production = _lasting_run(frame, 2000, 4.5)
+    assert unit.within_history(keys[0], settings_).all()
     result = unit.score(settings_, keys, production)
     assert (result.excursion > 3.0).all()
     # (judged against its last shots, the same run would stop alarming: the rule above is what holds it)
@@ -331,26 +337,14 @@ def test_a_lasting_gross_excursion_at_a_setting_its_part_ran_keeps_alarming(unit
 def test_a_lasting_small_excursion_at_a_setting_its_part_ran_stops_alarming_once_the_shots_follow_it(unit, frame) -> None:
     # 1.5 widths below the part's band: past one tolerance, short of lasting_ratio (3): news while
     # it is new, the part's new normal once the baseline has followed it
-    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
-    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 300, axis=0)
-    facility, item = np.full(300, "F1", dtype=object), np.full(300, "A", dtype=object)
-    keys = part_keys(facility, item)
-    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
-    cushion = part["cushion"].to_numpy()
-    production[:, 2] = cushion.min() - 1.5 * (cushion.max() - cushion.min())
+    settings_, keys, production = _lasting_run(frame, 600, 1.5)
     result = unit.score(settings_, keys, production)
     assert result.excursion[0] > 1.0
-    assert (result.excursion[300:] <= 1.0).all()
+    assert len(result.excursion[300:]) == 300 and (result.excursion[300:] <= 1.0).all()
 
 
 def test_the_lasting_ratio_boundary_equal_to_the_line_alarms_alone_and_just_above_it_needs_the_neighbours(unit, frame) -> None:
-    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
-    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], 1000, axis=0)
-    facility, item = np.full(1000, "F1", dtype=object), np.full(1000, "A", dtype=object)
-    keys = part_keys(facility, item)
-    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
-    cushion = part["cushion"].to_numpy()
-    production[:, 2] = cushion.min() - 2.5 * (cushion.max() - cushion.min())
+    settings_, keys, production = _lasting_run(frame, 1000, 2.5)
     always = replace(unit, lasting_ratio=1.0)  # the raw and residual bands alone (the ratio reported)
     z, d, _ = unit.judged_residuals(settings_, keys, production)
     alone = always.excursions(keys, production, z, d, settings_)
