@@ -98,6 +98,10 @@ class WorkerSettings(BaseSettings):
     kafka_records_topic: str = Field("moldwatch.records", min_length=1,
                                      description="Raw records (source=kafka), e.g. from the MongoDB Kafka source connector.",
                                      json_schema_extra=_panel(KAFKA))
+    kafka_new_topic_partitions: int = Field(
+        1, ge=1, description="Partitions of an output topic (verdicts, alarms, dead letters) the worker creates at start "
+        "because it is missing (the broker's own default for auto-created topics is 1). Existing topics are never changed.",
+        json_schema_extra=_panel(KAFKA))
     kafka_group_id: str = Field("moldwatch-workers", min_length=1, description="Consumer group of the workers (source=kafka).",
                                 json_schema_extra=_panel(KAFKA))
     kafka_client_id: str = Field("moldwatch", description="Client id shown in broker logs and quotas.",

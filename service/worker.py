@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
@@ -58,7 +59,7 @@ from service.pipeline import BatchResult, Pipeline, ScoredRecord, SourceMessage
 from service.readiness import CachedProbe, ProgressClock, Reasons
 from service.redact import SCRUB, one_line, scrub
 from service.reloader import Reloader
-from service.sink import Delivery, KafkaSink, SinkError
+from service.sink import RETRY_BACKOFF_S, Delivery, KafkaSink, SinkError
 from service.sources import Source
 from service.supervisor import Supervisor
 
@@ -244,6 +245,8 @@ class Worker:
                 connected = False  # it gave up retrying because it was told to stop: a clean stop
             if not connected:
                 return self.exit_code
+            if not await self._ensure_topics():
+                return self.exit_code
             spawn("reader", self.source.run(self._emit))
             spawn("scorer", self._score_loop(), may_finish=True)  # both end after the drain marker
             spawn("committer", self._commit_loop(), may_finish=True)
@@ -253,6 +256,26 @@ class Worker:
             return self.exit_code
         finally:
             await self._close()
+
+    async def _ensure_topics(self) -> bool:
+        """Output topics exist before the first send (created where allowed); False on a stop."""
+        from service.topics import TopicError, ensure_topics
+
+        s = self.settings
+        topics = (s.kafka_verdicts_topic, s.kafka_alarms_topic, s.kafka_dead_letters_topic)
+        backoff = Backoff(*RETRY_BACKOFF_S)
+        while not self.supervisor.stopping.is_set():
+            try:
+                return await self.supervisor.until_stopping(ensure_topics(s, topics))
+            except TopicError as exc:
+                self.exit_code = 2
+                log.error("kafka topic missing; not starting", error=str(exc))
+                raise
+            except KafkaError as exc:  # the brokers went away between connecting and this check
+                pause = backoff.next()
+                log.warning("kafka topics not checked, retrying", error=str(exc), retry_in_s=pause)
+                await self.supervisor.until_stopping(asyncio.sleep(pause))
+        return False
 
     def _make_source(self, schema: Any) -> Source:
         if self.settings.source == "kafka":

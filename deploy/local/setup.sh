@@ -39,7 +39,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp
     echo "   ($lock pins $(lock_platform 2>/dev/null || echo nothing), this is $(this_platform): installing pyproject.toml's ranges)"
   fi
   # The project itself (editable), plus anything pyproject.toml gained since the lock was written.
-  .venv/bin/python -m pip install --quiet -e '.[train,test]'
+  # PYTHONWARNINGS: setuptools prints its "Editable installation" notice as a warning banner; it
+  # asks nothing of the user.
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[train,test]'
   touch "$stamp"
 fi
 echo "== system packages and server jars"
