@@ -201,8 +201,21 @@ def load_schema(path: str | Path) -> PlantSchema:
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise SchemaError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}".splitlines()[0]) from None
+        raise SchemaError(syntax_error(path, exc)) from None
     return parse_schema(raw, source=str(path))
+
+
+def syntax_error(path: Path, exc: Exception) -> str:
+    """One line naming the file, the line and column (1-based) and what the parser expected."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}"
+        context = ""
+        if exc.context and exc.context_mark is not None:
+            context = f" ({exc.context} at line {exc.context_mark.line + 1})"
+        return f"{where}: not valid YAML: {exc.problem}{context}"
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
+    return f"{path}: not valid {kind}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 def write_schema(schema: PlantSchema, path: str | Path) -> None:

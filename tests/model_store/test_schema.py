@@ -102,3 +102,17 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles() -> None:
         parse_schema(raw, source="plant.yaml")
     with pytest.raises(SchemaError, match=r"unknown key 'zzz'; the keys are name, record_id"):
         parse_schema({**{k: v for k, v in raw.items() if k != "recordid"}, "record_id": "a", "zzz": 1}, source="plant.yaml")
+
+
+@pytest.mark.parametrize(("text", "suffix", "expected"), [
+    ("maker: [a\nfoo: : :\n", ".yaml",
+     "line 2, column 4: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at line 1)"),
+    ("maker: x\n\tfoo: 1\n", ".yaml", "line 2, column 1: not valid YAML: found character '\\t' that cannot start any token"),
+    ("a = [1,\nb = 2\n", ".toml", ": not valid TOML: Invalid value (at line 2, column 1)"),
+])
+def test_a_schema_syntax_error_names_file_line_and_column(tmp_path, text: str, suffix: str, expected: str) -> None:
+    path = tmp_path / f"schema{suffix}"
+    path.write_text(text)
+    with pytest.raises(SchemaError) as caught:
+        load_schema(path)
+    assert str(caught.value) == f"{path}{', ' if suffix == '.yaml' else ''}{expected}"
