@@ -176,7 +176,7 @@ def train(
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
     workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
+    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:

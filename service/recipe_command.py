@@ -54,7 +54,7 @@ def recipe(
     mongo_uri: Optional[str] = typer.Option(None, help="Also upsert the recipes into MongoDB (one document per facility/item)."),
     mongo_db: str = typer.Option("moldwatch", help="MongoDB database for --mongo-uri."),
     mongo_collection: str = typer.Option("recipes", help="MongoDB collection for --mongo-uri."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe setting: name=value, e.g. confidence=0.9 (names: --list-settings)."),
+    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a recipe setting: name=value, e.g. confidence=0.9 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_recipe_settings,
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:

@@ -30,9 +30,10 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_help_for_every_command() -> None:
-    for command in ("simulate", "train", "score"):
+    for command in ("simulate", "train", "score", "recipe", "run", "demo"):
         result = moldwatch(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+        assert "list[" not in result.stdout and "<list" not in result.stdout, command  # Python types are no metavars
 
 
 def test_simulate_train_score_end_to_end(tmp_path) -> None:
