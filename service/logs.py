@@ -25,9 +25,12 @@ _SECRET_KEYS = frozenset({"password", "sasl_password", "mongo_password", "kafka_
 
 
 def mask_secrets(_: Any, __: str, event: EventDict) -> EventDict:
-    """Mask ``SecretStr`` values and values of keys that name a secret; scrub every other string
-    of registered secrets and URI credentials (:data:`service.redact.SCRUB`)."""
+    """Mask ``SecretStr`` values and values of keys that name a secret (``None``, not set, stays
+    ``None``); scrub every other string of registered secrets and URI credentials
+    (:data:`service.redact.SCRUB`)."""
     for key, value in event.items():
+        if value is None:  # an unset secret is shown as unset: a mask would claim one is configured
+            continue
         if isinstance(value, SecretStr) or key.lower() in _SECRET_KEYS:
             event[key] = _MASK
         elif isinstance(value, (str, list, tuple, dict)):

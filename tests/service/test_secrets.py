@@ -12,7 +12,7 @@ from urllib.parse import quote_plus
 import httpx
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from service.config import WorkerSettings
@@ -101,3 +101,13 @@ async def test_no_secret_in_logs_probes_or_metrics_of_a_running_worker(trained_s
     assert "worker starting" in text and "mongodb" in json.loads(outputs[0])["reasons"]
     for secret in (mongo_pw, sasl_pw, env_pw):
         assert secret not in text and quote_plus(secret) not in text, secret
+
+
+def test_a_set_secret_is_masked_and_an_unset_one_is_shown_unset():
+    from service.logs import mask_secrets
+
+    event = {"mongo_password": None, "kafka_sasl_password": "plain str by mistake", "token": SecretStr("t0k"),
+             "password": "", "store": "/data/store"}
+    masked = mask_secrets(None, "info", dict(event))
+    assert masked == {"mongo_password": None, "kafka_sasl_password": MASK, "token": MASK, "password": MASK,
+                      "store": "/data/store"}
