@@ -83,7 +83,10 @@ def _settings(env_file: Path | None, overrides: dict[str, Any]) -> WorkerSetting
         where = ".".join(str(p) for p in err.get("loc", ()))
         if where:
             where = f"--{where.replace('_', '-')} / {env_name(where)}: "
-        fail(f"{where}{err.get('msg')}")
+        message = str(err.get("msg", ""))
+        for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wrapping of a validator's own message
+            message = message.removeprefix(prefix)
+        fail(f"{where}{message}")
         raise  # unreachable: fail() exits
 
 

@@ -71,6 +71,10 @@ def test_run_refuses_a_bad_setting_with_one_line(tmp_path):
     (tmp_path / "empty.env").write_text("")
     result = CliRunner().invoke(app, ["run", "--batch-size", "0", "--env-file", str(tmp_path / "empty.env")])
     assert result.exit_code == 2 and "--batch-size / MOLDWATCH_BATCH_SIZE" in result.output
+    result = CliRunner().invoke(app, ["run", "--mongo-uri", "http://x", "--env-file", str(tmp_path / "empty.env")])
+    assert result.exit_code == 2
+    assert "--mongo-uri / MOLDWATCH_MONGO_URI: MongoDB URI http://x cannot be used" in " ".join(result.output.split())
+    assert "Value error" not in result.output  # pydantic's wrapping is no part of the reason
 
 
 def test_json_logs_when_not_a_terminal_and_secrets_masked():
