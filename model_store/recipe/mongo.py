@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from model_store.driver_errors import mongo_cause
 from model_store.errors import MoldwatchError
 
 DEFAULT_DB = "moldwatch"
@@ -23,6 +24,11 @@ class MongoPublishError(MoldwatchError):
 
 def _redact(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return _redact(mongo_cause(lines[0] if lines else type(exc).__name__))[:300]
 
 
 def upsert_recipes(collection: Any, recipes: Iterable[dict[str, Any]], model_version: str, prune: bool = True) -> dict[str, int]:
@@ -59,7 +65,7 @@ def check_reachable(uri: str) -> None:
         finally:
             client.close()
     except (PyMongoError, ValueError) as exc:
-        raise MongoPublishError(f"{_redact(uri)}: {str(exc).splitlines()[0][:300]}") from None
+        raise MongoPublishError(f"{_redact(uri)}: {_reason(exc)}") from None
 
 
 def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, database: str = DEFAULT_DB, collection: str = DEFAULT_COLLECTION) -> dict[str, int]:
@@ -70,7 +76,7 @@ def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, databas
     try:
         client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=TIMEOUT_MS, connectTimeoutMS=TIMEOUT_MS)
     except (PyMongoError, ValueError) as exc:
-        raise MongoPublishError(f"{_redact(uri)}: {str(exc).splitlines()[0][:300]}") from None
+        raise MongoPublishError(f"{_redact(uri)}: {_reason(exc)}") from None
     try:
         coll = client[database][collection]
         try:
@@ -79,7 +85,7 @@ def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, databas
             pass  # an index is a nicety; some MongoDB-compatible servers refuse it
         return upsert_recipes(coll, recipes, model_version)
     except PyMongoError as exc:
-        raise MongoPublishError(f"{_redact(uri)} {database}.{collection}: {str(exc).splitlines()[0][:300]}") from None
+        raise MongoPublishError(f"{_redact(uri)} {database}.{collection}: {_reason(exc)}") from None
     finally:
         client.close()
 

@@ -36,6 +36,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from aiokafka.errors import KafkaError
 from pymongo.errors import OperationFailure, PyMongoError
 
+from model_store.driver_errors import mongo_cause
 from model_store.schema import PlantSchema
 from service.backoff import Backoff
 from service.kafka_ping import tcp_diagnosis
@@ -396,17 +397,10 @@ def mongo_hosts(uri: str) -> str:
                     for h in hosts.split(",") if h) or "?"
 
 
-_CAUSES = (("Errno 111", "connection refused"), ("Connection refused", "connection refused"),
-           ("Name or service not known", "host name does not resolve"), ("nodename nor servname", "host name does not resolve"),
-           ("timed out", "timed out"), ("Authentication failed", "authentication failed"))
-
-
 def _cause(exc: BaseException) -> str:
     """A driver error as its cause first (connection refused, ...), then its first line without
     the topology dump, credentials scrubbed (readiness reasons)."""
-    text = one_line(exc, 400).split(" (configured timeouts")[0].split(", Timeout:")[0]
-    cause = next((plain for marker, plain in _CAUSES if marker in text), None)
-    return f"{cause}: {text}" if cause else text
+    return mongo_cause(one_line(exc, 400))
 
 
 def _event_time(change: Mapping[str, Any]) -> float | None:
