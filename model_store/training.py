@@ -36,6 +36,7 @@ from model_store.history import calibrate, history_figures
 from model_store.serving.conditional import CONDITIONAL
 from model_store.serving.resolution import UNSCORABLE
 from model_store.trainer import GroupTask, init_worker, train_group
+from model_store.report_settings import cluster_set_points
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as work advances, for a progress bar."""
@@ -196,6 +197,7 @@ def build_manifest(
         "facility_maker": {str(k): v for k, v in facility_maker.items()},
         "facility_defaults": facility_defaults(data.records, schema),
         "setting_profiles": setting_profiles(data, schema, config.grouping.min_profile_rows),
+        "setting_clusters": cluster_set_points(data.records, data.setting_models),  # the report's set points
         "groups": sorted(entries, key=lambda e: e["id"]),
         "group_table": _table_records(table),
         "training": {"seconds": round(seconds, 2), "records": int(len(data.records))},
