@@ -23,9 +23,10 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{tit
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}
 th{{background:#f3f3f3}}td.l,th.l{{text-align:left}}img{{max-width:100%}}.muted{{color:#777}}
-.train{{background:#eef8ee}}.validation{{background:#fff6e6}}.dropped{{color:#999}}</style></head>
+.train{{background:#eef8ee}}.validation{{background:#fff6e6}}.dropped{{color:#999}}{css}</style></head>
 <body><h1>{title}</h1>{body}</body></html>"""
 
 
-def page(title: str, body: str) -> str:
-    return PAGE.format(title=html.escape(title), body=body)
+def page(title: str, body: str, css: str = "") -> str:
+    """One self-contained page; ``css``: extra style rules (plain CSS, braces as they are)."""
+    return PAGE.format(title=html.escape(title), body=body, css=css)
