@@ -230,22 +230,34 @@ def _stdin_records(stream: Any, schema: Any) -> Any:
 
 
 def _json_lines(stream: Any) -> tuple[list[dict[str, Any]], list[int]]:
-    """Records as JSON lines (one object per line; blank lines skipped) and each one's line number."""
+    """Records as JSON objects one after the other: JSON lines, pretty-printed objects, or arrays
+    of objects (as an API client or ``jq`` writes them), each with the line it starts on."""
+    text = stream.read()
+    decoder = json.JSONDecoder()
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
+    pos, line, counted = 0, 1, 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(text):
+            break
+        line += text.count("\n", counted, pos)
+        counted = pos
         try:
-            row = json.loads(line)
+            value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise MoldwatchError(f"stdin line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(row, dict):
-            raise MoldwatchError(f"stdin line {number}: expected a JSON object (one record), got {type(row).__name__}")
-        rows.append(row)
-        numbers.append(number)
+            raise MoldwatchError(f"stdin line {exc.lineno}: not JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise MoldwatchError(f"stdin line {line}: JSON nested too deep for a record") from None
+        values = value if isinstance(value, list) else [value]
+        for row in values:
+            if not isinstance(row, dict):
+                raise MoldwatchError(f"stdin line {line}: expected a JSON object (one record), got {type(row).__name__}")
+            rows.append(row)
+            numbers.append(line)
     if not rows:
-        raise MoldwatchError("stdin: no records; expected JSON lines, one record per line")
+        raise MoldwatchError("stdin: no records; expected JSON objects, one record each (JSON lines, or pretty-printed)")
     return rows, numbers
 
 
@@ -253,7 +265,7 @@ def _json_lines(stream: Any) -> tuple[list[dict[str, Any]], list[int]]:
 @user_errors
 def score(
     store: Path = typer.Option(..., help="Model store directory."),
-    records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON lines on stdin (one record per line, the plant's own field names, as for POST /score)."),
+    records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON records on stdin (JSON lines, pretty-printed objects or an array; the plant's own field names, as for POST /score)."),
     out: Path = typer.Option(..., help="Verdicts file to write (JSON lines); - for stdout."),
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     batch: int = typer.Option(50_000, min=1, help="Records per scoring batch."),
