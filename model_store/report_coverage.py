@@ -314,7 +314,7 @@ def coverage_section(manifest: dict[str, Any]) -> str:
         "<ul class=verdict>",
         f"<li class=ok><b>{len(own)}</b> part{'s are' if len(own) != 1 else ' is'} judged against {'their' if len(own) != 1 else 'its'} own history.</li>",
         f"<li class=warn><b>{len(borrowed)}</b> part{'s are' if len(borrowed) != 1 else ' is'} judged only against other parts' history "
-        "(less specific than its own: what is unusual for this part but usual for the others can pass).</li>",
+        "(less specific than a part's own history: what is unusual for the part but usual for the others can pass).</li>",
         f"<li class=bad><b>{len(none)}</b> part{'s' if len(none) != 1 else ''} cannot be judged.</li>",
         "</ul>",
     ]
