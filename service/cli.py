@@ -219,9 +219,13 @@ def _stdin_records(stream: Any, schema: Any) -> Any:
     """JSON lines read by the rule the worker and ``POST /score`` read documents with (a missing
     production field is a gap to impute, not a missing column); the first refused line stops
     with its number and reason."""
-    from service.decode import RecordDecoder
+    from rich.markup import escape
+
+    from service.decode import RecordDecoder, UnknownFields, unknown_field_text
 
     documents, numbers = _json_lines(stream)
+    for name, resembles in UnknownFields(schema).observe(documents):
+        console.print(f"[yellow]warning:[/] {escape(unknown_field_text(name, resembles))}", highlight=False, soft_wrap=True)
     decoded = RecordDecoder(schema).decode_batch(documents)
     if decoded.dead_letters:
         k = min(decoded.dead_letters)

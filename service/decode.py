@@ -13,6 +13,7 @@ are normalised to naive UTC like the offline path, ``Decimal128``/``Int64`` are 
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -151,6 +152,54 @@ class RecordDecoder:
         row = {column: _python(batch.records[column][0]) for column in self.columns}
         row[TIMESTAMP] = pd.Timestamp(batch.records[TIMESTAMP][0]).to_pydatetime()
         return CanonicalRecord(row, batch.record_time[0])
+
+
+MAX_UNKNOWN_FIELDS = 100  # names reported per decoder: a hostile source cannot flood the logs
+
+
+class UnknownFields:
+    """Record field names the plant schema does not know, each reported once.
+
+    A typo in a production field's name (``cushon``) is silently a gap: the field it meant is
+    imputed and the typo ignored. This says so once per name, with the schema field it resembles,
+    so that the plant fixes its export or its schema. Extra fields are common and harmless (they
+    are ignored); at most :data:`MAX_UNKNOWN_FIELDS` names are reported.
+    """
+
+    def __init__(self, schema: PlantSchema) -> None:
+        roles = (schema.record_id, schema.timestamp, schema.facility, schema.item, schema.maker_column, schema.lot_date,
+                 schema.label)
+        self.fields = schema.numeric_fields
+        self.known = frozenset(self.fields) | {r for r in roles if r} | {"_id"}
+        self._lower = {name.lower(): name for name in self.fields}
+        self.reported: set[str] = set()
+
+    def observe(self, documents: Sequence[Any]) -> list[tuple[str, str | None]]:
+        """``(name, the schema field it resembles or None)`` for each name first seen in ``documents``."""
+        room = MAX_UNKNOWN_FIELDS - len(self.reported)
+        if room <= 0:
+            return []
+        keys: set[Any] = set()
+        for document in documents:
+            if isinstance(document, Mapping):
+                keys.update(document.keys())
+        new = [k for k in keys - self.known - self.reported if isinstance(k, str)]
+        found = []
+        for name in sorted(new)[:room]:
+            self.reported.add(name)
+            found.append((name, self.resembles(name)))
+        return found
+
+    def resembles(self, name: str) -> str | None:
+        if name.lower() in self._lower:
+            return self._lower[name.lower()]
+        close = difflib.get_close_matches(name, self.fields, n=1, cutoff=0.8)
+        return close[0] if close else None
+
+
+def unknown_field_text(name: str, resembles: str | None) -> str:
+    hint = f" (did you mean {resembles!r}? a record without it has it imputed)" if resembles else " (ignored)"
+    return f"field {short_repr(name)} is not in the plant schema{hint}"
 
 
 def _python(value: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import orjson
 import pandas as pd
+import structlog
 
 from model_store.errors import StoreError
 from model_store.serving.columns import RecordColumns
@@ -33,7 +34,10 @@ from model_store.serving.imputation import FacilityMemory
 from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.verdict import to_verdicts
-from service.decode import SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, short_repr
+from service.decode import (SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, UnknownFields, short_repr,
+                            unknown_field_text)
+
+log = structlog.get_logger("moldwatch.pipeline")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Pipeline:
     def __init__(self, engine: ScoringEngine, executor: Executor | None = None) -> None:
         self._engine = engine
         self._decoder = RecordDecoder(engine.schema)
+        self._unknown = UnknownFields(engine.schema)
         self.executor = executor
         self.memory: FacilityMemory = {}
         # Replaced whole by the worker (never mutated); a batch reads it once, so one batch is
@@ -107,8 +112,9 @@ class Pipeline:
     def swap(self, engine: ScoringEngine) -> None:
         """Serve a new store from the next batch on. Facility memory is kept: it is about the
         machines, not the models. Call between batches (the worker does)."""
-        decoder = self._decoder if engine.schema.hash() == self._engine.schema.hash() else RecordDecoder(engine.schema)
-        self._engine, self._decoder = engine, decoder
+        if engine.schema.hash() != self._engine.schema.hash():
+            self._decoder, self._unknown = RecordDecoder(engine.schema), UnknownFields(engine.schema)
+        self._engine = engine
 
     async def process(self, messages: Sequence[SourceMessage]) -> BatchResult:
         loop = asyncio.get_running_loop()
@@ -132,6 +138,9 @@ class Pipeline:
             documents.append(message.document)
             positions.append(position)
             received.append(message.received_at)
+        for name, resembles in self._unknown.observe(documents):
+            log.warning("record field not in the plant schema", field=name, did_you_mean=resembles,
+                        detail=unknown_field_text(name, resembles))
         decoded = decoder.decode_batch(documents)
         for k, letter in decoded.dead_letters.items():
             failed.append((positions[k], FailedRecord(letter, received[k])))

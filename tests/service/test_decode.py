@@ -609,3 +609,26 @@ def test_a_batch_where_every_document_trips_yields_an_empty_canonical_frame(deco
 def test_integer_codes_read_the_same_whatever_their_number_type(decoder, code, expected):
     out = decoder.decode(good(EQUIP_CD=code, PART_NAME=code))
     assert isinstance(out, CanonicalRecord) and out.row["facility"] == expected == out.row["item"]
+
+
+def test_unknown_field_names_are_reported_once_each_with_the_field_they_resemble() -> None:
+    from service.decode import UnknownFields, unknown_field_text
+
+    unknown = UnknownFields(SCHEMA)
+    first = [{"_id": 1, "TimeStamp": 0, "EQUIP_CD": "F", "PART_NAME": "I", "PART_FACT_PLAN_DATE": "d", "maker": "A",
+              "Barrel Temp 1": 1, "cycle_time": 2, "Cycle_Tme": 3, "operator": "x", 7: "not a name"}]
+    assert unknown.observe(first) == [("Cycle_Tme", "Cycle_Time"), ("cycle_time", "Cycle_Time"), ("operator", None)]
+    assert unknown.observe(first + [{"operator": 1, "q2": 0, "Barrel Temp 2": 1}]) == [("Barrel Temp 2", "Barrel Temp 1"), ("q2", None)]
+    assert unknown.observe([]) == []
+    assert unknown_field_text("Cycle_Tme", "Cycle_Time") == (
+        "field 'Cycle_Tme' is not in the plant schema (did you mean 'Cycle_Time'? a record without it has it imputed)")
+    assert unknown_field_text("operator", None) == "field 'operator' is not in the plant schema (ignored)"
+
+
+def test_unknown_field_reports_are_bounded() -> None:
+    from service.decode import MAX_UNKNOWN_FIELDS, UnknownFields
+
+    unknown = UnknownFields(SCHEMA)
+    flood = [{f"name-{i:06d}": i for i in range(10 * MAX_UNKNOWN_FIELDS)}]
+    assert len(unknown.observe(flood)) == MAX_UNKNOWN_FIELDS
+    assert unknown.observe([{"one-more": 1}]) == []

@@ -227,3 +227,18 @@ def test_a_valid_document_always_yields_a_verdict(engine, documents, small_plant
             jsonschema.validate(verdict, VERDICT_SCHEMA)
 
     check()
+
+
+def test_a_misspelled_field_is_logged_once_with_the_field_it_resembles(engine, documents, small_plant):
+    from structlog.testing import capture_logs
+
+    schema = small_plant.schema
+    field = schema.makers[documents[0][schema.maker_column]].production[0]
+    typo = {k: v for k, v in documents[0].items() if k != field} | {field[:-1]: documents[0][field]}
+    pipeline = Pipeline(engine)
+    with capture_logs() as logs:
+        first = pipeline.run_batch(messages([typo, documents[1]]))
+        pipeline.run_batch(messages([typo]))
+    warned = [e for e in logs if e["event"] == "record field not in the plant schema"]
+    assert [(e["field"], e["did_you_mean"]) for e in warned] == [(field[:-1], field)]
+    assert field in first.verdicts[0]["imputed"]  # the record is still scored, the gap imputed
