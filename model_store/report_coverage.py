@@ -347,3 +347,15 @@ def coverage_section(manifest: dict[str, Any]) -> str:
 
 __all__ = ["store_coverage", "coverage_section", "judged_on_own_history", "Coverage", "PartCoverage", "PATH_WORDS",
            "SHORT_PATH_WORDS"]
+
+
+def coverage_line(manifest: dict[str, Any]) -> str:
+    """"What this store can judge" in one plain line (the demo's screen, a CLI summary)."""
+    cov = store_coverage(manifest)
+    own, borrowed, none = cov.by_basis(OWN), cov.by_basis(BORROWED), cov.by_basis(NONE)
+    share = cov.unjudged / cov.records if cov.records else 0.0
+    line = (f"{len(cov.parts)} parts: {len(own)} judged against their own history, {len(borrowed)} only against other "
+            f"parts', {len(none)} not at all; {share:.1%} of the history came back unjudged")
+    if cov.causes:
+        line += f" (mostly: {cov.causes[0][0]})"
+    return line

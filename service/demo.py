@@ -91,6 +91,10 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
             train_store(records, lots, plant.schema, store, TrainingConfig().with_overrides(DEMO_TRAINING), progress=progress)
     else:
         console.print(f"Reusing the store in {store} (--retrain to train again).")
+    from model_store.report_coverage import coverage_line
+
+    console.print(f"What the store can judge: {coverage_line(open_store(store, verify=False).raw)} "
+                  f"(which and why: {store / 'report.html'})", highlight=False, soft_wrap=True)
     return plant, store
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 ALARMS_SHOWN = 6
+MAX_UNSCORABLE_PARTS = 1000  # distinct (facility, item, reason) kept for the "unscorable" line
 # Lines the panel needs besides the table rows and alarms: outer border 2, summary 4, alarms
 # border 2, table title 1 + header 1 + rules 2 (box.SIMPLE_HEAD) + the "more" row 1.
 FIXED_LINES = 2 + 4 + 2 + 1 + 1 + 2 + 1
@@ -39,6 +40,7 @@ class LiveStats:
     first_verdict_s: float | None = None
     per_facility: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     paths: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    unscorable: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))  # (facility, item, why)
     recent_alarms: deque = field(default_factory=lambda: deque(maxlen=ALARMS_SHOWN))
     arrivals: deque = field(default_factory=lambda: deque(maxlen=5000))
 
@@ -51,6 +53,8 @@ class LiveStats:
         row = self.per_facility[verdict["facility"]]
         row[0] += 1
         self.paths[verdict["resolution"]] += 1
+        if verdict["resolution"] == "unscorable" and len(self.unscorable) < MAX_UNSCORABLE_PARTS:
+            self.unscorable[(str(verdict["facility"]), str(verdict["item"]), str(verdict.get("reason") or "-"))] += 1
         if verdict["anomaly"]:
             self.anomalies += 1
             row[1] += 1
@@ -60,6 +64,18 @@ class LiveStats:
     def rate(self) -> float:
         now = time.monotonic()
         return sum(1 for t in self.arrivals if now - t <= 5) / 5.0
+
+
+def unscorable_text(stats: LiveStats) -> str:
+    """How many verdicts were unscorable, and the part and reason behind most of them."""
+    count = stats.paths.get("unscorable", 0)
+    if not count:
+        return "unscorable 0"
+    text = f"unscorable {count:,} ({count / max(stats.verdicts, 1):.1%})"
+    if stats.unscorable:
+        (facility, item, why), n = max(stats.unscorable.items(), key=lambda kv: (kv[1], kv[0]))
+        text += f", most: {facility} {item} ({n:,}: {why})"
+    return text
 
 
 def _ms(latencies: dict[float, float], q: float) -> str:
@@ -75,7 +91,8 @@ def render(stats: LiveStats, metrics_url: str, latencies: dict[float, float], mo
         f"[b]{stats.verdicts:,}[/] verdicts ({stats.rate():.0f}/s) · [b red]{stats.anomalies:,}[/] anomalies ({share:.1%}) · "
         f"{stats.dead_letters} dead letters (of {stats.broken_inserted} broken)\n"
         f"latency p50 {_ms(latencies, 0.5)} · p99 {_ms(latencies, 0.99)} · inserted {stats.inserted:,} in {elapsed:.0f} s\n"
-        "paths: " + (", ".join(f"{k} {v:,}" for k, v in sorted(stats.paths.items())) or "-") + "\n"
+        "paths: " + (", ".join(f"{k} {v:,}" for k, v in sorted(stats.paths.items()) if k != "unscorable") or "-")
+        + " · " + unscorable_text(stats) + "\n"
         f"{metrics_url} · model {model_version} · Ctrl-C to stop"
     )
     summary.no_wrap, summary.overflow = True, "ellipsis"
@@ -100,6 +117,7 @@ def summary_line(stats: LiveStats, latencies: dict[float, float]) -> str:
     first = f"{stats.first_verdict_s:.1f}s" if stats.first_verdict_s is not None else "-"
     latest = stats.recent_alarms[-1] if stats.recent_alarms else "-"
     return (f"t={elapsed:.0f}s inserted={stats.inserted} verdicts={stats.verdicts} rate={stats.rate():.0f}/s "
-            f"anomalies={stats.anomalies} ({stats.anomalies / max(stats.verdicts, 1):.1%}) dead_letters={stats.dead_letters} "
+            f"anomalies={stats.anomalies} ({stats.anomalies / max(stats.verdicts, 1):.1%}) "
+            f"unscorable={stats.paths.get('unscorable', 0)} dead_letters={stats.dead_letters} "
             f"p50={_ms(latencies, 0.5).replace(' ', '')} p99={_ms(latencies, 0.99).replace(' ', '')} "
             f"first_verdict_after={first} latest_alarm=\"{latest}\"")

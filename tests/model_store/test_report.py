@@ -331,3 +331,14 @@ def test_a_store_without_recorded_set_points_shows_cluster_centres(manifest, tmp
     page = _page(tmp_path / "report.html")
     assert page.errors == []
     assert "centre of the cluster" in page.sections["settings"]
+
+
+def test_the_one_line_summary_counts_what_the_section_counts(manifest) -> None:
+    from model_store.report_coverage import BORROWED, NONE, OWN, coverage_line
+
+    coverage = store_coverage(manifest)
+    own, borrowed, none = (len(coverage.by_basis(b)) for b in (OWN, BORROWED, NONE))
+    line = coverage_line(manifest)
+    assert line.startswith(f"{len(coverage.parts)} parts: {own} judged against their own history, {borrowed} only against "
+                           f"other parts', {none} not at all; ")
+    assert "\n" not in line

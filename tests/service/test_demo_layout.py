@@ -114,3 +114,19 @@ def test_panel_in_a_real_80x24_pseudo_terminal() -> None:
     assert size_line.split()[1:] == ["80", "24", "True"], size_line
     lines = panel.rstrip("\n").splitlines()
     assert len(lines) <= 24 and "ITM-LAST-9" in panel
+
+
+def test_the_unscorable_share_names_the_part_and_reason_behind_most() -> None:
+    from service.demo_view import unscorable_text
+
+    stats = LiveStats()
+    assert unscorable_text(stats) == "unscorable 0"
+    for resolution, facility, item, reason in [("exact", "F01", "A", None)] * 6 + [
+            ("unscorable", "F02", "B", "no trained model for this facility and item")] * 3 + [
+            ("unscorable", "F03", "C", "setting far from history")]:
+        stats.observe({"facility": facility, "item": item, "resolution": resolution, "anomaly": False, "reason": reason})
+    # 4 of 10 unscorable; F02 B has 3 of them (the tie-break on equal counts is the larger key)
+    assert unscorable_text(stats) == "unscorable 4 (40.0%), most: F02 B (3: no trained model for this facility and item)"
+    assert "unscorable=4 " in summary_line(stats, {})
+    lines = screen(stats, 120, 30)
+    assert any("unscorable 4 (40.0%), most: F02 B" in line for line in lines)
