@@ -1,8 +1,10 @@
 """Prometheus metrics of one worker, in a registry of its own.
 
 A registry per worker (not the global default) so that tests, the demo and the benchmark can run
-several workers in one process. Label sets are bounded: facility and item come from the plant
-(tens to hundreds), dead-letter reasons and resolution paths are fixed vocabularies.
+several workers in one process. Label sets are bounded: facility and item label values are the
+pairs the served store has history for (any other pair is counted under "other", and in
+``moldwatch_unknown_part_verdicts_total``); dead-letter reasons and resolution paths are fixed
+vocabularies.
 
 Labelled counters whose label values are known at start (the configured source, the three output
 topics, dead-letter reasons, ...) are created at 0, so that rate()/increase() see the first event
@@ -44,6 +46,17 @@ ON_RECIPE = {True: "true", False: "false", None: "unknown"}
 
 def label(value: Any) -> str:
     return NONE_LABEL if value is None or value == "" else str(value)
+
+
+OTHER_LABEL = "other"  # facility/item label of a pair the store does not know
+MAX_PAIRS_WITHOUT_STORE = 1000  # before any store is served, label pairs as they come, up to this many
+
+
+def store_parts(manifest: Any) -> frozenset[tuple[str, str]]:
+    """(facility, item) pairs a store has history for: the label values the per-part counters may take."""
+    raw = getattr(manifest, "raw", manifest) or {}
+    return frozenset((label(row["key"].get("facility")), label(row["key"].get("item")))
+                     for row in raw.get("group_table", ()) if isinstance(row.get("key"), dict))
 
 
 @dataclass
@@ -151,6 +164,12 @@ class WorkerMetrics:
         r.register(self.cache)
         self.latencies = LatencyWindow()
         self._per_item: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # Label values are bounded by what the store knows: a buggy or hostile source sending 10^5
+        # new facility names must not grow /metrics (and the Prometheus behind it) without end.
+        self.known_parts: frozenset[tuple[str, str]] | None = None
+        self.unknown_parts = Counter(
+            "moldwatch_unknown_part_verdicts", "Verdicts for a facility/item pair the store has no history for, counted "
+            "under facility=item=\"other\" in the per-part counters.", registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._last_checkpoint: float | None = None
         self._started = time.time()
@@ -213,6 +232,20 @@ class WorkerMetrics:
         self.store.info({"model_version": str(engine.model_version), "path": str(path),
                          "groups": str(len(engine.manifest.groups))})
         self.cache.track(engine)
+        known = store_parts(engine.manifest)
+        if known or self.known_parts is not None:
+            self.known_parts = known
+
+    def part_labels(self, facility: Any, item: Any) -> tuple[str, str]:
+        """The (facility, item) label values of a verdict: its own when the store knows the pair,
+        else ("other", "other") (counted)."""
+        pair = (label(facility), label(item))
+        if pair in self._per_item or (self.known_parts is not None and pair in self.known_parts):
+            return pair
+        if self.known_parts is None and len(self._per_item) < MAX_PAIRS_WITHOUT_STORE:
+            return pair
+        self.unknown_parts.inc()
+        return OTHER_LABEL, OTHER_LABEL
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, resolved once: ``labels()`` takes a lock and hashes a tuple on
@@ -228,7 +261,7 @@ class WorkerMetrics:
         self.checkpoints.inc()
 
     def observe_verdict(self, verdict: dict[str, Any]) -> None:
-        facility, item = label(verdict.get("facility")), label(verdict.get("item"))
+        facility, item = self.part_labels(verdict.get("facility"), verdict.get("item"))
         children = self._per_item.get((facility, item))
         if children is None:  # labels() costs a lock and a tuple hash per call: resolve once per pair
             children = self._per_item[(facility, item)] = (
@@ -255,4 +288,4 @@ class WorkerMetrics:
             self.latencies.add(seconds)
 
 
-__all__ = ["WorkerMetrics", "LatencyWindow", "CacheStatsCollector", "label"]
+__all__ = ["WorkerMetrics", "LatencyWindow", "CacheStatsCollector", "label", "store_parts", "OTHER_LABEL"]

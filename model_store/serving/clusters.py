@@ -58,5 +58,6 @@ def assign_clusters(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid for every row (rows must have no NaN)."""
     if len(scaled) == 0:
         return np.zeros(0, dtype=np.int64)
-    d2 = ((scaled[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    with np.errstate(over="ignore"):  # a set point of 1e308 is infinitely far: the nearest is still the nearest
+        d2 = ((scaled[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
     return d2.argmin(axis=1)

@@ -25,6 +25,7 @@ Pure NumPy (serving imports no training library); arrays in, arrays out.
 """
 from __future__ import annotations
 
+import warnings
 from collections import ChainMap
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,6 +43,14 @@ CONDITIONAL = "conditional"  # the resolution path and model kind of a record ju
 PART_SEPARATOR = "\x1f"  # joins facility and item into one part key (a control char no name holds)
 FALLBACK = "*"  # the maker-level calibration unit (parts with too little history of their own)
 SETTING_CLIP = 6.0  # scaled set points beyond +-6 spreads are held there: a typo must not explode a square
+# A set point beyond everything its maker ever ran, by more than SETTING_EXCURSION_TOLERANCES
+# tolerances (a tolerance: the width of the maker's span of that set point, or half its magnitude
+# when wider), is a gross excursion: a unit mix-up, a corrupt register, a typo. The response clips
+# such a set point (SETTING_CLIP), so without this rule it would be judged as an ordinary shot.
+# Wide on purpose: a new part at a new temperature is not a typo.
+SETTING_EXCURSION_TOLERANCES = 3.0
+SETTING_MAGNITUDE_SHARE = 0.5
+EXCURSION_CAP = 1e9  # a finite ratio for the verdict however absurd the value
 
 
 def part_keys(facility: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -295,6 +304,30 @@ class ConditionalUnit:
                    else np.zeros((0, 2, len(self.settings))))
         return {k: i for i, k in enumerate(names)}, stacked
 
+    @cached_property
+    def _maker_span(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per set point: the lowest and highest any part of this maker ran, and its tolerance."""
+        _, ranges = self._ranges
+        if not len(ranges):
+            nothing = np.full(len(self.settings), np.nan)
+            return nothing, nothing
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN set point: no span, never an excursion
+            low, high = np.nanmin(ranges[:, 0, :], axis=0), np.nanmax(ranges[:, 1, :], axis=0)
+        return low, high
+
+    def setting_excursions(self, settings: np.ndarray) -> np.ndarray:
+        """(rows, settings) excursion ratio of each set point (see SETTING_EXCURSION_TOLERANCES):
+        0 within the maker's span, > 1 a gross excursion; 0 for a missing set point."""
+        x = np.asarray(settings, dtype=float)
+        low, high = self._maker_span
+        tolerance = np.fmax(high - low, SETTING_MAGNITUDE_SHARE * np.fmax(np.abs(low), np.abs(high)))
+        tolerance = np.where(tolerance > 0, tolerance, 1.0)  # a set point always 0: one unit is a tolerance
+        with np.errstate(invalid="ignore", over="ignore"):
+            beyond = np.fmax(low - x, x - high)
+            ratio = beyond / (SETTING_EXCURSION_TOLERANCES * tolerance)
+        return np.clip(np.nan_to_num(ratio, nan=0.0, posinf=EXCURSION_CAP), 0.0, EXCURSION_CAP)
+
     def field_evidence(self, key: str, z: np.ndarray, d: np.ndarray | None) -> np.ndarray:
         """Per field, against the tables of ``key`` (a part or FALLBACK): the residual evidence,
         or with a baseline the smaller of it and the tail evidence of ``d``."""
@@ -365,7 +398,10 @@ class ConditionalUnit:
             line[rows] = calibration.line
         ratio, outside = self._excursion_ratios(keys, production, z, d, settings)
         worst = ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
-        return ConditionalScore(total, fields, unit, score, line, worst, end, outside)
+        set_ratio = self.setting_excursions(settings)
+        if set_ratio.shape[1]:
+            worst = np.maximum(worst, set_ratio.max(axis=1))
+        return ConditionalScore(total, fields, unit, score, line, worst, end, outside, set_ratio > 1.0)
 
     def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None,
                    settings: np.ndarray | None = None) -> np.ndarray:
@@ -500,3 +536,4 @@ class ConditionalScore:
     excursion: np.ndarray  # (rows,) worst gross-excursion ratio (> 1 alarms whatever the score)
     baseline_state: dict[str, np.ndarray]  # part key -> running baseline after these rows (empty: none kept)
     outside: np.ndarray | None = None  # (rows, fields) outside the part's raw band (the verdict's out_of_range)
+    settings_outside: np.ndarray | None = None  # (rows, settings) set points that are gross excursions (out_of_range too)

@@ -84,7 +84,8 @@ def resolve(
         return Resolution(group, path, distance)
 
     rows = np.flatnonzero(settings_known | item_known)
-    d = np.sqrt(((np.nan_to_num(scaled[rows, None, :]) - index.centroids[None, :, :]) ** 2).sum(axis=2))  # (r, G)
+    with np.errstate(over="ignore"):  # an absurd set point is infinitely far from every group, as it should be
+        d = np.sqrt(((np.nan_to_num(scaled[rows, None, :]) - index.centroids[None, :, :]) ** 2).sum(axis=2))  # (r, G)
     has_settings = settings_known[rows, None]
     same_item = item[rows, None] == index.item[None, :]
     same_part = same_item & (facility[rows, None] == index.facility[None, :])

@@ -488,6 +488,9 @@ class ScoringEngine:
             if naming_only or newly.any():
                 for i, columns in _row_lists(result.outside[wins] & (listing[:, None])):
                     out.out_of_range[target[i]] = [names[j] for j in columns]
+            if result.settings_outside is not None and result.settings_outside.any():
+                for i, columns in _row_lists(result.settings_outside[wins]):  # set points far beyond the maker's
+                    out.out_of_range[target[i]] = [unit.settings[j] for j in columns] + out.out_of_range[target[i]]
 
     def _own_band_excursions(
         self, evaluation: Any, raw: np.ndarray, aligned: np.ndarray, facility: np.ndarray, item: np.ndarray,

@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model_store.errors import StoreError
@@ -242,3 +243,20 @@ def test_a_misspelled_field_is_logged_once_with_the_field_it_resembles(engine, d
     warned = [e for e in logs if e["event"] == "record field not in the plant schema"]
     assert [(e["field"], e["did_you_mean"]) for e in warned] == [(field[:-1], field)]
     assert field in first.verdicts[0]["imputed"]  # the record is still scored, the gap imputed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 10**6), value=st.sampled_from([1e308, -1e308, 9223372036854775807, -9223372036854775808,
+                                                           1e12, -1e12, "1e300", " -1e300 "]))
+def test_a_set_point_far_beyond_anything_ever_run_is_never_silently_normal(engine, documents, small_plant, which, value):
+    """A set point the maker never came near (a unit error, a corrupt register) is an alarm or a
+    dead letter, whichever setting field it hits."""
+    schema = small_plant.schema
+    document = dict(documents[which % len(documents)])
+    fields = schema.makers[document[schema.maker_column]].settings
+    document[fields[which % len(fields)]] = value
+    with np.errstate(all="raise"):  # no overflow warning on the way either
+        result = Pipeline(engine).run_batch(messages([document]))
+    assert len(result.verdicts) + len(result.dead_letters) == 1
+    for verdict in result.verdicts:
+        assert verdict["anomaly"] is True or verdict["resolution"] == "unscorable", verdict

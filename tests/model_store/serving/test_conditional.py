@@ -395,3 +395,47 @@ def test_an_absurd_production_value_alarms_with_finite_numbers_whatever_the_sett
         assert np.isfinite(getattr(result, name)).all(), name
     assert ((result.score > 1.0) | (result.excursion > 1.0)).all()
     assert all(np.isfinite(v).all() for v in result.baseline_state.values())
+
+
+# -- set points far beyond the maker's span --------------------------------------------------------
+def test_setting_excursion_boundaries_hand_computed(unit) -> None:
+    from dataclasses import replace
+
+    from model_store.serving.conditional import SETTING_EXCURSION_TOLERANCES
+
+    assert SETTING_EXCURSION_TOLERANCES == 3.0
+    # Two parts; the maker's span of s1 is 100..140 (width 40 < half of 140 = 70: tolerance 70),
+    # of s2 is 10..50 (width 40 > half of 50 = 25: tolerance 40).
+    ranges = {"P1": np.array([[100.0, 10.0], [120.0, 50.0]]), "P2": np.array([[110.0, 20.0], [140.0, 30.0]])}
+    wide = replace(unit, setting_ranges=ranges)
+    x = np.array([
+        [140.0, 50.0],        # on the span's edges: 0
+        [140.0 + 210.0, 30],  # s1 exactly 3 tolerances beyond: 1.0, not yet an alarm (> 1 alarms)
+        [100.0 - 211.0, 30],  # 211 / 210
+        [120.0, 50 + 120.0],  # s2 exactly 3 x 40 beyond: 1.0
+        [120.0, 10 - 240.0],  # s2 240 below: 240 / 120 = 2.0
+        [np.nan, 1e308],      # missing s1: 0; absurd s2: capped, finite
+    ])
+    ratio = wide.setting_excursions(x)
+    assert ratio[:, 0].tolist() == pytest.approx([0.0, 1.0, 211 / 210, 0.0, 0.0, 0.0])
+    assert ratio[:, 1].tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0, 2.0, 1e9])
+
+
+def test_a_set_point_never_moved_from_zero_has_a_tolerance_of_one_unit(unit) -> None:
+    from dataclasses import replace
+
+    still = replace(unit, setting_ranges={"P": np.array([[0.0, 0.0], [0.0, 0.0]])})
+    assert still.setting_excursions(np.array([[3.0, -6.0]])).tolist() == [[pytest.approx(1.0), pytest.approx(2.0)]]
+    empty = replace(unit, setting_ranges={})
+    assert empty.setting_excursions(np.array([[1e300, -1e300]])).tolist() == [[0.0, 0.0]]  # no history: no span
+
+
+def test_a_gross_set_point_excursion_alarms_and_names_the_set_point(unit, frame) -> None:
+    settings_, facility, item = _records(4, seed=3)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    low, high = unit._maker_span
+    tolerance = max(high[1] - low[1], 0.5 * max(abs(low[1]), abs(high[1])))
+    settings_[1, 1] = high[1] + 3.0 * tolerance * 1.5  # 1.5: a gross excursion
+    result = unit.score(settings_, part_keys(facility, item), production)
+    assert result.settings_outside[:, 1].tolist() == [False, True, False, False]
+    assert result.excursion[1] >= 1.5 - 1e-9  # the worst of the set points' and the production values'
