@@ -13,23 +13,33 @@ import numpy as np
 import pandas as pd
 
 from model_store.errors import DataError
-from model_store.recipe.combination import EVIDENCE, choose_combination, combination_json, use_centroid
+from model_store.recipe.combination import EVIDENCE, Combination, choose_combination, combination_json, use_centroid
 from model_store.recipe.config import RecipeConfig
-from model_store.recipe.guard import KEEP, RECOMMEND, spread_radius, within_spread, worse_than_history
+from model_store.recipe.guard import (KEEP, RECOMMEND, UNCERTAIN, confidence, spread_radius, within_spread,
+                                      worse_than_history)
 from model_store.recipe.pseudo_labels import pseudo_label
 from model_store.recipe.ranking import PAIR, rank_clusters
-from model_store.recipe.window import centroid_raw, operating_window
+from model_store.recipe.window import DIGITS, centroid_raw, operating_window
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.clusters import scale_settings
 from model_store.serving.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # 2: every recipe carries selection, confidence and confidence_reason; coverage and not_covered
+RANKED = "ranked"  # selection: the ranking's pick, passed the history guard
+FALLBACK = "most produced setting"  # selection: no setting cluster qualified; the part's most produced exact setting
 
 
 @dataclass
 class RecipeResult:
-    """Everything one run produced: per-pair recipes, the full ranking, and what was skipped why."""
+    """Everything one run produced: per-pair recipes, the full ranking, and what was skipped why.
+
+    Every facility/item with history ends in exactly one of: ``recipes`` (a setting to run: the
+    ranking's pick, or the most produced setting when no cluster qualifies, each with its
+    ``confidence``), ``kept`` (keep current practice: the best-supported candidate is expected
+    worse than the part's own history, so no single setting is named) or ``skipped`` (one row per
+    facility/item, with the reason). :meth:`coverage` counts them.
+    """
 
     model_version: str
     schema_hash: str
@@ -55,6 +65,35 @@ class RecipeResult:
         ]
         return skips + self.notes
 
+    def not_covered(self) -> list[dict[str, Any]]:
+        """Every facility/item with history that names no setting to run, with the reason in plain words."""
+        rows = [{"facility": k["facility"], "item": k["item"], "rows": k["history"]["rows"], "outcome": KEEP,
+                 "reason": f"keep current practice: {k['reason']}"} for k in self.kept]
+        rows += [{"facility": s["facility"], "item": s["item"], "rows": s["rows"], "outcome": "skipped", "reason": s["reason"]}
+                 for s in self.skipped]
+        return sorted(rows, key=lambda r: (str(r["facility"]), str(r["item"])))
+
+    def coverage(self) -> dict[str, Any]:
+        """How many facility/items with history got a setting to run (and how sure), and how many did not.
+
+        Covered = a recipe names a setting to run (ranked, or the most produced setting as a
+        fallback). "Keep current practice" names none and is not covered; nor is a skipped one.
+        """
+        missing = self.not_covered()
+        pairs = len(self.recipes) + len(missing)
+        count = lambda key, value: sum(1 for r in self.recipes if r.get(key) == value)  # noqa: E731
+        return {
+            "facility_items": pairs,
+            "with_recipe": len(self.recipes),
+            "share": round(len(self.recipes) / pairs, 6) if pairs else None,
+            "ranked": count("selection", RANKED),
+            "fallback": count("selection", FALLBACK),
+            "clearly_better": count("confidence", "clearly_better"),
+            "uncertain": count("confidence", UNCERTAIN),
+            "keep_current_practice": len(self.kept),
+            "skipped": sum(1 for r in missing if r["outcome"] == "skipped"),
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The recipes.json document (also what :class:`RecipeBook` and the MongoDB adapter read)."""
         return {
@@ -68,6 +107,8 @@ class RecipeResult:
             "recipes": self.recipes,
             "keep_current_practice": self.kept,
             "skipped": self.skipped,
+            "coverage": self.coverage(),
+            "not_covered": self.not_covered(),
             "warnings": self.warnings,
             "clusters": clusters_json(self.clusters),
         }
@@ -81,7 +122,10 @@ RULE = (
     "candidates; the candidate with the most production is recommended, unless its credible rate or its estimate is "
     "above the facility/item's own history (then: keep current practice). The published exact combination lies within "
     "the {spread_quantile:.0%} radius (around the cluster centre) of the shots the facility/item ran in the cluster, else the "
-    "cluster centre is published."
+    "cluster centre is published. When no cluster qualifies, the facility/item's most produced exact setting is published "
+    "instead. Every recipe says whether it is clearly better than what the part ran: only when its credible interval lies "
+    "entirely below that of the rest of the part's history; otherwise (overlapping, touching, a fallback, or all the part "
+    "ran) it is marked uncertain, with the reason."
 )
 
 
@@ -144,9 +188,14 @@ def compute_recipes(
 ) -> RecipeResult:
     """Pseudo-label ``records`` (canonical) with the store, rank every setting cluster, build recipes.
 
-    Facilities without any trained group are skipped with a warning (the store knows nothing of
-    them). ``labels``: the pseudo-labels of a previous result on the same records and store (its
-    ``labels``), to rank again under another config without scoring the history again. Raises
+    Every facility/item with history gets a recipe, a "keep current practice" row or a skipped
+    row with its reason (see :class:`RecipeResult`). Facilities without any trained group are
+    ranked on their lot counts (the store's setting clusters still place their set points) and
+    fall back to their most produced setting where no cluster qualifies; with
+    ``config.lots_only_facilities`` False they are skipped instead, each part with the reason.
+    ``labels``: the pseudo-labels of a previous result on the same records and store (its
+    ``labels``, or labels of all of ``records``), to rank again under another config without scoring
+    the history again. Raises
     :class:`DataError` when nothing at all can be recommended.
     """
     config = config or RecipeConfig()
@@ -157,15 +206,21 @@ def compute_recipes(
     notes: list[str] = []
     skipped: list[dict[str, Any]] = []
     known = records["facility"].astype(str).isin(facilities).to_numpy()
-    if config.lots_only_facilities and lots is not None and len(lots):
-        covered = records["facility"].astype(str).isin(set(lots["facility"].astype(str))).to_numpy()
-        if (~known & covered).any():
-            notes.append(f"{records.loc[~known & covered, 'facility'].nunique()} facilities without a trained group: ranked on lot counts only")
-        known = known | covered
-    for facility, n in records.loc[~known, "facility"].astype(str).value_counts().sort_index().items():
-        skipped.append({"facility": facility, "item": None, "rows": int(n), "reason": "the store has no trained group for this facility"})
+    if config.lots_only_facilities:
+        if (~known).any():
+            covered = set(lots["facility"].astype(str)) if lots is not None and len(lots) else set()
+            untrained = set(records.loc[~known, "facility"].astype(str))
+            notes.append(f"{len(untrained)} facilities without a trained group: ranked on lot counts only"
+                         + (f" ({len(untrained - covered)} without lots either: their most produced setting, marked uncertain)"
+                            if untrained - covered else ""))
+        known = np.ones(len(records), dtype=bool)
+    left_out = records.loc[~known]
+    for (facility, item), n in left_out.groupby([left_out["facility"].astype(str), left_out["item"]], dropna=True).size().items():
+        skipped.append({"facility": facility, "item": str(item), "rows": int(n), "reason": "the store has no trained group for this facility"})
     history = records.loc[known].reset_index(drop=True)
 
+    if labels is not None and len(labels) == len(records) and len(history) < len(records):
+        labels = labels.loc[known].reset_index(drop=True)  # labels of every record: keep those of the ranked facilities
     if labels is None or len(labels) != len(history):
         labels = pseudo_label(history, engine or ScoringEngine(manifest), progress=progress)
     if progress:
@@ -183,7 +238,7 @@ def compute_recipes(
     if progress:
         progress("recipe", 1, 1)
     if not result.recipes and not result.kept:
-        reasons = "; ".join(sorted({s["reason"] for s in skipped})) or "no setting cluster qualifies"
+        reasons = "; ".join(sorted({s["reason"] for s in result.skipped})) or "no setting cluster qualifies"
         raise DataError(f"nothing can be recommended: {reasons}")
     return result
 
@@ -226,6 +281,55 @@ class _Spread:
         return within_spread(scale_settings(point, model), model.centroids[cluster], radius)
 
 
+def _versus_rest(pair_shots: pd.DataFrame, chosen: np.ndarray, lots: pd.DataFrame | None, config: RecipeConfig,
+                 use_predicted: bool) -> tuple[tuple[float | None, float | None], tuple[float | None, float | None] | None]:
+    """Credible intervals of the chosen shots and of the rest of the part's history, ranked as two units
+    with the same evidence, intervals and blend as the clusters (lots split between the two by EM)."""
+    ranked = pair_shots["cluster"].to_numpy() >= 0
+    unit = np.where(chosen, 0, np.where(ranked, 1, -1))
+    pair = (str(pair_shots["facility"].iloc[0]), str(pair_shots["item"].iloc[0]))
+    table = rank_clusters(pair_shots.assign(cluster=unit), lots, config, predicted_pairs={pair} if use_predicted else set())
+    interval = lambda row: (_num(row["credible_low"]), _num(row["credible_rate"]))  # noqa: E731
+    own = table[table["cluster"] == 0]
+    rest = table[table["cluster"] == 1]
+    return (interval(own.iloc[0]) if len(own) else (None, None)), (interval(rest.iloc[0]) if len(rest) else None)
+
+
+def _most_produced(settings: pd.DataFrame) -> tuple[dict[str, float | None], np.ndarray]:
+    """The exact set-point combination run on the most shots (rows with every field known) and its
+    mask over ``settings``; ({}, all False) when no row has every field."""
+    values = settings.to_numpy(float)
+    complete = np.isfinite(values).all(axis=1)
+    mask = np.zeros(len(settings), dtype=bool)
+    if not complete.any():
+        return {}, mask
+    rounded = np.round(values[complete], DIGITS)
+    unique, inverse, counts = np.unique(rounded, axis=0, return_inverse=True, return_counts=True)
+    top = int(np.argmax(counts))
+    mask[np.flatnonzero(complete)[inverse.ravel() == top]] = True
+    return {f: round(float(v), DIGITS) for f, v in zip(settings.columns, unique[top])}, mask
+
+
+def _rate_doc(row: pd.Series | None) -> dict[str, Any]:
+    if row is None:
+        return {"estimate": None, "credible": None, "credible_interval": [None, None], "predicted": None,
+                "predicted_interval": [None, None], "lot": None, "lot_interval": None}
+    return {
+        "estimate": _num(row["defect_rate"]),
+        "credible": _num(row["credible_rate"]),
+        "credible_interval": [_num(row["credible_low"]), _num(row["credible_rate"])],
+        "predicted": _num(row["predicted_rate"]),
+        "predicted_interval": [_num(row["predicted_low"]), _num(row["predicted_high"])],
+        "lot": _num(row["lot_rate"]),
+        "lot_interval": [_num(row["lot_low"]), _num(row["lot_high"])] if row["lot_parts"] > 0 else None,
+    }
+
+
+def _production_doc(row: pd.Series) -> dict[str, Any]:
+    return {"rows": int(row["rows"]), "lots": int(row["lots"]), "days": int(row["days"]), "share": _num(row["share"]),
+            "first_day": row["first_day"], "last_day": row["last_day"]}
+
+
 def _build_recipes(
     result: RecipeResult, history: pd.DataFrame, labels: pd.DataFrame, lots: pd.DataFrame | None,
     manifest: StoreManifest, predicted_pairs: set[tuple[str, str]],
@@ -234,13 +338,24 @@ def _build_recipes(
     schema = manifest.schema
     # Normal = a model scored the shot and did not flag it (an unscorable shot is no evidence of good production).
     normal = labels["scored"].to_numpy(bool) & ~labels["anomaly"].to_numpy(bool)
-    pair_rows = labels[labels["cluster"] >= 0].groupby(["facility", "item"]).indices
+    # Every facility/item with history: the scoring core's item (it imputes a missing one), else the record's.
+    item_of = pd.Series(labels["item"].to_numpy(object), dtype=object).where(labels["item"].notna(), history["item"].to_numpy(object))
+    keys = pd.DataFrame({"facility": labels["facility"].astype(str).to_numpy(object), "item": item_of.to_numpy(object)})
+    all_rows = {(str(f), str(i)): idx for (f, i), idx in keys[keys["item"].notna()].groupby(["facility", "item"]).indices.items()}
     whole = _history_ranking(labels, lots, config, predicted_pairs) if len(result.clusters) else None
     spread = _Spread(manifest, config.spread_quantile)
-    for (facility, item), ranking in result.clusters.groupby(PAIR, sort=True):
+    rankings = dict(iter(result.clusters.groupby(PAIR, sort=True))) if len(result.clusters) else {}
+    for (facility, item) in sorted(all_rows):
+        every = all_rows[(facility, item)]
+        ranking = rankings.get((facility, item))
+        if ranking is None or len(ranking) == 0:
+            _fallback(result, history, labels, lots, manifest, facility, item, every, None, None, normal, spread,
+                      "the store could not place any of its shots in a setting cluster (no maker's setting model "
+                      "or no set points known)")
+            continue
+        rows = every[labels["cluster"].to_numpy()[every] >= 0]
         maker = str(ranking["maker"].iloc[0])
         fields = schema.makers[maker]
-        rows = pair_rows[(facility, item)]
         pair_labels = labels.iloc[rows]
         production = history.iloc[rows][list(fields.production)]
         cluster_of = pair_labels["cluster"].to_numpy()
@@ -252,32 +367,35 @@ def _build_recipes(
         windows = {int(c): window_of(cluster_of == c) for c in ranking["cluster"]}
         result.windows[(facility, item)] = windows
         picked = ranking[ranking["recommended"]]
-        if picked.empty:
-            result.skipped.append({
-                "facility": facility, "item": item, "rows": int(ranking["rows"].sum()),
-                "reason": f"no setting cluster with at least {config.min_rows} shots and a credible defect rate",
-            })
-            continue
-        best = picked.iloc[0]
-        cluster = int(best["cluster"])
-        history_rate = _pair_history(ranking["defect_rate"], ranking["rows"])
-        lot_rows = ranking[ranking["lot_parts"] > 0]
-        estimate = _num(best["defect_rate"])
         own = whole.loc[(facility, item)] if whole is not None and (facility, item) in whole.index else None
         own = own.iloc[0] if isinstance(own, pd.DataFrame) else own
-        history_credible = _num(own["credible_rate"]) if own is not None else None
+        history_rate = _pair_history(ranking["defect_rate"], ranking["rows"])
+        lot_rows = ranking[ranking["lot_parts"] > 0]
         history_doc = {
             "rows": int(ranking["rows"].sum()),
             "clusters": int(len(ranking)),
             "defect_rate": _num(history_rate),
-            "credible": history_credible,
+            "credible": _num(own["credible_rate"]) if own is not None else None,
+            "credible_interval": [_num(own["credible_low"]), _num(own["credible_rate"])] if own is not None else [None, None],
             "lot_defect_rate": _num(_pair_history(lot_rows["lot_rate"], lot_rows["lot_parts"])),
-            # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
-            "expected_reduction": _num(1 - float(best["defect_rate"]) / history_rate) if history_rate and estimate is not None else None,
+            "expected_reduction": None,
         }
+        if picked.empty:
+            largest = int(ranking["rows"].max())
+            _fallback(result, history, labels, lots, manifest, facility, item, rows, ranking, history_doc, normal, spread,
+                      f"no setting cluster with at least {config.min_rows} shots and a credible defect rate "
+                      f"(the largest has {largest:,} shots)")
+            continue
+        best = picked.iloc[0]
+        cluster = int(best["cluster"])
+        estimate = _num(best["defect_rate"])
+        history_credible = history_doc["credible"]
+        # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
+        history_doc["expected_reduction"] = (_num(1 - float(best["defect_rate"]) / history_rate)
+                                             if history_rate and estimate is not None else None)
         set_points = history.iloc[rows][list(fields.settings)]
-        combo = choose_combination(pair_labels, set_points, cluster, lots, config,
-                                   use_predicted=(facility, item) in predicted_pairs)
+        use_predicted = (facility, item) in predicted_pairs
+        combo = choose_combination(pair_labels, set_points, cluster, lots, config, use_predicted=use_predicted)
         # What is published is the combination: judged by its own figures when it was ranked on them.
         own_credible = combo.credible if combo.credible is not None else _num(best["credible_rate"])
         own_estimate = combo.estimate if combo.estimate is not None else estimate
@@ -293,6 +411,11 @@ def _build_recipes(
                 "window": window_of(np.ones(len(rows), dtype=bool)),
             })
             continue
+        # Sure or not: the evidence the pick was made on (the combination's shots when it was ranked on
+        # them, else the cluster's) against the rest of the part's history.
+        chosen = combo.mask if combo.chosen_by == EVIDENCE else cluster_of == cluster
+        interval, rest = _versus_rest(pair_labels, chosen, lots, config, use_predicted)
+        sure, why = confidence(interval, rest)
         model = manifest.setting_models[maker]
         centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
         radius = spread.radius((facility, item), maker, cluster, set_points[cluster_of == cluster])
@@ -302,6 +425,9 @@ def _build_recipes(
         window = windows[cluster]
         if combo.chosen_by == EVIDENCE and combo.rows >= config.min_rows:
             window = window_of(combo.mask)
+        rates = _rate_doc(best)
+        rates["estimate"] = estimate
+        rates["tested_interval"] = list(interval)
         result.recipes.append(
             {
                 "facility": facility,
@@ -309,21 +435,14 @@ def _build_recipes(
                 "maker": maker,
                 "model_version": result.model_version,
                 "action": RECOMMEND,
+                "selection": RANKED,
+                "confidence": sure,
+                "confidence_reason": why,
                 "setting_cluster": cluster,
                 "basis": str(best["basis"]),
-                "production": {
-                    "rows": int(best["rows"]), "lots": int(best["lots"]), "days": int(best["days"]),
-                    "share": _num(best["share"]), "first_day": best["first_day"], "last_day": best["last_day"],
-                },
-                "defect_rate": {
-                    "estimate": estimate,
-                    "credible": _num(best["credible_rate"]),
-                    "predicted": _num(best["predicted_rate"]),
-                    "predicted_interval": [_num(best["predicted_low"]), _num(best["predicted_high"])],
-                    "lot": _num(best["lot_rate"]),
-                    "lot_interval": [_num(best["lot_low"]), _num(best["lot_high"])] if best["lot_parts"] > 0 else None,
-                },
-                "history": history_doc,
+                "production": _production_doc(best),
+                "defect_rate": rates,
+                "history": {**history_doc, "rest_interval": list(rest) if rest is not None else None},
                 "setting": {
                     "fields": list(fields.settings),
                     **combination_json(combo),
@@ -333,3 +452,87 @@ def _build_recipes(
                 "window": window,
             }
         )
+
+
+def _fallback(
+    result: RecipeResult, history: pd.DataFrame, labels: pd.DataFrame, lots: pd.DataFrame | None, manifest: StoreManifest,
+    facility: str, item: str, rows: np.ndarray, ranking: pd.DataFrame | None, history_doc: dict[str, Any] | None,
+    normal: np.ndarray, spread: "_Spread", why: str,
+) -> None:
+    """No cluster qualifies: publish the part's most produced exact setting, marked uncertain, with ``why``.
+
+    ``rows``: the part's rows in ``labels`` / ``history`` (the ranked ones when it has a ranking).
+    Skipped (with the reason) when no shot has every set point recorded.
+    """
+    config = result.config
+    makers = history.iloc[rows]["maker"].dropna().astype(str)
+    maker = str(makers.mode().iloc[0]) if len(makers) else None
+    if maker is None or maker not in manifest.schema.makers:
+        result.skipped.append({"facility": facility, "item": item, "rows": int(len(rows)),
+                               "reason": f"{why}; and the maker of its records is unknown to the plant schema"})
+        return
+    fields = manifest.schema.makers[maker]
+    set_points = history.iloc[rows][list(fields.settings)]
+    exact, mask = _most_produced(set_points)
+    if not exact:
+        result.skipped.append({"facility": facility, "item": item, "rows": int(len(rows)),
+                               "reason": f"{why}; and no shot of it has every set point recorded, so no setting can be named"})
+        return
+    cluster_of = labels["cluster"].to_numpy()[rows]
+    clusters = cluster_of[mask]
+    cluster = int(pd.Series(clusters).mode().iloc[0]) if (clusters >= 0).any() else -1
+    row = None
+    if ranking is not None and cluster >= 0 and (ranking["cluster"] == cluster).any():
+        row = ranking[ranking["cluster"] == cluster].iloc[0]
+    shots = int(mask.sum())
+    share = shots / len(rows)
+    combo = Combination(exact, shots, float(shots / max(1, int((cluster_of == cluster).sum()) if cluster >= 0 else len(rows))),
+                        FALLBACK, exact, mask)
+    centroid: dict[str, float | None] = {f: None for f in fields.settings}
+    radius = None
+    if cluster >= 0 and maker in manifest.setting_models:
+        model = manifest.setting_models[maker]
+        centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
+        radius = spread.radius((facility, item), maker, cluster, set_points[cluster_of == cluster])
+        if not spread.within(maker, cluster, exact, radius):
+            combo = use_centroid(combo, centroid)
+    production = history.iloc[rows][list(fields.production)]
+    in_window = (cluster_of == cluster) if row is not None else mask
+    pair_normal = normal[rows] if config.window_normal_only else None
+    window = operating_window(production[in_window], None if pair_normal is None else pair_normal[in_window])
+    days = labels["day"].to_numpy(object)[rows][mask]
+    if row is not None:
+        production_doc = _production_doc(row)
+    else:
+        lot_dates = labels["lot_date"].to_numpy(object)[rows][mask]
+        production_doc = {"rows": shots, "lots": int(pd.Series(lot_dates).nunique()), "days": int(pd.Series(days).nunique()),
+                          "share": _num(share), "first_day": str(min(days)), "last_day": str(max(days))}
+    if history_doc is None:
+        history_doc = {"rows": int(len(rows)), "clusters": 0, "defect_rate": None, "credible": None,
+                       "credible_interval": [None, None], "lot_defect_rate": None, "expected_reduction": None}
+    rates = _rate_doc(row)
+    history_rate = history_doc["defect_rate"]
+    history_doc = {**history_doc, "rest_interval": None,
+                   "expected_reduction": _num(1 - rates["estimate"] / history_rate)
+                   if history_rate and rates["estimate"] is not None else None}
+    rates["tested_interval"] = [None, None]
+    result.recipes.append(
+        {
+            "facility": facility,
+            "item": item,
+            "maker": maker,
+            "model_version": result.model_version,
+            "action": RECOMMEND,
+            "selection": FALLBACK,
+            "confidence": UNCERTAIN,
+            "confidence_reason": (f"not ranked: {why}; this is the part's most produced setting ({shots:,} shots, "
+                                  f"{share:.0%} of its production), not a setting shown to be better"),
+            "setting_cluster": cluster,
+            "basis": str(row["basis"]) if row is not None else "none",
+            "production": production_doc,
+            "defect_rate": rates,
+            "history": history_doc,
+            "setting": {"fields": list(fields.settings), **combination_json(combo), "centroid": centroid, "spread_radius": _num(radius)},
+            "window": window,
+        }
+    )

@@ -42,9 +42,12 @@ class RecipeConfig:
     # centroid (scaled setting space) of the shots the facility/item ran in the cluster; farther
     # out, the centroid is published. 0.95: the cluster's usual reach, not its most distant shot.
     spread_quantile: float = 0.95
-    # A facility with no trained group at all is skipped (the store knows nothing of it). When
-    # True and lots cover it, it is ranked on lot counts alone instead.
-    lots_only_facilities: bool = False
+    # A facility with no trained group at all still gets recipes: the store's setting clusters place
+    # its set points, its lots rank them (no pseudo-labels: no model of its own judged it), and
+    # where nothing qualifies its most produced setting is published, marked uncertain. False:
+    # such a facility is skipped, each of its parts listed with the reason (the behaviour before
+    # issue 18, which left every part of an untrained machine without an answer).
+    lots_only_facilities: bool = True
     # The HTML report draws this many facility/items (largest production first); all are tabled.
     report_top: int = 12
 

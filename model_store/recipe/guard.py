@@ -12,6 +12,15 @@
   shots the facility/item ran in that cluster. Farther out it is an outlier of the cluster (a
   rarely run nudge), and the centroid is published instead. Row-weighted, so a combination that
   holds more than ``1 - quantile`` of those shots is inside by construction.
+* **Confidence.** Every answer says whether it is ``clearly_better`` than what the part ran or
+  ``uncertain``, with the reason in plain words. Clearly better: the credible interval of the
+  recommended setting lies entirely below the interval of the rest of the part's history (every
+  shot it ran under other settings), strictly; intervals that overlap or merely touch are
+  uncertain, and so is a setting that is all the part ran (nothing to compare with) or a figure
+  that is unknown. The rest, not the whole history: the recommended setting's own shots are part
+  of the history, so a setting that made most of them could never separate from a mix that is
+  mostly itself. Since history = share * setting + (1 - share) * rest, "below the rest" is
+  "below the history" as well.
 
 Pure functions on numbers and arrays.
 """
@@ -21,9 +30,14 @@ import numpy as np
 
 KEEP = "keep current practice"
 RECOMMEND = "recommend"
+CLEARLY_BETTER, UNCERTAIN = "clearly_better", "uncertain"
 # Relative slack for "equal": the history's and a single cluster's rates come from the same counts
 # through different float paths (a weighted mean of one value), so they may differ in the last bits.
 EQUAL_SLACK = 1e-9
+
+
+def _known(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x))
 
 
 def _above(value: float, reference: float, relative: float, absolute: float) -> bool:
@@ -38,9 +52,7 @@ def worse_than_history(credible: float | None, estimate: float | None, history_c
     Worse: above ``history * (1 + relative) + absolute`` (the ranking's tolerance). Unknown history
     figures (None / NaN) cannot be compared and do not block a recommendation.
     """
-    def known(x: float | None) -> bool:
-        return x is not None and bool(np.isfinite(x))
-
+    known = _known
     if known(credible) and known(history_credible) and _above(credible, history_credible, relative, absolute):
         return (f"its credible defect rate {credible:.2%} is above the item's own history ({history_credible:.2%}): "
                 "no setting is credibly better than the current mix")
@@ -48,6 +60,33 @@ def worse_than_history(credible: float | None, estimate: float | None, history_c
         return (f"its estimated defect rate {estimate:.2%} is above the item's own history ({history_estimate:.2%}): "
                 "recommending it would expect more defects, not fewer")
     return None
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:.2%}-{high:.2%}"
+
+
+def confidence(interval: tuple[float | None, float | None], rest: tuple[float | None, float | None] | None) -> tuple[str, str]:
+    """``(CLEARLY_BETTER or UNCERTAIN, the reason in plain words)``.
+
+    ``interval``: (low, high) credible defect rate of the recommended setting; ``rest``: the same
+    for the rest of the part's history, or None when the part ran nothing else. Clearly better
+    only when ``high < rest low`` (strictly: touching intervals are uncertain).
+    """
+    low, high = interval
+    if rest is None:
+        return UNCERTAIN, ("not clearly better than what this part ran: it is all this part ran "
+                           "(no other setting to compare it with)")
+    rest_low, rest_high = rest
+    if not all(_known(x) for x in (low, high, rest_low, rest_high)):
+        return UNCERTAIN, "not clearly better than what this part ran: no credible defect rate to compare"
+    assert low is not None and high is not None and rest_low is not None and rest_high is not None
+    if high < rest_low:
+        return CLEARLY_BETTER, (f"clearly better than what this part ran otherwise: its credible defect rate "
+                                f"({_span(low, high)}) lies below that of the rest of its history ({_span(rest_low, rest_high)})")
+    where = "lies above" if low > rest_high else "touches" if high == rest_low else "overlaps"
+    return UNCERTAIN, (f"not clearly better than what this part ran: its credible defect rate ({_span(low, high)}) "
+                       f"{where} that of the rest of its history ({_span(rest_low, rest_high)})")
 
 
 def spread_radius(points: np.ndarray, centroid: np.ndarray, quantile: float = 0.95) -> float:

@@ -23,26 +23,62 @@ from model_store.recipe.build import RecipeResult
 RECIPES_CSV, CLUSTERS_CSV, REPORT_HTML = "recipes.csv", "clusters.csv", "report.html"
 
 
+def _value(value: Any) -> str:
+    """A set point or window figure as text: at most 6 significant digits, empty when unknown."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def set_points_text(setting: dict[str, Any]) -> str:
+    """``field=value; field=value; ...`` in the maker's field order (one cell, only that maker's fields)."""
+    exact = setting.get("exact") or {}
+    return "; ".join(f"{name}={_value(exact.get(name))}" for name in setting.get("fields", exact))
+
+
+def window_text(window: dict[str, Any]) -> str:
+    """``field p1..p99 (mean m); ...`` per production field of the maker: the operating window in one cell."""
+    parts = []
+    for name, stats in window.get("fields", {}).items():
+        if stats.get("p1") is None:
+            parts.append(f"{name} unknown")
+        else:
+            parts.append(f"{name} {_value(stats['p1'])}..{_value(stats['p99'])} (mean {_value(stats['mean'])})")
+    return "; ".join(parts)
+
+
 def recipes_table(recipes: list[dict[str, Any]]) -> pd.DataFrame:
-    """One flat row per recipe: set points (``set.<field>``), centre and window per production field."""
+    """One row per recipe, a spreadsheet's worth of columns (27), whatever the makers.
+
+    Each maker records its own fields, so one column per field would give every row the columns
+    of every maker (hundreds, mostly empty). Instead the set points are one cell,
+    ``set_points`` = ``field=value; ...``, and the operating window another, ``operating_window``
+    = ``field p1..p99 (mean m); ...``, each holding only the row's maker's fields in its order.
+    recipes.json has every figure field by field.
+    """
     rows = []
     for r in recipes:
-        rate, hist, prod = r["defect_rate"], r["history"], r["production"]
-        row: dict[str, Any] = {
-            "facility": r["facility"], "item": r["item"], "maker": r["maker"], "model_version": r["model_version"],
-            "setting_cluster": r["setting_cluster"], "basis": r["basis"], "rows": prod["rows"], "lots": prod["lots"],
-            "days": prod["days"], "share": prod["share"], "defect_rate": rate["estimate"],
-            "credible_defect_rate": rate["credible"], "predicted_defect_rate": rate["predicted"],
-            "lot_defect_rate": rate["lot"], "history_defect_rate": hist["defect_rate"],
-            "history_lot_defect_rate": hist["lot_defect_rate"], "expected_reduction": hist["expected_reduction"],
-            "exact_share": r["setting"]["exact_share"], "window_rows": r["window"]["rows"],
-        }
-        row.update({f"set.{k}": v for k, v in r["setting"]["exact"].items()})
-        row.update({f"centroid.{k}": v for k, v in r["setting"]["centroid"].items()})
-        for name, stats in r["window"]["fields"].items():
-            row.update({f"{name}.{s}": v for s, v in stats.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        rate, hist, prod, setting = r["defect_rate"], r["history"], r["production"], r["setting"]
+        rows.append({
+            "facility": r["facility"], "item": r["item"], "maker": r["maker"], "action": r["action"],
+            "selection": r.get("selection"), "confidence": r.get("confidence"), "confidence_reason": r.get("confidence_reason"),
+            "setting_cluster": r["setting_cluster"], "set_points": set_points_text(setting), "chosen_by": setting["chosen_by"],
+            "exact_rows": setting["exact_rows"], "exact_share": setting["exact_share"], "basis": r["basis"],
+            "rows": prod["rows"], "lots": prod["lots"], "days": prod["days"], "share": prod["share"],
+            "defect_rate": rate["estimate"], "credible_defect_rate": rate["credible"], "predicted_defect_rate": rate["predicted"],
+            "lot_defect_rate": rate["lot"], "history_defect_rate": hist["defect_rate"], "history_lot_defect_rate": hist["lot_defect_rate"],
+            "expected_reduction": hist["expected_reduction"], "window_rows": r["window"]["rows"],
+            "operating_window": window_text(r["window"]), "model_version": r["model_version"],
+        })
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+CSV_COLUMNS = [
+    "facility", "item", "maker", "action", "selection", "confidence", "confidence_reason", "setting_cluster", "set_points",
+    "chosen_by", "exact_rows", "exact_share", "basis", "rows", "lots", "days", "share", "defect_rate", "credible_defect_rate",
+    "predicted_defect_rate", "lot_defect_rate", "history_defect_rate", "history_lot_defect_rate", "expected_reduction",
+    "window_rows", "operating_window", "model_version",
+]
 
 
 def check_target(target: Path) -> None:

@@ -2,7 +2,13 @@
 
 Size is bounded: one overview chart, then small multiples for ``report_top`` facility/items (those
 that ran several setting clusters first, then by production); every recipe is in the tables (and
-in recipes.csv / recipes.json).
+in recipes.csv / recipes.json), with its confidence, and every facility/item without a setting to
+run is listed with the reason.
+
+Units: the plant schema names fields but carries no units, so axes say what a value is (a defect
+rate in % of shots, a shot count, a production field's recorded value) and that the unit is the
+plant's own. Tick labels are thinned (and rotated on the narrow window panels) until no two
+overlap: :func:`thin_ticks` checks the drawn label boxes.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from model_store.plots import figure_to_img, page, plt
 from model_store.recipe.build import RecipeResult, describe_rule
@@ -21,6 +27,40 @@ from model_store.recipe.build import RecipeResult, describe_rule
 PREDICTED_COLOUR, LOT_COLOUR, PICK_COLOUR, OTHER_COLOUR = "#3b6fb6", "#e08a1e", "#2e9d4f", "#9aa4ae"
 OVERVIEW_MAX = 60  # rows of the overview chart; more would be unreadable at report width
 WINDOW_COLUMNS = 4
+UNITS_NOTE = "as recorded, in the plant's own unit (the schema carries no units)"
+CONFIDENCE_TEXT = {"clearly_better": "clearly better", "uncertain": "uncertain"}
+
+
+def _boxes(fig: Any, labels: list[Any]) -> list[Any]:
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()]
+
+
+def overlapping(fig: Any, labels: list[Any], pad: float = 1.0) -> bool:
+    """Whether any two of the drawn tick labels overlap (their boxes, ``pad`` pixels apart at least)."""
+    boxes = _boxes(fig, labels)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad:
+                return True
+    return False
+
+
+def thin_ticks(fig: Any, ax: Any, axis: str = "x", start: int = 6) -> None:
+    """Fewer ticks on ``axis`` until no two labels overlap (down to 2; then labels are rotated 90 degrees).
+
+    Only linear numeric axes are thinned; the caller sets rotation first where it wants one.
+    """
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    fig.canvas.draw()
+    bins = start
+    while overlapping(fig, target.get_ticklabels()) and bins > 1:
+        bins -= 1
+        target.set_major_locator(MaxNLocator(nbins=bins))
+        fig.canvas.draw()
+    if overlapping(fig, target.get_ticklabels()):
+        ax.tick_params(axis=axis, labelrotation=90)
+        fig.canvas.draw()
 
 
 def _pct(value: Any) -> str:
@@ -45,12 +85,15 @@ def _overview_figure(recipes: list[dict[str, Any]]) -> str:
     ax.hlines(y, np.minimum(hist, rec), np.maximum(hist, rec), color=OTHER_COLOUR, lw=1.5)
     ax.scatter(hist, y, color="#c44e52", s=18, label="history (volume-weighted)", zorder=3)
     ax.scatter(rec, y, color=PICK_COLOUR, s=18, label="recommended setting", zorder=3)
-    ax.set_yticks(y, [f"{r['facility']} / {r['item']}" for r in chosen], fontsize=6.5)
+    ax.set_yticks(y, [f"{r['facility']} / {r['item']}" + (" (uncertain)" if r.get("confidence") == "uncertain" else "")
+                      for r in chosen], fontsize=6.5)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlabel("estimated defect rate", fontsize=8)
+    ax.set_xlabel("estimated defect rate (% of shots)", fontsize=8)
+    ax.set_ylabel("facility / item", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Estimated defect rate: history vs recommended setting (largest facility/items)", fontsize=9)
     fig.tight_layout()
+    thin_ticks(fig, ax, "x")
     return figure_to_img(fig, "overview: history vs recommended defect rate")
 
 
@@ -79,9 +122,10 @@ def _rate_panel(ax: Any, ranking: pd.DataFrame) -> None:
     ax.set_ylim(0, min(1.0, max(0.005, top * 1.6)))
     ax.set_xscale("log")
     ax.set_xlim(max(1, x.min() / 2), x.max() * 2)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels crowd each other
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlabel("shots under the setting cluster (log)", fontsize=8)
-    ax.set_ylabel("defect rate, with interval", fontsize=8)
+    ax.set_xlabel("shots under the setting cluster (count, log scale)", fontsize=8)
+    ax.set_ylabel("defect rate (% of shots), with interval", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6.5, loc="upper right")
 
@@ -118,20 +162,34 @@ def _window_panel(ax: Any, field: str, ranking: pd.DataFrame, windows: dict[int,
     ax.set_yticks(range(len(labels)), labels, fontsize=6.5)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_title(field, fontsize=7.5)
-    ax.tick_params(axis="x", labelsize=6)
+    ax.set_xlabel("production value", fontsize=6)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.tick_params(axis="x", labelsize=6, labelrotation=30)
 
 
 def _pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]], fields: list[str]) -> str:
+    return figure_to_img(pair_figure(facility, item, ranking, windows, fields), f"{facility} {item} setting clusters and operating window")
+
+
+def pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]], fields: list[str]) -> Any:
+    """The figure of one facility/item: its clusters' rates by volume, and a window panel per production field."""
     rows = max(2, math.ceil(len(fields) / WINDOW_COLUMNS))
     fig = plt.figure(figsize=(15, 1.45 * rows + 0.6))
     grid = fig.add_gridspec(rows, 2 + WINDOW_COLUMNS, width_ratios=[1.3, 1.3] + [1] * WINDOW_COLUMNS)
-    _rate_panel(fig.add_subplot(grid[:, :2]), ranking)
+    rate_ax = fig.add_subplot(grid[:, :2])
+    _rate_panel(rate_ax, ranking)
+    window_axes = []
     for j, field in enumerate(fields):
-        _window_panel(fig.add_subplot(grid[j // WINDOW_COLUMNS, 2 + j % WINDOW_COLUMNS]), field, ranking, windows)
-    fig.suptitle(f"{facility} / {item}: setting clusters by volume and defect rate; operating window per production field "
-                 "(bar p5–p95, line p1–p99, tick mean, red triangle = outliers beyond; green = recommended)", fontsize=9)
+        window_axes.append(fig.add_subplot(grid[j // WINDOW_COLUMNS, 2 + j % WINDOW_COLUMNS]))
+        _window_panel(window_axes[-1], field, ranking, windows)
+    fig.suptitle(f"{facility} / {item}: setting clusters by volume and defect rate; operating window per production field, "
+                 f"{UNITS_NOTE} (bar p5–p95, line p1–p99, tick mean, red triangle = outliers beyond; green = recommended)",
+                 fontsize=9)
     fig.tight_layout()
-    return figure_to_img(fig, f"{facility} {item} setting clusters and operating window")
+    thin_ticks(fig, rate_ax, "y")
+    for ax in window_axes:
+        thin_ticks(fig, ax, "x", start=4)
+    return fig
 
 
 def _table(head: list[str], rows: list[list[Any]], left: int = 2) -> str:
@@ -144,15 +202,17 @@ def _table(head: list[str], rows: list[list[Any]], left: int = 2) -> str:
 
 
 def _recipes_table(recipes: list[dict[str, Any]]) -> str:
-    head = ["facility", "item", "maker", "cluster", "basis", "shots", "share", "est. defect rate", "credible rate",
-            "history rate", "expected reduction", "exact setting share"]
+    head = ["facility", "item", "maker", "confidence", "selection", "cluster", "basis", "shots", "share", "est. defect rate",
+            "credible rate", "history rate", "expected reduction", "exact setting share", "why this confidence"]
     rows = [
-        [r["facility"], r["item"], r["maker"], r["setting_cluster"], r["basis"], f"{r['production']['rows']:,}",
+        [r["facility"], r["item"], r["maker"], CONFIDENCE_TEXT.get(r.get("confidence", ""), ""), r.get("selection", ""),
+         r["setting_cluster"] if r["setting_cluster"] >= 0 else "none", r["basis"], f"{r['production']['rows']:,}",
          _pct(r["production"]["share"]), _pct(r["defect_rate"]["estimate"]), _pct(r["defect_rate"]["credible"]),
-         _pct(r["history"]["defect_rate"]), _pct(r["history"]["expected_reduction"]), _pct(r["setting"]["exact_share"])]
+         _pct(r["history"]["defect_rate"]), _pct(r["history"]["expected_reduction"]), _pct(r["setting"]["exact_share"]),
+         r.get("confidence_reason", "")]
         for r in recipes
     ]
-    return _table(head, rows, left=3)
+    return _table(head, rows, left=5)
 
 
 def _outliers(stats: dict[str, Any]) -> str:
@@ -175,12 +235,15 @@ def _setting_table(recipe: dict[str, Any]) -> str:
             for name in setting["fields"]]
     window = [[name, *(_num(s[k]) for k in ("p1", "p5", "mean", "p95", "p99")), _outliers(s)] for name, s in recipe["window"]["fields"].items()]
     note = "pseudo-labelled normal shots" if recipe["window"]["normal_only"] else "all shots"
+    sure = recipe.get("confidence")
     return (
-        "<div style='display:flex;gap:2em;flex-wrap:wrap'>"
+        (f"<p><b>Confidence: {html.escape(CONFIDENCE_TEXT.get(sure, str(sure)))}</b> — "
+         f"{html.escape(recipe.get('confidence_reason', ''))}</p>" if sure else "")
+        + "<div style='display:flex;gap:2em;flex-wrap:wrap'>"
         f"<div><b>Set points</b>: {'exact combination chosen by ' if setting['exact_rows'] else ''}{html.escape(setting['chosen_by'])} "
         f"({setting['exact_rows']:,} shots, {_pct(setting['exact_share'])} of the cluster)"
         + _table(head, rows, left=1)
-        + f"</div><div><b>Operating window</b> ({recipe['window']['rows']:,} {note})"
+        + f"</div><div><b>Operating window</b> ({recipe['window']['rows']:,} {note}; values {UNITS_NOTE})"
         + _table(["field", "p1", "p5", "mean", "p95", "p99", "outliers (min / max)"], window, left=1)
         + "</div></div>"
     )
@@ -196,17 +259,24 @@ def write_report(result: RecipeResult, path: Path) -> None:
         pair = (recipe["facility"], recipe["item"])
         ranking = result.clusters[(result.clusters["facility"] == pair[0]) & (result.clusters["item"] == pair[1])]
         fields = list(recipe["window"]["fields"])
+        sure = CONFIDENCE_TEXT.get(recipe.get("confidence", ""), "")
         sections.append(
             f"<h3>{html.escape(pair[0])} / {html.escape(pair[1])} — recommended cluster {recipe['setting_cluster']} "
-            f"({_pct(recipe['production']['share'])} of its production)</h3>"
+            f"({_pct(recipe['production']['share'])} of its production){', ' + sure if sure else ''}</h3>"
             + _pair_figure(pair[0], pair[1], ranking, result.windows.get(pair, {}), fields)
             + _setting_table(recipe)
         )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.notes)  # skips have their own table
     skipped = _table(["facility", "item", "records", "reason"], [[s["facility"], s["item"] or "(all)", f"{s['rows']:,}", s["reason"]] for s in result.skipped], left=2) if result.skipped else ""
+    coverage = result.coverage()
+    share = f" ({coverage['share']:.0%})" if coverage["share"] is not None else ""
     body = (
-        f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, "
-        f"{len(result.recipes)} facility/item recipes, created {result.created_at}.</p>"
+        f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, created {result.created_at}.</p>"
+        f"<p><b>{coverage['with_recipe']} of {coverage['facility_items']} facility/items with history have a setting to run</b>{share}: "
+        f"{coverage['ranked']} ranked, {coverage['fallback']} their most produced setting (no setting cluster qualified). "
+        f"<b>{coverage['clearly_better']} clearly better</b> than what the part ran, {coverage['uncertain']} uncertain "
+        f"(not shown to be better: read the reason before changing a running process). Without a setting: "
+        f"{coverage['keep_current_practice']} keep current practice, {coverage['skipped']} skipped (tables below).</p>"
         f"<p class=muted>{html.escape(describe_rule(result.config))}</p>"
         + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
         + (f"<h2>Skipped</h2>{skipped}" if skipped else "")

@@ -8,6 +8,10 @@
 Setting cluster numbers belong to one store version (its K-Means), so a recipe only judges
 records scored by the store it was made with: pass the worker's ``model_version`` and a recipe
 from another version answers None, like a facility/item without a recipe.
+
+A recipe is served as published, so ``GET /recipes/{facility}/{item}`` carries its
+``confidence`` (``clearly_better`` / ``uncertain``), ``confidence_reason`` and ``selection``. A
+fallback recipe whose setting no cluster holds has ``setting_cluster`` -1: on_recipe answers None.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ class RecipeBook:
         """Whether a record's setting cluster is the recommended one.
 
         None when there is no recipe for the facility/item, the cluster is unknown (< 0 or
-        missing), or ``model_version`` is given and differs from the recipe's.
+        missing), the recipe names no cluster (-1), or ``model_version`` is given and differs from
+        the recipe's.
         """
         recipe = self._by_pair.get((str(facility), str(item)))
         if recipe is None or setting_cluster is None:
@@ -85,7 +90,7 @@ class RecipeBook:
             cluster = int(setting_cluster)
         except (TypeError, ValueError):
             return None
-        if cluster < 0:
+        if cluster < 0 or recipe["setting_cluster"] < 0:
             return None
         return cluster == recipe["setting_cluster"]
 

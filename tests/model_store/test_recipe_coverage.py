@@ -1,0 +1,335 @@
+"""Issue 18: every part with history is answered, and every answer says how sure it is.
+
+compute_recipes end to end on hand-built plants (a stand-in store manifest: one maker, two set
+points, three setting clusters; the pseudo-labels are given, so no model runs), the confidence
+rule at its boundaries by hand, a planted bug in that rule that these tests must catch, the
+one-row-per-recipe CSV, the served recipe, and tick labels that never overlap in the report.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from model_store.errors import DataError
+from model_store.recipe import RecipeBook, RecipeConfig, compute_recipes
+from model_store.recipe.build import FALLBACK, RANKED
+from model_store.recipe.guard import CLEARLY_BETTER, UNCERTAIN, confidence
+from model_store.recipe.output import CSV_COLUMNS, recipes_table
+from model_store.schema import parse_schema
+from model_store.serving.clusters import SettingModel
+
+FIELDS = ("a", "b")
+CENTRES = np.array([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])  # scaled; raw = 100 * scaled
+SCHEMA = parse_schema({
+    "name": "hand", "record_id": "record_id", "timestamp": "timestamp", "facility": "facility", "item": "item",
+    "lot_date": "lot_date", "maker": {"column": "maker"},
+    "makers": {"M": {"settings": list(FIELDS), "production": ["p"]}, "N": {"settings": ["c"], "production": ["q"]}},
+})
+MODEL = SettingModel("M", FIELDS, np.zeros(2), np.full(2, 100.0), CENTRES, {3: 0.9})
+STANDARD, NUDGE, VARIANT, OTHER = (10.0, 10.0), (11.0, 10.0), (50.0, 50.0), (90.0, 90.0)
+
+
+def manifest(trained: set[tuple[str, str]]) -> Any:
+    """What compute_recipes reads of a store: its groups (the trained facility/items), the maker's setting model, the schema."""
+    return SimpleNamespace(
+        groups=[{"key": {"facility": f, "item": i}} for f, i in sorted(trained)], setting_models={"M": MODEL}, raw={},
+        root="(hand-built)", model_version="v1", schema_hash="h", schema=SCHEMA,
+    )
+
+
+def cluster_of(combo: tuple[float, float]) -> int:
+    point = np.asarray(combo, dtype=float) / 100.0
+    if not np.isfinite(point).all():
+        return -1
+    return int(((CENTRES - point) ** 2).sum(axis=1).argmin())
+
+
+def plant(blocks: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """records, pseudo-labels and lots from blocks: {facility, item, combo, n, bad, anomalies, day}.
+
+    ``bad`` of the block's shots are bad parts in its day's lot; the first ``anomalies`` are
+    pseudo-labelled anomalous. A block with ``"maker": "N"`` belongs to a maker the store has no
+    setting model for (its shots get no cluster).
+    """
+    records, labels, lot_rows = [], [], []
+    for b, spec in enumerate(blocks):
+        n, facility, item, day = spec["n"], spec.get("facility", "F1"), spec.get("item", "I1"), spec.get("day", "2026-01-01")
+        maker = spec.get("maker", "M")
+        combo = spec.get("combo", STANDARD)
+        ids = [f"r{b}-{k}" for k in range(n)]
+        frame = {"record_id": ids, "timestamp": pd.Timestamp(day) + pd.to_timedelta(np.arange(n) + 1000 * b, unit="s"),
+                 "maker": maker, "facility": facility, "item": item, "lot_date": day}
+        if maker == "M":
+            frame |= {"a": combo[0], "b": combo[1], "p": 1.0 + np.arange(n) % 7}
+        else:
+            frame |= {"c": combo[0], "q": 2.0}
+        records.append(pd.DataFrame(frame))
+        labels.append(pd.DataFrame({
+            "record_id": ids, "facility": facility, "item": item, "maker": maker,
+            "cluster": cluster_of(combo) if maker == "M" else -1, "group_id": 0, "resolution": "group",
+            "scored": maker == "M", "anomaly": np.arange(n) < spec.get("anomalies", 0), "lot_date": day, "day": day,
+        }))
+        lot_rows.append({"facility": facility, "item": item, "lot_date": day, "good_qty": n - spec.get("bad", 0),
+                         "bad_qty": spec.get("bad", 0)})
+    lots = pd.DataFrame(lot_rows).groupby(["facility", "item", "lot_date"], as_index=False)[["good_qty", "bad_qty"]].sum()
+    return pd.concat(records, ignore_index=True), pd.concat(labels, ignore_index=True), lots
+
+
+def run(blocks: list[dict[str, Any]], trained: set[tuple[str, str]] | None = None, **config: Any):
+    records, labels, lots = plant(blocks)
+    trained = {("F1", "I1")} if trained is None else trained
+    return compute_recipes(records, lots, manifest(trained), RecipeConfig(**config), labels=labels)
+
+
+def answer(result, facility: str = "F1", item: str = "I1") -> dict[str, Any]:
+    found = [r for r in result.recipes if (r["facility"], r["item"]) == (facility, item)]
+    assert len(found) == 1, (result.recipes, result.kept, result.skipped)
+    return found[0]
+
+
+# -- the confidence rule, by hand ------------------------------------------------------------------
+def check_confidence_rule(rule: Callable[..., tuple[str, str]]) -> None:
+    """What the rule must do at its edges (hand-computed); raises AssertionError on any miss."""
+    # 0.9 % < 1.0 %: the whole interval lies below the rest's: clearly better.
+    assert rule((0.001, 0.009), (0.010, 0.020))[0] == CLEARLY_BETTER
+    # Touching ends (1.0 % = 1.0 %) are not "clearly": uncertain.
+    assert rule((0.001, 0.010), (0.010, 0.020))[0] == UNCERTAIN
+    # Overlapping by a hair (1.0001 % > 1.0 %): uncertain.
+    assert rule((0.001, 0.010001), (0.010, 0.020))[0] == UNCERTAIN
+    # Entirely above the rest: uncertain, never clearly better.
+    assert rule((0.030, 0.040), (0.010, 0.020))[0] == UNCERTAIN
+    # Nothing else ran, or a figure is unknown: nothing to compare, uncertain.
+    assert rule((0.001, 0.009), None)[0] == UNCERTAIN
+    assert rule((None, 0.009), (0.010, 0.020))[0] == UNCERTAIN
+    assert rule((0.001, float("nan")), (0.010, 0.020))[0] == UNCERTAIN
+    assert rule((0.001, 0.009), (0.010, None))[0] == UNCERTAIN
+
+
+def test_confidence_rule_at_its_boundaries():
+    check_confidence_rule(confidence)
+
+
+def test_confidence_reasons_are_plain_words_with_both_intervals():
+    assert confidence((0.001, 0.009), (0.010, 0.020))[1] == (
+        "clearly better than what this part ran otherwise: its credible defect rate (0.10%-0.90%) lies below that of "
+        "the rest of its history (1.00%-2.00%)")
+    assert confidence((0.001, 0.010), (0.010, 0.020))[1] == (
+        "not clearly better than what this part ran: its credible defect rate (0.10%-1.00%) touches that of the rest "
+        "of its history (1.00%-2.00%)")
+    assert "overlaps" in confidence((0.005, 0.015), (0.010, 0.020))[1]
+    assert "lies above" in confidence((0.030, 0.040), (0.010, 0.020))[1]
+    assert "all this part ran" in confidence((0.001, 0.009), None)[1]
+
+
+def _touching_counts_as_better(interval, rest):
+    low, high = interval
+    if rest is None or None in (low, high, *rest) or not np.isfinite([low, high, *rest]).all():
+        return UNCERTAIN, "x"
+    return (CLEARLY_BETTER if high <= rest[0] else UNCERTAIN), "x"  # the planted bug: <= for <
+
+
+def _compares_with_the_rest_high_end(interval, rest):
+    low, high = interval
+    if rest is None or None in (low, high, *rest) or not np.isfinite([low, high, *rest]).all():
+        return UNCERTAIN, "x"
+    return (CLEARLY_BETTER if high < rest[1] else UNCERTAIN), "x"  # the planted bug: the rest's upper end
+
+
+def _ignores_a_missing_rest(interval, rest):
+    return (CLEARLY_BETTER if rest is None or interval[1] < rest[0] else UNCERTAIN), "x"
+
+
+@pytest.mark.parametrize("planted", [_touching_counts_as_better, _compares_with_the_rest_high_end, _ignores_a_missing_rest])
+def test_a_planted_bug_in_the_confidence_rule_is_caught(planted):
+    with pytest.raises(AssertionError):
+        check_confidence_rule(planted)
+
+
+def test_a_planted_bug_in_the_built_rule_is_caught_end_to_end(monkeypatch):
+    """The rule as compute_recipes applies it: a bug there must change a recipe a test looks at."""
+    import model_store.recipe.build as build
+
+    blocks = [{"combo": STANDARD, "n": 400, "bad": 0, "day": "2026-01-01"}, {"combo": OTHER, "n": 400, "bad": 80, "day": "2026-01-02"}]
+    assert answer(run(blocks))["confidence"] == CLEARLY_BETTER
+    monkeypatch.setattr(build, "confidence", lambda interval, rest: (UNCERTAIN, "x") if rest is not None else (CLEARLY_BETTER, "x"))
+    assert answer(run(blocks))["confidence"] != CLEARLY_BETTER
+
+
+# -- confidence on built recipes -------------------------------------------------------------------
+def test_a_setting_far_below_the_rest_is_clearly_better():
+    # 0 bad of 400 on its own day vs 80 of 400: lot interval [0, 0.95 %] (Wilson, 0 of 400) lies far
+    # below the rest's (about 16 %-24 %); pseudo-labels agree (no anomaly at all): clearly better.
+    result = run([{"combo": STANDARD, "n": 400, "bad": 0, "day": "2026-01-01"},
+                  {"combo": OTHER, "n": 400, "bad": 80, "anomalies": 60, "day": "2026-01-02"}])
+    recipe = answer(result)
+    assert (recipe["selection"], recipe["confidence"], recipe["setting_cluster"]) == (RANKED, CLEARLY_BETTER, 0)
+    low, high = recipe["defect_rate"]["tested_interval"]
+    rest_low, _ = recipe["history"]["rest_interval"]
+    assert high < rest_low and recipe["confidence_reason"].startswith("clearly better")
+
+
+def test_a_setting_barely_below_the_rest_is_uncertain():
+    # 2 of 400 vs 4 of 400: the intervals overlap widely; the pick stands but says it is not sure.
+    result = run([{"combo": STANDARD, "n": 400, "bad": 2, "day": "2026-01-01"},
+                  {"combo": OTHER, "n": 300, "bad": 4, "day": "2026-01-02"}])
+    recipe = answer(result)
+    assert recipe["confidence"] == UNCERTAIN and "overlaps" in recipe["confidence_reason"]
+
+
+def test_all_the_part_ran_is_uncertain():
+    recipe = answer(run([{"combo": STANDARD, "n": 500, "bad": 1}]))
+    assert recipe["selection"] == RANKED and recipe["confidence"] == UNCERTAIN
+    assert recipe["history"]["rest_interval"] is None and "all this part ran" in recipe["confidence_reason"]
+
+
+# -- min_rows and the fallback ---------------------------------------------------------------------
+def test_a_cluster_with_exactly_min_rows_shots_is_ranked():
+    recipe = answer(run([{"combo": STANDARD, "n": 100, "bad": 0}], min_rows=100))
+    assert recipe["selection"] == RANKED and recipe["production"]["rows"] == 100
+
+
+def test_one_shot_short_of_min_rows_falls_back_to_the_most_produced_setting():
+    # 99 shots: 60 at the standard, 39 at an operator's nudge (same cluster). No cluster qualifies,
+    # so the most produced exact setting (the standard, 60 of 99 = 61 %) is published, uncertain.
+    result = run([{"combo": STANDARD, "n": 60, "bad": 0}, {"combo": NUDGE, "n": 39, "bad": 0}], min_rows=100)
+    recipe = answer(result)
+    assert recipe["selection"] == FALLBACK and recipe["action"] == "recommend"
+    assert recipe["setting"]["exact"] == {"a": 10.0, "b": 10.0} and recipe["setting"]["exact_rows"] == 60
+    assert recipe["confidence"] == UNCERTAIN
+    assert recipe["confidence_reason"] == (
+        "not ranked: no setting cluster with at least 100 shots and a credible defect rate (the largest has 99 shots); "
+        "this is the part's most produced setting (60 shots, 61% of its production), not a setting shown to be better")
+    assert recipe["setting_cluster"] == 0 and result.coverage()["fallback"] == 1
+
+
+def test_the_fallback_picks_the_most_produced_exact_setting_across_clusters():
+    # 40 shots at the standard (cluster 0), 50 at the variant (cluster 1): the variant is the most produced.
+    recipe = answer(run([{"combo": STANDARD, "n": 40, "bad": 0}, {"combo": VARIANT, "n": 50, "bad": 5}]))
+    assert recipe["selection"] == FALLBACK and recipe["setting"]["exact"] == {"a": 50.0, "b": 50.0}
+    assert recipe["setting_cluster"] == 1
+
+
+def test_a_facility_without_a_trained_group_is_ranked_on_its_lots():
+    blocks = [{"facility": "F2", "combo": STANDARD, "n": 300, "bad": 0, "day": "2026-01-01"},
+              {"facility": "F2", "combo": OTHER, "n": 300, "bad": 30, "day": "2026-01-02"},
+              {"combo": STANDARD, "n": 200}]
+    result = run(blocks)
+    recipe = answer(result, "F2")
+    assert recipe["selection"] == RANKED and recipe["basis"] == "lots" and recipe["setting_cluster"] == 0
+    assert any("without a trained group" in n for n in result.notes)
+    # The switch back to the old behaviour: skipped, each part listed with the reason.
+    before = run(blocks, lots_only_facilities=False)
+    assert [(s["facility"], s["item"], s["rows"]) for s in before.skipped] == [("F2", "I1", 600)]
+    assert before.skipped[0]["reason"] == "the store has no trained group for this facility"
+
+
+def test_a_maker_without_a_setting_model_gets_its_most_produced_setting_and_no_cluster():
+    result = run([{"combo": STANDARD, "n": 200}, {"facility": "F3", "maker": "N", "combo": (7.0, 7.0), "n": 30},
+                  {"facility": "F3", "maker": "N", "combo": (8.0, 8.0), "n": 20}])
+    recipe = answer(result, "F3")
+    assert recipe["selection"] == FALLBACK and recipe["setting"]["exact"] == {"c": 7.0} and recipe["setting_cluster"] == -1
+    book = RecipeBook.from_json(result.to_json())
+    assert book.on_recipe("F3", "I1", 0, "v1") is None  # no cluster named: cannot tell
+    assert book.get("F3", "I1")["confidence"] == UNCERTAIN  # served with its flag
+
+
+def test_a_part_without_any_complete_set_point_is_skipped_with_the_reason():
+    result = run([{"combo": STANDARD, "n": 200}, {"item": "I2", "combo": (np.nan, 10.0), "n": 50}])
+    assert [(s["facility"], s["item"]) for s in result.skipped] == [("F1", "I2")]
+    assert "no shot of it has every set point recorded" in result.skipped[0]["reason"]
+    assert result.coverage() | {"share": None} == {
+        "facility_items": 2, "with_recipe": 1, "share": None, "ranked": 1, "fallback": 0, "clearly_better": 0,
+        "uncertain": 1, "keep_current_practice": 0, "skipped": 1}
+    assert result.to_json()["not_covered"][0]["reason"] == result.skipped[0]["reason"]
+
+
+# -- every part is answered, whatever the plant (property) -----------------------------------------
+COMBOS = [STANDARD, NUDGE, VARIANT, OTHER, (np.nan, 10.0)]
+BLOCK = st.fixed_dictionaries({
+    "facility": st.sampled_from(["F1", "F2", "F3"]), "item": st.sampled_from(["I1", "I2", "I3"]),
+    "combo": st.sampled_from(COMBOS), "n": st.integers(1, 260), "bad": st.integers(0, 6), "anomalies": st.integers(0, 6),
+    "day": st.sampled_from(["2026-01-01", "2026-01-02", "2026-01-03"]), "maker": st.sampled_from(["M", "M", "M", "N"]),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=st.lists(BLOCK, min_size=1, max_size=7), lots_only=st.booleans())
+def test_every_part_with_history_is_answered_once_with_a_reason(blocks, lots_only):
+    blocks = [dict(b, bad=min(b["bad"], b["n"]), anomalies=min(b["anomalies"], b["n"])) for b in blocks]
+    blocks.append({"facility": "F1", "item": "I1", "combo": STANDARD, "n": 150})  # a trained facility (else refused)
+    records, labels, lots = plant(blocks)
+    pairs = set(zip(records["facility"], records["item"]))
+    try:
+        result = compute_recipes(records, lots, manifest({("F1", "I1"), ("F1", "I2")}), RecipeConfig(lots_only_facilities=lots_only),
+                                 labels=labels)
+    except DataError as exc:  # nothing at all to recommend: refused, naming why
+        assert str(exc).startswith("nothing can be recommended: ")
+        return
+    answered = [(r["facility"], r["item"]) for r in result.recipes] + [(r["facility"], r["item"]) for r in result.not_covered()]
+    assert sorted(answered) == sorted(pairs)  # each part exactly once
+    for row in result.not_covered():
+        assert isinstance(row["reason"], str) and row["reason"].strip()
+    for recipe in result.recipes:
+        assert recipe["confidence"] in (CLEARLY_BETTER, UNCERTAIN) and recipe["confidence_reason"].strip()
+        assert recipe["setting"]["exact"] and all(v is not None for v in recipe["setting"]["exact"].values())
+        if recipe["confidence"] == CLEARLY_BETTER:
+            assert recipe["selection"] == RANKED
+            assert recipe["defect_rate"]["tested_interval"][1] < recipe["history"]["rest_interval"][0]
+    coverage = result.coverage()
+    assert coverage["facility_items"] == len(pairs) and coverage["with_recipe"] == len(result.recipes)
+    assert len(recipes_table(result.recipes)) == len(result.recipes)
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def test_the_csv_has_a_fixed_set_of_columns_and_only_the_rows_makers_fields():
+    result = run([{"combo": STANDARD, "n": 200}, {"facility": "F3", "maker": "N", "combo": (7.0, 7.0), "n": 30}])
+    table = recipes_table(result.recipes)
+    assert list(table.columns) == CSV_COLUMNS and len(CSV_COLUMNS) == 27
+    rows = table.set_index("facility")
+    assert rows.loc["F1", "set_points"] == "a=10; b=10" and rows.loc["F3", "set_points"] == "c=7"
+    assert rows.loc["F1", "operating_window"].startswith("p 1..") and "q" not in rows.loc["F1", "operating_window"]
+    assert rows.loc["F3", "operating_window"] == "q 2..2 (mean 2)"
+    assert set(rows["confidence"]) == {UNCERTAIN} and rows["confidence_reason"].str.len().min() > 20
+    assert list(recipes_table([]).columns) == CSV_COLUMNS
+
+
+def test_report_tick_labels_never_overlap():
+    from model_store.recipe.report import overlapping, pair_figure, plt
+
+    # Long, crowded numbers on narrow panels: 123456.789-style values across a small range.
+    result = run([{"combo": STANDARD, "n": 300, "bad": 0, "day": "2026-01-01"},
+                  {"combo": OTHER, "n": 300, "bad": 9, "day": "2026-01-02"}])
+    recipe = answer(result)
+    windows = {c: {"rows": 10, "normal_only": True, "fields": {
+        f"field_{j}": {"min": 123456.0 + c, "p1": 123456.001 + c, "p5": 123456.2 + c, "mean": 123456.5 + c, "p95": 123457.1 + c,
+                       "p99": 123457.9 + c, "max": 123458.0 + c, "outliers": 1} for j in range(7)}} for c in (0, 2)}
+    ranking = result.clusters[(result.clusters["facility"] == "F1") & (result.clusters["item"] == "I1")]
+    fig = pair_figure("F1", "I1", ranking, windows, [f"field_{j}" for j in range(7)])
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert not overlapping(fig, ax.get_xticklabels()), ax.get_title()
+            assert not overlapping(fig, ax.get_yticklabels()), ax.get_title()
+            assert ax.get_xlabel() and (ax.get_ylabel() or ax.get_title())  # every axis says what it shows
+    finally:
+        plt.close(fig)
+    assert recipe["confidence"] in (CLEARLY_BETTER, UNCERTAIN)
+
+
+def test_the_report_shows_every_answer_and_its_confidence(tmp_path):
+    from model_store.recipe.report import write_report
+
+    result = run([{"combo": STANDARD, "n": 400, "bad": 0, "day": "2026-01-01"},
+                  {"combo": OTHER, "n": 400, "bad": 80, "day": "2026-01-02"},
+                  {"item": "I2", "combo": STANDARD, "n": 40}, {"item": "I3", "combo": (np.nan, 1.0), "n": 40}])
+    write_report(result, tmp_path / "report.html")
+    text = (tmp_path / "report.html").read_text()
+    assert "2 of 3 facility/items with history have a setting to run" in text
+    assert "clearly better" in text and "uncertain" in text and "most produced setting" in text
+    assert "no shot of it has every set point recorded" in text  # the skipped one, with its reason
+    assert "plant&#x27;s own unit" in text or "plant's own unit" in text
