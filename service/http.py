@@ -49,6 +49,9 @@ def create_app(worker: "Worker") -> FastAPI:
     async def readyz() -> JSONResponse:
         ok, reasons = await worker.readiness()  # reasons are scrubbed of secrets by the worker
         body: dict[str, Any] = {"ready": ok, "reasons": reasons}
+        warnings = worker.readiness_warnings()
+        if warnings:
+            body["warnings"] = warnings  # serving, but an operator should look (e.g. a rejected new store)
         if worker.model_version:
             body["model_version"] = worker.model_version
         return JSONResponse(body, status_code=200 if ok else 503)

@@ -16,7 +16,9 @@ Why each rule:
 - **signature** ``(inode, mtime_ns, size)``: a file renamed into place (atomic publish) changes
   the inode even within one mtime tick; an in-place edit changes mtime or size. Reading the
   signature costs one ``stat``, so polling is cheap; no inotify (it misses changes on network and
-  container volumes).
+  container volumes). The model store is a directory: its signature covers every file in it
+  (:func:`tree_signature`), so a store copied in any order is tried again as files land, and
+  is served once it verifies.
 - **debounce**: a new signature is loaded only once it was seen unchanged on two polls in a row, so
   a file written in place (an editor, ``echo > file``) is read when the writer is done, not half way.
 - **the signature is taken before reading**: a write that lands during the read is seen at the
@@ -55,14 +57,36 @@ def file_signature(path: Path) -> Signature | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def tree_signature(directory: Path, anchor: str) -> Signature | None:
+    """One signature for every file under ``directory`` (name, inode, mtime, size), or None while
+    ``anchor`` (the store's manifest) is missing. A store copied file by file, in any order,
+    changes it with every file that lands, so the store is tried again when it may have become
+    whole; one ``stat`` per file per poll."""
+    if not (directory / anchor).is_file():
+        return None
+    entries = []
+    newest = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:  # removed while walking: the next poll sees the settled tree
+                continue
+            entries.append((os.path.relpath(os.path.join(root, name), directory), st.st_ino, st.st_mtime_ns, st.st_size))
+            newest = max(newest, st.st_mtime_ns)
+    return (len(entries), hash(tuple(sorted(entries))), newest)
+
+
 class Reloader(Generic[T]):
     """A value read from one file, reloaded when the file changes, the last good one kept."""
 
     def __init__(self, name: str, path: Path | Callable[[], Path], load: Loader, poll_s: float, *,
                  debounce: bool = True, on_loaded: Callable[[T], None] | None = None,
                  on_failed: Callable[[Exception], None] | None = None,
-                 describe: Callable[[T], Any] | None = None) -> None:
+                 describe: Callable[[T], Any] | None = None,
+                 signature: Callable[[Path], Signature | None] = file_signature) -> None:
         self.name = name
+        self._signature = signature
         self._path = path
         self._load = load
         self.poll_s = poll_s
@@ -84,6 +108,11 @@ class Reloader(Generic[T]):
         """The file now (a callable path is re-evaluated: a directory may appear or be replaced)."""
         return self._path() if callable(self._path) else self._path
 
+    def rejected(self) -> str | None:
+        """Why the newest file was refused while the last good value is still served (None: the
+        file on disk is the one served, or nothing is served yet: see :meth:`reason`)."""
+        return self.error if self.value is not None else None
+
     def reason(self) -> str | None:
         """None while a value is served; otherwise why not (readiness, error bodies)."""
         if self.value is not None:
@@ -96,7 +125,7 @@ class Reloader(Generic[T]):
         (start-up, where there is nothing to keep) they are raised instead of logged."""
         async with self._lock:
             path = self.path
-            signature = file_signature(path)
+            signature = self._signature(path)
             if not force and (signature is None or signature == self.signature):
                 return False
             self.signature = signature  # before reading: see the module docstring
@@ -113,6 +142,7 @@ class Reloader(Generic[T]):
                     self._on_failed(exc)
                 return False
             if value is None:  # the same content under a new signature: nothing to swap
+                self.error = None
                 return False
             self.value, self.error = value, None
             self.loads += 1
@@ -130,7 +160,7 @@ class Reloader(Generic[T]):
         """One look at the file: load it when its signature changed and (with ``debounce``) the
         previous poll saw the same new signature. True when a new value replaced the current one."""
         self.polls += 1
-        signature = file_signature(self.path)
+        signature = self._signature(self.path)
         # None: missing right now (a directory replaced by two renames, a file being swapped):
         # keep what is served and load the file when it is back.
         if signature is None or signature == self.signature:
@@ -148,4 +178,4 @@ class Reloader(Generic[T]):
         return self._describe(self.value) if self._describe is not None else True
 
 
-__all__ = ["Reloader", "Loader", "file_signature", "Signature"]
+__all__ = ["Reloader", "Loader", "file_signature", "tree_signature", "Signature"]

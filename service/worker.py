@@ -58,7 +58,7 @@ from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, Pipeline, ScoredRecord, SourceMessage
 from service.readiness import CachedProbe, ProgressClock, Reasons
 from service.redact import SCRUB, one_line, scrub
-from service.reloader import Reloader
+from service.reloader import Reloader, tree_signature
 from service.sink import RETRY_BACKOFF_S, Delivery, KafkaSink, SinkError
 from service.sources import Source
 from service.supervisor import Supervisor
@@ -103,10 +103,14 @@ class Worker:
         self.source: Source | None = None
         self.http_port: int | None = None  # set by whoever serves HTTP beside the worker (run_command.serve)
         self.exit_code = 0
+        # The whole directory is the signature and there is no debounce: a store copied file by
+        # file fails verification until its last file lands, and is served at the next poll after.
         self.store: Reloader[ScoringEngine] = Reloader(
-            "model store", Path(settings.store) / MANIFEST, self._open_store, settings.store_poll_s,
+            "model store", Path(settings.store) / MANIFEST, self._open_store, settings.store_poll_s, debounce=False,
             on_loaded=lambda engine: self._swap_store(),
-            on_failed=lambda exc: self.metrics.reloads.labels("failed").inc(), describe=lambda e: e.model_version)
+            on_failed=lambda exc: self.metrics.reloads.labels("failed").inc(), describe=lambda e: e.model_version,
+            signature=lambda manifest: tree_signature(manifest.parent, MANIFEST))
+        self.metrics.store_rejected.set_function(lambda: 1.0 if self.store.rejected() else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
         if settings.recipes is not None:
@@ -164,6 +168,15 @@ class Worker:
     async def readiness(self) -> tuple[bool, Reasons]:
         """(ready, reasons). Pings are cached for ``ready_cache_s``: probe storms stay cheap."""
         return await self._probe()
+
+    def readiness_warnings(self) -> dict[str, str]:
+        """What is wrong but does not stop serving (``/readyz`` shows it, still 200): a newer store
+        on disk that was rejected while the last good one keeps serving."""
+        rejected = self.store.rejected()
+        if not rejected:
+            return {}
+        return {"store": scrub(f"newer store at {self.settings.store} rejected ({rejected}); "
+                               f"serving {self.model_version}")}
 
     async def _check_readiness(self) -> Reasons:
         reasons: Reasons = {}

@@ -240,3 +240,46 @@ def test_after_each_settled_publish_the_value_is_the_last_good_one(tmp_path, con
             assert reloader.value == good and reloader.failures == broken
 
     asyncio.run(scenario())
+
+
+def test_the_tree_signature_changes_with_any_file_and_is_none_without_the_anchor(tmp_path):
+    from service.reloader import tree_signature
+
+    store = tmp_path / "store"
+    (store / "groups" / "g1").mkdir(parents=True)
+    (store / "groups" / "g1" / "model.npz").write_bytes(b"x")
+    assert tree_signature(store, "manifest.json") is None  # no manifest yet: nothing to try
+    (store / "manifest.json").write_text("{}")
+    first = tree_signature(store, "manifest.json")
+    assert first is not None and first[0] == 2 and tree_signature(store, "manifest.json") == first
+    (store / "groups" / "g1" / "model.npz").write_bytes(b"xy")  # a nested file finished copying
+    second = tree_signature(store, "manifest.json")
+    assert second != first
+    (store / "groups" / "g2").mkdir()
+    (store / "groups" / "g2" / "forest.npz").write_bytes(b"")  # a new, empty file
+    assert tree_signature(store, "manifest.json") not in (first, second)
+    assert tree_signature(tmp_path / "nowhere", "manifest.json") is None
+
+
+async def test_a_rejected_file_is_reported_while_the_last_good_value_serves(tmp_path):
+    path = tmp_path / "value.txt"
+    path.write_text("1")
+
+    async def load(p, force):
+        text = p.read_text()
+        if not text.isdigit():
+            raise ValueError(f"not a number: {text!r}")
+        return int(text)
+
+    reloader = Reloader("value", path, load, poll_s=0.01, debounce=False)
+    assert reloader.rejected() is None
+    path.write_text("oops")
+    assert not await reloader.load(force=True)  # nothing served yet: a reason, not a rejection
+    assert reloader.rejected() is None and "not a number" in reloader.reason()
+    path.write_text("2")
+    assert await reloader.load(force=True) and reloader.value == 2
+    path.write_text("bad!")
+    assert not await reloader.poll()
+    assert reloader.value == 2 and "not a number: 'bad!'" in reloader.rejected()
+    path.write_text("3")
+    assert await reloader.poll() and reloader.rejected() is None

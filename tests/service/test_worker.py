@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from typing import Any
 
@@ -267,3 +268,35 @@ async def test_a_bad_new_store_is_rejected_and_the_old_one_kept(mongo_server, ka
     verdicts = values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))
     assert len(verdicts) == 40 and {v["model_version"] for v in verdicts} == {version}
     assert worker.model_version == version and ok, reasons
+
+
+async def test_a_store_copied_in_the_wrong_order_is_served_once_its_last_file_lands(mongo_server, kafka_server, store_copy,
+                                                                                    small_plant, tmp_path):
+    """A copy that writes the new manifest first and a file after it: the store is rejected while
+    incomplete (shown in /readyz warnings and moldwatch_store_rejected, still serving the old one),
+    and served at the first poll after the last file lands, with nothing else changing."""
+    import httpx
+
+    from model_store.serving.store import MANIFEST
+
+    staged = tmp_path / "staged"
+    shutil.copytree(store_copy, staged)
+    await asyncio.to_thread(republish, staged, "v2-late")
+    settings = worker_settings(mongo_server, kafka_server, store_copy, unique("order"))
+    report = (store_copy / "report.html").read_bytes()
+    async with running_worker(settings) as worker:
+        version = worker.model_version
+        failed = metric(worker, "moldwatch_model_reloads_total", outcome="failed")
+        (store_copy / "report.html").write_bytes(report[: len(report) // 2])  # a file still being copied
+        (store_copy / MANIFEST).write_bytes((staged / MANIFEST).read_bytes())  # the manifest landed first
+        await wait_for(lambda: metric(worker, "moldwatch_model_reloads_total", outcome="failed") > failed, timeout=30)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}") as client:
+            body = (await client.get("/readyz")).json()
+        assert body["ready"] is True and worker.model_version == version
+        assert "rejected" in body["warnings"]["store"] and f"serving {version}" in body["warnings"]["store"]
+        assert metric(worker, "moldwatch_store_rejected") == 1
+        polls = worker.store.polls
+        (store_copy / "report.html").write_bytes(report)  # the last file lands
+        await wait_for(lambda: worker.model_version == "v2-late", timeout=30)
+        assert worker.store.polls - polls <= 2  # the first poll that sees it (one more if it landed mid-poll)
+        assert metric(worker, "moldwatch_store_rejected") == 0 and worker.readiness_warnings() == {}
