@@ -54,6 +54,10 @@ class WorkerSettings(BaseSettings):
         "last checkpoint). exactly-once: verdicts, alarms, dead letters and the source position in one Kafka "
         "transaction per batch (consumers must read with isolation.level=read_committed).",
         json_schema_extra=_panel(SOURCE))
+    backfill_id_margin_s: float = Field(
+        2.0, ge=0, description="On lost change-stream history, backfill by insertion order (ObjectId _id) from this many "
+        "seconds before the highest _id answered: covers inserting clients whose clocks differ by up to this much "
+        "(costs re-scoring what was inserted in that window).", json_schema_extra=_panel(SOURCE))
     backfill_margin_s: float = Field(
         0.0, ge=0, description="On lost change-stream history, backfill from this many seconds before the last "
         "processed record (catches late-arriving records; costs duplicates).", json_schema_extra=_panel(SOURCE))

@@ -13,8 +13,13 @@ every earlier verdict. ``last_timestamp`` is the record's timestamp field exactl
 (BSON date or string), so a backfill query compares like with like.
 
 Lost history: when the server cannot resume from the token (ChangeStreamHistoryLost, an invalid
-or missing token) the source counts it, logs an error and backfills by timestamp from the last
-processed record, never silently starting from "now". A new stream is opened *before* the
+or missing token) the source counts it, logs an error and backfills from the last processed
+record, never silently starting from "now". The backfill follows **insertion order** where it can:
+documents with MongoDB's default ``ObjectId`` ``_id`` are read from the highest ``_id`` answered
+(``last_oid`` in the checkpoint, less ``backfill_id_margin_s`` for inserting clients whose clocks
+differ), so a late record (inserted now with an old timestamp: a buffered machine, a re-sent
+batch) is found whatever its timestamp. A collection whose ``_id`` the plant sets itself is
+backfilled by timestamp (``backfill_margin_s`` before the last processed record). A new stream is opened *before* the
 backfill query, so records inserted during the backfill come through the stream: at-least-once,
 nothing missed. While backfilling, checkpoints carry no token, so a crash mid-backfill backfills
 again from the last acknowledged record.
@@ -30,6 +35,7 @@ from typing import Any, Mapping
 import structlog
 import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, AsyncMongoClient
@@ -112,6 +118,12 @@ class MongoPosition:
     record_id: Any = None
     has_record: bool = False
     start_at: Any = None  # cluster time the stream started at (servers that give no initial token)
+    oid: ObjectId | None = None  # the document's ObjectId _id (insertion order), None when the plant sets _id
+
+
+def object_id(document: Mapping[str, Any]) -> ObjectId | None:
+    value = document.get("_id")
+    return value if isinstance(value, ObjectId) else None
 
 
 class MongoSource:
@@ -134,6 +146,7 @@ class MongoSource:
         self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
         self._after_invalidate = False
         self._start_at: Any = None  # cluster time to open the stream at while there is no token
+        self._max_oid: ObjectId | None = None  # highest ObjectId _id emitted (the checkpoint's last_oid)
 
     # -- checkpoint --------------------------------------------------------------------------------
     async def load_checkpoint(self) -> dict[str, Any] | None:
@@ -152,6 +165,8 @@ class MongoSource:
         if position.has_record:
             fields["last_timestamp"] = position.timestamp
             fields["last_record_id"] = position.record_id
+        if position.oid is not None:
+            fields["last_oid"] = position.oid
         if position.start_at is not None:
             fields["start_at_operation_time"] = position.start_at
         return fields
@@ -167,12 +182,17 @@ class MongoSource:
         await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
 
     def compact(self, positions: list[Any]) -> list[Any]:
-        """One position: the newest token, with the newest record's timestamp and id."""
+        """One position: the newest token, with the newest record's timestamp and id, and the
+        highest ObjectId among them (clients' clocks differ: the newest is not always the highest)."""
         last = positions[-1]
         record = next((p for p in reversed(positions) if p.has_record), None)
-        if record is None or record is last:
+        oids = [p.oid for p in positions if p.oid is not None]
+        oid = max(oids) if oids else None
+        if record is None:
             return [last]
-        return [MongoPosition(last.token, record.timestamp, record.record_id, True)]
+        if record is last and oid == last.oid:
+            return [last]
+        return [MongoPosition(last.token, record.timestamp, record.record_id, True, oid=oid)]
 
     # -- readiness ---------------------------------------------------------------------------------
     async def ping(self) -> str | None:
@@ -276,10 +296,12 @@ class MongoSource:
             return False
         if "last_timestamp" in checkpoint:
             self._last = MongoPosition(self._token, checkpoint.get("last_timestamp"), checkpoint.get("last_record_id"), True)
+        if isinstance(checkpoint.get("last_oid"), ObjectId):
+            self._max_oid = checkpoint["last_oid"]
         if self._token is None:
             self.metrics.history_lost.inc()
-            log.error("checkpoint has no resume token; backfilling by timestamp from the last processed record",
-                      since=_text(self._since()))
+            log.error("checkpoint has no resume token; backfilling from the last processed record",
+                      by="insertion order (_id)" if self._max_oid is not None else "timestamp", since=_text(self._since()))
             return True
         log.info("resuming change stream from checkpoint", updated_at=_text(checkpoint.get("updated_at")))
         return False
@@ -292,6 +314,9 @@ class MongoSource:
         return self._last.timestamp if self._last is not None else None
 
     async def _backfill(self, emit: Emit) -> None:
+        if self._max_oid is not None:
+            await self._backfill_by_insertion(emit, self._max_oid)
+            return
         since = self._since()
         query: dict[str, Any] = {}
         if since is not None:
@@ -308,12 +333,37 @@ class MongoSource:
             ts, record_id = document.get(self.timestamp_field), document.get(self.id_field)
             if since is not None and ts == since and record_id == skip_id:
                 continue  # the last record already processed
-            position = MongoPosition(None, ts, record_id, True)
-            self._last = position
+            position = MongoPosition(None, ts, record_id, True, oid=object_id(document))
+            self._remember(position)
             await emit(SourceMessage(document, position))
             count += 1
         self.metrics.backfilled.inc(count)
         log.info("backfill finished", records=count, seconds=round(time.monotonic() - started, 3), since=_text(since))
+
+    async def _backfill_by_insertion(self, emit: Emit, last_oid: ObjectId) -> None:
+        """Every document inserted after ``last_oid`` (less the clock margin), in ``_id`` order,
+        whatever its timestamp; the one answered last is skipped."""
+        margin = timedelta(seconds=self.settings.backfill_id_margin_s)
+        start = ObjectId.from_datetime(last_oid.generation_time - margin) if margin else last_oid
+        count = 0
+        started = time.monotonic()
+        cursor = self.collection.find({"_id": {"$gte": start}}).sort([("_id", ASCENDING)])
+        async for document in cursor.batch_size(self.settings.batch_size):
+            oid = object_id(document)
+            if oid == last_oid:
+                continue  # answered last
+            position = MongoPosition(None, document.get(self.timestamp_field), document.get(self.id_field), True, oid=oid)
+            self._remember(position)
+            await emit(SourceMessage(document, position))
+            count += 1
+        self.metrics.backfilled.inc(count)
+        log.info("backfill finished", records=count, seconds=round(time.monotonic() - started, 3), by="insertion order",
+                 since_oid=str(start))
+
+    def _remember(self, position: MongoPosition) -> None:
+        self._last = position
+        if position.oid is not None and (self._max_oid is None or position.oid > self._max_oid):
+            self._max_oid = position.oid
 
     async def _follow(self, stream: Any, emit: Emit) -> None:
         idle_marker_at = time.monotonic()
@@ -339,8 +389,9 @@ class MongoSource:
                 position = MongoPosition(self._token)
                 await emit(SourceMessage(document, position, event_time=event_time, error=error))
             elif change.get("operationType") in RECORD_EVENTS and isinstance(document, Mapping):
-                position = MongoPosition(self._token, document.get(self.timestamp_field), document.get(self.id_field), True)
-                self._last = position
+                position = MongoPosition(self._token, document.get(self.timestamp_field), document.get(self.id_field), True,
+                                         oid=object_id(document))
+                self._remember(position)
                 await emit(SourceMessage(document, position, event_time=event_time))
             else:
                 # Deletes, drops, or an update whose document is gone by lookup time: no record, but

@@ -300,3 +300,42 @@ async def test_a_store_copied_in_the_wrong_order_is_served_once_its_last_file_la
         await wait_for(lambda: worker.model_version == "v2-late", timeout=30)
         assert worker.store.polls - polls <= 2  # the first poll that sees it (one more if it landed mid-poll)
         assert metric(worker, "moldwatch_store_rejected") == 0 and worker.readiness_warnings() == {}
+
+
+@pytest.mark.parametrize("margin_s", [0.0, 3600.0])
+async def test_late_records_after_lost_history_are_found_by_insertion_order(mongo_server, kafka_server, trained_store,
+                                                                           small_plant, margin_s):
+    """History lost while the worker was down; meanwhile records were inserted with timestamps ten
+    minutes older than the last one answered (a buffered machine) and current ones. Every one of
+    them gets a verdict; with no clock margin nothing answered before is scored again, with a
+    margin (inserting clients' clocks may differ) only what was inserted within it."""
+    from datetime import timedelta
+
+    name = unique("late")
+    settings = worker_settings(mongo_server, kafka_server, trained_store, name, backfill_id_margin_s=margin_s)
+    schema = small_plant.schema
+    documents = plant_documents(small_plant, 250, name)
+    processed, late, current = documents[:50], documents[50:150], documents[150:]
+    for doc in late:
+        doc[schema.timestamp] = processed[-1][schema.timestamp] - timedelta(minutes=10)
+    client = AsyncMongoClient(mongo_server.uri)
+    database = client[settings.mongo_database]
+    try:
+        await database[settings.mongo_collection].insert_many(processed)  # pymongo gives each an ObjectId _id
+        await database[settings.mongo_checkpoint_collection].insert_one({
+            "_id": name, "resume_token": None,
+            "last_timestamp": processed[-1][schema.timestamp], "last_record_id": processed[-1][schema.record_id],
+            "last_oid": processed[-1]["_id"],
+        })
+        await database[settings.mongo_collection].insert_many(late + current)
+        async with running_worker(settings) as worker:
+            await wait_for(acknowledged(worker, len(late + current)), timeout=90)
+        checkpoint = await database[settings.mongo_checkpoint_collection].find_one({"_id": name})
+    finally:
+        await client.close()
+    ids = [v["record_id"] for v in values(await read_to_end(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic))]
+    assert set(ids) >= {d[schema.record_id] for d in late + current}  # the late ones too
+    redone = set(ids) & {d[schema.record_id] for d in processed}
+    assert redone == (set() if margin_s == 0 else {d[schema.record_id] for d in processed[:-1]})
+    assert len(ids) == len(set(ids))
+    assert checkpoint["last_oid"] == current[-1]["_id"]
