@@ -54,6 +54,11 @@ class WorkerSettings(BaseSettings):
         "last checkpoint). exactly-once: verdicts, alarms, dead letters and the source position in one Kafka "
         "transaction per batch (consumers must read with isolation.level=read_committed).",
         json_schema_extra=_panel(SOURCE))
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="One running worker per worker_name (MongoDB source, at-least-once): the checkpoint "
+        "document's lease lasts this long and is renewed every third of it; a second worker with the same name waits "
+        "(not ready) and takes over when the first stops renewing (at once when it was this host's previous process).",
+        json_schema_extra=_panel(SOURCE))
     backfill_id_margin_s: float = Field(
         2.0, ge=0, description="On lost change-stream history, backfill by insertion order (ObjectId _id) from this many "
         "seconds before the highest _id answered: covers inserting clients whose clocks differ by up to this much "

@@ -27,6 +27,7 @@ again from the last acknowledged record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -51,10 +52,12 @@ from service.redact import one_line
 from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
 from service.sources import Emit
+from service.sources.lease import CheckpointLease, LeaseLost
 
 log = structlog.get_logger("moldwatch.source.mongo")
 
 RECORD_EVENTS = frozenset({"insert", "update", "replace"})
+POSITION_FIELDS = frozenset({"resume_token", "last_timestamp", "start_at_operation_time", "last_oid"})
 # Server codes that say "this resume token cannot be resumed from": ChangeStreamHistoryLost,
 # ChangeStreamFatalError, InvalidResumeToken.
 HISTORY_LOST_CODES = frozenset({286, 280, 260})
@@ -147,12 +150,19 @@ class MongoSource:
         self._after_invalidate = False
         self._start_at: Any = None  # cluster time to open the stream at while there is no token
         self._max_oid: ObjectId | None = None  # highest ObjectId _id emitted (the checkpoint's last_oid)
+        # One running worker per name (at-least-once; exactly-once fences twins by transactional id).
+        self.lease = CheckpointLease(self.checkpoints, settings.worker_name, settings.lease_ttl_s)
+        self._leased = False
+        self.standby: str | None = None  # why this worker waits (another holds its name), for readiness
 
     # -- checkpoint --------------------------------------------------------------------------------
     async def load_checkpoint(self) -> dict[str, Any] | None:
         if self.position_store is not None:
             return await self.position_store.load()
-        return await self.checkpoints.find_one({"_id": self.settings.worker_name})
+        document = await self.checkpoints.find_one({"_id": self.settings.worker_name})
+        if document is not None and not POSITION_FIELDS & document.keys():
+            return None  # only the lease (this worker just took its name): no position yet
+        return document
 
     def checkpoint_fields(self, position: "MongoPosition") -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -179,6 +189,11 @@ class MongoSource:
         if self.position_store is not None:
             await self.position_store.save(fields)
             return
+        if self._leased:  # only while this worker holds its name: a twin's checkpoint is never overwritten
+            result = await self.checkpoints.update_one(self.lease.owned(), {"$set": fields})
+            if result.matched_count != 1:
+                raise LeaseLost(self.lease.lost_text())
+            return
         await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
 
     def compact(self, positions: list[Any]) -> list[Any]:
@@ -196,6 +211,8 @@ class MongoSource:
 
     # -- readiness ---------------------------------------------------------------------------------
     async def ping(self) -> str | None:
+        if self.standby:
+            return self.standby
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
         except asyncio.TimeoutError:
@@ -216,10 +233,55 @@ class MongoSource:
         return mongo_hosts(self.settings.mongo_uri)
 
     async def close(self) -> None:
+        if self._leased:  # after the last checkpoint (the worker closes the source last): a twin may go on now
+            self._leased = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.lease.release(), 2)
         await self.client.close()
 
     # -- reading -----------------------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
+        if self.position_store is not None:
+            await self._read(emit)
+            return
+        await self._acquire_lease()
+        tasks = {asyncio.ensure_future(self._keep_lease()), asyncio.ensure_future(self._read(emit))}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # LeaseLost, or what reading raised
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _acquire_lease(self) -> None:
+        told = False
+        while not await self._retry("take the worker's lease", self.lease.try_acquire):
+            self.standby = self.lease.waiting_text()
+            if not told:
+                log.warning("another worker holds this worker's name; waiting", worker=self.settings.worker_name,
+                            holder=self.lease.holder.describe() if self.lease.holder else None)
+                told = True
+            await asyncio.sleep(self.lease.ttl.total_seconds() / 3)
+        self.standby = None
+        self._leased = True
+        if told:
+            log.info("took over this worker's name", worker=self.settings.worker_name)
+
+    async def _keep_lease(self) -> None:
+        every = self.lease.ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.lease.renew()
+            except LeaseLost:
+                log.error("lease lost: another worker took this worker's name; stopping", worker=self.settings.worker_name)
+                raise
+            except PyMongoError as exc:  # renewed at the next turn; if the outage outlasts the lease, a twin may take it
+                log.warning("lease not renewed", error=_one_line(exc))
+
+    async def _read(self, emit: Emit) -> None:
         checkpoint = await self._retry("read checkpoint", self.load_checkpoint)
         backfill = self._plan(checkpoint)
         backoff = Backoff(*RETRY_BACKOFF_S)
