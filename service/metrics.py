@@ -160,6 +160,9 @@ class WorkerMetrics:
         self.recipes = Gauge("moldwatch_recipes", "Recipes (facility/item pairs) being served; 0 when none are loaded.",
                              registry=r)
         self.store = Info("moldwatch_store", "The model store being served.", registry=r)
+        self.broken_groups = Gauge(
+            "moldwatch_broken_groups", "Setting groups of the served store whose model file cannot be loaded "
+            "(their records are unscorable, cause broken_model).", registry=r)
         self.store_rejected = Gauge(
             "moldwatch_store_rejected", "1 while the store on disk was rejected and the last good one serves.", registry=r)
         self.cache = CacheStatsCollector()

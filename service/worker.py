@@ -111,6 +111,8 @@ class Worker:
             on_failed=lambda exc: self.metrics.reloads.labels("failed").inc(), describe=lambda e: e.model_version,
             signature=lambda manifest: tree_signature(manifest.parent, MANIFEST))
         self.metrics.store_rejected.set_function(lambda: 1.0 if self.store.rejected() else 0.0)
+        self.metrics.broken_groups.set_function(
+            lambda: float(len(self.pipeline.engine.broken_groups)) if self.pipeline is not None else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
         if settings.recipes is not None:
@@ -172,11 +174,18 @@ class Worker:
     def readiness_warnings(self) -> dict[str, str]:
         """What is wrong but does not stop serving (``/readyz`` shows it, still 200): a newer store
         on disk that was rejected while the last good one keeps serving."""
+        warnings: dict[str, str] = {}
         rejected = self.store.rejected()
-        if not rejected:
-            return {}
-        return {"store": scrub(f"newer store at {self.settings.store} rejected ({rejected}); "
-                               f"serving {self.model_version}")}
+        if rejected:
+            warnings["store"] = scrub(f"newer store at {self.settings.store} rejected ({rejected}); "
+                                      f"serving {self.model_version}")
+        broken = dict(self.pipeline.engine.broken_groups) if self.pipeline is not None else {}
+        if broken:
+            named = ", ".join(sorted(broken)[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+            first = broken[sorted(broken)[0]]
+            warnings["groups"] = scrub(f"{len(broken)} setting group model(s) cannot be loaded, their records are "
+                                       f"unscorable: {named} ({first}); publish a good store")
+        return warnings
 
     async def _check_readiness(self) -> Reasons:
         reasons: Reasons = {}

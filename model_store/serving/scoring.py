@@ -7,6 +7,7 @@ impute state -> setting cluster -> resolve group -> impute production -> scale (
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NE
 from model_store.serving.runtime import GroupCache, RuntimeGroup
 from model_store.serving.clusters import assign_clusters, scale_settings
 from model_store.serving.columns import RecordColumns
-from model_store.serving.store import StoreManifest
+from model_store.errors import StoreError
+from model_store.serving.store import MANIFEST, StoreManifest
 from model_store.serving.thresholds import decide, effective_thresholds
 
 TOP_FEATURES = 3
@@ -42,6 +44,8 @@ UNSCORABLE_CAUSES = {
         "another part's model; retrain the store with recent production"),
     "no_group_near": "no trained group near this setting",
     "insufficient_evidence": "too few production values measured",
+    "broken_model": "this setting group's model file cannot be loaded (the store's other groups keep judging); "
+                    "publish a good store",
 }
 
 
@@ -197,6 +201,7 @@ class ScoringEngine:
         self.schema = manifest.schema
         self.model_version = manifest.model_version
         self.cache = GroupCache(manifest, capacity=cache_size)
+        self.broken_groups: dict[str, str] = {}  # group id -> why its model file cannot be loaded
         self.max_distance = max_distance
         by_maker: dict[str, list[dict]] = {m: [] for m in manifest.setting_models}
         for entry in manifest.groups:
@@ -258,6 +263,16 @@ class ScoringEngine:
             facility = records["facility"]
             maker[missing] = [self.facility_maker.get(f, np.nan) if isinstance(f, str) else np.nan for f in facility[missing]]
         return maker
+
+    def _store_replaced(self) -> bool:
+        """Whether the store on disk is no longer the one this engine serves (another version, or
+        none): then a file that fails to load is the replacement's doing, not a broken group."""
+        try:
+            with open(self.manifest.root / MANIFEST, "rb") as fh:
+                on_disk = json.load(fh).get("model_version")
+        except (OSError, ValueError, AttributeError):
+            return True
+        return on_disk != self.manifest.model_version
 
     def _default_state(self, facility: str, item: Any, fields: tuple[str, ...]) -> tuple[Any, np.ndarray | None]:
         facility_defaults = self.defaults.get(str(facility), {})
@@ -397,11 +412,23 @@ class ScoringEngine:
         naming_only = unit is not None and self.combine == "conditional" and not self.group_excursions
         for g in np.unique(resolution.group[~unscorable]):
             local = np.flatnonzero(resolution.group == g)
+            group_id = str(index.group_ids[g])
             if naming_only:
-                out.group_id[rows[local]] = str(index.group_ids[g])
+                out.group_id[rows[local]] = group_id
                 continue
-            self._judge(self.cache.get(str(index.group_ids[g])), local, rows, sub, resolution, profiled, facility, item, cluster, out,
-                        explain, with_model)
+            try:
+                group = self.cache.get(group_id)
+            except StoreError as exc:
+                if self._store_replaced():
+                    raise  # the whole store changed under the engine: the worker reloads it and retries
+                # One bad file is that group's problem: its records are unscorable (the conditional
+                # scorer below still judges them where it can), every other group keeps judging.
+                self.broken_groups[group_id] = str(exc)
+                out.resolution[rows[local]] = UNSCORABLE
+                out.reason[rows[local]] = f"{UNSCORABLE_CAUSES['broken_model']}: group {group_id}"
+                out.group_id[rows[local]] = group_id
+                continue
+            self._judge(group, local, rows, sub, resolution, profiled, facility, item, cluster, out, explain, with_model)
         if unit is not None:
             self._judge_conditional(unit, sub, settings, facility, item, rows, out, explain, memory)
 

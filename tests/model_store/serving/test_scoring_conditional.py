@@ -271,3 +271,51 @@ def test_remembered_baselines_are_bounded_and_belong_to_one_store_version() -> N
     assert len(kept) == cap and "a" not in kept and f"p{cap + 4}" in kept and "p4" not in kept and "p5" in kept
     scoring.remember_baselines(memory, ("v2", "M"), {"p5": np.ones(2)})  # seen again: now the newest
     assert list(scoring.baselines(memory, ("v2", "M")))[-1] == "p5"
+
+
+# -- one bad model file is that group's problem ------------------------------------------------
+def _corrupt_one_group(forest_store, tmp_path, records):
+    """A copy of the store, verified, then the model file of the group judging most of the sample
+    overwritten (a disk error, a partial copy of one file)."""
+    import shutil
+    from collections import Counter
+
+    root = tmp_path / "store"
+    shutil.copytree(forest_store, root)
+    manifest = open_store(root)
+    judged = ScoringEngine(open_store(forest_store), conditional=False).score(records.head(3000)).group_id
+    busiest = Counter(g for g in judged if g is not None).most_common(1)[0][0]
+    entry = next(e for e in manifest.groups if e["id"] == busiest)
+    (root / entry["artifacts"]["forward"]).write_bytes(b"not the model file")
+    return manifest, busiest
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_group_whose_model_file_is_bad_leaves_every_other_group_judging(forest_store, tmp_path, records, conditional):
+    manifest, broken = _corrupt_one_group(forest_store, tmp_path, records)
+    sample = records.head(3000)
+    if conditional:
+        engine, intact = _with_combine(manifest, "groups"), _with_combine(open_store(forest_store), "groups")
+    else:
+        engine, intact = ScoringEngine(manifest, conditional=False), ScoringEngine(open_store(forest_store), conditional=False)
+    batch, expected = engine.score(sample), intact.score(sample)
+    hit = batch.group_id == broken
+    assert hit.any() and (~hit).any()
+    assert list(engine.broken_groups) == [broken] and "does not match its sha256" in engine.broken_groups[broken]
+    for name in ("resolution", "score", "anomaly", "group_id"):
+        assert np.array_equal(getattr(batch, name)[~hit], getattr(expected, name)[~hit], equal_nan=name == "score"), name
+    if conditional:  # the maker's setting-conditioned scorer judges them instead
+        assert (batch.resolution[hit] == CONDITIONAL).all()
+    else:
+        assert (batch.resolution[hit] == UNSCORABLE).all() and not batch.anomaly[hit].any()
+        assert all(unscorable_cause(r) == "broken_model" and broken in r for r in batch.reason[hit])
+
+
+def test_a_file_that_fails_because_the_store_was_replaced_raises_for_a_reload(forest_store, tmp_path, records):
+    from model_store.errors import StoreError
+
+    manifest, _ = _corrupt_one_group(forest_store, tmp_path, records)
+    raw = json.loads((manifest.root / "manifest.json").read_text())
+    (manifest.root / "manifest.json").write_text(json.dumps({**raw, "model_version": "a-newer-one"}))
+    with pytest.raises(StoreError):
+        ScoringEngine(manifest, conditional=False).score(records.head(3000))
