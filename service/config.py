@@ -129,8 +129,11 @@ class WorkerSettings(BaseSettings):
         "(delivery=exactly-once, source=mongo), written in the same transaction as the verdicts.",
         json_schema_extra=_panel(KAFKA))
     kafka_transaction_timeout_ms: int = Field(
-        60000, gt=0, description="Transaction timeout (delivery=exactly-once): an open transaction of a crashed worker is "
-        "aborted by the broker after this.", json_schema_extra=_panel(KAFKA))
+        15000, gt=0, description="Transaction timeout (delivery=exactly-once). An open transaction of a crashed worker "
+        "holds back every read_committed reader of the partitions it wrote to until the broker aborts it: after this, "
+        "plus the broker's transaction.abort.timed.out.transaction.cleanup.interval.ms (10 s by default); a restart of "
+        "the same worker aborts it at once. Shorter frees readers sooner; each batch must be scored and committed "
+        "within it (milliseconds to seconds).", json_schema_extra=_panel(KAFKA))
     kafka_request_timeout_ms: int = Field(10000, gt=0, description="Producer/consumer request timeout; an unacked "
                                           "message is retried after it.", json_schema_extra=_panel(KAFKA))
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
