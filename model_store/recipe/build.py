@@ -37,7 +37,8 @@ class RecipeResult:
     Every facility/item with history ends in exactly one of: ``recipes`` (a setting to run: the
     ranking's pick, or the most produced setting when no cluster qualifies, each with its
     ``confidence``), ``kept`` (keep current practice: the best-supported candidate is expected
-    worse than the part's own history, so no single setting is named) or ``skipped`` (one row per
+    worse than the part's own history; the row still names the setting to run if one must be,
+    marked uncertain, unless no cluster has an estimate) or ``skipped`` (one row per
     facility/item, with the reason). :meth:`coverage` counts them.
     """
 
@@ -65,10 +66,15 @@ class RecipeResult:
         ]
         return skips + self.notes
 
+    def answers(self) -> list[dict[str, Any]]:
+        """Every document that names a setting to run: the recipes, then the "keep current practice"
+        rows that name one (each has ``setting_cluster``, ``setting``, ``confidence``)."""
+        return [*self.recipes, *(k for k in self.kept if "setting" in k)]
+
     def not_covered(self) -> list[dict[str, Any]]:
         """Every facility/item with history that names no setting to run, with the reason in plain words."""
         rows = [{"facility": k["facility"], "item": k["item"], "rows": k["history"]["rows"], "outcome": KEEP,
-                 "reason": f"keep current practice: {k['reason']}"} for k in self.kept]
+                 "reason": f"keep current practice: {k['reason']}"} for k in self.kept if "setting" not in k]
         rows += [{"facility": s["facility"], "item": s["item"], "rows": s["rows"], "outcome": "skipped", "reason": s["reason"]}
                  for s in self.skipped]
         return sorted(rows, key=lambda r: (str(r["facility"]), str(r["item"])))
@@ -76,22 +82,24 @@ class RecipeResult:
     def coverage(self) -> dict[str, Any]:
         """How many facility/items with history got a setting to run (and how sure), and how many did not.
 
-        Covered = a recipe names a setting to run (ranked, or the most produced setting as a
-        fallback). "Keep current practice" names none and is not covered; nor is a skipped one.
+        Covered = a setting to run is named: a recipe (ranked, or the most produced setting as a
+        fallback), or a "keep current practice" row that names the setting to run if one must be
+        (always uncertain). Not covered: keep current practice without a setting, or skipped.
         """
-        missing = self.not_covered()
-        pairs = len(self.recipes) + len(missing)
-        count = lambda key, value: sum(1 for r in self.recipes if r.get(key) == value)  # noqa: E731
+        answers, missing = self.answers(), self.not_covered()
+        pairs = len(answers) + len(missing)
+        count = lambda key, value: sum(1 for r in answers if r.get(key) == value)  # noqa: E731
         return {
             "facility_items": pairs,
-            "with_recipe": len(self.recipes),
-            "share": round(len(self.recipes) / pairs, 6) if pairs else None,
+            "with_setting": len(answers),
+            "share": round(len(answers) / pairs, 6) if pairs else None,
             "ranked": count("selection", RANKED),
             "fallback": count("selection", FALLBACK),
+            "keep_current_practice_with_setting": count("action", KEEP),
             "clearly_better": count("confidence", "clearly_better"),
             "uncertain": count("confidence", UNCERTAIN),
             "keep_current_practice": len(self.kept),
-            "skipped": sum(1 for r in missing if r["outcome"] == "skipped"),
+            "not_covered": len(missing),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -310,6 +318,10 @@ def _most_produced(settings: pd.DataFrame) -> tuple[dict[str, float | None], np.
     return {f: round(float(v), DIGITS) for f, v in zip(settings.columns, unique[top])}, mask
 
 
+def _pct(value: Any) -> str:
+    return "unknown" if value is None or not np.isfinite(float(value)) else f"{float(value):.2%}"
+
+
 def _rate_doc(row: pd.Series | None) -> dict[str, Any]:
     if row is None:
         return {"estimate": None, "credible": None, "credible_interval": [None, None], "predicted": None,
@@ -402,14 +414,43 @@ def _build_recipes(
         reason = worse_than_history(own_credible, own_estimate, history_credible, _num(history_rate),
                                     config.relative_tolerance, config.absolute_tolerance)
         if reason is not None:
-            result.kept.append({
+            kept = {
                 "facility": facility, "item": item, "maker": maker, "model_version": result.model_version,
                 "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}",
                 "considered": {"setting_cluster": cluster, "estimate": _num(own_estimate), "credible": _num(own_credible),
                                "rows": int(best["rows"]), "exact": combo.values},
                 "history": {k: v for k, v in history_doc.items() if k != "expected_reduction"},
                 "window": window_of(np.ones(len(rows), dtype=bool)),
-            })
+            }
+            # Still one setting to run, for a floor that must pick one: the qualifying cluster with the
+            # lowest estimated rate (never above the history's estimate, a volume-weighted mean of
+            # the clusters'), its combination chosen as for a recommendation. Always uncertain.
+            named = ranking[ranking["eligible"] & ranking["defect_rate"].notna()].sort_values(
+                ["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True])
+            if len(named):
+                alt = named.iloc[0]
+                alt_cluster = int(alt["cluster"])
+                alt_combo = choose_combination(pair_labels, set_points, alt_cluster, lots, config, use_predicted=use_predicted)
+                model = manifest.setting_models[maker]
+                centroid = centroid_raw(model.centroids[alt_cluster], model.minimum, model.scale, fields.settings)
+                radius = spread.radius((facility, item), maker, alt_cluster, set_points[cluster_of == alt_cluster])
+                if alt_combo.values and not spread.within(maker, alt_cluster, alt_combo.values, radius):
+                    alt_combo = use_centroid(alt_combo, centroid)
+                kept.update({
+                    "confidence": UNCERTAIN,
+                    "confidence_reason": (f"keep current practice: no setting is credibly better than this part's mix. If one "
+                                          f"setting must be run, setting cluster {alt_cluster} has the lowest estimated defect "
+                                          f"rate ({_pct(alt['defect_rate'])} against {_pct(history_rate)} for the mix), "
+                                          "not shown to be better"),
+                    "setting_cluster": alt_cluster,
+                    "basis": str(alt["basis"]),
+                    "production": _production_doc(alt),
+                    "defect_rate": _rate_doc(alt),
+                    "setting": {"fields": list(fields.settings), **combination_json(alt_combo), "centroid": centroid,
+                                "spread_radius": _num(radius)},
+                    "setting_window": windows[alt_cluster],
+                })
+            result.kept.append(kept)
             continue
         # Sure or not: the evidence the pick was made on (the combination's shots when it was ranked on
         # them, else the cluster's) against the rest of the part's history.

@@ -9,7 +9,9 @@ Pure: takes the pseudo-labelled shots and the lot table, returns one row per
    Both intervals are widened by the facility/item's day-to-day dispersion (quasi-binomial).
 2. Credible defect rate = weighted mean of the evidence's interval upper bounds
    (``predicted_weight``, ``lot_weight``). Within a facility/item a kind of evidence is used when
-   any of its clusters has it; a cluster lacking it gets the uninformative [0, 1].
+   any of its clusters has it; a cluster lacking it gets the uninformative [0, 1]. With
+   ``evidence="lots_first"`` (the default) a facility/item that has lots is ranked on them alone;
+   pseudo-labels rank only those without lots.
 3. Recommended = among clusters with >= ``min_rows`` shots whose credible rate is within the
    tolerance of the lowest, the one with the most shots.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from model_store.recipe.attribution import attribute_lots
-from model_store.recipe.config import RecipeConfig
+from model_store.recipe.config import LOTS_FIRST, RecipeConfig
 from model_store.recipe.intervals import pearson_dispersion, rate_interval
 
 PAIR = ["facility", "item"]
@@ -111,6 +113,8 @@ def _blend(table: pd.DataFrame, config: RecipeConfig, predicted_pairs: set[tuple
     pair_lot = pd.Series(has_lot, index=table.index).groupby(keys).transform("any").to_numpy()
     if predicted_pairs is not None:
         pair_pred = pair_pred & np.array([p in predicted_pairs for p in pair], dtype=bool)
+    if config.evidence == LOTS_FIRST and config.lot_weight > 0:
+        pair_pred = pair_pred & ~pair_lot  # the plant's own counts where it has them
     wp = np.where(pair_pred, config.predicted_weight, 0.0)
     wl = np.where(pair_lot, config.lot_weight, 0.0)
     total = wp + wl

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from model_store.plots import figure_to_img, page, plt
 from model_store.recipe.build import RecipeResult, describe_rule
+from model_store.recipe.output import set_points_text
 
 PREDICTED_COLOUR, LOT_COLOUR, PICK_COLOUR, OTHER_COLOUR = "#3b6fb6", "#e08a1e", "#2e9d4f", "#9aa4ae"
 OVERVIEW_MAX = 60  # rows of the overview chart; more would be unreadable at report width
@@ -221,10 +222,18 @@ def _outliers(stats: dict[str, Any]) -> str:
 
 
 def _kept_table(kept: list[dict[str, Any]]) -> str:
-    head = ["facility", "item", "history rate", "history credible", "best cluster", "its credible rate", "reason"]
+    head = ["facility", "item", "history rate", "history credible", "best-supported cluster", "its credible rate", "reason",
+            "if one setting must be run", "its set points", "confidence"]
     rows = [[k["facility"], k["item"], _pct(k["history"]["defect_rate"]), _pct(k["history"]["credible"]),
-             k["considered"]["setting_cluster"], _pct(k["considered"]["credible"]), k["reason"]] for k in kept]
+             k["considered"]["setting_cluster"], _pct(k["considered"]["credible"]), k["reason"],
+             f"cluster {k['setting_cluster']}" if "setting" in k else "none", set_points_text(k["setting"]) if "setting" in k else "",
+             k.get("confidence_reason", "")] for k in kept]
     return _table(head, rows, left=2)
+
+
+def _not_covered_table(rows: list[dict[str, Any]]) -> str:
+    return _table(["facility", "item", "records", "outcome", "reason"],
+                  [[r["facility"], r["item"], f"{r['rows']:,}", r["outcome"], r["reason"]] for r in rows], left=2)
 
 
 def _setting_table(recipe: dict[str, Any]) -> str:
@@ -267,19 +276,19 @@ def write_report(result: RecipeResult, path: Path) -> None:
             + _setting_table(recipe)
         )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.notes)  # skips have their own table
-    skipped = _table(["facility", "item", "records", "reason"], [[s["facility"], s["item"] or "(all)", f"{s['rows']:,}", s["reason"]] for s in result.skipped], left=2) if result.skipped else ""
-    coverage = result.coverage()
+    coverage, missing = result.coverage(), result.not_covered()
     share = f" ({coverage['share']:.0%})" if coverage["share"] is not None else ""
     body = (
         f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, created {result.created_at}.</p>"
-        f"<p><b>{coverage['with_recipe']} of {coverage['facility_items']} facility/items with history have a setting to run</b>{share}: "
-        f"{coverage['ranked']} ranked, {coverage['fallback']} their most produced setting (no setting cluster qualified). "
+        f"<p><b>{coverage['with_setting']} of {coverage['facility_items']} facility/items with history have a setting to run</b>{share}: "
+        f"{coverage['ranked']} ranked, {coverage['fallback']} their most produced setting (no setting cluster qualified), "
+        f"{coverage['keep_current_practice_with_setting']} keep current practice but name the setting to run if one must be. "
         f"<b>{coverage['clearly_better']} clearly better</b> than what the part ran, {coverage['uncertain']} uncertain "
-        f"(not shown to be better: read the reason before changing a running process). Without a setting: "
-        f"{coverage['keep_current_practice']} keep current practice, {coverage['skipped']} skipped (tables below).</p>"
+        f"(not shown to be better: read the reason before changing a running process). "
+        f"{coverage['not_covered']} without a setting to run (listed below with the reason).</p>"
         f"<p class=muted>{html.escape(describe_rule(result.config))}</p>"
         + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
-        + (f"<h2>Skipped</h2>{skipped}" if skipped else "")
+        + (f"<h2>Without a setting to run ({len(missing)})</h2>{_not_covered_table(missing)}" if missing else "")
         + (f"<h2>Keep current practice ({len(result.kept)})</h2><p>No setting cluster is credibly better than "
            f"these facility/items' own history.</p>{_kept_table(result.kept)}" if result.kept else "")
         + "<h2>Overview</h2>" + _overview_figure(result.recipes)

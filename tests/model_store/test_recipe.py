@@ -109,7 +109,7 @@ def test_a_30_shot_cluster_cannot_win_on_luck(method):
 
 def test_most_production_wins_among_equally_good_clusters():
     frame = pd.concat([shots(0, 4_000, 40, DAYS), shots(1, 12_000, 118, DAYS), shots(2, 8_000, 400, DAYS)])
-    table = rank_clusters(frame, lots_from(frame, {0: 0.01, 1: 0.01, 2: 0.05}), RecipeConfig())
+    table = rank_clusters(frame, lots_from(frame, {0: 0.01, 1: 0.01, 2: 0.05}), RecipeConfig(evidence="blend"))
     by = table.set_index("cluster")
     assert by.loc[0, "candidate"] and by.loc[1, "candidate"] and not by.loc[2, "candidate"]
     assert pick(table) == 1
@@ -124,8 +124,8 @@ def test_a_clearly_better_cluster_beats_a_bigger_worse_one():
 def test_tolerance_decides_what_counts_as_lowest():
     frame = pd.concat([shots(0, 10_000, 80, DAYS), shots(1, 20_000, 200, DAYS)])
     lots = lots_from(frame, {0: 0.008, 1: 0.010})
-    assert pick(rank_clusters(frame, lots, RecipeConfig(relative_tolerance=0.5))) == 1
-    assert pick(rank_clusters(frame, lots, RecipeConfig(relative_tolerance=0.0, absolute_tolerance=0.0))) == 0
+    assert pick(rank_clusters(frame, lots, RecipeConfig(relative_tolerance=0.5, evidence="blend"))) == 1
+    assert pick(rank_clusters(frame, lots, RecipeConfig(relative_tolerance=0.0, absolute_tolerance=0.0, evidence="blend"))) == 0
 
 
 def test_min_rows_keeps_tiny_clusters_out_of_the_recommendation():

@@ -242,10 +242,30 @@ def test_a_part_without_any_complete_set_point_is_skipped_with_the_reason():
     result = run([{"combo": STANDARD, "n": 200}, {"item": "I2", "combo": (np.nan, 10.0), "n": 50}])
     assert [(s["facility"], s["item"]) for s in result.skipped] == [("F1", "I2")]
     assert "no shot of it has every set point recorded" in result.skipped[0]["reason"]
-    assert result.coverage() | {"share": None} == {
-        "facility_items": 2, "with_recipe": 1, "share": None, "ranked": 1, "fallback": 0, "clearly_better": 0,
-        "uncertain": 1, "keep_current_practice": 0, "skipped": 1}
+    assert result.coverage() == {
+        "facility_items": 2, "with_setting": 1, "share": 0.5, "ranked": 1, "fallback": 0, "keep_current_practice_with_setting": 0,
+        "clearly_better": 0, "uncertain": 1, "keep_current_practice": 0, "not_covered": 1}
     assert result.to_json()["not_covered"][0]["reason"] == result.skipped[0]["reason"]
+
+
+def test_keep_current_practice_names_the_lowest_estimated_setting_uncertain():
+    # Cluster 2: 2000 shots, 20 bad on its own day (1.0 %, Wilson upper 1.54 %); cluster 0: 50 shots,
+    # none bad on its own day (0 %, upper 7.1 %). Without tolerance the lowest credible rate wins:
+    # cluster 2. The history (20 of 2050 = 0.98 %, upper 1.51 %) is better on both counts, so the
+    # guard keeps current practice; the setting named if one must be run is the lowest estimate:
+    # cluster 0 (0 %), uncertain.
+    blocks = [{"combo": OTHER, "n": 2000, "bad": 20, "day": "2026-01-01"}, {"combo": STANDARD, "n": 50, "bad": 0, "day": "2026-01-02"}]
+    result = run(blocks, relative_tolerance=0.0, absolute_tolerance=0.0, min_rows=50)
+    assert [k["item"] for k in result.kept] == ["I1"] and result.recipes == []
+    kept = result.kept[0]
+    assert kept["considered"]["setting_cluster"] == 2 and "above the item's own history" in kept["reason"]
+    assert kept["setting_cluster"] == 0 and kept["setting"]["exact"] == {"a": 10.0, "b": 10.0}
+    assert kept["confidence"] == UNCERTAIN and kept["confidence_reason"] == (
+        "keep current practice: no setting is credibly better than this part's mix. If one setting must be run, setting "
+        "cluster 0 has the lowest estimated defect rate (0.00% against 0.98% for the mix), not shown to be better")
+    assert result.coverage()["keep_current_practice_with_setting"] == 1 and result.coverage()["share"] == 1.0
+    served = RecipeBook.from_json(result.to_json()).get("F1", "I1")
+    assert served["action"] == "keep current practice" and served["confidence"] == UNCERTAIN
 
 
 # -- every part is answered, whatever the plant (property) -----------------------------------------
@@ -270,18 +290,19 @@ def test_every_part_with_history_is_answered_once_with_a_reason(blocks, lots_onl
     except DataError as exc:  # nothing at all to recommend: refused, naming why
         assert str(exc).startswith("nothing can be recommended: ")
         return
-    answered = [(r["facility"], r["item"]) for r in result.recipes] + [(r["facility"], r["item"]) for r in result.not_covered()]
+    answered = [(r["facility"], r["item"]) for r in result.answers()] + [(r["facility"], r["item"]) for r in result.not_covered()]
     assert sorted(answered) == sorted(pairs)  # each part exactly once
     for row in result.not_covered():
         assert isinstance(row["reason"], str) and row["reason"].strip()
-    for recipe in result.recipes:
+    for recipe in result.answers():
         assert recipe["confidence"] in (CLEARLY_BETTER, UNCERTAIN) and recipe["confidence_reason"].strip()
         assert recipe["setting"]["exact"] and all(v is not None for v in recipe["setting"]["exact"].values())
         if recipe["confidence"] == CLEARLY_BETTER:
-            assert recipe["selection"] == RANKED
+            assert recipe.get("selection") == RANKED
             assert recipe["defect_rate"]["tested_interval"][1] < recipe["history"]["rest_interval"][0]
     coverage = result.coverage()
-    assert coverage["facility_items"] == len(pairs) and coverage["with_recipe"] == len(result.recipes)
+    assert coverage["facility_items"] == len(pairs) and coverage["with_setting"] == len(result.answers())
+    assert len(RecipeBook.from_json(result.to_json())) == len(result.answers())  # all served
     assert len(recipes_table(result.recipes)) == len(result.recipes)
 
 
@@ -329,7 +350,60 @@ def test_the_report_shows_every_answer_and_its_confidence(tmp_path):
                   {"item": "I2", "combo": STANDARD, "n": 40}, {"item": "I3", "combo": (np.nan, 1.0), "n": 40}])
     write_report(result, tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()
-    assert "2 of 3 facility/items with history have a setting to run" in text
+    assert "2 of 3 facility/items with history have a setting to run" in text and "Without a setting to run (1)" in text
     assert "clearly better" in text and "uncertain" in text and "most produced setting" in text
     assert "no shot of it has every set point recorded" in text  # the skipped one, with its reason
     assert "plant&#x27;s own unit" in text or "plant's own unit" in text
+
+
+# -- variants of a cluster (controller-driven set points) ------------------------------------------
+def test_a_field_wanders_with_many_values_none_dominant():
+    from model_store.recipe.combination import wandering_fields
+
+    hunting = np.arange(30) / 10.0  # 30 values, 1 shot each: 3 % < 20 %
+    held = np.r_[np.zeros(30), np.arange(30) / 10.0]  # 31 values, 0 held on 31 of 60 shots
+    steps = np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 12)  # 5 values: an operator's steps
+    eleven = np.r_[np.arange(11.0), np.zeros(0)]  # 11 values, each 1 of 11 = 9 %: wanders (> 10 values)
+    ten = np.arange(10.0)  # 10 values: not more than 10, kept as a choice
+    assert wandering_fields(np.column_stack([hunting, held[:30], steps[:30]])).tolist() == [True, False, False]
+    assert wandering_fields(eleven[:, None]).tolist() == [True] and wandering_fields(ten[:, None]).tolist() == [False]
+
+
+def test_stretches_split_at_a_gap_ten_times_the_median():
+    from model_store.recipe.combination import stretches
+
+    # Distinct values 50.0, 50.1, ..., 51.0 and 60.0, ..., 61.0: median gap 0.1, the 9.0 gap > 10 * 0.1.
+    values = np.round(np.r_[np.arange(50.0, 51.05, 0.1), np.arange(60.0, 61.05, 0.1)], 6)
+    assert stretches(values).tolist() == [0] * 11 + [1] * 11
+    # A gap of exactly 10 times the median is no new stretch (more than, not as much as).
+    assert stretches(np.array([0.0, 1.0, 2.0, 12.0])).tolist() == [0, 0, 0, 0]
+    assert stretches(np.array([0.0, 1.0, 2.0, 12.5])).tolist() == [0, 0, 0, 1]
+    assert stretches(np.array([3.0, 1.0])).tolist() == [1, 0]  # two values: each its own
+
+
+def test_variants_group_shots_that_differ_only_by_hunting():
+    from model_store.recipe.combination import variants
+
+    rng = np.random.default_rng(0)
+    # Standard: a = 10, b hunting around 60 (tenths) on 300 shots; cool: a = 10, b around 50 on 100.
+    b = np.round(np.r_[60 + rng.integers(-10, 11, 300) / 10, 50 + rng.integers(-10, 11, 100) / 10], 6)
+    shots = np.column_stack([np.full(400, 10.0), b])
+    combos, variant, counts = variants(shots)
+    assert sorted(counts.tolist()) == [100, 300]
+    big = int(np.argmax(counts))
+    assert combos[big][0] == 10.0 and 59.0 <= combos[big][1] <= 61.0
+    assert (variant[:300] == big).all() and (variant[300:] != big).all()
+    # Without a wandering field every exact combination is its own variant.
+    _, _, plain = variants(np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 3.0]]))
+    assert sorted(plain.tolist()) == [1, 2]
+
+
+def test_the_most_used_combination_stays_unless_another_is_clearly_better():
+    # One cluster, two exact combinations on their own days: the standard on 600 shots, a nudge on 300.
+    slightly = run([{"combo": STANDARD, "n": 600, "bad": 6, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 2, "day": "2026-01-02"}])
+    recipe = answer(slightly)  # 0.67 % vs 1.0 %: intervals overlap, the most used one is kept
+    assert recipe["setting"]["chosen_by"] == "most used" and recipe["setting"]["exact"] == {"a": 10.0, "b": 10.0}
+    clearly = run([{"combo": STANDARD, "n": 600, "bad": 60, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 0, "day": "2026-01-02"}])
+    recipe = answer(clearly)  # 0 of 300 (upper 1.3 %) vs 60 of 600 (lower 7.9 %): the nudge, on its evidence
+    assert recipe["setting"]["chosen_by"] == "lowest credible defect rate" and recipe["setting"]["exact"] == {"a": 11.0, "b": 10.0}
+    assert recipe["confidence"] == CLEARLY_BETTER

@@ -76,6 +76,8 @@ def picks(table: pd.DataFrame) -> dict[tuple[str, str], int]:
 
 
 NO_DISPERSION = RecipeConfig(overdispersion=False)
+# Both kinds of evidence for a facility/item that has both (the default ranks such a one on its lots alone).
+BLEND = RecipeConfig(overdispersion=False, evidence="blend")
 
 
 # -- input -----------------------------------------------------------------------------------------
@@ -260,7 +262,7 @@ def test_lots_are_split_between_the_settings_that_ran_that_day():
 
 def test_credible_rate_is_the_weighted_mean_of_the_upper_bounds():
     frame, table = mixed_lots_frame()
-    out = by_cluster(rank_clusters(frame, table, NO_DISPERSION))
+    out = by_cluster(rank_clusters(frame, table, BLEND))
     assert set(out["basis"]) == {"predicted+lots"}
     # Predicted: cluster 0: 2 of 18, cluster 1: 4 of 20, cluster 2: 1 of 4.
     assert out["predicted_rate"].tolist() == pytest.approx([2 / 18, 0.2, 0.25])
@@ -273,13 +275,31 @@ def test_credible_rate_is_the_weighted_mean_of_the_upper_bounds():
     # Point estimate: from the evidence each cluster has (cluster 2: its pseudo-labels alone).
     assert out["defect_rate"].tolist() == pytest.approx([(2 / 18 + 0.05) / 2, (0.2 + 0.1125) / 2, 0.25], rel=1e-6)
     # Weights 1 : 3 are normalised to 0.25 / 0.75.
-    weighted = by_cluster(rank_clusters(frame, table, RecipeConfig(overdispersion=False, predicted_weight=1.0, lot_weight=3.0)))
+    weighted = by_cluster(rank_clusters(frame, table, RecipeConfig(overdispersion=False, predicted_weight=1.0, lot_weight=3.0, evidence="blend")))
     assert weighted["credible_rate"].tolist() == pytest.approx(
         [0.25 * p0[1] + 0.75 * l0[1], 0.25 * p1[1] + 0.75 * l1[1], 0.25 * p2[1] + 0.75], rel=1e-6)
     assert weighted["credible_low"].tolist() == pytest.approx(
         [0.25 * p0[0] + 0.75 * l0[0], 0.25 * p1[0] + 0.75 * l1[0], 0.25 * p2[0]], rel=1e-6)
     assert weighted["defect_rate"].tolist() == pytest.approx(
         [0.25 * 2 / 18 + 0.75 * 0.05, 0.25 * 0.2 + 0.75 * 0.1125, 0.25], rel=1e-6)
+
+
+def test_lots_first_ranks_a_facility_item_with_lots_on_them_alone_and_one_without_on_pseudo_labels():
+    # The default evidence: F1/I1 has lots, so its pseudo-labels are not blended in (the same figures as
+    # when its pseudo-labels may not be used at all); F2/I1 has no lot, so its pseudo-labels rank it.
+    frame, table = mixed_lots_frame()
+    frame = pd.concat([frame, block(30, 0, "D9", anomalies=3, facility="F2")], ignore_index=True)
+    out = rank_clusters(frame, table, NO_DISPERSION)
+    first, alone = by_cluster(out), by_cluster(rank_clusters(frame, table, NO_DISPERSION, predicted_pairs=[("F2", "I1")]))
+    assert set(first["basis"]) == {"lots"}
+    for column in ("credible_low", "credible_rate", "defect_rate"):
+        assert first[column].tolist() == pytest.approx(alone[column].tolist(), rel=1e-12, nan_ok=True)
+    other = by_cluster(out, "F2").loc[0]
+    assert other["basis"] == "predicted" and other["credible_rate"] == pytest.approx(wilson(3, 30)[1], rel=1e-9)
+    # A zero lot weight still means pseudo-labels only, lots or not.
+    assert set(by_cluster(rank_clusters(frame, table, RecipeConfig(overdispersion=False, lot_weight=0.0)))["basis"]) == {"predicted+lots"}
+    with pytest.raises(ValueError, match="evidence"):
+        RecipeConfig(evidence="both")
 
 
 def test_a_facility_item_without_pseudo_labels_is_ranked_on_lots_alone():
@@ -307,7 +327,7 @@ def test_a_cluster_without_scored_shots_is_judged_on_its_lots():
     # F1/I1: cluster 0 scored (10 shots, none anomalous) on D1, no lots that day; cluster 1 never scored,
     # on D2 whose lot is 9 good, 1 bad. Each kind of evidence is used for the pair; each cluster lacks one.
     frame = shots(block(10, 0, "D1"), block(0, 1, "D2", unscored=10))
-    out = by_cluster(rank_clusters(frame, lots(("D2", 9, 1)), NO_DISPERSION))
+    out = by_cluster(rank_clusters(frame, lots(("D2", 9, 1)), BLEND))
     assert set(out["basis"]) == {"predicted+lots"}
     assert out.loc[1, "defect_rate"] == pytest.approx(0.1)  # its lots alone, not averaged with "no rate"
     assert out.loc[0, "defect_rate"] == 0.0
@@ -318,7 +338,7 @@ def test_a_cluster_without_scored_shots_is_judged_on_its_lots():
 
 def test_a_single_part_is_lot_evidence():
     # One lot of 1 good part: the cluster's lot rate is 0 of 1, Wilson upper z² / (1 + z²) = 0.7935.
-    out = rank_clusters(block(10), lots(("D1", 1, 0)), NO_DISPERSION).iloc[0]
+    out = rank_clusters(block(10), lots(("D1", 1, 0)), BLEND).iloc[0]
     assert (out["lot_rate"], out["lot_parts"], out["lot_covered_rows"]) == (0.0, 1.0, 10)
     assert out["basis"] == "predicted+lots"
     assert out["credible_rate"] == pytest.approx((wilson(0, 10)[1] + Z2 / (1 + Z2)) / 2)
@@ -346,7 +366,7 @@ def test_day_to_day_dispersion_widens_the_lot_interval():
 def test_each_facility_item_gets_its_own_lots_even_after_one_without():
     # F1/I1 ran on a day without lot counts; F2/I1 (ranked after it) on a day with 2 bad of 100.
     frame = shots(block(10, 0, "D1"), block(10, 0, "D2", facility="F2"))
-    out = rank_clusters(frame, lots(("D2", 98, 2), facility="F2"), NO_DISPERSION)
+    out = rank_clusters(frame, lots(("D2", 98, 2), facility="F2"), BLEND)
     assert by_cluster(out, "F2").loc[0, "lot_rate"] == pytest.approx(0.02)
     assert by_cluster(out, "F2").loc[0, "basis"] == "predicted+lots" and by_cluster(out, "F1").loc[0, "basis"] == "predicted"
 
