@@ -8,6 +8,7 @@ is fitted on everything.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -191,6 +192,14 @@ def _calibration(evidence: np.ndarray, lot_rate: np.ndarray, config: Conditional
     return Calibration(scores, line, alpha)
 
 
+def setting_span(settings: np.ndarray) -> np.ndarray:
+    """(2, settings): the lowest and highest value of each set point in the history (NaN: never set)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: no span
+        return np.stack([np.nanmin(settings, axis=0), np.nanmax(settings, axis=0)]) if len(settings) else \
+            np.full((2, settings.shape[1]), np.nan)
+
+
 @dataclass(frozen=True)
 class FittedConditional:
     unit: ConditionalUnit
@@ -251,7 +260,8 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
                            final.raw_tables,  # every part's, for its excursion band; only calibrated parts judge by it
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
-                           final.neighbour_tables, final.setting_ranges, config.lasting_excursion_ratio)
+                           final.neighbour_tables, final.setting_ranges, config.lasting_excursion_ratio,
+                           setting_span(settings))
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])

@@ -260,6 +260,9 @@ class ConditionalUnit:
     neighbour_tables: dict[str, TailTable] = field(default_factory=dict)  # as residual_tables, of d (baseline on)
     setting_ranges: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> (2, settings) lowest, highest run
     lasting_ratio: float = 1.0  # see ConditionalConfig.lasting_excursion_ratio (1: a store from before it)
+    # (2, settings) lowest and highest each set point took in all of the maker's history (None: a
+    # store from before it; the union of the parts' setting ranges stands in)
+    setting_span: np.ndarray | None = None
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -306,7 +309,9 @@ class ConditionalUnit:
 
     @cached_property
     def _maker_span(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per set point: the lowest and highest any part of this maker ran, and its tolerance."""
+        """Per set point: the lowest and highest this maker ran."""
+        if self.setting_span is not None:
+            return np.asarray(self.setting_span[0], dtype=float), np.asarray(self.setting_span[1], dtype=float)
         _, ranges = self._ranges
         if not len(ranges):
             nothing = np.full(len(self.settings), np.nan)
@@ -475,6 +480,8 @@ class ConditionalUnit:
         range_keys = sorted(self.setting_ranges)
         arrays["setting_ranges"] = (np.array([self.setting_ranges[k] for k in range_keys], dtype=float) if range_keys
                                     else np.zeros((0, 2, len(self.settings))))
+        if self.setting_span is not None:
+            arrays["setting_span"] = np.asarray(self.setting_span, dtype=float)
         baseline_keys = sorted(self.baseline_state)
         arrays["baseline_state"] = (np.array([self.baseline_state[k] for k in baseline_keys], dtype=float) if baseline_keys
                                     else np.zeros((0, len(self.features))))
@@ -523,6 +530,7 @@ class ConditionalUnit:
             neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.get("neighbour_tables", []))},
             setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.get("setting_range_parts", []))},
             lasting_ratio=float(entry.get("lasting_ratio", 1.0)),
+            setting_span=arrays.get("setting_span"),
         )
 
 

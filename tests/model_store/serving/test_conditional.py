@@ -198,6 +198,7 @@ def test_save_and_load_give_identical_scores(unit, tmp_path) -> None:
     assert back.features == unit.features and back.settings == unit.settings and back.levels == unit.levels
     assert {k: (c.line, c.alpha) for k, c in back.calibration.items()} == {k: (c.line, c.alpha) for k, c in unit.calibration.items()}
     assert back.baseline_halflife == unit.baseline_halflife > 0 and back.baseline_clip == unit.baseline_clip
+    assert np.array_equal(back.setting_span, unit.setting_span) and unit.setting_span is not None
     assert set(back.baseline_state) == set(unit.baseline_state) == set(unit.levels.parts)
     assert all(np.array_equal(back.baseline_state[k], unit.baseline_state[k]) for k in unit.baseline_state)
     assert set(back.neighbour_tables) == set(unit.neighbour_tables) == set(unit.residual_tables)
@@ -404,10 +405,9 @@ def test_setting_excursion_boundaries_hand_computed(unit) -> None:
     from model_store.serving.conditional import SETTING_EXCURSION_TOLERANCES
 
     assert SETTING_EXCURSION_TOLERANCES == 3.0
-    # Two parts; the maker's span of s1 is 100..140 (width 40 < half of 140 = 70: tolerance 70),
-    # of s2 is 10..50 (width 40 > half of 50 = 25: tolerance 40).
-    ranges = {"P1": np.array([[100.0, 10.0], [120.0, 50.0]]), "P2": np.array([[110.0, 20.0], [140.0, 30.0]])}
-    wide = replace(unit, setting_ranges=ranges)
+    # The maker's span of s1 is 100..140 (width 40 < half of 140 = 70: tolerance 70), of s2 10..50
+    # (width 40 > half of 50 = 25: tolerance 40).
+    wide = replace(unit, setting_span=np.array([[100.0, 10.0], [140.0, 50.0]]))
     x = np.array([
         [140.0, 50.0],        # on the span's edges: 0
         [140.0 + 210.0, 30],  # s1 exactly 3 tolerances beyond: 1.0, not yet an alarm (> 1 alarms)
@@ -424,10 +424,22 @@ def test_setting_excursion_boundaries_hand_computed(unit) -> None:
 def test_a_set_point_never_moved_from_zero_has_a_tolerance_of_one_unit(unit) -> None:
     from dataclasses import replace
 
-    still = replace(unit, setting_ranges={"P": np.array([[0.0, 0.0], [0.0, 0.0]])})
+    still = replace(unit, setting_span=np.zeros((2, 2)))
     assert still.setting_excursions(np.array([[3.0, -6.0]])).tolist() == [[pytest.approx(1.0), pytest.approx(2.0)]]
-    empty = replace(unit, setting_ranges={})
-    assert empty.setting_excursions(np.array([[1e300, -1e300]])).tolist() == [[0.0, 0.0]]  # no history: no span
+    never = replace(unit, setting_span=np.full((2, 2), np.nan))
+    assert never.setting_excursions(np.array([[1e300, -1e300]])).tolist() == [[0.0, 0.0]]  # never set: no span
+    # A store from before the span was recorded: the union of its parts' setting ranges stands in.
+    older = replace(unit, setting_span=None,
+                    setting_ranges={"P1": np.array([[100.0, 10.0], [120.0, 50.0]]), "P2": np.array([[110.0, 20.0], [140.0, 30.0]])})
+    assert older.setting_excursions(np.array([[140.0 + 420.0, 50.0]])).tolist() == [[pytest.approx(2.0), 0.0]]
+    assert replace(unit, setting_span=None, setting_ranges={}).setting_excursions(np.array([[1e300, 0.0]])).tolist() == [[0.0, 0.0]]
+
+
+def test_the_span_covers_every_row_of_the_maker_history(unit, frame) -> None:
+    """Every history row lies within the span: the rule never alarms on what the maker ran."""
+    settings_ = frame[list(unit.settings)].to_numpy(float)
+    assert (unit.setting_excursions(settings_) == 0.0).all()
+    assert np.allclose(unit.setting_span, [np.nanmin(settings_, axis=0), np.nanmax(settings_, axis=0)])
 
 
 def test_a_gross_set_point_excursion_alarms_and_names_the_set_point(unit, frame) -> None:
