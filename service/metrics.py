@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -54,9 +54,10 @@ MAX_PAIRS_WITHOUT_STORE = 1000  # before any store is served, label pairs as the
 
 def store_parts(manifest: Any) -> frozenset[tuple[str, str]]:
     """(facility, item) pairs a store has history for: the label values the per-part counters may take."""
-    raw = getattr(manifest, "raw", manifest) or {}
+    raw = getattr(manifest, "raw", manifest)
+    rows = raw.get("group_table", ()) if isinstance(raw, Mapping) else ()
     return frozenset((label(row["key"].get("facility")), label(row["key"].get("item")))
-                     for row in raw.get("group_table", ()) if isinstance(row.get("key"), dict))
+                     for row in rows if isinstance(row, Mapping) and isinstance(row.get("key"), Mapping))
 
 
 @dataclass
