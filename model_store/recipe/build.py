@@ -27,6 +27,7 @@ from model_store.serving.store import StoreManifest
 Progress = Callable[[str, int, int], None]
 RECIPE_FORMAT = 2  # 2: every recipe carries selection, confidence and confidence_reason; coverage and not_covered
 RANKED = "ranked"  # selection: the ranking's pick, passed the history guard
+NEXT = "next qualifying cluster"  # selection: the pick was worse than history; the lowest estimate that is not
 FALLBACK = "most produced setting"  # selection: no setting cluster qualified; the part's most produced exact setting
 
 
@@ -35,11 +36,12 @@ class RecipeResult:
     """Everything one run produced: per-pair recipes, the full ranking, and what was skipped why.
 
     Every facility/item with history ends in exactly one of: ``recipes`` (a setting to run: the
-    ranking's pick, or the most produced setting when no cluster qualifies, each with its
-    ``confidence``), ``kept`` (keep current practice: the best-supported candidate is expected
-    worse than the part's own history; the row still names the setting to run if one must be,
-    marked uncertain, unless no cluster has an estimate) or ``skipped`` (one row per
-    facility/item, with the reason). :meth:`coverage` counts them.
+    ranking's pick, the next qualifying cluster when the pick is worse than the part's history, or
+    the most produced setting when no cluster qualifies, each with its ``confidence``), ``kept``
+    (keep current practice: no qualifying cluster is not worse than the part's own history; the
+    row names the setting to run if one must be, marked uncertain) or ``skipped`` (one row per
+    facility/item, with the reason). :meth:`coverage` counts them; recipes.csv, the recipe book
+    and MongoDB carry ``recipes`` only, recipes.json and the report carry all.
     """
 
     model_version: str
@@ -68,7 +70,9 @@ class RecipeResult:
 
     def answers(self) -> list[dict[str, Any]]:
         """Every document that names a setting to run: the recipes, then the "keep current practice"
-        rows that name one (each has ``setting_cluster``, ``setting``, ``confidence``)."""
+        rows (each names the setting to run if one must be: ``setting_cluster``, ``setting``,
+        ``confidence`` uncertain). The recipes alone are what recipes.csv, the recipe book and
+        MongoDB carry."""
         return [*self.recipes, *(k for k in self.kept if "setting" in k)]
 
     def not_covered(self) -> list[dict[str, Any]]:
@@ -82,9 +86,10 @@ class RecipeResult:
     def coverage(self) -> dict[str, Any]:
         """How many facility/items with history got a setting to run (and how sure), and how many did not.
 
-        Covered = a setting to run is named: a recipe (ranked, or the most produced setting as a
-        fallback), or a "keep current practice" row that names the setting to run if one must be
-        (always uncertain). Not covered: keep current practice without a setting, or skipped.
+        Covered = a setting to run is named: a recipe (the ranking's pick, the next qualifying
+        cluster when the pick is worse than the part's history, or the most produced setting when no
+        cluster qualifies), or a "keep current practice" row, which names the setting to run if one
+        must be (always uncertain). Not covered: skipped (the reason says why).
         """
         answers, missing = self.answers(), self.not_covered()
         pairs = len(answers) + len(missing)
@@ -94,11 +99,11 @@ class RecipeResult:
             "with_setting": len(answers),
             "share": round(len(answers) / pairs, 6) if pairs else None,
             "ranked": count("selection", RANKED),
+            "next_qualifying": count("selection", NEXT),
             "fallback": count("selection", FALLBACK),
-            "keep_current_practice_with_setting": count("action", KEEP),
+            "keep_current_practice": len(self.kept),
             "clearly_better": count("confidence", "clearly_better"),
             "uncertain": count("confidence", UNCERTAIN),
-            "keep_current_practice": len(self.kept),
             "not_covered": len(missing),
         }
 
@@ -123,12 +128,14 @@ class RecipeResult:
 
 
 RULE = (
-    "Per facility/item, every setting cluster gets a credible defect rate: the weighted mean of the upper bounds "
-    "of its pseudo-label anomaly rate and its lot defect rate (lots split between clusters by EM), each a "
-    "{interval} interval at {confidence:.0%} widened by day-to-day dispersion. Clusters with at least {min_rows} "
+    "Per facility/item, every setting cluster gets a credible defect rate: the upper bound of a {interval} interval at "
+    "{confidence:.0%}, widened by day-to-day dispersion, on its lot defect rate (lots split between clusters by EM) "
+    "where the facility/item has lots, else on its pseudo-label anomaly rate (evidence: {evidence}; 'blend' weighs "
+    "both). Clusters with at least {min_rows} "
     "shots whose credible rate is within {relative_tolerance:.0%} (+{absolute_tolerance:.2%}) of the lowest are "
     "candidates; the candidate with the most production is recommended, unless its credible rate or its estimate is "
-    "above the facility/item's own history (then: keep current practice). The published exact combination lies within "
+    "above the facility/item's own history (then the qualifying cluster with the lowest estimate that is not; "
+    "if none: keep current practice, naming the cluster with the lowest estimate if one setting must be run). The published exact combination lies within "
     "the {spread_quantile:.0%} radius (around the cluster centre) of the shots the facility/item ran in the cluster, else the "
     "cluster centre is published. When no cluster qualifies, the facility/item's most produced exact setting is published "
     "instead. Every recipe says whether it is clearly better than what the part ran: only when its credible interval lies "
@@ -398,25 +405,36 @@ def _build_recipes(
                       f"no setting cluster with at least {config.min_rows} shots and a credible defect rate "
                       f"(the largest has {largest:,} shots)")
             continue
-        best = picked.iloc[0]
-        cluster = int(best["cluster"])
-        estimate = _num(best["defect_rate"])
         history_credible = history_doc["credible"]
-        # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
-        history_doc["expected_reduction"] = (_num(1 - float(best["defect_rate"]) / history_rate)
-                                             if history_rate and estimate is not None else None)
         set_points = history.iloc[rows][list(fields.settings)]
         use_predicted = (facility, item) in predicted_pairs
-        combo = choose_combination(pair_labels, set_points, cluster, lots, config, use_predicted=use_predicted)
-        # What is published is the combination: judged by its own figures when it was ranked on them.
-        own_credible = combo.credible if combo.credible is not None else _num(best["credible_rate"])
-        own_estimate = combo.estimate if combo.estimate is not None else estimate
-        reason = worse_than_history(own_credible, own_estimate, history_credible, _num(history_rate),
-                                    config.relative_tolerance, config.absolute_tolerance)
+        # The ranking's pick, judged against the part's own history; when it is worse, the next
+        # qualifying cluster by lowest estimate that is not (the first of them that passes).
+        first = picked.iloc[0]
+        others = ranking[ranking["eligible"] & ranking["defect_rate"].notna() & (ranking["cluster"] != first["cluster"])]
+        others = others.sort_values(["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True])
+        blocked: tuple[int, str, Combination, float | None, float | None] | None = None
+        for _, best in pd.concat([picked.iloc[:1], others]).iterrows():
+            cluster = int(best["cluster"])
+            estimate = _num(best["defect_rate"])
+            combo = choose_combination(pair_labels, set_points, cluster, lots, config, use_predicted=use_predicted)
+            # What is published is the combination: judged by its own figures when it was ranked on them.
+            own_credible = combo.credible if combo.credible is not None else _num(best["credible_rate"])
+            own_estimate = combo.estimate if combo.estimate is not None else estimate
+            reason = worse_than_history(own_credible, own_estimate, history_credible, _num(history_rate),
+                                        config.relative_tolerance, config.absolute_tolerance)
+            if reason is None:
+                break
+            if blocked is None:
+                blocked = (cluster, reason, combo, own_credible, own_estimate)
         if reason is not None:
+            assert blocked is not None
+            cluster, reason, combo, own_credible, own_estimate = blocked
+            best = first
+            tried = f" (nor is any of the other {len(others)} qualifying clusters better)" if len(others) else ""
             kept = {
                 "facility": facility, "item": item, "maker": maker, "model_version": result.model_version,
-                "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}",
+                "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}{tried}",
                 "considered": {"setting_cluster": cluster, "estimate": _num(own_estimate), "credible": _num(own_credible),
                                "rows": int(best["rows"]), "exact": combo.values},
                 "history": {k: v for k, v in history_doc.items() if k != "expected_reduction"},
@@ -425,38 +443,43 @@ def _build_recipes(
             # Still one setting to run, for a floor that must pick one: the qualifying cluster with the
             # lowest estimated rate (never above the history's estimate, a volume-weighted mean of
             # the clusters'), its combination chosen as for a recommendation. Always uncertain.
-            named = ranking[ranking["eligible"] & ranking["defect_rate"].notna()].sort_values(
-                ["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True])
-            if len(named):
-                alt = named.iloc[0]
-                alt_cluster = int(alt["cluster"])
-                alt_combo = choose_combination(pair_labels, set_points, alt_cluster, lots, config, use_predicted=use_predicted)
-                model = manifest.setting_models[maker]
-                centroid = centroid_raw(model.centroids[alt_cluster], model.minimum, model.scale, fields.settings)
-                radius = spread.radius((facility, item), maker, alt_cluster, set_points[cluster_of == alt_cluster])
-                if alt_combo.values and not spread.within(maker, alt_cluster, alt_combo.values, radius):
-                    alt_combo = use_centroid(alt_combo, centroid)
-                kept.update({
-                    "confidence": UNCERTAIN,
-                    "confidence_reason": (f"keep current practice: no setting is credibly better than this part's mix. If one "
-                                          f"setting must be run, setting cluster {alt_cluster} has the lowest estimated defect "
-                                          f"rate ({_pct(alt['defect_rate'])} against {_pct(history_rate)} for the mix), "
-                                          "not shown to be better"),
-                    "setting_cluster": alt_cluster,
-                    "basis": str(alt["basis"]),
-                    "production": _production_doc(alt),
-                    "defect_rate": _rate_doc(alt),
-                    "setting": {"fields": list(fields.settings), **combination_json(alt_combo), "centroid": centroid,
-                                "spread_radius": _num(radius)},
-                    "setting_window": windows[alt_cluster],
-                })
+            alt = pd.concat([picked.iloc[:1], others]).sort_values(
+                ["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True]).iloc[0]
+            alt_cluster = int(alt["cluster"])
+            alt_combo = choose_combination(pair_labels, set_points, alt_cluster, lots, config, use_predicted=use_predicted)
+            model = manifest.setting_models[maker]
+            centroid = centroid_raw(model.centroids[alt_cluster], model.minimum, model.scale, fields.settings)
+            radius = spread.radius((facility, item), maker, alt_cluster, set_points[cluster_of == alt_cluster])
+            if alt_combo.values and not spread.within(maker, alt_cluster, alt_combo.values, radius):
+                alt_combo = use_centroid(alt_combo, centroid)
+            kept.update({
+                "confidence": UNCERTAIN,
+                "confidence_reason": (f"keep current practice: no setting is credibly better than this part's mix. If one "
+                                      f"setting must be run, setting cluster {alt_cluster} has the lowest estimated defect "
+                                      f"rate ({_pct(alt['defect_rate'])} against {_pct(history_rate)} for the mix), "
+                                      "not shown to be better"),
+                "setting_cluster": alt_cluster,
+                "basis": str(alt["basis"]),
+                "production": _production_doc(alt),
+                "defect_rate": _rate_doc(alt),
+                "setting": {"fields": list(fields.settings), **combination_json(alt_combo), "centroid": centroid,
+                            "spread_radius": _num(radius)},
+                "setting_window": windows[alt_cluster],
+            })
             result.kept.append(kept)
             continue
+        selection = RANKED if blocked is None else NEXT
+        # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
+        history_doc["expected_reduction"] = (_num(1 - float(best["defect_rate"]) / history_rate)
+                                             if history_rate and estimate is not None else None)
         # Sure or not: the evidence the pick was made on (the combination's shots when it was ranked on
         # them, else the cluster's) against the rest of the part's history.
         chosen = combo.mask if combo.chosen_by == EVIDENCE else cluster_of == cluster
         interval, rest = _versus_rest(pair_labels, chosen, lots, config, use_predicted)
         sure, why = confidence(interval, rest)
+        if blocked is not None:
+            why = (f"{why}. The ranking's pick, setting cluster {blocked[0]}, was not used: {blocked[1]}; this is the qualifying "
+                   "cluster with the lowest estimate that is not worse than the part's history")
         model = manifest.setting_models[maker]
         centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
         radius = spread.radius((facility, item), maker, cluster, set_points[cluster_of == cluster])
@@ -476,7 +499,7 @@ def _build_recipes(
                 "maker": maker,
                 "model_version": result.model_version,
                 "action": RECOMMEND,
-                "selection": RANKED,
+                "selection": selection,
                 "confidence": sure,
                 "confidence_reason": why,
                 "setting_cluster": cluster,

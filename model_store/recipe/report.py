@@ -281,8 +281,9 @@ def write_report(result: RecipeResult, path: Path) -> None:
     body = (
         f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, created {result.created_at}.</p>"
         f"<p><b>{coverage['with_setting']} of {coverage['facility_items']} facility/items with history have a setting to run</b>{share}: "
-        f"{coverage['ranked']} ranked, {coverage['fallback']} their most produced setting (no setting cluster qualified), "
-        f"{coverage['keep_current_practice_with_setting']} keep current practice but name the setting to run if one must be. "
+        f"{coverage['ranked']} the ranking's pick, {coverage['next_qualifying']} the next qualifying cluster (the pick was worse "
+        f"than the part's history), {coverage['fallback']} their most produced setting (no setting cluster qualified), "
+        f"{coverage['keep_current_practice']} keep current practice and name the setting to run if one must be. "
         f"<b>{coverage['clearly_better']} clearly better</b> than what the part ran, {coverage['uncertain']} uncertain "
         f"(not shown to be better: read the reason before changing a running process). "
         f"{coverage['not_covered']} without a setting to run (listed below with the reason).</p>"

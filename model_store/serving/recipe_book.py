@@ -10,10 +10,8 @@ records scored by the store it was made with: pass the worker's ``model_version`
 from another version answers None, like a facility/item without a recipe.
 
 A recipe is served as published, so ``GET /recipes/{facility}/{item}`` carries its
-``confidence`` (``clearly_better`` / ``uncertain``), ``confidence_reason`` and ``selection``; a
-"keep current practice" row of recipes.json that names a setting to run is served too (its
-``action`` says so). A fallback recipe whose setting no cluster holds has ``setting_cluster`` -1:
-on_recipe answers None.
+``confidence`` (``clearly_better`` / ``uncertain``), ``confidence_reason`` and ``selection``. A
+fallback recipe whose setting no cluster holds has ``setting_cluster`` -1: on_recipe answers None.
 """
 from __future__ import annotations
 
@@ -54,13 +52,7 @@ class RecipeBook:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise DataError(f"{path}: unreadable recipes file ({exc.__class__.__name__})") from None
         if isinstance(source, Mapping):
-            # A "keep current practice" row that names the setting to run (recipes.json format 2) is
-            # served like a recipe: its action, confidence and reason say what it is.
-            kept = source.get("keep_current_practice")
-            named = [k for k in kept if isinstance(k, Mapping) and "setting_cluster" in k] if isinstance(kept, list) else []
             source = source.get("recipes")
-            if isinstance(source, list):
-                source = [*source, *named]
         if not isinstance(source, list):
             raise DataError("recipes: expected a recipes.json document or a list of recipes")
         return cls(source)
