@@ -12,7 +12,9 @@ overlap: :func:`thin_ticks` checks the drawn label boxes.
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
-from model_store.plots import figure_to_img, page, plt
+from model_store.plots import page, plt
 from model_store.recipe.build import RecipeResult, describe_rule
 from model_store.recipe.output import set_points_text
 
@@ -47,21 +49,53 @@ def overlapping(fig: Any, labels: list[Any], pad: float = 1.0) -> bool:
     return False
 
 
-def thin_ticks(fig: Any, ax: Any, axis: str = "x", start: int = 6) -> None:
-    """Fewer ticks on ``axis`` until no two labels overlap (down to 2; then labels are rotated 90 degrees).
+def _thin_round(fig: Any, targets: list[tuple[Any, str, int]], bins: dict[int, int]) -> bool:
+    """After a draw: take one bin off every crowded axis (or, at 2 bins, turn its labels 90 degrees).
+    Returns whether any axis was crowded (then the figure must be drawn again)."""
+    crowded = [(ax, axis) for ax, axis, _ in targets if overlapping(fig, (ax.xaxis if axis == "x" else ax.yaxis).get_ticklabels())]
+    start = {id(ax): first for ax, _, first in targets}
+    for ax, axis in crowded:
+        if bins.setdefault(id(ax), start[id(ax)]) > 2:
+            bins[id(ax)] -= 1
+            (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(nbins=bins[id(ax)]))
+        else:
+            ax.tick_params(axis=axis, labelrotation=90)
+    return bool(crowded)
 
-    Only linear numeric axes are thinned; the caller sets rotation first where it wants one.
+
+def _rounds(targets: list[tuple[Any, str, int]]) -> int:
+    return max((start for _, _, start in targets), default=0) + 1
+
+
+def thin_ticks(fig: Any, targets: list[tuple[Any, str, int]]) -> None:
+    """Fewer ticks on each ``(ax, "x" or "y", starting bins)`` until no two of its labels overlap.
+
+    Draw, then, while some axis is crowded, take one bin off each crowded one (down to 2; still
+    crowded at 2, its labels turn 90 degrees) and draw again. Only linear numeric axes belong here;
+    the caller sets any rotation first.
     """
-    target = ax.xaxis if axis == "x" else ax.yaxis
+    bins: dict[int, int] = {}
+    for _ in range(_rounds(targets)):
+        fig.canvas.draw()
+        if not _thin_round(fig, targets, bins):
+            return
     fig.canvas.draw()
-    bins = start
-    while overlapping(fig, target.get_ticklabels()) and bins > 1:
-        bins -= 1
-        target.set_major_locator(MaxNLocator(nbins=bins))
-        fig.canvas.draw()
-    if overlapping(fig, target.get_ticklabels()):
-        ax.tick_params(axis=axis, labelrotation=90)
-        fig.canvas.draw()
+
+
+def _image(fig: Any, alt: str, targets: list[tuple[Any, str, int]]) -> str:
+    """The figure as an inline PNG, its tick labels thinned as :func:`thin_ticks` does, checked on the
+    PNG's own draw: no draw beyond the one that makes the image unless an axis is crowded."""
+    bins: dict[int, int] = {}
+    for _ in range(_rounds(targets)):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        if not _thin_round(fig, targets, bins):
+            break
+    else:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def _pct(value: Any) -> str:
@@ -94,8 +128,7 @@ def _overview_figure(recipes: list[dict[str, Any]]) -> str:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Estimated defect rate: history vs recommended setting (largest facility/items)", fontsize=9)
     fig.tight_layout()
-    thin_ticks(fig, ax, "x")
-    return figure_to_img(fig, "overview: history vs recommended defect rate")
+    return _image(fig, "overview: history vs recommended defect rate", [(ax, "x", 6)])
 
 
 def _rate_panel(ax: Any, ranking: pd.DataFrame) -> None:
@@ -169,11 +202,20 @@ def _window_panel(ax: Any, field: str, ranking: pd.DataFrame, windows: dict[int,
 
 
 def _pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]], fields: list[str]) -> str:
-    return figure_to_img(pair_figure(facility, item, ranking, windows, fields), f"{facility} {item} setting clusters and operating window")
+    fig, targets = _pair_layout(facility, item, ranking, windows, fields)
+    return _image(fig, f"{facility} {item} setting clusters and operating window", targets)
 
 
 def pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]], fields: list[str]) -> Any:
-    """The figure of one facility/item: its clusters' rates by volume, and a window panel per production field."""
+    """The figure of one facility/item (its tick labels thinned): its clusters' rates by volume, and a
+    window panel per production field."""
+    fig, targets = _pair_layout(facility, item, ranking, windows, fields)
+    thin_ticks(fig, targets)
+    return fig
+
+
+def _pair_layout(facility: str, item: str, ranking: pd.DataFrame, windows: dict[int, dict[str, Any]],
+                 fields: list[str]) -> tuple[Any, list[tuple[Any, str, int]]]:
     rows = max(2, math.ceil(len(fields) / WINDOW_COLUMNS))
     fig = plt.figure(figsize=(15, 1.45 * rows + 0.6))
     grid = fig.add_gridspec(rows, 2 + WINDOW_COLUMNS, width_ratios=[1.3, 1.3] + [1] * WINDOW_COLUMNS)
@@ -187,10 +229,7 @@ def pair_figure(facility: str, item: str, ranking: pd.DataFrame, windows: dict[i
                  f"{UNITS_NOTE} (bar p5–p95, line p1–p99, tick mean, red triangle = outliers beyond; green = recommended)",
                  fontsize=9)
     fig.tight_layout()
-    thin_ticks(fig, rate_ax, "y")
-    for ax in window_axes:
-        thin_ticks(fig, ax, "x", start=4)
-    return fig
+    return fig, [(rate_ax, "y", 6), *((ax, "x", 4) for ax in window_axes)]
 
 
 def _table(head: list[str], rows: list[list[Any]], left: int = 2) -> str:
