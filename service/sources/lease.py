@@ -114,6 +114,12 @@ class CheckpointLease:
         result = await self.collection.update_one({"_id": self.name, "lease.owner": self.owner},
                                                   {"$set": {"lease.expires": now + self.ttl}})
         if result.matched_count != 1:
+            await self.reclaim()
+
+    async def reclaim(self) -> None:
+        """Our lease is not on the document: take it again if nobody else holds it (the document
+        was deleted, or the server came back empty); raise :class:`LeaseLost` if another does."""
+        if not await self.try_acquire():
             raise LeaseLost(self.lost_text())
 
     async def release(self) -> None:

@@ -192,7 +192,8 @@ class MongoSource:
         if self._leased:  # only while this worker holds its name: a twin's checkpoint is never overwritten
             result = await self.checkpoints.update_one(self.lease.owned(), {"$set": fields})
             if result.matched_count != 1:
-                raise LeaseLost(self.lease.lost_text())
+                await self.lease.reclaim()  # LeaseLost when a twin holds the name now
+                await self.checkpoints.update_one(self.lease.owned(), {"$set": fields})
             return
         await self.checkpoints.update_one({"_id": self.settings.worker_name}, {"$set": fields}, upsert=True)
 
