@@ -26,6 +26,7 @@ from types import FrameType
 
 from service.devservers._process import DevServer, DevServerError
 from service.devservers.fetch import cache_dir, fetch_all
+from service.processes import pid_alive
 from service.devservers.kafka import KafkaServer
 from service.devservers.mongo import MongoServer
 from service.devservers.postgres import PostgresServer
@@ -105,7 +106,7 @@ def _detach(args: argparse.Namespace) -> int:
     state = _state_dir()
     state.mkdir(parents=True, exist_ok=True)
     pid_file, env_file, log_file = state / "pid", state / "env.sh", state / "up.log"
-    if pid_file.is_file() and _alive(int(pid_file.read_text() or 0)):
+    if pid_file.is_file() and pid_alive(int(pid_file.read_text() or 0)):
         if env_file.is_file():  # already up: the same variables again (idempotent)
             print(env_file.read_text(), end="", flush=True)
             return 0
@@ -134,30 +135,18 @@ def _detach(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cmd_down(_: argparse.Namespace) -> int:
     pid_file = _state_dir() / "pid"
     pid = int(pid_file.read_text() or 0) if pid_file.is_file() else 0
-    if not _alive(pid):
+    if not pid_alive(pid):
         print("# no detached dev servers running", file=sys.stderr)
         pid_file.unlink(missing_ok=True)
         return 0
     os.kill(pid, signal.SIGTERM)  # `up` closes its servers on SIGTERM
     deadline = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid):
         print(f"error: dev servers (pid {pid}) did not stop within 60 s", file=sys.stderr)
         return 1
     pid_file.unlink(missing_ok=True)

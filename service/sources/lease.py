@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping
 
 from pymongo.errors import DuplicateKeyError
 
+from service.processes import pid_alive
+
 
 class LeaseLost(RuntimeError):
     """Another worker with the same name took the lease: this one must stop reading."""
@@ -49,18 +51,6 @@ class Holder:
 
     def describe(self) -> str:
         return f"{self.host} pid {self.pid} until {self.expires.isoformat(timespec='seconds')}"
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def may_take(holder: Holder | None, me: Holder, now: datetime, alive: Callable[[int], bool] = pid_alive) -> bool:
@@ -140,4 +130,4 @@ class CheckpointLease:
                 f"(give each worker its own worker_name to run both)")
 
 
-__all__ = ["CheckpointLease", "Holder", "LeaseLost", "may_take", "pid_alive"]
+__all__ = ["CheckpointLease", "Holder", "LeaseLost", "may_take"]

@@ -106,3 +106,15 @@ def _verdicts(process: WorkerProcess) -> float:
     except Exception:  # noqa: BLE001
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("moldwatch_verdicts_total{"))
+
+
+def test_pid_alive_tells_a_running_process_from_a_gone_one() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from service.processes import pid_alive
+
+    assert pid_alive(os.getpid()) and not pid_alive(0) and not pid_alive(-1)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not pid_alive(int(done.stdout))  # exited and reaped
