@@ -11,7 +11,7 @@ also deletes its temp dir; anything left open is closed at interpreter exit.
 
 from service.devservers._process import DevServer, DevServerError, free_port
 from service.devservers.fetch import cache_dir, fetch_all
-from service.devservers.kafka import KafkaServer
+from service.devservers.kafka import KafkaSecurity, KafkaServer
 from service.devservers.mongo import MongoServer
 from service.devservers.postgres import PostgresServer
 from service.devservers.prometheus import PrometheusServer, promtool_check_config, promtool_path, query
@@ -19,6 +19,7 @@ from service.devservers.prometheus import PrometheusServer, promtool_check_confi
 __all__ = [
     "DevServer",
     "DevServerError",
+    "KafkaSecurity",
     "KafkaServer",
     "MongoServer",
     "PostgresServer",
