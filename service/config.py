@@ -173,6 +173,10 @@ class WorkerSettings(BaseSettings):
                             "(backpressure instead of memory growth).", json_schema_extra=_panel(FLOW))
     in_flight_batches: int = Field(4, ge=1, description="Scored batches awaiting Kafka acks; when full, scoring waits.",
                                    json_schema_extra=_panel(FLOW))
+    supersede_memory: int = Field(
+        20_000, ge=0, description="Record ids remembered (least recently answered forgotten first; ~0.8 KB each) so "
+        "that a verdict for an id already answered from another source position says supersedes=true; empty after a "
+        "restart (then source.operation and the position tell). 0: never marked.", json_schema_extra=_panel(FLOW))
     checkpoint_interval_s: float = Field(0.5, ge=0, description="Least time between checkpoint writes (0: after every "
                                          "acknowledged batch).", json_schema_extra=_panel(FLOW))
     rebalance_drain_s: float = Field(

@@ -22,7 +22,7 @@ import json
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
 import pandas as pd
@@ -36,6 +36,7 @@ from model_store.serving.scoring import ScoringEngine
 from model_store.serving.verdict import to_verdicts
 from service.decode import (SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, UnknownFields, short_repr,
                             unknown_field_text)
+from service.supersede import HTTP_SOURCE, AnsweredIds
 
 log = structlog.get_logger("moldwatch.pipeline")
 
@@ -52,23 +53,28 @@ class SourceMessage:
     document: Any
     position: Any = None
     received_at: float = field(default_factory=time.time)
-    event_time: float | None = None  # when the source saw it (cluster time), for the lag gauge
+    event_time: float | None = None  # when the source saw it (change event time, Kafka timestamp): end-to-end latency
     error: str | None = None  # the source could not parse it; ``document`` holds the raw text
     marker: bool = False
+    # Where the record was read, as the verdict's ``source`` (service/supersede.py): built by the
+    # source once per record; None (tests, benches) leaves the verdict without it.
+    source: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class ScoredRecord:
     verdict: dict[str, Any]
-    record_time: float  # record timestamp, epoch seconds (for end-to-end latency)
-    received_at: float
+    record_time: float  # record timestamp, epoch seconds (event-time lag)
+    received_at: float  # when the worker read it (processing time)
     payload: bytes = b""  # the verdict as JSON, serialised in the executor: the loop only moves bytes
+    event_time: float | None = None  # when the source took it in (end-to-end latency); None: read time
 
 
 @dataclass(frozen=True)
 class FailedRecord:
     dead_letter: DeadLetter
     received_at: float
+    source: Mapping[str, Any] | None = None  # the dead letter's ``source``, as a verdict's
 
 
 @dataclass
@@ -91,8 +97,12 @@ class BatchResult:
 class Pipeline:
     """Decode -> canonical frame -> :class:`ScoringEngine` -> verdicts, for one worker."""
 
-    def __init__(self, engine: ScoringEngine, executor: Executor | None = None) -> None:
+    def __init__(self, engine: ScoringEngine, executor: Executor | None = None,
+                 answered: AnsweredIds | None = None) -> None:
         self._engine = engine
+        # Record ids this worker answered (``supersedes``); read and written by run_batch only, on
+        # the one scoring thread. None: verdicts carry ``source`` but never ``supersedes``.
+        self.answered = answered
         self._decoder = RecordDecoder(engine.schema)
         self._unknown = UnknownFields(engine.schema)
         self.executor = executor
@@ -120,44 +130,60 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.run_batch, messages)
 
-    def run_batch(self, messages: Sequence[SourceMessage], memory: FacilityMemory | None = None) -> BatchResult:
-        """Score a batch synchronously. ``memory`` defaults to the worker's facility memory."""
+    def run_batch(self, messages: Sequence[SourceMessage], memory: FacilityMemory | None = None,
+                  track: bool = True) -> BatchResult:
+        """Score a batch synchronously. ``memory`` defaults to the worker's facility memory;
+        ``track=False`` (POST /score) leaves the answered-ids memory alone."""
         started = time.perf_counter()
         engine, decoder, recipes = self._engine, self._decoder, self.recipes
         memory = self.memory if memory is None else memory
+        answered = self.answered if track else None
         documents: list[Any] = []
         positions: list[int] = []
         received: list[float] = []
+        messages_of: list[SourceMessage] = []  # the message of each document (source, event time)
         failed: list[tuple[int, FailedRecord]] = []  # (position in the batch, letter): kept in batch order
         for position, message in enumerate(messages):
             if message.marker:
                 continue
             if message.error is not None:
-                failed.append((position, FailedRecord(DeadLetter(UNDECODABLE, message.error, message.document), message.received_at)))
+                failed.append((position, FailedRecord(DeadLetter(UNDECODABLE, message.error, message.document),
+                                                      message.received_at, message.source)))
                 continue
             documents.append(message.document)
             positions.append(position)
             received.append(message.received_at)
+            messages_of.append(message)
         for name, resembles in self._unknown.observe(documents):
             log.warning("record field not in the plant schema", field=name, did_you_mean=resembles,
                         detail=unknown_field_text(name, resembles))
         decoded = decoder.decode_batch(documents)
         for k, letter in decoded.dead_letters.items():
-            failed.append((positions[k], FailedRecord(letter, received[k])))
+            failed.append((positions[k], FailedRecord(letter, received[k], messages_of[k].source)))
         failed.sort(key=lambda pair: pair[0])
         result = BatchResult([], [f for _, f in failed], engine.model_version)
         if decoded.rows:
             times = [received[k] for k in decoded.rows]
             originals = [documents[k] for k in decoded.rows]  # what a scoring-failure dead letter quotes
+            sources = [messages_of[k].source for k in decoded.rows]
+            events = [messages_of[k].event_time for k in decoded.rows]
             try:
                 verdicts = score_frame(engine, decoded.records, memory, recipes)
+                # Before serialising (the payload is what Kafka gets), and after scoring succeeded:
+                # a batch that raises StoreError is retried whole and finds the same positions,
+                # which the answered-ids memory treats as replays.
+                for verdict, source in zip(verdicts, sources):
+                    if source is not None:
+                        mark(verdict, source, answered)
                 payloads = dumps_many(verdicts)
-                result.scored = [ScoredRecord(v, r, t, p) for v, r, t, p in zip(verdicts, decoded.record_time, times, payloads)]
+                result.scored = [ScoredRecord(v, r, t, p, e) for v, r, t, p, e
+                                 in zip(verdicts, decoded.record_time, times, payloads, events)]
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
                 result.fallback = True
-                self._score_one_by_one(engine, decoded.records, decoded.record_time, originals, times, memory, result, recipes)
+                self._score_one_by_one(engine, decoded.records, decoded.record_time, originals, times, memory, result,
+                                       recipes, sources, events, answered)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -171,6 +197,9 @@ class Pipeline:
         memory: FacilityMemory,
         result: BatchResult,
         recipes: RecipeBook | None,
+        sources: list[Mapping[str, Any] | None],
+        events: list[float | None],
+        answered: AnsweredIds | None,
     ) -> None:
         for j, (record_time, original, at) in enumerate(zip(record_times, originals, received)):
             try:
@@ -179,9 +208,11 @@ class Pipeline:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
                 error = f"scoring raised {type(exc).__name__}: {short_repr(str(exc))}"
-                result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, original), at))
+                result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, original), at, sources[j]))
             else:
-                result.scored.append(ScoredRecord(verdict, record_time, at, dumps(verdict)))
+                if sources[j] is not None:
+                    mark(verdict, sources[j], answered)
+                result.scored.append(ScoredRecord(verdict, record_time, at, dumps(verdict), events[j]))
 
     def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:
         """Score one document synchronously (``POST /score``) without touching the stream's state.
@@ -190,10 +221,22 @@ class Pipeline:
         recent history, but an ad-hoc request never changes what the stream believes.
         """
         memory = {facility: dict(state) for facility, state in self.memory.items()}
-        result = self.run_batch([SourceMessage(document)], memory=memory)
+        result = self.run_batch([SourceMessage(document, source=HTTP_SOURCE)], memory=memory, track=False)
         if result.failed:
             return result.failed[0].dead_letter
         return result.scored[0].verdict
+
+
+def mark(verdict: dict[str, Any], source: Mapping[str, Any], answered: AnsweredIds | None) -> None:
+    """Add ``source`` and, for the stream (``answered`` set), ``supersedes`` (and the superseded
+    verdict's ``previous_source``) to a verdict; see service/supersede.py."""
+    verdict["source"] = source
+    if answered is None:
+        return
+    previous = answered.answer(verdict["record_id"], source)
+    verdict["supersedes"] = previous is not None
+    if previous is not None:
+        verdict["previous_source"] = previous
 
 
 # Verdict JSON: orjson measured fastest on the worker's verdicts (bench/results/stream_hot_path.json,

@@ -61,7 +61,7 @@ from bson import json_util
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
-from service.kafka_ping import metadata_ping, tcp_diagnosis
+from service.kafka_ping import connect_failure, metadata_ping, tcp_diagnosis
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, dumps
 
@@ -170,9 +170,9 @@ def _safe_repr(value: Any) -> str:
         return f"<{type(value).__name__}>"
 
 
-def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None) -> bytes:
+def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None, source: Any = None) -> bytes:
     text, size, digest, truncated = quote_document(letter.document)
-    head = dumps({
+    fields = {
         "reason": letter.reason,
         "error": letter.error[:2000],
         "worker": worker,
@@ -181,7 +181,10 @@ def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None
         "original_size": size,
         "original_sha256": digest,
         "truncated": truncated,
-    })
+    }
+    if source is not None:  # where the record was read, as in a verdict (service/supersede.py); bounded there
+        fields["source"] = source
+    head = dumps(fields)
     # Splice the document in as JSON text: it is already serialised, and must stay valid JSON.
     return head[:-1] + b',"document":' + text.encode("utf-8", errors="replace") + b"}"
 
@@ -227,6 +230,7 @@ class KafkaSink:
         self.facility_column = facility_column  # plant column for keying dead letters by facility
         self.producer: AIOKafkaProducer | None = None
         self._last_error = ""
+        self._connect_error = ""  # why the last start of the producer failed (broker and cause)
         self._backlog: deque[Outgoing] = deque()  # added, not yet accepted by the producer (FIFO)
         self._outstanding: deque[Outgoing] = deque()  # accepted by the producer, not yet settled
         self._replace_producer = False
@@ -273,11 +277,15 @@ class KafkaSink:
             except KafkaError as exc:
                 await producer.stop()
                 pause = backoff.next()
-                log.warning("kafka unreachable, retrying", error=str(exc), retry_in_s=pause)
+                # aiokafka says only "Unable to bootstrap": name the broker and the cause (wrong SASL
+                # password, untrusted or expired certificate, refused), for the log and /readyz.
+                self._connect_error = await connect_failure(self.settings, exc)
+                log.warning("kafka unreachable, retrying", error=f"kafka {self._connect_error}", retry_in_s=pause)
                 if stopping is not None and stopping.is_set():
-                    raise SinkError(f"Kafka {self.settings.kafka_bootstrap_servers} unreachable: {exc}") from exc
+                    raise SinkError(f"kafka {self._connect_error}") from exc
                 await asyncio.sleep(pause)
                 continue
+            self._connect_error = ""
             self.producer = producer
             log.info("kafka producer connected", bootstrap_servers=self.settings.kafka_bootstrap_servers)
             return
@@ -289,6 +297,8 @@ class KafkaSink:
 
     async def ping(self) -> str | None:
         """``None`` when the producer can reach a broker now, else the reason (readiness)."""
+        if self.producer is None and self._connect_error:
+            return f"kafka producer not connected: {self._connect_error}"
         if self.producer is None:
             diagnosis = await tcp_diagnosis(self.settings.kafka_bootstrap_servers, min(self.settings.ready_timeout_s, 2.0),
                                             accepted="accepts connections (the producer is connecting)")
@@ -324,7 +334,7 @@ class KafkaSink:
         for failed in result.failed:
             doc = failed.dead_letter.document
             key = facility_key(doc.get(self.facility_column)) if self.facility_column and isinstance(doc, dict) else None
-            value = dead_letter_value(failed.dead_letter, s.worker_name, result.model_version)
+            value = dead_letter_value(failed.dead_letter, s.worker_name, result.model_version, failed.source)
             delivery.messages.append(Outgoing(s.kafka_dead_letters_topic, _bounded_key(key), value))
         return delivery
 

@@ -61,6 +61,7 @@ from service.redact import SCRUB, one_line, scrub
 from service.reloader import Reloader, tree_signature
 from service.sink import RETRY_BACKOFF_S, Delivery, KafkaSink, SinkError
 from service.sources import Source
+from service.supersede import AnsweredIds
 from service.supervisor import Supervisor
 
 log = structlog.get_logger("moldwatch.worker")
@@ -393,7 +394,7 @@ class Worker:
                 attempt += 1
 
     def _on_verdict_ack(self, scored: ScoredRecord, acked_at: float) -> None:
-        self.metrics.observe_latency(scored.record_time, scored.received_at, acked_at)
+        self.metrics.observe_latency(scored.record_time, scored.received_at, acked_at, scored.event_time)
 
     # -- acks and checkpoints ------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -511,7 +512,7 @@ class Worker:
         await self.store.load(force=True, raise_errors=True)
         engine = self.store.value
         assert engine is not None
-        self.pipeline = Pipeline(engine, self.executor)
+        self.pipeline = Pipeline(engine, self.executor, AnsweredIds(self.settings.supersede_memory))
         self.metrics.set_store(engine, str(self.settings.store))
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))

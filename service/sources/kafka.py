@@ -53,13 +53,19 @@ def parse_value(raw: bytes | None) -> tuple[Any, str | None, bool]:
     ``error`` is set when the value is not JSON (``document`` is then its text); ``is_record`` is
     False for change events that carry no record (deletes, drops) and for tombstones.
     """
+    return parse_change(raw)[:3]  # type: ignore[return-value]
+
+
+def parse_change(raw: bytes | None) -> tuple[Any, str | None, bool, str | None]:
+    """:func:`parse_value` and the change event's ``operationType`` (None for a plain document):
+    an update or replace published by the connector says so in the verdict's ``source``."""
     if raw is None:
-        return None, None, False  # a tombstone (compacted topic): nothing to score
+        return None, None, False, None  # a tombstone (compacted topic): nothing to score
     try:
         value: Any = json_util.loads(raw, json_options=_JSON)
     except (ValueError, TypeError) as exc:
         text = raw.decode("utf-8", errors="replace")
-        return text, f"value is not JSON: {str(exc)[:200]}", True
+        return text, f"value is not JSON: {str(exc)[:200]}", True, None
     for _ in range(2):  # JsonConverter envelope and/or a JSON document encoded as a JSON string
         if isinstance(value, dict) and set(value) == {"schema", "payload"}:
             value = value["payload"]
@@ -70,10 +76,11 @@ def parse_value(raw: bytes | None) -> tuple[Any, str | None, bool]:
                 break
     if isinstance(value, dict) and "operationType" in value and ("documentKey" in value or "ns" in value):
         document = value.get("fullDocument")
-        if value.get("operationType") in RECORD_EVENTS and isinstance(document, dict):
-            return document, None, True
-        return None, None, False
-    return value, None, True
+        operation = value.get("operationType")
+        if operation in RECORD_EVENTS and isinstance(document, dict):
+            return document, None, True, operation
+        return None, None, False, None
+    return value, None, True, None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -161,10 +168,16 @@ class KafkaSource:
         event_time = message.timestamp / 1000.0 if message.timestamp and message.timestamp > 0 else None
         if event_time is not None:
             self.metrics.child(self.metrics.stream_lag, self.name).set(max(0.0, time.time() - event_time))
-        document, error, is_record = parse_value(message.value)
+        document, error, is_record, operation = parse_change(message.value)
         if not is_record:
             return SourceMessage(None, position, event_time=event_time, marker=True)
-        return SourceMessage(document, position, event_time=event_time, error=error)
+        # The verdict's ``source`` (service/supersede.py): the record's own offset (the position
+        # above is the next one, what Kafka commits).
+        source: dict[str, Any] = {"kind": "kafka", "topic": message.topic, "partition": message.partition,
+                                  "offset": message.offset}
+        if operation is not None:
+            source["operation"] = operation
+        return SourceMessage(document, position, event_time=event_time, error=error, source=source)
 
     def compact(self, positions: list[Any]) -> list[Any]:
         latest: dict[tuple[str, int], int] = {}
@@ -223,4 +236,4 @@ def encode_document(document: Any) -> bytes:
     return json_util.dumps(document, json_options=json_util.RELAXED_JSON_OPTIONS).encode()
 
 
-__all__ = ["KafkaSource", "parse_value", "encode_document"]
+__all__ = ["KafkaSource", "parse_value", "parse_change", "encode_document"]
