@@ -30,7 +30,7 @@ from bson.json_util import JSONOptions
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
-from service.kafka_ping import metadata_ping
+from service.kafka_ping import connect_failure, metadata_ping
 from service.pipeline import SourceMessage
 from service.sources import Emit
 
@@ -115,6 +115,7 @@ class KafkaSource:
         self.consumer: AIOKafkaConsumer | None = None
         self.on_revoked = on_revoked
         self.revoking: set[TopicPartition] = set()  # during a revocation, still ours to commit
+        self.connect_error = ""  # why the last start of the consumer failed (broker and cause)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -142,7 +143,8 @@ class KafkaSource:
                 await consumer.stop()
                 self.metrics.source_errors.labels(self.name).inc()
                 pause = backoff.next()
-                log.warning("kafka source unreachable, retrying", error=str(exc), retry_in_s=pause)
+                self.connect_error = await connect_failure(self.settings, exc)  # names the broker and the cause
+                log.warning("kafka source unreachable, retrying", error=f"kafka {self.connect_error}", retry_in_s=pause)
                 await asyncio.sleep(pause)
                 continue
             log.info("kafka source connected", topic=self.settings.kafka_records_topic, group=self.settings.kafka_group_id)
@@ -221,7 +223,7 @@ class KafkaSource:
 
     async def ping(self) -> str | None:
         if self.consumer is None:
-            return "kafka source not connected"
+            return f"kafka source not connected: {self.connect_error}" if self.connect_error else "kafka source not connected"
         return await metadata_ping(self.consumer._client, self.settings.ready_timeout_s, "kafka source",
                                    self.settings.kafka_bootstrap_servers)
 
