@@ -1042,7 +1042,9 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
                     await running.until_processed(warm_n, timeout=60)
                     running.reset()
                     before = running.snapshot()
-                    hist0 = {"e2e": histogram_sum_count(running.worker.metrics.end_to_end),
+                    # e2e here is record timestamp -> ack (the inserter stamps records as it inserts
+                    # them): moldwatch_event_time_lag_seconds since issue 17 item 8.
+                    hist0 = {"e2e": histogram_sum_count(running.worker.metrics.event_time_lag),
                              "proc": histogram_sum_count(running.worker.metrics.processing),
                              "proc_buckets": buckets(running.worker.metrics.processing)}
                     sent = await inserter.command(op="paced", uri=mongo.uri, db="plant", collection="shots", start=warm_n,
@@ -1050,7 +1052,7 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
                     await running.until_processed(paced_n, timeout=60)
                     await running.until_counted(before["verdicts"] + before["dead_letters"] + paced_n)
                     work = delta(running.snapshot(), before)
-                    e2e_sum, e2e_n = delta_hist(running.worker.metrics.end_to_end, hist0["e2e"])
+                    e2e_sum, e2e_n = delta_hist(running.worker.metrics.event_time_lag, hist0["e2e"])
                     proc_sum, proc_n = delta_hist(running.worker.metrics.processing, hist0["proc"])
                     window = running.worker.metrics.latencies
                     q = window.quantiles((0.5, 0.9, 0.99, 0.999))

@@ -139,7 +139,7 @@ def worker_series() -> dict[str, set[str]]:
     metrics.observe_verdict({"facility": "F1", "item": "A", "anomaly": True, "resolution": "exact",
                              "imputed": ["Mold_Temperature_3"], "on_recipe": True})
     metrics.ready.set(1)
-    metrics.observe_latency(record_time=100.0, received_at=100.01, acked_at=100.02)
+    metrics.observe_latency(record_time=100.0, received_at=100.01, acked_at=100.02, event_time=100.0)
     metrics.records_in.labels("mongo").inc()
     metrics.stream_lag.labels("mongo").set(0.1)
     metrics.kafka_send_errors.labels("moldwatch.verdicts").inc()

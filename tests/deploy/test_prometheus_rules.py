@@ -184,7 +184,7 @@ def _verdicts(metrics: WorkerMetrics) -> None:
     for i in range(100):
         metrics.observe_verdict({"facility": "F1", "item": "A", "anomaly": i % 5 == 0, "resolution": "exact",
                                  "on_recipe": i % 4 != 0})
-        metrics.observe_latency(record_time=1000.0, received_at=1000.01, acked_at=1000.02)
+        metrics.observe_latency(record_time=1000.0, received_at=1000.01, acked_at=1000.02, event_time=1000.0)
     for _ in range(50):
         metrics.observe_verdict({"facility": "F2", "item": "B", "anomaly": False, "resolution": "nearest",
                                  "on_recipe": None})
