@@ -33,6 +33,7 @@ from bson import json_util
 
 from service.backoff import Backoff
 from service.config import WorkerSettings
+from service.kafka_acls import denied, transactional_id
 from service.metrics import WorkerMetrics
 from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, Outgoing, SinkError, hand_over, is_permanent
 from service.redact import one_line
@@ -43,10 +44,6 @@ _JSON = json_util.JSONOptions(tz_aware=True, json_mode=json_util.JSONMode.CANONI
 
 class FencedError(SinkError):
     """Another worker with the same transactional id took over: this one must stop writing."""
-
-
-def transactional_id(settings: WorkerSettings) -> str:
-    return f"{settings.kafka_client_id}-{settings.worker_name}"
 
 
 class TransactionalSink(KafkaSink):
@@ -93,7 +90,7 @@ class TransactionalSink(KafkaSink):
                 raise FencedError(f"fenced by another worker with transactional id {transactional_id(self.settings)}: "
                                   f"{one_line(exc)}") from exc
             except Exception as exc:  # noqa: BLE001 - aborted; the same messages go again in a new transaction
-                self._last_error = one_line(exc)
+                self._last_error = denied(exc, self.settings) or one_line(exc)  # a missing ACL: which one
                 pause = backoff.next()
                 self.metrics.kafka_send_errors.labels(self.settings.kafka_verdicts_topic).inc()
                 log.warning("transaction failed; retrying the batch in a new transaction", error=self._last_error,

@@ -61,6 +61,7 @@ from bson import json_util
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
+from service.kafka_acls import denied
 from service.kafka_ping import connect_failure, metadata_ping, tcp_diagnosis
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, dumps
@@ -435,7 +436,7 @@ class KafkaSink:
     def _send_failed(self, message: Outgoing, exc: BaseException) -> None:
         message.future = None
         self.metrics.kafka_send_errors.labels(message.topic).inc()
-        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._last_error = denied(exc, self.settings) or f"{type(exc).__name__}: {exc}"  # a missing ACL: which one
 
     def _permanent(self, message: Outgoing, exc: BaseException) -> None:
         """Turn ``message`` into a dead letter in place (its delivery still waits for it)."""
