@@ -109,11 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.kafka_acls",
                                      description="Print the kafka-acls.sh commands that grant the worker exactly "
                                                  "what its MOLDWATCH_* settings need.")
-    parser.add_argument("--principal", default="User:moldwatch", help="the worker's Kafka principal (User:<SASL user>)")
+    parser.add_argument("--principal", default=None,
+                        help="the worker's Kafka principal (default: User:<MOLDWATCH_KAFKA_SASL_USERNAME>, else User:moldwatch)")
     parser.add_argument("--all", action="store_true", help="every mode: both sources, both delivery modes")
     args = parser.parse_args(argv)
-    settings = WorkerSettings()  # type: ignore[call-arg]
-    for line in kafka_acls_commands(worker_acls(settings, every_mode=args.all), args.principal):
+    # The ACLs depend on names and modes only: no password is needed to print them.
+    settings = WorkerSettings(kafka_sasl_mechanism=None)  # type: ignore[call-arg]
+    principal = args.principal or f"User:{settings.kafka_sasl_username or 'moldwatch'}"
+    for line in kafka_acls_commands(worker_acls(settings, every_mode=args.all), principal):
         print(line)
     return 0
 
