@@ -72,6 +72,7 @@ MODULES: dict[str, RuleModule] = {
                             ("tests/model_store/test_recipe_intervals.py", "tests/model_store/test_recipe.py")),
     "groups": RuleModule("model_store/groups.py", ("tests/model_store/test_groups*.py", "tests/model_store/test_part_groups.py")),
     "lots": RuleModule("model_store/lots.py", ("tests/model_store/test_lots.py",)),
+    "http_auth": RuleModule("service/http_auth.py", ("tests/service/test_http_auth.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

@@ -324,4 +324,7 @@ from service import run_command  # noqa: E402,F401  (registers `moldwatch run`)
 from service import demo  # noqa: E402,F401  (registers `moldwatch demo`)
 from service.recipe_command import register as _register_recipe  # noqa: E402
 
+from service.token_command import register as _register_token  # noqa: E402
+
 _register_recipe(app)
+_register_token(app)

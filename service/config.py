@@ -189,13 +189,42 @@ class WorkerSettings(BaseSettings):
     # -- HTTP ------------------------------------------------------------------------------------
     http_enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics and POST /score.",
                                json_schema_extra=_panel(HTTP))
-    http_host: str = Field("0.0.0.0", description="Bind address of the HTTP server.", json_schema_extra=_panel(HTTP))
+    http_host: str = Field(
+        "127.0.0.1", description="Bind address of the HTTP server. Loopback by default; an address other machines "
+        "can reach (0.0.0.0 in a container) needs tokens or http_allow_open.", json_schema_extra=_panel(HTTP))
     http_port: int = Field(8000, ge=0, le=65535, description="Port of the HTTP server (0: any free port).",
                            json_schema_extra=_panel(HTTP))
     http_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest POST /score body; larger ones get 413.",
                                      json_schema_extra=_panel(HTTP))
     http_max_json_depth: int = Field(32, ge=2, le=500, description="Deepest nesting of JSON arrays/objects POST /score "
                                      "accepts (a record is 1 deep); deeper ones get 422.", json_schema_extra=_panel(HTTP))
+    http_tokens_file: Path | None = Field(
+        None, description="Bearer tokens for /score, /recipes, /feedback and /metrics: one 'NAME SCOPES sha256:HEX' per "
+        "line (make them with `moldwatch token create`); re-read when it changes, no restart. Probes stay open.",
+        json_schema_extra=_panel(HTTP))
+    http_tokens: SecretStr | None = Field(
+        None, description="Token lines like http_tokens_file's, ';'-separated (fixed until restart).",
+        json_schema_extra=_panel(HTTP, secret=True))
+    http_metrics_open: bool = Field(
+        False, description="Serve /metrics without a token (for Prometheus scrapers that cannot send one).",
+        json_schema_extra=_panel(HTTP))
+    http_allow_open: bool = Field(
+        False, description="INSECURE: serve /score, /recipes and /metrics without tokens on an address other machines "
+        "can reach. Without it such a worker refuses to start.", json_schema_extra=_panel(HTTP))
+    http_auth_burst: int = Field(
+        20, ge=1, description="Failed token attempts one client address may make at once before it gets 429; "
+        "refilled over http_auth_window_s.", json_schema_extra=_panel(HTTP))
+    http_auth_window_s: float = Field(60.0, gt=0, description="Seconds to refill a client's failed-attempt budget.",
+                                      json_schema_extra=_panel(HTTP))
+    http_tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate chain (PEM).",
+                                            json_schema_extra=_panel(HTTP))
+    http_tls_key_file: Path | None = Field(None, description="Private key (PEM) of http_tls_cert_file.",
+                                           json_schema_extra=_panel(HTTP))
+    http_tls_key_password: SecretStr | None = Field(None, description="Password of http_tls_key_file, if encrypted.",
+                                                    json_schema_extra=_panel(HTTP, secret=True))
+    http_tls_client_ca_file: Path | None = Field(
+        None, description="Mutual TLS: only clients with a certificate signed by this CA (PEM) may connect "
+        "(probes included: point the probes at a sidecar or use exec probes).", json_schema_extra=_panel(HTTP))
     ready_timeout_s: float = Field(0.5, gt=0, description="Timeout of each readiness ping (MongoDB, Kafka).",
                                    json_schema_extra=_panel(HTTP))
     progress_timeout_s: float = Field(
@@ -226,6 +255,10 @@ class WorkerSettings(BaseSettings):
             raise ValueError("kafka_tls_cert_file and kafka_tls_key_file go together (mutual TLS needs both)")
         if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
             raise ValueError(f"kafka_sasl_mechanism {self.kafka_sasl_mechanism} needs kafka_sasl_username and kafka_sasl_password")
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together (HTTPS needs both)")
+        if self.http_tls_client_ca_file is not None and self.http_tls_cert_file is None:
+            raise ValueError("http_tls_client_ca_file (mutual TLS) needs http_tls_cert_file and http_tls_key_file")
         if self.mongo_password is not None and not self.mongo_username:
             raise ValueError("mongo_password is set but mongo_username is not")
         return self

@@ -11,6 +11,9 @@ command starts it beside the worker (``service.run_command.serve``); the worker 
   the record is invalid (the original team's FastAPI endpoint). Every bad request is a 4xx with a
   reason: 413 for a body over ``http_max_body_bytes`` (read no further than that), 422 for a body
   that is not JSON, not an object, or nests deeper than ``http_max_json_depth``.
+Access (``service.http_guard``): the probes are open; every other endpoint needs a bearer token
+with its scope when tokens are configured (``score``, ``recipes``, ``metrics``), else 401/403/429.
+
 - ``GET /recipes/{facility}/{item}``  the recommended setting and operating window of a
   facility/item (from the worker's recipes file); 404 with the reason when there is none, or
   when the worker has no recipes file.
@@ -19,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
-from typing import TYPE_CHECKING, Any, Iterator
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -37,8 +43,12 @@ if TYPE_CHECKING:
     from service.worker import Worker
 
 
-def create_app(worker: "Worker") -> FastAPI:
-    app = FastAPI(title="moldwatch worker", summary="Per-shot anomaly verdicts for injection molding.")
+def create_app(worker: "Worker", extra_warnings: Callable[[], dict[str, str]] = dict) -> FastAPI:
+    """The endpoints; ``extra_warnings`` adds the HTTP layer's own (a refused tokens file) to /readyz."""
+    # No /docs, /redoc or /openapi.json: the API is documented in README, and an unauthenticated
+    # map of the endpoints helps nobody but a stranger.
+    app = FastAPI(title="moldwatch worker", summary="Per-shot anomaly verdicts for injection molding.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -49,7 +59,7 @@ def create_app(worker: "Worker") -> FastAPI:
     async def readyz() -> JSONResponse:
         ok, reasons = await worker.readiness()  # reasons are scrubbed of secrets by the worker
         body: dict[str, Any] = {"ready": ok, "reasons": reasons}
-        warnings = worker.readiness_warnings()
+        warnings = {**worker.readiness_warnings(), **extra_warnings()}
         if warnings:
             body["warnings"] = warnings  # serving, but an operator should look (e.g. a rejected new store)
         if worker.model_version:
@@ -136,12 +146,31 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def start_http(app: FastAPI, host: str, port: int) -> tuple[EmbeddedServer, "asyncio.Task[None]", int]:
-    """Serve ``app`` on the running loop; return the server, its task and the bound port.
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """HTTPS: the server's certificate chain and key; with ``client_ca``, clients must present a
+    certificate signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    key_password: str | None = None
+    client_ca: Path | None = None
+
+
+async def start_http(app: Any, host: str, port: int,
+                     tls: TlsFiles | None = None) -> tuple[EmbeddedServer, "asyncio.Task[None]", int]:
+    """Serve the ASGI ``app`` on the running loop; return the server, its task and the bound port.
 
     The socket is bound here, not by uvicorn: uvicorn answers a bind failure with ``sys.exit``,
-    which would end the whole worker instead of giving a one-line error.
+    which would end the whole worker instead of giving a one-line error. TLS files are loaded
+    before binding, so a bad certificate or key is one line naming the file.
     """
+    tls_options: dict[str, Any] = {}
+    if tls is not None:
+        tls_options = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key), "ssl_keyfile_password": tls.key_password}
+        if tls.client_ca is not None:
+            tls_options |= {"ssl_ca_certs": str(tls.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        check_tls_files(tls)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,7 +181,8 @@ async def start_http(app: FastAPI, host: str, port: int) -> tuple[EmbeddedServer
         raise OSError(exc.errno, f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
     sock.listen(128)
     bound = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+                            **tls_options)
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="moldwatch-http")
     while not server.started:
@@ -163,10 +193,28 @@ async def start_http(app: FastAPI, host: str, port: int) -> tuple[EmbeddedServer
     return server, task, bound
 
 
+def check_tls_files(tls: TlsFiles) -> None:
+    """Load the files as the server will; raise ``OSError`` naming the file and the cause."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(tls.cert), str(tls.key), tls.key_password)
+    except FileNotFoundError as exc:
+        raise OSError(exc.errno, f"HTTPS: {exc.filename or tls.cert}: file not found") from None
+    except ssl.SSLError as exc:
+        raise OSError(0, f"HTTPS: {tls.cert} / {tls.key}: not a usable certificate and key ({exc.reason or exc}); "
+                      "expected PEM files, the key matching the certificate (and http_tls_key_password if it is "
+                      "encrypted)") from None
+    if tls.client_ca is not None:
+        try:
+            context.load_verify_locations(str(tls.client_ca))
+        except (FileNotFoundError, ssl.SSLError) as exc:
+            raise OSError(0, f"HTTPS: {tls.client_ca}: not a usable CA file for client certificates ({exc})") from None
+
+
 async def stop_http(server: EmbeddedServer, task: "asyncio.Task[None]") -> None:
     server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 5)
 
 
-__all__ = ["create_app", "start_http", "stop_http", "EmbeddedServer"]
+__all__ = ["create_app", "start_http", "stop_http", "EmbeddedServer", "TlsFiles", "check_tls_files"]

@@ -105,18 +105,26 @@ async def serve(worker: "Worker", install_signal_handlers: bool = False) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, worker.stop)
     http: Any = None
+    token_watch: asyncio.Task[None] | None = None
     try:
         if worker.settings.http_enabled:
-            from service.http import create_app, start_http
+            from service.http import start_http
+            from service.http_guard import guarded_app
 
+            app, tokens, tls = await guarded_app(worker)
             host = worker.settings.http_host
-            http = await start_http(create_app(worker), host, worker.settings.http_port)
+            http = await start_http(app, host, worker.settings.http_port, tls)
             worker.http_port = http[2]
+            if tokens is not None and tokens.file is not None:
+                token_watch = asyncio.create_task(tokens.file.watch(), name="moldwatch-http-tokens")
             structlog.get_logger("moldwatch.http").info(
-                "http serving", url=f"http://{host}:{worker.http_port}",
-                endpoints="/healthz /readyz /metrics /score /recipes/{facility}/{item}")
+                "http serving", url=f"{'https' if tls else 'http'}://{host}:{worker.http_port}",
+                endpoints="/healthz /readyz /metrics /score /recipes/{facility}/{item}",
+                access="tokens" if tokens is not None else "open")
         return await worker.run()
     finally:
+        if token_watch is not None:
+            token_watch.cancel()
         if http is not None:
             from service.http import stop_http
 
@@ -139,10 +147,15 @@ def run(**options: Any) -> None:
     from service.gc_tuning import tune_for_streaming
 
     tune_for_streaming()  # this process runs the worker and nothing else
+    from service.http_auth import ExposureError, TokenFileError
+
     try:
         code = asyncio.run(serve(worker, install_signal_handlers=True))
     except OSError as exc:
         fail(str(exc.strerror or exc))
+        return
+    except (TokenFileError, ExposureError) as exc:
+        fail(str(exc))
         return
     raise typer.Exit(code)
 
