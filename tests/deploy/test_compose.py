@@ -69,7 +69,8 @@ def test_worker_environment_names_are_settings_the_worker_reads(compose) -> None
     assert set(env) <= known, set(env) - known
     settings = WorkerSettings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})
     assert settings.http_port == 8000
-    assert "8000:8000" in compose["services"]["worker"]["ports"]
+    assert "127.0.0.1:8000:8000" in compose["services"]["worker"]["ports"]  # scoped endpoints: loopback of the host
+    assert settings.http_tokens_file is not None and settings.http_metrics_open
 
 
 def test_mounted_files_exist_and_prometheus_scrapes_the_worker(compose) -> None:
@@ -119,3 +120,14 @@ def test_docker_compose_config_accepts_it(tmp_path) -> None:
     result = subprocess.run([*command, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
+
+
+def test_the_worker_reads_its_tokens_from_a_mounted_directory_that_exists(compose) -> None:
+    from service.http_auth import parse_tokens
+
+    worker = compose["services"]["worker"]
+    target = Path(worker["environment"]["MOLDWATCH_HTTP_TOKENS_FILE"])
+    (mount,) = [v for v in worker["volumes"] if v.split(":")[1] == str(target.parent)]
+    source = DEPLOY / mount.split(":")[0]
+    assert source.is_dir() and mount.endswith(":ro")  # a directory: a renamed-in file is seen
+    assert len(parse_tokens((source / target.name).read_text(), "tokens.txt")) == 0  # no token ships with the repo

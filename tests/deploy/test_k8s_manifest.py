@@ -135,3 +135,17 @@ def test_model_store_is_a_read_only_volume(objects: dict[str, dict[str, Any]], c
     volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
     assert objects["PersistentVolumeClaim"]["metadata"]["name"] == claim
+
+
+def test_http_tokens_come_from_a_secret_mounted_as_a_directory(objects: dict[str, dict[str, Any]],
+                                                                container: dict[str, Any],
+                                                                settings: WorkerSettings) -> None:
+    """A subPath mount of a Secret never sees an update: rotation would need a restart."""
+    assert settings.http_tokens_file is not None and not settings.http_metrics_open
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "http-tokens"]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    assert settings.http_tokens_file.parent.as_posix() == mount["mountPath"]
+    (volume,) = [v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "http-tokens"]
+    assert volume["secret"]["secretName"] == "moldwatch-http-tokens"
+    assert volume["secret"]["items"] == [{"key": "tokens.txt", "path": settings.http_tokens_file.name}]
+    assert volume["secret"]["defaultMode"] == 0o440
