@@ -1,7 +1,14 @@
 // Local MongoDB-protocol test server for moldwatch's tests and demo.
 //
 // Run as a single source file (Java 11+ compiles it in memory):
-//     java -cp 'mongolib/*' MongoLauncher.java PORT [HOST]
+//     java -cp 'mongolib/*' MongoLauncher.java PORT [HOST] [--tls SPEC] [--also PORT SPEC]...
+//
+// Plain TCP by default. `--tls SPEC` makes PORT TLS-only; each `--also PORT SPEC`
+// adds another TLS listener on the same data (the tests' expired-certificate and
+// mutual-TLS listeners). SPEC is `KEY_AND_CHAIN.pem` or `KEY_AND_CHAIN.pem+CLIENT_CA.pem`:
+// the server's unencrypted PKCS#8 key and certificate chain in one PEM file (netty reads
+// PEM itself, no key store needed), and with `+CLIENT_CA.pem` every client must present
+// a certificate signed by that CA (mutual TLS).
 //
 // It wraps de.bwaldvogel:mongo-java-server 1.47.0 (memory backend, oplog on so
 // change streams work) with three fixes that PyMongo 4.18+ needs:
@@ -19,10 +26,12 @@
 // place of MongoDatabaseHandler; we bootstrap it ourselves because MongoServer
 // keeps that pipeline private.
 
+import java.io.File;
 import java.lang.reflect.Field;
 import java.lang.reflect.Method;
 import java.net.InetSocketAddress;
 import java.time.Instant;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -51,6 +60,9 @@ import io.netty.channel.group.DefaultChannelGroup;
 import io.netty.channel.nio.NioEventLoopGroup;
 import io.netty.channel.socket.SocketChannel;
 import io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.netty.handler.ssl.ClientAuth;
+import io.netty.handler.ssl.SslContext;
+import io.netty.handler.ssl.SslContextBuilder;
 
 @SuppressWarnings("deprecation") // NioEventLoopGroup: deprecated in netty 4.2, still what MongoServer uses
 public class MongoLauncher {
@@ -176,13 +188,44 @@ public class MongoLauncher {
         }
     }
 
+    /** One TLS listener's settings, from a SPEC argument (see the top of this file). */
+    static SslContext tlsContext(String spec) throws Exception {
+        String[] parts = spec.split("\\+", 2);
+        File keyAndChain = new File(parts[0]);
+        // The same file holds the chain and the key: netty's PEM reader picks the blocks it needs.
+        SslContextBuilder builder = SslContextBuilder.forServer(keyAndChain, keyAndChain);
+        if (parts.length == 2) {
+            builder.trustManager(new File(parts[1])).clientAuth(ClientAuth.REQUIRE);
+        }
+        return builder.build();
+    }
+
+    static void usage(String why) {
+        System.err.println(why + "; usage: java -cp 'mongolib/*' MongoLauncher.java PORT [HOST] [--tls SPEC] [--also PORT SPEC]...");
+        System.exit(2);
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length < 1) {
-            System.err.println("usage: java -cp 'mongolib/*' MongoLauncher.java PORT [HOST]");
-            System.exit(2);
+            usage("no port given");
         }
         int port = Integer.parseInt(args[0]);
-        String host = args.length > 1 ? args[1] : "127.0.0.1";
+        int options = args.length > 1 && !args[1].startsWith("--") ? 2 : 1; // where the -- options begin
+        String host = options == 2 ? args[1] : "127.0.0.1";
+        // port -> TLS context (null: plain TCP), in the order given
+        List<Integer> ports = new ArrayList<>(List.of(port));
+        List<SslContext> contexts = new ArrayList<>();
+        contexts.add(null);
+        for (int i = options; i < args.length; i++) {
+            if (args[i].equals("--tls") && i + 1 < args.length) {
+                contexts.set(0, tlsContext(args[++i]));
+            } else if (args[i].equals("--also") && i + 2 < args.length) {
+                ports.add(Integer.parseInt(args[++i]));
+                contexts.add(tlsContext(args[++i]));
+            } else {
+                usage("unknown or incomplete argument " + args[i]);
+            }
+        }
 
         MongoBackend backend = new PatchedBackend();
         backend.version(MONGO_4_4);
@@ -191,34 +234,46 @@ public class MongoLauncher {
         EventLoopGroup boss = new NioEventLoopGroup(1);
         EventLoopGroup workers = new NioEventLoopGroup();
         ChannelGroup channels = new DefaultChannelGroup("mongodb-channels", workers.next());
-        Channel server = new ServerBootstrap()
-            .group(boss, workers)
-            .channel(NioServerSocketChannel.class)
-            .option(ChannelOption.SO_BACKLOG, 100)
-            .option(ChannelOption.SO_REUSEADDR, Boolean.TRUE) // restart on the same port at once
-            .localAddress(new InetSocketAddress(host, port))
-            .childOption(ChannelOption.TCP_NODELAY, Boolean.TRUE)
-            .childHandler(new ChannelInitializer<SocketChannel>() {
-                @Override
-                public void initChannel(SocketChannel ch) {
-                    ch.pipeline().addLast(new MongoWireReplyEncoder());
-                    ch.pipeline().addLast(new MongoWireMessageEncoder());
-                    ch.pipeline().addLast(new MongoWireProtocolHandler());
-                    ch.pipeline().addLast(new DelayingHandler(backend, channels));
-                    ch.pipeline().addLast(new MongoExceptionHandler());
-                }
-            })
-            .bind().syncUninterruptibly().channel();
+        List<Channel> servers = new ArrayList<>();
+        for (int i = 0; i < ports.size(); i++) {
+            SslContext tls = contexts.get(i);
+            servers.add(new ServerBootstrap()
+                .group(boss, workers)
+                .channel(NioServerSocketChannel.class)
+                .option(ChannelOption.SO_BACKLOG, 100)
+                .option(ChannelOption.SO_REUSEADDR, Boolean.TRUE) // restart on the same port at once
+                .localAddress(new InetSocketAddress(host, ports.get(i)))
+                .childOption(ChannelOption.TCP_NODELAY, Boolean.TRUE)
+                .childHandler(new ChannelInitializer<SocketChannel>() {
+                    @Override
+                    public void initChannel(SocketChannel ch) {
+                        if (tls != null) {
+                            // First in the pipeline: the wire protocol sees only decrypted bytes, and
+                            // a client that does not speak TLS (or fails verification) never reaches it.
+                            ch.pipeline().addLast(tls.newHandler(ch.alloc()));
+                        }
+                        ch.pipeline().addLast(new MongoWireReplyEncoder());
+                        ch.pipeline().addLast(new MongoWireMessageEncoder());
+                        ch.pipeline().addLast(new MongoWireProtocolHandler());
+                        ch.pipeline().addLast(new DelayingHandler(backend, channels));
+                        ch.pipeline().addLast(new MongoExceptionHandler());
+                    }
+                })
+                .bind().syncUninterruptibly().channel());
+        }
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
-            server.close().awaitUninterruptibly();
+            servers.forEach(server -> server.close().awaitUninterruptibly());
             channels.close().awaitUninterruptibly();
             boss.shutdownGracefully(0, 1, TimeUnit.SECONDS);
             workers.shutdownGracefully(0, 1, TimeUnit.SECONDS);
             backend.close();
         }));
-        // The Python side waits for a real `ping`; this line is for humans.
-        System.err.println("MongoLauncher listening on " + server.localAddress());
-        server.closeFuture().syncUninterruptibly();
+        // The Python side waits for a real `ping`; these lines are for humans.
+        for (int i = 0; i < servers.size(); i++) {
+            System.err.println("MongoLauncher listening on " + servers.get(i).localAddress()
+                + (contexts.get(i) == null ? " (plain TCP)" : " (TLS)"));
+        }
+        servers.get(0).closeFuture().syncUninterruptibly();
     }
 }
