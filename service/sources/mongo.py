@@ -219,15 +219,32 @@ class MongoSource:
             await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
         except asyncio.TimeoutError:
             cause = f"no ping answer within {self.settings.ready_timeout_s} s"
+            # The driver's monitor already knows why it cannot use the server (a TLS certificate it
+            # refuses, a connection the server closes) when that failed faster than this ping's
+            # timeout: say that rather than guess from a bare TCP connect.
+            known = self._server_errors()
+            if known:
+                return f"mongodb {known}"
             # the driver waits for a server either way: say whether the address refuses, does not
             # resolve, or accepts and stays silent
             diagnosis = "" if self.settings.mongo_uri.startswith("mongodb+srv") else await tcp_diagnosis(
                 self.endpoint, min(self.settings.ready_timeout_s, 2.0), 27017,
-                "accepts connections but does not answer (server hung, or not a MongoDB server)")
+                "accepts connections but does not answer (server hung, or not a MongoDB server)" if not self.settings.mongo_tls
+                else "accepts connections but does not answer (server hung, not a MongoDB server, or no TLS on this "
+                     "port while mongo_tls is on)")
             return f"mongodb: {diagnosis} ({cause})" if diagnosis else f"mongodb {self.endpoint}: {cause}"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
             return f"mongodb {self.endpoint}: {_cause(exc)}"
         return None
+
+    def _server_errors(self) -> str:
+        """``host:port: cause`` of each server the driver last failed to reach, ``; ``-joined ('' if none)."""
+        try:
+            servers = self.client.topology_description.server_descriptions()
+        except Exception:  # noqa: BLE001 - no topology yet (client not opened): nothing known
+            return ""
+        return "; ".join(f"{host}:{port}: {_cause(sd.error)}" for (host, port), sd in servers.items()
+                         if sd.error is not None)
 
     @property
     def endpoint(self) -> str:
@@ -479,7 +496,7 @@ class MongoSource:
             except (PyMongoError, KafkaError, OSError) as exc:  # Kafka: the exactly-once position store
                 self.metrics.source_errors.labels(self.name).inc()
                 pause = backoff.next()
-                log.warning(f"mongodb: cannot {what}, retrying", error=_one_line(exc), retry_in_s=pause)
+                log.warning(f"mongodb: cannot {what}, retrying", server=self.endpoint, error=_cause(exc), retry_in_s=pause)
                 await asyncio.sleep(pause)
 
 

@@ -19,6 +19,22 @@ TOPOLOGY = ("127.0.0.1:1: [Errno 111] Connection refused (configured timeouts: s
      "host name does not resolve: h.invalid:27017: [Errno -2] Name or service not known"),
     ("Authentication failed., full error: {'ok': 0.0}", "authentication failed: Authentication failed., full error: {'ok': 0.0}"),
     ("something new", "something new"),
+    # TLS: PyMongo's error carries the ssl module's text (seen against the TLS test server)
+    ("127.0.0.1:5: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006) "
+     "(configured timeouts: socketTimeoutMS: 20000.0ms, connectTimeoutMS: 20000.0ms), Timeout: 2.0s, Topology Description: <...>",
+     "TLS certificate verify failed: certificate has expired (renew the MongoDB server's certificate): 127.0.0.1:5: "
+     "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: certificate has expired (_ssl.c:1006)"),
+    ("h:5: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: IP address mismatch, certificate is not valid "
+     "for '10.0.0.1'. (_ssl.c:1006)",
+     "TLS certificate verify failed: IP address mismatch, certificate is not valid for '10.0.0.1'. (the certificate "
+     "does not name this host: connect by a name it holds): h:5: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+     "failed: IP address mismatch, certificate is not valid for '10.0.0.1'. (_ssl.c:1006)"),
+    ("h:5: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)",
+     "TLS handshake refused by the server: it wants a client certificate (set mongo_tls_certificate_key_file): "
+     "h:5: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)"),
+    ("h:5: [SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+     "TLS handshake failed: the server does not speak TLS on this port (unset mongo_tls, or use the server's TLS "
+     "port): h:5: [SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"),
 ])
 def test_mongo_cause_puts_the_cause_first_and_drops_the_topology(text: str, expected: str) -> None:
     assert mongo_cause(text) == expected
