@@ -131,6 +131,7 @@ async def test_tls_failures_keep_the_worker_not_ready_naming_the_server_and_caus
         assert body["ready"] is False
         reason = body["reasons"]["mongodb"]
         assert "\n" not in reason
+        print(f"{case}: {reason}")  # what an operator sees (pytest -s)
         if case == "TLS on, plain server":
             assert reason.startswith(f"mongodb: {where}: {cause}"), reason
         else:
