@@ -127,6 +127,12 @@ class Worker:
                                   on_result=lambda ok: self.metrics.ready.set(1 if ok else 0))
         self._loop_lag = 0.0
         self._acking = False
+        self._in_hand = False  # a batch taken from the queue and not yet handed to the committer
+        # Kafka source: partitions being revoked (topic, partition). Records of them read after the
+        # revocation began are left to the new owner (it resumes at the committed offset), so a
+        # batch committed after the revocation never carries them: no verdict without its offset.
+        self._fenced: set[tuple[str, int]] = set()
+        self.fenced_records = 0
         self.positions: Any = None  # exactly-once with the MongoDB source: the Kafka position store
         self._committed_position: Any = None  # exactly-once: the position of the last committed transaction
 
@@ -223,7 +229,7 @@ class Worker:
     # -- progress ------------------------------------------------------------------------------
     def waiting(self) -> int:
         """Records read but not scored, plus scored batches not yet acknowledged."""
-        return self.queue.qsize() + self._in_flight.qsize() + (1 if self._acking else 0)
+        return self.queue.qsize() + self._in_flight.qsize() + (1 if self._acking else 0) + (1 if self._in_hand else 0)
 
     def stalled_seconds(self) -> float:
         """Seconds that work has been waiting without any acknowledgement (0 while idle or moving)."""
@@ -304,7 +310,8 @@ class Worker:
         if self.settings.source == "kafka":
             from service.sources.kafka import KafkaSource
 
-            return KafkaSource(self.settings, self.metrics, on_revoked=self.on_partitions_revoked)
+            return KafkaSource(self.settings, self.metrics, on_revoked=self.on_partitions_revoked,
+                               on_assigned=self.on_partitions_assigned)
         from service.sources.mongo import MongoSource
 
         return MongoSource(self.settings, schema, self.metrics)
@@ -321,6 +328,9 @@ class Worker:
             gauge.set(self._loop_lag)
 
     async def _emit(self, message: SourceMessage) -> None:
+        if self._fenced and _partition_of(message.position) in self._fenced:
+            self.fenced_records += 1  # read from a partition being handed over: its new owner reads it again
+            return
         if not message.marker:
             self.metrics.child(self.metrics.records_in, self.settings.source).inc()
         self.progress.arriving()
@@ -332,6 +342,7 @@ class Worker:
         first = await self.queue.get()
         if first is _STOP:
             return [], True
+        self._in_hand = True  # counted by waiting() until the committer has it (see _score_loop)
         batch = [first]
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
         while len(batch) < self.settings.batch_size:
@@ -369,6 +380,7 @@ class Worker:
             delivery = await self.sink.add_batch(result, self._on_verdict_ack)
             positions = [m.position for m in batch if m.position is not None]
             await self._in_flight.put(InFlight(delivery, result, positions))
+            self._in_hand = False
         await self._in_flight.put(None)
 
     async def _score(self, batch: list[SourceMessage]) -> BatchResult:
@@ -492,8 +504,14 @@ class Worker:
     async def on_partitions_revoked(self, partitions: set[Any]) -> None:
         """Kafka source, rebalance: before the partitions go, let what was read from them be
         scored and acknowledged (bounded wait), commit it, and forget their positions."""
+        # Fence first: records of these partitions that the source reads from now on (the rest of
+        # a fetch, a read blocked on the full queue) go to the new owner, never into a batch this
+        # member commits once the partitions are gone. Then drain what was read before the fence.
         # Exactly-once: records of revoked partitions must not be committed by this member after
-        # the revocation (their new owner scores them: a duplicate), so wait until all is committed.
+        # the revocation (their new owner scores them: a duplicate), so wait until all is committed
+        # (the batch being scored included: waiting() counts it).
+        self._fenced |= {(tp.topic, tp.partition) for tp in partitions}
+        fenced_before = self.fenced_records
         drain_s = self.settings.rebalance_drain_s if not self.exactly_once else float("inf")
         deadline = time.monotonic() + drain_s
         while (self.waiting() and time.monotonic() < deadline and not self.supervisor.give_up.is_set()
@@ -505,6 +523,13 @@ class Worker:
         await self._checkpoint()
         if self.source is not None and hasattr(self.source, "drop"):
             self._positions = self.source.drop(self._positions, partitions)
+        log.info("rebalance: revoked partitions committed and handed over",
+                 left_to_new_owner=self.fenced_records - fenced_before)
+
+    async def on_partitions_assigned(self, partitions: set[Any]) -> None:
+        """Kafka source, rebalance: partitions (back) in this member's hands are read again from
+        their committed offsets, so their fence is lifted."""
+        self._fenced -= {(tp.topic, tp.partition) for tp in partitions}
 
     # -- model store ---------------------------------------------------------------------------
     async def _load_store(self) -> None:
@@ -623,6 +648,14 @@ class Worker:
                 await asyncio.wait_for(self.source.close(), 5)
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", exit_code=self.exit_code)
+
+
+def _partition_of(position: Any) -> tuple[str, int] | None:
+    """(topic, partition) of a Kafka source position ``(topic, partition, next offset)``; None for
+    any other source's position."""
+    if isinstance(position, tuple) and len(position) == 3:
+        return (position[0], position[1])
+    return None
 
 
 def _total(counter: Any) -> float:

@@ -103,17 +103,21 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        if self.source.on_assigned is not None:
+            await self.source.on_assigned(set(assigned))
 
 
 class KafkaSource:
     name = "kafka"
 
-    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, on_revoked: OnRevoked | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, on_revoked: OnRevoked | None = None,
+                 on_assigned: OnRevoked | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.listening = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.on_revoked = on_revoked
+        self.on_assigned = on_assigned
         self.revoking: set[TopicPartition] = set()  # during a revocation, still ours to commit
         self.connect_error = ""  # why the last start of the consumer failed (broker and cause)
 

@@ -1,0 +1,62 @@
+"""The worker's side of a Kafka rebalance, without servers: records of a partition read after its
+revocation began never enter a batch this member commits (their new owner reads them again from
+the committed offset), the fence lifts when the partition comes back, and a batch being scored
+counts as waiting, so a revocation waits for it."""
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import TopicPartition
+
+from service.config import WorkerSettings
+from service.pipeline import SourceMessage
+from service.worker import Worker
+
+TOPIC = "plant.records"
+
+
+def worker(**overrides) -> Worker:
+    settings = WorkerSettings(_env_file=None, source="kafka", kafka_records_topic=TOPIC, rebalance_drain_s=0.2,  # type: ignore[call-arg]
+                              **overrides)
+    return Worker(settings)
+
+
+def record(partition: int, offset: int) -> SourceMessage:
+    return SourceMessage({"shot_id": f"p{partition}-{offset}"}, (TOPIC, partition, offset + 1))
+
+
+async def test_records_of_a_partition_being_revoked_are_left_to_its_new_owner():
+    w = worker()
+    await w._emit(record(0, 10))  # read before the revocation: drained and committed by this member
+    revoking = asyncio.create_task(w.on_partitions_revoked({TopicPartition(TOPIC, 0)}))
+    await asyncio.sleep(0)  # the revocation has begun (fence set), its drain waits on the queue
+    await w._emit(record(0, 11))  # the rest of a fetch, read after the revocation began
+    await w._emit(record(1, 5))  # a partition this member keeps
+    assert [m.position for m in list(w.queue._queue)] == [(TOPIC, 0, 11), (TOPIC, 1, 6)]  # type: ignore[attr-defined]
+    assert w.fenced_records == 1
+    w.queue.get_nowait()  # the scorer takes the records that were there (the drain then ends)
+    w.queue.get_nowait()
+    await revoking
+    await w._emit(record(0, 12))
+    assert w.queue.qsize() == 0 and w.fenced_records == 2
+    await w.on_partitions_assigned({TopicPartition(TOPIC, 0)})  # back to this member: read again from the commit
+    await w._emit(record(0, 11))
+    assert [m.position for m in list(w.queue._queue)] == [(TOPIC, 0, 12)]  # type: ignore[attr-defined]
+    assert w.fenced_records == 2
+
+
+async def test_a_batch_being_scored_counts_as_waiting():
+    w = worker(batch_max_wait_ms=1)
+    await w._emit(record(2, 0))
+    assert w.waiting() == 1
+    batch, last = await w._next_batch()
+    assert [m.position for m in batch] == [(TOPIC, 2, 1)] and not last
+    assert w.queue.qsize() == 0 and w.waiting() == 1  # in hand: a revocation must wait for it
+
+
+async def test_other_sources_positions_are_never_fenced():
+    w = worker()
+    w._fenced = {(TOPIC, 0)}
+    await w._emit(SourceMessage({"shot_id": "m"}, {"_data": "8263A1"}))  # a MongoDB resume token
+    await w._emit(SourceMessage({"shot_id": "n"}, None))
+    assert w.queue.qsize() == 2
