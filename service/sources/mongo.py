@@ -41,9 +41,10 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, AsyncMongoClient
 from aiokafka.errors import KafkaError
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
 from model_store.driver_errors import mongo_cause
+from model_store.errors import MoldwatchError
 from model_store.schema import PlantSchema
 from service.backoff import Backoff
 from service.kafka_ping import tcp_diagnosis
@@ -130,6 +131,21 @@ def object_id(document: Mapping[str, Any]) -> ObjectId | None:
     return value if isinstance(value, ObjectId) else None
 
 
+class MongoSettingsError(MoldwatchError):
+    """The MongoDB client cannot even be built from the settings (one line, exit 2 at start)."""
+
+
+def mongo_settings_cause(settings: WorkerSettings, exc: Exception) -> str:
+    text = one_line(exc, 300)
+    if settings.mongo_tls_certificate_key_file is not None and ("Private key" in text or "PEM" in text):
+        return (f"mongo_tls_certificate_key_file {settings.mongo_tls_certificate_key_file}: {text} (expected one PEM "
+                "file holding the client key and its certificate; an encrypted key needs "
+                "MOLDWATCH_MONGO_TLS_CERTIFICATE_KEY_PASSWORD)")
+    if settings.mongo_tls_ca_file is not None and ("CA" in text or "certificate" in text.lower()):
+        return f"mongo_tls_ca_file {settings.mongo_tls_ca_file}: {text} (expected a PEM CA bundle)"
+    return text
+
+
 class MongoSource:
     name = "mongo"
 
@@ -138,7 +154,11 @@ class MongoSource:
         self.metrics = metrics
         self.timestamp_field = schema.timestamp
         self.id_field = schema.record_id
-        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, **settings.mongo_client_kwargs())
+        try:
+            self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri,
+                                                                              **settings.mongo_client_kwargs())
+        except ConfigurationError as exc:  # read at construction: TLS files, their password, URI options
+            raise MongoSettingsError(f"mongodb: {mongo_settings_cause(settings, exc)}") from None
         database = self.client[settings.mongo_database]
         self.collection = database[settings.mongo_collection].with_options(codec_options=RECORD_CODEC)
         self._raw_collection = database[settings.mongo_collection].with_options(codec_options=_RAW_CODEC)

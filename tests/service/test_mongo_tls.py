@@ -136,3 +136,30 @@ async def test_tls_failures_keep_the_worker_not_ready_naming_the_server_and_caus
             assert reason.startswith(f"mongodb: {where}: {cause}"), reason
         else:
             assert reason.startswith(f"mongodb {where}: {cause}"), reason
+
+
+@pytest.mark.parametrize("wrong", ["not a key", "wrong password"])
+def test_an_unusable_client_key_stops_the_start_with_one_line(trained_store, tmp_path, wrong):
+    """PyMongo reads the client key when the client is built: a bad file or password is a
+    settings error (exit 2, one line naming the file), not a traceback."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.devservers import free_port
+    from service.devservers.tls import make_pki
+
+    pki = make_pki(tmp_path / "pki", "127.0.0.1")
+    key_file = pki.client_pem if wrong == "wrong password" else tmp_path / "junk.pem"
+    if wrong == "not a key":
+        key_file.write_text("junk")
+    (tmp_path / "empty.env").write_text("")
+    dead = f"127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, [
+        "run", "--store", str(trained_store), "--env-file", str(tmp_path / "empty.env"), "--http-port", "0",
+        "--mongo-uri", f"mongodb://{dead}/?directConnection=true", "--kafka-bootstrap-servers", dead,
+        "--mongo-tls", "--mongo-tls-ca-file", str(pki.ca_file), "--mongo-tls-certificate-key-file", str(key_file)],
+        env={"MOLDWATCH_MONGO_TLS_CERTIFICATE_KEY_PASSWORD": "not-the-password"})
+    assert result.exit_code == 2, result.output
+    line = [text for text in result.output.splitlines() if text.startswith("error:")]
+    assert len(line) == 1 and f"mongo_tls_certificate_key_file {key_file}" in " ".join(result.output.split())
+    assert "not-the-password" not in result.output and "Traceback" not in result.output
