@@ -21,6 +21,14 @@ from model_store.serving.tails import TailTable
 
 ROW_CHUNK = 20000  # rows per block of the normal equations: bounds the design matrix's memory
 MAD_TO_SD = 1.4826
+# A residual spread is never below this share of its field's measurement step (the smallest gap
+# between two values in history; relative to the field's median for a field modelled in logs): a
+# field a sensor reports in steps (an injection time to 0.01 s) can sit on one value for a whole
+# history, its MAD 0, and its next step would be "infinitely" far out. A field that never took
+# two values has no step to go by: its spread is at least UNSTEPPED_SHARE of its magnitude.
+RESOLUTION_SHARE = 0.5
+UNSTEPPED_SHARE = 0.01
+MIN_RESIDUAL_SCALE = 1e-6  # normalised units: the last floor (a field with no step at all)
 SMALL_HISTORY_FLOOR = 20  # rows: below this a table, a spread or a line is noise
 CALIBRATION_POINTS = 2000  # held-out evidence sums kept per unit (quantiles of all of them)
 
@@ -102,16 +110,42 @@ def _part_slopes(scaled: np.ndarray, part: np.ndarray, parts: int, left: np.ndar
     return out
 
 
-def _residual_scale(residual: np.ndarray, part_column: np.ndarray, parts: int, min_rows: int) -> np.ndarray:
-    """MAD of the residuals per part (rows >= min_rows, else the maker's), floored at 5 % of the maker's."""
+def scale_floor(production: np.ndarray, response: SettingResponse) -> np.ndarray:
+    """Per field, the least residual spread in the response's normalised units (relative to the
+    median for a field modelled in logs): RESOLUTION_SHARE of the smallest gap between two
+    distinct values in history, or UNSTEPPED_SHARE of the magnitude for a field that never took
+    two values (0 for a field never measured)."""
+    out = np.zeros(production.shape[1])
+    logged = np.isfinite(response.target_log_floor)
+    for j in range(production.shape[1]):
+        column = production[:, j][np.isfinite(production[:, j])]
+        if not len(column):
+            continue
+        magnitude = float(np.median(np.abs(column)))
+        values = np.unique(column)
+        if len(values) >= 2:
+            floor = RESOLUTION_SHARE * float(np.diff(values).min())
+        else:
+            floor = UNSTEPPED_SHARE * magnitude
+        if logged[j]:
+            floor /= max(magnitude, 1e-300)
+        out[j] = floor / response.target_scale[j]
+    return out
+
+
+def _residual_scale(residual: np.ndarray, part_column: np.ndarray, parts: int, min_rows: int,
+                    floor: np.ndarray | float = MIN_RESIDUAL_SCALE) -> np.ndarray:
+    """MAD of the residuals per part (rows >= min_rows, else the maker's), floored at 5 % of the
+    maker's, and every one at ``floor`` (per field; see RESOLUTION_SHARE)."""
+    floor = np.maximum(floor, MIN_RESIDUAL_SCALE)
     maker = np.nan_to_num(np.nanmedian(np.abs(residual - np.nanmedian(residual, axis=0)), axis=0) * MAD_TO_SD)
-    maker = np.maximum(maker, 1e-6)
+    maker = np.maximum(maker, floor)
     out = np.tile(maker, (parts + 1, 1))
     for p in range(parts):
         rows = residual[part_column == p]
         if len(rows) >= min_rows:
             mad = np.nanmedian(np.abs(rows - np.nanmedian(rows, axis=0)), axis=0) * MAD_TO_SD
-            out[p] = np.maximum(np.nan_to_num(mad, nan=maker), maker * 0.05)
+            out[p] = np.maximum(np.maximum(np.nan_to_num(mad, nan=maker), maker * 0.05), floor)
     return out
 
 
@@ -134,7 +168,8 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
     weight = np.clip(1.0 - np.nan_to_num(lot_rate, nan=config.dirty_lot_rate / 2) / config.dirty_lot_rate, config.min_weight, 1.0)
     response = _fit_response(settings, codes, levels.counts, production, weight, config)
     residual = response.residuals(settings, codes, production, levels.counts)
-    scale = _residual_scale(residual, column, len(parts), config.min_part_rows)
+    scale = _residual_scale(residual, column, len(parts), config.min_part_rows,
+                            scale_floor(production, response))
     z = residual / scale[column]
     baseline_state: dict[str, np.ndarray] = {}
     d = None
@@ -162,7 +197,7 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
     return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
                            config.excursion_share, config.residual_evidence, config.raw_weight,
                            config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables, setting_ranges,
-                           config.lasting_excursion_ratio)
+                           config.lasting_excursion_ratio, setting_span(settings), config.follow_new_settings)
 
 
 def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
@@ -261,7 +296,7 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
                            final.neighbour_tables, final.setting_ranges, config.lasting_excursion_ratio,
-                           setting_span(settings))
+                           setting_span(settings), config.follow_new_settings)
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])

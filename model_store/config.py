@@ -143,6 +143,12 @@ class ConditionalConfig:
     # 0.23 -> 0.21 on forge — while 3 and "never" scored the same: a slow drift of a sensor is not
     # a defect the lots see, a value three band widths out is.)
     lasting_excursion_ratio: float = 3.0
+    # At a set point beyond the maker's span by more than the span's width (any change of a set
+    # point the maker never varied: the response has no slope for it at all), a field more than
+    # baseline_clip from the running baseline moves it all the way to the shot, so the shots
+    # after it are judged against it (the lab set: a new clamp speed doubled the mould times, the
+    # baseline walked 4 spreads a shot towards ~1,000, and every good shot alarmed; AUROC 0.23).
+    follow_new_settings: bool = True
     # Whether the setting groups' own excursion bands still alarm where the conditional scorer
     # decides ("conditional" combine). Off: on both generators they added alarms at a few %
     # precision (F1 +0.135 / +0.048 and PR-AUC +0.167 / +0.016 without them) for 1-2 points of

@@ -38,6 +38,7 @@ def running_baseline(
     halflife: float,
     clip: float,
     state: Mapping[str, np.ndarray],
+    follow: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per row: its part's running mean of the earlier residuals, weights halving every
     ``halflife`` shots, starting from ``state``.
@@ -47,8 +48,13 @@ def running_baseline(
     lasting offset is followed at up to that pace). A part not in ``state`` has no baseline for
     its first shot (judged on ``z`` alone); its mean then starts at that shot (held within
     ``START_LIMIT``). A missing residual (NaN) leaves the mean where it was. ``order`` is the
-    rows' time order (a permutation of ``range(len(z))``). Returns the baselines (rows, fields)
-    and the end state of every part seen here (``state``'s other parts are not repeated).
+    rows' time order (a permutation of ``range(len(z))``). ``follow`` (per row, optional): after
+    such a shot is judged, each field where it lies more than ``clip`` from its part's mean moves
+    the mean all the way to it (other fields take the usual step; a missing field stays): a
+    lasting offset of any size is followed from its first shot on, and the shots after it are
+    judged against it. Returns the
+    baselines (rows, fields) and the end state of every part seen here (``state``'s other parts
+    are not repeated).
     """
     z = np.asarray(z, dtype=float)
     rows, fields = z.shape
@@ -74,6 +80,7 @@ def running_baseline(
     part_of = np.arange(rows) - offsets[step_of]
     layout = by_time[starts[part_of] + step_of]  # row of the table at each laid-out position
     shots = z[layout]
+    jump = None if follow is None or not np.any(follow) else np.asarray(follow, dtype=bool)[layout]
     judged = np.zeros((rows, fields))
     mean = np.zeros((parts, fields))
     started = np.zeros(parts, dtype=bool)
@@ -87,17 +94,31 @@ def running_baseline(
     judged[: offsets[1]] = np.where(started[:, None], mean, 0.0)
     step = np.nan_to_num(np.clip(x - mean, -clip, clip), nan=0.0)
     first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
+    if jump is not None:
+        far = _far(x, np.where(started[:, None], mean, first), clip, jump[: offsets[1]])
     mean = np.where(started[:, None], mean + a * step, first)
+    if jump is not None:
+        mean[far] = x[far]
     for r in range(1, len(active)):
         m = mean[: active[r]]  # a view: the update below is in place
         judged[offsets[r] : offsets[r + 1]] = m
         step = shots[offsets[r] : offsets[r + 1]] - m
+        far = _far(shots[offsets[r] : offsets[r + 1]], m, clip, jump[offsets[r] : offsets[r + 1]]) if jump is not None else None
         np.clip(step, -clip, clip, out=step)
         step[np.isnan(step)] = 0.0  # a missing residual leaves the mean where it was
         step *= a
         m += step
+        if far is not None and far.any():
+            m[far] = shots[offsets[r] : offsets[r + 1]][far]
     baseline[layout] = judged
     return baseline, {name: mean[g].copy() for g, name in enumerate(names)}
+
+
+def _far(shots: np.ndarray, mean: np.ndarray, clip: float, rows: np.ndarray) -> np.ndarray:
+    """(rows, fields): the fields of ``rows`` whose shot lies more than ``clip`` from the mean
+    (those a followed shot moves the mean all the way to; NaN never)."""
+    with np.errstate(invalid="ignore"):
+        return rows[:, None] & (np.abs(shots - mean) > clip)
 
 
 __all__ = ["running_baseline", "smoothing", "START_LIMIT"]

@@ -50,6 +50,9 @@ SETTING_CLIP = 6.0  # scaled set points beyond +-6 spreads are held there: a typ
 # Wide on purpose: a new part at a new temperature is not a typo.
 SETTING_EXCURSION_TOLERANCES = 3.0
 SETTING_MAGNITUDE_SHARE = 0.5
+# Residual tables (z, d) are in units of each field's residual spread: a column of one value has
+# a central spread and an excursion tolerance of this (see TableSet.of).
+RESIDUAL_UNIT = 1.0
 EXCURSION_CAP = 1e9  # a finite ratio for the verdict however absurd the value
 
 
@@ -107,12 +110,18 @@ class TableSet:
     tolerance: np.ndarray  # (tables, fields)
 
     @classmethod
-    def of(cls, tables: Mapping[str, TailTable], fields: int, share: float) -> "TableSet":
+    def of(cls, tables: Mapping[str, TailTable], fields: int, share: float, unit: float | None = None) -> "TableSet":
+        """``unit``: for tables of residuals in units of their spread (``z``, ``d``), 1: a column
+        that held one value in history (a field a sensor reports in steps, never stepping) has
+        a central spread and an excursion tolerance of one residual spread, not of ~0."""
         names = sorted(tables)
-        bank = TailBank.of([tables[k] for k in names]) if names else TailBank.of([TailTable(np.full((len(TAIL_LEVELS), fields), np.nan), np.zeros(fields, dtype=np.int64))])
+        bank = (TailBank.of([tables[k] for k in names], unit) if names else
+                TailBank.of([TailTable(np.full((len(TAIL_LEVELS), fields), np.nan), np.zeros(fields, dtype=np.int64))]))
         low, high = bank.quantile(BAND_QUANTILES[0]), bank.quantile(BAND_QUANTILES[1])
-        return cls({k: i for i, k in enumerate(names)}, bank, np.nan_to_num(low), np.nan_to_num(high),
-                   excursion_tolerance(low, high, share))
+        tolerance = excursion_tolerance(low, high, share)
+        if unit is not None:
+            tolerance = np.maximum(tolerance, unit)
+        return cls({k: i for i, k in enumerate(names)}, bank, np.nan_to_num(low), np.nan_to_num(high), tolerance)
 
     def lookup(self, names: list[str], fallback: str | None = None) -> np.ndarray:
         """Table of each name (``fallback``'s where it has none; -1 where neither has one)."""
@@ -263,6 +272,11 @@ class ConditionalUnit:
     # (2, settings) lowest and highest each set point took in all of the maker's history (None: a
     # store from before it; the union of the parts' setting ranges stands in)
     setting_span: np.ndarray | None = None
+    # Beyond the maker's span of a set point by more than its width (see outside_history), the
+    # running baseline follows a shot all the way on each field further than the clip from it:
+    # the response has nothing to go by there (a set point the maker never varied has no slope
+    # at all), so what the new setting makes is what its last shots made. False: a store from before it.
+    follow_new_settings: bool = False
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -284,17 +298,18 @@ class ConditionalUnit:
             return z, None, {}
         order = np.arange(len(keys)) if order is None else np.asarray(order)
         start = self.baseline_state if state is None else ChainMap(dict(state), self.baseline_state)
-        baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start)
+        follow = self.outside_history(keys, settings) if self.follow_new_settings else None
+        baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start, follow)
         return z, z - baseline, end
 
     # -- every part's tables stacked once (built on first use, then kept) ------------------------
     @cached_property
     def residual_set(self) -> TableSet:
-        return TableSet.of(self.residual_tables, len(self.features), self.excursion_share)
+        return TableSet.of(self.residual_tables, len(self.features), self.excursion_share, RESIDUAL_UNIT)
 
     @cached_property
     def neighbour_set(self) -> TableSet:
-        return TableSet.of(self.neighbour_tables, len(self.features), self.excursion_share)
+        return TableSet.of(self.neighbour_tables, len(self.features), self.excursion_share, RESIDUAL_UNIT)
 
     @cached_property
     def raw_set(self) -> TableSet:
@@ -451,6 +466,16 @@ class ConditionalUnit:
             ratio = np.where(known[:, None] & (ratio >= self.lasting_ratio), ratio, settled)
         return ratio, outside
 
+    def outside_history(self, keys: np.ndarray, settings: np.ndarray) -> np.ndarray:
+        """Per row: a set point beyond the lowest..highest its maker ran in history by more than
+        that span's width (any change of a set point the maker never varied; a missing set point
+        is never outside): where the response's slopes have nothing to go by."""
+        settings = np.asarray(settings, dtype=float)
+        low, high = self._maker_span
+        width = high - low
+        with np.errstate(invalid="ignore"):
+            return ((settings < low - width) | (settings > high + width)).any(axis=1)
+
     def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
         """Per row: every set point within the lowest..highest its part ran in history (False for
         a part without that history, or a missing set point)."""
@@ -503,7 +528,8 @@ class ConditionalUnit:
             "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence,
             "raw_weight": self.raw_weight,
             "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys,
-            "lasting_ratio": self.lasting_ratio, "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
+            "lasting_ratio": self.lasting_ratio, "follow_new_settings": self.follow_new_settings,
+            "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
             "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
                              "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
         }
@@ -531,6 +557,7 @@ class ConditionalUnit:
             setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.get("setting_range_parts", []))},
             lasting_ratio=float(entry.get("lasting_ratio", 1.0)),
             setting_span=arrays.get("setting_span"),
+            follow_new_settings=bool(entry.get("follow_new_settings", False)),
         )
 
 

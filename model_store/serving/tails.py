@@ -93,7 +93,9 @@ class TailBank:
     CHUNK_ELEMENTS = 40_000_000
 
     @classmethod
-    def of(cls, tables: list[TailTable] | tuple[TailTable, ...]) -> "TailBank":
+    def of(cls, tables: list[TailTable] | tuple[TailTable, ...], unit: float | None = None) -> "TailBank":
+        """``unit``: the central spread of a column whose table holds one value only (default: 1 %
+        of that value's magnitude); tables of residuals in units of their spread pass 1."""
         levels = len(TAIL_LEVELS)
         fields = tables[0].values.shape[1] if tables else 0
         shape = (len(tables), levels, fields)
@@ -112,7 +114,7 @@ class TailBank:
                 k, c = _knots(grid)
                 knots[t, : len(k), j], cdf[t, : len(k), j], cdf[t, len(k):, j] = k, c, c[-1]
                 count[t, j] = len(k)
-                first[t, j], last[t, j], spread[t, j] = grid[0], grid[-1], _central_spread(grid)
+                first[t, j], last[t, j], spread[t, j] = grid[0], grid[-1], _central_spread(grid, unit)
         return cls(knots, cdf, count, first, last, spread, values)
 
     def __len__(self) -> int:
@@ -189,8 +191,9 @@ def _knots(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return grid[(starts + ends) // 2], 0.5 * (TAIL_LEVELS[starts] + TAIL_LEVELS[ends])
 
 
-def _central_spread(grid: np.ndarray) -> float:
-    """p25..p75 width, floored by the whole table's width and the field's magnitude."""
+def _central_spread(grid: np.ndarray, unit: float | None = None) -> float:
+    """p25..p75 width, floored by the whole table's width, then by ``unit`` or the field's magnitude
+    (a column of one value)."""
     q25, q75 = np.interp([0.25, 0.75], TAIL_LEVELS, grid)
     width = float(q75 - q25)
     if width > 0:
@@ -198,4 +201,6 @@ def _central_spread(grid: np.ndarray) -> float:
     full = float(grid[-1] - grid[0])
     if full > 0:
         return max(full, MIN_SPREAD)
+    if unit is not None:
+        return float(unit)
     return max(abs(float(grid[len(grid) // 2])) * 0.01, 1e-9)
