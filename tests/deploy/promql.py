@@ -145,6 +145,13 @@ def worker_series() -> dict[str, set[str]]:
     metrics.kafka_send_errors.labels("moldwatch.verdicts").inc()
     metrics.source_errors.labels("mongo").inc()
     metrics.checkpointed()
+    from service.http_auth import FailureLimiter
+    from service.http_guard import HttpGuard, TokenStore
+
+    # The HTTP gate registers its own metrics in the worker's registry when tokens are configured.
+    guard = HttpGuard(None, TokenStore(None, None, 1.0), metrics_open=False, limiter=FailureLimiter(),  # type: ignore[arg-type]
+                      registry=metrics.registry)
+    guard.failures.labels("invalid_token").inc()
 
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
