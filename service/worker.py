@@ -133,6 +133,8 @@ class Worker:
         # batch committed after the revocation never carries them: no verdict without its offset.
         self._fenced: set[tuple[str, int]] = set()
         self.fenced_records = 0
+        # Exactly-once, Kafka source: the offset each partition's last committed transaction carried.
+        self._txn_offsets: dict[tuple[str, int], int] = {}
         self.positions: Any = None  # exactly-once with the MongoDB source: the Kafka position store
         self._committed_position: Any = None  # exactly-once: the position of the last committed transaction
 
@@ -465,6 +467,8 @@ class Worker:
                             "its records are read again from the last committed position on restart")
         if position is not None:
             self._committed_position = last
+        for tp, offset in (offsets or {}).items():
+            self._txn_offsets[(tp.topic, tp.partition)] = offset
 
     async def _await_acks(self, delivery: Delivery) -> None:
         assert self.sink is not None
@@ -521,6 +525,15 @@ class Worker:
             log.warning("rebalance: records of revoked partitions still unacknowledged; their new owner scores them again",
                         waiting=self.waiting())
         await self._checkpoint()
+        if self.exactly_once and self.source is not None and hasattr(self.source, "wait_materialized"):
+            # commit_transaction returns once the commit is decided, before its markers reach the
+            # offsets topic; a new owner fetching offsets before then (aiokafka's OffsetFetch cannot
+            # ask for stable offsets) would read the previous ones and score a batch again.
+            mine = {key: offset for key, offset in self._txn_offsets.items() if key in self._fenced}
+            lagging = await self.source.wait_materialized(mine, self.settings.rebalance_drain_s)
+            if lagging:
+                log.warning("rebalance: committed offsets not visible to the new owner yet; it may score a few "
+                            "records again", partitions=sorted(f"{t}[{p}]" for t, p in lagging))
         if self.source is not None and hasattr(self.source, "drop"):
             self._positions = self.source.drop(self._positions, partitions)
         log.info("rebalance: revoked partitions committed and handed over",

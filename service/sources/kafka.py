@@ -212,6 +212,26 @@ class KafkaSource:
                      partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in dropped))
         return {tp: o for tp, o in offsets.items() if tp in owned}
 
+    async def wait_materialized(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> list[tuple[str, int]]:
+        """Wait until the group's committed offsets (as a new owner will fetch them) reach
+        ``offsets``; return the partitions still behind after ``timeout_s``."""
+        if not offsets or self.consumer is None:
+            return []
+        deadline = time.monotonic() + timeout_s
+        behind = dict(offsets)
+        while True:
+            for key, offset in list(behind.items()):
+                try:
+                    remaining = max(0.1, deadline - time.monotonic())
+                    committed = await asyncio.wait_for(self.consumer.committed(TopicPartition(*key)), remaining)
+                except (KafkaError, asyncio.TimeoutError):
+                    committed = None
+                if committed is not None and committed >= offset:
+                    del behind[key]
+            if not behind or time.monotonic() >= deadline:
+                return sorted(behind)
+            await asyncio.sleep(0.01)
+
     async def commit(self, positions: list[Any]) -> None:
         if not positions or self.consumer is None:
             return

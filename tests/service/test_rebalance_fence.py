@@ -60,3 +60,38 @@ async def test_other_sources_positions_are_never_fenced():
     await w._emit(SourceMessage({"shot_id": "m"}, {"_data": "8263A1"}))  # a MongoDB resume token
     await w._emit(SourceMessage({"shot_id": "n"}, None))
     assert w.queue.qsize() == 2
+
+
+class StubSource:
+    """The Kafka source's rebalance surface, recording what the worker asks of it."""
+
+    def __init__(self) -> None:
+        self.waited: list[dict] = []
+
+    def compact(self, positions):
+        return positions
+
+    async def commit(self, positions) -> None:
+        pass
+
+    def drop(self, positions, partitions):
+        return []
+
+    async def wait_materialized(self, offsets, timeout_s):
+        self.waited.append(dict(offsets))
+        return []
+
+
+async def test_an_exactly_once_revocation_waits_until_its_last_offsets_are_visible_to_the_new_owner():
+    """commit_transaction returns before the offsets are readable by another member; the
+    revocation holds the partitions until they are, for the revoked partitions only."""
+    w = worker(delivery="exactly-once")
+    w.source = StubSource()  # type: ignore[assignment]
+    w._txn_offsets = {(TOPIC, 0): 120, (TOPIC, 1): 80, (TOPIC, 2): 5}
+    await w.on_partitions_revoked({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
+    assert w.source.waited == [{(TOPIC, 0): 120, (TOPIC, 1): 80}]
+    w_alo = worker()
+    w_alo.source = StubSource()  # type: ignore[assignment]
+    w_alo._txn_offsets = {(TOPIC, 0): 120}
+    await w_alo.on_partitions_revoked({TopicPartition(TOPIC, 0)})
+    assert w_alo.source.waited == []  # at-least-once commits are synchronous: nothing to wait for
