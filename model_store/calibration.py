@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
+from model_store.serving.probability import ConditionalProbability, ProbabilityModel, log_score, sigmoid
 
 PROBABILITY_FLOOR = 1e-6
 
@@ -188,3 +188,41 @@ def fit_probability(
     theta, loglik = _bag_fit(column, np.zeros_like(column), x[ok], bag, share, len(names), 1)
     coefficients = {name: (float(theta[k]), float(theta[len(names)])) for k, name in enumerate(names)}
     return ProbabilityModel(coefficients, evidence, loglik)
+
+
+# The setting-conditioned scorer's probability (see ConditionalProbability).
+MIN_EXCURSION_ROWS = 30  # held-out gross excursions for a probability of their own
+PROBABILITY_BLEND = 0.5  # weight of the fitted curve beside the base rate
+
+
+def gross_excursions(score: np.ndarray, excursion: np.ndarray) -> np.ndarray:
+    """Rows whose verdict is a gross excursion: ratio > 1 and at least the tail score."""
+    excursion = np.nan_to_num(np.asarray(excursion, dtype=float), nan=0.0)
+    return (excursion > 1.0) & (excursion >= np.nan_to_num(np.asarray(score, dtype=float), nan=0.0))
+
+
+def fit_conditional_probability(
+    score: np.ndarray, excursion: np.ndarray, lot: np.ndarray, lot_rate: np.ndarray,
+    min_excursion_rows: int = MIN_EXCURSION_ROWS, blend: float = PROBABILITY_BLEND,
+) -> ConditionalProbability | None:
+    """Fit on held-out rows (``score``: tail score, NaN where none; ``excursion``: worst ratio):
+    the verdict's score is ``fmax(score, excursion)``; gross excursions get an intercept of their
+    own (slope 0) when at least ``min_excursion_rows`` held-out rows are one, every other row
+    ``a + b log score``, both by the lots' bag likelihood (DLLP) in one fit. The base rate is the
+    mean lot defect rate of the rows with a lot. None without rows to fit."""
+    score = np.asarray(score, dtype=float)
+    verdict = np.fmax(score, np.nan_to_num(np.asarray(excursion, dtype=float), nan=0.0))
+    x = log_score(verdict)
+    ok = np.isfinite(score) & np.isfinite(x) & np.isfinite(lot_rate)
+    if not ok.any():
+        return None
+    gross = gross_excursions(score, excursion) & ok
+    own = int(gross.sum()) >= min_excursion_rows
+    column = (gross[ok] & own).astype(np.int64)  # 0: the tail curve, 1: gross excursions
+    paths = 2 if own else 1
+    _, bag = np.unique(np.asarray(lot, dtype=object)[ok], return_inverse=True)
+    share = np.bincount(bag, weights=lot_rate[ok]) / np.bincount(bag)
+    # the excursion path's x is 0 (its slope column is the tail's, which x = 0 leaves out)
+    theta, _ = _bag_fit(column, np.zeros_like(column), np.where(column == 1, 0.0, x[ok]), bag, share, paths, 1)
+    base = float(np.mean(lot_rate[np.isfinite(lot_rate)]))
+    return ConditionalProbability(float(theta[0]), float(theta[paths]), float(theta[1]) if own else None, base, blend)

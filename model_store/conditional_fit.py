@@ -201,10 +201,11 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
 
 
 def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
-                       order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evidence sums of rows a unit did not train on (their running baselines carried on from
     where the unit's history ended): with the part's own tables where the unit has them (NaN
-    elsewhere), and with the maker's fallback table for every row."""
+    elsewhere), and with the maker's fallback table for every row; and each row's worst
+    excursion ratio (fields and set points, as the unit will judge it)."""
     z, d, _ = unit.judged_residuals(settings, keys, production, order)
     own = np.full(len(keys), np.nan)
     for key in np.unique(keys):
@@ -213,7 +214,12 @@ def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.nda
             own[rows] = (unit.field_evidence(key, z[rows], None if d is None else d[rows])
                          + unit.raw_evidence(key, production[rows])).sum(axis=1)
     fallback = unit.field_evidence(FALLBACK, z, d).sum(axis=1)
-    return own, fallback
+    ratio, _ = unit._excursion_ratios(keys, production, z, d, settings)
+    excursion = ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+    set_ratio = unit.setting_excursions(settings)
+    if set_ratio.shape[1]:
+        excursion = np.maximum(excursion, set_ratio.max(axis=1))
+    return own, fallback, excursion
 
 
 def _calibration(evidence: np.ndarray, lot_rate: np.ndarray, config: ConditionalConfig) -> Calibration:
@@ -239,6 +245,9 @@ def setting_span(settings: np.ndarray) -> np.ndarray:
 class FittedConditional:
     unit: ConditionalUnit
     held_out_score: np.ndarray  # per history row: its score by a fit that did not see its day (NaN: none)
+    # per history row: its worst excursion ratio by that fit (NaN where it has no held-out score);
+    # the verdict's score is the larger of the two
+    held_out_excursion: np.ndarray | None = None
 
 
 def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tuple[str, ...], frame: pd.DataFrame,
@@ -270,11 +279,13 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
         held_mask = np.arange(len(frame)) % 2 == 1
     own = np.full(len(frame), np.nan)
     fallback = np.full(len(frame), np.nan)
+    excursion = np.full(len(frame), np.nan)
     train, held = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
     if len(train) >= config.min_part_rows and len(held):
         unit = _fit_unit(maker, features, settings_fields, settings[train], keys[train], production[train], lot_rate[train],
                          _time_order(time[train]), config)
-        own[held], fallback[held] = _held_out_evidence(unit, settings[held], keys[held], production[held], _time_order(time[held]))
+        own[held], fallback[held], excursion[held] = _held_out_evidence(unit, settings[held], keys[held], production[held],
+                                                                         _time_order(time[held]))
     final = _fit_unit(maker, features, settings_fields, settings, keys, production, lot_rate, _time_order(time), config)
     calibration: dict[str, Calibration] = {}
     scored = np.isfinite(fallback)
@@ -302,7 +313,7 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])
     rest = ~own_unit & scored
     held_out[rest] = calibration[FALLBACK].score(fallback[rest])
-    return FittedConditional(unit, held_out)
+    return FittedConditional(unit, held_out, np.where(np.isfinite(held_out), excursion, np.nan))
 
 
 def _time_order(time: np.ndarray) -> np.ndarray:

@@ -30,11 +30,9 @@ from model_store.serving.clusters import SettingModel, scale_settings
 from model_store.settings import fit_setting_model
 from model_store.serving.store import StoreManifest, sha256_file
 from model_store.store import StoreStaging, new_model_version
-from model_store.calibration import fit_probability
+from model_store.calibration import fit_conditional_probability, gross_excursions
 from model_store.conditional_fit import fit_conditional
 from model_store.history import calibrate, history_figures
-from model_store.serving.conditional import CONDITIONAL
-from model_store.serving.resolution import UNSCORABLE
 from model_store.trainer import GroupTask, init_worker, train_group
 from model_store.report_settings import cluster_set_points
 
@@ -227,6 +225,7 @@ def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingC
     folder.mkdir(parents=True, exist_ok=True)
     units: dict[str, Any] = {}
     scores = np.full(len(data.records), np.nan)
+    excursions = np.full(len(data.records), np.nan)
     for number, (maker, fields) in enumerate(schema.makers.items()):
         rows = np.flatnonzero((data.records["maker"] == maker).to_numpy())
         if len(rows) == 0:
@@ -239,13 +238,15 @@ def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingC
         entry = fitted.unit.to_files(out_dir / relative)
         units[maker] = {**entry, "artifact": relative}
         scores[rows] = fitted.held_out_score
+        excursions[rows] = fitted.held_out_excursion
     lot = (data.records["facility"].astype(str) + "|" + data.records["item"].astype(str) + "|"
            + data.records["lot_date"].astype(str)).to_numpy(dtype=object)
-    path = np.where(np.isfinite(scores), CONDITIONAL, UNSCORABLE).astype(object)
-    model = fit_probability(path, scores, lot, data.lot_rates)
+    model = fit_conditional_probability(scores, excursions, lot, data.lot_rates)
     return {"combine": config.conditional.combine, "group_excursions": config.conditional.group_excursions, "units": units,
-            "probability": list(model.coefficients[CONDITIONAL]) if CONDITIONAL in model.coefficients else None,
-            "held_out_rows": int(np.isfinite(scores).sum())}
+            "probability": [model.a, model.b] if model is not None else None,
+            **({"probability_model": model.to_dict()} if model is not None else {}),
+            "held_out_rows": int(np.isfinite(scores).sum()),
+            "held_out_excursions": int(gross_excursions(scores, excursions)[np.isfinite(scores)].sum())}
 
 
 def train_store(

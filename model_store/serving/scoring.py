@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
-from model_store.serving.probability import ProbabilityModel, log_score, sigmoid
+from model_store.serving.probability import ConditionalProbability, ProbabilityModel
 from model_store.serving.excursions import excursion_ratios, excursion_tolerance
 from model_store.serving.imputation import FacilityMemory, impute_columns
 from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
@@ -250,6 +250,13 @@ class ScoringEngine:
         }
         self.conditional_probability: tuple[float, float] | None = (
             tuple(section["probability"]) if section.get("probability") else None)  # type: ignore[assignment]
+        extra = section.get("probability_model") or {}
+        self.conditional_probability_model: ConditionalProbability | None = (
+            ConditionalProbability(float(section["probability"][0]), float(section["probability"][1]),
+                                   None if extra.get("excursion_intercept") is None else float(extra["excursion_intercept"]),
+                                   None if extra.get("base_rate") is None else float(extra["base_rate"]),
+                                   float(extra.get("blend", 1.0)))
+            if section.get("probability") else None)
 
     def group(self, group_id: str) -> RuntimeGroup:
         return self.cache.get(group_id)
@@ -497,9 +504,8 @@ class ScoringEngine:
                                       result.evidence[wins] - result.line[wins])
         out.excursion[target] = excursion  # already the larger of the two where the groups' bands hold
         out.measured_share[target] = share[local][wins]
-        if self.conditional_probability is not None:
-            a, b = self.conditional_probability
-            out.defect_probability[target] = sigmoid(a + b * np.nan_to_num(log_score(score), nan=-8.0))
+        if self.conditional_probability_model is not None:
+            out.defect_probability[target] = self.conditional_probability_model.predict(score, excursion)
         if explain:
             fields = result.fields[wins]
             rank = np.argsort(-fields, axis=1, kind="stable")[:, :TOP_FEATURES]
