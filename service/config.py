@@ -177,6 +177,17 @@ class WorkerSettings(BaseSettings):
         20_000, ge=0, description="Record ids remembered (least recently answered forgotten first; ~0.8 KB each) so "
         "that a verdict for an id already answered from another source position says supersedes=true; empty after a "
         "restart (then source.operation and the position tell). 0: never marked.", json_schema_extra=_panel(FLOW))
+    kafka_feedback_topic: str | None = Field(
+        None, description="Operator feedback (POST /feedback, scope 'feedback'): answers joined to the verdict they "
+        "answer are kept on this topic (key = record id); unset: no feedback endpoint.", json_schema_extra=_panel(KAFKA))
+    feedback_memory: int = Field(
+        100_000, ge=1, description="Verdicts remembered for joining feedback (the newest per record id; ~0.3 KB "
+        "each); feedback on an older one is refused as feedback_unknown_record.", json_schema_extra=_panel(FLOW))
+    feedback_max_age_s: float = Field(7 * 86400.0, gt=0, description="Feedback whose 'at' is older than this is "
+                                      "refused (feedback_late).", json_schema_extra=_panel(FLOW))
+    feedback_future_skew_s: float = Field(300.0, ge=0, description="Feedback whose 'at' is this far ahead of the "
+                                          "worker's clock is refused (a broken client clock).",
+                                          json_schema_extra=_panel(FLOW))
     checkpoint_interval_s: float = Field(0.5, ge=0, description="Least time between checkpoint writes (0: after every "
                                          "acknowledged batch).", json_schema_extra=_panel(FLOW))
     rebalance_drain_s: float = Field(

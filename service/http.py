@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model_store.errors import StoreError
 from service.decode import NOT_A_DOCUMENT, DeadLetter
+from service.feedback_intake import FeedbackUnavailable
 from service.redact import SCRUB
 from service.sink import dumps
 
@@ -71,8 +72,8 @@ def create_app(worker: "Worker", extra_warnings: Callable[[], dict[str, str]] = 
         # Scrubbed like every other output: no label or info value may carry a secret.
         return Response(SCRUB(generate_latest(worker.metrics.registry).decode()), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/score")
-    async def score(request: Request) -> Response:
+    async def json_object(request: Request) -> Any:
+        """The body as a parsed JSON value, or the JSONResponse refusing it (bounded size and depth)."""
         limit = worker.settings.http_max_body_bytes
         body = await read_bounded(request, limit)
         if body is None:
@@ -87,6 +88,29 @@ def create_app(worker: "Worker", extra_warnings: Callable[[], dict[str, str]] = 
         if depth > worker.settings.http_max_json_depth:
             return JSONResponse({"reason": "too_deep", "error": f"JSON nests {depth} levels deep; at most "
                                  f"{worker.settings.http_max_json_depth} are accepted"}, status_code=422)
+        return document
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        if worker.feedback is None:
+            return JSONResponse({"reason": "feedback_not_configured", "error": "this worker takes no feedback "
+                                 "(set kafka_feedback_topic / MOLDWATCH_KAFKA_FEEDBACK_TOPIC)"}, status_code=404)
+        document = await json_object(request)
+        if isinstance(document, Response):
+            return document
+        token = request.scope.get("state", {}).get("token")
+        try:
+            status, body = await worker.feedback.submit(document, "http", token)
+        except FeedbackUnavailable as exc:
+            return JSONResponse({"reason": "not_ready", "error": f"{exc}; retry with the same idempotency_key"},
+                                status_code=503)
+        return Response(dumps(body), status_code=status, media_type="application/json")
+
+    @app.post("/score")
+    async def score(request: Request) -> Response:
+        document = await json_object(request)
+        if isinstance(document, Response):
+            return document
         if not isinstance(document, dict):
             return JSONResponse({"reason": NOT_A_DOCUMENT, "error": f"expected a JSON object, got {type(document).__name__}"},
                                 status_code=422)

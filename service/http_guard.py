@@ -160,6 +160,8 @@ class HttpGuard:
             await _refuse(send, decision.status, decision.reason, decision.message,
                           {"www-authenticate": 'Bearer realm="moldwatch"'} if decision.status == 401 else {})
             return
+        if decision.token is not None:
+            scope.setdefault("state", {})["token"] = decision.token.name  # the endpoint may record who it was
         if needed in AUDITED_SCOPES and decision.token is not None:
             log.info("audit", token=decision.token.name, method=scope.get("method"), path=scope.get("path", "")[:200],
                      client=client)

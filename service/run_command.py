@@ -125,6 +125,8 @@ async def serve(worker: "Worker", install_signal_handlers: bool = False) -> int:
     finally:
         if token_watch is not None:
             token_watch.cancel()
+        if worker.feedback is not None:
+            await worker.feedback.close()
         if http is not None:
             from service.http import stop_http
 

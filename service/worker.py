@@ -54,6 +54,8 @@ from model_store.serving.store import MANIFEST, open_store
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
+from service.feedback import VerdictMemory
+from service.feedback_intake import FeedbackIntake
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, Pipeline, ScoredRecord, SourceMessage
 from service.readiness import CachedProbe, ProgressClock, Reasons
@@ -116,6 +118,11 @@ class Worker:
             lambda: float(len(self.pipeline.engine.broken_groups)) if self.pipeline is not None else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
+        # Operator feedback (POST /feedback), joined to the verdicts this worker published.
+        self.answered = VerdictMemory(settings.feedback_memory)
+        self.feedback: FeedbackIntake | None = None
+        if settings.kafka_feedback_topic:
+            self.feedback = FeedbackIntake(settings, self.answered, self.metrics.registry)
         if settings.recipes is not None:
             self.recipe_file = Reloader("recipes file", self._recipes_path, self._read_recipes, settings.store_poll_s,
                                         on_loaded=self._recipes_loaded, on_failed=self._recipes_failed, describe=len)
@@ -409,6 +416,8 @@ class Worker:
 
     def _on_verdict_ack(self, scored: ScoredRecord, acked_at: float) -> None:
         self.metrics.observe_latency(scored.record_time, scored.received_at, acked_at, scored.event_time)
+        if self.feedback is not None:
+            self.answered.remember(scored.verdict)  # published: an operator may now answer it
 
     # -- acks and checkpoints ------------------------------------------------------------------
     async def _commit_loop(self) -> None:

@@ -152,6 +152,13 @@ def worker_series() -> dict[str, set[str]]:
     guard = HttpGuard(None, TokenStore(None, None, 1.0), metrics_open=False, limiter=FailureLimiter(),  # type: ignore[arg-type]
                       registry=metrics.registry)
     guard.failures.labels("invalid_token").inc()
+    from service.config import WorkerSettings
+    from service.feedback import VerdictMemory
+    from service.feedback_intake import FeedbackIntake
+
+    # Operator feedback registers its counters when kafka_feedback_topic is set.
+    FeedbackIntake(WorkerSettings(_env_file=None, kafka_feedback_topic="moldwatch.feedback"),  # type: ignore[call-arg]
+                   VerdictMemory(1), metrics.registry)
 
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()

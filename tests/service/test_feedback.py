@@ -1,0 +1,120 @@
+"""Operator feedback as pure logic: the contract, the boundaries of each refusal, the join."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.feedback import FeedbackDesk, Joined, Refusal, VerdictMemory, parse_event
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+VERDICT = {"record_id": "F07-1", "model_version": "v1", "group_id": "HANIL__F07__ITM-012__c4", "threshold": 38.2,
+           "score": 1.7, "anomaly": True, "scored_at": "2026-12-05T11:59:00+00:00", "facility": "F07", "item": "ITM-012"}
+
+
+def answer(**overrides):
+    base = {"record_id": "F07-1", "label": "false_alarm", "operator": "kim", "at": (NOW - timedelta(minutes=5)).isoformat(),
+            "idempotency_key": "k-1", "fault_code": None}
+    base.update(overrides)
+    return base
+
+
+def desk(memory_size: int = 10) -> FeedbackDesk:
+    memory = VerdictMemory(memory_size)
+    memory.remember(VERDICT)
+    return FeedbackDesk(memory, max_age_s=3600.0, future_skew_s=60.0)
+
+
+def judged(d: FeedbackDesk, **overrides):
+    event = parse_event(answer(**overrides))
+    assert not isinstance(event, Refusal), event
+    return d.judge(event, NOW)
+
+
+def test_an_answer_is_joined_to_the_verdict_as_published():
+    outcome = judged(desk())
+    assert isinstance(outcome, Joined)
+    record = outcome.record(NOW, "http", "line-3-lead")
+    assert record["verdict"] == {k: VERDICT[k] for k in ("model_version", "group_id", "threshold", "score", "anomaly",
+                                                         "scored_at", "facility", "item")}
+    assert record["label"] == "false_alarm" and record["token"] == "line-3-lead" and record["via"] == "http"
+    assert record["at"] == "2026-12-05T11:55:00.000+00:00"
+
+
+@pytest.mark.parametrize("age_s, reason", [
+    (3600.0, None),  # exactly the line: still taken
+    (3600.001, "feedback_late"),
+    (-60.0, None),  # exactly the allowed skew ahead
+    (-60.001, "feedback_from_the_future"),
+])
+def test_age_and_skew_lines_are_inclusive(age_s, reason):
+    outcome = judged(desk(), at=(NOW - timedelta(seconds=age_s)).isoformat())
+    assert (outcome.reason if isinstance(outcome, Refusal) else None) == reason
+
+
+def test_an_idempotency_key_counts_once_and_only_after_it_was_kept():
+    d = desk()
+    first = judged(d)
+    assert isinstance(first, Joined)
+    assert isinstance(judged(d), Joined)  # not kept yet (e.g. Kafka failed): a retry is not a duplicate
+    d.accepted(first)
+    again = judged(d)
+    assert isinstance(again, Refusal) and again.reason == "feedback_duplicate" and "k-1" in again.error
+    assert isinstance(judged(d, idempotency_key="k-2", label="defect"), Joined)  # a new answer: taken
+    assert d.units == {("v1", VERDICT["group_id"]): {("false_alarm", "alarm"): 1}}
+
+
+def test_an_unknown_or_forgotten_record_is_refused():
+    d = desk(memory_size=2)
+    d.memory.remember({**VERDICT, "record_id": "F07-2"})
+    d.memory.remember({**VERDICT, "record_id": "F07-3"})  # F07-1 is forgotten (the memory holds 2)
+    outcome = judged(d)
+    assert isinstance(outcome, Refusal) and outcome.reason == "feedback_unknown_record" and "last 2" in outcome.error
+    assert isinstance(judged(d, record_id="F07-3"), Joined)
+    assert len(d.memory) == 2
+
+
+def test_the_newest_verdict_for_a_record_is_the_one_answered():
+    d = desk()
+    d.memory.remember({**VERDICT, "anomaly": False, "model_version": "v2"})
+    outcome = judged(d)
+    assert isinstance(outcome, Joined) and outcome.verdict.model_version == "v2" and outcome.verdict.anomaly is False
+
+
+@pytest.mark.parametrize("document, where", [
+    (answer(label="bad"), "label"),
+    (answer(at="2026-12-05T11:55:00"), "at: needs a time zone"),
+    (answer(at="yesterday"), "at"),
+    (answer(record_id=""), "record_id"),
+    (answer(record_id="x" * 257), "record_id"),
+    (answer(operator="o" * 65), "operator"),
+    (answer(fault_code="f" * 65), "fault_code"),
+    (answer(idempotency_key=""), "idempotency_key"),
+    (answer(extra="x"), "extra"),
+    ({k: v for k, v in answer().items() if k != "operator"}, "operator"),
+    ([answer()], "expected a JSON object, got list"),
+    ("text", "expected a JSON object, got str"),
+])
+def test_an_invalid_answer_names_the_field(document, where):
+    outcome = parse_event(document)
+    assert isinstance(outcome, Refusal) and outcome.reason == "feedback_invalid"
+    assert outcome.error.startswith(where) or where in outcome.error, outcome.error
+    assert "\n" not in outcome.error and len(outcome.error) <= 300
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=50) | st.integers(),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children,
+                                                                                      max_size=6), max_leaves=20))
+def test_any_json_value_is_parsed_or_refused_never_raised(value):
+    outcome = parse_event(value)
+    assert isinstance(outcome, Refusal) or outcome.record_id
+
+
+def test_non_finite_numbers_in_a_verdict_are_not_kept_as_numbers():
+    memory = VerdictMemory(1)
+    memory.remember({**VERDICT, "score": float("nan"), "threshold": float("inf")})
+    ref = memory.get("F07-1")
+    assert ref is not None and ref.score is None and ref.threshold is None
