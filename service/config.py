@@ -180,6 +180,10 @@ class WorkerSettings(BaseSettings):
     kafka_feedback_topic: str | None = Field(
         None, description="Operator feedback (POST /feedback, scope 'feedback'): answers joined to the verdict they "
         "answer are kept on this topic (key = record id); unset: no feedback endpoint.", json_schema_extra=_panel(KAFKA))
+    kafka_feedback_in_topic: str | None = Field(
+        None, description="Operator answers arriving on Kafka (an MES, a tablet app), the same JSON as POST /feedback; "
+        "read as consumer group <kafka_group_id>-feedback, offsets committed once each answer is kept or refused. "
+        "Needs kafka_feedback_topic.", json_schema_extra=_panel(KAFKA))
     feedback_memory: int = Field(
         100_000, ge=1, description="Verdicts remembered for joining feedback (the newest per record id; ~0.3 KB "
         "each); feedback on an older one is refused as feedback_unknown_record.", json_schema_extra=_panel(FLOW))
@@ -270,6 +274,8 @@ class WorkerSettings(BaseSettings):
             raise ValueError("http_tls_cert_file and http_tls_key_file go together (HTTPS needs both)")
         if self.http_tls_client_ca_file is not None and self.http_tls_cert_file is None:
             raise ValueError("http_tls_client_ca_file (mutual TLS) needs http_tls_cert_file and http_tls_key_file")
+        if self.kafka_feedback_in_topic and not self.kafka_feedback_topic:
+            raise ValueError("kafka_feedback_in_topic needs kafka_feedback_topic (where the joined answers are kept)")
         if self.mongo_password is not None and not self.mongo_username:
             raise ValueError("mongo_password is set but mongo_username is not")
         return self

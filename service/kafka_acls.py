@@ -65,6 +65,9 @@ def worker_acls(settings: WorkerSettings, *, every_mode: bool = False) -> list[A
         acls += [Acl("TOPIC", s.kafka_positions_topic, op) for op in ("READ", "WRITE", "DESCRIBE", "CREATE")]
     if s.kafka_feedback_topic:  # operator feedback kept by the worker's own producer
         acls += [Acl("TOPIC", s.kafka_feedback_topic, op) for op in ("WRITE", "DESCRIBE", "CREATE")]
+    if s.kafka_feedback_in_topic:  # operator answers arriving on Kafka
+        acls += [Acl("TOPIC", s.kafka_feedback_in_topic, op) for op in ("READ", "DESCRIBE")]
+        acls.append(Acl("GROUP", f"{s.kafka_group_id}-feedback", "READ"))
     if kafka_source:
         acls += [Acl("TOPIC", s.kafka_records_topic, op) for op in ("READ", "DESCRIBE")]
         acls.append(Acl("GROUP", s.kafka_group_id, "READ"))

@@ -289,6 +289,8 @@ class Worker:
             spawn("scorer", self._score_loop(), may_finish=True)  # both end after the drain marker
             spawn("committer", self._commit_loop(), may_finish=True)
             spawn("store-watcher", self.store.watch())
+            if self.feedback is not None and self.settings.kafka_feedback_in_topic:
+                spawn("feedback-intake", self.feedback.consume(self.supervisor.stopping))
             await self.supervisor.stopping.wait()
             await self._shutdown()
             return self.exit_code

@@ -89,3 +89,35 @@ async def test_a_worker_without_a_feedback_topic_says_so(trained_store):
             response = await client.post("/feedback", json={})
     assert response.status_code == 404 and response.json()["reason"] == "feedback_not_configured"
     assert "MOLDWATCH_KAFKA_FEEDBACK_TOPIC" in response.json()["error"]
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(300)
+async def test_answers_arriving_on_kafka_are_judged_like_posted_ones(mongo_server, kafka_server, trained_store,
+                                                                      small_plant):
+    from aiokafka import AIOKafkaProducer
+
+    name = unique("feedback-in")
+    settings = worker_settings(mongo_server, kafka_server, trained_store, name, kafka_feedback_topic=f"{name}.feedback",
+                               kafka_feedback_in_topic=f"{name}.feedback-in")
+    documents = plant_documents(small_plant, 5, name)
+    async with running_worker(settings) as worker:
+        async with AsyncMongoClient(mongo_server.uri) as mongo:
+            await mongo[settings.mongo_database][settings.mongo_collection].insert_many(documents)
+        verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 5))
+        answer = {"record_id": verdicts[0]["record_id"], "label": "defect", "operator": "lee",
+                  "at": datetime.now(timezone.utc).isoformat(), "idempotency_key": "mes-1"}
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_server.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for value in (json.dumps(answer).encode(), json.dumps(answer).encode(), b"\xff not json", b"[" * 5000):
+                await producer.send_and_wait(settings.kafka_feedback_in_topic, value)
+        finally:
+            await producer.stop()
+        kept = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_feedback_topic, 1))
+        dead = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_dead_letters_topic, 3))
+        assert metric(worker, "moldwatch_feedback_total", label="defect") == 1
+    assert len(kept) == 1 and kept[0]["via"] == "kafka" and kept[0]["token"] is None
+    assert kept[0]["verdict"]["group_id"] == verdicts[0]["group_id"]
+    assert sorted(d["reason"] for d in dead) == ["feedback_duplicate", "feedback_invalid", "feedback_invalid"]
+    assert {d["source"]["topic"] for d in dead} == {settings.kafka_feedback_in_topic}
