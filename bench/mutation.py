@@ -73,6 +73,7 @@ MODULES: dict[str, RuleModule] = {
     "groups": RuleModule("model_store/groups.py", ("tests/model_store/test_groups*.py", "tests/model_store/test_part_groups.py")),
     "lots": RuleModule("model_store/lots.py", ("tests/model_store/test_lots.py",)),
     "http_auth": RuleModule("service/http_auth.py", ("tests/service/test_http_auth.py",)),
+    "feedback": RuleModule("service/feedback.py", ("tests/service/test_feedback.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

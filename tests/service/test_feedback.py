@@ -118,3 +118,79 @@ def test_non_finite_numbers_in_a_verdict_are_not_kept_as_numbers():
     memory.remember({**VERDICT, "score": float("nan"), "threshold": float("inf")})
     ref = memory.get("F07-1")
     assert ref is not None and ref.score is None and ref.threshold is None
+
+
+def test_the_kept_record_is_the_whole_contract():
+    outcome = judged(desk(), fault_code="SHORT-SHOT")
+    assert isinstance(outcome, Joined)
+    assert outcome.record(NOW, "kafka", None) == {
+        "feedback_version": 1, "record_id": "F07-1", "label": "false_alarm", "fault_code": "SHORT-SHOT", "operator": "kim",
+        "at": "2026-12-05T11:55:00.000+00:00", "idempotency_key": "k-1", "received_at": "2026-12-05T12:00:00.000+00:00",
+        "via": "kafka", "token": None,
+        "verdict": {"model_version": "v1", "group_id": VERDICT["group_id"], "threshold": 38.2, "score": 1.7,
+                    "anomaly": True, "scored_at": VERDICT["scored_at"], "facility": "F07", "item": "ITM-012"}}
+
+
+def test_each_refusal_says_exactly_why():
+    late = judged(desk(), at=(NOW - timedelta(hours=5)).isoformat())
+    assert late.error == ("at 2026-12-05T07:00:00+00:00 is 5.0 h old; answers older than 1 h (feedback_max_age_s) "
+                          "are not taken")
+    ahead = judged(desk(), at=(NOW + timedelta(minutes=10)).isoformat())
+    assert ahead.error == ("at 2026-12-05T12:10:00+00:00 is 600 s ahead of the worker's clock (at most 60 s, "
+                           "feedback_future_skew_s)")
+    unknown = judged(desk(), record_id="x" * 100)
+    assert unknown.error == f"record {'x' * 80!r} has no verdict this worker remembers (the last 10 it published)"
+    invalid = parse_event(answer(label="bad"))
+    assert invalid.error == "label: Input should be 'defect', 'false_alarm' or 'unsure'"
+    missing = parse_event({})
+    assert missing.error == "record_id: Field required"
+    long_field = parse_event({**answer(), "y" * 500: 1})
+    assert len(long_field.error) == 300 and long_field.error.startswith("y" * 100)
+
+
+def test_idempotency_keys_are_remembered_up_to_their_bound_oldest_forgotten_first():
+    d = FeedbackDesk(VerdictMemory(10), max_age_s=3600.0, future_skew_s=60.0, keys=2)
+    d.memory.remember(VERDICT)
+    for key in ("a", "b", "c"):
+        d.accepted(judged(d, idempotency_key=key))
+    assert isinstance(judged(d, idempotency_key="a"), Joined)  # forgotten: the bound is 2
+    assert isinstance(judged(d, idempotency_key="b"), Refusal) and isinstance(judged(d, idempotency_key="c"), Refusal)
+    assert FeedbackDesk(VerdictMemory(1), 1.0, 1.0)._max_keys == 100_000
+
+
+def test_answers_are_counted_per_unit_label_and_whether_the_verdict_alarmed():
+    d = desk()
+    d.memory.remember({**VERDICT, "record_id": "F07-2", "anomaly": False})
+    d.accepted(judged(d))
+    d.accepted(judged(d, record_id="F07-2", label="defect", idempotency_key="k-2"))
+    d.accepted(judged(d, label="unsure", idempotency_key="k-3"))
+    assert d.units == {("v1", VERDICT["group_id"]): {("false_alarm", "alarm"): 1, ("defect", "no_alarm"): 1,
+                                                     ("unsure", "alarm"): 1}}
+
+
+def test_a_memory_of_size_zero_remembers_nothing():
+    memory = VerdictMemory(0)
+    memory.remember(VERDICT)
+    assert len(memory) == 0 and memory.get("F07-1") is None
+    memory = VerdictMemory(1)
+    memory.remember({k: v for k, v in VERDICT.items() if k != "record_id"})  # no id: nothing to answer
+    assert len(memory) == 0
+
+
+def test_the_clock_is_utc():
+    from service.feedback import now_utc
+
+    assert now_utc().utcoffset() == timedelta(0)
+
+
+def test_counts_add_up_and_ages_are_told_to_a_tenth_of_an_hour():
+    d = FeedbackDesk(VerdictMemory(10), max_age_s=60.0, future_skew_s=60.0)
+    d.memory.remember(VERDICT)
+    d.memory.remember({**VERDICT, "record_id": "F07-2"})
+    d.max_age_s = 3600.0
+    d.accepted(judged(d))
+    d.accepted(judged(d, record_id="F07-2", idempotency_key="k-2"))
+    assert d.units[("v1", VERDICT["group_id"])][("false_alarm", "alarm")] == 2
+    d.max_age_s = 60.0
+    late = judged(d, at=(NOW - timedelta(seconds=3780)).isoformat(), idempotency_key="k-9")
+    assert "is 1.1 h old" in late.error  # 1.05 h, rounded up

@@ -233,3 +233,86 @@ def test_open_scoped_endpoints_on_the_network_are_refused_unless_asked_for():
     check_exposure("0.0.0.0", empty, allow_open=True)
     check_exposure("127.0.0.1", empty, allow_open=False)
     check_exposure("0.0.0.0", table_of(token_line("op", ["score"], TOKEN)), allow_open=False)
+
+
+# -- exact answers (what a client and an operator read) ----------------------------------------
+
+
+def test_each_refusal_says_exactly_what_to_do(table):
+    assert authorize(table, None, "score").message == (
+        "this endpoint needs a bearer token with the 'score' scope (header 'Authorization: Bearer <token>')")
+    oversized = authorize(table, b"Bearer " + b"x" * MAX_AUTHORIZATION_BYTES, "score")
+    assert (oversized.status, oversized.message) == (401, f"Authorization header over {MAX_AUTHORIZATION_BYTES} bytes")
+    assert authorize(table, b"Basic x", "score").message == "expected 'Authorization: Bearer <token>'"
+    assert authorize(table, bearer("mw_nope"), "score").message == "token not accepted"
+    assert authorize(table, bearer(TOKEN), "metrics").message == "this token does not carry the 'metrics' scope"
+
+
+def test_an_accepted_request_knows_whose_token_it_was(table):
+    decision = authorize(table, bearer(OTHER), "metrics")
+    assert decision.token is not None and decision.token.name == "prom" and decision.token.scopes == {"metrics"}
+
+
+def test_token_line_refusals_name_the_problem():
+    with pytest.raises(TokenFileError) as caught:
+        token_line("o/p", ["score"], TOKEN)
+    assert str(caught.value) == "token name 'o/p': expected 1-64 letters, digits or _.@-"
+    with pytest.raises(TokenFileError) as caught:
+        token_line("op", ["score", "admin"], TOKEN)
+    assert str(caught.value) == "scopes score,admin: expected one or more of score, recipes, feedback, metrics"
+    with pytest.raises(TokenFileError) as caught:
+        token_line("op", [], TOKEN)
+    assert str(caught.value) == "scopes (none): expected one or more of score, recipes, feedback, metrics"
+
+
+def test_table_errors_are_exact_and_bounded():
+    long_name = "n" * 200
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(f"{long_name} score sha256:{'a' * 64}", "t")
+    assert str(caught.value) == f"t:1: token name {'n' * 80!r}: expected 1-64 letters, digits or _.@-"
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(f"op {'s' * 100} sha256:{'a' * 64}", "t")
+    assert str(caught.value) == (f"t:1: scope {'s' * 40!r} unknown; expected one or more of score, recipes, feedback, "
+                                 "metrics, comma-separated")
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens("op score md5:abc", "t")
+    assert str(caught.value) == "t:1: expected sha256:<64 lowercase hex digits>"  # no hint: not a token in clear
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(f"op score {TOKEN}", "t")
+    assert str(caught.value) == ("t:1: expected sha256:<64 lowercase hex digits> (this looks like a token in clear: "
+                                 "store its digest, see `moldwatch token create`)")
+
+
+def test_a_comment_may_hold_hashes_itself():
+    line = token_line("op", ["score"], TOKEN)
+    assert parse_tokens(f"{line}  # rotated 2026-12-05 # by kim", "t").names() == ["op"]
+
+
+def test_any_string_has_a_digest_even_an_undecodable_one():
+    assert token_digest("\udcff") == hashlib.sha256(b"\xff").hexdigest()  # surrogateescape: the raw byte
+
+
+def test_exposure_message_is_exact():
+    with pytest.raises(ExposureError) as caught:
+        check_exposure("0.0.0.0", parse_tokens("", "t"), allow_open=False)
+    assert str(caught.value) == (
+        "HTTP on 0.0.0.0 would serve /score, /recipes and /metrics to anyone on the network: give tokens "
+        "(--http-tokens-file or MOLDWATCH_HTTP_TOKENS; make one with `moldwatch token create NAME --scopes ...`), "
+        "bind to 127.0.0.1 (--http-host), or accept it explicitly with --http-allow-open (insecure)")
+
+
+def test_limiter_defaults_and_smallest_settings():
+    limiter = FailureLimiter()
+    assert (limiter.burst, limiter.rate, limiter.max_clients) == (20, 20 / 60.0, 10_000)
+    FailureLimiter(burst=1, window_s=0.5, max_clients=1)  # the smallest accepted values
+    with pytest.raises(ValueError, match=r"^burst >= 1, window_s > 0 and max_clients >= 1 expected$"):
+        FailureLimiter(max_clients=0)
+
+
+def test_a_budget_above_one_never_asks_to_wait():
+    clock = Clock()
+    limiter = FailureLimiter(burst=4, window_s=40.0, clock=clock)  # 0.1 back per second
+    for _ in range(4):
+        limiter.failed("a")
+    clock.now += 15.0  # 1.5 back
+    assert limiter.retry_after("a") == 0.0
