@@ -82,8 +82,9 @@ def token_digest(token: str) -> str:
 
 def token_line(name: str, scopes: list[str], token: str) -> str:
     """The table line for ``token`` (what ``moldwatch token create`` appends to the file)."""
-    if not _NAME.match(name):
-        raise TokenFileError(f"token name {name!r}: expected 1-64 letters, digits or _.@-")
+    if not _NAME.match(name) or name.startswith(TOKEN_PREFIX):
+        raise TokenFileError(f"token name {name[:80]!r}: expected 1-64 letters, digits or _.@-, not starting with "
+                             f"{TOKEN_PREFIX}")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise TokenFileError(f"scopes {','.join(scopes) or '(none)'}: expected one or more of {', '.join(SCOPES)}")
@@ -108,6 +109,9 @@ def parse_tokens(text: str, where: str) -> TokenTable:
         if len(parts) != 3:
             raise TokenFileError(f"{at}: expected 'NAME SCOPES sha256:HEX' (3 fields), got {len(parts)}")
         name, scope_text, digest_text = parts
+        if name.startswith(TOKEN_PREFIX):  # a token pasted into the name field would be logged as a name
+            raise TokenFileError(f"{at}: the name looks like a token; expected 'NAME SCOPES sha256:HEX' with a "
+                                 "name such as mes-gateway (names are logged, tokens never)")
         if not _NAME.match(name):
             raise TokenFileError(f"{at}: token name {name[:80]!r}: expected 1-64 letters, digits or _.@-")
         scopes = [s for s in scope_text.split(",") if s]

@@ -256,7 +256,12 @@ def test_an_accepted_request_knows_whose_token_it_was(table):
 def test_token_line_refusals_name_the_problem():
     with pytest.raises(TokenFileError) as caught:
         token_line("o/p", ["score"], TOKEN)
-    assert str(caught.value) == "token name 'o/p': expected 1-64 letters, digits or _.@-"
+    assert str(caught.value) == "token name 'o/p': expected 1-64 letters, digits or _.@-, not starting with mw_"
+    with pytest.raises(TokenFileError) as caught:
+        token_line("n" * 100, ["score"], TOKEN)
+    assert str(caught.value).startswith(f"token name {'n' * 80!r}:")
+    with pytest.raises(TokenFileError):
+        token_line("mw_op", ["score"], TOKEN)
     with pytest.raises(TokenFileError) as caught:
         token_line("op", ["score", "admin"], TOKEN)
     assert str(caught.value) == "scopes score,admin: expected one or more of score, recipes, feedback, metrics"
@@ -316,3 +321,10 @@ def test_a_budget_above_one_never_asks_to_wait():
         limiter.failed("a")
     clock.now += 15.0  # 1.5 back
     assert limiter.retry_after("a") == 0.0
+
+
+def test_a_token_pasted_as_a_name_is_refused_without_echoing_it():
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(f"{TOKEN} score sha256:{'a' * 64}", "t")
+    assert str(caught.value) == ("t:1: the name looks like a token; expected 'NAME SCOPES sha256:HEX' with a name such "
+                                 "as mes-gateway (names are logged, tokens never)")
