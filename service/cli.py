@@ -176,6 +176,8 @@ def train(
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
     workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
+    feedback: Optional[Path] = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
+                                            "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
     set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
                                        help="Print every --set name with its default and meaning, and exit."),
@@ -199,10 +201,21 @@ def train(
         config = TrainingConfig().with_overrides(overrides)
     except (ValueError, TypeError) as exc:
         raise MoldwatchError(f"--set: {exc}") from None
+    defects: set[str] = set()
+    if feedback is not None:  # read first: a bad feedback file fails before the long read of the history
+        from service.feedback import confirmed_defects, read_answers
+
+        with open(feedback, encoding="utf-8", errors="replace") as lines:
+            defects = confirmed_defects(read_answers(lines, str(feedback)))
     with console.status("Reading records and lots..."):
         frame = canonical_records(read_table(records, records_query), plant, source=str(records))
         lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
     console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
+    if feedback is not None:
+        confirmed = frame["record_id"].astype(str).isin(defects)
+        frame = frame[~confirmed].reset_index(drop=True)
+        console.print(f"Left out {int(confirmed.sum()):,} shots operators confirmed as defects ({len(defects):,} in "
+                      f"{feedback}; the others are not in these records).")
     with progress_bar(console) as progress:
         manifest = train_store(frame, lot_frame, plant, store, config, progress=progress)
     kinds: dict[str, int] = {}

@@ -23,11 +23,12 @@ Why each rule:
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -189,9 +190,42 @@ class FeedbackDesk:
         self.units.setdefault(unit, Counter())[(joined.event.label, "alarm" if joined.verdict.anomaly else "no_alarm")] += 1
 
 
+def confirmed_defects(answers: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Record ids whose latest answer (by ``at``, then ``received_at``) is ``defect``: what the next
+    training leaves out. A later ``false_alarm`` or ``unsure`` takes a defect back."""
+    latest: dict[str, tuple[str, str, str]] = {}
+    for answer in answers:
+        record_id, label = str(answer["record_id"]), str(answer["label"])
+        when = (str(answer.get("at") or ""), str(answer.get("received_at") or ""))
+        if record_id not in latest or when >= latest[record_id][:2]:
+            latest[record_id] = (*when, label)
+    return {record_id for record_id, (_, _, label) in latest.items() if label == "defect"}
+
+
+def read_answers(lines: Iterable[str], source: str) -> list[dict[str, Any]]:
+    """Kept feedback records (JSON lines, as on the feedback topic); raises ``DataError`` naming
+    ``source:line`` for a line that is not such a record."""
+    from model_store.errors import DataError
+
+    answers = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            answer = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{source}:{number}: not JSON ({str(exc)[:100]}); expected one kept feedback record per line") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("record_id"), (str, int)) \
+                or answer.get("label") not in LABELS:
+            raise DataError(f"{source}:{number}: expected a feedback record with record_id and label "
+                            f"({', '.join(LABELS)}), as the feedback topic holds")
+        answers.append(answer)
+    return answers
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
 __all__ = ["FeedbackEvent", "VerdictRef", "VerdictMemory", "FeedbackDesk", "Joined", "Refusal", "parse_event",
-           "LABELS", "REFUSALS", "now_utc"]
+           "LABELS", "REFUSALS", "now_utc", "confirmed_defects", "read_answers"]

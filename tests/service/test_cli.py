@@ -41,12 +41,20 @@ def test_simulate_train_score_end_to_end(tmp_path) -> None:
     result = moldwatch("simulate", "--out", str(plant), "--shots", "30000", "--days", "5", "--facilities", "20", "--items", "40", "--seed", "3")
     assert result.returncode == 0, result.stderr
     store = tmp_path / "store"
+    # Operator feedback kept by a worker: 40 shots confirmed as defects, one more taken back later.
+    ids = pd.read_parquet(plant / "records.parquet", columns=["shot_id"])["shot_id"].astype(str).tolist()
+    answers = [{"record_id": i, "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"} for i in ids[:41]]
+    answers.append({"record_id": ids[40], "label": "false_alarm", "at": "2026-12-05T11:00:00.000+00:00"})
+    answers.append({"record_id": "not-in-these-records", "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"})
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text("".join(json.dumps(a) + "\n" for a in answers))
     result = moldwatch(
         "train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records.parquet"), "--lots", str(plant / "lots.csv"),
         "--store", str(store), "--workers", "1", "--set", "model.epochs=2", "--set", "model.autoencoder_min_rows=900",
-        "--set", "model.memae_min_rows=2500", "--set", "grouping.min_group_rows=300",
+        "--set", "model.memae_min_rows=2500", "--set", "grouping.min_group_rows=300", "--feedback", str(feedback),
     )
     assert result.returncode == 0, result.stderr
+    assert "Left out 40 shots operators confirmed as defects (41 in" in " ".join(result.stderr.split())
     manifest = json.loads((store / "manifest.json").read_text())
     assert {g["model_kind"] for g in manifest["groups"]} == {"iforest", "autoencoder", "memae"}
     assert "<img" in (store / "report.html").read_text()
@@ -91,6 +99,15 @@ def test_bad_records_fail_with_one_line_and_write_nothing(plant_csv, tmp_path, m
     message = one_line_error(_train(plant_csv, bad, store))
     assert expected in message
     assert not store.exists() and not list(tmp_path.glob(".store.staging-*"))
+
+
+def test_a_bad_feedback_file_fails_before_reading_the_history(plant_csv, tmp_path) -> None:
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text('{"record_id": "a", "label": "defect"}\n{"record_id": "b", "label": "maybe"}\n')
+    result = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+                       "--lots", str(plant_csv["lots"]), "--store", str(tmp_path / "s"), "--feedback", str(feedback))
+    assert f"{feedback}:2: expected a feedback record with record_id and label" in one_line_error(result)
+    assert not (tmp_path / "s").exists()
 
 
 def test_truly_empty_file(plant_csv, tmp_path) -> None:

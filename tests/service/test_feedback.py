@@ -194,3 +194,37 @@ def test_counts_add_up_and_ages_are_told_to_a_tenth_of_an_hour():
     d.max_age_s = 60.0
     late = judged(d, at=(NOW - timedelta(seconds=3780)).isoformat(), idempotency_key="k-9")
     assert "is 1.1 h old" in late.error  # 1.05 h, rounded up
+
+
+def test_the_latest_answer_decides_what_training_leaves_out():
+    from service.feedback import confirmed_defects
+
+    answers = [
+        {"record_id": "a", "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"},
+        {"record_id": "b", "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"},
+        {"record_id": "b", "label": "false_alarm", "at": "2026-12-05T11:00:00.000+00:00"},  # taken back
+        {"record_id": "c", "label": "unsure", "at": "2026-12-05T10:00:00.000+00:00"},
+        {"record_id": "d", "label": "defect", "at": "2026-12-05T12:00:00.000+00:00"},
+        {"record_id": "d", "label": "false_alarm", "at": "2026-12-05T11:00:00.000+00:00"},  # older: does not count
+        {"record_id": "e", "label": "false_alarm", "at": "2026-12-05T10:00:00.000+00:00", "received_at": "1"},
+        {"record_id": "e", "label": "defect", "at": "2026-12-05T10:00:00.000+00:00", "received_at": "2"},  # same at: later kept
+        {"record_id": 7, "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"},
+    ]
+    assert confirmed_defects(answers) == {"a", "d", "e", "7"}
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("{nope", "f.jsonl:2: not JSON"),
+    ('{"record_id": "a"}', "f.jsonl:2: expected a feedback record with record_id and label (defect, false_alarm, unsure)"),
+    ('{"record_id": null, "label": "defect"}', "f.jsonl:2: expected a feedback record"),
+    ("[1]", "f.jsonl:2: expected a feedback record"),
+])
+def test_a_bad_feedback_line_is_named(line, expected):
+    from model_store.errors import DataError
+    from service.feedback import read_answers
+
+    good = '{"record_id": "a", "label": "defect"}'
+    assert read_answers([good, "", "  "], "f.jsonl") == [{"record_id": "a", "label": "defect"}]
+    with pytest.raises(DataError) as caught:
+        read_answers([good, line], "f.jsonl")
+    assert str(caught.value).startswith(expected)
