@@ -18,6 +18,7 @@ from service.http_auth import token_line
 from service.run_command import serve
 from service.token_command import revoke
 from service.worker import Worker
+from tests.service.raw_http import post_score
 from tests.service.test_http import jsonable, serving_offline
 from tests.service.test_worker_support import (
     metric,
@@ -177,15 +178,7 @@ async def _attack(port: int, indices: range, headers: list[dict[str, str]]) -> l
     try:
         for i in indices:
             extra = "".join(f"{k}: {v}\r\n" for k, v in headers[i % len(headers)].items())
-            writer.write(f"POST /score HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n{extra}\r\n{{}}".encode())
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.decode().partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
-            codes.append(int(status_line.split()[1]))
+            codes.append(await post_score(reader, writer, extra))
     finally:
         writer.close()
     return codes
