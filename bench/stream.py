@@ -99,7 +99,10 @@ def code_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "model_store", "service").splitlines()]
+    # -z: NUL-separated, nothing stripped (the first entry's status may start with a space).
+    porcelain = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-z", "--", "model_store", "service"],
+                               capture_output=True, text=True, timeout=10).stdout if git("rev-parse", "HEAD") else ""
+    dirty = [entry[3:] for entry in porcelain.split("\0") if len(entry) > 3]
     trees = {name: git("rev-parse", f"HEAD:{name}") for name in ("model_store", "service")}
     return {"commit": git("rev-parse", "HEAD"), "checkout": str(root), "code_trees": trees, "uncommitted_code_changes": dirty}
 
