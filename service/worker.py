@@ -607,7 +607,7 @@ class Worker:
         book = self.recipe_file.value
         if book is None:
             return None, "recipes_not_loaded", f"recipes file not loaded: {self.recipe_file.error or 'not read yet'}"
-        found = book.get(facility, item)
+        found = book.answer(facility, item)  # a recipe, or the part's "keep current practice" answer
         if found is None:
             return None, "no_recipe", f"no recipe for facility {facility!r} item {item!r}"
         return found, "", ""

@@ -29,8 +29,14 @@ RECIPES_JSON = "recipes.json"  # the file `moldwatch recipe --out DIR` writes an
 class RecipeBook:
     """Recipes keyed by (facility, item). Lookups are dict gets: safe to call per record."""
 
-    def __init__(self, recipes: Iterable[Mapping[str, Any]]):
+    def __init__(self, recipes: Iterable[Mapping[str, Any]], kept: Iterable[Mapping[str, Any]] = ()):
         self._by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+        # "keep current practice" answers (recipes.json's keep_current_practice): served by
+        # GET /recipes as the part's answer, never used to say a shot is on or off recipe.
+        self._kept: dict[tuple[str, str], dict[str, Any]] = {}
+        for answer in kept:
+            if isinstance(answer, Mapping) and "facility" in answer and "item" in answer:
+                self._kept[(str(answer["facility"]), str(answer["item"]))] = {k: v for k, v in answer.items() if k != "_id"}
         for recipe in recipes:
             doc = {k: v for k, v in dict(recipe).items() if k != "_id"}  # MongoDB's _id is not part of a recipe
             try:
@@ -51,11 +57,13 @@ class RecipeBook:
                 raise DataError(f"{path}: recipes file not found; write one with 'moldwatch recipe'") from None
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise DataError(f"{path}: unreadable recipes file ({exc.__class__.__name__})") from None
+        kept: Any = []
         if isinstance(source, Mapping):
+            kept = source.get("keep_current_practice") or []
             source = source.get("recipes")
-        if not isinstance(source, list):
+        if not isinstance(source, list) or not isinstance(kept, list):
             raise DataError("recipes: expected a recipes.json document or a list of recipes")
-        return cls(source)
+        return cls(source, kept)
 
     def __len__(self) -> int:
         return len(self._by_pair)
@@ -73,6 +81,12 @@ class RecipeBook:
     def get(self, facility: Any, item: Any) -> dict[str, Any] | None:
         """The recipe of a facility/item (a JSON-ready dict), or None."""
         return self._by_pair.get((str(facility), str(item)))
+
+    def answer(self, facility: Any, item: Any) -> dict[str, Any] | None:
+        """What the recipes say for a facility/item: its recipe, else its "keep current practice"
+        answer (``action`` says so, with the reason and the setting to run if one must be), else None."""
+        key = (str(facility), str(item))
+        return self._by_pair.get(key) or self._kept.get(key)
 
     def on_recipe(self, facility: Any, item: Any, setting_cluster: Any, model_version: str | None = None) -> bool | None:
         """Whether a record's setting cluster is the recommended one.

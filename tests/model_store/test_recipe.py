@@ -315,8 +315,14 @@ def test_recipe_book_lookup(tmp_path):
     batch = book.on_recipe_batch(np.array(["F1", "F1", "F2", "F9"], dtype=object), ["I1", "I1", "I9", "I1"], np.array([3, 1, 0, 0]))
     assert batch.tolist() == [True, False, True, None]
     path = tmp_path / "recipes.json"
-    path.write_text(json.dumps({"recipes": RECIPES[1:]}))
-    assert len(RecipeBook.from_json(path)) == 1 and len(RecipeBook.from_json(RECIPES)) == 2
+    kept = {"facility": "F5", "item": "I5", "action": "keep current practice", "setting_cluster": 1, "_id": "m"}
+    path.write_text(json.dumps({"recipes": RECIPES[1:], "keep_current_practice": [kept]}))
+    from_file = RecipeBook.from_json(path)
+    assert len(from_file) == 1 and len(RecipeBook.from_json(RECIPES)) == 2
+    assert from_file.answer("F5", "I5") == {k: v for k, v in kept.items() if k != "_id"}  # the part's answer
+    assert from_file.answer("F2", "I9") == from_file.get("F2", "I9") and from_file.answer("F9", "I9") is None
+    assert from_file.get("F5", "I5") is None and from_file.on_recipe("F5", "I5", 1) is None  # never judges a shot
+    assert "F5" not in {r["facility"] for r in from_file.recipes()}
 
 
 def test_recipe_book_refuses_bad_input(tmp_path):
@@ -327,6 +333,8 @@ def test_recipe_book_refuses_bad_input(tmp_path):
         RecipeBook.from_json(tmp_path / "bad.json")
     with pytest.raises(DataError, match="setting_cluster"):
         RecipeBook([{"facility": "F1", "item": "I1"}])
+    with pytest.raises(DataError, match="expected a recipes.json document"):
+        RecipeBook.from_json({"recipes": [], "keep_current_practice": "nope"})
 
 
 # -- all-or-nothing output -----------------------------------------------------------------------

@@ -267,8 +267,11 @@ def test_a_pick_worse_than_history_gives_way_to_the_next_qualifying_cluster():
         "keep current practice: no setting is credibly better than this part's mix. If one setting must be run, setting "
         "cluster 0 has the lowest estimated defect rate (0.00% against 0.98% for the mix), not shown to be better")
     assert result.coverage()["share"] == 1.0 and result.not_covered() == [] and result.answers() == [kept]
-    # recipes.csv, the recipe book and MongoDB carry the recipes only (tests/service pin them to "recipes").
-    assert RecipeBook.from_json(result.to_json()).get("F1", "I1") is None
+    # recipes.csv, the recipe book's recipes and MongoDB carry the recipes only (tests/service pin them to
+    # "recipes"); the book answers GET /recipes with the keep-current-practice row, never judging a shot by it.
+    book = RecipeBook.from_json(result.to_json())
+    assert book.get("F1", "I1") is None and book.answer("F1", "I1") == kept
+    assert book.on_recipe("F1", "I1", 0) is None
 
 
 def test_the_next_qualifying_cluster_by_estimate_that_passes_the_guard_is_recommended(monkeypatch):
