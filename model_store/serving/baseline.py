@@ -103,7 +103,8 @@ def running_baseline(
         m = mean[: active[r]]  # a view: the update below is in place
         judged[offsets[r] : offsets[r + 1]] = m
         step = shots[offsets[r] : offsets[r + 1]] - m
-        far = _far(shots[offsets[r] : offsets[r + 1]], m, clip, jump[offsets[r] : offsets[r + 1]]) if jump is not None else None
+        follow_here = jump[offsets[r] : offsets[r + 1]] if jump is not None else None
+        far = _far(shots[offsets[r] : offsets[r + 1]], m, clip, follow_here) if follow_here is not None and follow_here.any() else None
         np.clip(step, -clip, clip, out=step)
         step[np.isnan(step)] = 0.0  # a missing residual leaves the mean where it was
         step *= a
