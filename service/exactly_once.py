@@ -37,6 +37,7 @@ from service.kafka_acls import denied, transactional_id
 from service.metrics import WorkerMetrics
 from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, Outgoing, SinkError, hand_over, is_permanent
 from service.redact import one_line
+from service.sources import CheckpointUnavailable
 
 log = structlog.get_logger("moldwatch.exactly_once")
 _JSON = json_util.JSONOptions(tz_aware=True, json_mode=json_util.JSONMode.CANONICAL)  # exact round trip of tokens
@@ -200,6 +201,13 @@ class KafkaPositionStore:
             await admin.close()
 
     async def load(self) -> dict[str, Any] | None:
+        """:meth:`_load`, its Kafka errors as :class:`CheckpointUnavailable` (the source retries)."""
+        try:
+            return await self._load()
+        except KafkaError as exc:
+            raise CheckpointUnavailable(f"kafka positions topic {self.topic}: {one_line(exc)}") from exc
+
+    async def _load(self) -> dict[str, Any] | None:
         """The last committed position of this worker, or None (read_committed, to the end).
 
         Waits until no transaction is open on the topic (its last stable offset reaches the high
@@ -243,7 +251,10 @@ class KafkaPositionStore:
 
     async def save(self, fields: dict[str, Any]) -> None:
         """A position alone in its own transaction (the starting position)."""
-        await self.sink.commit_batch(Delivery(), position=self.message(fields))
+        try:
+            await self.sink.commit_batch(Delivery(), position=self.message(fields))
+        except KafkaError as exc:
+            raise CheckpointUnavailable(f"kafka positions topic {self.topic}: {one_line(exc)}") from exc
 
 
 __all__ = ["TransactionalSink", "KafkaPositionStore", "FencedError", "transactional_id"]

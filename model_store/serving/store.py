@@ -1,6 +1,7 @@
 """The on-disk model store: a directory with a JSON manifest and hashed artifacts.
 
-Contract (DESIGN.md §3): store format version, schema hash, created time and, per group, key,
+Contract (the manifest this module reads and ``model_store/trainer.py`` writes): store format
+version, schema hash, created time and, per group, key,
 model kind, artifact paths with sha256, rows, lot defect rate, threshold parameters, loss
 summary and setting centroid. Written atomically (staging dir, then rename); loading verifies
 every hash and refuses a mismatch. Nothing loaded is an arbitrary pickle.

@@ -22,6 +22,11 @@ from service.pipeline import SourceMessage
 Emit = Callable[[SourceMessage], Awaitable[None]]
 
 
+class CheckpointUnavailable(Exception):
+    """A checkpoint store that is not the source itself (the exactly-once position topic) cannot
+    be read or written right now; the source retries, as for its own errors."""
+
+
 class Source(Protocol):
     name: str
     listening: asyncio.Event
@@ -37,4 +42,4 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["Source", "Emit"]
+__all__ = ["Source", "Emit", "CheckpointUnavailable"]

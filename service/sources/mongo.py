@@ -40,7 +40,6 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING, AsyncMongoClient
-from aiokafka.errors import KafkaError
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
 from model_store.driver_errors import mongo_cause
@@ -52,7 +51,7 @@ from service.config import WorkerSettings
 from service.redact import one_line
 from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
-from service.sources import Emit
+from service.sources import CheckpointUnavailable, Emit
 from service.sources.lease import CheckpointLease, LeaseLost
 from service.supersede import event_id, mongo_document_id
 
@@ -513,7 +512,7 @@ class MongoSource:
         while True:
             try:
                 return await call()
-            except (PyMongoError, KafkaError, OSError) as exc:  # Kafka: the exactly-once position store
+            except (PyMongoError, CheckpointUnavailable, OSError) as exc:
                 self.metrics.source_errors.labels(self.name).inc()
                 pause = backoff.next()
                 log.warning(f"mongodb: cannot {what}, retrying", server=self.endpoint, error=_cause(exc), retry_in_s=pause)
