@@ -11,10 +11,14 @@ Proves that a long run neither leaks nor slows down:
 
 The inserter is a separate process (paced inserts, ``--rate`` per second) that also deletes
 records older than a minute, so the in-memory MongoDB-protocol server holds a bounded collection;
-the worker runs in this process with its default settings (as ``moldwatch run`` would).
+the worker runs in this process with its default settings (as ``moldwatch run`` would). The test
+server's oplog still grows in its heap: at 1,000 records/s it saturates within ~6 minutes (one
+core at 100 % in its GC, the worker idle). ``--source kafka`` soaks the worker on a raw-records
+topic instead (records produced at the same pace, as the MongoDB Kafka source connector writes them).
 
     .venv/bin/python bench/soak.py                 # 10 minutes at 1,000 records/s
     .venv/bin/python bench/soak.py --minutes 2     # a shorter run (the JSON says so)
+    .venv/bin/python bench/soak.py --source kafka  # the worker alone: records from a Kafka topic
 """
 from __future__ import annotations
 
@@ -75,6 +79,47 @@ def child_insert(opts: argparse.Namespace) -> None:
     client.close()
 
 
+def child_produce(opts: argparse.Namespace) -> None:
+    """``--source kafka``: paced records into the raw-records topic, as the MongoDB Kafka source
+    connector would write them; prints one JSON line when done."""
+    from aiokafka import AIOKafkaProducer
+
+    from service.sources.kafka import encode_document
+
+    plant = later_plant(60_000)
+    templates = raw_documents(plant)
+    ts_field, id_field, facility = plant.schema.timestamp, plant.schema.record_id, plant.schema.facility
+
+    async def produce() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=opts.uri, acks="all", linger_ms=5)
+        await producer.start()
+        total = int(opts.rate * opts.minutes * 60)
+        t0 = time.time() + 0.1
+        i = 0
+        try:
+            while i < total:
+                now = time.time()
+                due = min(total, int((now - t0) * opts.rate) + 1)
+                if due <= i:
+                    await asyncio.sleep(max(0.0, t0 + i / opts.rate - now))
+                    continue
+                stamp = datetime.now(timezone.utc)
+                for n in range(i, due):
+                    doc = dict(templates[n % len(templates)])
+                    doc[id_field] = f"soak-{n:08d}"
+                    doc[ts_field] = stamp
+                    await producer.send(opts.topic, encode_document(doc), key=str(doc[facility]).encode())
+                i = due
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return total
+
+    started = time.time()
+    total = asyncio.run(produce())
+    print(json.dumps({"inserted": total, "seconds": time.time() - started}), flush=True)
+
+
 async def soak(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     import service.devservers.mongo as mongo_module
     from service.config import WorkerSettings
@@ -89,13 +134,21 @@ async def soak(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
         _env_file=None, worker_name=name, mongo_uri=mongo.uri, mongo_database="plant", mongo_collection="shots",
         kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_verdicts_topic=f"{name}.verdicts",
         kafka_alarms_topic=f"{name}.alarms", kafka_dead_letters_topic=f"{name}.dead-letters", store=store,
-        http_enabled=False, log_level="warning", delivery=opts.delivery, kafka_positions_topic=f"{name}.positions")
+        http_enabled=False, log_level="warning", delivery=opts.delivery, kafka_positions_topic=f"{name}.positions",
+        source=opts.source, kafka_records_topic=f"{name}.records", kafka_group_id=f"{name}-group",
+        start_from="beginning")
     samples: list[dict[str, Any]] = []
+    if opts.source == "kafka":  # the topic must exist before the worker subscribes (metadata refresh is slow)
+        from service.topics import ensure_topics
+
+        await ensure_topics(settings, [settings.kafka_records_topic])
     try:
         async with RunningWorker(settings) as running:
+            child = (["--child", "--uri", mongo.uri] if opts.source == "mongo" else
+                     ["--child-produce", "--uri", kafka.bootstrap_servers, "--topic", settings.kafka_records_topic])
             inserter = await asyncio.create_subprocess_exec(
-                sys.executable, str(SCRIPT), "--child", "--uri", mongo.uri, "--rate", str(opts.rate),
-                "--minutes", str(opts.minutes), stdout=asyncio.subprocess.PIPE)
+                sys.executable, str(SCRIPT), *child, "--rate", str(opts.rate), "--minutes", str(opts.minutes),
+                stdout=asyncio.subprocess.PIPE)
             started = time.monotonic()
             metrics = running.worker.metrics
             metrics.latencies.clear()
@@ -134,6 +187,7 @@ async def soak(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
         "full_length": opts.minutes >= 10,
         "rate_per_s": opts.rate,
         "delivery": opts.delivery,
+        "source": opts.source,
         "records": total,
         "verdicts": verdicts,
         "dead_letters": dead,
@@ -174,11 +228,19 @@ def main() -> None:
     parser.add_argument("--delivery", choices=["at-least-once", "exactly-once"], default="at-least-once")
     parser.add_argument("--store", type=Path, help="a trained store (default: train the small plant's store)")
     parser.add_argument("--out", default="soak")
+    parser.add_argument("--source", choices=["mongo", "kafka"], default="mongo",
+                        help="kafka: records produced to a raw-records topic (the in-memory MongoDB test server's "
+                        "oplog outgrows its heap at 1,000 records/s within minutes)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-produce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
         child_insert(opts)
+        return
+    if opts.child_produce:
+        child_produce(opts)
         return
     # SIGTERM: exit through Python, so the local servers are stopped (atexit) rather than orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
