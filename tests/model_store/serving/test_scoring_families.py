@@ -209,12 +209,23 @@ def test_lot_calibration_alarms_track_the_lots_on_history(trained_store) -> None
 
 
 def test_defect_probability_is_monotone_in_score_per_path(scored) -> None:
+    """Monotone in the score where the score is the tail score; a gross excursion (its ratio > 1
+    and the larger term of the score) has one probability of its own, whatever its ratio
+    (model_store/serving/probability.py)."""
     _, batch = scored
+    excursion = np.nan_to_num(np.asarray(batch.excursion, dtype=float), nan=0.0)
+    gross = (excursion > 1.0) & (excursion >= np.nan_to_num(batch.score, nan=0.0))
     for path in set(batch.resolution) - {"unscorable"}:
         rows = (batch.resolution == path) & np.isfinite(batch.defect_probability)
-        order = np.argsort(batch.score[rows])
-        assert np.all(np.diff(batch.defect_probability[rows][order]) >= -1e-12)
         assert np.all((batch.defect_probability[rows] >= 0) & (batch.defect_probability[rows] <= 1))
+        tail = rows & ~gross
+        order = np.argsort(batch.score[tail])
+        assert np.all(np.diff(batch.defect_probability[tail][order]) >= -1e-12), path
+    judged = gross & np.isfinite(batch.defect_probability)
+    assert judged.sum() >= 10  # the small plant's history has gross excursions on several paths
+    maker = np.asarray(batch.maker, dtype=object)
+    for name in set(maker[judged].tolist()):  # one probability for every gross excursion of a maker
+        assert np.ptp(batch.defect_probability[judged & (maker == name)]) <= 1e-12, name
 
 
 def test_verdicts_validate_against_the_v2_schema(scored, engine) -> None:
