@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -27,9 +26,8 @@ from pymongo import AsyncMongoClient
 
 from service.kafka_acls import Acl, worker_acls
 from tests.service.kafka_secure import WORKER_USER, create_acls
-from tests.service.test_exactly_once import wait_metric
 from tests.service.test_worker_support import plant_documents, unique, worker_settings
-from tests.service.worker_process import WorkerProcess, read_to_end, verdict_id, wait_for_ids
+from tests.service.worker_process import WorkerProcess, kill_loop, verdict_id, wait_for_ids
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -59,30 +57,13 @@ async def test_kill_loop_over_sasl_ssl_with_least_privilege(
     documents = plant_documents(small_plant, RECORDS, name)
     ids = {d[small_plant.schema.record_id] for d in documents}
     client = AsyncMongoClient(mongo_server.uri)
-    collection = client[settings.mongo_database][settings.mongo_collection]
     log = tmp_path / "worker.log"
     began = time.monotonic()
-    worker = WorkerProcess(settings, log, **password_env(settings)).start()
-    kills = 0
     try:
-        await worker.wait_ready()
-        chunk = RECORDS // (KILLS + 1)
-        for start in range(0, RECORDS, chunk):
-            await collection.insert_many(documents[start:start + chunk])
-            if kills < KILLS:
-                await wait_metric(worker, "moldwatch_verdicts_total", 1)  # killed while the chunk is in flight
-                worker.kill()
-                kills += 1
-                worker = WorkerProcess(settings, log, **password_env(settings)).start()
-                await worker.wait_ready()
-        await wait_for_ids(kafka_secure_server.bootstrap_servers, [settings.kafka_verdicts_topic], verdict_id, ids,
-                           timeout=240)
-        assert worker.terminate() == 0, worker.tail()
+        verdicts = await kill_loop(settings, client[settings.mongo_database][settings.mongo_collection], documents, ids,
+                                   kafka_secure_server.bootstrap_servers, log, KILLS, **password_env(settings))
     finally:
-        worker.kill()
         await client.close()
-    verdicts = Counter(verdict_id(m) for m in await read_to_end(kafka_secure_server.bootstrap_servers,
-                                                                settings.kafka_verdicts_topic))
     assert set(verdicts) == ids  # nothing lost, nothing foreign
     duplicates = sum(n - 1 for n in verdicts.values())
     if delivery == "exactly-once":

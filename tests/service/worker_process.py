@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +144,45 @@ def order_violations(messages: list[Any], rank: dict[str, int]) -> list[str]:
         by_key[message.key].append(rank[record])
     return [f"{key!r}: {ranks[i - 1]} before {ranks[i]}" for key, ranks in by_key.items()
             for i in range(1, len(ranks)) if ranks[i] < ranks[i - 1]]
+
+
+async def wait_metric(worker: WorkerProcess, name: str, at_least: float, timeout: float = 120.0) -> None:
+    """Until the worker's /metrics shows ``name`` (summed) >= ``at_least``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        text = await asyncio.to_thread(worker.metrics)
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+        if total >= at_least:
+            return
+        assert loop.time() < deadline, f"{name} < {at_least} after {timeout} s\n{worker.tail()}"
+        await asyncio.sleep(0.05)
+
+
+async def kill_loop(settings: WorkerSettings, collection: Any, documents: list[dict[str, Any]], ids: set[str],
+                    bootstrap: str, log: Path, kills: int, timeout: float = 240.0, **env: str) -> Counter[str]:
+    """Insert ``documents`` in ``kills + 1`` chunks into ``collection``, SIGKILL the worker while
+    each of the first ``kills`` chunks is in flight and start it again; wait until every id has a
+    verdict, stop the worker (it must exit 0) and return the verdicts per record id, read to the
+    end of the verdicts topic (read_committed)."""
+    worker = WorkerProcess(settings, log, **env).start()
+    killed = 0
+    try:
+        await worker.wait_ready()
+        chunk = len(documents) // (kills + 1)
+        for start in range(0, len(documents), chunk):
+            await collection.insert_many(documents[start:start + chunk])
+            if killed < kills:
+                # Kill while the chunk is being scored and published: some of it is in flight.
+                await wait_metric(worker, "moldwatch_verdicts_total", 1)
+                worker.kill()
+                killed += 1
+                worker = WorkerProcess(settings, log, **env).start()
+                await worker.wait_ready()
+        await wait_for_ids(bootstrap, [settings.kafka_verdicts_topic], verdict_id, ids, timeout=timeout)
+        assert worker.terminate() == 0, worker.tail()
+    finally:
+        worker.kill()
+    assert killed == kills
+    return Counter(verdict_id(m) for m in await read_to_end(bootstrap, settings.kafka_verdicts_topic))
+
