@@ -145,16 +145,24 @@ def simulate(
     items: int = typer.Option(48, help="Distinct molded items."),
     shots: int = typer.Option(500_000, help="Approximate total shots."),
     missing_rate: float = typer.Option(0.01, help="Share of numeric values left blank."),
-    fmt: str = typer.Option("parquet", "--format", help="Records file format: parquet or csv."),
+    fmt: str = typer.Option("parquet", "--format", help="Records format: parquet or csv (one file), or parquet-dataset "
+                            "(a hive-partitioned folder records/, generated and written piece by piece in bounded memory)."),
+    chunk_shots: int = typer.Option(250_000, help="parquet-dataset: shots generated at a time (never more than one "
+                                    "lot day; memory is about 1.8 kB per shot of a piece). The data depend on it."),
+    partition_by: str = typer.Option("lot_date", help="parquet-dataset: partition folders, lot_date, facility or "
+                                     "lot_date,facility (each file still holds whole records)."),
 ) -> None:
     """Simulate a plant: records, daily lots, the plant schema and (for evaluation) ground truth."""
     require_train_extra("simulate", ("pyarrow",))  # the ground truth is always Parquet
     from model_store.simulate import SimulationConfig, simulate as run_simulation, write_plant
 
-    if fmt not in ("parquet", "csv"):
-        raise MoldwatchError(f"--format {fmt!r}: expected parquet or csv")
+    if fmt not in ("parquet", "csv", "parquet-dataset"):
+        raise MoldwatchError(f"--format {fmt!r}: expected parquet, csv or parquet-dataset")
     started = time.perf_counter()
     config = SimulationConfig(seed=seed, days=days, facilities=facilities, items=items, shots=shots, missing_rate=missing_rate)
+    if fmt == "parquet-dataset":
+        _simulate_dataset(config, out, chunk_shots, partition_by, started)
+        return
     with console.status("Simulating the plant..."):
         plant = run_simulation(config)
         paths = write_plant(plant, out, fmt=fmt)
@@ -162,6 +170,23 @@ def simulate(
         f"Simulated {len(plant.records):,} shots, {len(plant.lots):,} lots, {plant.records['facility'].nunique()} facilities, "
         f"{plant.records['item'].nunique()} items in {time.perf_counter() - started:.1f} s -> {out}"
     )
+    for role, path in paths.items():
+        console.print(f"  {role:<10} {path}")
+
+
+def _simulate_dataset(config: Any, out: Path, chunk_shots: int, partition_by: str, started: float) -> None:
+    """``simulate --format parquet-dataset``: the plant piece by piece, each piece written and dropped."""
+    from model_store.simulate import PlantStream, write_plant_dataset
+    from model_store.simulate.writer import check_partitioning
+
+    from service.progress import progress_bar
+
+    keys = check_partitioning([k.strip() for k in partition_by.split(",") if k.strip()])
+    stream = PlantStream(config, chunk_shots=chunk_shots)
+    with progress_bar(console) as progress:
+        paths = write_plant_dataset(stream, out, keys, progress=lambda done, total: progress("simulate", done, total))
+    console.print(f"Simulated {stream.total_shots:,} shots in {len(stream.plans):,} pieces, {config.facilities} facilities, "
+                  f"in {time.perf_counter() - started:.1f} s -> {out}")
     for role, path in paths.items():
         console.print(f"  {role:<10} {path}")
 

@@ -203,3 +203,33 @@ def expand(schedule: Schedule) -> ShotIndex:
     block_first_shot = seg_first[block_first_seg]
     in_block = np.arange(n) - block_first_shot[block_of_seg[segment]]
     return ShotIndex(segment=segment, in_segment=in_segment, in_block=in_block)
+
+
+def block_slice(schedule: Schedule, first_block: int, end_block: int) -> Schedule:
+    """The segments of machine-days ``first_block`` .. ``end_block - 1``, blocks renumbered from 0.
+
+    Segments are in block order, so a range of blocks is a range of segments; every per-segment
+    quantity (previous setting, gap, kind) is kept, so a slice generates exactly the shots the
+    whole plan would (with its own random draws).
+    """
+    lo, hi = np.searchsorted(schedule.block, [first_block, end_block])
+    return Schedule(
+        day=schedule.day[lo:hi],
+        block=schedule.block[lo:hi] - first_block,
+        facility=schedule.facility[lo:hi],
+        pair=schedule.pair[lo:hi],
+        setting=schedule.setting[lo:hi],
+        prev_setting=schedule.prev_setting[lo:hi],
+        kind=schedule.kind[lo:hi],
+        gap_s=schedule.gap_s[lo:hi],
+        shots=schedule.shots[lo:hi],
+        block_start_s=schedule.block_start_s[first_block:end_block],
+    )
+
+
+def block_shots(schedule: Schedule) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: its lot day and its number of shots."""
+    n_blocks = len(schedule.block_start_s)
+    day = np.zeros(n_blocks, dtype=np.int64)
+    day[schedule.block] = schedule.day
+    return day, np.bincount(schedule.block, weights=schedule.shots, minlength=n_blocks).astype(np.int64)

@@ -20,7 +20,7 @@ from model_store.simulate.config import SimulationConfig, SimulationConfigError
 from model_store.simulate.defects import CAUSES, NONE, NONE_LABEL, SENSOR_SPIKE_LABEL
 from model_store.simulate.makers import FACILITY_COL, ITEM_COL, LOT_DATE_COL, MAKER_COL, MAKERS, SHOT_ID, SP, TIMESTAMP, plant_schema
 from model_store.simulate.plant import PlantDefinition, define_plant
-from model_store.simulate.production import SETTING_CHANGE, build_schedule, expand
+from model_store.simulate.production import SETTING_CHANGE, Schedule, build_schedule, expand
 
 Progress = Callable[[str, float], None]
 
@@ -108,6 +108,41 @@ def _generate(config: SimulationConfig, first_day: int, n_days: int, shots: int,
     sched = build_schedule(defn, config.start, first_day, n_days, shots, config.sunday_run_share, rng)
     if sched.total == 0:
         raise SimulationConfigError("the plan has no shots; raise shots or days")
+    out = generate_shots(defn, config, sched, first_day, n_days, boost, rng, report=report)
+    settings = settings_truth(defn, out.setting_shots, out.setting_defects, boost * config.defect_scale)
+    report("done", 1.0)
+    return SimulatedPlant(out.records, out.lots, out.labels, settings, plant_schema(), config, first_day, n_days)
+
+
+@dataclass
+class Shots:
+    """The shots of one slice of a schedule: the export, its lots and labels, and per true
+    setting how many shots (and defects) the slice made (for :func:`settings_truth`)."""
+
+    records: pd.DataFrame
+    lots: pd.DataFrame
+    labels: pd.DataFrame
+    setting_shots: np.ndarray  # (n_settings,) int64
+    setting_defects: np.ndarray  # (n_settings,) int64
+
+
+def generate_shots(
+    defn: PlantDefinition,
+    config: SimulationConfig,
+    sched: Schedule,
+    first_day: int,
+    n_days: int,
+    boost: float,
+    rng: np.random.Generator,
+    lot_factor: np.ndarray | None = None,
+    report: Callable[[str, float], None] = lambda stage, fraction: None,
+) -> Shots:
+    """Every shot of ``sched`` (days ``first_day`` .. ``first_day + n_days - 1``), drawn from ``rng``.
+
+    ``lot_factor`` (items, n_days): each item's resin lot viscosity factor per day; drawn from
+    ``rng`` when not given (a whole run), given by the caller when one day is generated in
+    several slices that must share their resin lots (:mod:`model_store.simulate.stream`).
+    """
     idx = expand(sched)
     seg = idx.segment
     n = len(seg)
@@ -156,7 +191,8 @@ def _generate(config: SimulationConfig, first_day: int, n_days: int, shots: int,
         zone_dev[seg_first[s] + start: seg_first[s] + stop, zone] -= ramp
         heater[seg_first[s] + start: seg_first[s] + stop] = ramp
 
-    lot_factor = rng.lognormal(0.0, 0.025, (len(defn.items), n_days))  # a new resin lot every day
+    if lot_factor is None:
+        lot_factor = rng.lognormal(0.0, 0.025, (len(defn.items), n_days))  # a new resin lot every day
     item_idx = defn.pairs["item_idx"].to_numpy()[pair]
     in_block = idx.in_block.astype(float)
     hours = in_block * defn.settings["cycle_time"].to_numpy()[setting] / 3600.0  # rough time into the shift
@@ -242,9 +278,9 @@ def _generate(config: SimulationConfig, first_day: int, n_days: int, shots: int,
     lots["bad_qty"] = lots["sum"].astype("int64")
     lots = lots[["facility", "item", "lot_date", "good_qty", "bad_qty"]]
 
-    settings = _settings_truth(defn, setting, defect, boost * config.defect_scale)
-    report("done", 1.0)
-    return SimulatedPlant(records, lots, labels, settings, plant_schema(), config, first_day, n_days)
+    n_settings = len(defn.settings)
+    return Shots(records, lots, labels, np.bincount(setting, minlength=n_settings).astype(np.int64),
+                 np.bincount(setting, weights=defect, minlength=n_settings).astype(np.int64))
 
 
 def _export(
@@ -293,8 +329,9 @@ def _export(
     return pd.DataFrame(block_out, columns=names, copy=False), spiked
 
 
-def _settings_truth(defn: PlantDefinition, setting: np.ndarray, defect: np.ndarray, scale: float) -> pd.DataFrame:
-    """One row per true setting: its set points (as exported), true hazards, and realised volume."""
+def settings_truth(defn: PlantDefinition, shots: np.ndarray, bad: np.ndarray, scale: float) -> pd.DataFrame:
+    """One row per true setting: its set points (as exported), true hazards, and realised volume
+    (``shots`` and ``bad``: shots and defective shots per setting)."""
     table = defn.settings[["setting_id", "maker", "facility", "item", "role", "direction"]].copy()
     maker = table["maker"].to_numpy()
     for spec in MAKERS.values():
@@ -309,8 +346,6 @@ def _settings_truth(defn: PlantDefinition, setting: np.ndarray, defect: np.ndarr
     for m, name in enumerate(defects.SETTING_MECHANISMS):
         table[f"p_{name}"] = p[:, m]
     table["true_defect_prob"] = p.sum(axis=1)
-    shots = np.bincount(setting, minlength=len(table))
-    bad = np.bincount(setting, weights=defect, minlength=len(table))
     table["shots"] = shots
     table["defects"] = bad.astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):

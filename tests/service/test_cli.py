@@ -36,6 +36,21 @@ def test_help_for_every_command() -> None:
         assert "list[" not in result.stdout and "<list" not in result.stdout, command  # Python types are no metavars
 
 
+def test_simulate_streams_a_partitioned_dataset_and_refuses_to_overwrite_it(tmp_path) -> None:
+    plant = tmp_path / "plant"
+    args = ("simulate", "--out", str(plant), "--shots", "12000", "--days", "4", "--facilities", "6", "--items", "8",
+            "--format", "parquet-dataset", "--chunk-shots", "2000", "--partition-by", "lot_date,facility")
+    result = moldwatch(*args)
+    assert result.returncode == 0, result.stderr
+    assert (plant / "records" / "lot_date=2026-01-05" / "facility=F01").is_dir()
+    lots = pd.read_csv(plant / "lots.csv")
+    shots = sum(len(pd.read_parquet(p)) for p in (plant / "records").rglob("*.parquet"))
+    assert shots == int((lots["good_qty"] + lots["bad_qty"]).sum()) > 10_000
+    assert f"Simulated {shots:,} shots" in " ".join(result.stderr.split())
+    assert "already exists" in one_line_error(moldwatch(*args))
+    assert "use lot_date, facility or both" in one_line_error(moldwatch(*args[:-1], "item"))
+
+
 def test_simulate_train_score_end_to_end(tmp_path) -> None:
     plant = tmp_path / "plant"
     result = moldwatch("simulate", "--out", str(plant), "--shots", "30000", "--days", "5", "--facilities", "20", "--items", "40", "--seed", "3")
