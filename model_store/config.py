@@ -192,11 +192,28 @@ def _typed(current: Any, value: Any, dotted: str) -> Any:
 
 
 @dataclass(frozen=True)
+class DriftReferenceConfig:
+    # The worker's drift watch (model_store.serving.drift) judges a part's verdicts in blocks of
+    # this many judged shots, against how such blocks varied on history. 200 is ~1 h of one
+    # machine at 20 s cycles: long enough that a block's alarm count means something at a 1 %
+    # rate, short enough that a change is seen within a shift or two.
+    block: int = 200
+    # A part needs this many full history blocks for its spread to be estimated at all.
+    min_reference_blocks: int = 10
+
+    def __post_init__(self) -> None:
+        if self.block < 10 or self.min_reference_blocks < 2:
+            raise ValueError(f"drift.block must be >= 10 and drift.min_reference_blocks >= 2, got {self.block} and "
+                             f"{self.min_reference_blocks}")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     grouping: GroupingConfig = field(default_factory=GroupingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     conditional: ConditionalConfig = field(default_factory=ConditionalConfig)
+    drift: DriftReferenceConfig = field(default_factory=DriftReferenceConfig)
     workers: int = 0  # 0 = one per core
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,12 +226,14 @@ class TrainingConfig:
             model=ModelConfig(**raw.get("model", {})),
             threshold=ThresholdConfig(**raw.get("threshold", {})),
             conditional=ConditionalConfig(**raw.get("conditional", {})),
+            drift=DriftReferenceConfig(**raw.get("drift", {})),
             workers=int(raw.get("workers", 0)),
         )
 
     def with_overrides(self, overrides: dict[str, Any]) -> "TrainingConfig":
         """Apply ``section.name=value`` overrides (from the CLI's ``--set``)."""
-        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold, "conditional": self.conditional}
+        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold, "conditional": self.conditional,
+                    "drift": self.drift}
         updated = dict(sections)
         workers = self.workers
         for dotted, value in overrides.items():

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 
 from model_store.calibration import fit_probability, unit_factors
-from model_store.config import TrainingConfig
+from model_store.config import DriftReferenceConfig, TrainingConfig
 from model_store.groups import GroupKey
 from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
 
 OWN_PATHS = (EXACT, PART)
+from model_store.serving.drift import reference_for_part
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import StoreManifest
 
@@ -96,11 +97,33 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
     }
 
 
-def history_figures(manifest: StoreManifest, data: Any) -> dict[str, Any]:
-    """The calibrated store on its own history, per group and per path: rows, lot defect rate
-    (row-weighted) and alarm rate — the report shows one against the other."""
+def score_history(manifest: StoreManifest, data: Any) -> tuple[pd.DataFrame, np.ndarray, ScoredBatch]:
+    """The calibrated store on its own history in time order: (history, lot rates, verdicts)."""
     frame, lot_rate, _ = _history(data)
-    batch = ScoringEngine(manifest).score(frame, memory={}, backward=True, explain=False)
+    return frame, lot_rate, ScoringEngine(manifest).score(frame, memory={}, backward=True, explain=False)
+
+
+def drift_references(batch: ScoredBatch, config: DriftReferenceConfig) -> dict[str, Any]:
+    """Each part's drift reference (:mod:`model_store.serving.drift`) from its judged history shots
+    in time order, as ``manifest["drift"]``; a part with too few judged shots gets none (listed)."""
+    judged = batch.resolution != UNSCORABLE
+    parts, too_few = [], []
+    table = pd.DataFrame({"facility": batch.facility, "item": batch.item, "score": batch.score, "anomaly": batch.anomaly})
+    for (facility, item), sub in table[judged].groupby(["facility", "item"], sort=True):
+        reference = reference_for_part(sub["score"].to_numpy(dtype=float), sub["anomaly"].to_numpy(dtype=bool),
+                                       config.block, config.min_reference_blocks)
+        if reference is None:
+            too_few.append({"facility": str(facility), "item": str(item), "judged": int(len(sub))})
+        else:
+            parts.append({"facility": str(facility), "item": str(item), **reference.to_dict()})
+    return {"method": "block CUSUMs of alarm rate and score level against the calibrated history (model_store.serving.drift)",
+            "block": config.block, "min_reference_blocks": config.min_reference_blocks, "parts": parts,
+            "unreferenced": too_few}
+
+
+def history_figures(frame: pd.DataFrame, lot_rate: np.ndarray, batch: ScoredBatch) -> dict[str, Any]:
+    """The calibrated store on its own history (:func:`score_history`), per group and per path:
+    rows, lot defect rate (row-weighted) and alarm rate — the report shows one against the other."""
     keys = frame[["maker", "facility", "item", "cluster"]]
     scored = batch.resolution != UNSCORABLE
     table = pd.DataFrame({

@@ -32,7 +32,7 @@ from model_store.serving.store import StoreManifest, sha256_file
 from model_store.store import StoreStaging, new_model_version
 from model_store.calibration import fit_conditional_probability, gross_excursions
 from model_store.conditional_fit import fit_conditional
-from model_store.history import calibrate, history_figures
+from model_store.history import calibrate, drift_references, history_figures, score_history
 from model_store.trainer import GroupTask, init_worker, train_group
 from model_store.report_settings import cluster_set_points
 
@@ -289,7 +289,9 @@ def train_store(
         if progress:
             progress("calibrate", 1, 2)
         calibrated = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
-        manifest["history"] = history_figures(calibrated, data)
+        frame, lot_rate, verdicts = score_history(calibrated, data)
+        manifest["history"] = history_figures(frame, lot_rate, verdicts)
+        manifest["drift"] = drift_references(verdicts, config.drift)
         if progress:
             progress("calibrate", 2, 2)
         manifest["training"]["seconds"] = round(time.perf_counter() - started, 2)

@@ -177,6 +177,19 @@ class WorkerSettings(BaseSettings):
         20_000, ge=0, description="Record ids remembered (least recently answered forgotten first; ~0.8 KB each) so "
         "that a verdict for an id already answered from another source position says supersedes=true; empty after a "
         "restart (then source.operation and the position tell). 0: never marked.", json_schema_extra=_panel(FLOW))
+    drift_watch: bool = Field(
+        True, description="Watch each part's verdicts for drift against what the store did on its own history "
+        "(alarm rate up or down, score level shifted; model_store/serving/drift.py): moldwatch_drift* metrics, a log "
+        "line and alert MoldwatchVerdictDrift. Stores trained before drift watch carry no reference: retrain to enable.",
+        json_schema_extra=_panel(STORE))
+    drift_rate_h: float = Field(
+        8.5, gt=0, le=50, description="Alarm-rate drift line (CUSUM h): for independent shots at the reference rate a "
+        "false drift alarm comes at most once per e^h blocks of 200 judged shots (8.5: ~10^6 shots). Higher: fewer "
+        "false alarms, slower detection.", json_schema_extra=_panel(STORE))
+    drift_shift_h: float = Field(
+        6.0, gt=0, le=50, description="Score-level drift line (CUSUM h, allowance 0.5 reference block spreads): "
+        "~2,600 blocks per side between false alarms at 6, a one-spread shift found in ~12 blocks.",
+        json_schema_extra=_panel(STORE))
     kafka_feedback_topic: str | None = Field(
         None, description="Operator feedback (POST /feedback, scope 'feedback'): answers joined to the verdict they "
         "answer are kept on this topic (key = record id); unset: no feedback endpoint.", json_schema_extra=_panel(KAFKA))

@@ -48,12 +48,14 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
+from model_store.serving.drift import DriftConfig
 from model_store.serving.recipe_book import RECIPES_JSON, RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import MANIFEST, open_store
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
+from service.drift_watch import DriftMonitor
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
 from service.metrics import WorkerMetrics
@@ -118,6 +120,11 @@ class Worker:
             lambda: float(len(self.pipeline.engine.broken_groups)) if self.pipeline is not None else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
+        # Drift watch: each part's acknowledged verdicts against the served store's history.
+        self.drift: DriftMonitor | None = None
+        if settings.drift_watch:
+            self.drift = DriftMonitor(DriftConfig(rate_h=settings.drift_rate_h, shift_h=settings.drift_shift_h),
+                                      self.metrics.registry)
         # Operator feedback (POST /feedback), joined to the verdicts this worker published.
         self.answered = VerdictMemory(settings.feedback_memory)
         self.feedback: FeedbackIntake | None = None
@@ -493,6 +500,8 @@ class Worker:
         for index, scored in enumerate(result.scored):
             if index not in dropped:  # dead-lettered by the sink (too large for Kafka): counted there
                 self.metrics.observe_verdict(scored.verdict)
+                if self.drift is not None:
+                    self.drift.observe(scored.verdict)
         for failed in result.failed:
             self.metrics.dead_letters.labels(failed.dead_letter.reason).inc()
         if result.failed:
@@ -563,6 +572,8 @@ class Worker:
         assert engine is not None
         self.pipeline = Pipeline(engine, self.executor, AnsweredIds(self.settings.supersede_memory))
         self.metrics.set_store(engine, str(self.settings.store))
+        if self.drift is not None:
+            self.drift.use_store(engine.manifest, engine.model_version)
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
 
@@ -594,6 +605,8 @@ class Worker:
         self._store_broken = None
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_store(engine, str(self.settings.store))
+        if self.drift is not None:
+            self.drift.use_store(engine.manifest, engine.model_version)
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
         self._check_recipe_version()

@@ -160,6 +160,14 @@ def worker_series() -> dict[str, set[str]]:
     FeedbackIntake(WorkerSettings(_env_file=None, kafka_feedback_topic="moldwatch.feedback"),  # type: ignore[call-arg]
                    VerdictMemory(1), metrics.registry)
 
+    from model_store.serving.drift import DriftConfig, PartReference
+    from service.drift_watch import DriftMonitor
+
+    # Drift watch (on by default) against a store with one referenced part.
+    drift = DriftMonitor(DriftConfig(), metrics.registry)
+    reference = PartReference(4000, 40, tuple(float(q) for q in range(19)), 0.5, 0.02, 1.0, 200)
+    drift.use_store(SimpleNamespace(raw={"drift": {"block": 200, "parts": [
+        {"facility": "F1", "item": "A", **reference.to_dict()}]}}), "20250601-1")
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):

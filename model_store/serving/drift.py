@@ -1,0 +1,297 @@
+"""Drift watch: has a part's verdict stream left what its store was calibrated on? Pure logic.
+
+A watched unit is a part (facility, item) of the served store: the unit the plant's lots count
+and operators think in. Its reference is what the calibrated store did on its own history
+(``reference_for_part``, written at training under ``manifest["drift"]``): the alarm rate the lots
+calibrated, the score distribution (quantiles), and how much consecutive blocks of shots varied
+there (real lines are autocorrelated: a machine runs one setting for hours, so blocks vary far
+more than independent shots would; the detectors are scaled by what history showed, never by
+the textbook i.i.d. spread alone).
+
+Judged shots are taken in consecutive blocks of ``block`` shots; every full block updates three
+one-sided CUSUMs (Page 1954), each with its own statistic ``S`` (0 at start):
+
+- **noisy** (alarm rate up): the block's binomial log-likelihood ratio of ``ratio_noisy x p`` against
+  ``p``, ``p`` = the upper confidence bound of the history's alarm rate (its estimation error
+  must not read as drift), the block's alarm count capped at ``burst_cap x`` the count expected
+  under the alternative (one burst of alarms is an event the operators see, not a drift) and the
+  ratio divided by the dispersion history showed (quasi-likelihood). For independent shots at or
+  below the reference rate the mean run to a false alarm is at least ``e^h`` blocks (Lorden's bound
+  for a CUSUM of likelihood ratios; the cap and the dispersion only lower the statistic): with
+  the defaults, ``e^8.5 = 4,900`` blocks, about 10^6 shots.
+- **blind** (alarm rate down): the same against ``ratio_blind x p``, ``p`` the lower confidence bound.
+  Off for a part whose history's lower bound is 0 (too few alarms to tell "fewer" from chance).
+- **shift** (score level, either way): each block's mean probability-integral transform of the
+  scores through the reference quantiles, standardised by the reference blocks' mean and
+  spread: ``y``. Two CUSUMs ``S+ = max(0, S+ + y - k)``, ``S- = max(0, S- - y - k)``. With the
+  defaults (``k = 0.5``, ``h = 6``) and ``y`` standard normal under the reference, Siegmund's
+  approximation gives a mean run of ~2,600 blocks per side to a false alarm, and a shift of one
+  reference spread is found in ~12 blocks. It sees what the alarm rate cannot: a recalibrated
+  sensor that moves every score without (yet) crossing a line.
+
+A detector's flag comes on when its statistic reaches ``h`` and goes off when it falls below
+``h / 2``; the statistic is capped at ``2h`` so that a drift that ends is cleared within
+``1.5 h / k`` blocks instead of never (hysteresis: a statistic that hovers at the line does not
+flap). A store reload starts every unit afresh against the new store's reference.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+DETECTORS: tuple[str, ...] = ("noisy", "blind", "shift_up", "shift_down")
+REFERENCE_PROBS: tuple[float, ...] = tuple(j / 20 for j in range(1, 20))  # 5 % steps
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    ratio_noisy: float = 2.0  # alarm rate the noisy detector is tuned to find (x reference)
+    ratio_blind: float = 0.25  # alarm rate the blind detector is tuned to find (x reference)
+    burst_cap: float = 1.5  # block alarm count capped at this x the count expected when noisy
+    rate_h: float = 8.5  # alarm-rate CUSUM line (e^h blocks: the i.i.d. false-alarm bound)
+    confidence_z: float = 1.645  # the reference rate's one-sided bounds (Wilson, 95 %)
+    shift_k: float = 0.5  # score-shift CUSUM allowance, in reference block spreads
+    shift_h: float = 6.0  # score-shift CUSUM line
+
+    def __post_init__(self) -> None:
+        if not self.ratio_noisy > 1.0:
+            raise ValueError(f"drift ratio_noisy must be above 1, got {self.ratio_noisy}")
+        if not 0.0 < self.ratio_blind < 1.0:
+            raise ValueError(f"drift ratio_blind must be in (0, 1), got {self.ratio_blind}")
+        for name in ("burst_cap", "rate_h", "confidence_z", "shift_k", "shift_h"):
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"drift {name} must be a positive number, got {getattr(self, name)}")
+        if self.burst_cap < 1.0:
+            raise ValueError(f"drift burst_cap must be at least 1, got {self.burst_cap}")
+
+
+@dataclass(frozen=True)
+class PartReference:
+    """What a part's judged shots looked like on history, under the calibrated store."""
+
+    rows: int
+    alarms: int
+    quantiles: tuple[float, ...]  # score at REFERENCE_PROBS
+    pit_mean: float  # mean of the blocks' mean transformed score
+    pit_block_sd: float  # their spread (never below the i.i.d. spread)
+    alarm_dispersion: float  # variance of block alarm counts / binomial variance, >= 1
+    block: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "alarms": self.alarms, "quantiles": list(self.quantiles), "pit_mean": self.pit_mean,
+                "pit_block_sd": self.pit_block_sd, "alarm_dispersion": self.alarm_dispersion, "block": self.block}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "PartReference":
+        quantiles = tuple(float(q) for q in raw["quantiles"])
+        if len(quantiles) != len(REFERENCE_PROBS) or any(not math.isfinite(q) for q in quantiles) \
+                or any(b < a for a, b in zip(quantiles, quantiles[1:])):
+            raise ValueError(f"quantiles: expected {len(REFERENCE_PROBS)} finite non-decreasing numbers")
+        reference = cls(int(raw["rows"]), int(raw["alarms"]), quantiles, float(raw["pit_mean"]),
+                        float(raw["pit_block_sd"]), float(raw["alarm_dispersion"]), int(raw["block"]))
+        if not (0 <= reference.alarms <= reference.rows and reference.block >= 1 and reference.pit_block_sd > 0
+                and reference.alarm_dispersion >= 1 and 0 <= reference.pit_mean <= 1):
+            raise ValueError("rows, alarms, block, pit_mean, pit_block_sd or alarm_dispersion out of range")
+        return reference
+
+    @property
+    def alarm_rate(self) -> float:
+        return self.alarms / self.rows if self.rows else 0.0
+
+
+def transform(score: float, quantiles: tuple[float, ...] | list[float]) -> float:
+    """The reference CDF at ``score``, by mid-rank among the K reference quantiles: the centre of the
+    bin it falls in, ``(2j + 1) / (2 (K + 1))`` with ``j`` quantiles below; ties share the mid-rank."""
+    below, at_or_below = bisect_left(quantiles, score), bisect_right(quantiles, score)
+    return (below + at_or_below + 1) / (2 * (len(quantiles) + 1))
+
+
+def transform_many(score: np.ndarray, quantiles: tuple[float, ...] | list[float]) -> np.ndarray:
+    """:func:`transform` of every score at once (the same mid-rank)."""
+    q = np.asarray(quantiles, dtype=float)
+    return (np.searchsorted(q, score, "left") + np.searchsorted(q, score, "right") + 1) / (2 * (len(q) + 1))
+
+
+def wilson_bounds(alarms: int, rows: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate (lower, upper); (0, 1) without rows."""
+    if rows <= 0:
+        return 0.0, 1.0
+    p = alarms / rows
+    centre = (p + z * z / (2 * rows)) / (1 + z * z / rows)
+    half = z * math.sqrt(p * (1 - p) / rows + z * z / (4 * rows * rows)) / (1 + z * z / rows)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def reference_for_part(score: np.ndarray, anomaly: np.ndarray, block: int, min_blocks: int) -> PartReference | None:
+    """A part's reference from its judged history shots in time order (NaN scores are left out),
+    in blocks of ``block`` shots; None with fewer than ``min_blocks`` full blocks."""
+    if block < 1 or min_blocks < 2:
+        raise ValueError(f"drift reference needs block >= 1 and min_blocks >= 2, got {block} and {min_blocks}")
+    score = np.asarray(score, dtype=float)
+    keep = np.isfinite(score)
+    score, anomaly = score[keep], np.asarray(anomaly, dtype=bool)[keep]
+    blocks = len(score) // block
+    if blocks < min_blocks:
+        return None
+    quantiles = tuple(float(q) for q in np.quantile(score, REFERENCE_PROBS))
+    used = blocks * block
+    pit = transform_many(score[:used], quantiles).reshape(blocks, block)
+    means = pit.mean(axis=1)
+    iid_sd = float(pit.std()) / math.sqrt(block)
+    counts = anomaly[:used].reshape(blocks, block).sum(axis=1)
+    rate = float(anomaly.mean())
+    binomial_var = block * rate * (1 - rate)
+    dispersion = float(counts.var(ddof=1)) / binomial_var if binomial_var > 0 else 1.0
+    return PartReference(int(len(score)), int(anomaly.sum()), quantiles, float(means.mean()),
+                         max(float(means.std(ddof=1)), iid_sd, 1e-6), max(1.0, dispersion), block)
+
+
+def block_llr(alarms: int, shots: int, p0: float, p1: float) -> float:
+    """Binomial log-likelihood ratio of rate ``p1`` against ``p0`` for ``alarms`` in ``shots``."""
+    return alarms * math.log(p1 / p0) + (shots - alarms) * math.log((1 - p1) / (1 - p0))
+
+
+@dataclass
+class Cusum:
+    """One-sided CUSUM with hysteresis: on at ``h``, off below ``h / 2``, capped at ``2h``."""
+
+    h: float
+    statistic: float = 0.0
+    on: bool = False
+
+    def update(self, increment: float) -> bool:
+        """Add one block's increment; True when the flag has just come on."""
+        self.statistic = min(2 * self.h, max(0.0, self.statistic + increment))
+        was = self.on
+        if self.statistic >= self.h:
+            self.on = True
+        elif self.statistic < self.h / 2:
+            self.on = False
+        return self.on and not was
+
+    @property
+    def level(self) -> float:
+        """The statistic in units of its line (1 = the detection line)."""
+        return self.statistic / self.h
+
+
+@dataclass
+class PartWatch:
+    """The detectors of one part against its reference."""
+
+    reference: PartReference
+    config: DriftConfig
+    shots: int = 0  # judged shots in the block being filled
+    alarms: int = 0
+    pit_sum: float = 0.0
+    blocks: int = 0  # full blocks seen
+    detectors: dict[str, Cusum] = field(default_factory=dict)
+    _noisy: tuple[float, float, int] | None = None  # (p0, p1, cap)
+    _blind: tuple[float, float] | None = None  # (p0, p1)
+
+    def __post_init__(self) -> None:
+        c, r = self.config, self.reference
+        lower, upper = wilson_bounds(r.alarms, r.rows, c.confidence_z)
+        p1 = min(c.ratio_noisy * upper, 0.999)
+        if 0.0 < upper < p1:
+            self._noisy = (upper, p1, max(1, math.ceil(c.burst_cap * r.block * p1)))
+        if lower > 0.0:
+            self._blind = (lower, c.ratio_blind * lower)
+        self.detectors = {"noisy": Cusum(c.rate_h), "blind": Cusum(c.rate_h),
+                          "shift_up": Cusum(c.shift_h), "shift_down": Cusum(c.shift_h)}
+
+    @property
+    def watches(self) -> tuple[str, ...]:
+        """The detectors that can fire for this part (blind needs alarms in the history)."""
+        return tuple(d for d in DETECTORS if (d != "noisy" or self._noisy) and (d != "blind" or self._blind))
+
+    def observe(self, score: float, anomaly: bool) -> list[str]:
+        """One judged shot; the detectors that came on with the block it completed (usually none)."""
+        if not math.isfinite(score):
+            return []
+        self.shots += 1
+        self.alarms += bool(anomaly)
+        self.pit_sum += transform(score, self.reference.quantiles)
+        if self.shots < self.reference.block:  # the block its spread was measured on
+            return []
+        return self._close_block()
+
+    def _close_block(self) -> list[str]:
+        c, r = self.config, self.reference
+        shots, alarms, mean = self.shots, self.alarms, self.pit_sum / self.shots
+        self.shots, self.alarms, self.pit_sum = 0, 0, 0.0
+        self.blocks += 1
+        fired = []
+        if self._noisy:
+            p0, p1, cap = self._noisy
+            if self.detectors["noisy"].update(block_llr(min(alarms, cap), shots, p0, p1) / r.alarm_dispersion):
+                fired.append("noisy")
+        if self._blind:
+            p0, p1 = self._blind
+            if self.detectors["blind"].update(block_llr(alarms, shots, p0, p1) / r.alarm_dispersion):
+                fired.append("blind")
+        y = (mean - r.pit_mean) / r.pit_block_sd
+        if self.detectors["shift_up"].update(y - c.shift_k):
+            fired.append("shift_up")
+        if self.detectors["shift_down"].update(-y - c.shift_k):
+            fired.append("shift_down")
+        return fired
+
+    def drifted(self) -> tuple[str, ...]:
+        return tuple(d for d in DETECTORS if self.detectors[d].on)
+
+
+PartKey = tuple[str, str]  # (facility, item)
+
+
+class DriftWatch:
+    """Every watched part of one store. Shots of a part without a reference are counted, not judged."""
+
+    def __init__(self, references: Mapping[PartKey, PartReference], config: DriftConfig) -> None:
+        self.config = config
+        self.parts: dict[PartKey, PartWatch] = {key: PartWatch(ref, config) for key, ref in references.items()}
+        self.unreferenced_shots = 0
+
+    def observe(self, facility: str, item: str, score: float | None, anomaly: bool) -> list[str]:
+        """One shot; only judged ones (a finite score) count, for a watched part or as unreferenced."""
+        if score is None or not math.isfinite(score):
+            return []
+        watch = self.parts.get((facility, item))
+        if watch is None:
+            self.unreferenced_shots += 1
+            return []
+        return watch.observe(score, anomaly)
+
+    def observe_many(self, facility: Iterable[Any], item: Iterable[Any], score: Iterable[Any],
+                     anomaly: Iterable[Any]) -> list[tuple[int, PartKey, str]]:
+        """Shots in order (the batch path of :meth:`observe`): (shot index, part, detector) of every
+        detector that came on."""
+        events = []
+        for i, (f, it, s, a) in enumerate(zip(facility, item, score, anomaly)):
+            value = float(s) if s is not None else float("nan")
+            for detector in self.observe(str(f), str(it), value, bool(a)):
+                events.append((i, (str(f), str(it)), detector))
+        return events
+
+
+def references_from_manifest(raw: Mapping[str, Any] | None) -> dict[PartKey, PartReference]:
+    """The store's drift references (``manifest["drift"]``); {} for a store trained before drift
+    watch existed. Raises ``ValueError`` naming the part whose reference does not read."""
+    if not raw:
+        return {}
+    references: dict[PartKey, PartReference] = {}
+    for entry in raw.get("parts", []):
+        key = (str(entry["facility"]), str(entry["item"]))
+        try:
+            references[key] = PartReference.from_dict(entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"drift reference of {key[0]}/{key[1]}: {exc}") from None
+    return references
+
+
+__all__ = ["DETECTORS", "REFERENCE_PROBS", "DriftConfig", "PartReference", "Cusum", "PartWatch", "DriftWatch",
+           "transform", "transform_many", "wilson_bounds", "reference_for_part", "block_llr", "references_from_manifest"]

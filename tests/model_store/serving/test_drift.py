@@ -1,0 +1,215 @@
+"""Drift watch rules (model_store.serving.drift): hand-computed boundaries, then whole input spaces."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_store.serving.drift import (
+    DETECTORS, REFERENCE_PROBS, Cusum, DriftConfig, DriftWatch, PartReference, PartWatch, block_llr,
+    reference_for_part, references_from_manifest, transform, transform_many, wilson_bounds)
+
+QUANTILES = tuple(float(q) for q in range(1, 20))  # 19 reference quantiles: scores 1..19
+
+
+def reference(rows: int = 10_000, alarms: int = 200, pit_mean: float = 0.5, sd: float = 0.02, dispersion: float = 1.0,
+              block: int = 100) -> PartReference:
+    return PartReference(rows, alarms, QUANTILES, pit_mean, sd, dispersion, block)
+
+
+# -- the transform ----------------------------------------------------------------------------
+def test_transform_is_the_mid_rank_of_the_bin() -> None:
+    q = (1.0, 2.0, 3.0)  # K = 3: bins of 1/4, centres 1/8, 3/8, 5/8, 7/8
+    assert transform(0.5, q) == 1 / 8
+    assert transform(1.0, q) == 2 / 8  # on a quantile: between the two bins it separates
+    assert transform(1.5, q) == 3 / 8
+    assert transform(3.0, q) == 6 / 8
+    assert transform(1e300, q) == 7 / 8
+    assert transform(2.0, (2.0, 2.0, 2.0)) == 4 / 8  # ties share the mid-rank
+    assert transform_many(np.array([0.5, 1.0, 1.5, 3.0, 1e300]), q).tolist() == [1 / 8, 2 / 8, 3 / 8, 6 / 8, 7 / 8]
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=50))
+def test_transform_is_monotone_within_the_open_unit_interval(scores: list[float]) -> None:
+    values = [transform(s, QUANTILES) for s in sorted(scores)]
+    assert all(0 < v < 1 for v in values)
+    assert values == sorted(values)
+    assert transform_many(np.array(sorted(scores)), QUANTILES).tolist() == values
+
+
+# -- the reference rate's bounds and the likelihood ratio ---------------------------------------
+def test_wilson_bounds_by_hand() -> None:
+    lower, upper = wilson_bounds(0, 100, 1.645)
+    assert lower == 0.0 and upper == pytest.approx(1.645 ** 2 / (100 + 1.645 ** 2))  # z^2 / (n + z^2) at p = 0
+    lower, upper = wilson_bounds(10, 100, 1.645)
+    assert lower == pytest.approx(0.0607160, abs=1e-6) and upper == pytest.approx(0.1603618, abs=1e-6)
+    assert wilson_bounds(0, 0, 1.645) == (0.0, 1.0)
+
+
+def test_block_llr_by_hand() -> None:
+    # 10 alarms in 200 shots, 4 % against 2 %: 10 ln 2 + 190 ln(0.96 / 0.98)
+    assert block_llr(10, 200, 0.02, 0.04) == pytest.approx(10 * math.log(2) + 190 * math.log(0.96 / 0.98))
+    assert block_llr(10, 200, 0.02, 0.04) == pytest.approx(3.0138072, abs=1e-6)
+    assert block_llr(0, 200, 0.02, 0.005) == pytest.approx(200 * math.log(0.995 / 0.98))
+
+
+# -- the CUSUM and its hysteresis --------------------------------------------------------------
+def test_cusum_comes_on_at_the_line_goes_off_below_half_and_is_capped() -> None:
+    c = Cusum(h=2.0)
+    assert c.update(1.999) is False and not c.on
+    assert c.update(0.001) is True and c.on  # exactly h: on
+    assert c.update(-1.0) is False and c.on and c.statistic == pytest.approx(1.0)  # exactly h / 2: still on
+    assert c.update(-0.001) is False and not c.on  # below h / 2: off
+    c.update(100.0)
+    assert c.statistic == 4.0 and c.level == 2.0  # capped at 2h
+    c.update(-100.0)
+    assert c.statistic == 0.0 and not c.on  # never below 0
+
+
+def test_a_flag_that_is_on_does_not_fire_again() -> None:
+    c = Cusum(h=1.0)
+    assert c.update(5.0) is True
+    assert c.update(5.0) is False and c.on
+
+
+# -- a part's watch ----------------------------------------------------------------------------
+def test_noisy_adds_the_capped_block_likelihood_ratio_over_the_dispersion() -> None:
+    config = DriftConfig(rate_h=1000.0)  # never fires: the statistic is read
+    for dispersion in (1.0, 2.5):
+        watch = PartWatch(reference(dispersion=dispersion), config)
+        p0 = wilson_bounds(200, 10_000, config.confidence_z)[1]
+        p1 = 2 * p0
+        cap = math.ceil(1.5 * 100 * p1)
+        for _ in range(100):  # one block, every shot an alarm: a burst
+            watch.observe(5.0, True)
+        assert watch.blocks == 1
+        assert watch.detectors["noisy"].statistic == pytest.approx(block_llr(cap, 100, p0, p1) / dispersion)
+        # the alarm count below the cap counts in full
+        watch.detectors["noisy"].statistic = 0.0
+        for i in range(100):
+            watch.observe(5.0, i < 3)
+        assert watch.detectors["noisy"].statistic == pytest.approx(max(0.0, block_llr(3, 100, p0, p1) / dispersion))
+
+
+def test_blind_uses_the_lower_bound_and_is_off_without_history_alarms() -> None:
+    config = DriftConfig(rate_h=1000.0)
+    watch = PartWatch(reference(), config)
+    p0 = wilson_bounds(200, 10_000, config.confidence_z)[0]
+    for _ in range(100):
+        watch.observe(5.0, False)
+    assert watch.detectors["blind"].statistic == pytest.approx(block_llr(0, 100, p0, 0.25 * p0))
+    quiet = PartWatch(reference(alarms=0), config)
+    assert "blind" not in quiet.watches and "noisy" in quiet.watches
+    for _ in range(1000):
+        quiet.observe(5.0, False)
+    assert quiet.detectors["blind"].statistic == 0.0
+
+
+def test_shift_fires_exactly_at_the_line() -> None:
+    pit = sum([39 / 40] * 100) / 100  # a block of scores above every reference quantile (summed as the watch does)
+    ref = reference(pit_mean=0.4, sd=0.05)
+    y = (pit - 0.4) / 0.05
+    at_line = PartWatch(ref, DriftConfig(shift_h=y - 0.5))
+    fired: list[str] = []
+    for _ in range(100):
+        fired += at_line.observe(100.0, False)
+    assert fired == ["shift_up"] and at_line.drifted() == ("shift_up",)
+    above = PartWatch(ref, DriftConfig(shift_h=y - 0.5 + 1e-9))
+    assert sum((above.observe(100.0, False) for _ in range(100)), []) == []
+    # the other side: every score below the quantiles
+    low_pit = sum([1 / 40] * 100) / 100
+    low = PartWatch(reference(pit_mean=0.6, sd=0.05), DriftConfig(shift_h=-((low_pit - 0.6) / 0.05) - 0.5))
+    assert sum((low.observe(-5.0, False) for _ in range(100)), []) == ["shift_down"]
+
+
+def test_non_finite_scores_are_not_shots() -> None:
+    watch = PartWatch(reference(), DriftConfig())
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert watch.observe(value, True) == []
+    assert watch.shots == 0 and watch.alarms == 0
+
+
+def test_iid_shots_at_the_reference_do_not_drift_and_a_doubled_rate_does() -> None:
+    rng = np.random.default_rng(7)
+    scores = np.linspace(0.0, 20.0, 1000)
+    ref = reference_for_part(rng.choice(scores, 200 * 100), rng.random(200 * 100) < 0.02, 200, 10)
+    assert ref is not None
+    calm = PartWatch(ref, DriftConfig())
+    events = []
+    for s, a in zip(rng.choice(scores, 1_000_000), rng.random(1_000_000) < 0.02):
+        events += calm.observe(float(s), bool(a))
+    assert events == []  # 5,000 blocks at the reference: Lorden's bound says ~1 false alarm per 4,900 blocks at most
+    noisy = PartWatch(ref, DriftConfig())
+    first = None
+    for n, (s, a) in enumerate(zip(rng.choice(scores, 200_000), rng.random(200_000) < 0.06)):
+        if noisy.observe(float(s), bool(a)) and first is None:
+            first = n
+    assert first is not None and first < 20_000  # 3x the rate: found within 100 blocks
+    shifted = PartWatch(ref, DriftConfig())
+    fired = []
+    for s, a in zip(rng.choice(scores, 40_000) + 2.0, rng.random(40_000) < 0.02):
+        fired += shifted.observe(float(s), bool(a))
+    assert "shift_up" in fired
+
+
+# -- references --------------------------------------------------------------------------------
+def test_reference_by_hand() -> None:
+    score = np.array([float(i) for i in range(20)] + [float("nan")] * 3)
+    anomaly = np.array([False] * 10 + [True] * 4 + [False] * 6 + [True] * 3)
+    ref = reference_for_part(score, anomaly, block=10, min_blocks=2)
+    assert ref is not None
+    assert ref.rows == 20 and ref.alarms == 4 and ref.block == 10  # NaN scores are not shots
+    assert ref.quantiles == tuple(float(q) for q in np.quantile(np.arange(20.0), REFERENCE_PROBS))
+    # block counts (0, 4): variance 8 (ddof 1) / binomial 10 x 0.2 x 0.8 = 1.6 -> 5
+    assert ref.alarm_dispersion == pytest.approx(5.0)
+    pit = transform_many(np.arange(20.0), ref.quantiles)
+    assert ref.pit_mean == pytest.approx(pit.mean())
+    means = pit.reshape(2, 10).mean(axis=1)
+    assert ref.pit_block_sd == pytest.approx(max(means.std(ddof=1), pit.std() / math.sqrt(10)))
+    assert reference_for_part(score, anomaly, block=10, min_blocks=3) is None  # only 2 full blocks
+
+
+def test_dispersion_and_spread_have_floors() -> None:
+    score = np.tile(np.arange(10.0), 10)  # every block the same: no spread between blocks
+    ref = reference_for_part(score, np.zeros(100, dtype=bool), block=10, min_blocks=2)
+    assert ref is not None and ref.alarm_dispersion == 1.0
+    assert ref.pit_block_sd == pytest.approx(transform_many(score, ref.quantiles).std() / math.sqrt(10))
+
+
+def test_manifest_references_round_trip_and_name_the_bad_part() -> None:
+    ref = reference()
+    raw = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **ref.to_dict()}]}
+    assert references_from_manifest(raw) == {("F1", "I1"): ref}
+    assert references_from_manifest(None) == {} and references_from_manifest({}) == {}
+    broken = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), "quantiles": [3.0, 1.0]}}]}
+    with pytest.raises(ValueError, match="F1/I1: quantiles"):
+        references_from_manifest(broken)
+    for field, value in (("alarms", 20_000), ("pit_block_sd", 0.0), ("alarm_dispersion", 0.5), ("pit_mean", 1.5)):
+        with pytest.raises(ValueError, match="F1/I1"):
+            references_from_manifest({"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), field: value}}]})
+
+
+def test_config_refuses_nonsense() -> None:
+    for bad in ({"ratio_noisy": 1.0}, {"ratio_blind": 1.0}, {"ratio_blind": 0.0}, {"rate_h": 0.0},
+                {"shift_h": float("inf")}, {"burst_cap": 0.5}, {"shift_k": -1.0}):
+        with pytest.raises(ValueError):
+            DriftConfig(**bad)
+
+
+# -- the whole watch over any input ---------------------------------------------------------------
+shot = st.tuples(st.sampled_from([("F1", "I1"), ("F1", "I2"), ("F9", "new")]),
+                 st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(shot, max_size=400))
+def test_any_stream_keeps_levels_bounded_and_counts_unreferenced(shots: list) -> None:
+    watch = DriftWatch({("F1", "I1"): reference(block=20), ("F1", "I2"): reference(alarms=0, block=20)}, DriftConfig())
+    events = watch.observe_many([p[0] for p, _, _ in shots], [p[1] for p, _, _ in shots], [s for _, s, _ in shots],
+                                [a for _, _, a in shots])
+    assert watch.unreferenced_shots == sum(1 for p, s, _ in shots if p == ("F9", "new") and s is not None and math.isfinite(s))
+    for part in watch.parts.values():
+        for detector in DETECTORS:
+            assert 0.0 <= part.detectors[detector].level <= 2.0
+    assert all(detector in DETECTORS and index < len(shots) for index, _, detector in events)
