@@ -70,6 +70,12 @@ def group_table(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingCo
         lot_rows=("lot_rate", "count"),
         lot_defect_rate=("lot_rate", "mean"),
     )
+    return assign_roles(table, config).sort_values(GROUP_KEYS).reset_index(drop=True)
+
+
+def assign_roles(table: pd.DataFrame, config: GroupingConfig) -> pd.DataFrame:
+    """``role`` and ``reason`` of every group of a table with ``rows``, ``lot_rows`` and
+    ``lot_defect_rate`` (in place; returned)."""
     table["role"] = np.select(
         [
             table["rows"] < config.min_group_rows,
@@ -92,7 +98,7 @@ def group_table(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingCo
         ],
         default=f"lot defect rate at or above {config.normal_defect_rate:.1%}",
     )
-    return table.sort_values(GROUP_KEYS).reset_index(drop=True)
+    return table
 
 
 def part_groups(records: pd.DataFrame, lot_rates: np.ndarray, config: GroupingConfig) -> tuple[pd.DataFrame, dict[tuple, np.ndarray]]:
