@@ -200,11 +200,14 @@ class DriftReferenceConfig:
     block: int = 200
     # A part needs this many full history blocks for its spread to be estimated at all.
     min_reference_blocks: int = 10
+    # Blocks per batch when the long-run spread is estimated (batch means): 10 blocks is ~2,000
+    # shots, about a day of one part, the scale at which lots, ambient and long setting runs vary.
+    inflation_batch: int = 10
 
     def __post_init__(self) -> None:
-        if self.block < 10 or self.min_reference_blocks < 2:
-            raise ValueError(f"drift.block must be >= 10 and drift.min_reference_blocks >= 2, got {self.block} and "
-                             f"{self.min_reference_blocks}")
+        if self.block < 10 or self.min_reference_blocks < 2 or self.inflation_batch < 2:
+            raise ValueError(f"drift.block must be >= 10, drift.min_reference_blocks and drift.inflation_batch >= 2, "
+                             f"got {self.block}, {self.min_reference_blocks} and {self.inflation_batch}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from model_store.groups import GroupKey
 from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
 
 OWN_PATHS = (EXACT, PART)
-from model_store.serving.drift import reference_for_part
+from model_store.serving.drift import block_history, long_run_inflation, reference_for_part
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import StoreManifest
 
@@ -107,18 +107,23 @@ def drift_references(batch: ScoredBatch, config: DriftReferenceConfig) -> dict[s
     """Each part's drift reference (:mod:`model_store.serving.drift`) from its judged history shots
     in time order, as ``manifest["drift"]``; a part with too few judged shots gets none (listed)."""
     judged = batch.resolution != UNSCORABLE
-    parts, too_few = [], []
+    histories, too_few = {}, []
     table = pd.DataFrame({"facility": batch.facility, "item": batch.item, "score": batch.score, "anomaly": batch.anomaly})
     for (facility, item), sub in table[judged].groupby(["facility", "item"], sort=True):
-        reference = reference_for_part(sub["score"].to_numpy(dtype=float), sub["anomaly"].to_numpy(dtype=bool),
-                                       config.block, config.min_reference_blocks)
-        if reference is None:
+        history = block_history(sub["score"].to_numpy(dtype=float), sub["anomaly"].to_numpy(dtype=bool),
+                                config.block, config.min_reference_blocks)
+        if history is None:
             too_few.append({"facility": str(facility), "item": str(item), "judged": int(len(sub))})
         else:
-            parts.append({"facility": str(facility), "item": str(item), **reference.to_dict()})
+            histories[(str(facility), str(item))] = history
+    pit_inflation = long_run_inflation((h.pit_means for h in histories.values()), config.inflation_batch)
+    count_inflation = long_run_inflation((h.counts for h in histories.values()), config.inflation_batch)
+    parts = [{"facility": facility, "item": item, **reference_for_part(h, pit_inflation, count_inflation).to_dict()}
+             for (facility, item), h in histories.items()]
     return {"method": "block CUSUMs of alarm rate and score level against the calibrated history (model_store.serving.drift)",
-            "block": config.block, "min_reference_blocks": config.min_reference_blocks, "parts": parts,
-            "unreferenced": too_few}
+            "block": config.block, "min_reference_blocks": config.min_reference_blocks,
+            "inflation_batch": config.inflation_batch, "pit_inflation": round(pit_inflation, 4),
+            "count_inflation": round(count_inflation, 4), "parts": parts, "unreferenced": too_few}
 
 
 def history_figures(frame: pd.DataFrame, lot_rate: np.ndarray, batch: ScoredBatch) -> dict[str, Any]:

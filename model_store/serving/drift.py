@@ -2,32 +2,35 @@
 
 A watched unit is a part (facility, item) of the served store: the unit the plant's lots count
 and operators think in. Its reference is what the calibrated store did on its own history
-(``reference_for_part``, written at training under ``manifest["drift"]``): the alarm rate the lots
-calibrated, the score distribution (quantiles), and how much consecutive blocks of shots varied
-there (real lines are autocorrelated: a machine runs one setting for hours, so blocks vary far
-more than independent shots would; the detectors are scaled by what history showed, never by
-the textbook i.i.d. spread alone).
+(``block_history`` + ``reference_for_part``, written at training under ``manifest["drift"]``): the
+alarm rate the lots calibrated, the score distribution (quantiles), and how consecutive blocks
+varied there. Real lines are autocorrelated (a machine runs one setting for hours, a material
+lot lasts a day), so the detectors are scaled by what history showed, never by the textbook
+i.i.d. spread alone: each part's block spread, times the plant's long-run inflation
+(``long_run_inflation``: how much more sums of many blocks vary than independent blocks would,
+pooled over the plant's parts by batch means).
 
-Judged shots are taken in consecutive blocks of ``block`` shots; every full block updates three
+Judged shots are taken in consecutive blocks of ``block`` shots; every full block updates four
 one-sided CUSUMs (Page 1954), each with its own statistic ``S`` (0 at start):
 
 - **noisy** (alarm rate up): the block's binomial log-likelihood ratio of ``ratio_noisy x p`` against
   ``p``, ``p`` = the upper confidence bound of the history's alarm rate (its estimation error
   must not read as drift), the block's alarm count capped at ``burst_cap x`` the count expected
-  under the alternative (one burst of alarms is an event the operators see, not a drift) and the
-  ratio divided by the dispersion history showed (quasi-likelihood). For independent shots at or
-  below the reference rate the mean run to a false alarm is at least ``e^h`` blocks (Lorden's bound
-  for a CUSUM of likelihood ratios; the cap and the dispersion only lower the statistic): with
-  the defaults, ``e^8.5 = 4,900`` blocks, about 10^6 shots.
-- **blind** (alarm rate down): the same against ``ratio_blind x p``, ``p`` the lower confidence bound.
-  Off for a part whose history's lower bound is 0 (too few alarms to tell "fewer" from chance).
-- **shift** (score level, either way): each block's mean probability-integral transform of the
-  scores through the reference quantiles, standardised by the reference blocks' mean and
-  spread: ``y``. Two CUSUMs ``S+ = max(0, S+ + y - k)``, ``S- = max(0, S- - y - k)``. With the
-  defaults (``k = 0.5``, ``h = 6``) and ``y`` standard normal under the reference, Siegmund's
-  approximation gives a mean run of ~2,600 blocks per side to a false alarm, and a shift of one
-  reference spread is found in ~12 blocks. It sees what the alarm rate cannot: a recalibrated
-  sensor that moves every score without (yet) crossing a line.
+  under the alternative (one burst of alarms is an event the operators see, not a drift), and the
+  ratio divided by the dispersion of the history's (equally capped) block counts (quasi-likelihood).
+  For independent shots at or below the reference rate the mean run to a false alarm is at least
+  ``e^h`` blocks (Lorden's bound for a CUSUM of likelihood ratios; the cap and the dispersion only
+  lower the statistic): with the defaults, ``e^8.5 = 4,900`` blocks, about 10^6 shots.
+- **blind** (alarm rate down): the same against ``ratio_blind x p``, ``p`` the lower confidence bound
+  (no cap). Off for a part whose history's lower bound is 0 (too few alarms to tell "fewer" from
+  chance).
+- **shift_up / shift_down** (score level): each block's mean probability-integral transform of the
+  scores through the reference quantiles, standardised by the reference mean and long-run spread:
+  ``y``. ``S+ = max(0, S+ + y - k)``, ``S- = max(0, S- - y - k)``. With the defaults (``k = 0.5``,
+  ``h = 6``) and ``y`` standard normal under the reference, Siegmund's approximation gives a mean
+  run of ~2,600 blocks per side to a false alarm, and a shift of one spread is found in ~12
+  blocks. It sees what the alarm rate cannot: a recalibrated sensor that moves every score
+  without (yet) crossing a line.
 
 A detector's flag comes on when its statistic reaches ``h`` and goes off when it falls below
 ``h / 2``; the statistic is capped at ``2h`` so that a drift that ends is cleared within
@@ -77,13 +80,15 @@ class PartReference:
     alarms: int
     quantiles: tuple[float, ...]  # score at REFERENCE_PROBS
     pit_mean: float  # mean of the blocks' mean transformed score
-    pit_block_sd: float  # their spread (never below the i.i.d. spread)
-    alarm_dispersion: float  # variance of block alarm counts / binomial variance, >= 1
+    pit_sd: float  # their long-run spread: block spread x the plant's inflation, never below i.i.d.
+    alarm_counts: tuple[tuple[int, int], ...]  # (alarms in a block, blocks with that many), by count
+    count_inflation: float  # the plant's long-run inflation of block alarm-count variance, >= 1
     block: int
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "alarms": self.alarms, "quantiles": list(self.quantiles), "pit_mean": self.pit_mean,
-                "pit_block_sd": self.pit_block_sd, "alarm_dispersion": self.alarm_dispersion, "block": self.block}
+                "pit_sd": self.pit_sd, "alarm_counts": [list(c) for c in self.alarm_counts],
+                "count_inflation": self.count_inflation, "block": self.block}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "PartReference":
@@ -91,16 +96,30 @@ class PartReference:
         if len(quantiles) != len(REFERENCE_PROBS) or any(not math.isfinite(q) for q in quantiles) \
                 or any(b < a for a, b in zip(quantiles, quantiles[1:])):
             raise ValueError(f"quantiles: expected {len(REFERENCE_PROBS)} finite non-decreasing numbers")
-        reference = cls(int(raw["rows"]), int(raw["alarms"]), quantiles, float(raw["pit_mean"]),
-                        float(raw["pit_block_sd"]), float(raw["alarm_dispersion"]), int(raw["block"]))
-        if not (0 <= reference.alarms <= reference.rows and reference.block >= 1 and reference.pit_block_sd > 0
-                and reference.alarm_dispersion >= 1 and 0 <= reference.pit_mean <= 1):
-            raise ValueError("rows, alarms, block, pit_mean, pit_block_sd or alarm_dispersion out of range")
+        counts = tuple((int(k), int(n)) for k, n in raw["alarm_counts"])
+        reference = cls(int(raw["rows"]), int(raw["alarms"]), quantiles, float(raw["pit_mean"]), float(raw["pit_sd"]),
+                        counts, float(raw["count_inflation"]), int(raw["block"]))
+        if not (0 <= reference.alarms <= reference.rows and reference.block >= 1 and reference.pit_sd > 0
+                and reference.count_inflation >= 1 and 0 <= reference.pit_mean <= 1
+                and all(0 <= k <= reference.block and n > 0 for k, n in counts) and sum(n for _, n in counts) >= 2):
+            raise ValueError("rows, alarms, block, pit_mean, pit_sd, alarm_counts or count_inflation out of range")
         return reference
 
     @property
     def alarm_rate(self) -> float:
         return self.alarms / self.rows if self.rows else 0.0
+
+    def dispersion(self, cap: int | None = None) -> float:
+        """Variance of the history's block alarm counts (each capped at ``cap``) over the binomial
+        variance of their mean, times the long-run inflation; at least 1."""
+        k = np.array([min(c, cap) if cap is not None else c for c, _ in self.alarm_counts], dtype=float)
+        n = np.array([blocks for _, blocks in self.alarm_counts], dtype=float)
+        mean = float(np.sum(k * n) / n.sum())
+        binomial = mean * (1 - mean / self.block)
+        if binomial <= 0:
+            return self.count_inflation
+        variance = float(np.sum(n * (k - mean) ** 2) / (n.sum() - 1))
+        return max(1.0, variance / binomial) * self.count_inflation
 
 
 def transform(score: float, quantiles: tuple[float, ...] | list[float]) -> float:
@@ -126,9 +145,22 @@ def wilson_bounds(alarms: int, rows: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def reference_for_part(score: np.ndarray, anomaly: np.ndarray, block: int, min_blocks: int) -> PartReference | None:
-    """A part's reference from its judged history shots in time order (NaN scores are left out),
-    in blocks of ``block`` shots; None with fewer than ``min_blocks`` full blocks."""
+@dataclass(frozen=True)
+class BlockHistory:
+    """A part's judged history shots in consecutive blocks (what references are made of)."""
+
+    rows: int
+    alarms: int
+    quantiles: tuple[float, ...]
+    pit_means: np.ndarray  # one per full block
+    pit_iid_sd: float  # the spread a block mean would have for independent shots
+    counts: np.ndarray  # alarms per full block
+    block: int
+
+
+def block_history(score: np.ndarray, anomaly: np.ndarray, block: int, min_blocks: int) -> BlockHistory | None:
+    """A part's judged history shots in time order (NaN scores left out) in blocks of ``block``;
+    None with fewer than ``min_blocks`` full blocks."""
     if block < 1 or min_blocks < 2:
         raise ValueError(f"drift reference needs block >= 1 and min_blocks >= 2, got {block} and {min_blocks}")
     score = np.asarray(score, dtype=float)
@@ -139,15 +171,36 @@ def reference_for_part(score: np.ndarray, anomaly: np.ndarray, block: int, min_b
         return None
     quantiles = tuple(float(q) for q in np.quantile(score, REFERENCE_PROBS))
     used = blocks * block
-    pit = transform_many(score[:used], quantiles).reshape(blocks, block)
-    means = pit.mean(axis=1)
-    iid_sd = float(pit.std()) / math.sqrt(block)
-    counts = anomaly[:used].reshape(blocks, block).sum(axis=1)
-    rate = float(anomaly.mean())
-    binomial_var = block * rate * (1 - rate)
-    dispersion = float(counts.var(ddof=1)) / binomial_var if binomial_var > 0 else 1.0
-    return PartReference(int(len(score)), int(anomaly.sum()), quantiles, float(means.mean()),
-                         max(float(means.std(ddof=1)), iid_sd, 1e-6), max(1.0, dispersion), block)
+    pit = transform_many(score[:used], quantiles)
+    return BlockHistory(int(len(score)), int(anomaly.sum()), quantiles, pit.reshape(blocks, block).mean(axis=1),
+                        float(pit.std()) / math.sqrt(block), anomaly[:used].reshape(blocks, block).sum(axis=1), block)
+
+
+def long_run_inflation(series: Iterable[np.ndarray], batch: int) -> float:
+    """How much more a sum of many consecutive blocks varies than independent blocks would: pooled
+    over the plant's parts, ``batch x var(means of batch consecutive blocks) / var(blocks)``
+    (batch means, weighted by each part's batches - 1); at least 1. Blocks an hour apart share
+    their day (material lot, ambient, a setting run for hours): a CUSUM adds many blocks, so it
+    must be scaled by this long-run variance, not a block's own."""
+    num = den = 0.0
+    for values in series:
+        values = np.asarray(values, dtype=float)
+        batches = len(values) // batch
+        variance = float(values.var(ddof=1)) if len(values) > 1 else 0.0
+        if batches < 2 or variance <= 0:
+            continue
+        means = values[: batches * batch].reshape(batches, batch).mean(axis=1)
+        num += (batches - 1) * batch * float(means.var(ddof=1)) / variance
+        den += batches - 1
+    return max(1.0, num / den) if den else 1.0
+
+
+def reference_for_part(history: BlockHistory, pit_inflation: float = 1.0, count_inflation: float = 1.0) -> PartReference:
+    """A part's reference from its block history and the plant's long-run inflations."""
+    spread = max(float(history.pit_means.std(ddof=1)) * math.sqrt(pit_inflation), history.pit_iid_sd, 1e-6)
+    values, blocks = np.unique(history.counts, return_counts=True)
+    return PartReference(history.rows, history.alarms, history.quantiles, float(history.pit_means.mean()), spread,
+                         tuple((int(k), int(n)) for k, n in zip(values, blocks)), max(1.0, count_inflation), history.block)
 
 
 def block_llr(alarms: int, shots: int, p0: float, p1: float) -> float:
@@ -190,17 +243,18 @@ class PartWatch:
     pit_sum: float = 0.0
     blocks: int = 0  # full blocks seen
     detectors: dict[str, Cusum] = field(default_factory=dict)
-    _noisy: tuple[float, float, int] | None = None  # (p0, p1, cap)
-    _blind: tuple[float, float] | None = None  # (p0, p1)
+    _noisy: tuple[float, float, int, float] | None = None  # (p0, p1, cap, dispersion of capped counts)
+    _blind: tuple[float, float, float] | None = None  # (p0, p1, dispersion)
 
     def __post_init__(self) -> None:
         c, r = self.config, self.reference
         lower, upper = wilson_bounds(r.alarms, r.rows, c.confidence_z)
         p1 = min(c.ratio_noisy * upper, 0.999)
         if 0.0 < upper < p1:
-            self._noisy = (upper, p1, max(1, math.ceil(c.burst_cap * r.block * p1)))
+            cap = max(1, math.ceil(c.burst_cap * r.block * p1))
+            self._noisy = (upper, p1, cap, r.dispersion(cap))  # bursts are capped once, not also counted as spread
         if lower > 0.0:
-            self._blind = (lower, c.ratio_blind * lower)
+            self._blind = (lower, c.ratio_blind * lower, r.dispersion())
         self.detectors = {"noisy": Cusum(c.rate_h), "blind": Cusum(c.rate_h),
                           "shift_up": Cusum(c.shift_h), "shift_down": Cusum(c.shift_h)}
 
@@ -227,14 +281,14 @@ class PartWatch:
         self.blocks += 1
         fired = []
         if self._noisy:
-            p0, p1, cap = self._noisy
-            if self.detectors["noisy"].update(block_llr(min(alarms, cap), shots, p0, p1) / r.alarm_dispersion):
+            p0, p1, cap, dispersion = self._noisy
+            if self.detectors["noisy"].update(block_llr(min(alarms, cap), shots, p0, p1) / dispersion):
                 fired.append("noisy")
         if self._blind:
-            p0, p1 = self._blind
-            if self.detectors["blind"].update(block_llr(alarms, shots, p0, p1) / r.alarm_dispersion):
+            p0, p1, dispersion = self._blind
+            if self.detectors["blind"].update(block_llr(alarms, shots, p0, p1) / dispersion):
                 fired.append("blind")
-        y = (mean - r.pit_mean) / r.pit_block_sd
+        y = (mean - r.pit_mean) / r.pit_sd
         if self.detectors["shift_up"].update(y - c.shift_k):
             fired.append("shift_up")
         if self.detectors["shift_down"].update(-y - c.shift_k):
@@ -294,4 +348,5 @@ def references_from_manifest(raw: Mapping[str, Any] | None) -> dict[PartKey, Par
 
 
 __all__ = ["DETECTORS", "REFERENCE_PROBS", "DriftConfig", "PartReference", "Cusum", "PartWatch", "DriftWatch",
-           "transform", "transform_many", "wilson_bounds", "reference_for_part", "block_llr", "references_from_manifest"]
+           "transform", "transform_many", "wilson_bounds", "BlockHistory", "block_history", "long_run_inflation",
+           "reference_for_part", "block_llr", "references_from_manifest"]

@@ -165,7 +165,7 @@ def worker_series() -> dict[str, set[str]]:
 
     # Drift watch (on by default) against a store with one referenced part.
     drift = DriftMonitor(DriftConfig(), metrics.registry)
-    reference = PartReference(4000, 40, tuple(float(q) for q in range(19)), 0.5, 0.02, 1.0, 200)
+    reference = PartReference(4000, 40, tuple(float(q) for q in range(19)), 0.5, 0.02, ((2, 20),), 1.0, 200)
     drift.use_store(SimpleNamespace(raw={"drift": {"block": 200, "parts": [
         {"facility": "F1", "item": "A", **reference.to_dict()}]}}), "20250601-1")
     series: dict[str, set[str]] = {}

@@ -7,15 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_store.serving.drift import (
-    DETECTORS, REFERENCE_PROBS, Cusum, DriftConfig, DriftWatch, PartReference, PartWatch, block_llr,
-    reference_for_part, references_from_manifest, transform, transform_many, wilson_bounds)
+    DETECTORS, REFERENCE_PROBS, Cusum, DriftConfig, DriftWatch, PartReference, PartWatch, block_history, block_llr,
+    long_run_inflation, reference_for_part, references_from_manifest, transform, transform_many, wilson_bounds)
 
 QUANTILES = tuple(float(q) for q in range(1, 20))  # 19 reference quantiles: scores 1..19
 
 
 def reference(rows: int = 10_000, alarms: int = 200, pit_mean: float = 0.5, sd: float = 0.02, dispersion: float = 1.0,
               block: int = 100) -> PartReference:
-    return PartReference(rows, alarms, QUANTILES, pit_mean, sd, dispersion, block)
+    """Every history block held 2 alarms: no spread of its own, so the dispersion is the inflation."""
+    return PartReference(rows, alarms, QUANTILES, pit_mean, sd, ((2, 100),), dispersion, block)
 
 
 # -- the transform ----------------------------------------------------------------------------
@@ -133,8 +134,9 @@ def test_non_finite_scores_are_not_shots() -> None:
 def test_iid_shots_at_the_reference_do_not_drift_and_a_doubled_rate_does() -> None:
     rng = np.random.default_rng(7)
     scores = np.linspace(0.0, 20.0, 1000)
-    ref = reference_for_part(rng.choice(scores, 200 * 100), rng.random(200 * 100) < 0.02, 200, 10)
-    assert ref is not None
+    history = block_history(rng.choice(scores, 200 * 100), rng.random(200 * 100) < 0.02, 200, 10)
+    assert history is not None
+    ref = reference_for_part(history)
     calm = PartWatch(ref, DriftConfig())
     events = []
     for s, a in zip(rng.choice(scores, 1_000_000), rng.random(1_000_000) < 0.02):
@@ -157,24 +159,45 @@ def test_iid_shots_at_the_reference_do_not_drift_and_a_doubled_rate_does() -> No
 def test_reference_by_hand() -> None:
     score = np.array([float(i) for i in range(20)] + [float("nan")] * 3)
     anomaly = np.array([False] * 10 + [True] * 4 + [False] * 6 + [True] * 3)
-    ref = reference_for_part(score, anomaly, block=10, min_blocks=2)
-    assert ref is not None
-    assert ref.rows == 20 and ref.alarms == 4 and ref.block == 10  # NaN scores are not shots
-    assert ref.quantiles == tuple(float(q) for q in np.quantile(np.arange(20.0), REFERENCE_PROBS))
-    # block counts (0, 4): variance 8 (ddof 1) / binomial 10 x 0.2 x 0.8 = 1.6 -> 5
-    assert ref.alarm_dispersion == pytest.approx(5.0)
-    pit = transform_many(np.arange(20.0), ref.quantiles)
+    history = block_history(score, anomaly, block=10, min_blocks=2)
+    assert history is not None
+    assert history.rows == 20 and history.alarms == 4 and history.block == 10  # NaN scores are not shots
+    assert history.counts.tolist() == [0, 4]
+    assert history.quantiles == tuple(float(q) for q in np.quantile(np.arange(20.0), REFERENCE_PROBS))
+    pit = transform_many(np.arange(20.0), history.quantiles)
+    assert history.pit_means.tolist() == pytest.approx(pit.reshape(2, 10).mean(axis=1).tolist())
+    ref = reference_for_part(history, pit_inflation=4.0, count_inflation=1.5)
     assert ref.pit_mean == pytest.approx(pit.mean())
-    means = pit.reshape(2, 10).mean(axis=1)
-    assert ref.pit_block_sd == pytest.approx(max(means.std(ddof=1), pit.std() / math.sqrt(10)))
-    assert reference_for_part(score, anomaly, block=10, min_blocks=3) is None  # only 2 full blocks
+    assert ref.pit_sd == pytest.approx(max(history.pit_means.std(ddof=1) * 2.0, pit.std() / math.sqrt(10)))
+    assert ref.alarm_counts == ((0, 1), (4, 1)) and ref.count_inflation == 1.5
+    # block counts (0, 4): variance 8 (ddof 1) / binomial 2 x (1 - 0.2) = 1.6 -> 5, x 1.5 inflation
+    assert ref.dispersion() == pytest.approx(7.5)
+    # capped at 2: (0, 2): variance 2 / binomial 1 x 0.9 -> 2.222..., x 1.5
+    assert ref.dispersion(cap=2) == pytest.approx(2 / 0.9 * 1.5)
+    assert block_history(score, anomaly, block=10, min_blocks=3) is None  # only 2 full blocks
 
 
 def test_dispersion_and_spread_have_floors() -> None:
     score = np.tile(np.arange(10.0), 10)  # every block the same: no spread between blocks
-    ref = reference_for_part(score, np.zeros(100, dtype=bool), block=10, min_blocks=2)
-    assert ref is not None and ref.alarm_dispersion == 1.0
-    assert ref.pit_block_sd == pytest.approx(transform_many(score, ref.quantiles).std() / math.sqrt(10))
+    history = block_history(score, np.zeros(100, dtype=bool), block=10, min_blocks=2)
+    assert history is not None
+    ref = reference_for_part(history, pit_inflation=9.0)
+    assert ref.dispersion() == 1.0 and ref.dispersion(cap=1) == 1.0
+    assert ref.pit_sd == pytest.approx(transform_many(score, ref.quantiles).std() / math.sqrt(10))
+    with pytest.raises(ValueError):
+        block_history(score, np.zeros(100, dtype=bool), block=10, min_blocks=1)
+
+
+def test_long_run_inflation_by_batch_means() -> None:
+    # one part, 4 batches of 2 blocks: (0, 0), (2, 2), (0, 0), (2, 2); block variance 8/7 (ddof 1),
+    # batch-mean variance 4/3: 2 x (4/3) / (8/7) = 7/3
+    assert long_run_inflation([np.array([0, 0, 2, 2, 0, 0, 2, 2.0])], batch=2) == pytest.approx(7 / 3)
+    # alternating blocks average out within each batch: no inflation (floored at 1)
+    assert long_run_inflation([np.array([0, 2, 0, 2, 0, 2, 0, 2.0])], batch=2) == 1.0
+    # pooled with weights batches - 1: the first part (weight 3, 7/3) and a second of 2 batches (weight 1):
+    second = np.array([0, 0, 4, 4.0])  # block variance 16/3, batch means (0, 4): variance 8 -> 2 x 8 / (16/3) = 3
+    assert long_run_inflation([np.array([0, 0, 2, 2, 0, 0, 2, 2.0]), second], batch=2) == pytest.approx((3 * 7 / 3 + 1 * 3) / 4)
+    assert long_run_inflation([np.array([1.0, 1.0, 1.0, 1.0]), np.array([1.0])], batch=2) == 1.0  # nothing to pool
 
 
 def test_manifest_references_round_trip_and_name_the_bad_part() -> None:
@@ -185,7 +208,9 @@ def test_manifest_references_round_trip_and_name_the_bad_part() -> None:
     broken = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), "quantiles": [3.0, 1.0]}}]}
     with pytest.raises(ValueError, match="F1/I1: quantiles"):
         references_from_manifest(broken)
-    for field, value in (("alarms", 20_000), ("pit_block_sd", 0.0), ("alarm_dispersion", 0.5), ("pit_mean", 1.5)):
+    for field, value in (("alarms", 20_000), ("pit_sd", 0.0), ("count_inflation", 0.5), ("pit_mean", 1.5),
+                         ("alarm_counts", [[101, 5]]), ("alarm_counts", [[1, 1]]), ("alarm_counts", [[1, 0], [2, 3]]),
+                         ("rows", "many"), ("quantiles", [float("nan")] * 19)):
         with pytest.raises(ValueError, match="F1/I1"):
             references_from_manifest({"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), field: value}}]})
 
