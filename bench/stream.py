@@ -694,7 +694,7 @@ class RunningWorker:
         """Verdicts acknowledged since the latency window was last cleared (one entry per ack,
         O(1) to read: collecting the labelled verdict counter every few ms would steal the GIL
         from the worker), plus dead letters."""
-        return len(self.worker.metrics.latencies.values) + self._dead
+        return len(self.worker.metrics.latencies) + self._dead
 
     async def until_processed(self, target: float, timeout: float, poll: float = 0.005) -> float:
         """time.time() when ``target`` records are acknowledged by Kafka (see :meth:`processed`)."""
@@ -1062,9 +1062,10 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
                     proc_sum, proc_n = delta_hist(running.worker.metrics.processing, hist0["proc"])
                     window = running.worker.metrics.latencies
                     q = window.quantiles((0.5, 0.9, 0.99, 0.999))
-                    samples = len(window.values)
-                    worst = max(window.values) if samples else float("nan")
-                    within = sum(v <= TARGETS["p99_latency_ms"] / 1000 for v in window.values) / max(1, samples)
+                    values = window.values  # a copy of the window, oldest first
+                    samples = len(values)
+                    worst = max(values) if samples else float("nan")
+                    within = sum(v <= TARGETS["p99_latency_ms"] / 1000 for v in values) / max(1, samples)
                     read_to_ack_within = bucket_share(running.worker.metrics.processing, 0.1, hist0["proc_buckets"])
                     split = {name: {f"p{int(p * 100)}": quantile(values, p) * 1000 for p in (0.5, 0.9, 0.99)} | {"samples": len(values)}
                              for name, values in (("insert_to_read", running.to_read), ("read_to_kafka_ack", running.read_to_ack))}

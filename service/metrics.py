@@ -38,8 +38,7 @@ counters exist only when the worker has a recipes file (``MOLDWATCH_RECIPES``).
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from array import array
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -75,22 +74,40 @@ def store_parts(manifest: Any) -> frozenset[tuple[str, str]]:
                      for row in rows if isinstance(row, Mapping) and isinstance(row.get("key"), Mapping))
 
 
-@dataclass
 class LatencyWindow:
     """The most recent record-timestamp-to-ack latencies (seconds), for exact quantiles in benchmarks
-    (which stamp records as they insert them)."""
+    (which stamp records as they insert them) and the demo.
 
-    maxlen: int = LATENCY_WINDOW
-    values: deque[float] = field(init=False)
+    A ring of C doubles allocated whole at start (8 bytes a value, 1.6 MB for the default window),
+    not a deque of float objects: that cost ~32 bytes a value more and grew the worker's RSS by
+    ~6.5 MB over its first 200,000 verdicts (minutes at 1,000 records/s, hours at a plant's pace),
+    a climb no one can tell from a leak on a memory dashboard. Written by the event loop only.
+    """
 
-    def __post_init__(self) -> None:
-        self.values = deque(maxlen=self.maxlen)
+    def __init__(self, maxlen: int = LATENCY_WINDOW) -> None:
+        self.maxlen = max(1, int(maxlen))
+        self._ring = array("d", bytes(8 * self.maxlen))  # every page written now: RSS is flat after
+        self._next = 0  # where the next value goes
+        self._count = 0  # values held (<= maxlen)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def values(self) -> list[float]:
+        """The values held, oldest first (a copy)."""
+        if self._count < self.maxlen:
+            return self._ring[:self._count].tolist()
+        return self._ring[self._next:].tolist() + self._ring[:self._next].tolist()
 
     def add(self, seconds: float) -> None:
-        self.values.append(seconds)
+        self._ring[self._next] = seconds
+        self._next = (self._next + 1) % self.maxlen
+        if self._count < self.maxlen:
+            self._count += 1
 
     def clear(self) -> None:
-        self.values.clear()
+        self._next = self._count = 0
 
     def quantiles(self, qs: Sequence[float] = (0.5, 0.99)) -> dict[float, float]:
         data = sorted(self.values)
