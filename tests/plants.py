@@ -19,6 +19,9 @@ SMALL_TRAINING = {
     "model.autoencoder_min_rows": "900",
     "model.memae_min_rows": "2500",
     "grouping.min_group_rows": "300",
+    # Drift references for parts of 500 judged shots (10 blocks of 50): the small plant's parts
+    # have a few hundred to a few thousand shots, and the worker's tests need watched parts.
+    "drift.block": "50",
     "workers": "1",
 }
 

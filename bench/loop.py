@@ -1,0 +1,213 @@
+"""Closing the loop, measured (issue 21): drift watch on plants that change and plants that do not.
+
+Per plant of the proving ground: train a store on the first half of its lot days (as
+``moldwatch train`` would: the store carries its drift references), score the second half in
+time order with the serving core, and run the worker's drift rules
+(:mod:`model_store.serving.drift`, the same code the worker runs on acknowledged verdicts) over
+the verdicts:
+
+- **unchanged**: the plant as generated. Every flag is counted against the watched part-months
+  (a part-month = one watched part over 30 days of the scored span). On the project's simulator
+  these are false drift alarms; the independent generator ``forge`` plays wear and heater faults
+  that last hours, so some of its flags are real episodes (the alarm rate of the flagged parts is
+  reported beside each flag to judge).
+- **changed**: one change of :mod:`model_store.simulate.changes` (sensor recalibration, heater
+  ageing, mold swap, new part) applied to one watched part from the middle of the scored span, on
+  the ``--parts`` watched parts with the most shots after that point, one at a time. Reported: the
+  shots of that part from the change to its first flag (any detector), or missed; a new part has
+  no reference by construction and is reported by its unreferenced verdicts.
+
+    .venv/bin/python bench/loop.py                              # every plant, results in bench/results/loop.json
+    .venv/bin/python bench/loop.py --plants sim_default --parts 1  # quick look
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import write_result  # noqa: E402
+from bench.peers import FORGE, SIMULATED, load_plant, split_by_day  # noqa: E402
+from model_store.config import TrainingConfig  # noqa: E402
+from model_store.schema import canonical_lots, canonical_records  # noqa: E402
+from model_store.serving.drift import DriftConfig, DriftWatch, references_from_manifest  # noqa: E402
+from model_store.serving.scoring import ScoringEngine  # noqa: E402
+from model_store.serving.store import open_store  # noqa: E402
+from model_store.simulate.changes import CHANGES, apply_change, plan_change  # noqa: E402
+from model_store.training import train_store  # noqa: E402
+
+PLANTS = ("sim_default", "sim_seed5", *FORGE)
+TRAIN_SHARE = 0.5
+DAYS = 60  # the project's simulator: 30 days trained, 30 watched
+
+
+def _watch(engine: ScoringEngine, frame: pd.DataFrame, config: DriftConfig) -> tuple[DriftWatch, list, Any]:
+    batch = engine.score(frame, memory={}, backward=False, explain=False)
+    watch = DriftWatch(references_from_manifest(engine.manifest.raw.get("drift")), config)
+    events = watch.observe_many(batch.facility, batch.item, batch.score, batch.anomaly)
+    return watch, events, batch
+
+
+def run_plant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
+    schema = plant.schema
+    records = canonical_records(plant.records, schema)
+    lots = canonical_lots(plant.lots, schema)
+    train, test = split_by_day(records, TRAIN_SHARE)
+    test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    report: dict[str, Any] = {"generator": plant.generator, "shots": len(records), "train_shots": len(train),
+                              "test_shots": len(test)}
+    config = DriftConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        train_store(train, lots, schema, store, TrainingConfig(workers=args.workers), report=False)
+        engine = ScoringEngine(open_store(store))
+        span_days = (pd.to_datetime(test["timestamp"]).max() - pd.to_datetime(test["timestamp"]).min()) / pd.Timedelta(days=1)
+        watch, events, batch = _watch(engine, test, config)
+        part_months = len(watch.parts) * span_days / 30.0
+        flags = []
+        for index, part, detector in events:
+            mine = (batch.facility == part[0]) & (batch.item == part[1])
+            flags.append({"facility": part[0], "item": part[1], "detector": detector, "at": str(test["timestamp"].iloc[index]),
+                          "alarm_rate_scored": round(float(batch.anomaly[mine].mean()), 5),
+                          "alarm_rate_reference": round(watch.parts[part].reference.alarm_rate, 5)})
+        report["unchanged"] = {"watched_parts": len(watch.parts), "scored_days": round(span_days, 2),
+                               "part_months": round(part_months, 2), "flags": flags,
+                               "flags_per_part_month": round(len(flags) / part_months, 3) if part_months else None,
+                               "unreferenced_verdicts": watch.unreferenced_shots}
+        print(f"[{name}] unchanged: {len(watch.parts)} watched parts, {part_months:.1f} part-months, {len(flags)} flags", flush=True)
+
+        middle = pd.to_datetime(test["timestamp"]).iloc[len(test) // 2]
+        after = test[pd.to_datetime(test["timestamp"]) >= middle]
+        counts = after.groupby(["facility", "item"]).size()
+        targets = [p for p in counts.sort_values(ascending=False).index if tuple(p) in watch.parts][: args.parts]
+        rng = np.random.default_rng(args.seed)
+        report["changed"] = {}
+        for kind in CHANGES:
+            rows = []
+            for (facility, item), size in [(t, z) for t in targets for z in (args.size if kind != "new_part" else [1.0])]:
+                change = plan_change(kind, train, schema, str(facility), str(item), middle, rng, size=size)
+                changed, touched = apply_change(test, change)
+                watch_c, events_c, batch_c = _watch(engine, changed, config)
+                part = (change.facility, change.new_item or change.item)
+                first = next(((i, d) for i, p, d in events_c if p == (change.facility, change.item) and touched[i]), None)
+                row: dict[str, Any] = {"change": change.describe(), "size": size, "shots_after_change": int(touched.sum()),
+                                       "alarm_rate_unchanged": round(float(batch.anomaly[touched].mean()), 5),
+                                       "alarm_rate_changed": round(float(batch_c.anomaly[touched].mean()), 5),
+                                       "flags_on_part": [d for i, p, d in events_c if p == (change.facility, change.item)]}
+                if kind == "new_part":
+                    row["unreferenced_verdicts"] = watch_c.unreferenced_shots
+                    row["detected"] = watch_c.unreferenced_shots > 0
+                    row["shots_to_detection"] = 1 if row["detected"] else None
+                elif first is None:
+                    row.update(detected=False, shots_to_detection=None)
+                else:
+                    row.update(detected=True, detector=first[1], shots_to_detection=int(touched[: first[0] + 1].sum()))
+                others = [(p, d) for i, p, d in events_c if p != part and p != (change.facility, change.item)]
+                row["other_parts_flags"] = len(others)
+                rows.append(row)
+                print(f"[{name}] {kind:<21} x{size:g} {facility}/{item}: "
+                      + (f"flagged after {row['shots_to_detection']} shots" if row["detected"] else "missed")
+                      + f" of {row['shots_after_change']} (alarm rate {row['alarm_rate_unchanged']:.4f} -> "
+                        f"{row['alarm_rate_changed']:.4f}, flags on the part {row['flags_on_part']})", flush=True)
+            report["changed"][kind] = rows
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _simulated(name: str, shots: int) -> Any:
+    from bench.plants import ProvingPlant
+    from model_store.simulate import SimulationConfig, simulate
+
+    knobs = SIMULATED[name]
+    plant = simulate(SimulationConfig(shots=shots, days=DAYS, **knobs))
+    return ProvingPlant(name, "moldwatch-simulate", plant.records, plant.lots, plant.schema,
+                        plant.labels[["record_id", "defect"]], {"knobs": knobs, "shots": shots})
+
+
+def summarise(plants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flags per part-month on the unchanged plants, per generator; per change kind and size, how
+    many were flagged and after how many shots. A changed part the unchanged run flagged too is
+    left out of the detection figures (its flag cannot be told from the change's): counted apart."""
+    summary: dict[str, Any] = {}
+    for generator in sorted({p["generator"] for p in plants.values()}):
+        mine = [p for p in plants.values() if p["generator"] == generator]
+        months = sum(p["unchanged"]["part_months"] for p in mine)
+        flags = sum(len(p["unchanged"]["flags"]) for p in mine)
+        summary[generator] = {"part_months": round(months, 2), "flags": flags,
+                              "flags_per_part_month": round(flags / months, 3) if months else None}
+    for kind in CHANGES:
+        sizes = sorted({r["size"] for p in plants.values() for r in p["changed"].get(kind, [])})
+        for size in sizes:
+            rows, already = [], 0
+            for p in plants.values():
+                flagged = {(f["facility"], f["item"]) for f in p["unchanged"]["flags"]}
+                for r in p["changed"].get(kind, []):
+                    if r["size"] != size:
+                        continue
+                    if kind != "new_part" and (r["change"]["facility"], r["change"]["item"]) in flagged:
+                        already += 1
+                    else:
+                        rows.append(r)
+            found = [r["shots_to_detection"] for r in rows if r["detected"]]
+            moved = [r for r in rows if r["alarm_rate_changed"] > 1.5 * r["alarm_rate_unchanged"] + 0.002]
+            summary[f"{kind} x{size:g}"] = {
+                "changes": len(rows), "detected": len(found),
+                "median_shots_to_detection": float(np.median(found)) if found else None,
+                "max_shots_to_detection": max(found) if found else None,
+                "alarm_rate_moved": len(moved),  # the change moved the part's alarm rate (> 1.5x + 0.2 points)
+                "detected_where_alarm_rate_moved": sum(1 for r in moved if r["detected"]),
+                "left_out_already_flagged": already}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plants", default=",".join(PLANTS))
+    parser.add_argument("--shots", type=int, default=300_000, help="shots of the project's simulator plants (60 days)")
+    parser.add_argument("--parts", type=int, default=3, help="watched parts changed per change kind and plant")
+    parser.add_argument("--size", default="1,3", help="change sizes, in the part's own history standard deviations (comma-separated)")
+    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--out", default="loop")
+    parser.add_argument("--summarise", action="store_true", help="recompute the summary of the results file and print it")
+    args = parser.parse_args()
+    if args.summarise:
+        from bench._common import RESULTS
+
+        path = RESULTS / f"{args.out}.json"
+        payload = json.loads(path.read_text())
+        payload["drift"]["summary"] = summarise(payload["drift"]["plants"])
+        path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+        print(json.dumps(payload["drift"]["summary"], indent=1))
+        return
+    args.size = [float(z) for z in str(args.size).split(",")]
+    plants = {}
+    for name in args.plants.split(","):
+        plants[name] = run_plant(name, args)
+        write_result(f"{args.out}_partial", {"plants": plants})
+    payload = {"drift": {"plants": plants, "summary": summarise(plants),
+                         "config": {"drift": DriftConfig().__dict__, "train_share": TRAIN_SHARE, "sim_days": DAYS,
+                                    "shots": args.shots, "parts": args.parts, "size": args.size, "seed": args.seed}}}
+    path = write_result(args.out, payload)
+    print(json.dumps(payload["drift"]["summary"], indent=1))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
