@@ -165,4 +165,20 @@ def decide(served: Judgement, candidate: Judgement, rule: CanaryRule = CanaryRul
                                f"agreement and feedback over {candidate.lots} lots"])
 
 
-__all__ = ["CanaryRule", "Judgement", "Verdict", "judge", "decide"]
+def judge_window(engine: Any, records: Any, lots: Any, answers: Mapping[str, str]) -> Judgement:
+    """One store's judgement of canonical ``records`` (time order) against canonical ``lots`` and
+    the operators' latest answers by record id (the serving core, as ``moldwatch score`` runs it)."""
+    from model_store.lots import LOT_KEYS, lot_defect_rates
+
+    batch = engine.score(records, memory={}, backward=False, explain=False)
+    totals = lot_defect_rates(lots)
+    key = lambda f, i, d: f"{f}\x1f{i}\x1f{d}"  # noqa: E731 - one spelling of a lot key, for both sides
+    lot_bad = {key(*k): float(b) for k, b in zip(totals[LOT_KEYS].itertuples(index=False), totals["bad_qty"])}
+    lot_size = {key(*k): float(g + b) for k, g, b in zip(totals[LOT_KEYS].itertuples(index=False), totals["good_qty"],
+                                                          totals["bad_qty"])}
+    lot = np.array([key(*k) for k in records[LOT_KEYS].astype(str).itertuples(index=False)], dtype=object)
+    answer = np.array([answers.get(str(r)) for r in records["record_id"].tolist()], dtype=object)
+    return judge(batch.anomaly, batch.resolution != "unscorable", lot, lot_bad, lot_size, answer)
+
+
+__all__ = ["CanaryRule", "Judgement", "Verdict", "judge", "decide", "judge_window"]

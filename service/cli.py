@@ -366,3 +366,6 @@ from service.token_command import register as _register_token  # noqa: E402
 
 _register_recipe(app)
 _register_token(app)
+from service.store_command import register as _register_store  # noqa: E402
+
+_register_store(app)

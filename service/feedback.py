@@ -190,16 +190,22 @@ class FeedbackDesk:
         self.units.setdefault(unit, Counter())[(joined.event.label, "alarm" if joined.verdict.anomaly else "no_alarm")] += 1
 
 
-def confirmed_defects(answers: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Record ids whose latest answer (by ``at``, then ``received_at``) is ``defect``: what the next
-    training leaves out. A later ``false_alarm`` or ``unsure`` takes a defect back."""
+def latest_labels(answers: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each record id's latest answer (by ``at``, then ``received_at``; the later of two equal
+    ones in file order): what the operators last said about the shot."""
     latest: dict[str, tuple[str, str, str]] = {}
     for answer in answers:
         record_id, label = str(answer["record_id"]), str(answer["label"])
         when = (str(answer.get("at") or ""), str(answer.get("received_at") or ""))
         if record_id not in latest or when >= latest[record_id][:2]:
             latest[record_id] = (*when, label)
-    return {record_id for record_id, (_, _, label) in latest.items() if label == "defect"}
+    return {record_id: label for record_id, (_, _, label) in latest.items()}
+
+
+def confirmed_defects(answers: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Record ids whose latest answer (by ``at``, then ``received_at``) is ``defect``: what the next
+    training leaves out. A later ``false_alarm`` or ``unsure`` takes a defect back."""
+    return {record_id for record_id, label in latest_labels(answers).items() if label == "defect"}
 
 
 def read_answers(lines: Iterable[str], source: str) -> list[dict[str, Any]]:
@@ -228,4 +234,4 @@ def now_utc() -> datetime:
 
 
 __all__ = ["FeedbackEvent", "VerdictRef", "VerdictMemory", "FeedbackDesk", "Joined", "Refusal", "parse_event",
-           "LABELS", "REFUSALS", "now_utc", "confirmed_defects", "read_answers"]
+           "LABELS", "REFUSALS", "now_utc", "confirmed_defects", "latest_labels", "read_answers"]

@@ -30,7 +30,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_help_for_every_command() -> None:
-    for command in ("simulate", "train", "score", "recipe", "run", "demo"):
+    for command in ("simulate", "train", "score", "recipe", "run", "demo", "canary", "store"):
         result = moldwatch(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
         assert "list[" not in result.stdout and "<list" not in result.stdout, command  # Python types are no metavars
