@@ -18,7 +18,9 @@ and clustered), and the results are the same:
 * medians, quantiles and the radius need each group's values together: every piece is **spilled**
   to ``buckets`` Parquet buckets by a hash of its group (``spill_dir/bucket=K/piece-N.parquet``),
   then each bucket (about 1/``buckets`` of the history, whole groups) is read alone and its groups
-  computed with the in-memory functions. Memory: one piece, or one bucket.
+  computed with the in-memory functions. Memory: one piece, or one bucket — with
+  :func:`buckets_for` (about ``BUCKET_ROWS`` rows a bucket), not the history's size; the largest
+  group is the floor (its rows are held together).
 
 Pure logic apart from the spill folder, which the caller owns (a temporary directory).
 """
@@ -40,6 +42,13 @@ from model_store.serving.clusters import SettingModel, scale_settings
 from model_store.serving.excursions import training_band
 
 DEFAULT_BUCKETS = 32  # spill buckets: a bucket holds ~1/32 of the history (whole groups) in memory at a time
+BUCKET_ROWS = 250_000  # rows a bucket should hold at most: buckets_for(history rows) keeps memory flat as history grows
+
+
+def buckets_for(history_rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
+    """Buckets so that one holds about ``bucket_rows`` rows (a group larger than that is still one
+    bucket's: its rows are needed together for exact medians)."""
+    return max(1, -(-int(history_rows) // int(bucket_rows)))
 
 
 def lot_rates_of(pieces: Iterable[pd.DataFrame]) -> pd.DataFrame:
@@ -148,10 +157,12 @@ def _mode_row(counts: pd.DataFrame, fields: list[str]) -> list[float]:
 
 
 def _bucket_of(frame: pd.DataFrame, buckets: int) -> np.ndarray:
-    keys = frame[GROUP_KEYS].astype(str).agg("|".join, axis=1) if len(frame) else pd.Series([], dtype=str)
-    codes, uniques = pd.factorize(keys)
-    per_key = np.array([zlib.crc32(k.encode()) % buckets for k in uniques], dtype=np.int64)
-    return per_key[codes] if len(codes) else np.zeros(0, dtype=np.int64)
+    """Each row's bucket: a stable hash (CRC-32) of its group key, the same in every piece and run."""
+    if len(frame) == 0:
+        return np.zeros(0, dtype=np.int64)
+    codes, uniques = pd.MultiIndex.from_frame(frame[GROUP_KEYS]).factorize()
+    per_key = np.array([zlib.crc32("|".join(str(v) for v in key).encode()) % buckets for key in uniques], dtype=np.int64)
+    return per_key[codes]
 
 
 def spill_by_group(pieces: Iterable[pd.DataFrame], spill_dir: Path, buckets: int = DEFAULT_BUCKETS,

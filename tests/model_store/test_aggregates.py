@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from model_store.aggregates import HistoryAggregates, lot_rates_of, profiles_from_spill, spill_by_group
+from model_store.aggregates import HistoryAggregates, buckets_for, lot_rates_of, profiles_from_spill, spill_by_group
 from model_store.config import TrainingConfig
 from model_store.groups import group_table
 from model_store.lots import lot_defect_rates
@@ -98,3 +98,10 @@ def test_profiles_from_the_spill_equal_the_in_memory_ones(plant, tmp_path: Path,
     expected = setting_profiles(data, schema, min_rows)
     assert sum(len(v) for v in expected.values()) > 25
     assert got == expected
+
+
+def test_buckets_grow_with_the_history() -> None:
+    assert buckets_for(0) == 1 and buckets_for(1) == 1
+    assert buckets_for(250_000) == 1 and buckets_for(250_001) == 2
+    assert buckets_for(10**9) == 4000
+    assert buckets_for(1000, bucket_rows=300) == 4

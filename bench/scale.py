@@ -1,0 +1,442 @@
+"""Scale benchmarks (issue 20): a large simulated plant as a Parquet dataset, training's aggregates
+out of core (pyarrow vs DuckDB), and the in-memory training baseline.
+
+    .venv/bin/python bench/scale.py aggregates --shots 4000000 --facilities 60 --days 60
+        simulate (streamed) -> prepared pieces (canonical, imputed, clustered; setup, timed apart)
+        -> the group table, facility defaults and per-setting profiles by three engines, each in
+        a process of its own (wall time, peak RSS): pyarrow pieces (model_store/aggregates.py),
+        DuckDB SQL over the prepared Parquet files, and the in-memory functions on one frame;
+        results cross-checked; bench/results/scale_aggregates.json
+    .venv/bin/python bench/scale.py baseline --shots 1000000 2000000
+        `moldwatch train` as today (whole history in memory): wall time and peak RSS of the
+        process tree per size; bench/results/scale_baseline.json
+
+DuckDB is not a dependency of moldwatch: the DuckDB engine imports it from --duckdb-path (e.g. a
+``pip install --target DIR duckdb``) or the environment, and is skipped when absent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import RESULTS, PeakMemory, write_result  # noqa: E402
+
+MOLDWATCH = [sys.executable, "-m", "service"]
+GROUP_KEYS = ["maker", "facility", "item", "cluster"]
+ENGINES = ["pyarrow", "duckdb", "duckdb_limited", "memory"]
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+# --- setup: the plant and its prepared pieces ---------------------------------------------------
+
+
+def _remembered(marker: Path) -> dict[str, Any] | None:
+    return {**json.loads(marker.read_text()), "reused": True} if marker.exists() else None
+
+
+def make_plant(out: Path, shots: int, days: int, facilities: int, items: int, seed: int) -> dict[str, Any]:
+    if (out / "records").is_dir():
+        return _remembered(out.parent / "plant_setup.json") or {"reused": True}
+    command = MOLDWATCH + ["simulate", "--out", str(out), "--format", "parquet-dataset", "--shots", str(shots),
+                           "--days", str(days), "--facilities", str(facilities), "--items", str(items), "--seed", str(seed)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with PeakMemory(process.pid) as memory:
+        output, _ = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"simulate failed:\n{output[-3000:]}")
+    made = {"command": " ".join(command[2:]), "seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(memory.peak / 2**20)}
+    (out.parent / "plant_setup.json").write_text(json.dumps(made))
+    return made
+
+
+def prepare_pieces(plant: Path, work: Path, rows: int) -> dict[str, Any]:
+    """Canonical, imputed (forward across pieces, per maker), clustered pieces as Parquet files:
+    what the out-of-core pipeline will hand the aggregates. Setting models: fitted on the first
+    pieces' set points (the in-memory path fits on all; the bench compares engines on the same
+    clusters, so any fit will do)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from model_store.config import TrainingConfig
+    from model_store.groups import cluster_rows
+    from model_store.loaders import iter_table
+    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.serving.imputation import impute_state
+    from model_store.settings import fit_setting_model
+
+    prepared = work / "prepared"
+    if prepared.is_dir():
+        return _remembered(work / "prepare_setup.json") or {"reused": True}
+    started = time.perf_counter()
+    schema = load_schema(plant / "schema.yaml")
+    config = TrainingConfig()
+    sample: dict[str, list[np.ndarray]] = {m: [] for m in schema.makers}
+    for number, piece in enumerate(iter_table(plant / "records", rows=rows)):
+        if number >= 3:
+            break
+        frame = canonical_records(piece, schema)
+        for maker, fields in schema.makers.items():
+            sample[maker].append(frame.loc[frame["maker"] == maker, list(fields.settings)].to_numpy(dtype=float))
+    models = {m: fit_setting_model(m, schema.makers[m].settings, np.vstack(v), config.grouping, config.model.seed)
+              for m, v in sample.items() if sum(len(x) for x in v)}
+    (work / "setting_models.json").write_text(json.dumps({m: model.to_dict() for m, model in models.items()}))
+    memory: dict[str, dict] = {m: {} for m in schema.makers}
+    prepared.mkdir(parents=True)
+    total = 0
+    for number, piece in enumerate(iter_table(plant / "records", rows=rows)):
+        frame = canonical_records(piece, schema)
+        parts = []
+        for maker, fields in schema.makers.items():
+            sub = frame[frame["maker"] == maker]
+            if len(sub):
+                sub, _ = impute_state(sub, ["item", *fields.settings], fallback={}, memory=memory[maker], backward=True)
+                parts.append(sub)
+        frame = pd.concat(parts).sort_index()
+        frame["cluster"], _ = cluster_rows(frame, models)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), prepared / f"part-{number:05d}.parquet")
+        total += len(frame)
+    lots = canonical_lots(pd.read_csv(plant / "lots.csv"), schema)
+    lots.to_parquet(work / "lots.parquet", index=False)
+    made = {"seconds": round(time.perf_counter() - started, 1), "rows": total}
+    (work / "prepare_setup.json").write_text(json.dumps(made))
+    return made
+
+
+# --- the engines (each run in a process of its own) ------------------------------------------------
+
+
+def _context(work: Path) -> tuple[Any, dict, Any]:
+    from model_store.config import TrainingConfig
+    from model_store.schema import load_schema
+    from model_store.serving.clusters import SettingModel
+
+    schema = load_schema(work / "plant" / "schema.yaml")
+    models = {m: SettingModel.from_dict(d) for m, d in json.loads((work / "setting_models.json").read_text()).items()}
+    return schema, models, TrainingConfig()
+
+
+def engine_pyarrow(work: Path, rows: int, buckets: int) -> dict[str, Any]:
+    import pandas as pd
+
+    from model_store.aggregates import HistoryAggregates, lot_rates_of, profiles_from_spill, spill_by_group
+    from model_store.loaders import iter_table
+
+    schema, models, config = _context(work)
+    rates = lot_rates_of(iter_table(work / "lots.parquet", rows=rows))
+    agg = HistoryAggregates(schema, rates)
+
+    def pieces():  # noqa: ANN202
+        for piece in iter_table(work / "prepared", rows=rows):
+            agg.add(piece)
+            yield piece
+
+    with tempfile.TemporaryDirectory(dir=work) as spill:
+        spill_by_group(pieces(), Path(spill), buckets=buckets)
+        profiles = profiles_from_spill(Path(spill), schema, models, config.grouping.min_profile_rows)
+    table = agg.group_table(config.grouping)
+    return _summary(table, agg.facility_defaults(), profiles)
+
+
+def engine_memory(work: Path) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from model_store.groups import group_table
+    from model_store.lots import lot_defect_rates, row_lot_rates
+    from model_store.loaders import read_table
+    from model_store.training import facility_defaults, setting_profiles
+
+    schema, models, config = _context(work)
+    records = read_table(work / "prepared")
+    rates = row_lot_rates(records, lot_defect_rates(pd.read_parquet(work / "lots.parquet")))
+    table = group_table(records, rates, config.grouping)
+    profiles = setting_profiles(SimpleNamespace(records=records, setting_models=models), schema, config.grouping.min_profile_rows)
+    return _summary(table, facility_defaults(records, schema), profiles)
+
+
+def engine_duckdb(work: Path, threads: int, memory_limit: str | None = None) -> dict[str, Any]:
+    import duckdb
+    import pandas as pd
+
+    from model_store.lots import lot_defect_rates
+
+    schema, models, config = _context(work)
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET temp_directory = '{work / 'duckdb_tmp'}'")
+    rates = lot_defect_rates(pd.read_parquet(work / "lots.parquet"))  # noqa: F841 - read by DuckDB by name
+    files = f"{work / 'prepared'}/*.parquet"
+    src = f"read_parquet('{files}', filename = true, file_row_number = true)"
+    table = con.execute(f"""
+        SELECT p.maker, p.facility, p.item, p.cluster, count(*) AS rows, count(DISTINCT p.lot_date) AS lots,
+               count(r.defect_rate) AS lot_rows, avg(r.defect_rate) AS lot_defect_rate
+        FROM {src} p LEFT JOIN rates r ON p.facility = r.facility AND p.item = r.item AND p.lot_date = r.lot_date
+        WHERE p.cluster >= 0 AND p.item IS NOT NULL
+        GROUP BY ALL ORDER BY ALL""").df()
+    from model_store.groups import assign_roles
+
+    table = assign_roles(table, config.grouping)
+    items = con.execute(f"""SELECT maker, facility, item, count(*) AS n FROM {src} WHERE item IS NOT NULL GROUP BY ALL""").df()
+    defaults: dict[str, dict] = {}
+    for (maker, facility), sub in items.groupby(["maker", "facility"]):
+        best = sorted(sub.loc[sub["n"] == sub["n"].max(), "item"].astype(str))
+        defaults[str(facility)] = {"item": best[0]}
+    profiles: dict[str, list] = {}
+    min_rows = config.grouping.min_profile_rows
+    for maker, fields in schema.makers.items():
+        model = models.get(maker)
+        if model is None:
+            continue
+        sf = list(fields.settings)
+        complete = " AND ".join(f'"{f}" IS NOT NULL' for f in sf)
+        combos = con.execute(f"""
+            SELECT facility, item, {", ".join(f'"{f}"' for f in sf)}, count(*) AS n,
+                   min(filename || lpad(file_row_number::VARCHAR, 12, '0')) AS first
+            FROM {src} WHERE maker = '{maker}' AND {complete} GROUP BY ALL""").df()
+        for facility, sub in combos.groupby("facility"):
+            entry = defaults.setdefault(str(facility), {"item": None})
+            overall = sub.groupby(sf, as_index=False).agg(n=("n", "sum"), first=("first", "min"))
+            top = overall.sort_values(["n", "first"], ascending=[False, True]).iloc[0]
+            entry["settings"] = [float(top[f]) for f in sf]
+            entry["settings_by_item"] = {
+                str(item): [float(v) for v in grp.sort_values(["n", "first"], ascending=[False, True]).iloc[0][sf]]
+                for item, grp in sub[sub["item"].notna()].groupby("item")}
+        mf = list(model.fields)
+        prod = list(fields.production)
+        scaled = ", ".join(f'("{f}" - {float(m)!r}) / {float(s)!r} AS s{i}' for i, (f, m, s) in enumerate(zip(mf, model.minimum, model.scale)))
+        s_ok = " AND ".join(f"s{i} IS NOT NULL" for i in range(len(mf)))
+        stats = ", ".join(
+            f'median("{f}") AS med{i}, quantile_cont("{f}", 0.001) AS lo{i}, quantile_cont("{f}", 0.999) AS hi{i}'
+            for i, f in enumerate(prod))
+        cents = ", ".join(f"avg(s{i}) FILTER (WHERE {s_ok}) AS c{i}" for i in range(len(mf)))
+        dist = " + ".join(f"(g.s{i} - c.c{i}) ^ 2" for i in range(len(mf)))
+        rows = con.execute(f"""
+            WITH g AS (SELECT facility, item, cluster, {", ".join(f'"{f}"' for f in prod)}, {scaled}
+                       FROM {src} WHERE maker = '{maker}' AND cluster >= 0 AND item IS NOT NULL),
+                 c AS (SELECT facility, item, cluster, count(*) AS rows, {stats}, {cents}
+                       FROM g GROUP BY ALL HAVING count(*) >= {min_rows}),
+                 r AS (SELECT g.facility, g.item, g.cluster, quantile_cont(sqrt({dist}), 0.95) AS radius
+                       FROM g JOIN c USING (facility, item, cluster) WHERE {" AND ".join(f"g.s{i} IS NOT NULL" for i in range(len(mf)))}
+                       GROUP BY ALL)
+            SELECT * FROM c JOIN r USING (facility, item, cluster) ORDER BY facility, item, cluster""").df()
+        for row in rows.itertuples(index=False):
+            r = row._asdict()
+            profiles.setdefault(maker, []).append({
+                "facility": r["facility"], "item": r["item"], "cluster": int(r["cluster"]), "rows": int(r["rows"]),
+                "median": [None if pd.isna(r[f"med{i}"]) else float(r[f"med{i}"]) for i in range(len(prod))],
+                "setting_centroid": [float(r[f"c{i}"]) for i in range(len(mf))], "setting_radius": float(r["radius"]),
+                "band": {"low": [float(r[f"lo{i}"]) if not pd.isna(r[f"lo{i}"]) else 0.0 for i in range(len(prod))],
+                         "high": [float(r[f"hi{i}"]) if not pd.isna(r[f"hi{i}"]) else 0.0 for i in range(len(prod))]}})
+    return _summary(table, defaults, profiles)
+
+
+def _summary(table: Any, defaults: dict, profiles: dict) -> dict[str, Any]:
+    """What the engines are compared on (written as JSON by the engine process)."""
+    table = table.sort_values(GROUP_KEYS).reset_index(drop=True)
+    return {
+        "groups": [[str(r.maker), str(r.facility), str(r.item), int(r.cluster), int(r.rows), int(r.lots), int(r.lot_rows),
+                    None if r.lot_defect_rate != r.lot_defect_rate else float(r.lot_defect_rate), str(r.role)]
+                   for r in table.itertuples(index=False)],
+        "facility_defaults": defaults,
+        "profiles": {m: sorted(rows, key=lambda p: (p["facility"], p["item"], p["cluster"])) for m, rows in profiles.items()},
+    }
+
+
+def run_engine(name: str, work: Path, rows: int, buckets: int, threads: int, duckdb_path: str | None,
+               duckdb_memory_limit: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    if duckdb_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (duckdb_path, env.get("PYTHONPATH")) if p)
+    out = work / f"engine_{name}.json"
+    command = [sys.executable, __file__, "_engine", name, "--work", str(work), "--rows", str(rows), "--buckets", str(buckets),
+               "--threads", str(threads), "--result", str(out), "--duckdb-memory-limit", duckdb_memory_limit]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        named = [line for line in lines if "Error" in line or "error" in line]
+        return {"engine": name, **({"memory_limit": duckdb_memory_limit} if name == "duckdb_limited" else {}),
+                "error": (named or lines or [f"exit {done.returncode}"])[-1].strip()}
+    result = json.loads(out.read_text())
+    return {"engine": name, **({"memory_limit": duckdb_memory_limit} if name == "duckdb_limited" else {}),
+            "wall_seconds": round(seconds, 1), "compute_seconds": result["seconds"],
+            "peak_rss_mb": round(result["maxrss_kb"] / 1024), "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()], "summary": result["summary"]}
+
+
+def compare(a: dict, b: dict, tolerance: float = 1e-9) -> dict[str, Any]:
+    """Do two engines' results agree? Counts exactly, rates and statistics within ``tolerance`` (relative)."""
+    def close(x: Any, y: Any) -> bool:
+        if isinstance(x, list) and isinstance(y, list):
+            return len(x) == len(y) and all(close(p, q) for p, q in zip(x, y))
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+        if isinstance(x, float) or isinstance(y, float):
+            if x is None or y is None:
+                return x is y
+            return abs(x - y) <= tolerance * max(1.0, abs(x), abs(y))
+        return x == y
+
+    return {part: close(a[part], b[part]) for part in ("groups", "facility_defaults", "profiles")}
+
+
+def cmd_aggregates(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    setup = {"uptime_before": uptime(), "plant": make_plant(work / "plant", args.shots, args.days, args.facilities, args.items, args.seed)}
+    setup["prepare"] = prepare_pieces(work / "plant", work, args.rows)
+    engines = []
+    for name in args.engines:
+        print(f"engine {name} ...", flush=True)
+        engines.append(run_engine(name, work, args.rows, args.buckets, args.threads, args.duckdb_path, args.duckdb_memory_limit))
+        print({k: v for k, v in engines[-1].items() if k != "summary"}, flush=True)
+    summaries = {e["engine"]: e.pop("summary") for e in engines if "summary" in e}
+    reference = summaries.get("memory") or summaries.get("pyarrow")
+    agreement = {name: compare(s, reference) for name, s in summaries.items() if s is not reference}
+    first = next(iter(summaries.values()), {"groups": [], "profiles": {}})
+    run = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "shots": args.shots, "days": args.days, "facilities": args.facilities, "items": args.items, "seed": args.seed,
+        "rows_per_piece": args.rows, "buckets": args.buckets, "duckdb_threads": args.threads,
+        "groups": len(first["groups"]), "profiles": sum(len(v) for v in first["profiles"].values()),
+        "setup": setup, "engines": engines, "agreement_with_" + ("memory" if "memory" in summaries else "pyarrow"): agreement,
+        "uptime_after": uptime(), "notes": args.note,
+    }
+    previous = RESULTS / f"{args.name}.json"
+    same = (args.shots, args.buckets, tuple(args.engines))  # a rerun of these replaces its earlier entry
+    runs = [r for r in (json.loads(previous.read_text()).get("runs", []) if previous.exists() else [])
+            if (r["shots"], r["buckets"], tuple(e["engine"] for e in r["engines"])) != same]
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    payload = {"choice": args.choice or kept.get("choice", ""), "runs": sorted([*runs, run], key=lambda r: (r["shots"], r["buckets"]))}
+    path = write_result(args.name, payload)
+    print(json.dumps({k: v for k, v in run.items() if k != "setup"}, indent=1))
+    print(path)
+
+
+def cmd_engine(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    work = Path(args.work)
+    if args.engine == "pyarrow":
+        summary = engine_pyarrow(work, args.rows, args.buckets)
+    elif args.engine == "duckdb":
+        summary = engine_duckdb(work, args.threads)
+    elif args.engine == "duckdb_limited":
+        summary = engine_duckdb(work, args.threads, args.duckdb_memory_limit)
+    else:
+        summary = engine_memory(work)
+    seconds = round(time.perf_counter() - started, 2)
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "maxrss_kb": peak_rss_kb(), "summary": summary}, default=float))
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident memory since its exec (VmHWM): ru_maxrss would also count the
+    parent's memory this process was forked from, which Linux keeps across exec."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+# --- baseline: moldwatch train as today ---------------------------------------------------------
+
+
+def cmd_baseline(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    runs = []
+    for shots in args.shots:
+        plant = work / f"plant_{shots}"
+        if not (plant / "records.parquet").exists():
+            subprocess.run(MOLDWATCH + ["simulate", "--out", str(plant), "--shots", str(shots), "--days", str(args.days),
+                                        "--facilities", str(args.facilities), "--items", str(args.items), "--seed", str(args.seed)],
+                           check=True, capture_output=True)
+        store = work / f"store_{shots}"
+        command = MOLDWATCH + ["train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records.parquet"),
+                               "--lots", str(plant / "lots.csv"), "--store", str(store), "--workers", str(args.workers)]
+        before = uptime()
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with PeakMemory(process.pid, interval=0.5) as memory:
+            output, _ = process.communicate()
+        seconds = time.perf_counter() - started
+        run: dict[str, Any] = {"shots": shots, "wall_seconds": round(seconds, 1), "peak_rss_mb_tree": round(memory.peak / 2**20),
+                               "uptime_before": before, "uptime_after": uptime(), "exit": process.returncode}
+        if process.returncode:
+            run["error"] = output.strip().splitlines()[-1] if output.strip() else ""
+        else:
+            manifest = json.loads((store / "manifest.json").read_text())
+            run.update(records=manifest["training"]["records"], groups=len(manifest["groups"]),
+                       seconds_per_million=round(seconds / (shots / 1e6), 1),
+                       gb_per_million=round(memory.peak / 2**30 / (shots / 1e6), 2))
+        runs.append(run)
+        print(run, flush=True)
+    path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "workers": args.workers,
+                                    "days": args.days, "facilities": args.facilities, "items": args.items, "seed": args.seed,
+                                    "runs": runs, "notes": args.note})
+    print(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    agg = sub.add_parser("aggregates", help="pyarrow vs DuckDB vs in-memory on training's aggregates")
+    agg.add_argument("--shots", type=int, default=4_000_000)
+    agg.add_argument("--days", type=int, default=60)
+    agg.add_argument("--facilities", type=int, default=60)
+    agg.add_argument("--items", type=int, default=120)
+    agg.add_argument("--seed", type=int, default=0)
+    agg.add_argument("--rows", type=int, default=200_000, help="rows per piece")
+    agg.add_argument("--buckets", type=int, default=32)
+    agg.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    agg.add_argument("--engines", nargs="+", default=["pyarrow", "duckdb", "memory"], choices=ENGINES)
+    agg.add_argument("--duckdb-memory-limit", default="1GB", help="the duckdb_limited engine's memory_limit")
+    agg.add_argument("--duckdb-path", default=None, help="a folder holding the duckdb package (pip install --target)")
+    agg.add_argument("--work", default="runs/scale")
+    agg.add_argument("--name", default="scale_aggregates")
+    agg.add_argument("--choice", default="", help="the engine chosen, and why (written into the JSON)")
+    agg.add_argument("--note", default="")
+    agg.set_defaults(run=cmd_aggregates)
+    eng = sub.add_parser("_engine")
+    eng.add_argument("engine", choices=ENGINES)
+    eng.add_argument("--duckdb-memory-limit", default="1GB")
+    eng.add_argument("--work", required=True)
+    eng.add_argument("--rows", type=int, default=200_000)
+    eng.add_argument("--buckets", type=int, default=32)
+    eng.add_argument("--threads", type=int, default=2)
+    eng.add_argument("--result", required=True)
+    eng.set_defaults(run=cmd_engine)
+    base = sub.add_parser("baseline", help="moldwatch train as today: time and peak RSS")
+    base.add_argument("--shots", type=int, nargs="+", default=[1_000_000, 2_000_000])
+    base.add_argument("--days", type=int, default=60)
+    base.add_argument("--facilities", type=int, default=24)
+    base.add_argument("--items", type=int, default=48)
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--workers", type=int, default=2)
+    base.add_argument("--work", default="runs/scale_baseline")
+    base.add_argument("--name", default="scale_baseline")
+    base.add_argument("--note", default="")
+    base.set_defaults(run=cmd_baseline)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
