@@ -177,6 +177,14 @@ class WorkerSettings(BaseSettings):
         20_000, ge=0, description="Record ids remembered (least recently answered forgotten first; ~0.8 KB each) so "
         "that a verdict for an id already answered from another source position says supersedes=true; empty after a "
         "restart (then source.operation and the position tell). 0: never marked.", json_schema_extra=_panel(FLOW))
+    candidate_store: Path | None = Field(
+        None, description="Shadow canary: a retrained candidate store judges every record beside the served store; its "
+        "verdicts go to kafka_shadow_topic only (never to the verdicts or alarms topics). Reloaded like the store; "
+        "gone (promoted, removed): shadowing stops. Compare with 'moldwatch canary' before promoting.",
+        json_schema_extra=_panel(STORE))
+    kafka_shadow_topic: str | None = Field(
+        None, description="Where the candidate store's verdicts go (needs candidate_store; key = facility, as verdicts).",
+        json_schema_extra=_panel(KAFKA))
     drift_watch: bool = Field(
         True, description="Watch each part's verdicts for drift against what the store did on its own history "
         "(alarm rate up or down, score level shifted; model_store/serving/drift.py): moldwatch_drift* metrics, a log "
@@ -287,6 +295,13 @@ class WorkerSettings(BaseSettings):
             raise ValueError("http_tls_cert_file and http_tls_key_file go together (HTTPS needs both)")
         if self.http_tls_client_ca_file is not None and self.http_tls_cert_file is None:
             raise ValueError("http_tls_client_ca_file (mutual TLS) needs http_tls_cert_file and http_tls_key_file")
+        if (self.candidate_store is None) != (self.kafka_shadow_topic is None):
+            raise ValueError("candidate_store and kafka_shadow_topic go together (the candidate's verdicts need a topic of "
+                             "their own, and a shadow topic needs a candidate)")
+        if self.kafka_shadow_topic is not None and self.kafka_shadow_topic in (
+                self.kafka_verdicts_topic, self.kafka_alarms_topic, self.kafka_dead_letters_topic):
+            raise ValueError(f"kafka_shadow_topic {self.kafka_shadow_topic!r} must differ from the verdicts, alarms and "
+                             "dead-letters topics: a candidate's verdicts must never reach alarm consumers")
         if self.kafka_feedback_in_topic and not self.kafka_feedback_topic:
             raise ValueError("kafka_feedback_in_topic needs kafka_feedback_topic (where the joined answers are kept)")
         if self.mongo_password is not None and not self.mongo_username:

@@ -203,6 +203,12 @@ class WorkerMetrics:
             "(their records are unscorable, cause broken_model).", registry=r)
         self.store_rejected = Gauge(
             "moldwatch_store_rejected", "1 while the store on disk was rejected and the last good one serves.", registry=r)
+        self.shadow_active = Gauge("moldwatch_shadow_active", "1 while a candidate store judges every record in the "
+                                   "shadow (candidate_store; its verdicts on kafka_shadow_topic only).", registry=r)
+        self.shadow_verdicts = Counter("moldwatch_shadow_verdicts", "The candidate store's verdicts (shadow canary), "
+                                       "acknowledged with their batch.", ["facility", "item"], registry=r)
+        self.shadow_anomalies = Counter("moldwatch_shadow_anomalies", "The candidate store's anomalous verdicts (shadow "
+                                        "canary; never sent to the alarms topic).", ["facility", "item"], registry=r)
         self.cache = CacheStatsCollector()
         r.register(self.cache)
         self.latencies = LatencyWindow()
@@ -321,6 +327,12 @@ class WorkerMetrics:
             self.child(self.imputed, str(name)).inc()
         if "on_recipe" in verdict:  # absent: the worker has no recipes file
             self.child(self.recipe_checks, facility, ON_RECIPE.get(verdict["on_recipe"], "unknown")).inc()
+
+    def observe_shadow(self, verdict: dict[str, Any]) -> None:
+        facility, item = self.part_labels(verdict.get("facility"), verdict.get("item"))
+        self.child(self.shadow_verdicts, facility, item).inc()
+        if verdict.get("anomaly"):
+            self.child(self.shadow_anomalies, facility, item).inc()
 
     def observe_latency(self, record_time: float | None, received_at: float, acked_at: float,
                         event_time: float | None = None) -> None:

@@ -84,6 +84,8 @@ class BatchResult:
     model_version: str
     seconds: float = 0.0
     fallback: bool = False
+    # The candidate store's verdicts of the same records (shadow canary), as JSON; empty without one.
+    shadow: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
 
     @property
     def verdicts(self) -> list[dict[str, Any]]:
@@ -110,6 +112,11 @@ class Pipeline:
         # Replaced whole by the worker (never mutated); a batch reads it once, so one batch is
         # judged by one book even when a reload lands mid-batch.
         self.recipes: RecipeBook | None = None
+        # Shadow canary: a candidate store judging the same records; its own facility memory (its
+        # baselines are its own). A failure there never touches the served verdicts.
+        self.shadow: ScoringEngine | None = None
+        self.shadow_memory: FacilityMemory = {}
+        self.shadow_failures = 0
 
     @property
     def engine(self) -> ScoringEngine:
@@ -135,7 +142,7 @@ class Pipeline:
         """Score a batch synchronously. ``memory`` defaults to the worker's facility memory;
         ``track=False`` (POST /score) leaves the answered-ids memory alone."""
         started = time.perf_counter()
-        engine, decoder, recipes = self._engine, self._decoder, self.recipes
+        engine, decoder, recipes, shadow = self._engine, self._decoder, self.recipes, self.shadow
         memory = self.memory if memory is None else memory
         answered = self.answered if track else None
         documents: list[Any] = []
@@ -178,6 +185,8 @@ class Pipeline:
                 payloads = dumps_many(verdicts)
                 result.scored = [ScoredRecord(v, r, t, p, e) for v, r, t, p, e
                                  in zip(verdicts, decoded.record_time, times, payloads, events)]
+                if shadow is not None and track:
+                    result.shadow = self._shadow(shadow, decoded.records, sources)
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
@@ -186,6 +195,20 @@ class Pipeline:
                                        recipes, sources, events, answered)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _shadow(self, engine: ScoringEngine, records: Any, sources: list[Any]) -> list[tuple[dict[str, Any], bytes]]:
+        """The candidate's verdicts of a batch the served store judged, or none when it fails."""
+        try:
+            verdicts = score_frame(engine, records, self.shadow_memory)
+            for verdict, source in zip(verdicts, sources):
+                if source is not None:
+                    mark(verdict, source, None)
+            return list(zip(verdicts, dumps_many(verdicts)))
+        except Exception as exc:  # noqa: BLE001 - the candidate is on trial; the served verdicts go on
+            self.shadow_failures += 1
+            log.warning("candidate store failed a batch; its shadow verdicts of it are skipped",
+                        model_version=engine.model_version, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return []
 
     def _score_one_by_one(
         self,

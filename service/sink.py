@@ -332,6 +332,11 @@ class KafkaSink:
             delivery.messages.append(Outgoing(s.kafka_verdicts_topic, key, value, callback, origin=verdict, verdict_index=index))
             if verdict.get("anomaly"):
                 delivery.messages.append(Outgoing(s.kafka_alarms_topic, key, value, origin=verdict))
+        if s.kafka_shadow_topic:
+            for verdict, value in result.shadow:  # the candidate's: its own topic only, never alarms
+                key = facility_key(verdict.get("facility"))
+                if len(value) + len(key or b"") <= limit:
+                    delivery.messages.append(Outgoing(s.kafka_shadow_topic, key, value))
         for failed in result.failed:
             doc = failed.dead_letter.document
             key = facility_key(doc.get(self.facility_column)) if self.facility_column and isinstance(doc, dict) else None

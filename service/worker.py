@@ -296,6 +296,8 @@ class Worker:
             spawn("scorer", self._score_loop(), may_finish=True)  # both end after the drain marker
             spawn("committer", self._commit_loop(), may_finish=True)
             spawn("store-watcher", self.store.watch())
+            if self.settings.candidate_store is not None:
+                spawn("candidate-watcher", self._candidate_loop())
             if self.feedback is not None and self.settings.kafka_feedback_in_topic:
                 spawn("feedback-intake", self.feedback.consume(self.supervisor.stopping))
             await self.supervisor.stopping.wait()
@@ -309,7 +311,8 @@ class Worker:
         from service.topics import TopicError, ensure_topics
 
         s = self.settings
-        topics = (s.kafka_verdicts_topic, s.kafka_alarms_topic, s.kafka_dead_letters_topic)
+        topics = (s.kafka_verdicts_topic, s.kafka_alarms_topic, s.kafka_dead_letters_topic,
+                  *((s.kafka_shadow_topic,) if s.kafka_shadow_topic else ()))
         backoff = Backoff(*RETRY_BACKOFF_S)
         while not self.supervisor.stopping.is_set():
             try:
@@ -502,6 +505,8 @@ class Worker:
                 self.metrics.observe_verdict(scored.verdict)
                 if self.drift is not None:
                     self.drift.observe(scored.verdict)
+        for verdict, _ in result.shadow:
+            self.metrics.observe_shadow(verdict)
         for failed in result.failed:
             self.metrics.dead_letters.labels(failed.dead_letter.reason).inc()
         if result.failed:
@@ -591,6 +596,41 @@ class Worker:
         if engine.model_version == current.model_version and not force:
             return None
         return engine
+
+    async def _candidate_loop(self) -> None:
+        """Shadow canary: load the candidate store whenever its manifest changes; stop shadowing
+        when it is gone (promoted, removed), broken, or the version already served."""
+        path = Path(self.settings.candidate_store or "")
+        seen: Any = None
+        while not self.supervisor.stopping.is_set():
+            signature = tree_signature(path, MANIFEST) if (path / MANIFEST).is_file() else None
+            if signature != seen:
+                seen = signature
+                await self._load_candidate(path, signature is not None)
+            await self.supervisor.until_stopping(asyncio.sleep(self.settings.store_poll_s))
+
+    async def _load_candidate(self, path: Path, present: bool) -> None:
+        assert self.pipeline is not None
+        engine: ScoringEngine | None = None
+        why = "the candidate store is gone (promoted or removed)"
+        if present:
+            try:
+                engine = await asyncio.to_thread(load_engine, path, self.settings.cache_size)
+            except StoreError as exc:
+                why = f"the candidate store does not load: {exc}"
+            else:
+                if engine.manifest.schema_hash != self.pipeline.engine.manifest.schema_hash:
+                    engine, why = None, "the candidate store is for another plant schema"
+                elif engine.model_version == self.pipeline.engine.model_version:
+                    engine, why = None, "the candidate is the version already served"
+        self.pipeline.shadow = engine
+        self.pipeline.shadow_memory = {}
+        self.metrics.shadow_active.set(1 if engine is not None else 0)
+        if engine is not None:
+            log.info("candidate store judging in the shadow", candidate=str(path), model_version=engine.model_version,
+                     topic=self.settings.kafka_shadow_topic)
+        else:
+            log.warning("no candidate store in the shadow", candidate=str(path), reason=why)
 
     def _swap_store(self) -> None:
         """Serve the store the watcher (or a forced reload) accepted last: at once when it is
