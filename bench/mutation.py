@@ -74,6 +74,7 @@ MODULES: dict[str, RuleModule] = {
     "lots": RuleModule("model_store/lots.py", ("tests/model_store/test_lots.py",)),
     "http_auth": RuleModule("service/http_auth.py", ("tests/service/test_http_auth.py",)),
     "feedback": RuleModule("service/feedback.py", ("tests/service/test_feedback.py",)),
+    "drift": RuleModule("model_store/serving/drift.py", ("tests/model_store/serving/test_drift.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

@@ -6,10 +6,12 @@ which judged better. The candidate is promoted only when it is **not worse on an
 
 1. **alarm volume against the lots**: ``ratio = alarms / bad shots`` over the records whose lot is
    reported; the candidate's ``|ln ratio|`` may exceed the served store's by at most
-   ``ln(ratio_slack)`` (an alarm stream that drifted to 3x the bad shots is what retraining fixes;
-   a candidate that alarms on nothing, or on everything, is what it must not bring);
+   ``ln(ratio_slack)`` (x2 by default: the served store is itself suspect once drift asked for a
+   retrain, and a few days of lots are noisy; what the guard must stop is a candidate off by an
+   order of magnitude, or alarming on nothing);
 2. **agreement with the lots**: Spearman correlation, across lots, of the lot's alarm share with
-   its bad share; the candidate's may be lower by at most ``rank_slack``;
+   its bad share; the candidate's may be lower by at most ``rank_slack + 1 / sqrt(lots - 1)`` (the
+   second term is a rank correlation's standard error: with 10 lots, 0.43; with 100, 0.20);
 3. **feedback**, when operators answered at least ``min_answers`` records: precision of the
    store's alarms among the answered records (confirmed defects / answered alarms) and recall of
    the confirmed defects, each at most ``feedback_slack`` lower;
@@ -35,7 +37,7 @@ Decision = Literal["promote", "refuse", "wait"]
 class CanaryRule:
     min_lots: int = 5
     min_bad: int = 20
-    ratio_slack: float = 1.25
+    ratio_slack: float = 2.0
     rank_slack: float = 0.10
     min_answers: int = 20
     feedback_slack: float = 0.05
@@ -144,11 +146,12 @@ def decide(served: Judgement, candidate: Judgement, rule: CanaryRule = CanaryRul
         reasons.append(f"alarm volume: the candidate raises {candidate.alarms_in_lots} alarms for {candidate.bad_in_lots:.0f} "
                        f"bad shots (ratio {candidate.ratio:.2f}), further from the lots than the served store "
                        f"({served.alarms_in_lots}, ratio {served.ratio:.2f}) by more than x{rule.ratio_slack:g}")
-    if candidate.rank is None or (served.rank is not None and candidate.rank < served.rank - rule.rank_slack):
+    rank_slack = rule.rank_slack + 1.0 / math.sqrt(max(candidate.lots - 1, 1))
+    if candidate.rank is None or (served.rank is not None and candidate.rank < served.rank - rank_slack):
         shown = "undefined" if candidate.rank is None else f"{candidate.rank:.2f}"
         reasons.append(f"lot agreement: the candidate's alarm share follows the lots' bad share with rank correlation "
                        f"{shown}, the served store's {served.rank if served.rank is None else round(served.rank, 2)} "
-                       f"(at most {rule.rank_slack:g} lower allowed)")
+                       f"(at most {rank_slack:.2f} lower allowed over {candidate.lots} lots)")
     answered = max(served.answered_alarms, candidate.answered_alarms)
     if answered >= rule.min_answers:
         for name in ("precision", "recall"):

@@ -86,3 +86,24 @@ def store_copy(trained_store, tmp_path) -> Path:
     target = tmp_path / "store"
     shutil.copytree(trained_store, target)
     return target
+
+
+def versioned_store(source: Path, target: Path, version: str, line_scale: float = 1.0,
+                    schema_hash: str | None = None) -> Path:
+    """A copy of store ``source`` as another model version (its manifest rewritten, artifacts as they
+    are). ``line_scale`` below 1 moves every conditional line down: a store that alarms on nearly
+    everything, as one trained on corrupted data may; ``schema_hash``: another plant's store."""
+    import json
+
+    from model_store.serving.store import MANIFEST
+
+    shutil.copytree(source, target)
+    raw = json.loads((target / MANIFEST).read_text())
+    raw["model_version"] = version
+    for unit in raw["conditional"]["units"].values():
+        for calibration in unit["calibration"]:
+            calibration["line"] *= line_scale
+    if schema_hash is not None:
+        raw["schema_hash"] = schema_hash
+    (target / MANIFEST).write_text(json.dumps(raw))
+    return target

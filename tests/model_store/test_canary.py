@@ -52,21 +52,31 @@ def test_wait_until_the_evidence_is_there() -> None:
 
 def test_alarm_volume_boundary() -> None:
     served = replace(BASE, alarms_in_lots=80)  # ratio 2: |ln| = ln 2
-    at_line = replace(BASE, alarms_in_lots=100)  # ratio 2.5 = 2 x 1.25: |ln| = ln 2 + ln 1.25 exactly
+    at_line = replace(BASE, alarms_in_lots=160)  # ratio 4 = 2 x 2 (the default slack): |ln| = ln 2 + ln 2 exactly
     assert decide(served, at_line).decision == "promote"
-    over = decide(served, replace(BASE, alarms_in_lots=101))
+    over = decide(served, replace(BASE, alarms_in_lots=161))
     assert over.decision == "refuse" and over.reasons[0].startswith("alarm volume")
-    # under the lots counts the same way: ratio 0.4 = 1 / 2.5
-    assert decide(served, replace(BASE, alarms_in_lots=16)).decision == "promote"
-    assert decide(served, replace(BASE, alarms_in_lots=15)).decision == "refuse"
+    # under the lots counts the same way: ratio 0.25 = 1 / 4
+    assert decide(served, replace(BASE, alarms_in_lots=10)).decision == "promote"
+    assert decide(served, replace(BASE, alarms_in_lots=9)).decision == "refuse"
+    # a tighter rule: x1.25
+    tight = CanaryRule(ratio_slack=1.25)
+    assert decide(served, replace(BASE, alarms_in_lots=100), tight).decision == "promote"  # 2.5 = 2 x 1.25
+    assert decide(served, replace(BASE, alarms_in_lots=101), tight).decision == "refuse"
     # a candidate that alarms on nothing is refused, whatever the served store does
     silent = decide(replace(BASE, alarms_in_lots=0), replace(BASE, alarms_in_lots=0, rank=0.5))
     assert silent.decision == "refuse" and "alarm volume" in silent.reasons[0]
 
 
 def test_lot_agreement_boundary() -> None:
-    assert decide(BASE, replace(BASE, rank=0.4)).decision == "promote"  # exactly 0.10 lower
-    worse = decide(BASE, replace(BASE, rank=0.39))
+    # 10 lots: slack 0.10 + 1/sqrt(9) = 0.4333...; BASE's rank 0.5 -> the line is 0.0666...
+    line = 0.5 - (0.10 + 1 / 3)
+    assert decide(BASE, replace(BASE, rank=line)).decision == "promote"
+    assert decide(BASE, replace(BASE, rank=line - 1e-9)).decision == "refuse"
+    # 101 lots: 0.10 + 0.1 = 0.2 -> 0.3 passes, just under does not
+    many = replace(BASE, lots=101)
+    assert decide(many, replace(many, rank=0.5 - (0.10 + 1 / 10))).decision == "promote"
+    worse = decide(many, replace(many, rank=0.29))
     assert worse.decision == "refuse" and worse.reasons == [r for r in worse.reasons if r.startswith("lot agreement")]
     assert decide(BASE, replace(BASE, rank=None)).decision == "refuse"  # the candidate does not follow the lots at all
     assert decide(replace(BASE, rank=None), replace(BASE, rank=-0.9)).decision == "promote"  # nothing to compare with
@@ -89,7 +99,7 @@ def test_feedback_boundaries() -> None:
 def test_judged_share_boundary_and_every_reason_is_listed() -> None:
     assert decide(BASE, replace(BASE, unscorable_share=0.07)).decision == "promote"  # 0.02 + 0.05
     assert decide(BASE, replace(BASE, unscorable_share=0.0701)).decision == "refuse"
-    bad = decide(BASE, replace(BASE, alarms_in_lots=400, rank=0.0, confirmed_alarms=0, caught_defects=0, unscorable_share=0.5))
+    bad = decide(BASE, replace(BASE, alarms_in_lots=400, rank=-0.5, confirmed_alarms=0, caught_defects=0, unscorable_share=0.5))
     assert [r.split(":")[0] for r in bad.reasons] == ["alarm volume", "lot agreement", "feedback precision",
                                                       "feedback recall", "judged share"]
 

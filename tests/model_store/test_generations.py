@@ -1,6 +1,4 @@
 """Store generations (model_store.generations): promote, keep, roll back, refuse; on real stores and files."""
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -8,17 +6,7 @@ import pytest
 from model_store.errors import StoreError
 from model_store.generations import (generations_dir, list_generations, promote, read_log, record_refusal, rollback)
 from model_store.serving.store import MANIFEST, open_store
-
-
-def versioned(source: Path, target: Path, version: str, schema_hash: str | None = None) -> Path:
-    """A copy of ``source`` as another model version (the manifest rewritten, artifacts unchanged)."""
-    shutil.copytree(source, target)
-    raw = json.loads((target / MANIFEST).read_text())
-    raw["model_version"] = version
-    if schema_hash is not None:
-        raw["schema_hash"] = schema_hash
-    (target / MANIFEST).write_text(json.dumps(raw))
-    return target
+from tests.plants import versioned_store as versioned
 
 
 @pytest.fixture()

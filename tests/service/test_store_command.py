@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,26 +9,14 @@ from pathlib import Path
 import pytest
 
 from model_store.generations import list_generations, read_log
-from model_store.serving.store import MANIFEST, open_store
+from model_store.serving.store import open_store
+from tests.plants import versioned_store as versioned
 
 pytestmark = pytest.mark.slow
 
 
 def moldwatch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True, text=True, timeout=600)
-
-
-def versioned(source: Path, target: Path, version: str, line_scale: float = 1.0) -> Path:
-    """A copy of ``source`` as another model version; ``line_scale`` moves every conditional line
-    (below 1: a store that alarms on nearly everything, as one trained on corrupted data may)."""
-    shutil.copytree(source, target)
-    raw = json.loads((target / MANIFEST).read_text())
-    raw["model_version"] = version
-    for unit in raw["conditional"]["units"].values():
-        for calibration in unit["calibration"]:
-            calibration["line"] *= line_scale
-    (target / MANIFEST).write_text(json.dumps(raw))
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,11 @@
 (real Kafka broker and MongoDB-protocol server)."""
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 from pymongo import AsyncMongoClient
 
 from model_store.generations import promote
-from model_store.serving.store import MANIFEST
+from tests.plants import versioned_store
 from tests.service.test_worker import acknowledged, read_to_end
 from tests.service.test_worker_support import (metric, plant_documents, running_worker, unique, values, wait_for,
                                                worker_settings)
@@ -18,22 +14,10 @@ from tests.service.test_worker_support import (metric, plant_documents, running_
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 
 
-def noisy_copy(source: Path, target: Path, version: str) -> Path:
-    """A candidate that alarms on nearly every shot (every conditional line scaled down 1,000x)."""
-    shutil.copytree(source, target)
-    raw = json.loads((target / MANIFEST).read_text())
-    raw["model_version"] = version
-    for unit in raw["conditional"]["units"].values():
-        for calibration in unit["calibration"]:
-            calibration["line"] *= 1e-3
-    (target / MANIFEST).write_text(json.dumps(raw))
-    return target
-
-
 async def test_the_candidate_judges_every_record_on_the_shadow_topic_and_never_alarms(
         mongo_server, kafka_server, store_copy, small_plant, tmp_path) -> None:
     name = unique("shadow")
-    candidate = noisy_copy(store_copy, tmp_path / "candidate", "noisy-candidate")
+    candidate = versioned_store(store_copy, tmp_path / "candidate", "noisy-candidate", line_scale=1e-3)
     settings = worker_settings(mongo_server, kafka_server, store_copy, name, candidate_store=candidate,
                                kafka_shadow_topic=f"{name}.shadow")
     documents = plant_documents(small_plant, 200, name)

@@ -238,3 +238,89 @@ def test_any_stream_keeps_levels_bounded_and_counts_unreferenced(shots: list) ->
         for detector in DETECTORS:
             assert 0.0 <= part.detectors[detector].level <= 2.0
     assert all(detector in DETECTORS and index < len(shots) for index, _, detector in events)
+
+
+# -- boundaries and messages the rules above rely on -------------------------------------------------
+def test_config_messages_name_the_setting() -> None:
+    with pytest.raises(ValueError, match="drift ratio_noisy must be above 1, got 1.0"):
+        DriftConfig(ratio_noisy=1.0)
+    with pytest.raises(ValueError, match=r"drift ratio_blind must be in \(0, 1\), got 1.0"):
+        DriftConfig(ratio_blind=1.0)
+    with pytest.raises(ValueError, match="drift rate_h must be a positive number, got 0.0"):
+        DriftConfig(rate_h=0.0)
+    with pytest.raises(ValueError, match="drift burst_cap must be at least 1, got 0.5"):
+        DriftConfig(burst_cap=0.5)
+    assert DriftConfig(burst_cap=1.0).burst_cap == 1.0  # exactly 1: allowed
+
+
+def test_manifest_reference_edges_are_allowed() -> None:
+    edge = {"rows": 400, "alarms": 400, "quantiles": [1.0] * 19, "pit_mean": 1.0, "pit_sd": 0.1,
+            "alarm_counts": [[0, 1], [200, 1]], "count_inflation": 1.0, "block": 200}
+    ref = PartReference.from_dict(edge)  # every alarm, tied quantiles, pit at 1, a full and an empty block
+    assert ref.alarms == ref.rows == 400 and ref.quantiles == (1.0,) * 19
+    assert PartReference.from_dict({**edge, "alarms": 0, "pit_mean": 0.0}).alarms == 0
+    with pytest.raises(ValueError, match="rows, alarms, block, pit_mean, pit_sd, alarm_counts or count_inflation out of range"):
+        PartReference.from_dict({**edge, "alarm_counts": [[201, 2]]})
+    with pytest.raises(ValueError, match="quantiles: expected 19 finite non-decreasing numbers"):
+        PartReference.from_dict({**edge, "quantiles": [1.0] * 17 + [2.0, 1.5]})  # only the last pair decreases
+    assert references_from_manifest({"block": 200}) == {}  # no parts listed
+
+
+def test_wilson_with_one_row_and_an_upper_bound_of_one() -> None:
+    lower, upper = wilson_bounds(1, 1, 1.645)
+    assert 0.0 < lower < 1.0 and upper == 1.0
+    assert wilson_bounds(0, 1, 1.645)[0] == 0.0
+
+
+def test_block_history_of_blocks_of_one_and_non_float_input() -> None:
+    history = block_history([1, 2, 3], [1, 0, 1], block=1, min_blocks=2)
+    assert history is not None and history.counts.tolist() == [1, 0, 1] and history.rows == 3 and history.alarms == 2
+    with pytest.raises(ValueError, match="drift reference needs block >= 1 and min_blocks >= 2, got 0 and 2"):
+        block_history([1.0], [True], block=0, min_blocks=2)
+
+
+def test_long_run_inflation_skips_short_or_flat_parts_and_keeps_going() -> None:
+    flat = np.ones(8)
+    wavy = np.array([0, 0, 2, 2, 0, 0, 2, 2.0])
+    assert long_run_inflation([flat, wavy], batch=2) == pytest.approx(7 / 3)  # the flat part is skipped, not the end
+    assert long_run_inflation([np.array([5.0]), wavy], batch=2) == pytest.approx(7 / 3)  # one block: skipped
+    small = np.array([0, 0.5, 0, 0.5, 0, 0.5, 0, 0.5])  # variance below 1 still counts
+    assert long_run_inflation([small], batch=2) == 1.0
+    assert long_run_inflation([np.array([0, 0, 0.5, 0.5, 0, 0, 0.5, 0.5])], batch=2) == pytest.approx(7 / 3)
+
+
+def test_noisy_and_blind_fire_by_name_and_high_rates_have_a_ceiling() -> None:
+    noisy = PartWatch(reference(), DriftConfig(rate_h=0.5))
+    fired = sum((noisy.observe(10.0, True) for _ in range(100)), [])
+    assert "noisy" in fired and noisy.blocks == 1
+    blind = PartWatch(reference(), DriftConfig(rate_h=0.5))
+    fired = sum((blind.observe(10.0, False) for _ in range(100)), [])
+    assert "blind" in fired and blind.drifted() == ("blind",)
+    for _ in range(100):
+        blind.observe(10.0, False)
+    assert blind.blocks == 2
+    # a history of half alarms: p1 = 2 x upper is capped below 1, so the noisy detector still works
+    busy = PartWatch(reference(rows=1000, alarms=500), DriftConfig())
+    p0 = wilson_bounds(500, 1000, 1.645)[1]
+    assert busy._noisy is not None and busy._noisy[:3] == (p0, 0.999, math.ceil(1.5 * 100 * 0.999))
+    # the cap is at least one alarm: a tiny rate and a tiny burst factor
+    tiny = PartWatch(PartReference(10**7, 1, QUANTILES, 0.5, 0.02, ((0, 100),), 1.0, 10), DriftConfig(burst_cap=1.0))
+    assert tiny._noisy is not None and tiny._noisy[2] == 1
+
+
+def test_the_blind_detector_divides_by_the_dispersion() -> None:
+    config = DriftConfig(rate_h=1000.0)
+    spread = PartReference(10_000, 200, QUANTILES, 0.5, 0.02, ((0, 50), (4, 50)), 1.0, 100)
+    watch = PartWatch(spread, config)
+    p0 = wilson_bounds(200, 10_000, config.confidence_z)[0]
+    for _ in range(100):
+        watch.observe(10.0, False)
+    assert spread.dispersion() > 1
+    assert watch.detectors["blind"].statistic == pytest.approx(block_llr(0, 100, p0, 0.25 * p0) / spread.dispersion())
+
+
+def test_observe_many_passes_each_shot_through_unchanged() -> None:
+    watch = DriftWatch({("F1", "I1"): reference(block=10)}, DriftConfig(rate_h=0.3))
+    events = watch.observe_many(["F1"] * 10, ["I1"] * 10, [10.0] * 10, [1] * 10)
+    assert (9, ("F1", "I1"), "noisy") in events and watch.parts[("F1", "I1")].blocks == 1
+    assert watch.observe("F1", "I1", 10.0, True) == [] and watch.parts[("F1", "I1")].alarms == 1
