@@ -75,6 +75,7 @@ MODULES: dict[str, RuleModule] = {
     "http_auth": RuleModule("service/http_auth.py", ("tests/service/test_http_auth.py",)),
     "feedback": RuleModule("service/feedback.py", ("tests/service/test_feedback.py",)),
     "drift": RuleModule("model_store/serving/drift.py", ("tests/model_store/serving/test_drift.py",)),
+    "canary": RuleModule("model_store/canary.py", ("tests/model_store/test_canary.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.
