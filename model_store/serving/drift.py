@@ -306,7 +306,6 @@ class DriftWatch:
     """Every watched part of one store. Shots of a part without a reference are counted, not judged."""
 
     def __init__(self, references: Mapping[PartKey, PartReference], config: DriftConfig) -> None:
-        self.config = config
         self.parts: dict[PartKey, PartWatch] = {key: PartWatch(ref, config) for key, ref in references.items()}
         self.unreferenced_shots = 0
 

@@ -119,3 +119,79 @@ def test_the_same_store_is_never_refused(alarms: int, bad: int, lots: int, rank:
     # except when it cannot be compared with the lots at all (no alarms, or no rank)
     assert verdict.decision in ("promote", "wait") or alarms == 0 or rank is None
     assert verdict.decision != "promote" or math.isfinite(j.ratio)
+
+
+# -- the exact words, the report and the window ------------------------------------------------------
+def test_describe_is_the_report() -> None:
+    j = judge(np.array([1, 0, 1, 0], dtype=bool), np.array([1, 1, 1, 0], dtype=bool), np.array(["A", "B", "C", "C"], dtype=object),
+              {"A": 1, "B": 3, "C": 6}, {"A": 10, "B": 10, "C": 10}, np.array(["defect", None, "false_alarm", "defect"], dtype=object))
+    # bad expected: A 0.1 x 1 + B 0.3 x 1 + C 0.6 x 2 = 1.6; alarm shares (1, 0, 0.5) against (0.1, 0.3, 0.6): -0.5
+    assert j.describe() == {"alarms_in_lots": 2, "bad_in_lots": 1.6, "lots": 3, "alarm_to_bad_ratio": 1.25,
+                            "lot_rank_correlation": -0.5, "feedback_precision": 0.5, "feedback_recall": 0.5,
+                            "answered_alarms": 2, "confirmed_defects": 2, "unscorable_share": 0.25}
+    empty = replace(j, bad_in_lots=0.0, rank=None, answered_alarms=0, confirmed_defects=0)
+    assert empty.describe()["alarm_to_bad_ratio"] is None and empty.describe()["lot_rank_correlation"] is None
+    assert empty.describe()["feedback_precision"] is None and empty.describe()["feedback_recall"] is None
+    precise = replace(j, rank=0.123456, alarms_in_lots=1, bad_in_lots=3.0)
+    assert precise.describe()["lot_rank_correlation"] == 0.1235 and precise.describe()["alarm_to_bad_ratio"] == 0.3333
+
+
+def test_the_reasons_word_for_word() -> None:
+    served = replace(BASE, alarms_in_lots=80)
+    assert decide(BASE, BASE).describe() == {"decision": "promote", "reasons": [
+        "not worse on alarm volume (ratio 1.00 vs 1.00), lot agreement and feedback over 10 lots"]}
+    assert decide(served, replace(BASE, alarms_in_lots=400)).reasons[0] == (
+        "alarm volume: the candidate raises 400 alarms for 40 bad shots (ratio 10.00), further from the lots than the "
+        "served store (80, ratio 2.00) by more than x2")
+    assert decide(BASE, replace(BASE, rank=-0.5)).reasons == [
+        "lot agreement: the candidate's alarm share follows the lots' bad share with rank correlation -0.50, the served "
+        "store's 0.5 (at most 0.43 lower allowed over 10 lots)"]
+    assert decide(replace(BASE, rank=None), replace(BASE, rank=None)).reasons == [
+        "lot agreement: the candidate's alarm share follows the lots' bad share with rank correlation undefined, the "
+        "served store's None (at most 0.43 lower allowed over 10 lots)"]
+    assert decide(BASE, replace(BASE, confirmed_alarms=0)).reasons == [
+        "feedback precision: the candidate's 0.00 against the served store's 0.50 on the operators' answers (at most 0.05 lower)"]
+    assert decide(BASE, replace(BASE, answered_alarms=0, confirmed_alarms=0)).reasons[0].startswith(
+        "feedback precision: the candidate's none against")
+    assert decide(BASE, replace(BASE, unscorable_share=0.5)).reasons == [
+        "judged share: the candidate cannot judge 50.0% of the records, the served store 2.0%"]
+    assert decide(BASE, replace(BASE, lots=4)).reasons == [
+        "not enough evidence yet: 4 reported lots and 40 bad shots among the canary records (5 lots and 20 bad shots needed)"]
+
+
+def test_rule_edges_that_are_allowed_and_the_messages_of_those_that_are_not() -> None:
+    CanaryRule(min_lots=2, min_bad=1, min_answers=1, ratio_slack=1.0, rank_slack=0.0, feedback_slack=1.0, unscorable_slack=0.0)
+    with pytest.raises(ValueError, match="^canary min_lots >= 2, min_bad >= 1 and min_answers >= 1 are needed$"):
+        CanaryRule(min_bad=0)
+    with pytest.raises(ValueError, match="^canary ratio_slack must be at least 1, got 0.5$"):
+        CanaryRule(ratio_slack=0.5)
+    with pytest.raises(ValueError, match=r"^canary unscorable_slack must be in \[0, 1\], got 2$"):
+        CanaryRule(unscorable_slack=2)
+
+
+class _Engine:
+    """A stand-in for ScoringEngine.score: fixed verdict arrays (judge_window's arithmetic is the test)."""
+
+    def __init__(self, anomaly: list[bool], resolution: list[str]) -> None:
+        self.batch = type("Batch", (), {"anomaly": np.array(anomaly), "resolution": np.array(resolution, dtype=object)})
+
+    def score(self, records, memory, backward, explain):  # noqa: ANN001, ANN201
+        assert memory == {} and backward is False and explain is False  # online scoring, fresh memory
+        return self.batch
+
+
+def test_a_window_is_judged_against_its_lots_and_latest_answers() -> None:
+    import pandas as pd
+
+    from model_store.canary import judge_window
+
+    records = pd.DataFrame({"record_id": ["r1", "r2", "r3", "r4"], "facility": ["F1", "F1", "F2", "F2"],
+                            "item": ["I", "I", "I", "I"], "lot_date": ["2026-01-01", "2026-01-01", "2026-01-01", "2026-01-02"]})
+    lots = pd.DataFrame({"facility": ["F1", "F2", "F1"], "item": ["I", "I", "I"],
+                         "lot_date": ["2026-01-01", "2026-01-01", "2026-01-01"], "good_qty": [8, 5, 6], "bad_qty": [2, 5, 4]})
+    engine = _Engine([True, False, True, True], ["part", "part", "unscorable", "part"])
+    j = judge_window(engine, records, lots, {"r1": "defect", "r3": "false_alarm"})
+    # F1's two lot rows are one lot: 6 bad of 20 -> 0.3 x 2 records; F2 2026-01-01: 0.5 x 1; r4's lot is not reported
+    assert j.lots == 2 and j.alarms_in_lots == 2 and j.bad_in_lots == pytest.approx(0.3 * 2 + 0.5 * 1)
+    assert (j.answered_alarms, j.confirmed_alarms, j.confirmed_defects, j.caught_defects) == (2, 1, 1, 1)
+    assert j.unscorable_share == pytest.approx(0.25)

@@ -324,3 +324,26 @@ def test_observe_many_passes_each_shot_through_unchanged() -> None:
     events = watch.observe_many(["F1"] * 10, ["I1"] * 10, [10.0] * 10, [1] * 10)
     assert (9, ("F1", "I1"), "noisy") in events and watch.parts[("F1", "I1")].blocks == 1
     assert watch.observe("F1", "I1", 10.0, True) == [] and watch.parts[("F1", "I1")].alarms == 1
+
+
+def test_the_noisy_dispersion_is_that_of_the_capped_history_counts() -> None:
+    spread = PartReference(10_000, 300, QUANTILES, 0.5, 0.02, ((0, 50), (20, 50)), 1.0, 100)
+    watch = PartWatch(spread, DriftConfig())
+    assert watch._noisy is not None
+    cap = watch._noisy[2]
+    assert cap < 20 and watch._noisy[3] == pytest.approx(spread.dispersion(cap))
+    assert spread.dispersion(cap) != pytest.approx(spread.dispersion())
+
+
+def test_defaults_and_leftovers_of_a_reference() -> None:
+    score = np.arange(25.0)  # 2 full blocks of 10 and 5 left over
+    history = block_history(score, np.zeros(25, dtype=bool), block=10, min_blocks=2)
+    assert history is not None and len(history.pit_means) == 2 and history.rows == 25
+    plain = reference_for_part(history)  # no inflation by default
+    assert plain.pit_sd == pytest.approx(max(history.pit_means.std(ddof=1), history.pit_iid_sd))
+    assert plain.count_inflation == 1.0
+    one = {"rows": 4, "alarms": 0, "quantiles": [1.0] * 19, "pit_mean": 0.5, "pit_sd": 0.1,
+           "alarm_counts": [[0, 4]], "count_inflation": 1.0, "block": 1}
+    assert PartReference.from_dict(one).block == 1  # blocks of one shot are a reference too
+    with pytest.raises(ValueError, match="^rows, alarms, block, pit_mean"):
+        PartReference.from_dict({**one, "block": 0})
