@@ -177,6 +177,7 @@ class _Engine:
 
     def score(self, records, memory, backward, explain):  # noqa: ANN001, ANN201
         assert memory == {} and backward is False and explain is False  # online scoring, fresh memory
+        assert len(records) == len(self.batch.anomaly)
         return self.batch
 
 
@@ -195,3 +196,31 @@ def test_a_window_is_judged_against_its_lots_and_latest_answers() -> None:
     assert j.lots == 2 and j.alarms_in_lots == 2 and j.bad_in_lots == pytest.approx(0.3 * 2 + 0.5 * 1)
     assert (j.answered_alarms, j.confirmed_alarms, j.confirmed_defects, j.caught_defects) == (2, 1, 1, 1)
     assert j.unscorable_share == pytest.approx(0.25)
+
+
+def test_edges_of_judging_and_deciding() -> None:
+    none = np.full(3, None, dtype=object)
+    # a lot reported with no shots counts with a bad share of 0; equal bad shares leave the rank undefined
+    j = judge(np.array([1, 0, 1], dtype=bool), np.ones(3, dtype=bool), np.array(["A", "B", "C"], dtype=object),
+              {"A": 0, "B": 0, "C": 0}, {"A": 0, "B": 10, "C": 10}, none)
+    assert j.bad_in_lots == 0.0 and j.rank is None and j.lots == 3
+    empty = judge(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool), np.zeros(0, dtype=object), {}, {}, np.zeros(0, dtype=object))
+    assert empty.unscorable_share == 0.0 and empty.lots == 0
+    thirds = replace(BASE, bad_in_lots=1 / 3, answered_alarms=3, confirmed_alarms=1, confirmed_defects=3, caught_defects=2,
+                     unscorable_share=1 / 3)
+    described = thirds.describe()
+    assert (described["bad_in_lots"], described["feedback_precision"], described["feedback_recall"],
+            described["unscorable_share"]) == (0.333, 0.3333, 0.6667, 0.3333)
+    # one alarm each is still a ratio, not "silent"
+    one = replace(BASE, alarms_in_lots=1)
+    assert decide(one, one).decision == "promote"
+    assert decide(one, replace(BASE, alarms_in_lots=4000)).decision == "refuse"  # ratio 100 is further off than 1/40, by more than x2
+    single = judge(np.array([1], dtype=bool), np.ones(1, dtype=bool), np.array(["A"], dtype=object), {"A": 1}, {"A": 1},
+                   np.full(1, None, dtype=object))
+    assert single.bad_in_lots == 1.0  # a lot of one shot, bad
+    # two lots: the rank slack is 0.10 + 1/sqrt(1)
+    two = replace(BASE, lots=2, rank=0.5)
+    assert decide(two, replace(two, rank=0.5 - 1.1), CanaryRule(min_lots=2)).decision == "promote"
+    assert decide(two, replace(two, rank=0.5 - 1.1 - 1e-9), CanaryRule(min_lots=2)).decision == "refuse"
+    # the served store's rank is shown to two decimals
+    assert "the served store's 0.12 (" in decide(replace(BASE, rank=0.123), replace(BASE, rank=-0.9)).reasons[0]
