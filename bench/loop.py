@@ -130,6 +130,92 @@ def run_plant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _days(records: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+    """The records of the lot days between the ``lo`` and ``hi`` shares of the plant's days."""
+    days = sorted(records["lot_date"].astype(str).unique())
+    pick = set(days[int(round(len(days) * lo)): int(round(len(days) * hi))])
+    return records[records["lot_date"].astype(str).isin(pick)].sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _changed_plant(records: pd.DataFrame, history: pd.DataFrame, schema: Any, start: pd.Timestamp, seed: int,
+                   size: float) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Every part with history recalibrated (one sensor each, ``size`` sd) from ``start``."""
+    rng = np.random.default_rng(seed)
+    out, described = records, []
+    for facility, item in history.groupby(["facility", "item"]).size().index:
+        change = plan_change("sensor_recalibration", history, schema, str(facility), str(item), start, rng, size=size)
+        out, _ = apply_change(out, change)
+        described.append(change.describe())
+    return out, described
+
+
+def _corrupted(records: pd.DataFrame, lots: pd.DataFrame, schema: Any, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Training data broken as a plant's export breaks: two production fields of every maker swapped
+    (a column mapping changed) and the lots' bad counts shuffled among lots (a broken lot join)."""
+    rng = np.random.default_rng(seed)
+    out = records.copy()
+    for fields in {tuple(f.production) for f in schema.makers.values()}:
+        a, b = [str(f) for f in rng.choice([f for f in fields if f in out.columns], size=2, replace=False)]
+        out[[a, b]] = out[[b, a]].to_numpy()
+    broken = lots.copy()
+    broken["bad_qty"] = rng.permutation(broken["bad_qty"].to_numpy())
+    return out, broken, "two production fields of every maker swapped; lots' bad counts shuffled among lots"
+
+
+def run_canary(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Serve a store trained before a plant-wide change; retrain after it (a window across the
+    change), and once more on corrupted data; the canary rule judges both candidates on the days
+    after their training window, and F1 on the days after that says whether it chose right."""
+    from bench._common import detection_metrics
+    from model_store.canary import CanaryRule, decide, judge_window
+
+    t0 = time.perf_counter()
+    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
+    schema = plant.schema
+    records = canonical_records(plant.records, schema)
+    lots = canonical_lots(plant.lots, schema)
+    truth = plant.labels.set_index("record_id")["defect"]
+    before = _days(records, 0.0, 0.4)
+    change_at = pd.to_datetime(_days(records, 0.5, 1.0)["timestamp"]).min()
+    changed, changes = _changed_plant(records, before, schema, change_at, args.seed, args.canary_size)
+    window = _days(changed, 0.25, 0.75)  # the retrain: the latest days, across the change
+    fresh = _days(changed, 0.5, 0.75)  # a store trained from scratch on the changed plant
+    canary_days, evaluation = _days(changed, 0.75, 0.85), _days(changed, 0.85, 1.0)
+    bad_window, bad_lots, how = _corrupted(window, lots, schema, args.seed)
+    labels = truth.loc[evaluation["record_id"]].to_numpy().astype(int)
+    report: dict[str, Any] = {"generator": plant.generator, "change": f"sensor recalibration of every part "
+                              f"({len(changes)}), {args.canary_size:g} sd, from {change_at}", "corruption": how}
+    config = TrainingConfig(workers=args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {"served": (before, lots), "candidate": (window, lots), "corrupted": (bad_window, bad_lots),
+                  "from_scratch": (fresh, lots)}
+        engines = {}
+        for role, (rows, lot_rows) in stores.items():
+            train_store(rows, lot_rows, schema, Path(tmp) / role, config, report=False)
+            engines[role] = ScoringEngine(open_store(Path(tmp) / role))
+            print(f"[{name}] canary: {role} trained on {len(rows):,} shots", flush=True)
+        judged = {role: judge_window(engines[role], canary_days, lots, {}) for role in ("served", "candidate", "corrupted")}
+        rule = CanaryRule()
+        decisions = {role: decide(judged["served"], judged[role], rule) for role in ("candidate", "corrupted")}
+        f1 = {}
+        for role, engine in engines.items():
+            batch = engine.score(evaluation, memory={}, backward=False, explain=False)
+            f1[role] = detection_metrics(labels, batch.anomaly, batch.score)
+        report.update({
+            "canary_records": len(canary_days), "evaluation_records": len(evaluation),
+            "judged": {role: j.describe() for role, j in judged.items()},
+            "decisions": {role: d.describe() for role, d in decisions.items()},
+            "f1": {role: round(m["f1"], 4) for role, m in f1.items()},
+            "f1_candidate_over_scratch": round(f1["candidate"]["f1"] / f1["from_scratch"]["f1"], 3)
+            if f1["from_scratch"]["f1"] else None,
+        })
+    for role, d in decisions.items():
+        print(f"[{name}] canary: {role} -> {d.decision}: {'; '.join(d.reasons)[:300]}", flush=True)
+    print(f"[{name}] canary: F1 on the later days " + ", ".join(f"{k} {v:.3f}" for k, v in report["f1"].items()), flush=True)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
 def _simulated(name: str, shots: int) -> Any:
     from bench.plants import ProvingPlant
     from model_store.simulate import SimulationConfig, simulate
@@ -186,6 +272,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default="loop")
     parser.add_argument("--summarise", action="store_true", help="recompute the summary of the results file and print it")
+    parser.add_argument("--part", default="drift,canary", help="drift, canary or both")
+    parser.add_argument("--canary-size", type=float, default=3.0, help="the plant-wide sensor recalibration, in sd")
     args = parser.parse_args()
     if args.summarise:
         from bench._common import RESULTS
@@ -197,15 +285,29 @@ def main() -> None:
         print(json.dumps(payload["drift"]["summary"], indent=1))
         return
     args.size = [float(z) for z in str(args.size).split(",")]
-    plants = {}
-    for name in args.plants.split(","):
-        plants[name] = run_plant(name, args)
-        write_result(f"{args.out}_partial", {"plants": plants})
-    payload = {"drift": {"plants": plants, "summary": summarise(plants),
-                         "config": {"drift": DriftConfig().__dict__, "train_share": TRAIN_SHARE, "sim_days": DAYS,
-                                    "shots": args.shots, "parts": args.parts, "size": args.size, "seed": args.seed}}}
+    from bench._common import RESULTS
+
+    existing = RESULTS / f"{args.out}.json"
+    payload = {k: v for k, v in json.loads(existing.read_text()).items() if k in ("drift", "canary")} \
+        if existing.exists() else {}
+    parts = args.part.split(",")
+    if "drift" in parts:
+        plants = {}
+        for name in args.plants.split(","):
+            plants[name] = run_plant(name, args)
+            write_result(f"{args.out}_partial", {"plants": plants})
+        payload["drift"] = {"plants": plants, "summary": summarise(plants),
+                            "config": {"drift": DriftConfig().__dict__, "train_share": TRAIN_SHARE, "sim_days": DAYS,
+                                       "shots": args.shots, "parts": args.parts, "size": args.size, "seed": args.seed}}
+        print(json.dumps(payload["drift"]["summary"], indent=1))
+    if "canary" in parts:
+        payload["canary"] = {"plants": {}, "config": {"canary_size": args.canary_size, "seed": args.seed,
+                                                      "shots": args.shots}}
+        for name in args.plants.split(","):
+            payload["canary"]["plants"][name] = run_canary(name, args)
+            write_result(f"{args.out}_partial", payload)
     path = write_result(args.out, payload)
-    print(json.dumps(payload["drift"]["summary"], indent=1))
+    (RESULTS / f"{args.out}_partial.json").unlink(missing_ok=True)
     print(f"written {path}")
 
 
