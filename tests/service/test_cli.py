@@ -49,6 +49,14 @@ def test_simulate_streams_a_partitioned_dataset_and_refuses_to_overwrite_it(tmp_
     assert f"Simulated {shots:,} shots" in " ".join(result.stderr.split())
     assert "already exists" in one_line_error(moldwatch(*args))
     assert "use lot_date, facility or both" in one_line_error(moldwatch(*args[:-1], "item"))
+    # `train` reads the dataset folder as it is (partition folders and all).
+    store = tmp_path / "store"
+    result = moldwatch(
+        "train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records"), "--lots", str(plant / "lots.csv"),
+        "--store", str(store), "--workers", "1", "--set", "model.epochs=1", "--set", "grouping.min_group_rows=300",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((store / "manifest.json").read_text())["training"]["records"] == shots
 
 
 def test_simulate_train_score_end_to_end(tmp_path) -> None:
