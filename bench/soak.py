@@ -254,8 +254,16 @@ def main() -> None:
         import tempfile
 
         store = Path(tempfile.mkdtemp(prefix="moldwatch-soak-")) / "store"
-        log("soak: training the small plant's store")
-        train(store)
+        log("soak: training the small plant's store (in a child process)")
+        # Not in this process: the worker's RSS is what the soak measures, and training leaves
+        # TensorFlow (~1 GB) behind, which would dilute the growth figure several times over.
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=train, args=(store,))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"soak: training the store failed (exit {child.exitcode})")
     result = asyncio.run(soak(opts, store))
     result["code"] = code_state()
     path = write_result(opts.out, result)
