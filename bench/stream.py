@@ -256,7 +256,7 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
         if kind == "iforest":
             from model_store.models.iforest import load_iforest
 
-            model = load_iforest(manifest.artifact(entry["artifacts"]["model"]))  # the fitted sklearn forest
+            model = load_iforest(manifest.artifact(entry.artifacts["model"]))  # the fitted sklearn forest
             figures["n_estimators"] = int(model.n_estimators)
             figures["serving_model"] = type(group.model).__name__
             figures["serving_vs_sklearn_max_abs_diff"] = float(np.max(np.abs(group.evaluate(x).loss + model.score_samples(scaled))))
@@ -266,7 +266,7 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
             figures["baseline_records_per_s"] = 1.0 / per
             figures["sklearn_score_samples_whole_batch_records_per_s"] = batch / batched
         else:
-            kmodel = keras.saving.load_model(manifest.artifact(entry["artifacts"]["model"]), safe_mode=True)
+            kmodel = keras.saving.load_model(manifest.artifact(entry.artifacts["model"]), safe_mode=True)
             parity = float(np.max(np.abs(kmodel.predict(scaled32, verbose=0) - group.model(scaled32))))
             per = per_record_seconds(lambda i: kmodel.predict(scaled32[i % batch : i % batch + 1], verbose=0), n)
             direct = per_record_seconds(lambda i: kmodel(scaled32[i % batch : i % batch + 1], training=False), n)
@@ -404,7 +404,7 @@ def build_big_store(source: Path, target: Path, count: int) -> dict[str, Any]:
     from model_store.store import StoreStaging, new_model_version
 
     manifest = open_store(source)
-    templates = sorted(manifest.groups, key=lambda g: (g["model_kind"], g["id"]))
+    templates = sorted(manifest.raw["groups"], key=lambda g: (g["model_kind"], g["id"]))  # copied as JSON
     raw = copy.deepcopy(manifest.raw)
     raw.pop("artifacts", None)
     raw.pop("store_format", None)
@@ -455,7 +455,7 @@ def child_rss(opts: argparse.Namespace) -> dict[str, Any]:
         f"(after imports {rss_imports / 2**20:,.0f} MiB)")
     by_kind: dict[str, list[str]] = {}
     for entry in engine.manifest.groups:
-        by_kind.setdefault(entry["model_kind"], []).append(entry["id"])
+        by_kind.setdefault(entry.model_kind, []).append(entry.id)
     steps: dict[str, Any] = {}
     previous = rss_open
     began = time.perf_counter()
@@ -1185,7 +1185,7 @@ def main() -> None:
         from model_store.serving.store import open_store
 
         report["store"] = {"plant": SMALL_PLANT, "training": SMALL_TRAINING,
-                           "groups": dict(Counter(g["model_kind"] for g in open_store(store).groups))}
+                           "groups": dict(Counter(g.model_kind for g in open_store(store).groups))}
 
         if "core" in parts:
             args = ["--store", str(store), "--core-batch", str(opts.core_batch), "--core-shots", str(opts.core_shots),

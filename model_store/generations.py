@@ -151,7 +151,7 @@ def promote(store: str | Path, candidate: str | Path, reason: str = "", keep: in
     _swap_in(staged, store, parked)
     if staged != candidate:
         shutil.rmtree(candidate, ignore_errors=True)
-    kept = Generation(parked, current.model_version, str(current.raw.get("created_at", ""))) if current else None
+    kept = Generation(parked, current.model_version, current.contents.created_at or "") if current else None
     _prune(store, keep)
     _log(store, {"event": "promote", "model_version": new.model_version,
                  "replaced": current.model_version if current else None, "reason": reason})

@@ -14,6 +14,7 @@ from typing import Any
 
 from model_store.errors import StoreError
 from model_store.serving.store import MANIFEST, STORE_FORMAT, sha256_file
+from model_store.serving.store_format import Manifest
 
 
 def new_model_version(schema_hash: str) -> str:
@@ -44,14 +45,19 @@ class StoreStaging:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def commit(self, manifest: dict[str, Any]) -> Path:
-        """Hash every artifact, write the manifest, then swap the staging dir into place."""
+        """Hash every artifact, write the manifest, then swap the staging dir into place.
+
+        The manifest is written as the reader will parse it (:class:`Manifest`): what it would
+        refuse (a field missing, of the wrong type, not finite) fails here, before anything moves.
+        """
         artifacts: dict[str, str] = {}
         for file in sorted(self.path.rglob("*")):
             if file.is_file():
                 artifacts[file.relative_to(self.path).as_posix()] = sha256_file(file)
-        manifest = {**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts}
+        contents = Manifest.from_dict({**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts},
+                                      source=f"{self.target / MANIFEST} (being written)")
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(contents.to_dict(), indent=1, allow_nan=False))
         os.replace(tmp, self.path / MANIFEST)
         old = None
         if self.target.exists():

@@ -28,7 +28,7 @@ from model_store.models import kind_for_rows
 from model_store.schema import PlantSchema
 from model_store.serving.clusters import SettingModel, scale_settings
 from model_store.settings import fit_setting_model
-from model_store.serving.store import StoreManifest, sha256_file
+from model_store.serving.store import STORE_FORMAT, StoreManifest, sha256_file
 from model_store.store import StoreStaging, new_model_version
 from model_store.calibration import fit_conditional_probability, gross_excursions
 from model_store.conditional_fit import fit_conditional
@@ -282,13 +282,15 @@ def train_store(
         if progress:
             progress("conditional", 1, 1)
         artifacts = {p.relative_to(staging.path).as_posix(): sha256_file(p) for p in staging.path.rglob("*") if p.is_file()}
-        staged = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
+        staged = StoreManifest(staging.path, {**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts}, schema,
+                               data.setting_models)
         if progress:
             progress("calibrate", 0, 2)
         manifest["calibration"] = calibrate(staged, data, config)
         if progress:
             progress("calibrate", 1, 2)
-        calibrated = StoreManifest(staging.path, {**manifest, "artifacts": artifacts}, schema, data.setting_models)
+        calibrated = StoreManifest(staging.path, {**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts}, schema,
+                                   data.setting_models)
         frame, lot_rate, verdicts = score_history(calibrated, data)
         manifest["history"] = history_figures(frame, lot_rate, verdicts)
         manifest["drift"] = drift_references(verdicts, config.drift)

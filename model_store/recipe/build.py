@@ -172,14 +172,13 @@ def clusters_json(table: pd.DataFrame) -> list[dict[str, Any]]:
 def _trained_pairs(manifest: StoreManifest) -> tuple[set[str], set[tuple[str, str]]]:
     facilities, pairs = set(), set()
     for entry in manifest.groups:
-        key = entry["key"]
-        facilities.add(str(key["facility"]))
-        pairs.add((str(key["facility"]), str(key["item"])))
+        facilities.add(entry.key.facility)
+        pairs.add((entry.key.facility, entry.key.item))
     return facilities, pairs
 
 
 def _check_compatible(records: pd.DataFrame, manifest: StoreManifest, trained: set[str]) -> None:
-    makers = set(records["maker"].dropna().astype(str)) | {manifest.raw.get("facility_maker", {}).get(f) for f in records["facility"].unique()}
+    makers = set(records["maker"].dropna().astype(str)) | {manifest.contents.facility_maker.get(f) for f in records["facility"].unique()}
     if not makers & set(manifest.setting_models):
         raise DataError(
             f"records: no record belongs to a maker the store {manifest.root} was trained for "

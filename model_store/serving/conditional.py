@@ -36,6 +36,7 @@ import numpy as np
 
 from model_store.serving.baseline import running_baseline
 from model_store.serving.excursions import BAND_QUANTILES, EXCURSION_BAND_SHARE, excursion_ratios, excursion_tolerance
+from model_store.serving.store_format import ConditionalUnitEntry
 from model_store.serving.tails import TAIL_LEVELS, TailBank, TailTable
 
 CONDITIONAL = "conditional"  # the resolution path and model kind of a record judged by it alone
@@ -535,29 +536,28 @@ class ConditionalUnit:
         }
 
     @classmethod
-    def from_files(cls, entry: dict[str, Any], path: Path) -> "ConditionalUnit":
+    def from_files(cls, entry: ConditionalUnitEntry, path: Path) -> "ConditionalUnit":
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         response = SettingResponse(arrays["setting_center"], arrays["setting_scale"], arrays["target_center"],
-                                   arrays["target_scale"], arrays["coefficients"], bool(entry["quadratic"]), arrays["part_slopes"],
+                                   arrays["target_scale"], arrays["coefficients"], entry.quadratic, arrays["part_slopes"],
                                    arrays["setting_log_floor"], arrays["target_log_floor"])
         return cls(
-            maker=entry["maker"], features=tuple(entry["features"]), settings=tuple(entry["settings"]),
-            levels=Levels.of(list(entry["parts"])), response=response,
+            maker=entry.maker, features=entry.features, settings=entry.settings,
+            levels=Levels.of(list(entry.parts)), response=response,
             residual_scale=arrays["residual_scale"],
-            raw_tables={k: TailTable.from_arrays(arrays, f"raw{i}_") for i, k in enumerate(entry["raw_tables"])},
-            residual_tables={k: TailTable.from_arrays(arrays, f"res{i}_") for i, k in enumerate(entry["residual_tables"])},
-            calibration={c["unit"]: Calibration(arrays[f"cal{i}"], float(c["line"]), float(c["alpha"]))
-                         for i, c in enumerate(entry["calibration"])},
-            excursion_share=float(entry.get("excursion_share", EXCURSION_BAND_SHARE)),
-            residual_evidence=str(entry.get("residual_evidence", "tails")), raw_weight=float(entry.get("raw_weight", 1.0)),
-            baseline_halflife=float(entry.get("baseline_halflife", 0.0)), baseline_clip=float(entry.get("baseline_clip", 4.0)),
-            baseline_state={k: arrays["baseline_state"][i] for i, k in enumerate(entry.get("baseline_parts", []))},
-            neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.get("neighbour_tables", []))},
-            setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.get("setting_range_parts", []))},
-            lasting_ratio=float(entry.get("lasting_ratio", 1.0)),
+            raw_tables={k: TailTable.from_arrays(arrays, f"raw{i}_") for i, k in enumerate(entry.raw_tables)},
+            residual_tables={k: TailTable.from_arrays(arrays, f"res{i}_") for i, k in enumerate(entry.residual_tables)},
+            calibration={c.unit: Calibration(arrays[f"cal{i}"], c.line, c.alpha) for i, c in enumerate(entry.calibration)},
+            excursion_share=entry.excursion_share,
+            residual_evidence=entry.residual_evidence, raw_weight=entry.raw_weight,
+            baseline_halflife=entry.baseline_halflife, baseline_clip=entry.baseline_clip,
+            baseline_state={k: arrays["baseline_state"][i] for i, k in enumerate(entry.baseline_parts)},
+            neighbour_tables={k: TailTable.from_arrays(arrays, f"nbr{i}_") for i, k in enumerate(entry.neighbour_tables)},
+            setting_ranges={k: arrays["setting_ranges"][i] for i, k in enumerate(entry.setting_range_parts)},
+            lasting_ratio=entry.lasting_ratio,
             setting_span=arrays.get("setting_span"),
-            follow_new_settings=bool(entry.get("follow_new_settings", False)),
+            follow_new_settings=entry.follow_new_settings,
         )
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from model_store.config import ThresholdConfig
+
 # The band spans ~6.2 standard deviations of a normal field; a quarter of it beyond either edge is
 # ~4.6 standard deviations from the mean, which a normal shot reaches about once in 250,000.
 BAND_QUANTILES = (0.001, 0.999)
-EXCURSION_BAND_SHARE = 0.25
+EXCURSION_BAND_SHARE = ThresholdConfig.excursion_band_share  # defined (and its value explained) once, in the config
 # Some fields barely move within a setting (a cycle time is fixed by the cooling set point to a
 # fraction of a second), and a new exact setting inside the same cluster moves them by a few
 # percent: not a gross excursion. The tolerance is never below this share of the field's

@@ -18,9 +18,11 @@ explain the lots' bad counts on the plant's own history); its records move down 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
+
+from model_store.serving.store_format import GroupEntry
 
 EXACT, PART, NEAREST, ITEM, MAKER, UNSCORABLE = "exact", "part", "nearest", "item", "maker", "unscorable"
 PATHS = (EXACT, PART, NEAREST, ITEM, MAKER)
@@ -39,13 +41,13 @@ class MakerIndex:
     centroids: np.ndarray  # (G, settings) scaled
 
     @classmethod
-    def build(cls, entries: list[dict], settings: int) -> "MakerIndex":
+    def build(cls, entries: Sequence[GroupEntry], settings: int) -> "MakerIndex":
         return cls(
-            group_ids=np.array([e["id"] for e in entries], dtype=object),
-            facility=np.array([e["key"]["facility"] for e in entries], dtype=object),
-            item=np.array([e["key"]["item"] for e in entries], dtype=object),
-            cluster=np.array([e["key"]["cluster"] for e in entries], dtype=np.int64),
-            centroids=np.array([e["setting_centroid"] for e in entries], dtype=float).reshape(len(entries), settings),
+            group_ids=np.array([e.id for e in entries], dtype=object),
+            facility=np.array([e.key.facility for e in entries], dtype=object),
+            item=np.array([e.key.item for e in entries], dtype=object),
+            cluster=np.array([e.key.cluster for e in entries], dtype=np.int64),
+            centroids=np.array([e.setting_centroid for e in entries], dtype=float).reshape(len(entries), settings),
         )
 
 

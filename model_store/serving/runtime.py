@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import StoreError
-from model_store.serving.excursions import EXCURSION_BAND_SHARE, NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
+from model_store.serving.excursions import NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
 from model_store.serving.imputation import fill_with_means
 from model_store.models import IFOREST
 from model_store.serving.forest import ForestArrays
 from model_store.serving.forward import ForwardNet
 from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.store import StoreManifest
+from model_store.serving.store_format import GroupEntry, StoreGroupKey
 from model_store.serving.thresholds import GroupThreshold
 from model_store.serving.losses import group_losses
 
@@ -32,7 +33,7 @@ class GroupEvaluation:
 @dataclass(frozen=True)
 class RuntimeGroup:
     id: str
-    key: dict[str, Any]
+    key: StoreGroupKey
     kind: str
     features: tuple[str, ...]
     scaler: MinMax
@@ -72,32 +73,31 @@ class RuntimeGroup:
         return GroupEvaluation(np.asarray(loss, dtype=float), errors, imputed, out_of_range & ~imputed, excursion)
 
 
-def load_runtime_group(manifest: StoreManifest, entry: dict[str, Any]) -> RuntimeGroup:
-    kind = entry["model_kind"]
+def load_runtime_group(manifest: StoreManifest, entry: GroupEntry) -> RuntimeGroup:
+    kind = entry.model_kind
     try:
         if kind == IFOREST:
-            model: Any = ForestArrays.load(manifest.artifact(entry["artifacts"]["forward"]))
+            model: Any = ForestArrays.load(manifest.artifact(entry.artifacts["forward"]))
         else:
-            model = ForwardNet.load(manifest.artifact(entry["artifacts"]["forward"]))
+            model = ForwardNet.load(manifest.artifact(entry.artifacts["forward"]))
     except StoreError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoding failure means an unusable artifact
-        raise StoreError(f"{manifest.root}: group {entry['id']}: cannot load its model ({exc})") from exc
-    band = entry["feature_band"]
-    low, high = np.asarray(band["low"], dtype=float), np.asarray(band["high"], dtype=float)
-    share = float(manifest.raw.get("config", {}).get("threshold", {}).get("excursion_band_share", EXCURSION_BAND_SHARE))
+        raise StoreError(f"{manifest.root}: group {entry.id}: cannot load its model ({exc})") from exc
+    low, high = np.asarray(entry.feature_band.low, dtype=float), np.asarray(entry.feature_band.high, dtype=float)
+    share = manifest.contents.effective_config.threshold.excursion_band_share
     return RuntimeGroup(
-        id=entry["id"],
-        key=entry["key"],
+        id=entry.id,
+        key=entry.key,
         kind=kind,
-        features=tuple(entry["features"]),
-        scaler=MinMax.from_dict(entry["scaler"]),
-        means=np.asarray(entry["feature_means"], dtype=float),
-        median=np.asarray(entry["feature_median_scaled"], dtype=np.float32),
-        error_scale=np.asarray(entry["feature_error_scale"], dtype=np.float32),
-        threshold=GroupThreshold.from_dict(entry["threshold"]),
+        features=entry.features,
+        scaler=MinMax(np.asarray(entry.scaler_min, dtype=float), np.asarray(entry.scaler_max, dtype=float)),
+        means=np.asarray(entry.feature_means, dtype=float),
+        median=np.asarray(entry.feature_median_scaled, dtype=np.float32),
+        error_scale=np.asarray(entry.feature_error_scale, dtype=np.float32),
+        threshold=entry.threshold,
         model=model,
-        median_raw=np.asarray(entry["feature_median_raw"], dtype=float),
+        median_raw=np.asarray(entry.feature_median_raw, dtype=float),
         band_low=low,
         band_high=high,
         tolerance=excursion_tolerance(low, high, share),

@@ -24,6 +24,9 @@ from model_store.serving.clusters import assign_clusters, scale_settings
 from model_store.serving.columns import RecordColumns
 from model_store.errors import StoreError
 from model_store.serving.store import MANIFEST, StoreManifest
+from model_store.serving.store_format import (
+    NO_CONDITIONAL, Calibration, ConditionalProbabilityEntry, FacilityDefaults, GroupEntry,
+)
 from model_store.serving.thresholds import decide, effective_thresholds
 
 TOP_FEATURES = 3
@@ -32,6 +35,7 @@ TOP_FEATURES = 3
 # a different setting that merely fell into the same cluster, and aligning it would be wrong.
 PROFILE_REACH = 1.5
 PROFILE_MIN_RADIUS = 0.02
+NO_FACILITY_DEFAULTS = FacilityDefaults(item=None)  # a facility history never saw
 
 
 # Why a record could not be judged: a short cause (a metric label) and the text a verdict carries.
@@ -203,60 +207,56 @@ class ScoringEngine:
         self.cache = GroupCache(manifest, capacity=cache_size)
         self.broken_groups: dict[str, str] = {}  # group id -> why its model file cannot be loaded
         self.max_distance = max_distance
-        by_maker: dict[str, list[dict]] = {m: [] for m in manifest.setting_models}
-        for entry in manifest.groups:
-            by_maker.setdefault(entry["key"]["maker"], []).append(entry)
+        contents = manifest.contents
+        by_maker: dict[str, list[GroupEntry]] = {m: [] for m in manifest.setting_models}
+        for entry in contents.groups:
+            by_maker.setdefault(entry.key.maker, []).append(entry)
         self.index = {
             maker: MakerIndex.build(entries, len(manifest.setting_models[maker].fields))
             for maker, entries in by_maker.items()
             if maker in manifest.setting_models
         }
-        self.facility_maker: dict[str, str] = manifest.raw.get("facility_maker", {})
+        self.facility_maker: dict[str, str] = contents.facility_maker
         self.profiles: dict[tuple[str, str, int], np.ndarray] = {}
         self.profile_reach: dict[tuple[str, str, int], tuple[np.ndarray, float]] = {}
         self.profile_band: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
-        for entries in manifest.raw.get("setting_profiles", {}).values():
-            for p in entries:
-                key = (p["facility"], p["item"], int(p["cluster"]))
-                self.profiles[key] = np.array([np.nan if v is None else v for v in p["median"]], dtype=float)
-                reach = PROFILE_REACH * max(float(p["setting_radius"]), PROFILE_MIN_RADIUS)
-                self.profile_reach[key] = (np.asarray(p["setting_centroid"], dtype=float), reach)
-                self.profile_band[key] = (np.asarray(p["band"]["low"], dtype=float), np.asarray(p["band"]["high"], dtype=float))
-        self.defaults: dict[str, dict[str, Any]] = manifest.raw.get("facility_defaults", {})
-        threshold_config = manifest.raw.get("config", {}).get("threshold", {})
-        self.max_imputed_share = float(threshold_config.get("max_imputed_share", 0.5))
-        calibration = manifest.raw.get("calibration") if calibrated else None
-        self.calibration = calibration
+        for profiles in contents.setting_profiles.values():
+            for p in profiles:
+                key = (p.facility, p.item, p.cluster)
+                self.profiles[key] = np.array([np.nan if v is None else v for v in p.median], dtype=float)
+                reach = PROFILE_REACH * max(p.setting_radius, PROFILE_MIN_RADIUS)
+                self.profile_reach[key] = (np.asarray(p.setting_centroid, dtype=float), reach)
+                self.profile_band[key] = (np.asarray(p.band.low, dtype=float), np.asarray(p.band.high, dtype=float))
+        self.defaults: dict[str, FacilityDefaults] = contents.facility_defaults
+        self.max_imputed_share = contents.effective_config.threshold.max_imputed_share
+        calibration = contents.calibration if calibrated else None
+        self.calibration: Calibration | None = calibration
         self.enabled_paths: tuple[str, ...] = PATHS
         self.unit_factor: dict[tuple[str, str], float] = {}
         self.path_factor: dict[str, float] = {}
         self.probability: ProbabilityModel | None = None
         if calibration:
-            self.enabled_paths = tuple(p for p in PATHS if calibration["paths"].get(p, {}).get("used", True))
-            self.unit_factor = {(u["group_id"], u["path"]): float(u["factor"]) for u in calibration["units"]}
-            self.path_factor = {k: float(v) for k, v in calibration["path_factor"].items()}
-            self.probability = ProbabilityModel(
-                {k: (float(v[0]), float(v[1])) for k, v in calibration["probability"].items()}, {}, 0.0)
+            self.enabled_paths = tuple(p for p in PATHS if calibration.path_used(p))
+            self.unit_factor = {(u.group_id, u.path): u.factor for u in calibration.units}
+            self.path_factor = dict(calibration.path_factor)
+            self.probability = ProbabilityModel(dict(calibration.probability), {}, 0.0)
         if paths is not None:
             self.enabled_paths = tuple(p for p in PATHS if p in paths)
         # The setting-conditioned scorer (one unit per maker); ``conditional=False`` leaves the
         # setting groups alone, as the group calibration needs them.
-        section = manifest.raw.get("conditional", {}) if conditional else {}
-        self.combine: str = str(section.get("combine", "conditional"))
-        self.group_excursions: bool = bool(section.get("group_excursions", True))
+        section = (contents.conditional or NO_CONDITIONAL) if conditional else NO_CONDITIONAL
+        self.combine: str = section.combine
+        self.group_excursions: bool = section.group_excursions
         self.conditional_units: dict[str, ConditionalUnit] = {
-            maker: ConditionalUnit.from_files(entry, manifest.artifact(entry["artifact"]))
-            for maker, entry in section.get("units", {}).items()
+            maker: ConditionalUnit.from_files(entry, manifest.artifact(entry.artifact))
+            for maker, entry in section.units.items()
         }
-        self.conditional_probability: tuple[float, float] | None = (
-            tuple(section["probability"]) if section.get("probability") else None)  # type: ignore[assignment]
-        extra = section.get("probability_model") or {}
+        self.conditional_probability: tuple[float, float] | None = section.probability
+        extra = section.probability_model or ConditionalProbabilityEntry()
         self.conditional_probability_model: ConditionalProbability | None = (
-            ConditionalProbability(float(section["probability"][0]), float(section["probability"][1]),
-                                   None if extra.get("excursion_intercept") is None else float(extra["excursion_intercept"]),
-                                   None if extra.get("base_rate") is None else float(extra["base_rate"]),
-                                   float(extra.get("blend", 1.0)))
-            if section.get("probability") else None)
+            ConditionalProbability(section.probability[0], section.probability[1], extra.excursion_intercept, extra.base_rate,
+                                   extra.blend)
+            if section.probability else None)
 
     def group(self, group_id: str) -> RuntimeGroup:
         return self.cache.get(group_id)
@@ -282,9 +282,9 @@ class ScoringEngine:
         return on_disk != self.manifest.model_version
 
     def _default_state(self, facility: str, item: Any, fields: tuple[str, ...]) -> tuple[Any, np.ndarray | None]:
-        facility_defaults = self.defaults.get(str(facility), {})
-        item = item if isinstance(item, str) else facility_defaults.get("item")
-        combo = facility_defaults.get("settings_by_item", {}).get(item) or facility_defaults.get("settings")
+        facility_defaults = self.defaults.get(str(facility), NO_FACILITY_DEFAULTS)
+        item = item if isinstance(item, str) else facility_defaults.item
+        combo = (facility_defaults.settings_by_item or {}).get(item) or facility_defaults.settings
         return item, (np.asarray(combo, dtype=float) if combo is not None and len(combo) == len(fields) else None)
 
     def line_factors(self, group_id: str, path: np.ndarray) -> np.ndarray:

@@ -1,24 +1,25 @@
 """The on-disk model store: a directory with a JSON manifest and hashed artifacts.
 
-Contract (the manifest this module reads and ``model_store/trainer.py`` writes): store format
-version, schema hash, created time and, per group, key,
-model kind, artifact paths with sha256, rows, lot defect rate, threshold parameters, loss
-summary and setting centroid. Written atomically (staging dir, then rename); loading verifies
-every hash and refuses a mismatch. Nothing loaded is an arbitrary pickle.
+The manifest's contract is :mod:`model_store.serving.store_format` (typed, versioned; training
+writes it through the same structures, ``model_store/store.py``). Written atomically (staging
+dir, then rename); loading checks the format and every field, verifies every hash and refuses a
+mismatch. Nothing loaded is an arbitrary pickle.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from model_store.errors import StoreError
 from model_store.schema import PlantSchema, parse_schema
 from model_store.serving.clusters import SettingModel
+from model_store.serving.store_format import STORE_FORMAT, GroupEntry, Manifest
 
-STORE_FORMAT = 4  # 4: setting-conditioned units per maker (conditional/); 3: excursion bands, pooled part groups, lot calibration; 2: error scales, NumPy forests, profiles
+__all__ = ["MANIFEST", "STORE_FORMAT", "StoreManifest", "open_store", "sha256_file"]
+
 MANIFEST = "manifest.json"
 
 
@@ -32,34 +33,42 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class StoreManifest:
-    """A verified, parsed manifest. Artifacts are loaded lazily through :meth:`artifact`."""
+    """A verified manifest: its typed contents (``contents``, parsed from ``raw`` on creation)
+    and the schema and setting models it holds. Artifacts are loaded lazily through :meth:`artifact`.
+
+    ``raw`` stays for the sections kept as JSON (drift references, report figures).
+    """
 
     root: Path
     raw: dict[str, Any]
     schema: PlantSchema
     setting_models: dict[str, SettingModel]
+    contents: Manifest = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contents", Manifest.from_dict(self.raw, source=str(self.root / MANIFEST)))
 
     @property
     def model_version(self) -> str:
-        return str(self.raw["model_version"])
+        return self.contents.model_version
 
     @property
     def schema_hash(self) -> str:
-        return str(self.raw["schema_hash"])
+        return self.contents.schema_hash
 
     @property
-    def groups(self) -> list[dict[str, Any]]:
-        return self.raw["groups"]
+    def groups(self) -> tuple[GroupEntry, ...]:
+        return self.contents.groups
 
-    def group(self, group_id: str) -> dict[str, Any]:
-        for entry in self.groups:
-            if entry["id"] == group_id:
-                return entry
-        raise StoreError(f"{self.root}: no group {group_id!r} in the manifest")
+    def group(self, group_id: str) -> GroupEntry:
+        entry = self.contents.group(group_id)
+        if entry is None:
+            raise StoreError(f"{self.root}: no group {group_id!r} in the manifest")
+        return entry
 
     def artifact(self, relative: str) -> Path:
         """Path of an artifact after re-checking its hash (it may have changed since opening)."""
-        expected = self.raw["artifacts"].get(relative)
+        expected = self.contents.artifacts.get(relative)
         path = self.root / relative
         if expected is None:
             raise StoreError(f"{self.root}: artifact {relative} is not listed in the manifest")
@@ -69,7 +78,7 @@ class StoreManifest:
             raise StoreError(f"{self.root}: artifact {relative} does not match its sha256; the store was modified, retrain or restore it")
         return path
 
-    def iter_groups(self) -> Iterator[dict[str, Any]]:
+    def iter_groups(self) -> Iterator[GroupEntry]:
         return iter(self.groups)
 
 
@@ -85,21 +94,16 @@ def open_store(root: str | Path, verify: bool = True) -> StoreManifest:
         raise StoreError(f"{root}: no {MANIFEST}; not a model store (or an interrupted write)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{manifest_path}: unreadable manifest ({exc.__class__.__name__}: {exc})".splitlines()[0]) from None
-    if not isinstance(raw, dict) or raw.get("store_format") != STORE_FORMAT:
-        found = raw.get("store_format") if isinstance(raw, dict) else None
-        raise StoreError(f"{manifest_path}: store format {found!r} is not supported (expected {STORE_FORMAT}); retrain the store")
-    for key in ("model_version", "schema", "schema_hash", "groups", "setting_models", "artifacts"):
-        if key not in raw:
-            raise StoreError(f"{manifest_path}: manifest lacks {key!r}; the store is incomplete")
-    schema = parse_schema(raw["schema"], source=f"{manifest_path}#schema")
-    if schema.hash() != raw["schema_hash"]:
+    contents = Manifest.from_dict(raw, source=str(manifest_path))  # the format and every field, or one refusal
+    schema = parse_schema(contents.schema, source=f"{manifest_path}#schema")
+    if schema.hash() != contents.schema_hash:
         raise StoreError(f"{manifest_path}: schema hash mismatch; the manifest was edited")
     if verify:
-        for relative, expected in raw["artifacts"].items():
+        for relative, expected in contents.artifacts.items():
             path = root / relative
             if not path.is_file():
                 raise StoreError(f"{root}: artifact {relative} is missing; retrain or restore the store")
             if sha256_file(path) != expected:
                 raise StoreError(f"{root}: artifact {relative} does not match its sha256; the store was modified, retrain or restore it")
-    models = {m: SettingModel.from_dict(v) for m, v in raw["setting_models"].items()}
+    models = {m: SettingModel.from_dict(v) for m, v in contents.setting_models.items()}
     return StoreManifest(root=root, raw=raw, schema=schema, setting_models=models)

@@ -23,6 +23,7 @@ from model_store.report_coverage import BORROWED, NONE, OWN, judged_on_own_histo
 from model_store.report_settings import cluster_set_points
 from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.conditional import PART_SEPARATOR, ConditionalUnit
+from model_store.serving.store_format import ConditionalUnitEntry, read
 
 MAKER = "HANIL"
 AT, BELOW = ("F06", "ITM-004"), ("F02", "ITM-008")  # parts cut to exactly THRESHOLD shots and one fewer
@@ -264,7 +265,7 @@ def test_the_setting_conditioned_model_at_its_threshold(manifest) -> None:
 def test_the_own_history_rule_is_the_units_own(tiny_store, manifest) -> None:
     """judged_on_own_history says what ConditionalUnit.evidence does for every part of the store."""
     entry = manifest["conditional"]["units"][MAKER]
-    unit = ConditionalUnit.from_files(entry, tiny_store / entry["artifact"])
+    unit = ConditionalUnit.from_files(read(ConditionalUnitEntry.from_dict, entry), tiny_store / entry["artifact"])
     keys = np.array(sorted({f"{f}{PART_SEPARATOR}{i}" for f, i in _parts_with_history(manifest)}), dtype=object)
     _, _, judged_as, _, _ = unit.evidence(np.zeros((len(keys), len(unit.settings))), keys, np.zeros((len(keys), len(unit.features))))
     for key, used in zip(keys, judged_as):

@@ -23,9 +23,23 @@ SCHEMA = parse_schema({"record_id": "id", "timestamp": "ts", "facility": "fac", 
                       "maker": {"constant": "M"}, "makers": {"M": {"settings": ["s"], "production": ["p"]}}})
 
 
+def _group(**changes) -> dict:
+    """A complete group entry of the one production field (model_store/serving/store_format.py)."""
+    one = [0.5]
+    entry = {"id": "g1", "key": {"maker": "M", "facility": "F", "item": "I", "cluster": 0}, "model_kind": "iforest",
+             "artifacts": {"model": "groups/g1/model.npz", "forward": "groups/g1/model.npz"}, "rows": 300, "lots": 3,
+             "lot_defect_rate": 0.0, "features": ["p"], "scaler": {"min": [0.0], "max": [1.0]}, "feature_means": one,
+             "feature_median_scaled": one, "feature_error_scale": one, "feature_median_raw": one,
+             "feature_band": {"low": [0.0], "high": [1.0]}, "loss_summary": {"mean": 0.1},
+             "threshold": {"base": 1.0, "fixed": 1.0, "max_presumed_good": 1.0, "cv": 0.1, "cv_gain": 0.1,
+                           "distance_gain": 0.5, "margin_limit": 0.5},
+             "setting_centroid": one, "setting_mode": [None], "training": {}}
+    return {**entry, **changes}
+
+
 def _manifest(**changes) -> dict:
     raw = {"model_version": "v1", "schema": SCHEMA.to_dict(), "schema_hash": SCHEMA.hash(),
-           "groups": [{"id": "g1", "artifacts": {"model": "groups/g1/model.npz"}}], "setting_models": {}}
+           "groups": [_group()], "setting_models": {}}
     return {**raw, **changes}
 
 
@@ -49,7 +63,7 @@ def test_commit_lists_every_artifact_with_its_sha256(tmp_path) -> None:
     }
     manifest = open_store(store)
     assert manifest.model_version == "v1" and manifest.schema_hash == SCHEMA.hash()
-    assert manifest.group("g1")["artifacts"] == {"model": "groups/g1/model.npz"}
+    assert manifest.group("g1").artifacts == {"model": "groups/g1/model.npz", "forward": "groups/g1/model.npz"}
     assert manifest.artifact("groups/g1/model.npz") == store / "groups/g1/model.npz"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no staging or old copies left
 
@@ -108,13 +122,13 @@ def test_verify_false_skips_only_the_hashes(tmp_path) -> None:
     assert open_store(store, verify=False).model_version == "v1"
 
 
-@pytest.mark.parametrize("key", ["model_version", "schema", "schema_hash", "groups", "setting_models"])
-def test_a_manifest_lacking_a_key_is_incomplete(tmp_path, key) -> None:
+@pytest.mark.parametrize("key", ["model_version", "schema", "schema_hash", "groups", "setting_models", "artifacts"])
+def test_a_manifest_lacking_a_key_is_refused_naming_it(tmp_path, key) -> None:
     store = _write_store(tmp_path / "store")
     raw = json.loads((store / MANIFEST).read_text())
     del raw[key]
     (store / MANIFEST).write_text(json.dumps(raw))
-    with pytest.raises(StoreError, match=f"manifest lacks '{key}'; the store is incomplete"):
+    with pytest.raises(StoreError, match=f"manifest.json: field '{key}' is missing; retrain the store with 'moldwatch train'"):
         open_store(store)
 
 
@@ -130,8 +144,9 @@ def test_an_edited_schema_is_refused(tmp_path) -> None:
 def test_a_manifest_with_nan_is_never_written(tmp_path) -> None:
     store = _write_store(tmp_path / "store")
     before = (store / MANIFEST).read_bytes()
-    with pytest.raises(ValueError):
-        _write_store(store, groups=[{"id": "g1", "threshold": float("nan")}])
+    nan_line = {**_group()["threshold"], "base": float("nan")}
+    with pytest.raises(StoreError, match=r"field 'groups\[0\].threshold.base' is nan \(must be a finite number\)"):
+        _write_store(store, groups=[_group(threshold=nan_line)])
     assert (store / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
 
@@ -245,8 +260,8 @@ def test_unknown_setting_resolves_to_its_own_part_first(trained_store, small_pla
     moved = engine.score(row)
     # the part's own pooled model judges a setting it has no setting group for
     assert moved.resolution[0] == "part" and moved.distance[0] > 0
-    assert engine.group(moved.group_id[0]).key["facility"] == row["facility"].iloc[0]
-    assert engine.group(moved.group_id[0]).key["item"] == row["item"].iloc[0]
+    assert engine.group(moved.group_id[0]).key.facility == row["facility"].iloc[0]
+    assert engine.group(moved.group_id[0]).key.item == row["item"].iloc[0]
 
 
 def test_missing_fields_are_imputed_and_listed(trained_store, small_plant) -> None:

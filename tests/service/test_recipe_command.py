@@ -219,7 +219,7 @@ def test_a_schema_file_other_than_the_stores_is_refused(trained_store, small_pla
 def test_only_facilities_without_trained_groups_is_an_error(trained_store, small_plant_files, small_plant, tmp_path):
     # Every part of the small plant now has a pooled model, so machines the store never saw stand in
     # for facilities without a trained group.
-    trained = {g["key"]["facility"] for g in open_store(trained_store).groups}
+    trained = {g.key.facility for g in open_store(trained_store).groups}
     untrained = small_plant.records.head(2000).copy()
     column = small_plant.schema.facility
     untrained[column] = "NEW-" + untrained[column].astype(str)

@@ -25,6 +25,7 @@ from model_store.serving.conditional import (
     log_floors,
     part_keys,
 )
+from model_store.serving.store_format import ConditionalUnitEntry, read
 from tests.model_store.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
 
 
@@ -183,8 +184,8 @@ def test_the_unit_knows_every_part_and_scores_with_each_parts_own_line(unit, fra
 def test_save_and_load_give_identical_scores(unit, tmp_path) -> None:
     entry = unit.to_files(tmp_path / "unit.npz")
     import json
-    entry = json.loads(json.dumps(entry))  # the manifest holds it as JSON
-    back = ConditionalUnit.from_files(entry, tmp_path / "unit.npz")
+    entry = json.loads(json.dumps({**entry, "artifact": "unit.npz"}))  # the manifest holds it as JSON
+    back = ConditionalUnit.from_files(read(ConditionalUnitEntry.from_dict, entry), tmp_path / "unit.npz")
     settings_, facility, item = _records(200, seed=4, parts=(("F1", "A"), ("F2", "B"), ("F2", "C"), ("F9", "A")))
     production = expected(settings_[:, 0], settings_[:, 1], np.where(facility == "F9", "F1", facility),
                           np.where(item == "C", "A", item))

@@ -3,17 +3,27 @@ import numpy as np
 import pytest
 
 from model_store.serving.resolution import EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
+from model_store.serving.store_format import Band, GroupEntry, StoreGroupKey
+from model_store.serving.thresholds import GroupThreshold
+
+
+def _entry(group_id: str, facility: str, item: str, cluster: int, centroid: list[float]) -> GroupEntry:
+    """A group entry of which resolution reads the id, key and setting centroid (the rest is filler)."""
+    one = (0.0,)
+    return GroupEntry(group_id, StoreGroupKey("M", facility, item, cluster), "iforest", {"forward": "f.npz"}, 300, 1, 0.0,
+                      ("p",), one, one, one, one, one, one, Band(one, one), {}, GroupThreshold(1, 1, 1, 0, 0, 0, 0),
+                      tuple(centroid), tuple(centroid), {})
 
 
 def _index(with_part: bool = True) -> MakerIndex:
     entries = [
-        {"id": "a", "key": {"facility": "F1", "item": "I1", "cluster": 0}, "setting_centroid": [0.1, 0.1]},
-        {"id": "b", "key": {"facility": "F1", "item": "I1", "cluster": 1}, "setting_centroid": [0.9, 0.9]},
-        {"id": "c", "key": {"facility": "F2", "item": "I2", "cluster": 2}, "setting_centroid": [0.5, 0.5]},
-        {"id": "d", "key": {"facility": "F3", "item": "I1", "cluster": 3}, "setting_centroid": [0.6, 0.6]},
+        _entry("a", "F1", "I1", 0, [0.1, 0.1]),
+        _entry("b", "F1", "I1", 1, [0.9, 0.9]),
+        _entry("c", "F2", "I2", 2, [0.5, 0.5]),
+        _entry("d", "F3", "I1", 3, [0.6, 0.6]),
     ]
     if with_part:
-        entries.append({"id": "p", "key": {"facility": "F1", "item": "I1", "cluster": -1}, "setting_centroid": [0.5, 0.5]})
+        entries.append(_entry("p", "F1", "I1", -1, [0.5, 0.5]))
     return MakerIndex.build(entries, 2)
 
 
@@ -67,7 +77,7 @@ def test_max_distance_bounds_the_setting_paths_but_not_exact_or_part() -> None:
     assert _one(index, "F1", "I1", 0, [3.0, 3.0], max_distance=1.0).path[0] == EXACT
     assert _one(index, "F1", "I1", 7, [3.0, 3.0], max_distance=1.0).path[0] == PART
     # the boundary: a distance equal to the bound is allowed
-    lone = MakerIndex.build([{"id": "c", "key": {"facility": "F2", "item": "I2", "cluster": 2}, "setting_centroid": [0.5, 0.5]}], 2)
+    lone = MakerIndex.build([_entry("c", "F2", "I2", 2, [0.5, 0.5])], 2)
     r = _one(lone, "F9", "I9", 0, [0.5, 1.5], max_distance=1.0)
     assert r.path[0] == MAKER and r.distance[0] == 1.0
     assert _one(lone, "F9", "I9", 0, [0.5, 1.5000001], max_distance=1.0).path[0] == UNSCORABLE

@@ -18,7 +18,7 @@ def manifest(forest_store):
 
 
 def test_the_cache_keeps_the_most_recently_used_groups(manifest) -> None:
-    a, b, c = (entry["id"] for entry in manifest.groups[:3])
+    a, b, c = (entry.id for entry in manifest.groups[:3])
     cache = GroupCache(manifest, capacity=2)
     first = cache.get(a)
     cache.get(b)
@@ -36,7 +36,7 @@ def test_a_tampered_artifact_is_refused_when_the_group_loads(manifest, tmp_path)
     shutil.copytree(manifest.root, copy)
     opened = open_store(copy)
     entry = opened.groups[0]
-    path = copy / entry["artifacts"]["forward"]
+    path = copy / entry.artifacts["forward"]
     path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
     with pytest.raises(StoreError, match="sha256"):
         load_runtime_group(opened, entry)

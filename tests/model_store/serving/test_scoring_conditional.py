@@ -89,7 +89,7 @@ def test_every_record_with_measurements_is_judged(engine, records, scored, manif
     assert np.isfinite(scored.score[judgeable]).all() and np.isfinite(scored.loss[judgeable]).all()
     assert np.isfinite(scored.threshold[judgeable]).all() and np.isfinite(scored.defect_probability[judgeable]).all()
     # including the parts of the history that have no setting group of their own
-    grouped = {(g["key"]["facility"], g["key"]["item"]) for g in manifest.groups}
+    grouped = {(g.key.facility, g.key.item) for g in manifest.groups}
     own_group = np.array([(f, i) in grouped for f, i in zip(records["facility"], records["item"])])
     assert (~own_group & judgeable).sum() > 0
     assert not (scored.resolution[~own_group & judgeable] == UNSCORABLE).any()
@@ -285,8 +285,8 @@ def _corrupt_one_group(forest_store, tmp_path, records):
     manifest = open_store(root)
     judged = ScoringEngine(open_store(forest_store), conditional=False).score(records.head(3000)).group_id
     busiest = Counter(g for g in judged if g is not None).most_common(1)[0][0]
-    entry = next(e for e in manifest.groups if e["id"] == busiest)
-    (root / entry["artifacts"]["forward"]).write_bytes(b"not the model file")
+    entry = manifest.group(busiest)
+    (root / entry.artifacts["forward"]).write_bytes(b"not the model file")
     return manifest, busiest
 
 

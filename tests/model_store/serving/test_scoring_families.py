@@ -258,7 +258,7 @@ def test_fallback_paths_need_lot_evidence(trained_store) -> None:
 
 def test_disabled_paths_are_not_taken(trained_store, small_plant) -> None:
     engine = ScoringEngine(open_store(trained_store))
-    unused = {p for p, info in engine.calibration["paths"].items() if not info["used"]}
+    unused = {p for p, use in engine.calibration.paths.items() if not use.used}
     records = canonical_records(small_plant.records.head(5000), small_plant.schema)
     assert not (set(engine.score(records).resolution) & unused)
 
