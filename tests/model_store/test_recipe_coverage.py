@@ -37,7 +37,8 @@ STANDARD, NUDGE, VARIANT, OTHER = (10.0, 10.0), (11.0, 10.0), (50.0, 50.0), (90.
 def manifest(trained: set[tuple[str, str]]) -> Any:
     """What compute_recipes reads of a store: its groups (the trained facility/items), the maker's setting model, the schema."""
     return SimpleNamespace(
-        groups=[{"key": {"facility": f, "item": i}} for f, i in sorted(trained)], setting_models={"M": MODEL}, raw={},
+        groups=[SimpleNamespace(key=SimpleNamespace(facility=f, item=i)) for f, i in sorted(trained)],
+        setting_models={"M": MODEL}, contents=SimpleNamespace(facility_maker={}),
         root="(hand-built)", model_version="v1", schema_hash="h", schema=SCHEMA,
     )
 
