@@ -34,25 +34,11 @@ from model_store.mapping import (
 from model_store.schema import TIMESTAMP, PlantSchema
 from model_store.serving.columns import RecordColumns
 
-# Dead-letter reasons (a bounded vocabulary: each is a label of moldwatch_dead_letters_total).
-# NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER: the mapping's (model_store.mapping).
-UNDECODABLE = "undecodable"  # bytes that are not JSON, or a failure nobody anticipated
-SCORING_FAILED = "scoring_failed"  # valid record that the scoring core raised on
-# Permanent send failures (service/sink.py): the broker will never accept the message as it is.
-MESSAGE_TOO_LARGE = "message_too_large"  # the verdict exceeds the Kafka message limit
-SERIALIZATION_FAILED = "serialization_failed"  # the verdict could not be written as JSON
-REJECTED_BY_BROKER = "rejected_by_broker"  # the broker refused the record itself (corrupt, invalid)
-REASONS = (NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER, UNDECODABLE, SCORING_FAILED,
-           MESSAGE_TOO_LARGE, SERIALIZATION_FAILED, REJECTED_BY_BROKER)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A record that gets no verdict: why (``reason``), the details (``error``) and the original."""
-
-    reason: str
-    error: str
-    document: Any
+# Dead letters and their reasons: the contract is service/dead_letter.py (re-exported here, where
+# records become them).
+from service.dead_letter import (
+    MESSAGE_TOO_LARGE, REASONS, REJECTED_BY_BROKER, SCORING_FAILED, SERIALIZATION_FAILED, UNDECODABLE, DeadLetter,
+)
 
 
 @dataclass(frozen=True)

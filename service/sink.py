@@ -60,7 +60,7 @@ from bson import json_util
 
 from service.backoff import Backoff
 from service.config import WorkerSettings
-from service.decode import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter
+from service.dead_letter import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter, DeadLetterMessage
 from service.kafka_acls import denied
 from service.kafka_ping import connect_failure, metadata_ping, tcp_diagnosis
 from service.metrics import WorkerMetrics
@@ -172,22 +172,14 @@ def _safe_repr(value: Any) -> str:
 
 
 def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None, source: Any = None) -> bytes:
+    """The dead-letter message of ``letter`` (service/dead_letter.py), its document quoted to fit."""
     text, size, digest, truncated = quote_document(letter.document)
-    fields = {
-        "reason": letter.reason,
-        "error": letter.error[:2000],
-        "worker": worker,
-        "model_version": model_version,
-        "dead_lettered_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "original_size": size,
-        "original_sha256": digest,
-        "truncated": truncated,
-    }
-    if source is not None:  # where the record was read, as in a verdict (service/supersede.py); bounded there
-        fields["source"] = source
-    head = dumps(fields)
-    # Splice the document in as JSON text: it is already serialised, and must stay valid JSON.
-    return head[:-1] + b',"document":' + text.encode("utf-8", errors="replace") + b"}"
+    message = DeadLetterMessage(
+        reason=letter.reason, error=letter.error, worker=worker, model_version=model_version,
+        dead_lettered_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), original_size=size,
+        original_sha256=digest, truncated=truncated, document_json=text,
+        source=source)  # where the record was read, as in a verdict (service/supersede.py); bounded there
+    return message.to_bytes(dumps)
 
 
 def facility_key(value: Any) -> bytes | None:
