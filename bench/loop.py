@@ -216,6 +216,112 @@ def run_canary(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+FEEDBACK_FALSE_ALARMS = 50  # the target's "after an operator marks 50 false alarms on a unit"
+
+
+def simulated_operator(score: np.ndarray, defect: np.ndarray, alarm_quantiles: Any, answer_share: float, flip: float,
+                       rng: np.random.Generator, bounds: Any) -> dict[str, Any]:
+    """An operator who walks to a share of the part's alarms in time order and answers (``flip`` of
+    the answers wrong); the part's line is recomputed after every answer, as a frequently run
+    ``moldwatch lines update`` would. Stops once ``FEEDBACK_FALSE_ALARMS`` false alarms were marked."""
+    from model_store.serving.feedback_lines import TRAINED_LINE, decide_line
+
+    line, decision = TRAINED_LINE, None
+    marked_false, marked_alarmed_defect = [], []
+    for i in range(len(score)):
+        if not score[i] > line or rng.random() >= answer_share:
+            continue
+        says_defect = bool(defect[i]) if rng.random() >= flip else not bool(defect[i])
+        (marked_alarmed_defect if says_defect else marked_false).append(score[i])
+        decision = decide_line(np.array(marked_false), np.array(marked_alarmed_defect), np.array(marked_alarmed_defect),
+                               alarm_quantiles, bounds)
+        line = decision.line
+        if len(marked_false) >= FEEDBACK_FALSE_ALARMS:
+            return {"line": line, "bound": decision.bound, "marked_false_alarms": len(marked_false),
+                    "marked_defects": len(marked_alarmed_defect), "answered_until_shot": i + 1}
+    return {"line": line, "bound": decision.bound if decision else "trained", "marked_false_alarms": len(marked_false),
+            "marked_defects": len(marked_alarmed_defect), "answered_until_shot": len(score)}
+
+
+def run_feedback(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Per part of the watched span: its shots in time order, the first half answered by a simulated
+    operator (truthful, then with ``--flip`` of the answers wrong), the line that left, judged on the
+    part's second half: false-alarm rate among good shots and recall among defects, before / after."""
+    from model_store.serving.feedback_lines import LineBounds
+
+    t0 = time.perf_counter()
+    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
+    schema = plant.schema
+    records = canonical_records(plant.records, schema)
+    lots = canonical_lots(plant.lots, schema)
+    truth = plant.labels.set_index("record_id")["defect"]
+    train, test = split_by_day(records, TRAIN_SHARE)
+    test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    bounds = LineBounds()
+    units = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        train_store(train, lots, schema, store, TrainingConfig(workers=args.workers), report=False)
+        engine = ScoringEngine(open_store(store))
+        references = references_from_manifest(engine.manifest.raw.get("drift"))
+        batch = engine.score(test, memory={}, backward=False, explain=False)
+    defect = truth.reindex(test["record_id"].to_numpy()).to_numpy(dtype=float) > 0
+    score = np.nan_to_num(np.asarray(batch.score, dtype=float), nan=-np.inf)
+    facility, item = np.asarray(batch.facility, dtype=object), np.asarray(batch.item, dtype=object)
+    for part, reference in sorted(references.items()):
+        rows = np.flatnonzero((facility == part[0]) & (item == part[1]) & np.isfinite(score))
+        feed, evaluation = rows[: len(rows) // 2], rows[len(rows) // 2:]
+        if np.count_nonzero((score[feed] > 1.0) & ~defect[feed]) * args.answer_share < FEEDBACK_FALSE_ALARMS:
+            continue  # the part does not give an operator 50 false alarms to mark in this period
+        good, bad = evaluation[~defect[evaluation]], evaluation[defect[evaluation]]
+        unit: dict[str, Any] = {"facility": part[0], "item": part[1], "feedback_shots": int(len(feed)),
+                                "evaluation_good": int(len(good)), "evaluation_defects": int(len(bad)),
+                                "false_alarms_before": int(np.count_nonzero(score[good] > 1.0)),
+                                "caught_before": int(np.count_nonzero(score[bad] > 1.0))}
+        for run, flip in (("truthful", 0.0), ("flipped", args.flip)):
+            rng = np.random.default_rng([args.seed, len(units)])
+            answered = simulated_operator(score[feed], defect[feed], reference.alarm_quantiles, args.answer_share, flip,
+                                          rng, bounds)
+            line = answered["line"]
+            unit[run] = {**answered, "false_alarms_after": int(np.count_nonzero(score[good] > line)),
+                         "caught_after": int(np.count_nonzero(score[bad] > line))}
+        units.append(unit)
+        t, f = unit["truthful"], unit["flipped"]
+        print(f"[{name}] feedback {part[0]}/{part[1]}: line {t['line']:.3f} ({t['bound']}; flipped {f['line']:.3f}), "
+              f"false alarms {unit['false_alarms_before']} -> {t['false_alarms_after']} of {len(good)}, caught "
+              f"{unit['caught_before']} -> {t['caught_after']} (flipped {f['caught_after']}) of {len(bad)}", flush=True)
+    return {"generator": plant.generator, "units": units, "seconds": round(time.perf_counter() - t0, 1),
+            "bounds": bounds.to_dict(), "answer_share": args.answer_share, "flip": args.flip}
+
+
+def summarise_feedback(plants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Pooled over the units (parts) that gave the operator 50 false alarms: false alarms on the
+    evaluation halves after / before, recall after / before, per run; and the unit-level spread."""
+    summary: dict[str, Any] = {}
+    units = [u for p in plants.values() for u in p["units"]]
+    for run in ("truthful", "flipped"):
+        mine = [u for u in units if u[run]["marked_false_alarms"] >= FEEDBACK_FALSE_ALARMS]
+        fa_before = sum(u["false_alarms_before"] for u in mine)
+        fa_after = sum(u[run]["false_alarms_after"] for u in mine)
+        bad = sum(u["evaluation_defects"] for u in mine)
+        caught_before = sum(u["caught_before"] for u in mine)
+        caught_after = sum(u[run]["caught_after"] for u in mine)
+        per_unit = [1 - u[run]["false_alarms_after"] / u["false_alarms_before"] for u in mine if u["false_alarms_before"]]
+        summary[run] = {
+            "units": len(mine), "raised": sum(1 for u in mine if u[run]["line"] > 1.0),
+            "bounds_that_set_the_line": {b: sum(1 for u in mine if u[run]["bound"] == b)
+                                         for b in sorted({u[run]["bound"] for u in mine})},
+            "false_alarms_before": fa_before, "false_alarms_after": fa_after,
+            "false_alarm_reduction": round(1 - fa_after / fa_before, 4) if fa_before else None,
+            "median_unit_false_alarm_reduction": round(float(np.median(per_unit)), 4) if per_unit else None,
+            "evaluation_defects": bad, "recall_before": round(caught_before / bad, 4) if bad else None,
+            "recall_after": round(caught_after / bad, 4) if bad else None,
+            "recall_drop_points": round(100 * (caught_before - caught_after) / bad, 2) if bad else None,
+            "recall_kept_share": round(caught_after / caught_before, 4) if caught_before else None,
+        }
+    return summary
+
+
 def _simulated(name: str, shots: int) -> Any:
     from bench.plants import ProvingPlant
     from model_store.simulate import SimulationConfig, simulate
@@ -272,7 +378,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default="loop")
     parser.add_argument("--summarise", action="store_true", help="recompute the summary of the results file and print it")
-    parser.add_argument("--part", default="drift,canary", help="drift, canary or both")
+    parser.add_argument("--part", default="drift,canary,feedback", help="drift, canary, feedback (comma-separated)")
+    parser.add_argument("--answer-share", type=float, default=1.0, help="share of a part's alarms the operator answers")
+    parser.add_argument("--flip", type=float, default=0.10, help="share of the operator's answers that are wrong")
     parser.add_argument("--canary-size", type=float, default=3.0, help="the plant-wide sensor recalibration, in sd")
     args = parser.parse_args()
     if args.summarise:
@@ -288,7 +396,7 @@ def main() -> None:
     from bench._common import RESULTS
 
     existing = RESULTS / f"{args.out}.json"
-    payload = {k: v for k, v in json.loads(existing.read_text()).items() if k in ("drift", "canary")} \
+    payload = {k: v for k, v in json.loads(existing.read_text()).items() if k in ("drift", "canary", "feedback")} \
         if existing.exists() else {}
     parts = args.part.split(",")
     if "drift" in parts:
@@ -306,6 +414,16 @@ def main() -> None:
         for name in args.plants.split(","):
             payload["canary"]["plants"][name] = run_canary(name, args)
             write_result(f"{args.out}_partial", payload)
+    if "feedback" in parts:
+        plants = {}
+        for name in args.plants.split(","):
+            plants[name] = run_feedback(name, args)
+            write_result(f"{args.out}_partial", {**payload, "feedback": {"plants": plants}})
+        payload["feedback"] = {"plants": plants, "summary": summarise_feedback(plants),
+                               "config": {"shots": args.shots, "seed": args.seed, "train_share": TRAIN_SHARE,
+                                          "answer_share": args.answer_share, "flip": args.flip,
+                                          "marked_false_alarms": FEEDBACK_FALSE_ALARMS}}
+        print(json.dumps(payload["feedback"]["summary"], indent=1))
     path = write_result(args.out, payload)
     (RESULTS / f"{args.out}_partial.json").unlink(missing_ok=True)
     print(f"written {path}")

@@ -311,14 +311,18 @@ def score(
     out: Path = typer.Option(..., help="Verdicts file to write (JSON lines); - for stdout."),
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     batch: int = typer.Option(50_000, min=1, help="Records per scoring batch."),
+    lines: Optional[Path] = typer.Option(None, help="Feedback lines: the line book 'moldwatch lines update' writes "
+                                         "(as the worker's --lines); judges each part at its line."),
 ) -> None:
     """Score records with a store; write one verdict per record (JSON lines)."""
     from model_store.loaders import is_postgres, read_table
     from model_store.schema import canonical_records
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store
+    from model_store.serving.line_book import judge_with_book
     from model_store.serving.verdict import to_verdicts
 
+    from service.line_book_file import read_line_book
     from service.progress import progress_bar
 
     source = Path(records)
@@ -326,6 +330,10 @@ def score(
         require_train_extra("score on Parquet", ("pyarrow",))
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
+    book = read_line_book(lines) if lines is not None else None
+    if book is not None and book.version > 0 and book.model_version != engine.model_version:
+        console.print(f"[yellow]warning:[/] {lines} holds lines for store {book.model_version}, not {engine.model_version}: "
+                      f"every part is judged at its trained line ('moldwatch lines update' for this store)")
     if records == "-":
         frame = _stdin_records(sys.stdin, manifest.schema)
     else:
@@ -341,6 +349,7 @@ def score(
         for start in range(0, len(frame), batch):
             chunk = frame.iloc[start : start + batch]
             scored = engine.score(chunk, memory=memory)
+            judge_with_book(scored, book, engine.model_version)
             for verdict in to_verdicts(chunk, scored, engine.model_version):
                 fh.write(json.dumps(verdict, separators=(",", ":")) + "\n")
             counts["anomaly"] += int(scored.anomaly.sum())
@@ -369,3 +378,6 @@ _register_token(app)
 from service.store_command import register as _register_store  # noqa: E402
 
 _register_store(app)
+from service.lines_command import register as _register_lines  # noqa: E402
+
+_register_lines(app)

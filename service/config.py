@@ -163,6 +163,11 @@ class WorkerSettings(BaseSettings):
         None, description="Recipe guidance: recipes.json from 'moldwatch recipe --out DIR' (or DIR itself). Adds "
         "on_recipe to every verdict and serves GET /recipes/{facility}/{item}; reloaded when the file changes "
         "(checked every store_poll_s). Unset: no recipe check.", json_schema_extra=_panel(STORE))
+    lines: Path | None = Field(
+        None, description="Feedback lines: the line book 'moldwatch lines update' writes (lines.json). A part whose "
+        "operators marked mostly false alarms alarms above its raised line instead of 1 (verdicts' line and "
+        "line_version); reloaded when the file changes (checked every store_poll_s); a book for another store "
+        "version is ignored. Unset: every part at its trained line.", json_schema_extra=_panel(STORE))
 
     # -- batching and flow -----------------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=100_000, description="Most records scored together (vectorised per model).",

@@ -15,6 +15,9 @@ afresh), and exposes the state at scrape time:
     moldwatch_drift_unreferenced_verdicts_total    judged verdicts of parts without one (a new
                                                    part, too little history, an old store)
 
+Alarms are counted at the store's own line (``score > 1``), what the references were made at,
+whatever feedback line a part is judged at (``moldwatch lines``).
+
 Readiness is never affected: drift says the verdicts need a look, not that the worker is broken.
 """
 from __future__ import annotations
@@ -74,7 +77,9 @@ class DriftMonitor(Collector):
         if part is None:
             self.unreferenced.inc()
             return
-        for detector in part.observe(float(score), bool(verdict.get("anomaly"))):
+        # the store's own line (score > 1), not the verdict's: a feedback line raised by operators
+        # (model_store.serving.line_book) is a decision about alarms, not a drift of the store
+        for detector in part.observe(float(score), float(score) > 1.0):
             self.detections.labels(detector).inc()
             cusum = part.detectors[detector]
             log.warning("verdict drift: a part's verdicts left what its store did on history", facility=facility,

@@ -190,16 +190,57 @@ class FeedbackDesk:
         self.units.setdefault(unit, Counter())[(joined.event.label, "alarm" if joined.verdict.anomaly else "no_alarm")] += 1
 
 
-def latest_labels(answers: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def latest_answers(answers: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """Each record id's latest answer (by ``at``, then ``received_at``; the later of two equal
     ones in file order): what the operators last said about the shot."""
-    latest: dict[str, tuple[str, str, str]] = {}
+    latest: dict[str, tuple[tuple[str, str], Mapping[str, Any]]] = {}
     for answer in answers:
-        record_id, label = str(answer["record_id"]), str(answer["label"])
+        record_id = str(answer["record_id"])
         when = (str(answer.get("at") or ""), str(answer.get("received_at") or ""))
-        if record_id not in latest or when >= latest[record_id][:2]:
-            latest[record_id] = (*when, label)
-    return {record_id: label for record_id, (_, _, label) in latest.items()}
+        if record_id not in latest or when >= latest[record_id][0]:
+            latest[record_id] = (when, answer)
+    return {record_id: answer for record_id, (_, answer) in latest.items()}
+
+
+def latest_labels(answers: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each record id's latest label (:func:`latest_answers`)."""
+    return {record_id: str(answer["label"]) for record_id, answer in latest_answers(answers).items()}
+
+
+@dataclass(frozen=True)
+class PartAnswers:
+    """A part's latest answers on one store version's verdicts, as scores (feedback_lines' input)."""
+
+    false_alarms: list[float]  # alarms answered false_alarm
+    alarmed_defects: list[float]  # alarms answered defect
+    defects: list[float]  # every shot answered defect, alarmed or not
+
+
+def answers_by_part(answers: Iterable[Mapping[str, Any]], model_version: str,
+                    since: str | None = None) -> dict[tuple[str, str], PartAnswers]:
+    """The latest answer of each record (answers at or after ``since``, ISO 8601, when given), on
+    verdicts of ``model_version`` (answers on another store's verdicts judge other lines), by part.
+    ``unsure`` counts nowhere; a ``false_alarm`` on a verdict that did not alarm says nothing about
+    a line and is left out; a verdict without a finite score is left out."""
+    parts: dict[tuple[str, str], PartAnswers] = {}
+    kept = (a for a in answers if since is None or str(a.get("at") or "") >= since)
+    for answer in latest_answers(kept).values():
+        verdict = answer.get("verdict")
+        if not isinstance(verdict, Mapping) or verdict.get("model_version") != model_version:
+            continue
+        score, facility, item = verdict.get("score"), verdict.get("facility"), verdict.get("item")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
+                or not isinstance(facility, str) or not isinstance(item, str):
+            continue
+        part = parts.setdefault((facility, item), PartAnswers([], [], []))
+        alarmed = verdict.get("anomaly") is True
+        if answer["label"] == "false_alarm" and alarmed:
+            part.false_alarms.append(float(score))
+        elif answer["label"] == "defect":
+            part.defects.append(float(score))
+            if alarmed:
+                part.alarmed_defects.append(float(score))
+    return parts
 
 
 def confirmed_defects(answers: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -234,4 +275,5 @@ def now_utc() -> datetime:
 
 
 __all__ = ["FeedbackEvent", "VerdictRef", "VerdictMemory", "FeedbackDesk", "Joined", "Refusal", "parse_event",
-           "LABELS", "REFUSALS", "now_utc", "confirmed_defects", "latest_labels", "read_answers"]
+           "LABELS", "REFUSALS", "now_utc", "confirmed_defects", "latest_answers", "latest_labels", "read_answers",
+           "PartAnswers", "answers_by_part"]

@@ -31,6 +31,7 @@ import structlog
 from model_store.errors import StoreError
 from model_store.serving.columns import RecordColumns
 from model_store.serving.imputation import FacilityMemory
+from model_store.serving.line_book import LineBook, judge_with_book
 from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.verdict import to_verdicts
@@ -112,6 +113,8 @@ class Pipeline:
         # Replaced whole by the worker (never mutated); a batch reads it once, so one batch is
         # judged by one book even when a reload lands mid-batch.
         self.recipes: RecipeBook | None = None
+        # The feedback lines (model_store.serving.line_book), replaced whole the same way.
+        self.lines: LineBook | None = None
         # Shadow canary: a candidate store judging the same records; its own facility memory (its
         # baselines are its own). A failure there never touches the served verdicts.
         self.shadow: ScoringEngine | None = None
@@ -142,7 +145,7 @@ class Pipeline:
         """Score a batch synchronously. ``memory`` defaults to the worker's facility memory;
         ``track=False`` (POST /score) leaves the answered-ids memory alone."""
         started = time.perf_counter()
-        engine, decoder, recipes, shadow = self._engine, self._decoder, self.recipes, self.shadow
+        engine, decoder, recipes, shadow, lines = self._engine, self._decoder, self.recipes, self.shadow, self.lines
         memory = self.memory if memory is None else memory
         answered = self.answered if track else None
         documents: list[Any] = []
@@ -175,7 +178,7 @@ class Pipeline:
             sources = [messages_of[k].source for k in decoded.rows]
             events = [messages_of[k].event_time for k in decoded.rows]
             try:
-                verdicts = score_frame(engine, decoded.records, memory, recipes)
+                verdicts = score_frame(engine, decoded.records, memory, recipes, lines)
                 # Before serialising (the payload is what Kafka gets), and after scoring succeeded:
                 # a batch that raises StoreError is retried whole and finds the same positions,
                 # which the answered-ids memory treats as replays.
@@ -192,7 +195,7 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
                 result.fallback = True
                 self._score_one_by_one(engine, decoded.records, decoded.record_time, originals, times, memory, result,
-                                       recipes, sources, events, answered)
+                                       recipes, sources, events, answered, lines)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -223,10 +226,11 @@ class Pipeline:
         sources: list[Mapping[str, Any] | None],
         events: list[float | None],
         answered: AnsweredIds | None,
+        lines: LineBook | None = None,
     ) -> None:
         for j, (record_time, original, at) in enumerate(zip(record_times, originals, received)):
             try:
-                (verdict,) = score_frame(engine, records.take([j]), memory, recipes)
+                (verdict,) = score_frame(engine, records.take([j]), memory, recipes, lines)
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
@@ -314,10 +318,13 @@ def score_frame(
     frame: pd.DataFrame | RecordColumns,
     memory: FacilityMemory,
     recipes: RecipeBook | None = None,
+    lines: LineBook | None = None,
 ) -> list[dict[str, Any]]:
     """Run the shared scoring core on canonical records (online: no backward fill); with
-    ``recipes``, add ``on_recipe`` judged against the serving store's version."""
+    ``recipes``, add ``on_recipe`` judged against the serving store's version; with ``lines``,
+    judge each part at its feedback line."""
     batch = engine.score(frame, memory=memory, backward=False)
+    judge_with_book(batch, lines, engine.model_version)
     verdicts = to_verdicts(frame, batch, engine.model_version)
     if recipes is not None:
         flags = recipes.on_recipe_batch(batch.facility, batch.item, batch.cluster, model_version=engine.model_version)

@@ -56,6 +56,7 @@ from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.drift_watch import DriftMonitor
+from service.line_watch import LineWatch
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
 from service.metrics import WorkerMetrics
@@ -125,6 +126,10 @@ class Worker:
         if settings.drift_watch:
             self.drift = DriftMonitor(DriftConfig(rate_h=settings.drift_rate_h, shift_h=settings.drift_shift_h),
                                       self.metrics.registry)
+        # Feedback lines: the line book moldwatch lines writes, reloaded like the recipes.
+        self.lines: LineWatch | None = None
+        if settings.lines is not None:
+            self.lines = LineWatch(settings.lines, settings.store_poll_s, self.metrics.registry, self._lines_loaded)
         # Operator feedback (POST /feedback), joined to the verdicts this worker published.
         self.answered = VerdictMemory(settings.feedback_memory)
         self.feedback: FeedbackIntake | None = None
@@ -271,6 +276,10 @@ class Worker:
             if self.recipe_file is not None:
                 await self.recipe_file.load(force=True)  # a missing or broken file: served without, not fatal
                 spawn("recipes-watcher", self.recipe_file.watch())
+            if self.lines is not None:
+                self.lines.use_store(self.pipeline.engine.model_version)
+                await self.lines.reloader.load(force=True)  # a broken book: logged, every part at its trained line
+                spawn("lines-watcher", self.lines.reloader.watch())
             schema = self.pipeline.engine.schema
             self.source = self._make_source(schema)
             if self.exactly_once:
@@ -505,6 +514,8 @@ class Worker:
                 self.metrics.observe_verdict(scored.verdict)
                 if self.drift is not None:
                     self.drift.observe(scored.verdict)
+                if self.lines is not None:
+                    self.lines.observe(scored.verdict)
         for verdict, _ in result.shadow:
             self.metrics.observe_shadow(verdict)
         for failed in result.failed:
@@ -647,6 +658,8 @@ class Worker:
         self.metrics.set_store(engine, str(self.settings.store))
         if self.drift is not None:
             self.drift.use_store(engine.manifest, engine.model_version)
+        if self.lines is not None:
+            self.lines.use_store(engine.model_version)
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
         self._check_recipe_version()
@@ -681,6 +694,10 @@ class Worker:
                  model_versions=sorted(book.model_versions))
         self._check_recipe_version()
 
+    def _lines_loaded(self, book: Any) -> None:
+        if self.pipeline is not None:
+            self.pipeline.lines = book
+
     def _recipes_failed(self, exc: Exception) -> None:
         # Recipes are guidance: never stop scoring for them.
         self.metrics.recipe_loads.labels("failed").inc()
@@ -699,7 +716,7 @@ class Worker:
         ends it), let the committer settle and checkpoint; give up after ``shutdown_timeout_s``."""
         give_up = self.supervisor.give_up_after(self.settings.shutdown_timeout_s)
         try:
-            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher")
+            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", "lines-watcher")
             scorer = self.supervisor.task("scorer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))

@@ -48,6 +48,9 @@ import numpy as np
 
 DETECTORS: tuple[str, ...] = ("noisy", "blind", "shift_up", "shift_down")
 REFERENCE_PROBS: tuple[float, ...] = tuple(j / 20 for j in range(1, 20))  # 5 % steps
+# The scores of the history's alarms at 10 % steps: where a raised line would leave the part's
+# lot-calibrated alarm volume (the feedback lines' lot floor, model_store.serving.feedback_lines).
+ALARM_PROBS: tuple[float, ...] = tuple(j / 10 for j in range(1, 10))
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,15 @@ class PartReference:
     alarm_counts: tuple[tuple[int, int], ...]  # (alarms in a block, blocks with that many), by count
     count_inflation: float  # the plant's long-run inflation of block alarm-count variance, >= 1
     block: int
+    # scores of the history's alarms at ALARM_PROBS; None: fewer than len(ALARM_PROBS) alarms, or a
+    # store trained before this field (then no feedback line moves: nothing says what the lots allow)
+    alarm_quantiles: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "alarms": self.alarms, "quantiles": list(self.quantiles), "pit_mean": self.pit_mean,
                 "pit_sd": self.pit_sd, "alarm_counts": [list(c) for c in self.alarm_counts],
-                "count_inflation": self.count_inflation, "block": self.block}
+                "count_inflation": self.count_inflation, "block": self.block,
+                "alarm_quantiles": None if self.alarm_quantiles is None else list(self.alarm_quantiles)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "PartReference":
@@ -97,8 +104,14 @@ class PartReference:
                 or any(b < a for a, b in zip(quantiles, quantiles[1:])):
             raise ValueError(f"quantiles: expected {len(REFERENCE_PROBS)} finite non-decreasing numbers")
         counts = tuple((int(k), int(n)) for k, n in raw["alarm_counts"])
+        alarm_quantiles = raw.get("alarm_quantiles")
+        if alarm_quantiles is not None:
+            alarm_quantiles = tuple(float(q) for q in alarm_quantiles)
+            if len(alarm_quantiles) != len(ALARM_PROBS) or any(not math.isfinite(q) for q in alarm_quantiles) \
+                    or any(b < a for a, b in zip(alarm_quantiles, alarm_quantiles[1:])):
+                raise ValueError(f"alarm_quantiles: expected {len(ALARM_PROBS)} finite non-decreasing numbers or null")
         reference = cls(int(raw["rows"]), int(raw["alarms"]), quantiles, float(raw["pit_mean"]), float(raw["pit_sd"]),
-                        counts, float(raw["count_inflation"]), int(raw["block"]))
+                        counts, float(raw["count_inflation"]), int(raw["block"]), alarm_quantiles)
         if not (0 <= reference.alarms <= reference.rows and reference.block >= 1 and reference.pit_sd > 0
                 and reference.count_inflation >= 1 and 0 <= reference.pit_mean <= 1
                 and all(0 <= k <= reference.block and n > 0 for k, n in counts) and sum(n for _, n in counts) >= 2):
@@ -156,6 +169,7 @@ class BlockHistory:
     pit_iid_sd: float  # the spread a block mean would have for independent shots
     counts: np.ndarray  # alarms per full block
     block: int
+    alarm_quantiles: tuple[float, ...] | None = None  # the alarms' scores at ALARM_PROBS
 
 
 def block_history(score: np.ndarray, anomaly: np.ndarray, block: int, min_blocks: int) -> BlockHistory | None:
@@ -172,8 +186,12 @@ def block_history(score: np.ndarray, anomaly: np.ndarray, block: int, min_blocks
     quantiles = tuple(float(q) for q in np.quantile(score, REFERENCE_PROBS))
     used = blocks * block
     pit = transform_many(score[:used], quantiles)
+    alarm_scores = score[anomaly]
+    alarm_quantiles = tuple(float(q) for q in np.quantile(alarm_scores, ALARM_PROBS)) \
+        if len(alarm_scores) >= len(ALARM_PROBS) else None
     return BlockHistory(int(len(score)), int(anomaly.sum()), quantiles, pit.reshape(blocks, block).mean(axis=1),
-                        float(pit.std()) / math.sqrt(block), anomaly[:used].reshape(blocks, block).sum(axis=1), block)
+                        float(pit.std()) / math.sqrt(block), anomaly[:used].reshape(blocks, block).sum(axis=1), block,
+                        alarm_quantiles)
 
 
 def long_run_inflation(series: Iterable[np.ndarray], batch: int) -> float:
@@ -200,7 +218,8 @@ def reference_for_part(history: BlockHistory, pit_inflation: float = 1.0, count_
     spread = max(float(history.pit_means.std(ddof=1)) * math.sqrt(pit_inflation), history.pit_iid_sd, 1e-6)
     values, blocks = np.unique(history.counts, return_counts=True)
     return PartReference(history.rows, history.alarms, history.quantiles, float(history.pit_means.mean()), spread,
-                         tuple((int(k), int(n)) for k, n in zip(values, blocks)), max(1.0, count_inflation), history.block)
+                         tuple((int(k), int(n)) for k, n in zip(values, blocks)), max(1.0, count_inflation), history.block,
+                         history.alarm_quantiles)
 
 
 def block_llr(alarms: int, shots: int, p0: float, p1: float) -> float:
@@ -346,6 +365,6 @@ def references_from_manifest(raw: Mapping[str, Any] | None) -> dict[PartKey, Par
     return references
 
 
-__all__ = ["DETECTORS", "REFERENCE_PROBS", "DriftConfig", "PartReference", "Cusum", "PartWatch", "DriftWatch",
+__all__ = ["ALARM_PROBS", "DETECTORS", "REFERENCE_PROBS", "DriftConfig", "PartReference", "Cusum", "PartWatch", "DriftWatch",
            "transform", "transform_many", "wilson_bounds", "BlockHistory", "block_history", "long_run_inflation",
            "reference_for_part", "block_llr", "references_from_manifest"]

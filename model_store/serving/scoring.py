@@ -90,10 +90,16 @@ class ScoredBatch:
     # "maker" (the maker's: a part, or a machine-part pairing, with too little history of its own),
     # "group" (a setting group decided); None when unscored. A plant engineer reads how far to trust it.
     basis: np.ndarray | None = None
+    # The alarm line on score: 1 as trained; a part's feedback line where a line book raised it
+    # (model_store.serving.line_book.apply_lines), with that book's version (0: none applied).
+    line: np.ndarray | None = None
+    line_version: int = 0
 
     def __post_init__(self) -> None:
         if self.basis is None:
             self.basis = np.full(len(self.loss), None, dtype=object)
+        if self.line is None:
+            self.line = np.ones(len(self.loss))
 
     def __len__(self) -> int:
         return len(self.loss)

@@ -77,6 +77,8 @@ def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model
     clusters, groups, resolutions = batch.cluster.tolist(), batch.group_id.tolist(), batch.resolution.tolist()
     kinds, anomalies, reasons = batch.model_kind.tolist(), batch.anomaly.tolist(), batch.reason.tolist()
     bases = [b if isinstance(b, str) else None for b in (batch.basis.tolist() if batch.basis is not None else [None] * len(batch))]
+    lines = batch.line.tolist() if batch.line is not None else [1.0] * len(batch)
+    line_version = batch.line_version or None
     out: list[dict[str, Any]] = []
     for i in range(len(batch)):
         cluster = int(clusters[i])
@@ -100,6 +102,8 @@ def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model
                 "margin": margin[i],
                 "score": score[i],
                 "anomaly": bool(anomalies[i]),
+                "line": lines[i],
+                "line_version": line_version if lines[i] != 1.0 else None,
                 "excursion": excursion[i],
                 "measured_share": measured[i],
                 "defect_probability": probability[i],

@@ -31,7 +31,8 @@ def batch_of(n: int, **columns: Any) -> ScoredBatch:
         "imputed": [[] for _ in range(n)], "out_of_range": [[] for _ in range(n)], "top_features": [[] for _ in range(n)],
     }
     for f in dataclasses.fields(ScoredBatch):
-        defaults.setdefault(f.name, np.full(n, np.nan))
+        if f.default is dataclasses.MISSING:  # basis, line, line_version: their own defaults
+            defaults.setdefault(f.name, np.full(n, np.nan))
     defaults.update(columns)
     return ScoredBatch(**defaults)
 
@@ -71,6 +72,17 @@ def test_one_verdict_per_record_in_input_order_with_every_field() -> None:
     for verdict in verdicts:
         jsonschema.validate(verdict, SCHEMA)
         json.dumps(verdict, allow_nan=False)  # strict JSON
+
+
+def test_the_line_and_its_version_are_in_every_verdict() -> None:
+    trained = to_verdicts(records_of(2), scored_batch(), "v1")
+    assert [(v["line"], v["line_version"]) for v in trained] == [(1.0, None), (1.0, None)]
+    raised = scored_batch()
+    raised.line, raised.line_version = np.array([1.0, 1.5]), 4
+    verdicts = to_verdicts(records_of(2), raised, "v1")
+    assert [(v["line"], v["line_version"]) for v in verdicts] == [(1.0, None), (1.5, 4)]
+    for verdict in verdicts:
+        jsonschema.validate(verdict, SCHEMA)
 
 
 def test_unscorable_records_carry_nulls_and_their_reason() -> None:
