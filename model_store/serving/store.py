@@ -48,6 +48,17 @@ class StoreManifest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "contents", Manifest.from_dict(self.raw, source=str(self.root / MANIFEST)))
 
+    @classmethod
+    def of_parsed(cls, root: Path, raw: dict[str, Any], contents: Manifest, schema: PlantSchema,
+                  setting_models: dict[str, SettingModel]) -> "StoreManifest":
+        """The manifest of ``raw`` already parsed as ``contents`` (by :func:`open_store`): a large
+        store's manifest takes about as long to parse as to read, so it is not parsed twice."""
+        manifest = cls.__new__(cls)
+        for name, value in (("root", root), ("raw", raw), ("schema", schema), ("setting_models", setting_models),
+                            ("contents", contents)):
+            object.__setattr__(manifest, name, value)
+        return manifest
+
     @property
     def model_version(self) -> str:
         return self.contents.model_version
@@ -106,4 +117,4 @@ def open_store(root: str | Path, verify: bool = True) -> StoreManifest:
             if sha256_file(path) != expected:
                 raise StoreError(f"{root}: artifact {relative} does not match its sha256; the store was modified, retrain or restore it")
     models = {m: SettingModel.from_dict(v) for m, v in contents.setting_models.items()}
-    return StoreManifest(root=root, raw=raw, schema=schema, setting_models=models)
+    return StoreManifest.of_parsed(root, raw, contents, schema, models)
