@@ -35,8 +35,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from model_store.serving.baseline import running_baseline
-from model_store.serving.excursions import BAND_QUANTILES, EXCURSION_BAND_SHARE, excursion_ratios, excursion_tolerance
-from model_store.serving.store_format import ConditionalUnitEntry
+from model_store.serving.excursions import BAND_QUANTILES, excursion_ratios, excursion_tolerance
+from model_store.serving.store_format import (
+    LEGACY_BASELINE_CLIP, LEGACY_BASELINE_HALFLIFE, LEGACY_EXCURSION_SHARE, LEGACY_FOLLOW_NEW_SETTINGS, LEGACY_LASTING_RATIO,
+    LEGACY_RAW_WEIGHT, LEGACY_RESIDUAL_EVIDENCE, ConditionalUnitEntry,
+)
 from model_store.serving.tails import TAIL_LEVELS, TailBank, TailTable
 
 CONDITIONAL = "conditional"  # the resolution path and model kind of a record judged by it alone
@@ -261,15 +264,17 @@ class ConditionalUnit:
     raw_tables: dict[str, TailTable]  # part key -> raw-value table (parts with enough history)
     residual_tables: dict[str, TailTable]  # part key -> residual table; FALLBACK = the maker's
     calibration: dict[str, Calibration]  # part key or FALLBACK
-    excursion_share: float = EXCURSION_BAND_SHARE  # tolerance beyond a band, as a share of its width
-    residual_evidence: str = "tails"  # "tails", "squares" or "both" (see _residual_evidence)
-    raw_weight: float = 1.0  # weight of the part's raw-value tails beside the residual evidence
-    baseline_halflife: float = 0.0  # shots; 0: residuals judged as they are (no running baseline)
-    baseline_clip: float = 4.0  # residuals enter the running baseline clipped to +-this
+    # Defaults: how a unit of a store from before each setting was served (store_format.LEGACY_*);
+    # training passes every one (model_store/conditional_fit.py).
+    excursion_share: float = LEGACY_EXCURSION_SHARE  # tolerance beyond a band, as a share of its width
+    residual_evidence: str = LEGACY_RESIDUAL_EVIDENCE  # "tails", "squares" or "both" (see _residual_evidence)
+    raw_weight: float = LEGACY_RAW_WEIGHT  # weight of the part's raw-value tails beside the residual evidence
+    baseline_halflife: float = LEGACY_BASELINE_HALFLIFE  # shots; 0: residuals judged as they are (no running baseline)
+    baseline_clip: float = LEGACY_BASELINE_CLIP  # residuals enter the running baseline clipped to +-this
     baseline_state: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> baseline at the history's end
     neighbour_tables: dict[str, TailTable] = field(default_factory=dict)  # as residual_tables, of d (baseline on)
     setting_ranges: dict[str, np.ndarray] = field(default_factory=dict)  # part key -> (2, settings) lowest, highest run
-    lasting_ratio: float = 1.0  # see ConditionalConfig.lasting_excursion_ratio (1: a store from before it)
+    lasting_ratio: float = LEGACY_LASTING_RATIO  # see ConditionalConfig.lasting_excursion_ratio (1: a store from before it)
     # (2, settings) lowest and highest each set point took in all of the maker's history (None: a
     # store from before it; the union of the parts' setting ranges stands in)
     setting_span: np.ndarray | None = None
@@ -277,7 +282,7 @@ class ConditionalUnit:
     # running baseline follows a shot all the way on each field further than the clip from it:
     # the response has nothing to go by there (a set point the maker never varied has no slope
     # at all), so what the new setting makes is what its last shots made. False: a store from before it.
-    follow_new_settings: bool = False
+    follow_new_settings: bool = LEGACY_FOLLOW_NEW_SETTINGS
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
