@@ -168,6 +168,14 @@ def worker_series() -> dict[str, set[str]]:
     reference = PartReference(4000, 40, tuple(float(q) for q in range(19)), 0.5, 0.02, ((2, 20),), 1.0, 200)
     drift.use_store(SimpleNamespace(raw={"drift": {"block": 200, "parts": [
         {"facility": "F1", "item": "A", **reference.to_dict()}]}}), "20250601-1")
+    from model_store.serving.line_book import LineBook, PartLine
+    from service.line_watch import LineWatch
+
+    # Feedback lines (with a lines file): a served book that raised one part.
+    lines = LineWatch(Path("/nonexistent/lines.json"), 1.0, metrics.registry, lambda book: None)
+    lines.reloader.value = LineBook(3, "20250601-1", "t", "update", parts=(PartLine("F1", "A", 1.5, "target", "r"),))
+    lines.use_store("20250601-1")
+    lines.loads.labels("ok").inc()
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):
