@@ -6,10 +6,8 @@ report; atomic store write.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +29,10 @@ from model_store.settings import fit_setting_model
 from model_store.serving.store import STORE_FORMAT, StoreManifest, sha256_file
 from model_store.store import StoreStaging, new_model_version
 from model_store.calibration import fit_conditional_probability, gross_excursions
-from model_store.conditional_fit import fit_conditional
+from model_store.dispatch import Dispatcher, InProcess, ProcessPool
+from model_store.fits import fit_group, fit_maker, maker_task, write_files
 from model_store.history import calibrate, drift_references, history_figures, score_history
-from model_store.trainer import GroupTask, init_worker, train_group
+from model_store.trainer import GroupTask
 from model_store.report_settings import cluster_set_points
 
 Progress = Callable[[str, int, int], None]
@@ -159,24 +158,16 @@ def _tasks(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_
     return sorted(tasks, key=lambda t: -len(t.x))  # biggest first: keeps the pool busy to the end
 
 
-def run_tasks(tasks: list[GroupTask], workers: int, progress: Progress | None) -> list[dict]:
+def run_tasks(tasks: list[GroupTask], dispatcher: Dispatcher, out_dir: Path, progress: Progress | None) -> list[dict]:
+    """Fit every group where ``dispatcher`` runs fits; their artifacts are written here, into ``out_dir``."""
     results: list[dict] = []
     if progress:
         progress("train", 0, len(tasks))
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            results.append(train_group(task))
-            if progress:
-                progress("train", len(results), len(tasks))
-        return results
-    # spawn, not fork: TensorFlow's thread pools do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker) as pool:
-        futures = [pool.submit(train_group, task) for task in tasks]
-        for future in as_completed(futures):
-            results.append(future.result())
-            if progress:
-                progress("train", len(results), len(tasks))
+    for _, fitted in dispatcher.map(fit_group, tasks):
+        write_files(out_dir, fitted.files)
+        results.append(fitted.entry)
+        if progress:
+            progress("train", len(results), len(tasks))
     return results
 
 
@@ -218,27 +209,30 @@ def _table_records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_dir: Path) -> dict[str, Any]:
+def train_conditional(data: PreparedData, schema: PlantSchema, config: TrainingConfig, out_dir: Path,
+                      dispatcher: Dispatcher | None = None) -> dict[str, Any]:
     """One setting-conditioned unit per maker (model_store/serving/conditional.py), written under
     ``out_dir/conditional``, and the defect probability fitted on their held-out scores and the lots."""
+    dispatcher = dispatcher or InProcess()
     folder = out_dir / "conditional"
     folder.mkdir(parents=True, exist_ok=True)
     units: dict[str, Any] = {}
     scores = np.full(len(data.records), np.nan)
     excursions = np.full(len(data.records), np.nan)
-    for number, (maker, fields) in enumerate(schema.makers.items()):
-        rows = np.flatnonzero((data.records["maker"] == maker).to_numpy())
-        if len(rows) == 0:
+    maker_rows = {maker: np.flatnonzero((data.records["maker"] == maker).to_numpy()) for maker in schema.makers}
+    tasks = [maker_task(maker, f"conditional/{number:03d}-{slug(maker)}.npz",  # the number: two makers may share a slug
+                        fields.production, fields.settings, data.records.iloc[maker_rows[maker]], data.lot_rates[maker_rows[maker]],
+                        config.conditional)
+             for number, (maker, fields) in enumerate(schema.makers.items()) if len(maker_rows[maker])]
+    fitted = dict(dispatcher.map(fit_maker, tasks))
+    for index, task in enumerate(tasks):  # the schema's order, whatever order the fits finished in
+        result = fitted[index]
+        if result.entry is None:
             continue
-        fitted = fit_conditional(maker, fields.production, fields.settings, data.records.iloc[rows], data.lot_rates[rows],
-                                 config.conditional)
-        if fitted is None:
-            continue
-        relative = f"conditional/{number:03d}-{slug(maker)}.npz"  # the number: two makers may share a slug
-        entry = fitted.unit.to_files(out_dir / relative)
-        units[maker] = {**entry, "artifact": relative}
-        scores[rows] = fitted.held_out_score
-        excursions[rows] = fitted.held_out_excursion
+        write_files(out_dir, result.files)
+        units[task.maker] = {**result.entry, "artifact": task.artifact}
+        scores[maker_rows[task.maker]] = result.held_out_score
+        excursions[maker_rows[task.maker]] = result.held_out_excursion
     lot = (data.records["facility"].astype(str) + "|" + data.records["item"].astype(str) + "|"
            + data.records["lot_date"].astype(str)).to_numpy(dtype=object)
     model = fit_conditional_probability(scores, excursions, lot, data.lot_rates)
@@ -257,8 +251,12 @@ def train_store(
     config: TrainingConfig | None = None,
     progress: Progress | None = None,
     report: bool = True,
+    dispatcher: Dispatcher | None = None,
 ) -> dict[str, Any]:
-    """Train every group and write the store atomically. Returns the manifest."""
+    """Train every group and write the store atomically. Returns the manifest.
+
+    ``dispatcher`` runs the group and conditional fits (:mod:`model_store.dispatch`, e.g. a Dask
+    cluster); by default this process, or a pool of ``config.workers`` processes."""
     config = config or TrainingConfig()
     started = time.perf_counter()
     if progress:
@@ -266,13 +264,13 @@ def train_store(
     data = prepare(records, lots, schema, config)
     if progress:
         progress("prepare", 1, 1)
-    workers = config.workers or os.cpu_count() or 1
+    dispatcher = dispatcher or ProcessPool(config.workers or os.cpu_count() or 1)
     with StoreStaging(store_dir) as staging:
-        entries = run_tasks(_tasks(data, schema, config, staging.path), workers, progress)
+        entries = run_tasks(_tasks(data, schema, config, staging.path), dispatcher, staging.path, progress)
         manifest = build_manifest(data, schema, config, entries, time.perf_counter() - started)
         if progress:
             progress("conditional", 0, 1)
-        manifest["conditional"] = train_conditional(data, schema, config, staging.path)
+        manifest["conditional"] = train_conditional(data, schema, config, staging.path, dispatcher)
         if not entries and not manifest["conditional"]["units"]:
             raise DataError(
                 f"nothing to train: no setting group qualifies (needs >= {config.grouping.min_group_rows} rows and a lot "

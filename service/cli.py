@@ -201,6 +201,10 @@ def train(
     records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
     workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
+    cluster: Optional[str] = typer.Option(None, help="Fit the groups and makers' units as Dask tasks: a running scheduler "
+                                          "(tcp://host:8786) or local:N (N worker processes here). Needs the cluster extra."),
+    cluster_memory: str = typer.Option("4GB", help="Memory limit of each local:N worker (Dask restarts one past it and "
+                                       "retries its fits elsewhere)."),
     feedback: Optional[Path] = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
                                             "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
     set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
@@ -210,6 +214,7 @@ def train(
     """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
     require_train_extra("train")
     from model_store.config import TrainingConfig
+    from model_store.dispatch import check_cluster, open_dispatcher
     from model_store.loaders import read_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.training import train_store
@@ -219,6 +224,8 @@ def train(
 
     overrides = _parse_sets(set_)
     check_names(overrides, names(TrainingConfig()), "train")
+    if cluster is not None:  # before the long read of the history: a missing Dask or a bad value is one line now
+        check_cluster(cluster)
     plant = load_schema(schema)
     if workers:
         overrides["workers"] = str(workers)
@@ -241,8 +248,11 @@ def train(
         frame = frame[~confirmed].reset_index(drop=True)
         console.print(f"Left out {int(confirmed.sum()):,} shots operators confirmed as defects ({len(defects):,} in "
                       f"{feedback}; the others are not in these records).")
-    with progress_bar(console) as progress:
-        manifest = train_store(frame, lot_frame, plant, store, config, progress=progress)
+    with open_dispatcher(cluster, config.workers, cluster_memory) as dispatcher, \
+            progress_bar(console) as progress:
+        if cluster is not None:
+            console.print(f"Fitting on the {dispatcher.description}.")
+        manifest = train_store(frame, lot_frame, plant, store, config, progress=progress, dispatcher=dispatcher)
     kinds: dict[str, int] = {}
     for entry in manifest["groups"]:
         kinds[entry["model_kind"]] = kinds.get(entry["model_kind"], 0) + 1

@@ -6,7 +6,7 @@ one interpreter and platform; the header records them, and deploy/local/setup.sh
 where they match (elsewhere it installs from pyproject.toml's ranges). Run through
 deploy/local/lock.sh, not by hand: it writes both locks,
 
-    requirements.lock        .[train,test]: setup.sh, .ci/run, the tests and the Dockerfile's train image
+    requirements.lock        .[train,test,cluster]: setup.sh, .ci/run, the tests and the Dockerfile's train image
     requirements-serve.lock  . (the base install): the Dockerfile's worker image
 
     python deploy/local/lock.py REPORT OUT --what TEXT --used-by TEXT [--pins PINS]

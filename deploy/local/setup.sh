@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything moldwatch needs on a fresh Debian machine, idempotently:
-# a virtual environment with the package and its train and test extras (requirements.lock; the
+# a virtual environment with the package and its train, test and cluster extras (requirements.lock; the
 # worker image installs only requirements-serve.lock), the Debian packages behind the local test
 # servers (PostgreSQL, Prometheus), and the Kafka / MongoDB-protocol server jars.
 # Re-running it is cheap: each step is skipped when already done.
@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 stamp=.venv/.moldwatch-installed
-lock=requirements.lock  # exact versions + sha256 of every dependency of .[train,test]; refresh: deploy/local/lock.sh
+lock=requirements.lock  # exact versions + sha256 of every dependency of .[train,test,cluster]; refresh: deploy/local/lock.sh
 lock_platform() { sed -n 's/^# platform: //p' "$lock"; }
 this_platform() {
   .venv/bin/python -c 'import platform, sys; print(sys.implementation.name, "%d.%d" % sys.version_info[:2], sys.platform, platform.machine())'
@@ -41,7 +41,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp
   # The project itself (editable), plus anything pyproject.toml gained since the lock was written.
   # PYTHONWARNINGS: setuptools prints its "Editable installation" notice as a warning banner; it
   # asks nothing of the user.
-  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[train,test]'
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e '.[train,test,cluster]'
   touch "$stamp"
 fi
 echo "== system packages and server jars"

@@ -1,6 +1,6 @@
 """The two locks: every dependency pyproject.toml declares is pinned, inside its range, with a sha256.
 
-requirements.lock        the base install + the train and test extras: setup.sh, .ci/run, the tests
+requirements.lock        the base install + the train, test and cluster extras: setup.sh, .ci/run, the tests
 requirements-serve.lock  the base install alone: the worker image (no TensorFlow, scikit-learn, ...)
 
 Both are written by deploy/local/lock.sh; the installers use them in hash-checking mode.
@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 FULL, SERVE = ROOT / "requirements.lock", ROOT / "requirements-serve.lock"
 # Which of pyproject's requirement lists each lock must satisfy.
-LOCKED_LISTS = {FULL: ("dependencies", "train", "test"), SERVE: ("dependencies",)}
+LOCKED_LISTS = {FULL: ("dependencies", "train", "test", "cluster"), SERVE: ("dependencies",)}
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)\s*\\\n\s+--hash=sha256:([0-9a-f]{64})$", re.M)
 LOCKS = pytest.mark.parametrize("lock", [FULL, SERVE], ids=lambda p: p.name)
 
@@ -76,6 +76,8 @@ def test_the_serving_lock_is_the_full_lock_less_training_and_tests() -> None:
     assert train_only and not train_only & serve.keys(), sorted(train_only & serve.keys())
     assert {"keras", "scikit-learn", "scipy", "matplotlib"} <= train_only
     assert any(name.startswith("tensorflow") for name in train_only)  # tensorflow-cpu on x86_64
+    # Nor Dask (moldwatch train --cluster): the worker image stays slim.
+    assert not {"dask", "distributed", "tornado", "msgpack"} & serve.keys()
 
 
 def test_installers_use_the_locks_in_hash_checking_mode() -> None:
@@ -88,8 +90,10 @@ def test_installers_use_the_locks_in_hash_checking_mode() -> None:
 
 
 def test_setup_installs_the_extras_the_full_lock_holds() -> None:
-    # setup.sh installs the project over the lock: with fewer extras the tests would miss TensorFlow.
-    assert "'.[train,test]'" in (ROOT / "deploy/local/setup.sh").read_text()
+    # setup.sh installs the project over the lock: with fewer extras the tests would miss TensorFlow
+    # or Dask; lock.sh must lock the same extras.
+    assert "'.[train,test,cluster]'" in (ROOT / "deploy/local/setup.sh").read_text()
+    assert "-e '.[train,test,cluster]'" in (ROOT / "deploy/local/lock.sh").read_text()
 
 
 def _report(*packages: tuple[str, str, str | None]) -> dict:

@@ -1,0 +1,180 @@
+"""Where training's independent fits run: this process, a local process pool, or a Dask cluster.
+
+One small interface, three adapters. A fit is a module-level function of one picklable task that
+returns a picklable result with its artifacts as bytes (:mod:`model_store.fits`), never paths: a
+worker of a remote cluster shares no filesystem with the driver, so the driver, which alone holds
+the store's staging directory, writes every file. The same fit function runs under every adapter,
+so with fixed seeds all three write the same store.
+
+    with open_dispatcher(cluster="local:2", workers=0, memory_limit="2GB") as dispatcher:
+        for index, result in dispatcher.map(fit_group, tasks):
+            ...
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+
+from model_store.errors import MoldwatchError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+INSTALL_CLUSTER = "pip install 'moldwatch[cluster]'"
+LOCAL_PREFIX = "local:"
+# Seconds to reach a scheduler before giving up: long enough for a scheduler pod that is still
+# starting, short enough that a wrong address is one prompt line, not a hang.
+CONNECT_TIMEOUT_S = 20
+# A fit is retried this often when its worker dies (a killed or out-of-memory process): Dask's own
+# default, stated here because the store's completeness relies on it. A fit that raises is not
+# retried: the same data raises again.
+ALLOWED_FAILURES = 3
+
+
+class ClusterError(MoldwatchError):
+    """The Dask cluster cannot be used: not installed, not reachable, or a bad --cluster value."""
+
+
+class Dispatcher(Protocol):
+    """Runs one function over independent tasks; results come back as they complete."""
+
+    description: str  # for logs and the training manifest's reader: where the fits ran
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        """(index of the task in ``tasks``, its result), in completion order."""
+        ...
+
+
+class InProcess:
+    description = "in-process"
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        for index, task in enumerate(tasks):
+            yield index, fn(task)
+
+
+class ProcessPool:
+    """A pool of ``workers`` spawned processes per map (one per core)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.description = f"process pool of {workers}"
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        if self.workers <= 1 or len(tasks) <= 1:
+            yield from InProcess().map(fn, tasks)
+            return
+        from model_store.trainer import init_worker
+
+        # spawn, not fork: TensorFlow's thread pools do not survive a fork.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=context, initializer=init_worker) as pool:
+            futures = {pool.submit(fn, task): index for index, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+def _on_worker(fn: Callable[[T], R], task: T) -> R:
+    """Runs on a Dask worker: one thread for TensorFlow and BLAS there too (parallelism comes from
+    the workers; a fit spreading over every core of a shared node slows its neighbours)."""
+    from model_store.trainer import init_worker
+
+    init_worker()
+    return fn(task)
+
+
+class DaskCluster:
+    """Fits as Dask tasks, one per task, on a connected ``distributed.Client``.
+
+    Each task carries its own data in the graph rather than as scattered data: a task whose worker
+    dies can then be run again elsewhere (scattered data would die with the worker).
+    """
+
+    def __init__(self, client: Any, description: str):
+        self.client = client
+        self.description = description
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> Iterator[tuple[int, R]]:
+        import warnings
+
+        from distributed import as_completed as completed
+
+        with warnings.catch_warnings():
+            # A group's rows are the task's input; sending them is the point, not an accident.
+            warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
+            run = uuid.uuid4().hex[:8]  # keys readable on the dashboard, unique across runs on one cluster
+            futures = {self.client.submit(_on_worker, fn, task, pure=False, key=f"{getattr(fn, '__name__', 'fit')}-{run}-{index}"): index
+                       for index, task in enumerate(tasks)}
+        try:
+            for future in completed(futures):
+                result = future.result()  # raises the task's error, or KilledWorker after ALLOWED_FAILURES deaths
+                yield futures[future], result
+                future.release()  # a fit's result is written by the caller: do not keep it on the cluster
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def parse_cluster(value: str) -> tuple[str, int | str]:
+    """``local:N`` -> ("local", N); anything else is a scheduler address -> ("address", value)."""
+    if value.startswith(LOCAL_PREFIX):
+        count = value[len(LOCAL_PREFIX):]
+        if not count.isdigit() or int(count) < 1:
+            raise ClusterError(f"--cluster {value}: expected local:N with N >= 1 worker processes, or a scheduler address "
+                               f"such as tcp://scheduler:8786")
+        return "local", int(count)
+    if "://" not in value and ":" not in value:
+        raise ClusterError(f"--cluster {value}: expected a scheduler address such as tcp://scheduler:8786, or local:N")
+    return "address", value
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ClusterError(f"--cluster needs Dask's distributed scheduler, which is not installed: {INSTALL_CLUSTER}") from None
+    return distributed
+
+
+def check_cluster(value: str) -> None:
+    """Fail on a bad ``--cluster`` value or a missing Dask before any input is read."""
+    parse_cluster(value)
+    _distributed()
+
+
+@contextmanager
+def open_dispatcher(cluster: str | None, workers: int = 1, memory_limit: str = "4GB",
+                    connect_timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Dispatcher]:
+    """The dispatcher for ``--cluster`` (None: this process, or a pool of ``workers`` processes, 0 =
+    one per core).
+
+    ``memory_limit`` bounds each worker of a ``local:N`` cluster (Dask pauses a worker near it and
+    restarts one past it; its fits are then retried elsewhere); a remote cluster's workers keep the
+    limits they were started with.
+    """
+    if cluster is None:
+        workers = workers or os.cpu_count() or 1
+        yield ProcessPool(workers) if workers > 1 else InProcess()
+        return
+    kind, target = parse_cluster(cluster)
+    distributed = _distributed()
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        if kind == "local":
+            with distributed.LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                                          dashboard_address=None, scheduler_port=0) as local, \
+                    distributed.Client(local) as client:
+                yield DaskCluster(client, f"local Dask cluster of {target} worker processes ({memory_limit} each)")
+            return
+        try:
+            client = distributed.Client(str(target), timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"--cluster {target}: no Dask scheduler answered there within {connect_timeout:g} s "
+                               f"({type(exc).__name__}); is it running, and is the address right?") from None
+        with client:
+            yield DaskCluster(client, f"Dask cluster at {target}")
