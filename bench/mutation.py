@@ -76,6 +76,8 @@ MODULES: dict[str, RuleModule] = {
     "feedback": RuleModule("service/feedback.py", ("tests/service/test_feedback.py",)),
     "drift": RuleModule("model_store/serving/drift.py", ("tests/model_store/serving/test_drift.py",)),
     "canary": RuleModule("model_store/canary.py", ("tests/model_store/test_canary.py",)),
+    "feedback_lines": RuleModule("model_store/serving/feedback_lines.py", ("tests/model_store/serving/test_feedback_lines.py",)),
+    "line_book": RuleModule("model_store/serving/line_book.py", ("tests/model_store/serving/test_line_book.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

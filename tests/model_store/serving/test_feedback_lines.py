@@ -137,3 +137,34 @@ def test_properties_of_any_answers(false_alarms: list[float], defects: list[floa
     # order does not matter: the same answers in reverse give the same line
     again = decide_line(false_alarms[::-1], defects[::-1], defects[::-1], QUANTILES, bounds)
     assert again == decision
+
+
+@pytest.mark.parametrize("field, value", [("min_false_alarms", 1), ("min_false_alarm_share", 1.0),
+                                          ("target_quantile", 1.0), ("defect_quantile", 0.0), ("step", 1.0),
+                                          ("max_line", 1.0), ("lot_floor", 0.1), ("lot_floor", 0.9)])
+def test_bounds_at_their_limits_are_allowed(field: str, value: float) -> None:
+    assert getattr(LineBounds(**{field: value}), field) == value
+
+
+def test_bounds_from_text_values_keep_the_count_whole() -> None:
+    bounds = LineBounds.from_dict({"min_false_alarms": "25", "step": "1.5"})
+    assert bounds.min_false_alarms == 25 and isinstance(bounds.min_false_alarms, int) and bounds.step == 1.5
+    with pytest.raises(ValueError):
+        LineBounds.from_dict({"min_false_alarms": "2.5"})
+
+
+def test_reasons_are_exact() -> None:
+    assert decide_line(fa(40, 5.0), NONE, NONE, None, WIDE).reason == (
+        "no alarm reference from the lots for this part (too few alarms in history, or a store trained before "
+        "feedback lines: retrain)")
+    raised = decide_line(fa(20, 2.0), [3.0], [3.0, 4.0], QUANTILES, WIDE)
+    assert raised.reason == "raised to 2 by the target bound on 20 false alarms and 1 confirmed alarms (2 confirmed defects)"
+
+
+def test_a_bound_exactly_at_one_keeps_the_trained_line() -> None:
+    decision = decide_line(fa(40, 1.0), NONE, NONE, QUANTILES, WIDE)  # target exactly 1
+    assert decision.line == 1.0 and decision.bound == "trained" and decision.reason.startswith("the target bound (1)")
+
+
+def test_scores_given_as_lists_of_ints_are_read_as_numbers() -> None:
+    assert decide_line([2] * 20, [], [], QUANTILES, WIDE).line == 2.0

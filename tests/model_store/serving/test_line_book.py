@@ -111,3 +111,81 @@ def test_a_raised_line_only_ever_silences(rows: list[tuple[float, float, bool]])
     applied = apply_lines(trained, score, judged, lines)
     assert not (applied & ~trained).any()  # never an alarm the store did not raise
     assert (applied[score > 2.0] == trained[score > 2.0]).all()  # beyond the ceiling nothing changes
+
+
+def test_every_field_round_trips_including_the_revert_time() -> None:
+    raw = book(answers_since="2026-12-05T11:00:00.000+00:00", created_at="2026-12-05T11:00:00.000+00:00")
+    raw["bounds"] = LineBounds(step=1.5).to_dict()
+    parsed = LineBook.from_dict(raw)
+    assert parsed.answers_since == "2026-12-05T11:00:00.000+00:00" and parsed.bounds.step == 1.5
+    assert parsed.to_dict() == raw and set(raw) == {"lines_format", "version", "model_version", "created_at", "change",
+                                                    "answers_since", "bounds", "parts"}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([], "expected a JSON object, got list"),
+    ({"lines_format": 1, "version": 1, "change": "x", "parts": [], "created_at": 7}, "created_at: expected a string or null, got int"),
+    ({"lines_format": 1, "version": 1, "change": "x", "parts": [], "answers_since": 7}, "answers_since: expected a string or null, got int"),
+    ({"lines_format": 1, "version": 1, "change": 3, "parts": []}, "change: expected a string"),
+    ({"lines_format": 1, "version": 1, "change": "x", "parts": None}, "parts: expected a list"),
+])
+def test_messages_are_exact(raw: Any, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        LineBook.from_dict(raw)
+    assert str(caught.value) == message
+
+
+def test_a_revert_entry_and_missing_counts_read_as_zero() -> None:
+    raw = book()
+    raw["parts"][0]["bound"] = "revert"
+    for key in ("false_alarms", "alarmed_defects", "defects"):
+        del raw["parts"][0][key]
+    part = LineBook.from_dict(raw).parts[0]
+    assert part.bound == "revert" and (part.false_alarms, part.alarmed_defects, part.defects) == (0, 0, 0)
+
+
+def judged_batch(facility: list[str], score: list[float], resolution: list[str]) -> Any:
+    from tests.model_store.serving.test_verdict import batch_of
+
+    n = len(facility)
+    return batch_of(n, facility=np.array(facility, dtype=object), item=np.array(["ITM-1"] * n, dtype=object),
+                    score=np.array(score), anomaly=np.array(score) > 1.0, resolution=np.array(resolution, dtype=object))
+
+
+def test_judge_with_book_applies_its_parts_lines_and_version() -> None:
+    from model_store.serving.line_book import judge_with_book
+
+    parsed = LineBook.from_dict(book())  # F01/ITM-1 at 1.4
+    batch = judged_batch(["F01", "F01", "F01", "F09", "F01"], [1.3, 1.5, 1.4, 1.3, 1.3],
+                         ["exact", "exact", "part", "exact", "unscorable"])
+    batch.anomaly[4] = False  # as the scorer leaves an unscorable record
+    judge_with_book(batch, parsed, "v1")
+    assert batch.anomaly.tolist() == [False, True, False, True, False]
+    assert batch.line.tolist() == [1.4, 1.4, 1.4, 1.0, 1.0] and batch.line_version == 3
+
+
+@pytest.mark.parametrize("which", ["no book", "another store", "no raised part in the batch"])
+def test_judge_with_book_leaves_the_batch_as_scored(which: str) -> None:
+    from model_store.serving.line_book import judge_with_book
+
+    parsed = None if which == "no book" else LineBook.from_dict(book())
+    batch = judged_batch(["F09", "F01"] if which == "no raised part in the batch" else ["F01", "F01"], [1.3, 0.5],
+                         ["exact", "exact"])
+    if which == "no raised part in the batch":
+        batch.facility = np.array(["F09", "F08"], dtype=object)
+    judge_with_book(batch, parsed, "v2" if which == "another store" else "v1")
+    assert batch.anomaly.tolist() == [True, False] and batch.line.tolist() == [1.0, 1.0] and batch.line_version == 0
+
+
+def test_lines_for_reads_each_record_in_order() -> None:
+    parsed = LineBook.from_dict(book())
+    facility = np.array(["F02", "F01"], dtype=object)
+    item = np.array(["ITM-2", "ITM-1"], dtype=object)
+    lines = lines_for(parsed, "v1", facility, item)
+    assert lines.dtype == np.float64 and lines.tolist() == [2.0, 1.4]
+
+
+def test_apply_lines_takes_lists_and_leaves_trained_rows_alone() -> None:
+    # unjudged rows keep their flag even where a line is set; judged rows at line 1 keep theirs too
+    out = apply_lines([1, 0, 1], [0.5, 3.0, 1.2], [0, 0, 1], np.array([1.5, 1.5, 1.0]))
+    assert out.dtype == bool and out.tolist() == [True, False, True]
