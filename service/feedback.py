@@ -28,7 +28,7 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -249,22 +249,24 @@ def confirmed_defects(answers: Iterable[Mapping[str, Any]]) -> set[str]:
     return {record_id for record_id, label in latest_labels(answers).items() if label == "defect"}
 
 
-def read_answers(lines: Iterable[str], source: str) -> list[dict[str, Any]]:
+def read_answers(lines: Iterable[str], source: str, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Kept feedback records (JSON lines, as on the feedback topic); raises ``DataError`` naming
-    ``source:line`` for a line that is not such a record."""
+    ``source:line`` (or the line's entry in ``names``, e.g. a topic/partition@offset) for a line
+    that is not such a record."""
     from model_store.errors import DataError
 
     answers = []
     for number, line in enumerate(lines, start=1):
+        where = names[number - 1] if names is not None else f"{source}:{number}"
         if not line.strip():
             continue
         try:
             answer = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{source}:{number}: not JSON ({str(exc)[:100]}); expected one kept feedback record per line") from None
+            raise DataError(f"{where}: not JSON ({str(exc)[:100]}); expected one kept feedback record per line") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("record_id"), (str, int)) \
                 or answer.get("label") not in LABELS:
-            raise DataError(f"{source}:{number}: expected a feedback record with record_id and label "
+            raise DataError(f"{where}: expected a feedback record with record_id and label "
                             f"({', '.join(LABELS)}), as the feedback topic holds")
         answers.append(answer)
     return answers

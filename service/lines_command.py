@@ -43,7 +43,11 @@ def _bounds(overrides: list[str], base: LineBounds) -> LineBounds:
 
 
 def update(store: Path = typer.Option(..., "--store", help="The served model store directory (the worker's --store)."),
-           feedback: Path = typer.Option(..., help="Operator feedback (JSON lines, as kept on kafka_feedback_topic)."),
+           feedback: Optional[Path] = typer.Option(None, help="Operator feedback (JSON lines, as kept on "
+                                                   "kafka_feedback_topic)."),
+           feedback_topic: Optional[str] = typer.Option(None, help="Or read the kept answers from this Kafka topic "
+                                                        "(the worker's kafka_feedback_topic; connection from "
+                                                        "MOLDWATCH_KAFKA_*)."),
            lines: Path = LINES_OPTION,
            bound: list[str] = typer.Option([], "--bound", help="Change a bound, NAME=VALUE (min_false_alarms, "
                                            "min_false_alarm_share, target_quantile, step, max_line, defect_quantile, "
@@ -55,7 +59,7 @@ def update(store: Path = typer.Option(..., "--store", help="The served model sto
     from model_store.serving.feedback_lines import decide_line
     from model_store.serving.line_book import LineBook, PartLine
     from model_store.serving.store import open_store
-    from service.feedback import answers_by_part, read_answers
+    from service.feedback import answers_by_part
     from service.line_book_file import publish, read_history, read_line_book
 
     served = open_store(store, verify=False)
@@ -69,11 +73,7 @@ def update(store: Path = typer.Option(..., "--store", help="The served model sto
     bounds = _bounds(bound, current.bounds if same_store else LineBounds())
     since = current.answers_since if same_store else None
     kept_from_revert = {(p.facility, p.item): p for p in current.parts if p.bound == "revert"} if same_store else {}
-    try:
-        with open(feedback, encoding="utf-8") as handle:
-            answers = read_answers(handle, str(feedback))
-    except FileNotFoundError:
-        raise DataError(f"{feedback}: feedback file not found; export the feedback topic as JSON lines") from None
+    answers, source = _answers(feedback, feedback_topic)
     by_part = answers_by_part(answers, model_version, since)
     parts: dict[tuple[str, str], PartLine] = dict(kept_from_revert)
     held: list[str] = []
@@ -106,11 +106,33 @@ def update(store: Path = typer.Option(..., "--store", help="The served model sto
         typer.echo("dry run: nothing written")
         return
     version = max([current.version, *(b.version for b in read_history(lines))]) + 1
-    book = LineBook(version, model_version, _now(), f"update from {feedback.name} ({len(answers):,} answers)",
+    book = LineBook(version, model_version, _now(), f"update from {source} ({len(answers):,} answers)",
                     bounds, new_parts, since)
     publish(lines, book)
     typer.echo(f"version {version}: {sum(1 for p in new_parts if p.line > 1.0)} parts above their trained line "
                f"({lines}; 'moldwatch lines revert --lines {lines}' undoes it)")
+
+
+def _answers(feedback: Path | None, topic: str | None) -> tuple[list[dict], str]:
+    """The kept answers from a file or the feedback topic, and where they came from."""
+    from service.feedback import read_answers
+
+    if (feedback is None) == (topic is None):
+        raise DataError("give the answers as --feedback FILE or --feedback-topic TOPIC (one of the two)")
+    if topic is not None:
+        import asyncio
+
+        from service.config import WorkerSettings
+        from service.feedback_topic import read_feedback_topic
+
+        return asyncio.run(read_feedback_topic(WorkerSettings(), topic)), f"topic {topic}"
+    assert feedback is not None
+    try:
+        with open(feedback, encoding="utf-8") as handle:
+            return read_answers(handle, str(feedback)), feedback.name
+    except FileNotFoundError:
+        raise DataError(f"{feedback}: feedback file not found; export the feedback topic as JSON lines or read it "
+                        f"with --feedback-topic") from None
 
 
 def show(lines: Path = LINES_OPTION) -> None:

@@ -197,6 +197,8 @@ def test_bad_arguments_and_books_are_one_line(forest_store, tmp_path) -> None:
     missing = moldwatch("lines", "update", "--store", str(forest_store), "--feedback", str(tmp_path / "nope.jsonl"),
                         "--lines", str(lines))
     assert "nope.jsonl: feedback file not found" in error_line(missing)
+    neither = moldwatch("lines", "update", "--store", str(forest_store), "--lines", str(lines))
+    assert "give the answers as --feedback FILE or --feedback-topic TOPIC (one of the two)" in error_line(neither)
     lines.write_text('{"lines_format": 1, "version": 2, "change": "x", "parts": [{"facility": "F1"}]}')
     assert "lines.json: parts[0].item: expected a non-empty string" in error_line(moldwatch("lines", "show", "--lines",
                                                                                              str(lines)))
