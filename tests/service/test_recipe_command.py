@@ -82,7 +82,7 @@ def test_writes_json_csv_and_report(recipes_dir, trained_store):
     clusters = pd.read_csv(recipes_dir / "clusters.csv")
     assert clusters.groupby(["facility", "item"])["recommended"].sum().max() == 1
     # Facilities the small store has no group for are skipped, and say so.
-    trained = {g["key"]["facility"] for g in store.groups}
+    trained = {g.key.facility for g in store.groups}
     skipped = {s["facility"] for s in doc["skipped"] if s["item"] is None}
     assert not skipped & trained
     if skipped:  # (a store with a pooled part model for every facility skips none)
