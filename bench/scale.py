@@ -10,6 +10,10 @@ out of core (pyarrow vs DuckDB), and the in-memory training baseline.
     .venv/bin/python bench/scale.py baseline --shots 1000000 2000000
         `moldwatch train` as today (whole history in memory): wall time and peak RSS of the
         process tree per size; bench/results/scale_baseline.json
+    .venv/bin/python bench/scale.py cluster --shots 150000 --modes in-process local:2
+        the same training in-process, on a local Dask cluster (`train --cluster local:2`) or a
+        process pool (pool:2), on the same data, each in a process of its own: wall time per stage,
+        peak RSS of the driver and of every worker process; bench/results/scale_cluster.json
 
 DuckDB is not a dependency of moldwatch: the DuckDB engine imports it from --duckdb-path (e.g. a
 ``pip install --target DIR duckdb``) or the environment, and is skipped when absent.
@@ -22,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -394,6 +399,151 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     print(path)
 
 
+# --- cluster: the same training in-process and on a local Dask cluster -------------------------
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    except OSError:  # gone between the listing and the read
+        return 0
+
+
+class PeakPerProcess:
+    """Samples every process of a tree: each one's peak RSS (VmHWM, kept from its last sample
+    before it exits) and what it is, so the driver and each worker are reported apart."""
+
+    def __init__(self, root: int, interval: float = 0.5):
+        from bench._common import process_tree
+
+        self.root, self.interval, self._tree = root, interval, process_tree
+        self.peaks: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._tree(self.root):
+                self.peaks[pid] = max(self.peaks.get(pid, 0), _vm_hwm_kb(pid))
+                if pid not in self.names:
+                    try:
+                        self.names[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+                    except OSError:
+                        pass
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakPerProcess":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict[str, Any]:
+        def mb(kb: int) -> int:
+            return round(kb / 1024)
+
+        # A Dask worker is a spawned multiprocessing child of its nanny; the pool's workers too.
+        # (its resource tracker is one too, at ~15 MB: a worker holds NumPy at least).
+        workers = {pid: kb for pid, kb in self.peaks.items()
+                   if pid != self.root and "multiprocessing" in self.names.get(pid, "") and kb > 50 * 1024}
+        others = {pid: kb for pid, kb in self.peaks.items() if pid != self.root and pid not in workers}
+        return {"driver_peak_rss_mb": mb(self.peaks.get(self.root, 0)),
+                "worker_peak_rss_mb": sorted((mb(kb) for kb in workers.values()), reverse=True),
+                "other_processes_peak_rss_mb": sorted((mb(kb) for kb in others.values() if kb > 50 * 1024), reverse=True)}
+
+
+def cmd_train_once(args: argparse.Namespace) -> None:
+    """One training run in this process, stage times from the progress callback (cluster part)."""
+    from model_store.config import TrainingConfig
+    from model_store.dispatch import open_dispatcher
+    from model_store.loaders import read_table
+    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.training import train_store
+
+    plant = Path(args.plant)
+    schema = load_schema(plant / "schema.yaml")
+    started = time.perf_counter()
+    records = canonical_records(read_table(str(plant / "records.parquet"), None), schema)
+    lots = canonical_lots(read_table(str(plant / "lots.csv"), None), schema)
+    marks: dict[str, float] = {"read": time.perf_counter() - started}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter() - started
+        marks.setdefault(f"{stage}_start", now)
+        if done == total:
+            marks[f"{stage}_end"] = now
+
+    mode = args.mode
+    cluster = mode if mode.startswith("local:") or "://" in mode else None
+    workers = int(mode.split(":")[1]) if mode.startswith("pool:") else 1
+    config = TrainingConfig().with_overrides({"workers": str(workers)})
+    with open_dispatcher(cluster, workers, args.cluster_memory) as dispatcher:
+        opened = time.perf_counter() - started
+        manifest = train_store(records, lots, schema, args.store, config, progress=progress, report=False, dispatcher=dispatcher)
+    total = time.perf_counter() - started
+    stages = {"read_s": marks["read"], "cluster_start_s": opened - marks["read"] if cluster else 0.0,
+              "group_fits_s": marks.get("train_end", 0) - marks.get("train_start", 0),
+              "conditional_s": marks.get("conditional_end", 0) - marks.get("conditional_start", 0),
+              "calibrate_score_s": marks.get("calibrate_end", 0) - marks.get("calibrate_start", 0), "total_s": total}
+    Path(args.result).write_text(json.dumps({
+        "mode": mode, "records": manifest["training"]["records"], "groups": len(manifest["groups"]),
+        "kinds": sorted({g["model_kind"] for g in manifest["groups"]}),
+        "fit_pids": len({g["training"]["pid"] for g in manifest["groups"]}),
+        "group_fit_cpu_s": round(sum(g["training"]["seconds"] for g in manifest["groups"]), 1),
+        "thresholds": {g["id"]: g["threshold"]["base"] for g in manifest["groups"]},
+        "stages": {k: round(v, 1) for k, v in stages.items()}}))
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    plant = work / f"plant_{args.shots}"
+    if not (plant / "records.parquet").exists():
+        subprocess.run(MOLDWATCH + ["simulate", "--out", str(plant), "--shots", str(args.shots), "--days", str(args.days),
+                                    "--facilities", str(args.facilities), "--items", str(args.items), "--seed", str(args.seed)],
+                       check=True, capture_output=True)
+    runs = []
+    for mode in args.modes:
+        result = work / f"run_{mode.replace(':', '_')}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "_train", "--plant", str(plant), "--mode", mode,
+                   "--store", str(work / f"store_{mode.replace(':', '_')}"), "--cluster-memory", args.cluster_memory,
+                   "--result", str(result)]
+        before = uptime()
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with PeakPerProcess(process.pid) as peaks:
+            output, _ = process.communicate()
+        run: dict[str, Any] = {"mode": mode, "wall_seconds": round(time.perf_counter() - started, 1), "exit": process.returncode,
+                               "uptime_before": before, "uptime_after": uptime(), **peaks.report()}
+        if process.returncode:
+            run["error"] = output.strip().splitlines()[-3:]
+        else:
+            run.update(json.loads(result.read_text()))
+        runs.append(run)
+        print({k: v for k, v in run.items() if k != "thresholds"}, flush=True)
+    base = next((r for r in runs if r["mode"] == "in-process" and not r["exit"]), None)
+    for run in runs:
+        if base is not None and not run["exit"] and run is not base:
+            run["speedup_total"] = round(base["stages"]["total_s"] / run["stages"]["total_s"], 2)
+            run["speedup_group_fits"] = round(base["stages"]["group_fits_s"] / max(run["stages"]["group_fits_s"], 1e-9), 2)
+            run["speedup_fits_and_units"] = round(
+                (base["stages"]["group_fits_s"] + base["stages"]["conditional_s"])
+                / max(run["stages"]["group_fits_s"] + run["stages"]["conditional_s"], 1e-9), 2)
+            run["thresholds_equal_in_process"] = run["thresholds"] == base["thresholds"]
+            run["thresholds_max_relative_difference"] = max(
+                (abs(run["thresholds"][k] - v) / abs(v) for k, v in base["thresholds"].items() if v), default=0.0)
+    for run in runs:
+        run.pop("thresholds", None)
+    path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "shots": args.shots,
+                                    "days": args.days, "facilities": args.facilities, "items": args.items, "seed": args.seed,
+                                    "cores": os.cpu_count(), "cluster_memory_per_worker": args.cluster_memory,
+                                    "uptime_at_end": uptime(), "runs": runs, "notes": args.note})
+    print(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -434,6 +584,25 @@ def main() -> None:
     base.add_argument("--name", default="scale_baseline")
     base.add_argument("--note", default="")
     base.set_defaults(run=cmd_baseline)
+    clu = sub.add_parser("cluster", help="train --cluster local:N vs in-process on the same data: time and peak RSS")
+    clu.add_argument("--shots", type=int, default=150_000)
+    clu.add_argument("--days", type=int, default=20)
+    clu.add_argument("--facilities", type=int, default=24)
+    clu.add_argument("--items", type=int, default=48)
+    clu.add_argument("--seed", type=int, default=0)
+    clu.add_argument("--modes", nargs="+", default=["in-process", "local:2"], help="in-process, local:N, pool:N or a scheduler address")
+    clu.add_argument("--cluster-memory", default="3GB", help="memory limit of each local:N worker")
+    clu.add_argument("--work", default="runs/scale_cluster")
+    clu.add_argument("--name", default="scale_cluster")
+    clu.add_argument("--note", default="")
+    clu.set_defaults(run=cmd_cluster)
+    once = sub.add_parser("_train")
+    once.add_argument("--plant", required=True)
+    once.add_argument("--mode", required=True)
+    once.add_argument("--store", required=True)
+    once.add_argument("--cluster-memory", default="3GB")
+    once.add_argument("--result", required=True)
+    once.set_defaults(run=cmd_train_once)
     args = parser.parse_args()
     args.run(args)
 
