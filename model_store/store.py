@@ -17,6 +17,31 @@ from model_store.serving.store import MANIFEST, STORE_FORMAT, sha256_file
 from model_store.serving.store_format import Manifest
 
 
+def first_lost_field(built: Any, written: Any, path: str = "") -> str | None:
+    """The first field of ``built`` that ``written`` lacks or holds differently (named as the
+    reader's refusals name fields), or None; fields ``written`` adds (defaults) do not count."""
+    if built is written:
+        return None
+    if isinstance(built, dict) and isinstance(written, dict):
+        for key, value in built.items():
+            name = f"{path}.{key}" if path else str(key)
+            if key not in written:
+                return name
+            lost = first_lost_field(value, written[key], name)
+            if lost is not None:
+                return lost
+        return None
+    if isinstance(built, (list, tuple)) and isinstance(written, (list, tuple)):
+        if len(built) != len(written):
+            return path
+        for i, (value, other) in enumerate(zip(built, written)):
+            lost = first_lost_field(value, other, f"{path}[{i}]")
+            if lost is not None:
+                return lost
+        return None
+    return None if built == written else path
+
+
 def new_model_version(schema_hash: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{schema_hash[:8]}-{uuid.uuid4().hex[:6]}"
@@ -48,16 +73,22 @@ class StoreStaging:
         """Hash every artifact, write the manifest, then swap the staging dir into place.
 
         The manifest is written as the reader will parse it (:class:`Manifest`): what it would
-        refuse (a field missing, of the wrong type, not finite) fails here, before anything moves.
+        refuse (a field missing, of the wrong type, not finite) fails here, before anything moves;
+        so does a field the format does not know (it would be lost in writing).
         """
         artifacts: dict[str, str] = {}
         for file in sorted(self.path.rglob("*")):
             if file.is_file():
                 artifacts[file.relative_to(self.path).as_posix()] = sha256_file(file)
-        contents = Manifest.from_dict({**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts},
-                                      source=f"{self.target / MANIFEST} (being written)")
+        built = {**manifest, "store_format": STORE_FORMAT, "artifacts": artifacts}
+        source = f"{self.target / MANIFEST} (being written)"
+        written = Manifest.from_dict(built, source=source).to_dict()
+        lost = first_lost_field(built, written)
+        if lost is not None:
+            raise StoreError(f"{source}: field {lost!r} is not part of store format {STORE_FORMAT}; declare it in "
+                             f"model_store/serving/store_format.py, or it would not be written")
         tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(contents.to_dict(), indent=1, allow_nan=False))
+        tmp.write_text(json.dumps(written, indent=1, allow_nan=False))
         os.replace(tmp, self.path / MANIFEST)
         old = None
         if self.target.exists():

@@ -5,6 +5,7 @@ training writes and the scoring core reading it.
 """
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,18 @@ def test_a_manifest_with_nan_is_never_written(tmp_path) -> None:
         _write_store(store, groups=[_group(threshold=nan_line)])
     assert (store / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"groups": [_group(note="new")]}, "groups[0].note"),
+    ({"lot_drift": {"parts": []}}, "lot_drift"),
+    ({"groups": [_group(key={"maker": "M", "facility": "F", "item": "I", "cluster": 0, "line": 3})]}, "groups[0].key.line"),
+])
+def test_a_field_the_format_does_not_know_is_never_dropped_silently(tmp_path, changes, field) -> None:
+    with pytest.raises(StoreError, match=f"field '{re.escape(field)}' is not part of store format {STORE_FORMAT}; declare it in "
+                                         "model_store/serving/store_format.py"):
+        _write_store(tmp_path / "store", **changes)
+    assert not (tmp_path / "store").exists()
 
 
 def test_sha256_file_reads_large_files_whole(tmp_path) -> None:
