@@ -203,11 +203,16 @@ class DriftReferenceConfig:
     # Blocks per batch when the long-run spread is estimated (batch means): 10 blocks is ~2,000
     # shots, about a day of one part, the scale at which lots, ambient and long setting runs vary.
     inflation_batch: int = 10
+    # A part needs this many history lots (with a bad part expected or an alarm raised) for its
+    # alarms-against-lots reference (model_store.serving.lot_drift).
+    min_reference_lots: int = 10
 
     def __post_init__(self) -> None:
         if self.block < 10 or self.min_reference_blocks < 2 or self.inflation_batch < 2:
             raise ValueError(f"drift.block must be >= 10, drift.min_reference_blocks and drift.inflation_batch >= 2, "
                              f"got {self.block}, {self.min_reference_blocks} and {self.inflation_batch}")
+        if self.min_reference_lots < 2:
+            raise ValueError(f"drift.min_reference_lots must be >= 2, got {self.min_reference_lots}")
 
 
 @dataclass(frozen=True)

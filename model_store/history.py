@@ -17,6 +17,7 @@ from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
 
 OWN_PATHS = (EXACT, PART)
 from model_store.serving.drift import block_history, long_run_inflation, reference_for_part
+from model_store.serving.lot_drift import lot_reference
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import StoreManifest
 
@@ -103,12 +104,25 @@ def score_history(manifest: StoreManifest, data: Any) -> tuple[pd.DataFrame, np.
     return frame, lot_rate, ScoringEngine(manifest).score(frame, memory={}, backward=True, explain=False)
 
 
-def drift_references(batch: ScoredBatch, config: DriftReferenceConfig) -> dict[str, Any]:
+def drift_references(batch: ScoredBatch, config: DriftReferenceConfig, lot_date: np.ndarray | None = None,
+                     lot_rate: np.ndarray | None = None) -> dict[str, Any]:
     """Each part's drift reference (:mod:`model_store.serving.drift`) from its judged history shots
-    in time order, as ``manifest["drift"]``; a part with too few judged shots gets none (listed)."""
+    in time order, as ``manifest["drift"]``; a part with too few judged shots gets none (listed).
+    With each shot's lot date and lot defect rate, a referenced part also gets its alarms-against-
+    lots reference (``lots``, :mod:`model_store.serving.lot_drift`) when it has enough lots."""
     judged = batch.resolution != UNSCORABLE
     histories, too_few = {}, []
     table = pd.DataFrame({"facility": batch.facility, "item": batch.item, "score": batch.score, "anomaly": batch.anomaly})
+    lots: dict[tuple[str, str], dict[str, Any]] = {}
+    if lot_date is not None and lot_rate is not None:
+        per_lot = pd.DataFrame({"facility": batch.facility, "item": batch.item, "lot_date": lot_date,
+                                "alarm": np.asarray(batch.score, dtype=float) > 1.0,  # the store's own line
+                                "expected": np.asarray(lot_rate, dtype=float)})[judged & np.isfinite(lot_rate)]
+        sums = per_lot.groupby(["facility", "item", "lot_date"], sort=True)[["alarm", "expected"]].sum()
+        for (facility, item), sub in sums.groupby(level=[0, 1], sort=True):
+            reference = lot_reference(sub["alarm"].to_numpy(), sub["expected"].to_numpy(), config.min_reference_lots)
+            if reference is not None:
+                lots[(str(facility), str(item))] = reference.to_dict()
     for (facility, item), sub in table[judged].groupby(["facility", "item"], sort=True):
         history = block_history(sub["score"].to_numpy(dtype=float), sub["anomaly"].to_numpy(dtype=bool),
                                 config.block, config.min_reference_blocks)
@@ -118,7 +132,8 @@ def drift_references(batch: ScoredBatch, config: DriftReferenceConfig) -> dict[s
             histories[(str(facility), str(item))] = history
     pit_inflation = long_run_inflation((h.pit_means for h in histories.values()), config.inflation_batch)
     count_inflation = long_run_inflation((h.counts for h in histories.values()), config.inflation_batch)
-    parts = [{"facility": facility, "item": item, **reference_for_part(h, pit_inflation, count_inflation).to_dict()}
+    parts = [{"facility": facility, "item": item, **reference_for_part(h, pit_inflation, count_inflation).to_dict(),
+              **({"lots": lots[(facility, item)]} if (facility, item) in lots else {})}
              for (facility, item), h in histories.items()]
     return {"method": "block CUSUMs of alarm rate and score level against the calibrated history (model_store.serving.drift)",
             "block": config.block, "min_reference_blocks": config.min_reference_blocks,

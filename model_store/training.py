@@ -291,7 +291,7 @@ def train_store(
                                    data.setting_models)
         frame, lot_rate, verdicts = score_history(calibrated, data)
         manifest["history"] = history_figures(frame, lot_rate, verdicts)
-        manifest["drift"] = drift_references(verdicts, config.drift)
+        manifest["drift"] = drift_references(verdicts, config.drift, frame["lot_date"].to_numpy(dtype=object), lot_rate)
         if progress:
             progress("calibrate", 2, 2)
         manifest["training"]["seconds"] = round(time.perf_counter() - started, 2)

@@ -203,6 +203,20 @@ class WorkerSettings(BaseSettings):
         6.0, gt=0, le=50, description="Score-level drift line (CUSUM h, allowance 0.5 reference block spreads): "
         "~2,600 blocks per side between false alarms at 6, a one-spread shift found in ~12 blocks.",
         json_schema_extra=_panel(STORE))
+    lots_collection: str | None = Field(
+        None, description="Lot drift: the MongoDB collection (in mongo_database, on mongo_uri) where the plant's daily "
+        "lots arrive, with the schema's lot columns. Each closed lot of a part is matched with the alarms the worker "
+        "raised on it (model_store/serving/lot_drift.py): moldwatch_lot_drift* metrics, alert MoldwatchLotDrift. "
+        "Unset: off.", json_schema_extra=_panel(STORE))
+    lots_poll_s: float = Field(600.0, gt=0, description="How often the lots collection is read for closed lots.",
+                               json_schema_extra=_panel(STORE))
+    lot_drift_h: float = Field(
+        6.0, gt=0, le=50, description="Lot drift line (CUSUM h): for Poisson lots at the reference ratio a false "
+        "flag comes at most once per e^h lots per part and direction (6: ~400 lots, over a year of daily lots).",
+        json_schema_extra=_panel(STORE))
+    lots_wait_days: int = Field(
+        7, ge=1, description="Days a closed lot waits for its row in the lots collection before it is given up "
+        "(counted in moldwatch_lot_drift_lots_total{outcome=\"no_lot_row\"}).", json_schema_extra=_panel(STORE))
     kafka_feedback_topic: str | None = Field(
         None, description="Operator feedback (POST /feedback, scope 'feedback'): answers joined to the verdict they "
         "answer are kept on this topic (key = record id); unset: no feedback endpoint.", json_schema_extra=_panel(KAFKA))

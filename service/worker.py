@@ -57,6 +57,7 @@ from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.drift_watch import DriftMonitor
 from service.line_watch import LineWatch
+from service.lot_watch import LotMonitor
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
 from service.metrics import WorkerMetrics
@@ -126,6 +127,8 @@ class Worker:
         if settings.drift_watch:
             self.drift = DriftMonitor(DriftConfig(rate_h=settings.drift_rate_h, shift_h=settings.drift_shift_h),
                                       self.metrics.registry)
+        # Lot drift: alarms against the daily lots' bad counts, as the lots arrive in MongoDB.
+        self.lot_drift = LotMonitor(settings, self.metrics.registry) if settings.lots_collection else None
         # Feedback lines: the line book moldwatch lines writes, reloaded like the recipes.
         self.lines: LineWatch | None = None
         if settings.lines is not None:
@@ -280,6 +283,8 @@ class Worker:
                 self.lines.use_store(self.pipeline.engine.model_version)
                 await self.lines.reloader.load(force=True)  # a broken book: logged, every part at its trained line
                 spawn("lines-watcher", self.lines.reloader.watch())
+            if self.lot_drift is not None:
+                spawn("lot-drift", self.lot_drift.run(self.supervisor.stopping))
             schema = self.pipeline.engine.schema
             self.source = self._make_source(schema)
             if self.exactly_once:
@@ -516,6 +521,8 @@ class Worker:
                     self.drift.observe(scored.verdict)
                 if self.lines is not None:
                     self.lines.observe(scored.verdict)
+                if self.lot_drift is not None:
+                    self.lot_drift.observe(scored.verdict)
         for verdict, _ in result.shadow:
             self.metrics.observe_shadow(verdict)
         for failed in result.failed:
@@ -590,6 +597,8 @@ class Worker:
         self.metrics.set_store(engine, str(self.settings.store))
         if self.drift is not None:
             self.drift.use_store(engine.manifest, engine.model_version)
+        if self.lot_drift is not None:
+            self.lot_drift.use_store(engine.manifest, engine.model_version, engine.schema)
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
 
@@ -658,6 +667,8 @@ class Worker:
         self.metrics.set_store(engine, str(self.settings.store))
         if self.drift is not None:
             self.drift.use_store(engine.manifest, engine.model_version)
+        if self.lot_drift is not None:
+            self.lot_drift.use_store(engine.manifest, engine.model_version, engine.schema)
         if self.lines is not None:
             self.lines.use_store(engine.model_version)
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
@@ -716,7 +727,7 @@ class Worker:
         ends it), let the committer settle and checkpoint; give up after ``shutdown_timeout_s``."""
         give_up = self.supervisor.give_up_after(self.settings.shutdown_timeout_s)
         try:
-            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", "lines-watcher")
+            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", "lines-watcher", "lot-drift")
             scorer = self.supervisor.task("scorer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))

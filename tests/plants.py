@@ -22,6 +22,7 @@ SMALL_TRAINING = {
     # Drift references for parts of 500 judged shots (10 blocks of 50): the small plant's parts
     # have a few hundred to a few thousand shots, and the worker's tests need watched parts.
     "drift.block": "50",
+    "drift.min_reference_lots": "3",  # 10 lot days: lot references for the parts the worker tests see
     "workers": "1",
 }
 
@@ -67,6 +68,7 @@ FOREST_TRAINING = {
     "model.iforest_trees": "25",
     "grouping.min_group_rows": "300",
     "workers": "1",
+    "drift.min_reference_lots": "5",  # the plant has 8 lot days: lot references for its parts
 }
 
 

@@ -66,9 +66,11 @@ def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model
     if isinstance(records, pd.DataFrame):
         ids = records["record_id"].to_numpy(dtype=object).tolist()
         stamps = _iso_column(records["timestamp"])  # a frame's column keeps its time zone
+        lot_dates = records["lot_date"].tolist() if "lot_date" in records.columns else [None] * len(ids)
     else:
         ids = np.asarray(records["record_id"], dtype=object).tolist()
         stamps = _iso_column(np.asarray(records["timestamp"]))
+        lot_dates = np.asarray(records["lot_date"], dtype=object).tolist() if "lot_date" in records else [None] * len(ids)
     # Column by column, as Python lists: one conversion per column instead of one NumPy scalar per
     # value and field (this loop runs once per verdict on the worker's hot path).
     distance, loss, threshold, margin, score, excursion, measured, probability = (
@@ -91,6 +93,7 @@ def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model
                 "facility": str(facilities[i]),
                 "item": item if isinstance(item, str) else None,
                 "timestamp": stamps[i],
+                "lot_date": lot_dates[i] if isinstance(lot_dates[i], str) else None,
                 "setting_cluster": cluster if cluster >= 0 else None,
                 "group_id": groups[i],
                 "resolution": str(resolutions[i]),

@@ -176,6 +176,14 @@ def worker_series() -> dict[str, set[str]]:
     lines.reloader.value = LineBook(3, "20250601-1", "t", "update", parts=(PartLine("F1", "A", 1.5, "target", "r"),))
     lines.use_store("20250601-1")
     lines.loads.labels("ok").inc()
+    from service.lot_watch import LotMonitor
+
+    # Lot drift (with a lots collection) against a store with one part's lot reference, one lot judged.
+    lot_drift = LotMonitor(WorkerSettings(_env_file=None, lots_collection="lots"), metrics.registry)  # type: ignore[call-arg]
+    lot_drift.use_store(SimpleNamespace(raw={"drift": {"parts": [{"facility": "F1", "item": "A", "lots": {
+        "lots": 20, "ratio": 1.0, "dispersion": 1.0}}]}}), "20250601-1", SimpleNamespace(lot_columns={}))
+    lot_drift.watches[("F1", "A")].observe_lot(3, 2.0)
+    lot_drift.read_failures.inc()
     series: dict[str, set[str]] = {}
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):
