@@ -78,6 +78,7 @@ MODULES: dict[str, RuleModule] = {
     "canary": RuleModule("model_store/canary.py", ("tests/model_store/test_canary.py",)),
     "feedback_lines": RuleModule("model_store/serving/feedback_lines.py", ("tests/model_store/serving/test_feedback_lines.py",)),
     "line_book": RuleModule("model_store/serving/line_book.py", ("tests/model_store/serving/test_line_book.py",)),
+    "lot_drift": RuleModule("model_store/serving/lot_drift.py", ("tests/model_store/serving/test_lot_drift.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

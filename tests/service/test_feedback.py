@@ -228,3 +228,52 @@ def test_a_bad_feedback_line_is_named(line, expected):
     with pytest.raises(DataError) as caught:
         read_answers([good, line], "f.jsonl")
     assert str(caught.value).startswith(expected)
+
+
+def _answer(record_id: str, label: str, score, anomaly=True, model_version="v1", at="2026-12-05T08:00:00.000+00:00",
+            facility="F1", item="I1") -> dict:
+    return {"record_id": record_id, "label": label, "at": at, "received_at": at,
+            "verdict": {"model_version": model_version, "score": score, "anomaly": anomaly, "facility": facility,
+                        "item": item}}
+
+
+def test_answers_by_part_counts_the_latest_answer_of_each_shot_on_the_served_store():
+    from service.feedback import answers_by_part
+
+    answers = [
+        _answer("a", "false_alarm", 1.5), _answer("b", "false_alarm", 1.6),
+        _answer("b", "defect", 1.6, at="2026-12-05T09:00:00.000+00:00"),  # changed mind: a confirmed defect
+        _answer("c", "defect", 0.4, anomaly=False),  # a defect found by hand: guards the line, no alarm
+        _answer("d", "false_alarm", 0.7, anomaly=False),  # "false alarm" on no alarm: says nothing
+        _answer("e", "unsure", 3.0), _answer("f", "false_alarm", 2.0, model_version="v0"),
+        _answer("g", "false_alarm", float("nan")), _answer("h", "false_alarm", "1.5"), _answer("i", "false_alarm", True),
+        _answer("j", "false_alarm", 1.9, facility=7),
+    ]
+    parts = answers_by_part(answers, "v1")
+    assert list(parts) == [("F1", "I1")]
+    part = parts[("F1", "I1")]
+    assert part.false_alarms == [1.5] and part.alarmed_defects == [1.6] and sorted(part.defects) == [0.4, 1.6]
+    later = answers_by_part(answers, "v1", since="2026-12-05T08:30:00.000+00:00")
+    assert later[("F1", "I1")].false_alarms == [] and later[("F1", "I1")].alarmed_defects == [1.6]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "record_id": st.text(max_size=5), "label": st.sampled_from(["defect", "false_alarm", "unsure"]),
+    "at": st.text(max_size=30),
+    "verdict": st.one_of(st.none(), st.text(max_size=3), st.fixed_dictionaries({
+        "model_version": st.sampled_from(["v1", "v2", None]),
+        "score": st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                           st.booleans(), st.integers()),
+        "anomaly": st.one_of(st.booleans(), st.none(), st.integers()),
+        "facility": st.one_of(st.text(max_size=3), st.integers(), st.none()),
+        "item": st.one_of(st.text(max_size=3), st.none())}))}), max_size=30))
+def test_answers_by_part_never_raises_and_keeps_only_finite_scores(answers):
+    import math
+
+    from service.feedback import answers_by_part
+
+    for part in answers_by_part(answers, "v1").values():
+        for scores in (part.false_alarms, part.alarmed_defects, part.defects):
+            assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
+        assert len(part.alarmed_defects) <= len(part.defects)
