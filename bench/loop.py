@@ -55,6 +55,14 @@ TRAIN_SHARE = 0.5
 DAYS = 60  # the project's simulator: 30 days trained, 30 watched
 
 
+def _plant(name: str, args: argparse.Namespace) -> tuple[Any, Any, pd.DataFrame, pd.DataFrame, pd.Series]:
+    """A plant of the proving ground: (plant, schema, canonical records, canonical lots, per-shot truth)."""
+    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
+    schema = plant.schema
+    truth = plant.labels.set_index("record_id")["defect"]
+    return plant, schema, canonical_records(plant.records, schema), canonical_lots(plant.lots, schema), truth
+
+
 def _watch(engine: ScoringEngine, frame: pd.DataFrame, config: DriftConfig) -> tuple[DriftWatch, list, Any]:
     batch = engine.score(frame, memory={}, backward=False, explain=False)
     watch = DriftWatch(references_from_manifest(engine.manifest.raw.get("drift")), config)
@@ -64,10 +72,7 @@ def _watch(engine: ScoringEngine, frame: pd.DataFrame, config: DriftConfig) -> t
 
 def run_plant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
-    schema = plant.schema
-    records = canonical_records(plant.records, schema)
-    lots = canonical_lots(plant.lots, schema)
+    plant, schema, records, lots, _ = _plant(name, args)
     train, test = split_by_day(records, TRAIN_SHARE)
     test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
     report: dict[str, Any] = {"generator": plant.generator, "shots": len(records), "train_shots": len(train),
@@ -170,11 +175,7 @@ def run_canary(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from model_store.canary import CanaryRule, decide, judge_window
 
     t0 = time.perf_counter()
-    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
-    schema = plant.schema
-    records = canonical_records(plant.records, schema)
-    lots = canonical_lots(plant.lots, schema)
-    truth = plant.labels.set_index("record_id")["defect"]
+    plant, schema, records, lots, truth = _plant(name, args)
     before = _days(records, 0.0, 0.4)
     change_at = pd.to_datetime(_days(records, 0.5, 1.0)["timestamp"]).min()
     changed, changes = _changed_plant(records, before, schema, change_at, args.seed, args.canary_size)
@@ -250,11 +251,7 @@ def run_feedback(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from model_store.serving.feedback_lines import LineBounds
 
     t0 = time.perf_counter()
-    plant = load_plant(name, args.shots) if name not in SIMULATED else _simulated(name, args.shots)
-    schema = plant.schema
-    records = canonical_records(plant.records, schema)
-    lots = canonical_lots(plant.lots, schema)
-    truth = plant.labels.set_index("record_id")["defect"]
+    plant, schema, records, lots, truth = _plant(name, args)
     train, test = split_by_day(records, TRAIN_SHARE)
     test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
     bounds = LineBounds()

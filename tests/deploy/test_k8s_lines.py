@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import K8S_WORKER
+from tests.deploy.standin import standin_moldwatch
 
 LINES = K8S_WORKER.parent / "moldwatch-lines.yaml"
 
@@ -52,12 +53,7 @@ def test_one_update_at_a_time_on_the_workers_store_image_and_settings(cron, work
 
 
 def test_the_script_updates_the_lines_the_workers_read(cron, worker, tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake = bin_dir / "moldwatch"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 0\n')
-    fake.chmod(0o755)
+    bin_dir, calls = standin_moldwatch(tmp_path)
     lines = container(cron)
     env = {**os.environ, **worker["ConfigMap"]["data"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
            **{e["name"]: e["value"] for e in lines["env"] if "value" in e}}

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import K8S_WORKER
+from tests.deploy.standin import standin_moldwatch
 
 RETRAIN = K8S_WORKER.parent / "moldwatch-retrain.yaml"
 
@@ -44,13 +45,7 @@ def test_one_retrain_at_a_time_on_the_workers_store_with_the_train_image(objects
 
 def run_script(objects, tmp_path: Path, canary_exit: int, train_exit: int = 0) -> tuple[int, list[str]]:
     script = _container(objects)["args"][0].replace("/models", str(tmp_path / "models"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake = bin_dir / "moldwatch"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
-                    f'case "$1" in train) exit {train_exit};; canary) exit {canary_exit};; esac\n')
-    fake.chmod(0o755)
+    bin_dir, calls = standin_moldwatch(tmp_path, {"train": train_exit, "canary": canary_exit})
     env = {**os.environ, **objects["ConfigMap"]["data"], "PLANT_DB": "postgresql://u:p@db/plant",
            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)

@@ -35,7 +35,7 @@ def test_a_book_round_trips() -> None:
     ({"lines_format": 2}, "lines_format: expected 1, got 2"),
     ({"version": -1}, "version: expected a whole number >= 0"),
     ({"version": True}, "version: expected a whole number >= 0"),
-    ({"version": 0}, "version: 0 is the empty book, but it lists parts"),
+    ({"version": 0}, "^version: 0 is the empty book, but it lists parts$"),
     ({"model_version": 5}, "model_version: expected a string or null"),
     ({"change": None}, "change: expected a string"),
     ({"bounds": {"step": 0.5}}, "bounds: feedback lines step must be a number >= 1"),

@@ -102,3 +102,37 @@ def test_references_from_a_manifest_and_bad_ones_named() -> None:
     with pytest.raises(ValueError, match="lot reference of F1/I1: lots reference out of range"):
         lot_references_from_manifest(drift)
     assert LotReference.from_dict(LotReference(3, 2.0, 1.0).to_dict()) == LotReference(3, 2.0, 1.0)
+
+
+def test_reference_boundaries_by_hand() -> None:
+    # a lot with less than one bad part expected and no alarm still counts; one with an alarm and
+    # no bad part expected too; one alarm in all is enough for a ratio; less than one expected in all too
+    # ratio 1 / 0.8; means 0.375, 0.625; chi2 = 0.625^2 / 0.375 + 0.625^2 / 0.625 = 5/3 over 1
+    small = lot_reference(np.array([1, 0]), np.array([0.3, 0.5]), 2)
+    assert small.lots == 2 and small.ratio == pytest.approx(1.25) and small.dispersion == pytest.approx(5 / 3)
+    assert lot_reference(np.array([1, 1]), np.array([0.0, 0.8]), 2).lots == 2
+    # a zero mean (no bad part expected) stays out of the chi-square; a mean of exactly 1 is in:
+    # ratio 11 / 4.4 = 2.5; means 0, 5, 5, 1; chi2 = 25/5 + 9/5 + 1/1 = 7.8 over 3
+    reference = lot_reference(np.array([1, 0, 8, 2]), np.array([0.0, 2.0, 2.0, 0.4]), 2)
+    assert reference.ratio == pytest.approx(2.5) and reference.dispersion == pytest.approx(7.8 / 3)
+
+
+def test_the_fewer_increment_by_hand() -> None:
+    watch = LotWatch(LotReference(20, 1.0, 1.0))
+    watch.observe_lot(0, 3.0)  # mean0 3, mean1 0.75: 0 * ln(0.25) - (0.75 - 3) = 2.25
+    assert watch.detectors["fewer_than_lots"].statistic == pytest.approx(2.25)
+
+
+def test_limits_of_the_config_and_reference_are_allowed() -> None:
+    assert LotDriftConfig(h=0.5).h == 0.5
+    assert LotReference.from_dict({"lots": 2, "ratio": 0.01, "dispersion": 1.0}).lots == 2
+    with pytest.raises(ValueError, match="lots reference out of range"):
+        LotReference.from_dict({"lots": 2, "ratio": 0.0, "dispersion": 1.0})
+    with pytest.raises(ValueError, match="lots reference out of range"):
+        LotReference.from_dict({"lots": 1, "ratio": 1.0, "dispersion": 1.0})
+
+
+def test_every_part_with_a_reference_is_read_whatever_comes_before_it() -> None:
+    drift = {"parts": [{"facility": "F0", "item": "I0"},
+                       {"facility": "F1", "item": "I1", "lots": {"lots": 12, "ratio": 0.8, "dispersion": 1.4}}]}
+    assert list(lot_references_from_manifest(drift)) == [("F1", "I1")]
