@@ -48,16 +48,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
-from model_store.serving.drift import DriftConfig
 from model_store.serving.recipe_book import RECIPES_JSON, RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import MANIFEST, open_store
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
-from service.drift_watch import DriftMonitor
-from service.line_watch import LineWatch
-from service.lot_watch import LotMonitor
+from service.verdict_watch import VerdictWatchers
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
 from service.metrics import WorkerMetrics
@@ -122,17 +119,9 @@ class Worker:
             lambda: float(len(self.pipeline.engine.broken_groups)) if self.pipeline is not None else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
         self.recipe_file: Reloader[RecipeBook] | None = None
-        # Drift watch: each part's acknowledged verdicts against the served store's history.
-        self.drift: DriftMonitor | None = None
-        if settings.drift_watch:
-            self.drift = DriftMonitor(DriftConfig(rate_h=settings.drift_rate_h, shift_h=settings.drift_shift_h),
-                                      self.metrics.registry)
-        # Lot drift: alarms against the daily lots' bad counts, as the lots arrive in MongoDB.
-        self.lot_drift = LotMonitor(settings, self.metrics.registry) if settings.lots_collection else None
-        # Feedback lines: the line book moldwatch lines writes, reloaded like the recipes.
-        self.lines: LineWatch | None = None
-        if settings.lines is not None:
-            self.lines = LineWatch(settings.lines, settings.store_poll_s, self.metrics.registry, self._lines_loaded)
+        # Drift watch, lot drift and feedback lines: they follow the served store and read every
+        # acknowledged verdict.
+        self.watchers = VerdictWatchers(settings, self.metrics.registry, self._lines_loaded)
         # Operator feedback (POST /feedback), joined to the verdicts this worker published.
         self.answered = VerdictMemory(settings.feedback_memory)
         self.feedback: FeedbackIntake | None = None
@@ -279,12 +268,7 @@ class Worker:
             if self.recipe_file is not None:
                 await self.recipe_file.load(force=True)  # a missing or broken file: served without, not fatal
                 spawn("recipes-watcher", self.recipe_file.watch())
-            if self.lines is not None:
-                self.lines.use_store(self.pipeline.engine.model_version)
-                await self.lines.reloader.load(force=True)  # a broken book: logged, every part at its trained line
-                spawn("lines-watcher", self.lines.reloader.watch())
-            if self.lot_drift is not None:
-                spawn("lot-drift", self.lot_drift.run(self.supervisor.stopping))
+            await self.watchers.start(spawn, self.supervisor.stopping)
             schema = self.pipeline.engine.schema
             self.source = self._make_source(schema)
             if self.exactly_once:
@@ -517,12 +501,7 @@ class Worker:
         for index, scored in enumerate(result.scored):
             if index not in dropped:  # dead-lettered by the sink (too large for Kafka): counted there
                 self.metrics.observe_verdict(scored.verdict)
-                if self.drift is not None:
-                    self.drift.observe(scored.verdict)
-                if self.lines is not None:
-                    self.lines.observe(scored.verdict)
-                if self.lot_drift is not None:
-                    self.lot_drift.observe(scored.verdict)
+                self.watchers.observe(scored.verdict)
         for verdict, _ in result.shadow:
             self.metrics.observe_shadow(verdict)
         for failed in result.failed:
@@ -595,10 +574,7 @@ class Worker:
         assert engine is not None
         self.pipeline = Pipeline(engine, self.executor, AnsweredIds(self.settings.supersede_memory))
         self.metrics.set_store(engine, str(self.settings.store))
-        if self.drift is not None:
-            self.drift.use_store(engine.manifest, engine.model_version)
-        if self.lot_drift is not None:
-            self.lot_drift.use_store(engine.manifest, engine.model_version, engine.schema)
+        self.watchers.use_store(engine)
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
 
@@ -665,12 +641,7 @@ class Worker:
         self._store_broken = None
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_store(engine, str(self.settings.store))
-        if self.drift is not None:
-            self.drift.use_store(engine.manifest, engine.model_version)
-        if self.lot_drift is not None:
-            self.lot_drift.use_store(engine.manifest, engine.model_version, engine.schema)
-        if self.lines is not None:
-            self.lines.use_store(engine.model_version)
+        self.watchers.use_store(engine)
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
         self._check_recipe_version()
@@ -727,7 +698,7 @@ class Worker:
         ends it), let the committer settle and checkpoint; give up after ``shutdown_timeout_s``."""
         give_up = self.supervisor.give_up_after(self.settings.shutdown_timeout_s)
         try:
-            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", "lines-watcher", "lot-drift")
+            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", *VerdictWatchers.TASKS)
             scorer = self.supervisor.task("scorer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))

@@ -95,7 +95,7 @@ async def test_every_record_yields_one_valid_verdict_and_anomalies_raise_alarms(
     assert all(m.key.decode() == json.loads(m.value)["facility"] for m in messages)
     assert anomalies, "the sample should hold anomalies, or the alarm check proves nothing"
     # Drift watch saw each judged verdict once: a watched part's in its blocks, any other as unreferenced.
-    watch = worker.drift.watch
+    watch = worker.watchers.drift.watch
     judged = [v for v in verdicts if isinstance(v["score"], (int, float))]
     fed = sum(p.blocks * p.reference.block + p.shots for p in watch.parts.values())
     watched = sum(1 for v in judged if (v["facility"], v["item"]) in watch.parts)
@@ -254,7 +254,7 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
     assert metric(worker, "moldwatch_model_reloads_total", outcome="ok") == 1
     assert metric(worker, "moldwatch_dead_letters_total") == 0
     assert metric(worker, "moldwatch_store_info", model_version="v2-hot") == 1
-    assert worker.drift.model_version == "v2-hot"  # the drift watch started afresh on the new store
+    assert worker.watchers.drift.model_version == "v2-hot"  # the drift watch started afresh on the new store
 
 
 async def test_a_bad_new_store_is_rejected_and_the_old_one_kept(mongo_server, kafka_server, store_copy, small_plant):
