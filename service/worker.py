@@ -48,12 +48,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from model_store.errors import StoreError
-from model_store.serving.recipe_book import RECIPES_JSON, RecipeBook
+from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import MANIFEST, open_store
 from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
+from service.recipe_holder import RecipeHolder
 from service.verdict_watch import VerdictWatchers
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
@@ -118,7 +119,7 @@ class Worker:
         self.metrics.broken_groups.set_function(
             lambda: float(len(self.pipeline.engine.broken_groups)) if self.pipeline is not None else 0.0)
         self._store_broken: str | None = None  # the scorer found the serving store unusable
-        self.recipe_file: Reloader[RecipeBook] | None = None
+        self.recipe_holder = RecipeHolder(settings, self.metrics, self._recipes_loaded)
         # Drift watch, lot drift and feedback lines: they follow the served store and read every
         # acknowledged verdict.
         self.watchers = VerdictWatchers(settings, self.metrics.registry, self._lines_loaded)
@@ -127,9 +128,6 @@ class Worker:
         self.feedback: FeedbackIntake | None = None
         if settings.kafka_feedback_topic:
             self.feedback = FeedbackIntake(settings, self.answered, self.metrics.registry)
-        if settings.recipes is not None:
-            self.recipe_file = Reloader("recipes file", self._recipes_path, self._read_recipes, settings.store_poll_s,
-                                        on_loaded=self._recipes_loaded, on_failed=self._recipes_failed, describe=len)
         self._positions: list[Any] = []
         self._checkpointed_at = time.monotonic()
         self.progress = ProgressClock(self.waiting)
@@ -161,7 +159,7 @@ class Worker:
     @property
     def recipes(self) -> RecipeBook | None:
         """The recipes served now (None without a recipes file, or before one was read)."""
-        return self.recipe_file.value if self.recipe_file is not None else None
+        return self.recipe_holder.book
 
     def stop(self) -> None:
         """Ask for a graceful stop (safe from a signal handler). A second call stops waiting for
@@ -265,9 +263,7 @@ class Worker:
                 log.error("model store unusable; not starting", error=str(exc))
                 raise
             assert self.pipeline is not None
-            if self.recipe_file is not None:
-                await self.recipe_file.load(force=True)  # a missing or broken file: served without, not fatal
-                spawn("recipes-watcher", self.recipe_file.watch())
+            await self.recipe_holder.start(spawn)
             await self.watchers.start(spawn, self.supervisor.stopping)
             schema = self.pipeline.engine.schema
             self.source = self._make_source(schema)
@@ -575,6 +571,7 @@ class Worker:
         self.pipeline = Pipeline(engine, self.executor, AnsweredIds(self.settings.supersede_memory))
         self.metrics.set_store(engine, str(self.settings.store))
         self.watchers.use_store(engine)
+        self.recipe_holder.use_store(engine.model_version)
         log.info("model store loaded", store=str(self.settings.store), model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
 
@@ -642,55 +639,23 @@ class Worker:
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_store(engine, str(self.settings.store))
         self.watchers.use_store(engine)
+        self.recipe_holder.use_store(engine.model_version)
         log.info("model store reloaded", previous=previous, model_version=engine.model_version,
                  groups=len(engine.manifest.groups))
-        self._check_recipe_version()
 
-    # -- recipes -------------------------------------------------------------------------------
+    # -- recipes and lines -------------------------------------------------------------------------
     def recipe(self, facility: str, item: str) -> tuple[dict[str, Any] | None, str, str]:
         """``(recipe, "", "")``, or ``(None, reason, error)`` saying why there is none
         (``GET /recipes/{facility}/{item}``)."""
-        if self.recipe_file is None:
-            return None, "recipes_not_configured", "this worker has no recipes file (MOLDWATCH_RECIPES / --recipes)"
-        book = self.recipe_file.value
-        if book is None:
-            return None, "recipes_not_loaded", f"recipes file not loaded: {self.recipe_file.error or 'not read yet'}"
-        found = book.answer(facility, item)  # a recipe, or the part's "keep current practice" answer
-        if found is None:
-            return None, "no_recipe", f"no recipe for facility {facility!r} item {item!r}"
-        return found, "", ""
-
-    def _recipes_path(self) -> Path:
-        path = Path(self.settings.recipes or "")
-        return path / RECIPES_JSON if path.is_dir() else path  # `moldwatch recipe --out DIR` or its recipes.json
-
-    async def _read_recipes(self, path: Path, force: bool) -> RecipeBook:
-        return await asyncio.to_thread(RecipeBook.from_json, path)
+        return self.recipe_holder.answer(facility, item)
 
     def _recipes_loaded(self, book: RecipeBook) -> None:
         if self.pipeline is not None:
             self.pipeline.recipes = book
-        self.metrics.recipe_loads.labels("ok").inc()
-        self.metrics.set_recipes(book)
-        log.info("recipes loaded", path=str(self._recipes_path()), recipes=len(book),
-                 model_versions=sorted(book.model_versions))
-        self._check_recipe_version()
 
     def _lines_loaded(self, book: Any) -> None:
         if self.pipeline is not None:
             self.pipeline.lines = book
-
-    def _recipes_failed(self, exc: Exception) -> None:
-        # Recipes are guidance: never stop scoring for them.
-        self.metrics.recipe_loads.labels("failed").inc()
-        if self.pipeline is not None and self.pipeline.recipes is None:
-            self.pipeline.recipes = RecipeBook([])  # configured: verdicts say on_recipe=null, not nothing
-
-    def _check_recipe_version(self) -> None:
-        if self.recipes is None or not len(self.recipes) or self.model_version in self.recipes.model_versions:
-            return
-        log.warning("recipes were made with another model store version: on_recipe is null until they are rebuilt "
-                    "('moldwatch recipe')", recipes_versions=sorted(self.recipes.model_versions), serving=self.model_version)
 
     # -- shutdown ------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -698,7 +663,7 @@ class Worker:
         ends it), let the committer settle and checkpoint; give up after ``shutdown_timeout_s``."""
         give_up = self.supervisor.give_up_after(self.settings.shutdown_timeout_s)
         try:
-            await self.supervisor.cancel("reader", "store-watcher", "recipes-watcher", *VerdictWatchers.TASKS)
+            await self.supervisor.cancel("reader", "store-watcher", RecipeHolder.TASK, *VerdictWatchers.TASKS)
             scorer = self.supervisor.task("scorer")
             if scorer is not None and not scorer.done():
                 put = asyncio.ensure_future(self.queue.put(_STOP))
