@@ -70,6 +70,7 @@ MODULES: dict[str, RuleModule] = {
     "ranking": RuleModule("model_store/recipe/ranking.py", ("tests/model_store/test_recipe.py", "tests/model_store/test_recipe_ranking.py")),
     "intervals": RuleModule("model_store/recipe/intervals.py",
                             ("tests/model_store/test_recipe_intervals.py", "tests/model_store/test_recipe.py")),
+    "recipe_gate": RuleModule("model_store/recipe/gate.py", ("tests/model_store/test_recipe_gate.py",)),
     "groups": RuleModule("model_store/groups.py", ("tests/model_store/test_groups*.py", "tests/model_store/test_part_groups.py")),
     "lots": RuleModule("model_store/lots.py", ("tests/model_store/test_lots.py",)),
     "http_auth": RuleModule("service/http_auth.py", ("tests/service/test_http_auth.py",)),

@@ -7,10 +7,13 @@ history, compare the TRUE defect probability of the recommended setting (the tru
 the published exact set-point combination) with the volume-weighted historical average of the
 true defect probability of what was actually run. Reported:
 
-- coverage: the share of facility/items with history whose recipe names a setting to run (ranked,
-  or the most produced setting when nothing qualifies), and every one that does not, with its reason;
-- truly worse: recipes whose setting is truly worse than the part's history, their share of all
-  recipes, and whether every one of them is flagged ``uncertain`` (none may claim ``clearly_better``);
+- coverage: the share of facility/items with history that are answered: a recommendation (a
+  setting to run: ranked, or the most produced setting when nothing qualifies), or an explicit
+  "keep current practice" with its reason (no setting was shown better than the part's history);
+  beside it the share with a setting to run, and every one not answered, with its reason;
+- truly worse: every answer that names a setting to run (a recommendation, or a keep-current-practice
+  row that names one) whose setting is truly worse than the part's history, their share of those
+  answers, and whether every one of them is flagged ``uncertain`` (none may claim ``clearly_better``);
 - how often ``clearly_better`` is truly better; the relative reduction of the true defect rate; the
   share of facility/items given the truly best setting they ran. Baseline in the same run: "keep
   running the most produced setting cluster".
@@ -19,8 +22,10 @@ Truth: on the simulator, each setting's catalogued true defect probability; on f
 true defect probability recomputed from forge's own functions and seed (forge exports only the
 drawn labels), a setting's probability for a part being the mean over the shots it ran there.
 
-A facility/item told to "keep current practice" (no setting named) is scored at its history's true
-probability (reduction 0, truly best only if nothing ran better) and counts as not covered.
+A facility/item told to "keep current practice" without a setting named is scored at its history's
+true probability (reduction 0, truly best only if nothing ran better): it is answered (covered) but
+is no recommendation, so it is in neither side of the truly-worse share. The candidate it turned
+down is reported apart (``kept_candidate_truly_worse``: how many would truly have made it worse).
 A published cluster centre (the exact combination lay outside its cluster's spread) is evaluated
 as the setting of the cluster's shots nearest to it (z-scored set points): the plant never ran the
 centre exactly, so its true probability is not catalogued.
@@ -144,7 +149,8 @@ def evaluate(records: pd.DataFrame, setting: np.ndarray, shot_prob: np.ndarray, 
             })
         else:
             # No setting named: the part keeps running its mix (scored at its history).
-            why = missing.get(pair, {"reason": "no row at all (a bug: every part must be answered)"})["reason"]
+            why = (f"keep current practice: {kept[pair]['reason']}" if pair in kept
+                   else missing.get(pair, {"reason": "no row at all (a bug: every part must be answered)"})["reason"])
             considered = None
             if pair in kept:
                 k = kept[pair]["considered"]
@@ -171,13 +177,18 @@ def evaluate(records: pd.DataFrame, setting: np.ndarray, shot_prob: np.ndarray, 
     recs = table[table["named"]]
     worse = recs[recs["truly_worse"]]
     clear = recs[recs["confidence"] == "clearly_better"]
+    answered = table["named"] | (table["action"] == "keep current practice")  # a setting, or keep current practice with the reason
     unnamed = recs["recommended_prob"].isna()  # a published setting the truth does not know (should not happen)
     overall = {
         "facility_items": int(len(table)),
-        # Coverage: a facility/item is covered when a recipe names a setting to run ("keep current practice" does not).
+        # Coverage: a facility/item is covered when it is answered: a setting to run, or "keep current
+        # practice" with the reason (issue 18: "a recommendation or a stated reason").
         "coverage": {
+            "answered": int(answered.sum()),
+            "share": float(answered.mean()),
             "with_setting": int(len(recs)),
-            "share": float(len(recs) / len(table)),
+            "with_setting_share": float(len(recs) / len(table)),
+            "keep_current_practice_without_a_setting": int(((table["action"] == "keep current practice") & ~table["named"]).sum()),
             "share_of_production": float(recs["shots"].sum() / w.sum()),
             "ranked": int((recs["selection"] == "ranked").sum()),
             "next_qualifying_cluster": int((recs["selection"] == "next qualifying cluster").sum()),
@@ -185,7 +196,8 @@ def evaluate(records: pd.DataFrame, setting: np.ndarray, shot_prob: np.ndarray, 
             "keep_current_practice_naming_a_setting": int(((table["action"] == "keep current practice") & table["named"]).sum()),
             # The same without the keep-current-practice rows (what recipes.csv, the recipe book and MongoDB carry).
             "share_recipes_only": float((table["named"] & (table["action"] == "recommend")).mean()),
-            "not_covered": table.loc[~table["named"], ["facility", "item", "shots", "reason"]].to_dict("records"),
+            "without_a_setting": table.loc[~table["named"], ["facility", "item", "shots", "action", "reason"]].to_dict("records"),
+            "not_covered": table.loc[~answered, ["facility", "item", "shots", "reason"]].to_dict("records"),
         },
         "truly_worse_than_history": {
             "count": int(len(worse)),
@@ -321,11 +333,14 @@ def main() -> None:
         result = compute_recipes(history, lots, open_store(store), config)
         recipe_seconds = time.perf_counter() - t2
         # Before issue 18: facilities without a trained group skipped (the other rules cannot be switched off).
-        skipping = None if args.quick else compute_recipes(history, lots, open_store(store), replace(config, lots_only_facilities=False))
-        # Ablation: the evidence before issue 18 (both kinds blended), each kind alone (same store, same pseudo-labels).
+        skipping = None if args.quick else compute_recipes(history, lots, open_store(store), replace(config, lots_only_facilities=False),
+                                                           labels=result.labels)  # the same pseudo-labels, those of the kept facilities
+        # Ablation: without the better-than-history test (the pick passes on the history guard alone); the evidence
+        # before issue 18 (both kinds blended), each kind alone (same store, same pseudo-labels).
         ablation = {
             name: compute_recipes(history, lots, open_store(store), replace(config, **change), labels=result.labels)
-            for name, change in (("blend_evidence", {"evidence": "blend"}), ("lots_only_evidence", {"predicted_weight": 0.0}),
+            for name, change in (("without_better_than_history_test", {"better_than_history_test": False}),
+                                 ("blend_evidence", {"evidence": "blend"}), ("lots_only_evidence", {"predicted_weight": 0.0}),
                                  ("pseudo_labels_only_evidence", {"lot_weight": 0.0}))
         }
     print(f"{len(result.recipes)} recipes in {recipe_seconds:.0f}s", flush=True)
@@ -350,7 +365,8 @@ def main() -> None:
     )
     path = write_result(args.out or ("recipe" if args.plant == "sim" else f"recipe_{args.plant}"), report)
     coverage = overall["coverage"]
-    print(f"coverage {coverage['share']:.1%} ({coverage['with_setting']} of {overall['facility_items']} facility/items); truly worse than "
+    print(f"coverage {coverage['share']:.1%} ({coverage['answered']} of {overall['facility_items']} facility/items answered, "
+          f"{coverage['with_setting']} with a setting to run); truly worse than "
           f"history {worse['count']} ({(worse['share_of_recipes'] or 0):.1%} of recipes, all flagged uncertain: {worse['all_flagged_uncertain']}); "
           f"clearly better {overall['confidence']['clearly_better']}, uncertain {overall['confidence']['uncertain']}; relative reduction "
           f"{overall['relative_reduction']:.1%} (best available {overall['best_available_relative_reduction']:.1%}, most-produced baseline "

@@ -15,6 +15,7 @@ import pandas as pd
 from model_store.errors import DataError
 from model_store.recipe.combination import EVIDENCE, Combination, choose_combination, combination_json, use_centroid
 from model_store.recipe.config import RecipeConfig
+from model_store.recipe.gate import Difference, difference, not_shown_better, difference_json
 from model_store.recipe.guard import (KEEP, RECOMMEND, UNCERTAIN, confidence, spread_radius, within_spread,
                                       worse_than_history)
 from model_store.recipe.pseudo_labels import pseudo_label
@@ -26,8 +27,8 @@ from model_store.serving.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
 RECIPE_FORMAT = 2  # 2: every recipe carries selection, confidence and confidence_reason; coverage and not_covered
-RANKED = "ranked"  # selection: the ranking's pick, passed the history guard
-NEXT = "next qualifying cluster"  # selection: the pick was worse than history; the lowest estimate that is not
+RANKED = "ranked"  # selection: the ranking's pick, passed the history guard and the better-than-history test
+NEXT = "next qualifying cluster"  # selection: the pick did not pass; the lowest estimate that does
 FALLBACK = "most produced setting"  # selection: no setting cluster qualified; the part's most produced exact setting
 
 
@@ -36,11 +37,11 @@ class RecipeResult:
     """Everything one run produced: per-pair recipes, the full ranking, and what was skipped why.
 
     Every facility/item with history ends in exactly one of: ``recipes`` (a setting to run: the
-    ranking's pick, the next qualifying cluster when the pick is worse than the part's history, or
-    the most produced setting when no cluster qualifies, each with its ``confidence``), ``kept``
-    (keep current practice: no qualifying cluster is not worse than the part's own history; the
-    row names the setting to run if one must be, marked uncertain) or ``skipped`` (one row per
-    facility/item, with the reason). :meth:`coverage` counts them; recipes.csv, the recipe book
+    ranking's pick, the next qualifying cluster when the pick is worse than the part's history or
+    not shown better than it (:mod:`.gate`), or the most produced setting when no cluster
+    qualifies, each with its ``confidence``), ``kept`` (keep current practice: no qualifying
+    cluster passes; the row says why and what was considered, and names no setting to run) or
+    ``skipped`` (one row per facility/item, with the reason). :meth:`coverage` counts them; recipes.csv, the recipe book
     and MongoDB carry ``recipes`` only, recipes.json and the report carry all.
     """
 
@@ -55,7 +56,7 @@ class RecipeResult:
     labels: pd.DataFrame | None = None  # the pseudo-labels, one row per ranked record (not serialised)
     windows: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # per pair, per cluster
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    # Facility/items where no setting is credibly better than their own history: "keep current practice".
+    # Facility/items where no setting is shown better than their own history: "keep current practice".
     kept: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -69,35 +70,36 @@ class RecipeResult:
         return skips + self.notes
 
     def answers(self) -> list[dict[str, Any]]:
-        """Every document that names a setting to run: the recipes, then the "keep current practice"
-        rows (each names the setting to run if one must be: ``setting_cluster``, ``setting``,
-        ``confidence`` uncertain). The recipes alone are what recipes.csv, the recipe book and
-        MongoDB carry."""
+        """Every document that names a setting to run: the recipes (what recipes.csv, the recipe book
+        and MongoDB carry), then any "keep current practice" row that names one (this code writes
+        none: a keep answer names no setting; a recipes.json of format 2 may hold such rows)."""
         return [*self.recipes, *(k for k in self.kept if "setting" in k)]
 
     def not_covered(self) -> list[dict[str, Any]]:
-        """Every facility/item with history that names no setting to run, with the reason in plain words."""
-        rows = [{"facility": k["facility"], "item": k["item"], "rows": k["history"]["rows"], "outcome": KEEP,
-                 "reason": f"keep current practice: {k['reason']}"} for k in self.kept if "setting" not in k]
-        rows += [{"facility": s["facility"], "item": s["item"], "rows": s["rows"], "outcome": "skipped", "reason": s["reason"]}
-                 for s in self.skipped]
+        """Every facility/item with history left without an answer (skipped), with the reason in plain words."""
+        rows = [{"facility": s["facility"], "item": s["item"], "rows": s["rows"], "outcome": "skipped", "reason": s["reason"]}
+                for s in self.skipped]
         return sorted(rows, key=lambda r: (str(r["facility"]), str(r["item"])))
 
     def coverage(self) -> dict[str, Any]:
-        """How many facility/items with history got a setting to run (and how sure), and how many did not.
+        """How many facility/items with history were answered (and how), and how many were not.
 
-        Covered = a setting to run is named: a recipe (the ranking's pick, the next qualifying
-        cluster when the pick is worse than the part's history, or the most produced setting when no
-        cluster qualifies), or a "keep current practice" row, which names the setting to run if one
-        must be (always uncertain). Not covered: skipped (the reason says why).
+        Answered (``share``) = a recipe names a setting to run (the ranking's pick, the next
+        qualifying cluster when the pick is worse than the part's history or not shown better than
+        it, or the most produced setting when no cluster qualifies), or a "keep current practice"
+        row says why no setting is shown better (issue 18: "a recommendation or a stated reason").
+        ``with_setting``: the answers that name a setting to run. Not covered: skipped (the reason
+        says why).
         """
         answers, missing = self.answers(), self.not_covered()
-        pairs = len(answers) + len(missing)
+        pairs = len(self.recipes) + len(self.kept) + len(missing)
         count = lambda key, value: sum(1 for r in answers if r.get(key) == value)  # noqa: E731
         return {
             "facility_items": pairs,
+            "answered": len(self.recipes) + len(self.kept),
+            "share": round((len(self.recipes) + len(self.kept)) / pairs, 6) if pairs else None,
             "with_setting": len(answers),
-            "share": round(len(answers) / pairs, 6) if pairs else None,
+            "with_setting_share": round(len(answers) / pairs, 6) if pairs else None,
             "ranked": count("selection", RANKED),
             "next_qualifying": count("selection", NEXT),
             "fallback": count("selection", FALLBACK),
@@ -133,9 +135,12 @@ RULE = (
     "where the facility/item has lots, else on its pseudo-label anomaly rate (evidence: {evidence}; 'blend' weighs "
     "both). Clusters with at least {min_rows} "
     "shots whose credible rate is within {relative_tolerance:.0%} (+{absolute_tolerance:.2%}) of the lowest are "
-    "candidates; the candidate with the most production is recommended, unless its credible rate or its estimate is "
-    "above the facility/item's own history (then the qualifying cluster with the lowest estimate that is not; "
-    "if none: keep current practice, naming the cluster with the lowest estimate if one setting must be run). The published exact combination lies within "
+    "candidates; the candidate with the most production is recommended when its credible rate and its estimate are not "
+    "above the facility/item's own history and it is shown better than the rest of that history: the two-sided "
+    "{confidence:.0%} interval of the difference of the two defect rates (fitted together from the same lots, each shrunk "
+    "toward the item's pooled rate by {prior_defects:g} defect's worth, widened by day-to-day dispersion, Bonferroni-corrected "
+    "for the number of candidate settings) lies below 0. Otherwise the qualifying cluster with the lowest estimate that "
+    "passes; if none: keep current practice, naming no setting to run. The published exact combination lies within "
     "the {spread_quantile:.0%} radius (around the cluster centre) of the shots the facility/item ran in the cluster, else the "
     "cluster centre is published. When no cluster qualifies, the facility/item's most produced exact setting is published "
     "instead. Every recipe says whether it is clearly better than what the part ran: only when its credible interval lies "
@@ -309,6 +314,42 @@ def _versus_rest(pair_shots: pd.DataFrame, chosen: np.ndarray, lots: pd.DataFram
     return (interval(own.iloc[0]) if len(own) else (None, None)), (interval(rest.iloc[0]) if len(rest) else None)
 
 
+def _test_against_rest(pair_shots: pd.DataFrame, picked: np.ndarray, lots: pd.DataFrame | None, config: RecipeConfig,
+                       use_predicted: bool, candidates: int) -> Difference:
+    """The gate's test of the ``picked`` shots against the rest of the part's ranked shots.
+
+    The rest is split by setting cluster (each its own rate, weighted by its shots). Units: the
+    part's lots (each day's counts, split by the columns' share of its shots) where it has lots;
+    else, with pseudo-labels allowed, each day's shots of each column (anomalies as defects); else
+    no evidence (never shown better).
+    """
+    picked = np.asarray(picked, dtype=bool)
+    column = np.where(picked, -1, pair_shots["cluster"].to_numpy(int))  # -1: the picked shots
+    frame = pd.DataFrame({"lot_date": pair_shots["lot_date"].to_numpy(object), "column": column,
+                          "scored": pair_shots["scored"].to_numpy(bool),
+                          "anomaly": pair_shots["anomaly"].to_numpy(bool) & pair_shots["scored"].to_numpy(bool)})
+    order = [-1, *sorted(set(column[~picked].tolist()))]
+    weights = frame["column"].value_counts().reindex(order[1:]).to_numpy(float)
+    facility, item = str(pair_shots["facility"].iloc[0]), str(pair_shots["item"].iloc[0])
+    if lots is not None and len(lots) and config.lot_weight > 0:
+        own = lots[(lots["facility"].astype(str) == facility) & (lots["item"].astype(str) == item)]
+        per_lot = own.groupby("lot_date")[["good_qty", "bad_qty"]].sum()
+        counts = pd.crosstab(frame["lot_date"], frame["column"]).reindex(columns=order, fill_value=0)
+        counts = counts[counts.index.isin(per_lot.index)]
+        if len(counts):
+            shares = counts.to_numpy(float) / counts.to_numpy(float).sum(axis=1, keepdims=True)
+            lot = per_lot.loc[counts.index]
+            return difference(shares, lot["good_qty"].to_numpy(float), lot["bad_qty"].to_numpy(float), candidates,
+                              config.confidence, config.prior_defects, config.overdispersion, weights)
+    if use_predicted and config.predicted_weight > 0 and frame["scored"].any():
+        days = frame[frame["scored"]].groupby(["lot_date", "column"]).agg(n=("scored", "size"), bad=("anomaly", "sum")).reset_index()
+        shares = (days["column"].to_numpy()[:, None] == np.array(order)[None, :]).astype(float)
+        bad = days["bad"].to_numpy(float)
+        return difference(shares, days["n"].to_numpy(float) - bad, bad, candidates, config.confidence,
+                          config.prior_defects, config.overdispersion, weights)
+    return difference(np.zeros((0, 2)), np.zeros(0), np.zeros(0), candidates, config.confidence, config.prior_defects)
+
+
 def _most_produced(settings: pd.DataFrame) -> tuple[dict[str, float | None], np.ndarray]:
     """The exact set-point combination run on the most shots (rows with every field known) and its
     mask over ``settings``; ({}, all False) when no row has every field."""
@@ -407,12 +448,14 @@ def _build_recipes(
         history_credible = history_doc["credible"]
         set_points = history.iloc[rows][list(fields.settings)]
         use_predicted = (facility, item) in predicted_pairs
-        # The ranking's pick, judged against the part's own history; when it is worse, the next
-        # qualifying cluster by lowest estimate that is not (the first of them that passes).
+        # The ranking's pick, judged against the part's own history; when it is worse, or not shown
+        # better than the rest of the history (module gate, corrected for every candidate the pick
+        # was chosen among), the next qualifying cluster by lowest estimate that passes.
         first = picked.iloc[0]
         others = ranking[ranking["eligible"] & ranking["defect_rate"].notna() & (ranking["cluster"] != first["cluster"])]
         others = others.sort_values(["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True])
-        blocked: tuple[int, str, Combination, float | None, float | None] | None = None
+        blocked: tuple[int, str, Combination, float | None, float | None, Difference | None] | None = None
+        test: Difference | None = None
         for _, best in pd.concat([picked.iloc[:1], others]).iterrows():
             cluster = int(best["cluster"])
             estimate = _num(best["defect_rate"])
@@ -422,50 +465,40 @@ def _build_recipes(
             own_estimate = combo.estimate if combo.estimate is not None else estimate
             reason = worse_than_history(own_credible, own_estimate, history_credible, _num(history_rate),
                                         config.relative_tolerance, config.absolute_tolerance)
+            test = None
+            if reason is None and config.better_than_history_test:
+                tested = combo.mask if combo.rows >= config.min_rows else cluster_of == cluster
+                if not tested.all():  # all the part ran: its current practice, nothing to test against
+                    # Candidates: every qualifying cluster (the ranking chose among them on evidence), and
+                    # the cluster's other combinations when this one was chosen on its evidence too.
+                    chosen_among = combo.options if combo.chosen_by == EVIDENCE else 1
+                    test = _test_against_rest(pair_labels, tested, lots, config, use_predicted, len(others) + chosen_among)
+                    reason = not_shown_better(test)
             if reason is None:
                 break
             if blocked is None:
-                blocked = (cluster, reason, combo, own_credible, own_estimate)
+                blocked = (cluster, reason, combo, own_credible, own_estimate, test)
         if reason is not None:
             assert blocked is not None
-            cluster, reason, combo, own_credible, own_estimate = blocked
+            cluster, reason, combo, own_credible, own_estimate, test = blocked
             best = first
-            tried = f" (nor is any of the other {len(others)} qualifying clusters better)" if len(others) else ""
-            kept = {
+            tried = f" (nor is any of the other {len(others)} qualifying clusters)" if len(others) else ""
+            considered = {"setting_cluster": cluster, "estimate": _num(own_estimate), "credible": _num(own_credible),
+                          "rows": int(best["rows"]), "exact": combo.values}
+            if test is not None:
+                considered["test"] = difference_json(test)
+            # No setting is named to run: a setting not shown better than the mix may be truly worse
+            # than it (on the bench plants a third of such "if one must be run" settings were).
+            result.kept.append({
                 "facility": facility, "item": item, "maker": maker, "model_version": result.model_version,
                 "action": KEEP, "reason": f"best-supported setting cluster {cluster}: {reason}{tried}",
-                "considered": {"setting_cluster": cluster, "estimate": _num(own_estimate), "credible": _num(own_credible),
-                               "rows": int(best["rows"]), "exact": combo.values},
+                "considered": considered,
                 "history": {k: v for k, v in history_doc.items() if k != "expected_reduction"},
                 "window": window_of(np.ones(len(rows), dtype=bool)),
-            }
-            # Still one setting to run, for a floor that must pick one: the qualifying cluster with the
-            # lowest estimated rate (never above the history's estimate, a volume-weighted mean of
-            # the clusters'), its combination chosen as for a recommendation. Always uncertain.
-            alt = pd.concat([picked.iloc[:1], others]).sort_values(
-                ["defect_rate", "rows", "credible_rate", "cluster"], ascending=[True, False, True, True]).iloc[0]
-            alt_cluster = int(alt["cluster"])
-            alt_combo = choose_combination(pair_labels, set_points, alt_cluster, lots, config, use_predicted=use_predicted)
-            model = manifest.setting_models[maker]
-            centroid = centroid_raw(model.centroids[alt_cluster], model.minimum, model.scale, fields.settings)
-            radius = spread.radius((facility, item), maker, alt_cluster, set_points[cluster_of == alt_cluster])
-            if alt_combo.values and not spread.within(maker, alt_cluster, alt_combo.values, radius):
-                alt_combo = use_centroid(alt_combo, centroid)
-            kept.update({
                 "confidence": UNCERTAIN,
-                "confidence_reason": (f"keep current practice: no setting is credibly better than this part's mix. If one "
-                                      f"setting must be run, setting cluster {alt_cluster} has the lowest estimated defect "
-                                      f"rate ({_pct(alt['defect_rate'])} against {_pct(history_rate)} for the mix), "
-                                      "not shown to be better"),
-                "setting_cluster": alt_cluster,
-                "basis": str(alt["basis"]),
-                "production": _production_doc(alt),
-                "defect_rate": _rate_doc(alt),
-                "setting": {"fields": list(fields.settings), **combination_json(alt_combo), "centroid": centroid,
-                            "spread_radius": _num(radius)},
-                "setting_window": windows[alt_cluster],
+                "confidence_reason": ("keep current practice: no setting is shown to be better than what this part runs "
+                                      "(its mix of settings); changing it would be a guess"),
             })
-            result.kept.append(kept)
             continue
         selection = RANKED if blocked is None else NEXT
         # From the unrounded figures: equal rates give 0, not a rounding artefact of -6e-6.
@@ -478,7 +511,7 @@ def _build_recipes(
         sure, why = confidence(interval, rest)
         if blocked is not None:
             why = (f"{why}. The ranking's pick, setting cluster {blocked[0]}, was not used: {blocked[1]}; this is the qualifying "
-                   "cluster with the lowest estimate that is not worse than the part's history")
+                   "cluster with the lowest estimate that passes")
         model = manifest.setting_models[maker]
         centroid = centroid_raw(model.centroids[cluster], model.minimum, model.scale, fields.settings)
         radius = spread.radius((facility, item), maker, cluster, set_points[cluster_of == cluster])
@@ -491,6 +524,7 @@ def _build_recipes(
         rates = _rate_doc(best)
         rates["estimate"] = estimate
         rates["tested_interval"] = list(interval)
+        rates["test"] = difference_json(test) if test is not None else None
         result.recipes.append(
             {
                 "facility": facility,

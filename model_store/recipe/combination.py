@@ -49,6 +49,9 @@ class Combination:
     # (chosen by evidence); None otherwise (then the cluster's figures stand for it).
     credible: float | None = None
     estimate: float | None = None
+    # How many combinations (each with >= min_rows shots) the choice was made among: the pick's
+    # test against the history is corrected for them (:mod:`.gate`). 1 when there was no choice.
+    options: int = 1
 
 
 def wandering_fields(rounded: np.ndarray) -> np.ndarray:
@@ -117,7 +120,8 @@ def choose_combination(
     top = int(np.argmax(counts))
     most_used = _as_dict(fields, unique[top])
     chosen, chosen_by = top, MOST_USED
-    if (counts >= config.min_rows).sum() >= 2:
+    options = int((counts >= config.min_rows).sum())
+    if options >= 2:
         m = len(unique)
         # Units for the ranking: each combination of the cluster, every other cluster as a whole,
         # and the cluster's shots with a gap in their set points as one more unit.
@@ -136,15 +140,16 @@ def choose_combination(
             if chosen_by == EVIDENCE:
                 credible, estimate = float(picked["credible_rate"].iloc[0]), float(picked["defect_rate"].iloc[0])
                 return Combination(_as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()),
-                                   chosen_by, most_used, combo == chosen, credible, estimate)
+                                   chosen_by, most_used, combo == chosen, credible, estimate, options)
     return Combination(
-        _as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()), chosen_by, most_used, combo == chosen
+        _as_dict(fields, unique[chosen]), int(counts[chosen]), float(counts[chosen] / counts.sum()), chosen_by, most_used, combo == chosen,
+        options=max(1, options),
     )
 
 
 def use_centroid(combo: Combination, centroid: dict[str, float | None]) -> Combination:
     """Publish the cluster centre instead of ``combo`` (no shot ran it exactly: rows 0, empty mask)."""
-    return Combination(dict(centroid), 0, 0.0, CENTROID, combo.most_used, np.zeros_like(combo.mask))
+    return Combination(dict(centroid), 0, 0.0, CENTROID, combo.most_used, np.zeros_like(combo.mask), options=combo.options)
 
 
 def combination_json(combo: Combination) -> dict[str, Any]:

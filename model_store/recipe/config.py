@@ -41,6 +41,16 @@ class RecipeConfig:
     # since the recipe the floor has run most is the best understood one.
     relative_tolerance: float = 0.10
     absolute_tolerance: float = 0.0005
+    # A pick is recommended only when shown better than the rest of the part's history (module
+    # gate): the two-sided ``confidence`` interval of the difference, Bonferroni-corrected for the
+    # number of candidate settings the pick was chosen among, lies below 0. Why: picking the best
+    # of k noisy rates favours the luckiest (the winner's curse); without the test 5-18 % of the
+    # picks were truly worse than history on the four bench plants. False: the behaviour before.
+    better_than_history_test: bool = True
+    # Strength of the test's shrinkage prior, in defects: each rate starts at the part's pooled rate
+    # as if seen on this many defects. 1: one defect's worth, so a setting seen on a few hundred
+    # defect-free shots is pulled toward the part's rate instead of reading as 0 %.
+    prior_defects: float = 1.0
     # Clusters with fewer shots than this are ranked (and shown) but never recommended: the shop
     # floor cannot learn an operating window from a handful of shots.
     min_rows: int = 100
@@ -73,6 +83,8 @@ class RecipeConfig:
             raise ValueError("recipe tolerances must not be negative")
         if not 0.0 < self.spread_quantile <= 1.0:
             raise ValueError(f"recipe.spread_quantile must be in (0, 1], got {self.spread_quantile}")
+        if not self.prior_defects >= 0:
+            raise ValueError(f"recipe.prior_defects must be >= 0, got {self.prior_defects}")
         if self.min_rows < 1 or self.report_top < 0:
             raise ValueError("recipe.min_rows must be >= 1 and recipe.report_top >= 0")
 

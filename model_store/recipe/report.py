@@ -25,7 +25,6 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from model_store.plots import page, plt
 from model_store.recipe.build import RecipeResult, describe_rule
-from model_store.recipe.output import set_points_text
 
 PREDICTED_COLOUR, LOT_COLOUR, PICK_COLOUR, OTHER_COLOUR = "#3b6fb6", "#e08a1e", "#2e9d4f", "#9aa4ae"
 OVERVIEW_MAX = 60  # rows of the overview chart; more would be unreadable at report width
@@ -261,13 +260,19 @@ def _outliers(stats: dict[str, Any]) -> str:
 
 
 def _kept_table(kept: list[dict[str, Any]]) -> str:
-    head = ["facility", "item", "history rate", "history credible", "best-supported cluster", "its credible rate", "reason",
-            "if one setting must be run", "its set points", "confidence"]
+    head = ["facility", "item", "history rate", "history credible", "considered cluster", "its credible rate",
+            "its tested rate vs the rest", "reason"]
     rows = [[k["facility"], k["item"], _pct(k["history"]["defect_rate"]), _pct(k["history"]["credible"]),
-             k["considered"]["setting_cluster"], _pct(k["considered"]["credible"]), k["reason"],
-             f"cluster {k['setting_cluster']}" if "setting" in k else "none", set_points_text(k["setting"]) if "setting" in k else "",
-             k.get("confidence_reason", "")] for k in kept]
+             k["considered"]["setting_cluster"], _pct(k["considered"]["credible"]), _tested(k["considered"].get("test")),
+             k["reason"]] for k in kept]
     return _table(head, rows, left=2)
+
+
+def _tested(test: dict[str, Any] | None) -> str:
+    if not test:
+        return "not tested (worse than the history)"
+    return (f"{_pct(test['picked_rate'])} vs {_pct(test['rest_rate'])}, difference up to "
+            f"{'unknown' if test['difference_upper'] is None else format(test['difference_upper'], '+.2%')}")
 
 
 def _not_covered_table(rows: list[dict[str, Any]]) -> str:
@@ -319,18 +324,20 @@ def write_report(result: RecipeResult, path: Path) -> None:
     share = f" ({coverage['share']:.0%})" if coverage["share"] is not None else ""
     body = (
         f"<p>Store version <b>{html.escape(result.model_version)}</b>, {result.records:,} records, created {result.created_at}.</p>"
-        f"<p><b>{coverage['with_setting']} of {coverage['facility_items']} facility/items with history have a setting to run</b>{share}: "
+        f"<p><b>{coverage['answered']} of {coverage['facility_items']} facility/items with history are answered</b>{share}; "
+        f"<b>{coverage['with_setting']} of {coverage['facility_items']} facility/items with history have a setting to run</b>: "
         f"{coverage['ranked']} the ranking's pick, {coverage['next_qualifying']} the next qualifying cluster (the pick was worse "
-        f"than the part's history), {coverage['fallback']} their most produced setting (no setting cluster qualified), "
-        f"{coverage['keep_current_practice']} keep current practice and name the setting to run if one must be. "
+        f"than the part's history or not shown better), {coverage['fallback']} their most produced setting (no setting cluster "
+        f"qualified); {coverage['keep_current_practice']} keep current practice (no setting shown better than their history). "
         f"<b>{coverage['clearly_better']} clearly better</b> than what the part ran, {coverage['uncertain']} uncertain "
         f"(not shown to be better: read the reason before changing a running process). "
-        f"{coverage['not_covered']} without a setting to run (listed below with the reason).</p>"
+        f"{coverage['not_covered']} without an answer (skipped: listed below with the reason).</p>"
         f"<p class=muted>{html.escape(describe_rule(result.config))}</p>"
         + (f"<h2>Notes</h2><ul>{warnings}</ul>" if warnings else "")
-        + (f"<h2>Without a setting to run ({len(missing)})</h2>{_not_covered_table(missing)}" if missing else "")
-        + (f"<h2>Keep current practice ({len(result.kept)})</h2><p>No setting cluster is credibly better than "
-           f"these facility/items' own history.</p>{_kept_table(result.kept)}" if result.kept else "")
+        + (f"<h2>Without an answer ({len(missing)})</h2>{_not_covered_table(missing)}" if missing else "")
+        + (f"<h2>Keep current practice ({len(result.kept)})</h2><p>No setting is shown to be better than what these "
+           f"facility/items run (their mix of settings): keep it. The cluster considered is named with its figures, "
+           f"not as a setting to run.</p>{_kept_table(result.kept)}" if result.kept else "")
         + "<h2>Overview</h2>" + _overview_figure(result.recipes)
         + f"<h2>{len(top)} largest facility/items (those with a choice of setting first)</h2>" + "".join(sections)
         + "<h2>All recipes</h2>" + _recipes_table(recipes)

@@ -174,17 +174,59 @@ def test_a_setting_far_below_the_rest_is_clearly_better():
     assert high < rest_low and recipe["confidence_reason"].startswith("clearly better")
 
 
-def test_a_setting_barely_below_the_rest_is_uncertain():
-    # 2 of 400 vs 4 of 400: the intervals overlap widely; the pick stands but says it is not sure.
+def test_a_setting_barely_below_the_rest_is_not_recommended(tmp_path):
+    # 2 of 400 vs 4 of 300, each on its own day. The gate (by hand): pooled 6 / 700, so the prior is
+    # 700 / 6 parts; rates 3 / 516.67 = 0.58 % and 5 / 416.67 = 1.20 %; variance of the difference
+    # 0.0058065 * 0.9941935 / 516.67 + 0.012 * 0.988 / 416.67 = 3.963e-5; 2 candidate settings (the
+    # cluster and the other one): z 2.2414, upper end -0.0061935 + 2.2414 * 0.0062951 = +0.79 %.
+    # Not shown better: keep current practice, naming no setting to run.
     result = run([{"combo": STANDARD, "n": 400, "bad": 2, "day": "2026-01-01"},
                   {"combo": OTHER, "n": 300, "bad": 4, "day": "2026-01-02"}])
+    assert result.recipes == [] and len(result.kept) == 1
+    kept = result.kept[0]
+    test = kept["considered"]["test"]
+    assert (test["picked_rate"], test["rest_rate"]) == pytest.approx((3 / (400 + 700 / 6), 5 / (300 + 700 / 6)), abs=1e-6)
+    assert test["candidates"] == 2 and test["z"] == pytest.approx(2.241403, abs=1e-6)
+    assert test["difference_upper"] == pytest.approx(0.0079163, abs=2e-6) and test["better"] is False
+    assert kept["reason"] == (
+        "best-supported setting cluster 0: not shown better than the rest of the item's history: 0.58% against 1.20%, "
+        "and the difference could be as high as +0.79% (interval corrected for 2 candidate settings) "
+        "(nor is any of the other 1 qualifying clusters)")
+    assert "setting" not in kept and "setting_cluster" not in kept and kept["confidence"] == UNCERTAIN
+    from model_store.recipe.report import write_report
+
+    write_report(result, tmp_path / "report.html")
+    text = (tmp_path / "report.html").read_text()
+    assert "Keep current practice (1)" in text and "0.58% vs 1.20%, difference up to +0.79%" in text
+    # Without the test (the behaviour before): the pick stands, flagged uncertain.
+    before = answer(run([{"combo": STANDARD, "n": 400, "bad": 2, "day": "2026-01-01"},
+                         {"combo": OTHER, "n": 300, "bad": 4, "day": "2026-01-02"}], better_than_history_test=False))
+    assert before["confidence"] == UNCERTAIN and "overlaps" in before["confidence_reason"]
+    assert before["defect_rate"]["test"] is None
+
+
+def test_a_pick_shown_better_with_overlapping_intervals_is_recommended_but_uncertain():
+    # 2 of 1,000 vs 13 of 1,000 on their own days. Wilson intervals overlap (upper of 2/1000 is 0.73 %,
+    # lower of 13/1000 0.76 %? no: 0.76 % > 0.73 %, see the assertion), yet the gate passes by hand:
+    # pooled 15 / 2000, prior 133.3 parts; rates 3 / 1133.3 and 14 / 1133.3; variance
+    # (0.0026471 * 0.9973529 + 0.0123529 * 0.9876471) / 1133.3; z 2.2414 for 2 candidates.
+    result = run([{"combo": STANDARD, "n": 1000, "bad": 2, "day": "2026-01-01"},
+                  {"combo": OTHER, "n": 1000, "bad": 13, "day": "2026-01-02"}])
     recipe = answer(result)
-    assert recipe["confidence"] == UNCERTAIN and "overlaps" in recipe["confidence_reason"]
+    p0, p1 = 3 / (1000 + 2000 / 15), 14 / (1000 + 2000 / 15)
+    upper = p0 - p1 + 2.241403 * np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / (1000 + 2000 / 15))
+    test = recipe["defect_rate"]["test"]
+    assert upper < 0 and test["difference_upper"] == pytest.approx(upper, abs=1e-6) and test["better"] is True
+    assert recipe["selection"] == RANKED and recipe["setting_cluster"] == 0
+    low, high = recipe["defect_rate"]["tested_interval"]
+    rest_low, _ = recipe["history"]["rest_interval"]
+    assert recipe["confidence"] == (CLEARLY_BETTER if high < rest_low else UNCERTAIN)
 
 
 def test_all_the_part_ran_is_uncertain():
     recipe = answer(run([{"combo": STANDARD, "n": 500, "bad": 1}]))
     assert recipe["selection"] == RANKED and recipe["confidence"] == UNCERTAIN
+    assert recipe["defect_rate"]["test"] is None  # its current practice: nothing to test it against
     assert recipe["history"]["rest_interval"] is None and "all this part ran" in recipe["confidence_reason"]
 
 
@@ -244,7 +286,8 @@ def test_a_part_without_any_complete_set_point_is_skipped_with_the_reason():
     assert [(s["facility"], s["item"]) for s in result.skipped] == [("F1", "I2")]
     assert "no shot of it has every set point recorded" in result.skipped[0]["reason"]
     assert result.coverage() == {
-        "facility_items": 2, "with_setting": 1, "share": 0.5, "ranked": 1, "next_qualifying": 0, "fallback": 0,
+        "facility_items": 2, "answered": 1, "share": 0.5, "with_setting": 1, "with_setting_share": 0.5, "ranked": 1,
+        "next_qualifying": 0, "fallback": 0,
         "keep_current_practice": 0, "clearly_better": 0, "uncertain": 1, "not_covered": 1}
     assert result.to_json()["not_covered"][0]["reason"] == result.skipped[0]["reason"]
 
@@ -254,20 +297,22 @@ def test_a_pick_worse_than_history_gives_way_to_the_next_qualifying_cluster():
     # none bad on its own day (0 %, upper 7.1 %). Without tolerance the lowest credible rate wins:
     # cluster 2. The history (20 of 2050 = 0.98 %, upper 1.51 %) is better on both counts, so the
     # pick is blocked; the next qualifying cluster by estimate, cluster 0 (0 %), is worse on its
-    # credible rate (7.1 % > 1.51 %) too: keep current practice, naming cluster 0 (the lowest
-    # estimate) as the setting to run if one must be, uncertain.
+    # credible rate (7.1 % > 1.51 %) too: keep current practice, naming no setting to run.
     blocks = [{"combo": OTHER, "n": 2000, "bad": 20, "day": "2026-01-01"}, {"combo": STANDARD, "n": 50, "bad": 0, "day": "2026-01-02"}]
     strict = dict(relative_tolerance=0.0, absolute_tolerance=0.0, min_rows=50)
     result = run(blocks, **strict)
     assert [k["item"] for k in result.kept] == ["I1"] and result.recipes == []
     kept = result.kept[0]
     assert kept["considered"]["setting_cluster"] == 2 and "above the item's own history" in kept["reason"]
-    assert kept["reason"].endswith("(nor is any of the other 1 qualifying clusters better)")
-    assert kept["setting_cluster"] == 0 and kept["setting"]["exact"] == {"a": 10.0, "b": 10.0}
+    assert kept["reason"].endswith("(nor is any of the other 1 qualifying clusters)")
+    assert "test" not in kept["considered"]  # blocked by the guard before any test
+    assert "setting" not in kept and "setting_cluster" not in kept
     assert kept["confidence"] == UNCERTAIN and kept["confidence_reason"] == (
-        "keep current practice: no setting is credibly better than this part's mix. If one setting must be run, setting "
-        "cluster 0 has the lowest estimated defect rate (0.00% against 0.98% for the mix), not shown to be better")
-    assert result.coverage()["share"] == 1.0 and result.not_covered() == [] and result.answers() == [kept]
+        "keep current practice: no setting is shown to be better than what this part runs (its mix of settings); "
+        "changing it would be a guess")
+    coverage = result.coverage()
+    assert (coverage["share"], coverage["answered"], coverage["with_setting"], coverage["keep_current_practice"]) == (1.0, 1, 0, 1)
+    assert result.not_covered() == [] and result.answers() == []
     # recipes.csv, the recipe book's recipes and MongoDB carry the recipes only (tests/service pin them to
     # "recipes"); the book answers GET /recipes with the keep-current-practice row, never judging a shot by it.
     book = RecipeBook.from_json(result.to_json())
@@ -277,22 +322,31 @@ def test_a_pick_worse_than_history_gives_way_to_the_next_qualifying_cluster():
 
 def test_the_next_qualifying_cluster_by_estimate_that_passes_the_guard_is_recommended(monkeypatch):
     # The guard itself is pinned in test_recipe.py; here it blocks every setting estimated at 1 % or
-    # more. The pick (cluster 2, 2000 shots, 1.0 %) is blocked; of the others, by estimate, cluster 1
-    # (0 of 200, upper 1.88 %, within the real guard's line: history 21 of 2350, upper 1.3 % * 2)
-    # comes before cluster 0 (1 of 150) and passes: it is recommended in the pick's place.
+    # more. The pick (cluster 2, 2000 shots, 1.0 %; a candidate: 1.54 % <= 3 * 0.64 %) is blocked; of the
+    # others, by estimate, cluster 1 (0 of 600, Wilson upper 0.64 %, within the real guard's line)
+    # comes before cluster 0 (1 of 150) and passes the real test: pooled 21 / 2750, prior 130.95 parts,
+    # rates 1 / 730.95 and 22 / 2280.95, 3 candidates (z 2.394): upper end -0.24 % < 0. Recommended.
     import model_store.recipe.build as build
 
     real = build.worse_than_history
     monkeypatch.setattr(build, "worse_than_history", lambda credible, estimate, *rest: (
         "estimated at 1 % or more" if estimate is not None and estimate >= 0.01 else real(credible, estimate, *rest)))
-    blocks = [{"combo": OTHER, "n": 2000, "bad": 20, "day": "2026-01-01"}, {"combo": VARIANT, "n": 200, "bad": 0, "day": "2026-01-02"},
+    blocks = [{"combo": OTHER, "n": 2000, "bad": 20, "day": "2026-01-01"}, {"combo": VARIANT, "n": 600, "bad": 0, "day": "2026-01-02"},
               {"combo": STANDARD, "n": 150, "bad": 1, "day": "2026-01-03"}]
-    result = run(blocks, relative_tolerance=1.0, min_rows=100)
+    result = run(blocks, relative_tolerance=2.0, min_rows=100)
     recipe = answer(result)
     assert (recipe["selection"], recipe["setting_cluster"]) == ("next qualifying cluster", 1) and result.kept == []
+    test = recipe["defect_rate"]["test"]
+    # The rest by cluster, weighted by shots: cluster 2 (20 of 2000) and cluster 0 (1 of 150), each shrunk.
+    prior = 2750 / 21
+    p0, r2, r0 = 1 / (600 + prior), 21 / (2000 + prior), 2 / (150 + prior)
+    w2, w0 = 2000 / 2150, 150 / 2150
+    variance = p0 * (1 - p0) / (600 + prior) + w2**2 * r2 * (1 - r2) / (2000 + prior) + w0**2 * r0 * (1 - r0) / (150 + prior)
+    upper = p0 - (w2 * r2 + w0 * r0) + 2.393980 * np.sqrt(variance)
+    assert test["candidates"] == 3 and test["difference_upper"] == pytest.approx(upper, abs=1e-5) and upper < 0
     assert recipe["confidence_reason"].endswith(
         "The ranking's pick, setting cluster 2, was not used: estimated at 1 % or more; this is the qualifying cluster "
-        "with the lowest estimate that is not worse than the part's history")
+        "with the lowest estimate that passes")
     assert result.coverage()["next_qualifying"] == 1
     assert result.clusters.set_index("cluster").loc[2, "recommended"]  # the ranking itself still shows its pick
 
@@ -319,10 +373,14 @@ def test_every_part_with_history_is_answered_once_with_a_reason(blocks, lots_onl
     except DataError as exc:  # nothing at all to recommend: refused, naming why
         assert str(exc).startswith("nothing can be recommended: ")
         return
-    answered = [(r["facility"], r["item"]) for r in result.answers()] + [(r["facility"], r["item"]) for r in result.not_covered()]
+    answered = [(r["facility"], r["item"]) for r in [*result.recipes, *result.kept, *result.not_covered()]]
     assert sorted(answered) == sorted(pairs)  # each part exactly once
-    for row in result.not_covered():
+    for row in [*result.not_covered(), *result.kept]:
         assert isinstance(row["reason"], str) and row["reason"].strip()
+    assert all("setting" not in k for k in result.kept)  # keep current practice names no setting to run
+    for recipe in result.recipes:  # every recipe that changes what the part ran passed the test
+        test = recipe["defect_rate"].get("test")
+        assert recipe["selection"] == FALLBACK or test is None or test["better"] is True
     for recipe in result.answers():
         assert recipe["confidence"] in (CLEARLY_BETTER, UNCERTAIN) and recipe["confidence_reason"].strip()
         assert recipe["setting"]["exact"] and all(v is not None for v in recipe["setting"]["exact"].values())
@@ -330,7 +388,8 @@ def test_every_part_with_history_is_answered_once_with_a_reason(blocks, lots_onl
             assert recipe["selection"] in (RANKED, "next qualifying cluster")
             assert recipe["defect_rate"]["tested_interval"][1] < recipe["history"]["rest_interval"][0]
     coverage = result.coverage()
-    assert coverage["facility_items"] == len(pairs) and coverage["with_setting"] == len(result.answers())
+    assert coverage["facility_items"] == len(pairs) and coverage["with_setting"] == len(result.answers()) == len(result.recipes)
+    assert coverage["answered"] == len(result.recipes) + len(result.kept)
     assert len(RecipeBook.from_json(result.to_json())) == len(result.recipes)  # all served
     for recipe in result.recipes:  # the history guard holds for every recipe the ranking chose
         if recipe["selection"] != FALLBACK and recipe["setting"]["chosen_by"] == "most used":
@@ -383,7 +442,7 @@ def test_the_report_shows_every_answer_and_its_confidence(tmp_path):
                   {"item": "I2", "combo": STANDARD, "n": 40}, {"item": "I3", "combo": (np.nan, 1.0), "n": 40}])
     write_report(result, tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()
-    assert "2 of 3 facility/items with history have a setting to run" in text and "Without a setting to run (1)" in text
+    assert "2 of 3 facility/items with history have a setting to run" in text and "Without an answer (1)" in text
     assert "clearly better" in text and "uncertain" in text and "most produced setting" in text
     assert "no shot of it has every set point recorded" in text  # the skipped one, with its reason
     assert "plant&#x27;s own unit" in text or "plant's own unit" in text
@@ -433,10 +492,45 @@ def test_variants_group_shots_that_differ_only_by_hunting():
 
 def test_the_most_used_combination_stays_unless_another_is_clearly_better():
     # One cluster, two exact combinations on their own days: the standard on 600 shots, a nudge on 300.
-    slightly = run([{"combo": STANDARD, "n": 600, "bad": 6, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 2, "day": "2026-01-02"}])
+    blocks = [{"combo": STANDARD, "n": 600, "bad": 6, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 2, "day": "2026-01-02"}]
+    slightly = run(blocks, better_than_history_test=False)
     recipe = answer(slightly)  # 0.67 % vs 1.0 %: intervals overlap, the most used one is kept
+    # With the better-than-history test: the most used one (1.0 %) is no better than the nudge (0.67 %), the
+    # rest of the part's history: keep current practice, the standard named as what was considered.
+    kept = run(blocks).kept[0]
+    assert kept["considered"]["exact"] == {"a": 10.0, "b": 10.0} and kept["considered"]["test"]["better"] is False
+    assert kept["considered"]["test"]["candidates"] == 1  # kept by volume, not picked on evidence: no correction
     assert recipe["setting"]["chosen_by"] == "most used" and recipe["setting"]["exact"] == {"a": 10.0, "b": 10.0}
     clearly = run([{"combo": STANDARD, "n": 600, "bad": 60, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 0, "day": "2026-01-02"}])
     recipe = answer(clearly)  # 0 of 300 (upper 1.3 %) vs 60 of 600 (lower 7.9 %): the nudge, on its evidence
     assert recipe["setting"]["chosen_by"] == "lowest credible defect rate" and recipe["setting"]["exact"] == {"a": 11.0, "b": 10.0}
     assert recipe["confidence"] == CLEARLY_BETTER
+    # Picked on its evidence among the cluster's 2 combinations: tested at Bonferroni level 0.05 / 2.
+    assert recipe["defect_rate"]["test"]["candidates"] == 2 and recipe["defect_rate"]["test"]["better"] is True
+
+
+def test_the_test_uses_the_published_combination_when_it_has_min_rows_else_the_cluster():
+    # Cluster 0: the standard on 60 shots, a nudge on 50 (110 >= min_rows 100, the standard alone is not);
+    # the rest, cluster 2: 30 of 300. Pooled 30 / 410: the prior is 410 / 30 parts, so the cluster's
+    # 0 of 110 reads 1 / (110 + 13.667); the standard's 0 of 60 would read 1 / (60 + 13.667).
+    blocks = [{"combo": STANDARD, "n": 60, "bad": 0, "day": "2026-01-01"}, {"combo": NUDGE, "n": 50, "bad": 0, "day": "2026-01-02"},
+              {"combo": OTHER, "n": 300, "bad": 30, "day": "2026-01-03"}]
+    test = answer(run(blocks))["defect_rate"]["test"]
+    assert test["picked_rate"] == pytest.approx(1 / (110 + 410 / 30), abs=1e-6)
+    assert test["rest_rate"] == pytest.approx(31 / (300 + 410 / 30), abs=1e-6)
+    # With min_rows 50 the standard (60 shots) is tested alone; the nudge joins the rest as cluster 0's other shots.
+    alone = answer(run(blocks, min_rows=50))["defect_rate"]["test"]
+    assert alone["picked_rate"] == pytest.approx(1 / (60 + 410 / 30), abs=1e-6)
+    assert alone["rest_rate"] == pytest.approx((50 * 1 / (50 + 410 / 30) + 300 * 31 / (300 + 410 / 30)) / 350, abs=1e-6)
+
+
+def test_without_lots_the_test_counts_pseudo_labels_per_day():
+    # No lot table: 0 anomalies in 400 shots against 40 in 400. Pooled 40 / 800: the prior is 20 parts.
+    records, labels, _ = plant([{"combo": STANDARD, "n": 400, "anomalies": 0, "day": "2026-01-01"},
+                                {"combo": OTHER, "n": 400, "anomalies": 40, "day": "2026-01-02"}])
+    result = compute_recipes(records, None, manifest({("F1", "I1")}), RecipeConfig(), labels=labels)
+    test = answer(result)["defect_rate"]["test"]
+    assert (test["picked_rate"], test["rest_rate"]) == pytest.approx((1 / 420, 41 / 420), abs=1e-6) and test["better"] is True
+    # Pseudo-labels not allowed for the part (no trained group of its own) and no lots: no evidence, nothing changes.
+    untrained = compute_recipes(records, None, manifest({("F1", "I9")}), RecipeConfig(), labels=labels)
+    assert untrained.recipes == [] or untrained.recipes[0]["selection"] == FALLBACK

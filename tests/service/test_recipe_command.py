@@ -75,10 +75,19 @@ def test_writes_json_csv_and_report(recipes_dir, trained_store):
         point = (np.array([recipe["setting"]["exact"][f] for f in model.fields]) - model.minimum) / model.scale
         distance = float(np.linalg.norm(point - model.centroids[recipe["setting_cluster"]]))
         assert distance <= recipe["setting"]["spread_radius"] + 1e-5 or recipe["setting"]["chosen_by"].startswith("cluster centre")
+        # Every recipe that changes what the part ran was shown better than the rest of its history.
+        test = recipe["defect_rate"].get("test")
+        assert recipe["selection"] == "most produced setting" or test is None or test["better"] is True
     for kept in doc["keep_current_practice"]:
-        assert kept["action"] == "keep current practice" and "above the item's own history" in kept["reason"]
-        assert (kept["considered"]["credible"] > kept["history"]["credible"]
-                or kept["considered"]["estimate"] > kept["history"]["defect_rate"])
+        # Worse than the history (the guard), or not shown better than it (the test); no setting named to run.
+        assert kept["action"] == "keep current practice" and "setting" not in kept
+        test = kept["considered"].get("test")
+        if test is not None:
+            assert test["better"] is False and "than the rest of the item's history" in kept["reason"]
+        else:
+            assert "above the item's own history" in kept["reason"]
+            assert (kept["considered"]["credible"] > kept["history"]["credible"]
+                    or kept["considered"]["estimate"] > kept["history"]["defect_rate"])
     clusters = pd.read_csv(recipes_dir / "clusters.csv")
     assert clusters.groupby(["facility", "item"])["recommended"].sum().max() == 1
     # Facilities the small store has no group for are skipped, and say so.
