@@ -23,7 +23,7 @@ from model_store.serving.store import MANIFEST, open_store
 # Forests and the makers' units (five groups, three units) in a few seconds: the point is where the
 # fits run and what comes back, not quality. No Keras nets: a MemAE fitted on a Dask worker from
 # the same rows and seed comes out of TensorFlow differently now and then (threshold 2.030 or 2.065
-# against 2.101 in the driver and in a local:1 cluster); not yet tracked down, see the README.
+# against 2.101 in the driver and in a process pool); not yet tracked down: model_store/dispatch.py.
 TRAINING = {"model.autoencoder_min_rows": str(10**9), "model.memae_min_rows": str(10**9),
             "grouping.min_group_rows": "300", "model.iforest_trees": "25", "workers": "1"}
 # What may differ between two runs of the same data: when and where a fit ran.
