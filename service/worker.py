@@ -55,6 +55,7 @@ from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.recipe_holder import RecipeHolder
+from service.shadow_candidate import ShadowCandidate
 from service.verdict_watch import VerdictWatchers
 from service.feedback import VerdictMemory
 from service.feedback_intake import FeedbackIntake
@@ -291,7 +292,10 @@ class Worker:
             spawn("committer", self._commit_loop(), may_finish=True)
             spawn("store-watcher", self.store.watch())
             if self.settings.candidate_store is not None:
-                spawn("candidate-watcher", self._candidate_loop())
+                candidate = ShadowCandidate(Path(self.settings.candidate_store), self.settings.store_poll_s,
+                                            lambda path: load_engine(path, self.settings.cache_size), self.metrics)
+                spawn(ShadowCandidate.TASK, candidate.watch(self.pipeline, self.supervisor.until_stopping,
+                                                            self.supervisor.stopping))
             if self.feedback is not None and self.settings.kafka_feedback_in_topic:
                 spawn("feedback-intake", self.feedback.consume(self.supervisor.stopping))
             await self.supervisor.stopping.wait()
@@ -589,41 +593,6 @@ class Worker:
         if engine.model_version == current.model_version and not force:
             return None
         return engine
-
-    async def _candidate_loop(self) -> None:
-        """Shadow canary: load the candidate store whenever its manifest changes; stop shadowing
-        when it is gone (promoted, removed), broken, or the version already served."""
-        path = Path(self.settings.candidate_store or "")
-        seen: Any = None
-        while not self.supervisor.stopping.is_set():
-            signature = tree_signature(path, MANIFEST) if (path / MANIFEST).is_file() else None
-            if signature != seen:
-                seen = signature
-                await self._load_candidate(path, signature is not None)
-            await self.supervisor.until_stopping(asyncio.sleep(self.settings.store_poll_s))
-
-    async def _load_candidate(self, path: Path, present: bool) -> None:
-        assert self.pipeline is not None
-        engine: ScoringEngine | None = None
-        why = "the candidate store is gone (promoted or removed)"
-        if present:
-            try:
-                engine = await asyncio.to_thread(load_engine, path, self.settings.cache_size)
-            except StoreError as exc:
-                why = f"the candidate store does not load: {exc}"
-            else:
-                if engine.manifest.schema_hash != self.pipeline.engine.manifest.schema_hash:
-                    engine, why = None, "the candidate store is for another plant schema"
-                elif engine.model_version == self.pipeline.engine.model_version:
-                    engine, why = None, "the candidate is the version already served"
-        self.pipeline.shadow = engine
-        self.pipeline.shadow_memory = {}
-        self.metrics.shadow_active.set(1 if engine is not None else 0)
-        if engine is not None:
-            log.info("candidate store judging in the shadow", candidate=str(path), model_version=engine.model_version,
-                     topic=self.settings.kafka_shadow_topic)
-        else:
-            log.warning("no candidate store in the shadow", candidate=str(path), reason=why)
 
     def _swap_store(self) -> None:
         """Serve the store the watcher (or a forced reload) accepted last: at once when it is
