@@ -13,6 +13,7 @@ Memory is bounded: counts of at most ``MAX_OPEN_LOTS`` lots are kept (the oldest
     moldwatch_lot_drift_detections_total{detector}     flags that came on (alert MoldwatchLotDrift)
     moldwatch_lot_drift_lots_total{outcome}            judged / no_lot_row / dropped
     moldwatch_lot_drift_read_failures_total            lots collection reads that failed (retried)
+    moldwatch_lot_drift_bad_lot_rows_total             rows that do not read as a lot (skipped)
 
 Readiness is never affected.
 """
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from model_store.errors import DataError
 from model_store.schema import PlantSchema, canonical_lots
 from model_store.serving.lot_drift import LOT_DETECTORS, LotDriftConfig, LotWatch, lot_references_from_manifest
 from service.config import WorkerSettings
@@ -37,6 +39,7 @@ log = structlog.get_logger("moldwatch.lot_drift")
 
 MAX_OPEN_LOTS = 50_000  # ~ a week of 7,000 parts' daily lots; a stream of made-up parts cannot grow it without end
 LotKey = tuple[str, str, str]  # facility, item, lot date (YYYY-MM-DD)
+_NO_LOTS = pd.DataFrame(columns=["facility", "item", "lot_date", "good_qty", "bad_qty"])
 
 
 class LotMonitor(Collector):
@@ -57,6 +60,8 @@ class LotMonitor(Collector):
                             ["outcome"], registry=registry)
         for outcome in ("judged", "no_lot_row", "dropped"):
             self.lots.labels(outcome)
+        self.bad_rows = Counter("moldwatch_lot_drift_bad_lot_rows", "Rows of the lots collection that do not read "
+                                "as a lot (a count that is no number, a missing column): skipped.", registry=registry)
         self.read_failures = Counter("moldwatch_lot_drift_read_failures", "Reads of the lots collection that failed "
                                      "(retried at the next poll).", registry=registry)
         self._client: Any = None
@@ -153,9 +158,21 @@ class LotMonitor(Collector):
         for document in documents:  # a BSON date (time-zone aware or not) -> its day, as text lots hold it
             if isinstance(document.get(day), datetime):
                 document[day] = document[day].date().isoformat()
-        if not documents:
-            return pd.DataFrame(columns=["facility", "item", "lot_date", "good_qty", "bad_qty"])
-        return canonical_lots(pd.DataFrame(documents), self.schema, source=f"lots collection {self.settings.lots_collection}")
+        source = f"lots collection {self.settings.lots_collection}"
+        try:
+            return canonical_lots(pd.DataFrame(documents), self.schema, source=source) if documents else _NO_LOTS
+        except DataError:
+            pass
+        # One malformed row (a count typed as text, a missing column) must not hide every other
+        # lot for ever: keep the rows that read, count and log the others.
+        kept = []
+        for document in documents:
+            try:
+                kept.append(canonical_lots(pd.DataFrame([document]), self.schema, source=source))
+            except DataError as exc:
+                self.bad_rows.inc()
+                log.warning("lot row refused; lot drift skips it", error=str(exc)[:300])
+        return pd.concat(kept, ignore_index=True) if kept else _NO_LOTS
 
     async def poll(self) -> list[tuple[LotKey, str]]:
         closed = self.closed()

@@ -64,6 +64,8 @@ async def test_closed_lots_are_judged_when_their_rows_arrive(mongo_server) -> No
             {"machine": "F1", "part": "P1", "day": datetime(2026, 3, 2), "ok": 96, "nok": 4},  # a date, not text
             {"machine": "F1", "part": "P1", "day": "2026-03-03", "ok": 190, "nok": 8},  # 200 made, 100 judged
             {"machine": "F9", "part": "P9", "day": "2026-03-01", "ok": 1, "nok": 1},  # another machine: not read
+            {"machine": "F1", "part": "P1", "day": "2026-03-04", "ok": "many", "nok": 1},  # malformed: skipped
+            {"machine": "F1", "part": "P1", "day": "2026-03-05", "nok": 1},  # a column missing: skipped
         ])
         flags = await watch.poll()
         # each lot: 20 alarms against 4 expected, more: 20 ln 2 - 4 = 9.86 >= 6 on the first lot
@@ -72,6 +74,7 @@ async def test_closed_lots_are_judged_when_their_rows_arrive(mongo_server) -> No
         assert sample(registry, "moldwatch_lot_drift", facility="F1", item="P1", detector="more_than_lots") == 1.0
         assert sample(registry, "moldwatch_lot_drift_detections_total", detector="more_than_lots") == 1
         assert watch.closed() == [] and list(watch.open) == [("F1", "P1", "2026-03-04")]  # the open lot stays
+        assert sample(registry, "moldwatch_lot_drift_bad_lot_rows_total") == 2  # the other rows still read
     finally:
         await client.close()
         if watch._client is not None:
