@@ -84,7 +84,8 @@ class RecipeBook:
 
     def answer(self, facility: Any, item: Any) -> dict[str, Any] | None:
         """What the recipes say for a facility/item: its recipe, else its "keep current practice"
-        answer (``action`` says so, with the reason and the setting to run if one must be), else None."""
+        answer (``action`` says so, with the reason and the setting considered; it names no setting to
+        run), else None."""
         key = (str(facility), str(item))
         return self._by_pair.get(key) or self._kept.get(key)
 
