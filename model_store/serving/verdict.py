@@ -17,7 +17,7 @@ from model_store.serving.columns import RecordColumns
 from model_store.serving.scoring import ScoredBatch
 
 VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema.json"
-VERDICT_VERSION = 3  # 2: excursion, measured_share, defect_probability; resolution part/item/maker. 3: basis; resolution and model_kind "conditional"
+VERDICT_VERSION = 4  # 2: excursion, measured_share, defect_probability; resolution part/item/maker. 3: basis; resolution and model_kind "conditional". 4: line, line_version, lot_date
 
 
 def _iso(ts: Any) -> str | None:

@@ -235,7 +235,7 @@ def test_verdicts_validate_against_the_v2_schema(scored, engine) -> None:
     validator = jsonschema.Draft202012Validator(schema)
     for verdict in verdicts[::97]:
         validator.validate(verdict)
-    assert verdicts[0]["verdict_version"] == VERDICT_VERSION == 3
+    assert verdicts[0]["verdict_version"] == VERDICT_VERSION == 4
     scored_rows = [v for v in verdicts if v["resolution"] != "unscorable"]
     assert all(v["defect_probability"] is not None for v in scored_rows)
     assert all((v["margin"] > 0) == v["anomaly"] for v in scored_rows)

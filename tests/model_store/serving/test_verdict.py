@@ -60,7 +60,7 @@ def test_one_verdict_per_record_in_input_order_with_every_field() -> None:
     verdicts = to_verdicts(records_of(2), scored_batch(), "v1", scored_at="2026-11-27T08:00:01.000+00:00")
     assert [v["record_id"] for v in verdicts] == ["r0", "r1"]
     normal, alarm = verdicts
-    assert normal["verdict_version"] == VERDICT_VERSION == 3
+    assert normal["verdict_version"] == VERDICT_VERSION == 4
     assert (normal["anomaly"], alarm["anomaly"]) == (False, True)
     assert (normal["setting_cluster"], alarm["setting_cluster"]) == (0, 3)  # cluster 0 is a cluster, not "none"
     assert alarm["distance"] == 0.1234568  # seven significant digits
