@@ -31,6 +31,10 @@ SERIALIZATION_FAILED = "serialization_failed"  # the verdict could not be writte
 REJECTED_BY_BROKER = "rejected_by_broker"  # the broker refused the record itself (corrupt, invalid)
 REASONS = (NOT_A_DOCUMENT, MISSING_FIELD, INVALID_FIELD, UNKNOWN_MAKER, UNDECODABLE, SCORING_FAILED,
            MESSAGE_TOO_LARGE, SERIALIZATION_FAILED, REJECTED_BY_BROKER)
+# Operator feedback refused (service/feedback.py): the same topic, a vocabulary of its own
+# (moldwatch_feedback_refused_total{reason}).
+FEEDBACK_REASONS: tuple[str, ...] = ("feedback_invalid", "feedback_duplicate", "feedback_unknown_record",
+                                     "feedback_late", "feedback_from_the_future")
 
 
 class DeadLetterFormatError(ValueError):
@@ -119,5 +123,5 @@ class DeadLetterMessage:
         )
 
 
-__all__ = ["DEAD_LETTER_VERSION", "REASONS", "DeadLetter", "DeadLetterMessage", "DeadLetterFormatError", "UNDECODABLE",
+__all__ = ["DEAD_LETTER_VERSION", "REASONS", "FEEDBACK_REASONS", "DeadLetter", "DeadLetterMessage", "DeadLetterFormatError", "UNDECODABLE",
            "SCORING_FAILED", "MESSAGE_TOO_LARGE", "SERIALIZATION_FAILED", "REJECTED_BY_BROKER", "MAX_ERROR_CHARS"]

@@ -32,10 +32,11 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.dead_letter import FEEDBACK_REASONS
+
 Label = Literal["defect", "false_alarm", "unsure"]
 LABELS: tuple[str, ...] = ("defect", "false_alarm", "unsure")
-REFUSALS: tuple[str, ...] = ("feedback_invalid", "feedback_duplicate", "feedback_unknown_record", "feedback_late",
-                             "feedback_from_the_future")
+REFUSALS: tuple[str, ...] = FEEDBACK_REASONS  # the dead-letter vocabulary's (service/dead_letter.py)
 
 
 class FeedbackEvent(BaseModel):
