@@ -10,14 +10,34 @@ one feeds it:
 - ``compact(positions)``: the fewest positions that commit the same thing (kept while a commit fails).
 - ``ping()``: ``None`` when the upstream answers now, else the reason (readiness).
 - ``listening``: set once the source reads from a definite position (tests and the demo wait on it).
+
+What only exactly-once or a rebalance needs is part of the same surface, so the commit strategies
+(service/commit.py) call it on any source; a source it does not concern answers with a no-op:
+
+- ``position_store``: where the source keeps its checkpoint instead of its own store (exactly-once
+  with MongoDB: the Kafka positions topic); a Kafka source's checkpoint is its consumer offsets.
+- ``checkpoint_fields(position)``: a compacted position as the fields a position store keeps;
+  ``None`` from a source whose checkpoint is consumer offsets.
+- ``offsets(positions)``: the consumer offsets a Kafka transaction commits; ``{}`` elsewhere.
+- ``drop(positions, partitions)``: positions without those of revoked partitions; unchanged where
+  there are no partitions.
+- ``wait_materialized(offsets, timeout_s)``: until committed offsets are readable by a partition's
+  next owner; ``[]`` at once where nothing is handed over.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import asyncio
 
 from service.pipeline import SourceMessage
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition
+
+    from model_store.schema import PlantSchema
+    from service.config import WorkerSettings
+    from service.metrics import WorkerMetrics
 
 Emit = Callable[[SourceMessage], Awaitable[None]]
 
@@ -27,9 +47,18 @@ class CheckpointUnavailable(Exception):
     be read or written right now; the source retries, as for its own errors."""
 
 
+class PositionStore(Protocol):
+    """A checkpoint store apart from the source (service/exactly_once.py ``KafkaPositionStore``)."""
+
+    async def load(self) -> dict[str, Any] | None: ...
+
+    async def save(self, fields: dict[str, Any]) -> None: ...
+
+
 class Source(Protocol):
     name: str
     listening: asyncio.Event
+    position_store: PositionStore | None
 
     async def run(self, emit: Emit) -> None: ...
 
@@ -41,5 +70,28 @@ class Source(Protocol):
 
     async def close(self) -> None: ...
 
+    def checkpoint_fields(self, position: Any) -> dict[str, Any] | None: ...
 
-__all__ = ["Source", "Emit", "CheckpointUnavailable"]
+    def offsets(self, positions: list[Any]) -> dict[TopicPartition, int]: ...
+
+    def drop(self, positions: list[Any], partitions: set[TopicPartition]) -> list[Any]: ...
+
+    async def wait_materialized(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> list[tuple[str, int]]: ...
+
+
+OnPartitions = Callable[[set["TopicPartition"]], Awaitable[None]]
+
+
+def open_source(settings: WorkerSettings, schema: PlantSchema, metrics: WorkerMetrics,
+                on_revoked: OnPartitions, on_assigned: OnPartitions) -> Source:
+    """The source ``settings.source`` names (the rebalance callbacks concern only Kafka's)."""
+    if settings.source == "kafka":
+        from service.sources.kafka import KafkaSource
+
+        return KafkaSource(settings, metrics, on_revoked=on_revoked, on_assigned=on_assigned)
+    from service.sources.mongo import MongoSource
+
+    return MongoSource(settings, schema, metrics)
+
+
+__all__ = ["Source", "PositionStore", "Emit", "CheckpointUnavailable", "open_source"]

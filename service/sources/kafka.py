@@ -32,7 +32,7 @@ from service.config import WorkerSettings
 from service.metrics import WorkerMetrics
 from service.kafka_ping import connect_failure, metadata_ping
 from service.pipeline import SourceMessage
-from service.sources import Emit
+from service.sources import Emit, PositionStore
 
 OnRevoked = Callable[[set[TopicPartition]], Awaitable[None]]
 
@@ -120,6 +120,9 @@ class KafkaSource:
         self.on_assigned = on_assigned
         self.revoking: set[TopicPartition] = set()  # during a revocation, still ours to commit
         self.connect_error = ""  # why the last start of the consumer failed (broker and cause)
+        # Unused: this source's checkpoint is its group's committed offsets, which exactly-once
+        # commits inside the transaction (:meth:`offsets`), not a checkpoint document.
+        self.position_store: PositionStore | None = None
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -191,6 +194,10 @@ class KafkaSource:
             key = (topic, partition)
             latest[key] = max(offset, latest.get(key, 0))
         return [(t, p, o) for (t, p), o in latest.items()]
+
+    def checkpoint_fields(self, position: Any) -> dict[str, Any] | None:
+        """None: the checkpoint of a Kafka source is its consumer offsets (:meth:`offsets`)."""
+        return None
 
     def owned(self) -> set[TopicPartition]:
         if self.consumer is None:

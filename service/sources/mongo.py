@@ -31,7 +31,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import structlog
 import bson
@@ -51,9 +51,12 @@ from service.config import WorkerSettings
 from service.redact import one_line
 from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
-from service.sources import CheckpointUnavailable, Emit
+from service.sources import CheckpointUnavailable, Emit, PositionStore
 from service.sources.lease import CheckpointLease, LeaseLost
 from service.supersede import event_id, mongo_document_id
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition  # the rebalance surface of the Source protocol only
 
 log = structlog.get_logger("moldwatch.source.mongo")
 
@@ -163,7 +166,7 @@ class MongoSource:
         self._raw_collection = database[settings.mongo_collection].with_options(codec_options=_RAW_CODEC)
         self.checkpoints = database[settings.mongo_checkpoint_collection]
         # Exactly-once mode replaces the checkpoint store (the resume token lives in Kafka then).
-        self.position_store: Any = None
+        self.position_store: PositionStore | None = None
         self.listening = asyncio.Event()
         self._token: Mapping[str, Any] | None = None  # of the last message emitted
         self._last: MongoPosition | None = None  # last record emitted (or the checkpoint's)
@@ -229,6 +232,20 @@ class MongoSource:
         if record is last and oid == last.oid:
             return [last]
         return [MongoPosition(last.token, record.timestamp, record.record_id, True, oid=oid)]
+
+    # A change stream has no consumer offsets and no partitions: the transaction carries the
+    # checkpoint as a message (checkpoint_fields), and a rebalance never concerns this source.
+    def offsets(self, positions: list[Any]) -> dict[TopicPartition, int]:
+        """``{}``: no consumer offsets (exactly-once commits :meth:`checkpoint_fields` instead)."""
+        return {}
+
+    def drop(self, positions: list[Any], partitions: set[TopicPartition]) -> list[Any]:
+        """``positions`` unchanged: nothing of a change stream is ever revoked."""
+        return positions
+
+    async def wait_materialized(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> list[tuple[str, int]]:
+        """``[]`` at once: no partitions are handed to another member."""
+        return []
 
     # -- readiness ---------------------------------------------------------------------------------
     async def ping(self) -> str | None:

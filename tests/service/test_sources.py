@@ -110,3 +110,26 @@ async def test_an_idle_stream_checkpoints_its_post_batch_token():
     assert emitted and all(m.marker and m.document is None for m in emitted)
     assert len(emitted) <= 2  # throttled: at most one token checkpoint a second
     assert emitted[-1].position.token["_data"] < "0030" and not emitted[-1].position.has_record
+
+
+async def test_both_sources_have_the_whole_protocol_and_what_they_do_not_support_is_a_no_op(small_plant):
+    from aiokafka import TopicPartition
+
+    from service.config import WorkerSettings
+    from service.metrics import WorkerMetrics
+    from service.sources import Source
+
+    settings = WorkerSettings(_env_file=None)  # type: ignore[call-arg]
+    kafka, mongo = KafkaSource(settings, WorkerMetrics()), MongoSource(settings, small_plant.schema, WorkerMetrics())
+    try:
+        members = {name for name in vars(Source) if not name.startswith("_")} | set(Source.__annotations__)
+        for source in (kafka, mongo):
+            assert {m for m in members if not hasattr(source, m)} == set(), type(source).__name__
+        positions = [MongoPosition({"t": 1}, "ts1", "r1", True)]
+        assert mongo.offsets(positions) == {}  # a change stream has no consumer offsets...
+        assert mongo.drop(positions, {TopicPartition("t", 0)}) == positions  # ...and no partitions to revoke
+        assert await mongo.wait_materialized({("t", 0): 5}, 1.0) == []
+        assert kafka.checkpoint_fields(("t", 0, 5)) is None  # its checkpoint is the consumer offsets
+        assert mongo.checkpoint_fields(positions[0])["last_record_id"] == "r1"
+    finally:
+        await mongo.close()
