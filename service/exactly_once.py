@@ -35,7 +35,7 @@ from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.kafka_acls import denied, transactional_id
 from service.metrics import WorkerMetrics
-from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSink, Outgoing, SinkError, hand_over, is_permanent
+from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSinkBase, Outgoing, SinkError, hand_over, is_permanent
 from service.redact import one_line
 from service.sources import CheckpointUnavailable
 
@@ -47,9 +47,10 @@ class FencedError(SinkError):
     """Another worker with the same transactional id took over: this one must stop writing."""
 
 
-class TransactionalSink(KafkaSink):
-    """The sink of exactly-once mode: :meth:`commit_batch` writes a delivery and a position in one
-    transaction. :meth:`add_batch` only builds the messages (nothing is sent outside a transaction)."""
+class TransactionalSink(KafkaSinkBase):
+    """The sink of exactly-once mode: :meth:`commit_batch` writes a delivery (built by
+    :meth:`~service.sink.KafkaSinkBase.build`) and a position in one transaction. Nothing is sent
+    outside a transaction, so there is no streaming ``add_batch``/``flush`` here."""
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -75,9 +76,6 @@ class TransactionalSink(KafkaSink):
         await self.producer.begin_transaction()
         await self.producer.commit_transaction()
 
-    async def add_batch(self, result: Any, on_verdict_ack: Any = None) -> Delivery:
-        return self.build(result, on_verdict_ack)
-
     async def commit_batch(self, delivery: Delivery, position: tuple[str, bytes, bytes] | None = None,
                            offsets: dict[TopicPartition, int] | None = None, group_id: str | None = None) -> None:
         """Write ``delivery`` (+ the position message or the consumer offsets) in one transaction;
@@ -86,6 +84,7 @@ class TransactionalSink(KafkaSink):
         while True:
             try:
                 await self._transaction(delivery, position, offsets, group_id)
+                self._last_error = ""  # committed: nothing waits (last_error's contract)
                 return
             except ProducerFenced as exc:
                 raise FencedError(f"fenced by another worker with transactional id {transactional_id(self.settings)}: "
@@ -115,7 +114,7 @@ class TransactionalSink(KafkaSink):
                     break
                 if not is_permanent(exc):
                     raise exc
-                _refused_permanently(self, refused, exc)
+                self.refused(refused, exc)
             futures: dict[Any, list[Outgoing]] = {}
             for message in delivery.messages:
                 futures.setdefault(message.future, []).append(message)
@@ -128,7 +127,7 @@ class TransactionalSink(KafkaSink):
             for messages, outcome in zip(futures.values(), results):
                 if isinstance(outcome, BaseException):
                     if messages and is_permanent(outcome):
-                        _refused_permanently(self, messages, outcome)  # the next attempt sends them apart / as dead letters
+                        self.refused(messages, outcome)  # the next attempt sends them apart / as dead letters
                     raise outcome
             await producer.commit_transaction()
         except BaseException:
@@ -151,21 +150,6 @@ class TransactionalSink(KafkaSink):
                 producer._message_accumulator.fail_all(KafkaError("transaction aborted"))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5)
-
-    async def flush(self, delivery: Delivery, timeout_s: float | None = None) -> None:
-        """Settled by :meth:`commit_batch`; nothing is in flight outside a transaction."""
-        if not delivery.acked:
-            raise SinkError("exactly-once deliveries are settled by commit_batch")
-
-
-def _refused_permanently(sink: KafkaSink, messages: list[Outgoing], exc: BaseException) -> None:
-    """A batch the broker will never take as it is: send its messages one per batch next time;
-    a message refused alone becomes a dead letter."""
-    if len(messages) > 1:
-        for message in messages:
-            message.alone = True
-    else:
-        sink._permanent(messages[0], exc)
 
 
 class KafkaPositionStore:

@@ -216,7 +216,16 @@ class Delivery:
         return all(m.acked_at is not None for m in self.messages)
 
 
-class KafkaSink:
+class KafkaSinkBase:
+    """What both sinks share: a producer connected with retries (:meth:`setup`, :meth:`ping`,
+    :meth:`close`), a scored batch built into messages (:meth:`build`), and messages the broker
+    refuses for good turned into dead letters (:meth:`refused`, :meth:`dead_letter`).
+
+    How the messages are sent is each sink's own: :class:`KafkaSink` streams them and
+    :meth:`KafkaSink.flush` waits for the acks (at-least-once); ``TransactionalSink``
+    (service/exactly_once.py) commits them in one transaction with the source position.
+    """
+
     def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, facility_column: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -224,18 +233,12 @@ class KafkaSink:
         self.producer: AIOKafkaProducer | None = None
         self._last_error = ""
         self._connect_error = ""  # why the last start of the producer failed (broker and cause)
-        self._backlog: deque[Outgoing] = deque()  # added, not yet accepted by the producer (FIFO)
-        self._outstanding: deque[Outgoing] = deque()  # accepted by the producer, not yet settled
-        self._replace_producer = False
-        self._pump_failed = False
-        self._pump_lock = asyncio.Lock()
         self._model_version: str | None = None
-        self.new_producer: Callable[[], Any] = self._new_producer  # replaceable: tests use fakes
 
     @property
     def last_error(self) -> str:
         """The last send error while messages still wait (empty once everything is acknowledged)."""
-        return self._last_error if (self._backlog or self._replace_producer) else ""
+        return self._last_error
 
     @property
     def max_message_bytes(self) -> int:
@@ -243,22 +246,8 @@ class KafkaSink:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _new_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=s.kafka_client_id,
-            acks="all",
-            # Broker-side dedupe of the producer's own retries; with aiokafka's one request in
-            # flight per broker, one partition's messages are written once and in order.
-            enable_idempotence=True,
-            linger_ms=s.kafka_linger_ms,
-            max_batch_size=s.producer_batch_bytes,
-            request_timeout_ms=s.kafka_request_timeout_ms,
-            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
-            **s.kafka_security_kwargs(),
-        )
-        keep_batches_until_acked(producer)
-        return producer
+        """The producer :meth:`setup` starts: each sink configures its own."""
+        raise NotImplementedError
 
     async def setup(self, stopping: asyncio.Event | None = None) -> None:
         """Connect, retrying with back-off until the brokers answer (or ``stopping`` is set)."""
@@ -299,7 +288,7 @@ class KafkaSink:
         return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka",
                                    self.settings.kafka_bootstrap_servers)
 
-    # -- add ---------------------------------------------------------------------------------------
+    # -- messages ----------------------------------------------------------------------------------
     def build(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:
         """A batch's verdicts, alarms and dead letters as messages; oversized verdicts are
         dead-lettered here (permanent: the broker would refuse them)."""
@@ -344,6 +333,74 @@ class KafkaSink:
         value = dead_letter_value(DeadLetter(reason, error, verdict), self.settings.worker_name, self._model_version)
         return Outgoing(self.settings.kafka_dead_letters_topic, _bounded_key(key), value)
 
+    def refused(self, messages: list[Outgoing], exc: BaseException) -> None:
+        """The broker refused ``messages`` (one record batch) for good. Which message is at fault
+        is not known, so each goes again in a batch of its own; a message refused alone becomes a
+        dead letter."""
+        if len(messages) > 1:
+            for message in messages:
+                message.alone = True
+        else:
+            self.dead_letter(messages[0], exc)
+
+    def dead_letter(self, message: Outgoing, exc: BaseException) -> None:
+        """Turn ``message`` into a dead letter in place (its delivery still waits for it)."""
+        reason = permanent_reason(exc)
+        self.metrics.kafka_send_errors.labels(message.topic).inc()
+        error = f"{message.topic}: {type(exc).__name__}: {str(exc)[:300]} (message of {len(message.value)} bytes)"
+        if message.topic == self.settings.kafka_dead_letters_topic:
+            # A dead letter refused itself: quote nothing but its size and hash.
+            origin: Any = {"$refused_dead_letter_bytes": len(message.value),
+                           "$sha256": hashlib.sha256(message.value).hexdigest()}
+        else:
+            origin = message.origin if message.origin is not None else message.value
+        log.error("kafka refused a message permanently; dead-lettering it", topic=message.topic, reason=reason,
+                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        self.metrics.dead_letters.labels(reason).inc()
+        message.value = dead_letter_value(DeadLetter(reason, error, origin), self.settings.worker_name, self._model_version)
+        message.topic = self.settings.kafka_dead_letters_topic
+        message.key = _bounded_key(message.key)
+        message.on_ack, message.origin, message.future, message.failure = None, None, None, None
+
+
+class KafkaSink(KafkaSinkBase):
+    """At-least-once sending: :meth:`add_batch` hands a batch over without waiting, :meth:`flush`
+    returns once every message of it is acknowledged."""
+
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, facility_column: str | None = None) -> None:
+        super().__init__(settings, metrics, facility_column)
+        self._backlog: deque[Outgoing] = deque()  # added, not yet accepted by the producer (FIFO)
+        self._outstanding: deque[Outgoing] = deque()  # accepted by the producer, not yet settled
+        self._replace_producer = False
+        self._pump_failed = False
+        self._pump_lock = asyncio.Lock()
+        self.new_producer: Callable[[], Any] = self._new_producer  # replaceable: tests use fakes
+
+    @property
+    def last_error(self) -> str:
+        # An error stays recorded after its messages went through; only while some wait is it news.
+        return self._last_error if (self._backlog or self._replace_producer) else ""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=s.kafka_client_id,
+            acks="all",
+            # Broker-side dedupe of the producer's own retries; with aiokafka's one request in
+            # flight per broker, one partition's messages are written once and in order.
+            enable_idempotence=True,
+            linger_ms=s.kafka_linger_ms,
+            max_batch_size=s.producer_batch_bytes,
+            request_timeout_ms=s.kafka_request_timeout_ms,
+            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
+            **s.kafka_security_kwargs(),
+        )
+        keep_batches_until_acked(producer)
+        return producer
+
+    # -- add ---------------------------------------------------------------------------------------
     async def add_batch(self, result: BatchResult, on_verdict_ack: Callable[[Any, float], None] | None = None) -> Delivery:
         """Queue a batch's verdicts, alarms and dead letters; returns without waiting for acks."""
         delivery = self.build(result, on_verdict_ack)
@@ -373,11 +430,7 @@ class KafkaSink:
                     self._pump_failed = False
                     continue
                 if is_permanent(exc):
-                    if len(refused) > 1:
-                        for message in refused:
-                            message.alone = True  # find the one the producer refuses
-                    else:
-                        self._permanent(refused[0], exc)  # a dead letter now: sent on the next round
+                    self.refused(refused, exc)  # each alone, or a dead letter: sent on the next round
                     continue
                 self._send_failed(refused[0], exc)
                 self._pump_failed = True
@@ -435,25 +488,6 @@ class KafkaSink:
         self.metrics.kafka_send_errors.labels(message.topic).inc()
         self._last_error = denied(exc, self.settings) or f"{type(exc).__name__}: {exc}"  # a missing ACL: which one
 
-    def _permanent(self, message: Outgoing, exc: BaseException) -> None:
-        """Turn ``message`` into a dead letter in place (its delivery still waits for it)."""
-        reason = permanent_reason(exc)
-        self.metrics.kafka_send_errors.labels(message.topic).inc()
-        error = f"{message.topic}: {type(exc).__name__}: {str(exc)[:300]} (message of {len(message.value)} bytes)"
-        if message.topic == self.settings.kafka_dead_letters_topic:
-            # A dead letter refused itself: quote nothing but its size and hash.
-            origin: Any = {"$refused_dead_letter_bytes": len(message.value),
-                           "$sha256": hashlib.sha256(message.value).hexdigest()}
-        else:
-            origin = message.origin if message.origin is not None else message.value
-        log.error("kafka refused a message permanently; dead-lettering it", topic=message.topic, reason=reason,
-                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        self.metrics.dead_letters.labels(reason).inc()
-        message.value = dead_letter_value(DeadLetter(reason, error, origin), self.settings.worker_name, self._model_version)
-        message.topic = self.settings.kafka_dead_letters_topic
-        message.key = _bounded_key(message.key)
-        message.on_ack, message.origin, message.future, message.failure = None, None, None, None
-
     # -- flush -------------------------------------------------------------------------------------
     async def flush(self, delivery: Delivery, timeout_s: float | None = None) -> None:
         """Return when every message of ``delivery`` is settled; resend failures meanwhile.
@@ -480,7 +514,7 @@ class KafkaSink:
                     self._replace_producer = True
                 elif is_permanent(exc):
                     self._outstanding = deque(m for m in self._outstanding if m is not message)
-                    self._permanent(message, exc)
+                    self.dead_letter(message, exc)
                     self._backlog.appendleft(message)  # a dead letter now: another topic, order unaffected
                 else:
                     self._send_failed(message, exc)
@@ -588,5 +622,5 @@ def ack_times(delivery: Delivery) -> Iterable[float]:
     return (m.acked_at for m in delivery.messages if m.acked_at is not None)
 
 
-__all__ = ["KafkaSink", "Delivery", "Outgoing", "SinkError", "dead_letter_value", "document_json", "quote_document",
+__all__ = ["KafkaSinkBase", "KafkaSink", "Delivery", "Outgoing", "SinkError", "dead_letter_value", "document_json", "quote_document",
            "dumps", "is_permanent", "MAX_QUOTED_DOCUMENT"]
