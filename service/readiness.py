@@ -1,5 +1,9 @@
-"""What ``/readyz`` means, apart from what the worker checks: a progress clock, and a cached answer.
+"""What ``/readyz`` means: the worker's check, a progress clock, and a cached answer.
 
+- :func:`check_readiness`: every reason the worker is not ready, by component: no store served,
+  the Kafka producer or the source unreachable (each names the address and the cause) or the
+  source not reading yet, no progress for ``progress_timeout_s`` while work waits, a failed task,
+  shutting down. Warnings (``/readyz`` still 200) are the store's (:meth:`StoreHolder.warnings`).
 - :class:`ProgressClock`: "ready" must mean "making progress", not only "connected". The clock
   says how long work (records read, batches scored) has waited without any acknowledgement; it is
   0 while nothing waits, so an idle worker is never stalled.
@@ -11,9 +15,70 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+from service.redact import scrub
+
+if TYPE_CHECKING:
+    from service.commit import CommitStrategy
+    from service.config import WorkerSettings
+    from service.sources import Source
+    from service.store_holder import StoreHolder
+    from service.supervisor import Supervisor
 
 Reasons = dict[str, str]  # component -> why it is not ready; empty: ready
+
+
+class Checked(Protocol):
+    """What the check reads of the worker (its parts appear as it starts: None until then)."""
+
+    @property
+    def settings(self) -> WorkerSettings: ...
+    @property
+    def store(self) -> StoreHolder: ...
+    @property
+    def source(self) -> Source | None: ...
+    @property
+    def commit(self) -> CommitStrategy | None: ...
+    @property
+    def progress(self) -> ProgressClock: ...
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+
+async def check_readiness(worker: Checked) -> Reasons:
+    """Why ``worker`` is not ready, by component (empty: ready); pings run concurrently."""
+    reasons: Reasons = {}
+    store_problem = worker.store.reason()
+    if store_problem:
+        reasons["store"] = store_problem
+    source, sink = worker.source, worker.commit.sink if worker.commit is not None else None
+    source_key = "mongodb" if worker.settings.source == "mongo" else "kafka_source"
+    pings: dict[str, Awaitable[str | None]] = {}
+    if sink is None:
+        reasons["kafka"] = "kafka producer not started"
+    else:
+        pings["kafka"] = sink.ping()  # not connected yet: names each broker address and why
+    if source is None:
+        reasons[source_key] = "source not started"
+    else:
+        pings[source_key] = source.ping()
+    results = await asyncio.gather(*pings.values())
+    for key, reason in zip(pings, results):
+        if reason:
+            reasons[key] = reason
+    if source is not None and source_key not in reasons and not source.listening.is_set():
+        reasons[source_key] = "source reachable but not reading yet"
+    stalled, timeout = worker.progress.stalled_seconds(), worker.settings.progress_timeout_s
+    if stalled >= timeout:
+        reasons["progress"] = (f"{worker.progress.waiting()} record(s) or batch(es) waiting and nothing acknowledged "
+                               f"for {stalled:.0f} s (progress_timeout_s={timeout:g})"
+                               + (f"; last Kafka error: {sink.last_error}" if sink and sink.last_error else ""))
+    if worker.supervisor.failed:
+        reasons["worker"] = f"task {worker.supervisor.failed} failed"
+    elif worker.supervisor.stopping.is_set():
+        reasons["worker"] = "shutting down"
+    return {key: scrub(reason) for key, reason in reasons.items()}
 
 
 class ProgressClock:
@@ -62,4 +127,4 @@ class CachedProbe:
             return not reasons, reasons
 
 
-__all__ = ["ProgressClock", "CachedProbe", "Reasons"]
+__all__ = ["ProgressClock", "CachedProbe", "Reasons", "Checked", "check_readiness"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 import structlog
 
@@ -19,7 +19,7 @@ from service.reloader import Reloader
 
 log = structlog.get_logger("moldwatch.worker")
 
-Spawn = Callable[[str, Awaitable[Any]], Any]
+Spawn = Callable[[str, Coroutine[Any, Any, Any]], Any]  # Supervisor.spawn
 
 
 class RecipeHolder:

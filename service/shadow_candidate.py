@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 import structlog
 
@@ -31,7 +31,7 @@ class ShadowCandidate:
         self._load = load
         self.metrics = metrics
 
-    async def watch(self, pipeline: Any, until_stopping: Callable[[Awaitable[Any]], Awaitable[Any]],
+    async def watch(self, pipeline: Any, until_stopping: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]],
                     stopping: asyncio.Event) -> None:
         """Load the candidate whenever its files change, until the worker stops."""
         seen: Any = None

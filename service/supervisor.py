@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any, Callable, Coroutine, Iterable
 
 import structlog
@@ -131,4 +132,22 @@ class Supervisor:
         return unclean
 
 
-__all__ = ["Supervisor"]
+class LoopLag:
+    """How late the event loop runs a timer (liveness, ``moldwatch_event_loop_lag_seconds``): a
+    blocking call on the loop shows here before anything else stalls."""
+
+    TICK_S = 0.5
+
+    def __init__(self, report: Callable[[float], Any]) -> None:
+        self.seconds = 0.0
+        self._report = report
+
+    async def watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.TICK_S)
+            self.seconds = max(0.0, time.monotonic() - started - self.TICK_S)
+            self._report(self.seconds)
+
+
+__all__ = ["Supervisor", "LoopLag"]

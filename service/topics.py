@@ -8,14 +8,17 @@ bounds); where it does not, the worker refuses to start and names the topic and 
 """
 from __future__ import annotations
 
-from typing import Sequence
+import asyncio
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from model_store.errors import MoldwatchError
+from service.backoff import Backoff
 from service.config import WorkerSettings
+from service.sink import RETRY_BACKOFF_S
 
 log = structlog.get_logger("moldwatch.topics")
 
@@ -70,6 +73,24 @@ async def ensure_topics(settings: WorkerSettings, topics: Sequence[str]) -> list
         return missing
     finally:
         await admin.close()
+
+
+async def ensure_output_topics(settings: WorkerSettings, stopping: asyncio.Event,
+                               until_stopping: Callable[[Coroutine[Any, Any, Any]], Awaitable[bool]]) -> bool:
+    """The worker's output topics exist before its first send: :func:`ensure_topics`, retried while
+    the brokers do not answer; False when a stop came first. Raises :class:`TopicError`."""
+    s = settings
+    topics = (s.kafka_verdicts_topic, s.kafka_alarms_topic, s.kafka_dead_letters_topic,
+              *((s.kafka_shadow_topic,) if s.kafka_shadow_topic else ()))
+    backoff = Backoff(*RETRY_BACKOFF_S)
+    while not stopping.is_set():
+        try:
+            return await until_stopping(ensure_topics(s, topics))
+        except KafkaError as exc:  # the brokers went away between the producer connecting and this check
+            pause = backoff.next()
+            log.warning("kafka topics not checked, retrying", error=str(exc), retry_in_s=pause)
+            await until_stopping(asyncio.sleep(pause))
+    return False
 
 
 def _refused_message(settings: WorkerSettings, refused: list[tuple[str, str]]) -> str:

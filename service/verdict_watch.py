@@ -9,7 +9,7 @@ lot poller and the lines watcher run as supervised tasks) and stops (``TASKS`` a
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from prometheus_client import CollectorRegistry
 
@@ -20,7 +20,7 @@ from service.drift_watch import DriftMonitor
 from service.line_watch import LineWatch
 from service.lot_watch import LotMonitor
 
-Spawn = Callable[[str, Awaitable[Any]], Any]
+Spawn = Callable[[str, Coroutine[Any, Any, Any]], Any]  # Supervisor.spawn
 
 
 class VerdictWatchers:

@@ -212,5 +212,5 @@ async def test_a_stop_while_kafka_is_unreachable_is_a_clean_exit(trained_store, 
     monkeypatch.setattr(KafkaSink, "setup", setup_until_told_to_stop)
     for _ in range(3):  # the race has two outcomes; both must be a clean stop
         async with serving_offline(trained_store) as worker:
-            assert worker.sink is not None
+            assert worker.commit is not None and worker.commit.sink is not None
     assert told_to_stop.is_set()

@@ -8,6 +8,7 @@ import asyncio
 
 from aiokafka import TopicPartition
 
+from service.commit import AtLeastOnce, ExactlyOnce
 from service.config import WorkerSettings
 from service.pipeline import SourceMessage
 from service.worker import Worker
@@ -27,43 +28,47 @@ def record(partition: int, offset: int) -> SourceMessage:
 
 async def test_records_of_a_partition_being_revoked_are_left_to_its_new_owner():
     w = worker()
-    await w._emit(record(0, 10))  # read before the revocation: drained and committed by this member
+    w.commit = strategy(AtLeastOnce, w, StubSource())
+    flow = w.flow
+    await flow.emit(record(0, 10))  # read before the revocation: drained and committed by this member
     revoking = asyncio.create_task(w.on_partitions_revoked({TopicPartition(TOPIC, 0)}))
     await asyncio.sleep(0)  # the revocation has begun (fence set), its drain waits on the queue
-    await w._emit(record(0, 11))  # the rest of a fetch, read after the revocation began
-    await w._emit(record(1, 5))  # a partition this member keeps
-    assert [m.position for m in list(w.queue._queue)] == [(TOPIC, 0, 11), (TOPIC, 1, 6)]  # type: ignore[attr-defined]
-    assert w.fenced_records == 1
-    w.queue.get_nowait()  # the scorer takes the records that were there (the drain then ends)
-    w.queue.get_nowait()
+    await flow.emit(record(0, 11))  # the rest of a fetch, read after the revocation began
+    await flow.emit(record(1, 5))  # a partition this member keeps
+    assert [m.position for m in list(flow.queue._queue)] == [(TOPIC, 0, 11), (TOPIC, 1, 6)]  # type: ignore[attr-defined]
+    assert flow.fenced_records == 1
+    flow.queue.get_nowait()  # the scorer takes the records that were there (the drain then ends)
+    flow.queue.get_nowait()
     await revoking
-    await w._emit(record(0, 12))
-    assert w.queue.qsize() == 0 and w.fenced_records == 2
+    await flow.emit(record(0, 12))
+    assert flow.queue.qsize() == 0 and flow.fenced_records == 2
     await w.on_partitions_assigned({TopicPartition(TOPIC, 0)})  # back to this member: read again from the commit
-    await w._emit(record(0, 11))
-    assert [m.position for m in list(w.queue._queue)] == [(TOPIC, 0, 12)]  # type: ignore[attr-defined]
-    assert w.fenced_records == 2
+    await flow.emit(record(0, 11))
+    assert [m.position for m in list(flow.queue._queue)] == [(TOPIC, 0, 12)]  # type: ignore[attr-defined]
+    assert flow.fenced_records == 2
 
 
 async def test_a_batch_being_scored_counts_as_waiting():
     w = worker(batch_max_wait_ms=1)
-    await w._emit(record(2, 0))
+    await w.flow.emit(record(2, 0))
     assert w.waiting() == 1
-    batch, last = await w._next_batch()
+    batch, last = await w.flow.next_batch()
     assert [m.position for m in batch] == [(TOPIC, 2, 1)] and not last
-    assert w.queue.qsize() == 0 and w.waiting() == 1  # in hand: a revocation must wait for it
+    assert w.flow.queue.qsize() == 0 and w.waiting() == 1  # in hand: a revocation must wait for it
 
 
 async def test_other_sources_positions_are_never_fenced():
     w = worker()
-    w._fenced = {(TOPIC, 0)}
-    await w._emit(SourceMessage({"shot_id": "m"}, {"_data": "8263A1"}))  # a MongoDB resume token
-    await w._emit(SourceMessage({"shot_id": "n"}, None))
-    assert w.queue.qsize() == 2
+    w.flow.fenced = {(TOPIC, 0)}
+    await w.flow.emit(SourceMessage({"shot_id": "m"}, {"_data": "8263A1"}))  # a MongoDB resume token
+    await w.flow.emit(SourceMessage({"shot_id": "n"}, None))
+    assert w.flow.queue.qsize() == 2
 
 
 class StubSource:
     """The Kafka source's rebalance surface, recording what the worker asks of it."""
+
+    position_store = None
 
     def __init__(self) -> None:
         self.waited: list[dict] = []
@@ -86,12 +91,22 @@ async def test_an_exactly_once_revocation_waits_until_its_last_offsets_are_visib
     """commit_transaction returns before the offsets are readable by another member; the
     revocation holds the partitions until they are, for the revoked partitions only."""
     w = worker(delivery="exactly-once")
-    w.source = StubSource()  # type: ignore[assignment]
-    w._txn_offsets = {(TOPIC, 0): 120, (TOPIC, 1): 80, (TOPIC, 2): 5}
+    source = StubSource()
+    w.commit = eos = strategy(ExactlyOnce, w, source)
+    eos.committed_offsets = {(TOPIC, 0): 120, (TOPIC, 1): 80, (TOPIC, 2): 5}
     await w.on_partitions_revoked({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
-    assert w.source.waited == [{(TOPIC, 0): 120, (TOPIC, 1): 80}]
+    assert source.waited == [{(TOPIC, 0): 120, (TOPIC, 1): 80}]
     w_alo = worker()
-    w_alo.source = StubSource()  # type: ignore[assignment]
-    w_alo._txn_offsets = {(TOPIC, 0): 120}
+    source = StubSource()
+    w_alo.commit = strategy(AtLeastOnce, w_alo, source)
     await w_alo.on_partitions_revoked({TopicPartition(TOPIC, 0)})
-    assert w_alo.source.waited == []  # at-least-once commits are synchronous: nothing to wait for
+    assert source.waited == []  # at-least-once commits are synchronous: nothing to wait for
+
+
+def strategy(kind, w: Worker, source: StubSource):
+    """The worker's commit strategy over a stub source (what run() picks once the store is loaded)."""
+    async def until_give_up(coro) -> bool:
+        await coro
+        return True
+
+    return kind(w.settings, w.metrics, source, None, until_give_up)

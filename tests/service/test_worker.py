@@ -241,7 +241,7 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
             # The swap lands when the store is loaded, whether records are flowing then or not.
             await wait_for(lambda: worker.model_version == "v2-hot"
                            or metric(worker, "moldwatch_model_reloads_total", outcome="failed") > 0, timeout=90)
-            assert worker.model_version == "v2-hot", f"the new store was rejected: {worker.store.error}"
+            assert worker.model_version == "v2-hot", f"the new store was rejected: {worker.store.reloader.error}"
             await inserting
             await insert_steadily(200, 400)  # and what comes after it is judged by the new store
             await wait_for(acknowledged(worker, 400), timeout=60)
@@ -304,10 +304,10 @@ async def test_a_store_copied_in_the_wrong_order_is_served_once_its_last_file_la
         assert body["ready"] is True and worker.model_version == version
         assert "rejected" in body["warnings"]["store"] and f"serving {version}" in body["warnings"]["store"]
         assert metric(worker, "moldwatch_store_rejected") == 1
-        polls = worker.store.polls
+        polls = worker.store.reloader.polls
         (store_copy / "report.html").write_bytes(report)  # the last file lands
         await wait_for(lambda: worker.model_version == "v2-late", timeout=30)
-        assert worker.store.polls - polls <= 2  # the first poll that sees it (one more if it landed mid-poll)
+        assert worker.store.reloader.polls - polls <= 2  # the first poll that sees it (one more if it landed mid-poll)
         assert metric(worker, "moldwatch_store_rejected") == 0 and worker.readiness_warnings() == {}
 
 
