@@ -174,7 +174,8 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
     baseline_state: dict[str, np.ndarray] = {}
     d = None
     if config.baseline_halflife > 0:
-        baseline, baseline_state = running_baseline(z, keys, order, config.baseline_halflife, config.baseline_clip, {})
+        baseline, baseline_state = running_baseline(z, keys, order, config.baseline_halflife, config.baseline_clip, {},
+                                                    shift_run=config.baseline_shift_run)
         d = z - baseline
     raw_tables: dict[str, TailTable] = {}
     setting_ranges: dict[str, np.ndarray] = {}
@@ -197,7 +198,8 @@ def _fit_unit(maker: str, features: tuple[str, ...], settings_fields: tuple[str,
     return ConditionalUnit(maker, features, settings_fields, levels, response, scale, raw_tables, residual_tables, {},
                            config.excursion_share, config.residual_evidence, config.raw_weight,
                            config.baseline_halflife, config.baseline_clip, baseline_state, neighbour_tables, setting_ranges,
-                           config.lasting_excursion_ratio, setting_span(settings), config.follow_new_settings)
+                           config.lasting_excursion_ratio, setting_span(settings), config.follow_new_settings,
+                           config.follow_new_parts, config.lasting_at_line, config.baseline_shift_run)
 
 
 def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.ndarray, production: np.ndarray,
@@ -214,8 +216,7 @@ def _held_out_evidence(unit: ConditionalUnit, settings: np.ndarray, keys: np.nda
             own[rows] = (unit.field_evidence(key, z[rows], None if d is None else d[rows])
                          + unit.raw_evidence(key, production[rows])).sum(axis=1)
     fallback = unit.field_evidence(FALLBACK, z, d).sum(axis=1)
-    ratio, _ = unit._excursion_ratios(keys, production, z, d, settings)
-    excursion = ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+    excursion = unit.excursions(keys, production, z, d, settings)
     set_ratio = unit.setting_excursions(settings)
     if set_ratio.shape[1]:
         excursion = np.maximum(excursion, set_ratio.max(axis=1))
@@ -307,7 +308,8 @@ def fit_conditional(maker: str, features: tuple[str, ...], settings_fields: tupl
                            final.residual_tables, calibration, config.excursion_share, config.residual_evidence,
                            config.raw_weight, config.baseline_halflife, config.baseline_clip, final.baseline_state,
                            final.neighbour_tables, final.setting_ranges, config.lasting_excursion_ratio,
-                           setting_span(settings), config.follow_new_settings)
+                           setting_span(settings), config.follow_new_settings, config.follow_new_parts,
+                           config.lasting_at_line, config.baseline_shift_run)
     held_out = np.full(len(frame), np.nan)
     own_unit = np.array([k in calibration for k in keys.tolist()], dtype=bool) & np.isfinite(own)
     held_out[own_unit] = _scores_by_unit(unit, keys[own_unit], own[own_unit])

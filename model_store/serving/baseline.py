@@ -11,8 +11,16 @@ shots are still judged against their neighbours, while a lasting offset is follo
 half-lives (the scorer keeps the residual itself as evidence too: see ``field_evidence`` in
 :mod:`model_store.serving.conditional`).
 
+A lasting offset larger than the clip takes ``offset / (a * clip)`` shots to follow that way (a new
+mould ~200 spreads from the maker's response: hundreds of shots, each an alarm). So a level shift
+is also recognised: ``shift_run`` shots in a row beyond the clip on the same side, each within the
+clip of the shot before it (a step to a new level, not a string of wild shots), move the mean all
+the way to the last of them; the shots of the shift before that are judged as news.
+
 Pure: residuals, keys and an order in; baselines and the end state out. The state (part key ->
-last mean) is what the stream carries between batches and what a store ships from its history.
+last mean; with ``shift_run``, the mean, the signed length of the run beyond the clip and the last
+shot, concatenated) is what the stream carries between batches and what a store ships from its
+history.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ def running_baseline(
     clip: float,
     state: Mapping[str, np.ndarray],
     follow: np.ndarray | None = None,
+    shift_run: int = 0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per row: its part's running mean of the earlier residuals, weights halving every
     ``halflife`` shots, starting from ``state``.
@@ -52,9 +61,11 @@ def running_baseline(
     such a shot is judged, each field where it lies more than ``clip`` from its part's mean moves
     the mean all the way to it (other fields take the usual step; a missing field stays): a
     lasting offset of any size is followed from its first shot on, and the shots after it are
-    judged against it. Returns the
+    judged against it. ``shift_run`` (0: off): a level shift of that many shots moves the mean
+    all the way (see the module). Returns the
     baselines (rows, fields) and the end state of every part seen here (``state``'s other parts
-    are not repeated).
+    are not repeated): the mean alone without ``shift_run``, else mean, run and last shot
+    (``3 * fields``); a state of either length is read.
     """
     z = np.asarray(z, dtype=float)
     rows, fields = z.shape
@@ -83,11 +94,16 @@ def running_baseline(
     jump = None if follow is None or not np.any(follow) else np.asarray(follow, dtype=bool)[layout]
     judged = np.zeros((rows, fields))
     mean = np.zeros((parts, fields))
+    run = np.zeros((parts, fields))  # signed: shots in a row beyond +clip (> 0) or -clip (< 0)
+    last = np.full((parts, fields), np.nan)  # each part's previous shot
     started = np.zeros(parts, dtype=bool)
     for g, name in enumerate(names):
         prior = state.get(name)
         if prior is not None:
-            mean[g] = prior
+            prior = np.asarray(prior, dtype=float)
+            mean[g] = prior[:fields]
+            if len(prior) == 3 * fields:
+                run[g], last[g] = prior[fields : 2 * fields], prior[2 * fields :]
             started[g] = True
     # The first shot of every part: a part without a state has no baseline, its mean starts there.
     x = shots[: offsets[1]]
@@ -96,23 +112,53 @@ def running_baseline(
     first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
     if jump is not None:
         far = _far(x, np.where(started[:, None], mean, first), clip, jump[: offsets[1]])
+    shifted = _level_shift(x, mean, run[: offsets[1]], last[: offsets[1]], clip, shift_run, started)
     mean = np.where(started[:, None], mean + a * step, first)
     if jump is not None:
         mean[far] = x[far]
+    if shifted is not None:
+        mean[shifted] = x[shifted]
     for r in range(1, len(active)):
         m = mean[: active[r]]  # a view: the update below is in place
         judged[offsets[r] : offsets[r + 1]] = m
         step = shots[offsets[r] : offsets[r + 1]] - m
         follow_here = jump[offsets[r] : offsets[r + 1]] if jump is not None else None
         far = _far(shots[offsets[r] : offsets[r + 1]], m, clip, follow_here) if follow_here is not None and follow_here.any() else None
+        shifted = _level_shift(shots[offsets[r] : offsets[r + 1]], m, run[: active[r]], last[: active[r]], clip, shift_run)
         np.clip(step, -clip, clip, out=step)
         step[np.isnan(step)] = 0.0  # a missing residual leaves the mean where it was
         step *= a
         m += step
         if far is not None and far.any():
             m[far] = shots[offsets[r] : offsets[r + 1]][far]
+        if shifted is not None:
+            m[shifted] = shots[offsets[r] : offsets[r + 1]][shifted]
     baseline[layout] = judged
+    if shift_run > 0:
+        return baseline, {name: np.concatenate([mean[g], run[g], last[g]]) for g, name in enumerate(names)}
     return baseline, {name: mean[g].copy() for g, name in enumerate(names)}
+
+
+def _level_shift(shots: np.ndarray, mean: np.ndarray, run: np.ndarray, last: np.ndarray, clip: float, shift_run: int,
+                 started: np.ndarray | None = None) -> np.ndarray | None:
+    """(rows, fields): the fields where these shots complete a level shift (see the module), the
+    runs and last shots updated in place (their runs restart); None when the rule is off.
+    ``started`` (first shots only): parts without a mean yet start their run here at 0."""
+    if shift_run <= 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        distance = shots - mean
+        above, below = distance > clip, distance < -clip
+        steady = np.abs(shots - last) <= clip  # NaN (no previous shot): not steady
+    measured = ~np.isnan(shots)
+    continued = np.where(above, np.where(steady & (run > 0), run + 1, 1.0), np.where(below, np.where(steady & (run < 0), run - 1, -1.0), 0.0))
+    if started is not None:
+        continued[~started] = 0.0  # a part's first shot: its mean starts there
+    run[:] = np.where(measured, continued, run)  # a missing value leaves the run and the last shot as they were
+    last[:] = np.where(measured, shots, last)
+    shifted = np.abs(run) >= shift_run
+    run[shifted] = 0.0
+    return shifted
 
 
 def _far(shots: np.ndarray, mean: np.ndarray, clip: float, rows: np.ndarray) -> np.ndarray:

@@ -35,9 +35,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from model_store.serving.baseline import running_baseline
-from model_store.serving.excursions import BAND_QUANTILES, excursion_ratios, excursion_tolerance
+from model_store.serving.excursions import BAND_QUANTILES, excursion_ratios, excursion_tolerance, lasting_rank
 from model_store.serving.store_format import (
-    LEGACY_BASELINE_CLIP, LEGACY_BASELINE_HALFLIFE, LEGACY_EXCURSION_SHARE, LEGACY_FOLLOW_NEW_SETTINGS, LEGACY_LASTING_RATIO,
+    LEGACY_BASELINE_CLIP, LEGACY_BASELINE_HALFLIFE, LEGACY_EXCURSION_SHARE, LEGACY_FOLLOW_NEW_PARTS, LEGACY_FOLLOW_NEW_SETTINGS,
+    LEGACY_BASELINE_SHIFT_RUN, LEGACY_LASTING_AT_LINE, LEGACY_LASTING_RATIO,
     LEGACY_RAW_WEIGHT, LEGACY_RESIDUAL_EVIDENCE, ConditionalUnitEntry,
 )
 from model_store.serving.tails import TAIL_LEVELS, TailBank, TailTable
@@ -283,6 +284,13 @@ class ConditionalUnit:
     # the response has nothing to go by there (a set point the maker never varied has no slope
     # at all), so what the new setting makes is what its last shots made. False: a store from before it.
     follow_new_settings: bool = LEGACY_FOLLOW_NEW_SETTINGS
+    # A part the response never saw (no row of its own in training) is followed the same way: its
+    # offset is what the maker's other parts suggest, and a new mould can sit far from that.
+    follow_new_parts: bool = LEGACY_FOLLOW_NEW_PARTS
+    # An excursion that alarms only through the lasting rule scores just above the line
+    # (excursions.lasting_rank) instead of its whole ratio. False: a store from before it.
+    lasting_at_line: bool = LEGACY_LASTING_AT_LINE
+    baseline_shift_run: int = LEGACY_BASELINE_SHIFT_RUN  # shots of a level shift the baseline jumps to (0: off)
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -304,8 +312,9 @@ class ConditionalUnit:
             return z, None, {}
         order = np.arange(len(keys)) if order is None else np.asarray(order)
         start = self.baseline_state if state is None else ChainMap(dict(state), self.baseline_state)
-        follow = self.outside_history(keys, settings) if self.follow_new_settings else None
-        baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start, follow)
+        follow = self.followed(keys, settings)
+        baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start, follow,
+                                         self.baseline_shift_run)
         return z, z - baseline, end
 
     # -- every part's tables stacked once (built on first use, then kept) ------------------------
@@ -422,12 +431,15 @@ class ConditionalUnit:
             calibration = self.calibration[key]
             score[rows] = calibration.score(total[rows])
             line[rows] = calibration.line
-        ratio, outside = self._excursion_ratios(keys, production, z, d, settings)
+        ratio, outside, lasting = self._excursion_ratios(keys, production, z, d, settings)
         worst = ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
+        ranked = np.where(lasting, lasting_rank(ratio), ratio) if self.lasting_at_line else ratio
+        rank = ranked.max(axis=1) if ranked.shape[1] else np.zeros(len(keys))
         set_ratio = self.setting_excursions(settings)
         if set_ratio.shape[1]:
             worst = np.maximum(worst, set_ratio.max(axis=1))
-        return ConditionalScore(total, fields, unit, score, line, worst, end, outside, set_ratio > 1.0)
+            rank = np.maximum(rank, set_ratio.max(axis=1))
+        return ConditionalScore(total, fields, unit, score, line, worst, end, outside, set_ratio > 1.0, rank)
 
     def excursions(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None = None,
                    settings: np.ndarray | None = None) -> np.ndarray:
@@ -445,18 +457,20 @@ class ConditionalUnit:
         trusted alone for a value ``lasting_ratio`` tolerances out or more, so such an excursion
         keeps alarming however long it lasts; a smaller one must stand out from the last shots
         too (a lasting small shift is the plant's new normal until its lots say otherwise)."""
-        ratio, _ = self._excursion_ratios(keys, production, z, d, settings)
+        ratio, _, _ = self._excursion_ratios(keys, production, z, d, settings)
         return ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
 
     def _excursion_ratios(self, keys: np.ndarray, production: np.ndarray, z: np.ndarray, d: np.ndarray | None,
-                          settings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Per field: the excursion ratio (see :meth:`excursions`), and whether the value lies
+                          settings: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per field: the excursion ratio (see :meth:`excursions`); whether the value lies
         outside its part's raw band (the maker's residual band for a part without one): the
-        verdict's ``out_of_range``."""
+        verdict's ``out_of_range``; and whether the ratio is above 1 only through the lasting rule
+        (like the part's last shots: see ``lasting_at_line``)."""
         z = np.asarray(z, dtype=float)
         production = np.asarray(production, dtype=float)
         if len(keys) == 0:
-            return np.zeros((0, len(self.features))), np.zeros((0, len(self.features)), dtype=bool)
+            nothing = np.zeros((0, len(self.features)), dtype=bool)
+            return np.zeros((0, len(self.features))), nothing, nothing
         names, inverse = _distinct(keys)
         ratio = self.residual_set.band_ratios(self.residual_set.lookup(names, FALLBACK)[inverse], z)
         outside = ratio > 0
@@ -469,8 +483,9 @@ class ConditionalUnit:
         if d is not None:
             settled = np.minimum(ratio, self.neighbour_set.band_ratios(self.neighbour_set.lookup(names, FALLBACK)[inverse], d))
             known = self._within_history(names, inverse, settings) if settings is not None else np.zeros(len(keys), dtype=bool)
-            ratio = np.where(known[:, None] & (ratio >= self.lasting_ratio), ratio, settled)
-        return ratio, outside
+            lasting = known[:, None] & (ratio >= self.lasting_ratio)
+            return np.where(lasting, ratio, settled), outside, lasting & (settled <= 1.0) & (ratio > 1.0)
+        return ratio, outside, np.zeros(ratio.shape, dtype=bool)
 
     def outside_history(self, keys: np.ndarray, settings: np.ndarray) -> np.ndarray:
         """Per row: a set point beyond the lowest..highest its maker ran in history by more than
@@ -481,6 +496,23 @@ class ConditionalUnit:
         width = high - low
         with np.errstate(invalid="ignore"):
             return ((settings < low - width) | (settings > high + width)).any(axis=1)
+
+    def followed(self, keys: np.ndarray, settings: np.ndarray) -> np.ndarray | None:
+        """Per row: whether the running baseline follows a far shot all the way (see
+        ``follow_new_settings`` and ``follow_new_parts``); None: neither rule is on."""
+        if not (self.follow_new_settings or self.follow_new_parts):
+            return None
+        follow = np.zeros(len(keys), dtype=bool)
+        if self.follow_new_settings:
+            follow |= self.outside_history(keys, settings)
+        if self.follow_new_parts:
+            follow |= self.new_parts(keys)
+        return follow
+
+    def new_parts(self, keys: np.ndarray) -> np.ndarray:
+        """Per row: its part had no row in the history the response was fitted on."""
+        names, inverse = _distinct(keys)
+        return np.array([name not in self.levels.parts for name in names], dtype=bool)[inverse]
 
     def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
         """Per row: every set point within the lowest..highest its part ran in history (False for
@@ -535,6 +567,8 @@ class ConditionalUnit:
             "raw_weight": self.raw_weight,
             "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip, "baseline_parts": baseline_keys,
             "lasting_ratio": self.lasting_ratio, "follow_new_settings": self.follow_new_settings,
+            "follow_new_parts": self.follow_new_parts, "lasting_at_line": self.lasting_at_line,
+            "baseline_shift_run": self.baseline_shift_run,
             "neighbour_tables": neighbour_keys, "setting_range_parts": range_keys,
             "calibration": [{"unit": k, "line": self.calibration[k].line, "alpha": self.calibration[k].alpha,
                              "rows": int(len(self.calibration[k].scores))} for k in calibration_keys],
@@ -563,6 +597,9 @@ class ConditionalUnit:
             lasting_ratio=entry.lasting_ratio,
             setting_span=arrays.get("setting_span"),
             follow_new_settings=entry.follow_new_settings,
+            follow_new_parts=entry.follow_new_parts,
+            lasting_at_line=entry.lasting_at_line,
+            baseline_shift_run=entry.baseline_shift_run,
         )
 
 
@@ -577,3 +614,6 @@ class ConditionalScore:
     baseline_state: dict[str, np.ndarray]  # part key -> running baseline after these rows (empty: none kept)
     outside: np.ndarray | None = None  # (rows, fields) outside the part's raw band (the verdict's out_of_range)
     settings_outside: np.ndarray | None = None  # (rows, settings) set points that are gross excursions (out_of_range too)
+    # (rows,) what the excursions add to the verdict's score: ``excursion``, except that one alarming
+    # only through the lasting rule counts just above the line (None: ``excursion``)
+    excursion_score: np.ndarray | None = None

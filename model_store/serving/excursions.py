@@ -74,6 +74,25 @@ def excursion_ratios(x: np.ndarray, low: np.ndarray, high: np.ndarray, tolerance
     return ratio
 
 
+# A lasting excursion's score (see lasting_rank): just above the line, growing with the ratio by
+# so little that the largest ratio there is (MAX_RATIO) stays below 1.03.
+LASTING_RANK_STEP = 1e-3
+JUST_ABOVE_LINE = float(np.nextafter(1.0, np.inf))
+
+
+def lasting_rank(ratio: np.ndarray) -> np.ndarray:
+    """The score of an excursion that alarms only because it lasts (far beyond its part's bands
+    but like the part's last shots): ``1 + LASTING_RANK_STEP * log(ratio)`` for a ratio above 1 —
+    above the line, so it alarms, and ordered by its ratio among such excursions, but below any
+    shot whose evidence stands out from its neighbours by a clear margin. A ratio at or below 1
+    is returned as it is (no excursion; NaN stays NaN)."""
+    ratio = np.asarray(ratio, dtype=float)
+    beyond = ratio > 1.0
+    # (a ratio a hair above 1 has a log too small to show beside 1: held one ulp above the line)
+    rank = np.maximum(1.0 + LASTING_RANK_STEP * np.log(np.where(beyond, ratio, 1.0)), JUST_ABOVE_LINE)
+    return np.where(beyond, rank, ratio)
+
+
 def worst_excursion(ratios: np.ndarray) -> np.ndarray:
     """The largest excursion ratio of each row (0 for a row with no feature)."""
     return ratios.max(axis=1) if ratios.shape[1] else np.zeros(len(ratios))

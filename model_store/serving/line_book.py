@@ -141,11 +141,16 @@ def lines_for(book: LineBook | None, model_version: str, facility: np.ndarray, i
                        dtype=float, count=len(facility))
 
 
-def apply_lines(anomaly: np.ndarray, score: np.ndarray, judged: np.ndarray, lines: np.ndarray) -> np.ndarray:
+def apply_lines(anomaly: np.ndarray, score: np.ndarray, judged: np.ndarray, lines: np.ndarray,
+                excursion: np.ndarray) -> np.ndarray:
     """The verdicts' anomaly flags under ``lines``: a judged record whose part has a raised line
-    alarms when its score is above that line (NaN never does); every other record keeps the flag
-    its store gave it (at the trained line, the same rule: score > 1)."""
-    above = np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf) > lines
+    alarms when its score or its excursion ratio is above that line (NaN never does); every other
+    record keeps the flag its store gave it (at the trained line, the same rule: score > 1).
+    The ratio counts on its own because a lasting excursion scores just above 1 (see
+    ``excursions.lasting_rank``): a value more than a line's worth of tolerances out alarms
+    whatever the answers, as the ceiling promises."""
+    above = (np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf) > lines) | \
+        (np.nan_to_num(np.asarray(excursion, dtype=float), nan=-np.inf) > lines)
     return np.where(np.asarray(judged, dtype=bool) & (lines != TRAINED_LINE), above, np.asarray(anomaly, dtype=bool))
 
 
@@ -158,7 +163,7 @@ def judge_with_book(batch: "ScoredBatch", book: LineBook | None, model_version: 
     if book is None or not (lines != TRAINED_LINE).any():
         return
     judged = batch.resolution != UNSCORABLE
-    batch.anomaly = apply_lines(batch.anomaly, batch.score, judged, lines)
+    batch.anomaly = apply_lines(batch.anomaly, batch.score, judged, lines, batch.excursion)
     batch.line = np.where(judged, lines, TRAINED_LINE)
     batch.line_version = book.version
 

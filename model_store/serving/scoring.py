@@ -489,8 +489,12 @@ class ScoringEngine:
         # The setting groups' own excursion bands still hold for the records they judge (unless
         # the store says they do not: group_excursions).
         held = grouped[local] & (self.group_excursions or self.combine != "conditional")
-        excursion = np.maximum(result.excursion, np.where(held, np.nan_to_num(out.excursion[target], nan=0.0), 0.0))
-        score = np.fmax(result.score, excursion)  # fmax: a NaN on one side never hides the other
+        group_excursion = np.where(held, np.nan_to_num(out.excursion[target], nan=0.0), 0.0)
+        excursion = np.maximum(result.excursion, group_excursion)
+        # what the excursions add to the score: a lasting one counts just above the line (its
+        # ratio stays in the verdict's excursion); fmax: a NaN on one side never hides the other
+        own = result.excursion if result.excursion_score is None else result.excursion_score
+        score = np.fmax(result.score, np.maximum(own, group_excursion))
         if self.combine == "max":
             previous = np.where(grouped[local], np.nan_to_num(out.score[target], nan=0.0), 0.0)
             wins = score >= previous

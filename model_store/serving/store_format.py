@@ -58,6 +58,9 @@ LEGACY_BASELINE_HALFLIFE = 0.0  # no running baseline
 LEGACY_BASELINE_CLIP = 4.0
 LEGACY_LASTING_RATIO = 1.0  # every lasting gross excursion alarmed
 LEGACY_FOLLOW_NEW_SETTINGS = False
+LEGACY_FOLLOW_NEW_PARTS = False
+LEGACY_BASELINE_SHIFT_RUN = 0  # no level-shift rule in the running baseline
+LEGACY_LASTING_AT_LINE = False  # a lasting excursion scored its whole ratio
 # A unit from before it recorded its excursion share used the setting groups' share.
 LEGACY_EXCURSION_SHARE = ThresholdConfig().excursion_band_share
 
@@ -342,6 +345,9 @@ class ConditionalUnitEntry:
     baseline_parts: tuple[str, ...] = ()
     lasting_ratio: float = LEGACY_LASTING_RATIO
     follow_new_settings: bool = LEGACY_FOLLOW_NEW_SETTINGS
+    follow_new_parts: bool = LEGACY_FOLLOW_NEW_PARTS
+    lasting_at_line: bool = LEGACY_LASTING_AT_LINE
+    baseline_shift_run: int = LEGACY_BASELINE_SHIFT_RUN
     neighbour_tables: tuple[str, ...] = ()
     setting_range_parts: tuple[str, ...] = ()
 
@@ -360,6 +366,9 @@ class ConditionalUnitEntry:
             baseline_clip=raw.number("baseline_clip", LEGACY_BASELINE_CLIP), baseline_parts=raw.texts("baseline_parts", ()),
             lasting_ratio=raw.number("lasting_ratio", LEGACY_LASTING_RATIO),
             follow_new_settings=raw.flag("follow_new_settings", LEGACY_FOLLOW_NEW_SETTINGS),
+            follow_new_parts=raw.flag("follow_new_parts", LEGACY_FOLLOW_NEW_PARTS),
+            lasting_at_line=raw.flag("lasting_at_line", LEGACY_LASTING_AT_LINE),
+            baseline_shift_run=raw.integer("baseline_shift_run", LEGACY_BASELINE_SHIFT_RUN),
             neighbour_tables=raw.texts("neighbour_tables", ()), setting_range_parts=raw.texts("setting_range_parts", ()),
         )
 
@@ -370,7 +379,9 @@ class ConditionalUnitEntry:
             "excursion_share": self.excursion_share, "residual_evidence": self.residual_evidence, "raw_weight": self.raw_weight,
             "baseline_halflife": self.baseline_halflife, "baseline_clip": self.baseline_clip,
             "baseline_parts": _list(self.baseline_parts), "lasting_ratio": self.lasting_ratio,
-            "follow_new_settings": self.follow_new_settings, "neighbour_tables": _list(self.neighbour_tables),
+            "follow_new_settings": self.follow_new_settings, "follow_new_parts": self.follow_new_parts,
+            "lasting_at_line": self.lasting_at_line, "baseline_shift_run": self.baseline_shift_run,
+            "neighbour_tables": _list(self.neighbour_tables),
             "setting_range_parts": _list(self.setting_range_parts), "calibration": [c.to_dict() for c in self.calibration],
             "artifact": self.artifact,
         }

@@ -161,3 +161,67 @@ def test_the_vectorised_means_are_the_rule_applied_shot_by_shot(z, labels, halfl
     assert set(end) == set(want_end)
     for key in end:
         assert np.allclose(end[key], want_end[key], rtol=1e-12, atol=1e-12)
+
+
+# -- the level-shift rule ------------------------------------------------------------------------------
+def _one_field(values: list[float], shift_run: int, state: dict | None = None, clip: float = 4.0):
+    z = np.array(values, dtype=float)[:, None]
+    keys = np.array(["P"] * len(values), dtype=object)
+    return running_baseline(z, keys, np.arange(len(values)), 5.0, clip, state if state is not None else {"P": np.array([0.0])},
+                            shift_run=shift_run)
+
+
+def test_a_steady_run_beyond_the_clip_moves_the_mean_to_its_last_shot() -> None:
+    a = smoothing(5.0)
+    base, end = _one_field([10.0, 10.5, 11.0, 11.2], shift_run=3)
+    # the first two shots move the mean by a * clip each; the third completes the run: mean = 11
+    assert base[:, 0].tolist() == pytest.approx([0.0, 4 * a, 4 * a + 4 * a, 11.0])
+    mean, run, last = end["P"]
+    assert mean == pytest.approx(11.0 + a * 0.2) and run == 0.0 and last == 11.2
+    # one shot short of the run: still walking
+    short, _ = _one_field([10.0, 10.5, 11.0], shift_run=4)
+    assert short[2, 0] == pytest.approx(8 * a)
+
+
+def test_a_run_must_be_steady_on_one_side_and_beyond_the_clip() -> None:
+    a = smoothing(5.0)
+    walking = [0.0, 4 * a, 8 * a]
+    # each shot more than the clip from the one before: a string of wild shots, never a shift
+    assert _one_field([10.0, 20.0, 30.0, 0.0], 3)[0][3, 0] == pytest.approx(12 * a)
+    # alternating sides
+    assert _one_field([10.0, -10.0, 10.0, 0.0], 3)[0][:, 0].tolist()[:3] == pytest.approx(walking[:1] + [4 * a, 0.0])
+    # exactly the clip from the mean is not beyond it (the first shot lies at 4: no run starts)
+    assert _one_field([4.0, 6.0, 6.0], 3)[1]["P"][1] == 2.0  # counted, it would have completed the run
+    # exactly the clip from the shot before is steady (10 -> 14 -> 18 is a run)
+    assert _one_field([10.0, 14.0, 18.0, 0.0], 3)[0][3, 0] == 18.0
+
+
+def test_a_missing_value_leaves_the_run_and_the_last_shot_as_they_were() -> None:
+    base, end = _one_field([10.0, 10.0, np.nan, 10.0, 0.0], shift_run=3)
+    assert base[4, 0] == 10.0
+    assert end["P"][2] == 0.0  # the last shot
+
+
+def test_the_state_carries_the_run_between_batches_and_a_mean_only_state_reads() -> None:
+    values = [10.0, 10.2, 10.4, 10.1, 30.0, 30.5, 30.2, 29.9, 0.0]
+    whole, end = _one_field(values, 3)
+    for cut in range(1, len(values)):
+        first, carried = _one_field(values[:cut], 3)
+        second, again = _one_field(values[cut:], 3, state=carried)
+        assert np.allclose(np.r_[first[:, 0], second[:, 0]], whole[:, 0]) and np.allclose(again["P"], end["P"], equal_nan=True)
+    # a store from before the rule ships the mean alone: the run starts empty
+    legacy, _ = _one_field([10.0, 10.0, 10.0, 0.0], 3, state={"P": np.array([0.0])})
+    assert legacy[3, 0] == 10.0
+    off, off_end = _one_field(values, 0)
+    assert off_end["P"].shape == (1,)  # off: the state is the mean, as before
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(-60, 60), min_size=2, max_size=40), st.integers(2, 6), st.integers(1, 39))
+def test_batches_and_one_pass_agree_with_the_level_shift_rule(values: list[float], shift_run: int, cut: int) -> None:
+    cut = min(cut, len(values) - 1)
+    whole, end = _one_field(values, shift_run)
+    first, carried = _one_field(values[:cut], shift_run)
+    second, again = _one_field(values[cut:], shift_run, state=carried)
+    assert np.allclose(np.r_[first[:, 0], second[:, 0]], whole[:, 0])
+    assert np.allclose(again["P"], end["P"], equal_nan=True)

@@ -25,6 +25,7 @@ from model_store.serving.conditional import (
     log_floors,
     part_keys,
 )
+from model_store.serving.excursions import lasting_rank
 from model_store.serving.store_format import ConditionalUnitEntry, read
 from tests.model_store.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
 
@@ -452,3 +453,71 @@ def test_a_gross_set_point_excursion_alarms_and_names_the_set_point(unit, frame)
     result = unit.score(settings_, part_keys(facility, item), production)
     assert result.settings_outside[:, 1].tolist() == [False, True, False, False]
     assert result.excursion[1] >= 1.5 - 1e-9  # the worst of the set points' and the production values'
+
+
+# -- a lasting excursion scores just above the line ----------------------------------------------------
+def test_a_lasting_gross_excursion_alarms_just_above_the_line_once_its_shots_are_alike(unit, frame) -> None:
+    assert unit.lasting_at_line is ConditionalConfig().lasting_at_line is True
+    settings_, keys, production = _lasting_run(frame, 2000, 4.5)
+    result = unit.score(settings_, keys, production)
+    verdict = np.fmax(result.score, result.excursion_score)
+    assert (verdict > 1.0).all()  # every shot still alarms
+    assert result.excursion_score[0] == result.excursion[0] > 3.0  # the first shot stands out from its neighbours too
+    later = slice(-100, None)  # the baseline has followed (see the test above): only the lasting rule holds these
+    assert np.allclose(result.excursion_score[later], lasting_rank(result.excursion[later]))
+    assert (result.excursion_score[later] < 1.03).all() and (result.excursion[later] > 3.0).all()
+    # off (a store from before it): the whole ratio is the score
+    before = replace(unit, lasting_at_line=False).score(settings_, keys, production)
+    assert np.array_equal(before.excursion_score, before.excursion)
+    assert np.array_equal(before.excursion, result.excursion)
+
+
+def test_an_isolated_gross_excursion_keeps_its_whole_ratio_as_the_score(unit, frame) -> None:
+    settings_, keys, production = _misfit_run(120, misfit=0.0)
+    pushed = production.copy()
+    pushed[100, 1] += 40 * (frame["pressure"].max() - frame["pressure"].min())
+    result = unit.score(settings_, keys, pushed)
+    assert result.excursion[100] > 3.0 and result.excursion_score[100] == result.excursion[100]
+
+
+# -- a part the response never saw -------------------------------------------------------------------
+def _new_part_run(shots: int, offset_sds: float, seed: int = 5):
+    """``shots`` of part F3/C (in no history row) at one known setting, pressure ``offset_sds``
+    noise sds off what the maker's response expects of it (a new mould)."""
+    settings_ = np.tile([80.0, 215.0], (shots, 1))
+    facility, item = np.full(shots, "F3", dtype=object), np.full(shots, "C", dtype=object)
+    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
+    production += np.random.default_rng(seed).normal(size=production.shape) * NOISE
+    production[:, 1] += offset_sds * NOISE[1]
+    return settings_, part_keys(facility, item), production
+
+
+def test_new_parts_are_the_parts_without_a_history_row(unit) -> None:
+    keys = np.array([_key("F1", "A"), _key("F3", "C"), _key("F2", "B"), _key("F1", "C")], dtype=object)
+    assert unit.new_parts(keys).tolist() == [False, True, False, True]
+    assert unit.followed(keys, np.tile([80.0, 215.0], (4, 1))).tolist() == [False, True, False, True]
+    neither = replace(unit, follow_new_parts=False, follow_new_settings=False)
+    assert neither.followed(keys, np.tile([80.0, 215.0], (4, 1))) is None
+
+
+@pytest.mark.parametrize("offset_sds", [300.0, 3000.0])
+def test_a_new_part_far_from_the_makers_response_alarms_on_its_first_shot_only(unit, offset_sds: float) -> None:
+    settings_, keys, production = _new_part_run(300, offset_sds)
+    result = unit.score(settings_, keys, production)
+    verdict = np.fmax(result.score, result.excursion_score)
+    assert verdict[0] > 1.0  # the new mould's first shot is news
+    assert (verdict[1:] > 1.0).mean() <= 0.02  # then judged against its own shots
+    # without the rule the baseline walks half a spread a shot from where it started (at most
+    # START_LIMIT spreads out), and the run alarms for well over a hundred shots
+    walked = replace(unit, follow_new_parts=False, baseline_shift_run=0).score(settings_, keys, production)
+    assert (np.fmax(walked.score, walked.excursion)[1:] > 1.0).sum() > 100
+    # the level-shift rule alone follows it after its first baseline_shift_run shots
+    assert unit.baseline_shift_run == ConditionalConfig().baseline_shift_run == 5
+    shifted = replace(unit, follow_new_parts=False).score(settings_, keys, production)
+    alarms = np.fmax(shifted.score, shifted.excursion_score) > 1.0
+    assert alarms[:2].all() and alarms[unit.baseline_shift_run + 1:].mean() <= 0.02
+    # a shot pushed far within the new part's run still alarms
+    pushed = production.copy()
+    pushed[200, 2] += 40 * NOISE[2] * 100
+    after = unit.score(settings_, keys, pushed)
+    assert np.fmax(after.score, after.excursion_score)[200] > 1.0

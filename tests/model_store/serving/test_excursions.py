@@ -6,11 +6,13 @@ from hypothesis import strategies as st
 
 from model_store.serving.excursions import (
     ABSOLUTE_FLOOR,
+    LASTING_RANK_STEP,
     MAX_RATIO,
     NEW_SETTING_FLOOR,
     RELATIVE_FLOOR,
     excursion_ratios,
     excursion_tolerance,
+    lasting_rank,
     training_band,
     worst_excursion,
 )
@@ -88,3 +90,23 @@ def test_ratio_is_distance_over_tolerance() -> None:
     # 3 beyond the band with a tolerance of 2: ratio 1.5 (not 6)
     ratio = excursion_ratios(np.array([[17.0], [4.0]]), np.array([10.0]), np.array([14.0]), np.array([2.0]))
     assert ratio[:, 0].tolist() == [1.5, 3.0]
+
+
+# -- a lasting excursion's score ---------------------------------------------------------------------
+def test_lasting_rank_boundaries_hand_computed() -> None:
+    ratio = np.array([1.0, np.nextafter(1.0, np.inf), np.e, np.e ** 2, MAX_RATIO, 0.5, 0.0, np.nan])
+    rank = lasting_rank(ratio)
+    assert rank[0] == 1.0  # equal to the line: no excursion, no alarm
+    assert rank[1] > 1.0  # one ulp beyond: alarms
+    assert rank[2] == pytest.approx(1.0 + LASTING_RANK_STEP) and rank[3] == pytest.approx(1.0 + 2 * LASTING_RANK_STEP)
+    assert 1.02 < rank[4] < 1.03  # the largest ratio there is stays just above the line
+    assert rank[5] == 0.5 and rank[6] == 0.0 and np.isnan(rank[7])  # no excursion: as it is
+
+
+@given(st.floats(0.0, 1e12), st.floats(0.0, 1e12))
+def test_lasting_rank_keeps_the_order_and_the_side_of_the_line(a: float, b: float) -> None:
+    ra, rb = lasting_rank(np.array([a, b]))
+    assert (ra > 1.0) == (a > 1.0) and (rb > 1.0) == (b > 1.0)
+    if a <= b:
+        assert ra <= rb
+    assert ra <= max(a, 1.0 + 0.03)

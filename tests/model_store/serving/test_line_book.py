@@ -97,8 +97,13 @@ def test_apply_lines_boundaries() -> None:
     anomaly = np.array([True, True, True, False, True, True])
     judged = np.array([True, True, True, True, False, True])
     lines = np.array([1.4, 1.4, 1.4, 1.4, 1.4, 1.0])
+    none = np.zeros(6)
     # equal to the line: no alarm; above: alarm; NaN never; unjudged and trained-line rows untouched
-    assert apply_lines(anomaly, score, judged, lines).tolist() == [False, True, False, False, True, True]
+    assert apply_lines(anomaly, score, judged, lines, none).tolist() == [False, True, False, False, True, True]
+    # the excursion ratio counts on its own, by the same boundary (a lasting excursion scores ~1.001)
+    excursion = np.array([1.4, 1.4000001, 2.5, math.nan, 0.0, 0.0])
+    score = np.array([1.001, 1.001, 1.001, 1.001, 3.0, 1.2])
+    assert apply_lines(anomaly, score, judged, lines, excursion).tolist() == [False, True, True, False, True, True]
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,9 +113,12 @@ def test_a_raised_line_only_ever_silences(rows: list[tuple[float, float, bool]])
     lines = np.array([r[1] for r in rows])
     judged = np.array([r[2] for r in rows])
     trained = score > 1.0
-    applied = apply_lines(trained, score, judged, lines)
+    applied = apply_lines(trained, score, judged, lines, score)
     assert not (applied & ~trained).any()  # never an alarm the store did not raise
     assert (applied[score > 2.0] == trained[score > 2.0]).all()  # beyond the ceiling nothing changes
+    # a lasting excursion (scored just above 1) beyond the ceiling alarms at any line too
+    lasting = apply_lines(trained | (score > 2.0), np.minimum(score, 1.001), judged, lines, score)
+    assert lasting[score > 2.0].all()
 
 
 def test_every_field_round_trips_including_the_revert_time() -> None:
@@ -187,5 +195,5 @@ def test_lines_for_reads_each_record_in_order() -> None:
 
 def test_apply_lines_takes_lists_and_leaves_trained_rows_alone() -> None:
     # unjudged rows keep their flag even where a line is set; judged rows at line 1 keep theirs too
-    out = apply_lines([1, 0, 1], [0.5, 3.0, 1.2], [0, 0, 1], np.array([1.5, 1.5, 1.0]))
+    out = apply_lines([1, 0, 1], [0.5, 3.0, 1.2], [0, 0, 1], np.array([1.5, 1.5, 1.0]), [0.0, 0.0, 0.0])
     assert out.dtype == bool and out.tolist() == [True, False, True]

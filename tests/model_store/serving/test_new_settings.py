@@ -138,7 +138,7 @@ def test_a_set_point_the_maker_never_varied_alarms_on_its_first_shot_only(frame,
     history = _with_clamp(frame)
     settings_ = (*SETTINGS, "clamp")
     fitted = fit_conditional("M", FEATURES, settings_, history, np.zeros(len(history)),
-                             replace(ConditionalConfig(), follow_new_settings=follow))
+                             replace(ConditionalConfig(), follow_new_settings=follow, baseline_shift_run=0))
     unit = fitted.unit
     n = 40
     speed, temp = np.full(n, 80.0), np.full(n, 215.0)
@@ -155,3 +155,4 @@ def test_a_set_point_the_maker_never_varied_alarms_on_its_first_shot_only(frame,
         assert not alarms[1:].any()  # then each shot is judged against the one before it
     else:
         assert alarms[1:].all()  # the old behaviour: a baseline that walks 4 spreads at a time never arrives
+    # (the level-shift rule, off here, would follow it after its first baseline_shift_run shots)

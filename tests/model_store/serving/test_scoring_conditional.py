@@ -220,7 +220,8 @@ def test_the_groups_excursion_bands_alarm_beside_the_conditional_scorer_only_whe
         for maker, unit in list(engine_.conditional_units.items()):
             quiet = dataclasses.replace(unit)
             object.__setattr__(quiet, "_excursion_ratios", lambda keys, *args, **kwargs: (
-                np.zeros((len(keys), len(unit.features))), np.zeros((len(keys), len(unit.features)), dtype=bool)))
+                np.zeros((len(keys), len(unit.features))), np.zeros((len(keys), len(unit.features)), dtype=bool),
+                np.zeros((len(keys), len(unit.features)), dtype=bool)))
             engine_.conditional_units[maker] = quiet
     with_unit = plain["maker"].isin(list(on.conditional_units)).to_numpy()
     rows = np.flatnonzero((first.resolution != UNSCORABLE) & with_unit)[:40]
