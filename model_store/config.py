@@ -156,7 +156,7 @@ class ConditionalConfig:
     # after it are judged against it (the lab set: a new clamp speed doubled the mould times, the
     # baseline walked 4 spreads a shot towards ~1,000, and every good shot alarmed; AUROC 0.23).
     follow_new_settings: bool = True
-    # The same for a part the maker's response never saw (a new mould on a known machine): its
+    # As follow_new_settings, for a part the maker's response never saw (a new mould on a known machine): its
     # offset is unknown, so a field further than baseline_clip from its running baseline moves it
     # all the way (sim_seed5: a new part's clamp force sat ~230 spreads from the maker's response,
     # the baseline walked half a spread a shot, and 216 good shots scored 17 as excursions: F1

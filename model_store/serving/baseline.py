@@ -146,7 +146,7 @@ def _level_shift(shots: np.ndarray, mean: np.ndarray, run: np.ndarray, last: np.
     ``started`` (first shots only): parts without a mean yet start their run here at 0."""
     if shift_run <= 0:
         return None
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf or 1e308 readings: no warning, never steady
         distance = shots - mean
         above, below = distance > clip, distance < -clip
         steady = np.abs(shots - last) <= clip  # NaN (no previous shot): not steady
