@@ -6,7 +6,7 @@ import os
 import platform
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ def machine() -> dict[str, Any]:
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "ran_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **payload}
+    payload = {"benchmark": name, "ran_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
 
@@ -71,7 +71,7 @@ class PeakMemory:
             self.peak = max(self.peak, _tree_rss_bytes(self.pid))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

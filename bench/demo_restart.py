@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from service.devservers import KafkaServer, MongoServer, free_port  # noqa: E402
+from bench._common import write_result
+from service.devservers import KafkaServer, MongoServer, free_port
 
 FIRST_VERDICT = re.compile(r"first verdict after ([0-9.]+) s")
 TARGET_S = 10.0

@@ -25,17 +25,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import detection_metrics, write_result  # noqa: E402
-from model_store.config import TrainingConfig  # noqa: E402
-from model_store.groups import TRAIN  # noqa: E402
-from model_store.serving.imputation import fill_with_means  # noqa: E402
-from model_store.models import AUTOENCODER, IFOREST, MEMAE  # noqa: E402
-from model_store.serving.scaling import MinMax, scale_clip  # noqa: E402
-from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.serving.scoring import ScoringEngine  # noqa: E402
-from model_store.serving.store import open_store  # noqa: E402
-from model_store.serving.thresholds import decide, effective_thresholds, fit_threshold  # noqa: E402
-from model_store.training import prepare, train_store  # noqa: E402
+from bench._common import detection_metrics, write_result
+from model_store.config import TrainingConfig
+from model_store.groups import TRAIN
+from model_store.models import AUTOENCODER, IFOREST, MEMAE
+from model_store.schema import canonical_lots, canonical_records
+from model_store.serving.imputation import fill_with_means
+from model_store.serving.scaling import MinMax, scale_clip
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.store import open_store
+from model_store.serving.thresholds import decide, effective_thresholds, fit_threshold
+from model_store.training import prepare, train_store
 
 
 def split_by_day(records: pd.DataFrame, train_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,13 +73,13 @@ def global_baselines(train: pd.DataFrame, lots: pd.DataFrame, test: pd.DataFrame
             fit = xs if len(xs) <= m.max_train_rows * 4 else xs[rng.choice(len(xs), m.max_train_rows * 4, replace=False)]
             if family == IFOREST:
                 model = fit_iforest(fit, m.iforest_trees, m.seed)
-                loss_fn = lambda s, model=model: iforest_loss(model, s)  # noqa: E731
+                loss_fn = lambda s, model=model: iforest_loss(model, s)
             else:
                 memory = (m.memory_items, m.shrink_threshold, m.entropy_weight) if family == MEMAE else None
                 keras_model, _ = fit_autoencoder(fit, memory=memory, epochs=m.epochs, batch_size=m.batch_size, patience=m.patience,
                                                  validation_split=m.validation_split, learning_rate=m.learning_rate, seed=m.seed)
                 net = export_forward(keras_model)
-                loss_fn = lambda s, net=net: np.abs(s - net(s)).mean(axis=1)  # noqa: E731
+                loss_fn = lambda s, net=net: np.abs(s - net(s)).mean(axis=1)
             rate = float(np.average(rates[rates["maker"] == maker]["lot_defect_rate"], weights=rates[rates["maker"] == maker]["rows"]))
             threshold = fit_threshold(loss_fn(xs), rate, config.threshold)
             xt, _ = fill_with_means(test.iloc[target][list(fields.production)].to_numpy(dtype=float), means)
@@ -165,7 +165,8 @@ def run_plant(name: str, knobs: dict, args: argparse.Namespace) -> dict:
     lots = canonical_lots(plant.lots, plant.schema)
     truth = plant.labels.set_index("record_id")
     train, test = split_by_day(records, args.train_days)
-    print(f"[{name}] simulated {len(records):,} shots in {time.perf_counter() - t0:.0f}s; train {len(train):,}, test {len(test):,}", flush=True)
+    print(f"[{name}] simulated {len(records):,} shots in {time.perf_counter() - t0:.0f}s; train {len(train):,}, test {len(test):,}",
+          flush=True)
     config = TrainingConfig(workers=args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()

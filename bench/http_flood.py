@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from bench.stream import code_state, log, train  # noqa: E402
+from bench._common import write_result
+from bench.stream import code_state, log, train
 
 SCRIPT = Path(__file__).resolve()
 SOAK = SCRIPT.parent / "soak.py"
@@ -77,7 +77,7 @@ async def phases(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     name = f"flood-{uuid.uuid4().hex[:8]}"
     tokens = Path(f"/tmp/{name}-tokens.txt")
     tokens.write_text(token_line("bench", ["score"], GOOD_TOKEN) + "\n")
-    settings = WorkerSettings(  # type: ignore[call-arg]
+    settings = WorkerSettings(  # type: ignore[call-arg]  # pydantic-settings fills the other fields from defaults and the environment
         _env_file=None, worker_name=name, mongo_uri=mongo.uri, mongo_database="plant", mongo_collection="shots",
         kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_verdicts_topic=f"{name}.verdicts",
         kafka_alarms_topic=f"{name}.alarms", kafka_dead_letters_topic=f"{name}.dead-letters", store=store,

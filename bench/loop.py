@@ -27,28 +27,28 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from bench.peers import FORGE, SIMULATED, load_plant, split_by_day  # noqa: E402
-from model_store.config import TrainingConfig  # noqa: E402
-from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.serving.drift import DriftConfig, DriftWatch, references_from_manifest  # noqa: E402
-from model_store.serving.scoring import ScoringEngine  # noqa: E402
-from model_store.serving.store import open_store  # noqa: E402
-from model_store.simulate.changes import CHANGES, apply_change, plan_change  # noqa: E402
-from model_store.training import train_store  # noqa: E402
+from bench._common import write_result
+from bench.peers import FORGE, SIMULATED, load_plant, split_by_day
+from model_store.config import TrainingConfig
+from model_store.schema import canonical_lots, canonical_records
+from model_store.serving.drift import DriftConfig, DriftWatch, references_from_manifest
+from model_store.serving.scoring import ScoringEngine
+from model_store.serving.store import open_store
+from model_store.simulate.changes import CHANGES, apply_change, plan_change
+from model_store.training import train_store
 
 PLANTS = ("sim_default", "sim_seed5", *FORGE)
 TRAIN_SHARE = 0.5

@@ -44,33 +44,33 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, detection_metrics, write_result  # noqa: E402
-from bench.detection import EXCURSION_PUSHES  # noqa: E402
-from bench.plants import ProvingPlant  # noqa: E402
-from model_store.conditional_fit import fit_conditional  # noqa: E402
-from model_store.config import TrainingConfig  # noqa: E402
-from model_store.groups import PART_CLUSTER, TRAIN  # noqa: E402
-from model_store.lots import lot_defect_rates, row_lot_rates  # noqa: E402
-from model_store.serving.scaling import MinMax  # noqa: E402
-from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.serving.scoring import ScoredBatch, ScoringEngine  # noqa: E402
-from model_store.serving.store import open_store  # noqa: E402
-from model_store.training import prepare, train_store  # noqa: E402
+from bench._common import RESULTS, detection_metrics, write_result
+from bench.detection import EXCURSION_PUSHES
+from bench.plants import ProvingPlant
+from model_store.conditional_fit import fit_conditional
+from model_store.config import TrainingConfig
+from model_store.groups import PART_CLUSTER, TRAIN
+from model_store.schema import canonical_lots, canonical_records
+from model_store.serving.scaling import MinMax
+from model_store.serving.scoring import ScoredBatch, ScoringEngine
+from model_store.serving.store import open_store
+from model_store.training import prepare, train_store
 
 KEYS = ["maker", "facility", "item", "cluster"]
 PART_KEYS = ["maker", "facility", "item"]
@@ -180,7 +180,7 @@ def _fit_iforest_p99(x: np.ndarray, seed: int) -> tuple[Callable, float]:
     from sklearn.ensemble import IsolationForest
 
     model = IsolationForest(n_estimators=100, random_state=seed, n_jobs=1).fit(x)
-    score = lambda s: -model.score_samples(s)  # noqa: E731
+    score = lambda s: -model.score_samples(s)
     return score, float(np.quantile(score(x), 0.99))
 
 
@@ -270,7 +270,8 @@ class RiverPeer:
                 model.learn_one(dict(enumerate(vector.tolist())))
             self.makers[maker] = (model, means, scaler)
 
-    def score(self, frame: pd.DataFrame, keys: pd.DataFrame, production: dict[str, list[str]], learn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, frame: pd.DataFrame, keys: pd.DataFrame, production: dict[str, list[str]],
+              learn: bool = True) -> tuple[np.ndarray, np.ndarray]:
         score = np.zeros(len(frame))
         flagged = np.zeros(len(frame), dtype=bool)
         for maker, (model, means, scaler) in self.makers.items():
@@ -445,10 +446,10 @@ def run_plant(name: str, args: argparse.Namespace, ablations: list[Ablation]) ->
         }
         for peer_name, peer in peers.items():
             rows = data.records if getattr(peer, "per", None) == "part" else normal
-            _, fit_seconds = _timed(lambda: peer.fit(rows, production, args.peer_cap, seed))
+            _, fit_seconds = _timed(lambda: peer.fit(rows, production, args.peer_cap, seed))  # noqa: B023 - timed at once, inside the iteration
             if isinstance(peer, RiverPeer):
                 excursion_state = copy.deepcopy(peer)  # pushes judged by the state after the training days
-            (score, flagged), seconds = _timed(lambda: peer.score(test, keys, production))
+            (score, flagged), seconds = _timed(lambda: peer.score(test, keys, production))  # noqa: B023 - timed at once, inside the iteration
             excursion = {}
             for k, (f, rows_) in frames.items():
                 sub_keys = keys.iloc[rows_].reset_index(drop=True)
@@ -466,7 +467,8 @@ def run_plant(name: str, args: argparse.Namespace, ablations: list[Ablation]) ->
             t = time.perf_counter()
             variant = _engine_variant(engine, data, schema, config, ablation)
             result = variant.score(test, memory={}, backward=False, explain=False)
-            excursion = {k: float(variant.score(f, memory={}, backward=False, explain=False).anomaly.mean()) for k, (f, _) in frames.items()}
+            excursion = {k: float(variant.score(f, memory={}, backward=False, explain=False).anomaly.mean())
+                         for k, (f, _) in frames.items()}
             m = _ours(result, labels, 1.0, excursion, _with_evidence(test, schema), contamination)
             m.pop("records_per_second")
             for figure in ("f1", "auroc", "pr_auc"):
@@ -486,7 +488,7 @@ def _training_rows(data: Any) -> pd.DataFrame:
     maker with neither."""
     trained = data.groups[(data.groups["role"] == TRAIN) & (data.groups["cluster"] != PART_CLUSTER)][KEYS]
     frames = [data.records.merge(trained, on=KEYS, how="inner")]
-    for key, positions in data.part_rows.items():
+    for positions in data.part_rows.values():
         frames.append(data.records.iloc[positions].assign(cluster=PART_CLUSTER))
     rows = pd.concat(frames, ignore_index=True)
     # A maker none of whose groups is clean enough (every lot dirty): its peers learn from all its
@@ -545,7 +547,8 @@ def plant_targets(plant: dict) -> dict[str, Any]:
     ratio = ours.get("alarm_to_defect_ratio")
     out["coverage"] = {"ours": ours.get("coverage"), "met": (ours.get("coverage") or 0.0) >= 0.99}
     out["alarm_rate"] = {"ratio": ratio, "met": ratio is not None and 0.5 <= ratio <= 2.0}
-    out["excursions"] = {"recall": ours.get("excursion_recall_beyond_range"), "met": (ours.get("excursion_recall_beyond_range") or 0) >= 1.0}
+    recall = ours.get("excursion_recall_beyond_range")
+    out["excursions"] = {"recall": recall, "met": (recall or 0) >= 1.0}
     brier, constant = ours.get("brier"), ours.get("brier_constant")
     out["brier"] = {"ours": brier, "constant": constant, "met": brier is not None and constant is not None and brier <= constant}
     return out
@@ -557,7 +560,8 @@ def summarise(plants: dict[str, dict]) -> dict:
     ablations = [a for a in next(iter(plants.values()))["ablations"] if all(a in p["ablations"] for p in plants.values())]
     out: dict = {"systems": {}, "ablations": {}}
     for s in systems:
-        out["systems"][s] = {f: _spread([p["systems"][s].get(f) for p in plants.values()]) for f in FIGURES + (OURS if s == "moldwatch" else ())}
+        out["systems"][s] = {f: _spread([p["systems"][s].get(f) for p in plants.values()])
+                             for f in FIGURES + (OURS if s == "moldwatch" else ())}
     for a in ablations:
         out["ablations"][a] = {f: _spread([p["ablations"][a].get(f) for p in plants.values()])
                                for f in ("f1", "f1_delta", "auroc", "auroc_delta", "pr_auc", "pr_auc_delta", "alarm_to_defect_ratio",
@@ -576,23 +580,28 @@ def markdown(payload: dict) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
     lines = []
-    for figure, label in (("f1", "F1 at own line"), ("auroc", "AUROC"), ("pr_auc", "PR-AUC"), ("alarm_to_defect_ratio", "alarm rate / defect share")):
+    for figure, label in (("f1", "F1 at own line"), ("auroc", "AUROC"), ("pr_auc", "PR-AUC"),
+                          ("alarm_to_defect_ratio", "alarm rate / defect share")):
         lines += [f"**{label}** per plant", "", "| method | " + " | ".join(plants) + " |", "| --- |" + " --- |" * len(plants)]
         for name in payload["plants"][plants[0]]["systems"]:
-            row = [cell(payload["plants"][p]["systems"].get(name, {}), figure, 2 if figure == "alarm_to_defect_ratio" else 3) for p in plants]
+            row = [cell(payload["plants"][p]["systems"].get(name, {}), figure, 2 if figure == "alarm_to_defect_ratio" else 3)
+                   for p in plants]
             lines.append(f"| {name} | " + " | ".join(row) + " |")
         lines.append("")
     t = payload["summary"]["targets"]["per_plant"]
-    lines += ["**moldwatch against the targets** (met / missed)", "", "| target | " + " | ".join(plants) + " |", "| --- |" + " --- |" * len(plants)]
+    lines += ["**moldwatch against the targets** (met / missed)", "", "| target | " + " | ".join(plants) + " |",
+              "| --- |" + " --- |" * len(plants)]
     for key, label in (("f1", "F1 >= 1.1x best peer"), ("auroc", "AUROC >= best peer"), ("pr_auc", "PR-AUC >= best peer"),
                        ("coverage", "coverage >= 99 %"), ("alarm_rate", "alarm rate 0.5-2x"), ("excursions", "excursion recall 100 %"),
                        ("brier", "Brier <= constant")):
         lines.append(f"| {label} | " + " | ".join("met" if t[p][key]["met"] else "**missed**" for p in plants) + " |")
     s = payload["summary"]
     if s["ablations"]:
-        lines += ["", "| ablation | F1 delta | AUROC delta | PR-AUC delta | alarm ratio | excursion recall |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| ablation | F1 delta | AUROC delta | PR-AUC delta | alarm ratio | excursion recall |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name, m in s["ablations"].items():
-            lines.append(f"| {name}: {payload['ablations'].get(name, '')} | {m['f1_delta']['mean']:+.3f} | {m['auroc_delta']['mean']:+.3f} | "
+            lines.append(f"| {name}: {payload['ablations'].get(name, '')} | {m['f1_delta']['mean']:+.3f} | "
+                         f"{m['auroc_delta']['mean']:+.3f} | "
                          f"{m['pr_auc_delta']['mean']:+.3f} | {m['alarm_to_defect_ratio']['mean'] or 0:.2f} | "
                          f"{m['excursion_recall_beyond_range']['mean'] or 0:.2f} |")
     return "\n".join(lines)
@@ -634,7 +643,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--excursion-shots", type=int, default=300, help="normal judged test shots pushed per excursion kind")
     parser.add_argument("--peer-cap", type=int, default=50_000, help="training rows per peer model at most (subsampled)")
-    parser.add_argument("--river-warm-rows", type=int, default=10_000, help="last training rows per maker River learns before the test days")
+    parser.add_argument("--river-warm-rows", type=int, default=10_000,
+                        help="last training rows per maker River learns before the test days")
     parser.add_argument("--ablations", default="all", help=f"'all', 'none' or comma-separated from {[a.name for a in ABLATIONS]}")
     parser.add_argument("--out", default="peers")
     parser.add_argument("--jobs", type=int, default=1, help="plants run side by side in this many processes (each trains with one worker)")

@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from bench.stream import code_state, later_plant, log, raw_documents, train  # noqa: E402
+from bench._common import write_result
+from bench.stream import code_state, later_plant, log, raw_documents, train
 
 PARTITIONS = 6
 
@@ -53,7 +53,7 @@ async def run(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     name = f"rebalance-{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix=name))
     dead = f"127.0.0.1:{free_port()}"  # --source kafka never talks to MongoDB
-    settings = WorkerSettings(  # type: ignore[call-arg]
+    settings = WorkerSettings(  # type: ignore[call-arg]  # pydantic-settings fills the other fields from defaults and the environment
         _env_file=None, worker_name=name, source="kafka", delivery="exactly-once", start_from="beginning",
         mongo_uri=f"mongodb://{dead}/?directConnection=true", kafka_bootstrap_servers=kafka.bootstrap_servers,
         kafka_records_topic=f"{name}.records", kafka_verdicts_topic=f"{name}.verdicts",
@@ -139,7 +139,7 @@ async def run(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     details: dict[str, list[dict[str, Any]]] = {}
     for message in messages:  # where each copy of a duplicated verdict sits, and what it answered
         record = verdict_id(message)
-        if record in duplicates and len(details) < 30 or record in details:
+        if (record in duplicates and len(details) < 30) or record in details:
             verdict = json.loads(message.value)
             details.setdefault(record, []).append({
                 "verdict_partition": message.partition, "verdict_offset": message.offset,

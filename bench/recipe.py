@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +48,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from model_store.config import TrainingConfig  # noqa: E402
-from model_store.recipe import RecipeConfig, compute_recipes  # noqa: E402
-from model_store.recipe.window import most_used_combination  # noqa: E402
-from model_store.schema import canonical_lots, canonical_records  # noqa: E402
-from model_store.serving.store import open_store  # noqa: E402
-from model_store.training import train_store  # noqa: E402
+from bench._common import write_result
+from model_store.config import TrainingConfig
+from model_store.recipe import RecipeConfig, compute_recipes
+from model_store.recipe.window import most_used_combination
+from model_store.schema import canonical_lots, canonical_records
+from model_store.serving.store import open_store
+from model_store.training import train_store
 
 TIE = 1e-9  # settings with the same true probability (e.g. a "fine" variant) are equally best
 
@@ -166,7 +166,7 @@ def evaluate(records: pd.DataFrame, setting: np.ndarray, shot_prob: np.ndarray, 
     table = pd.DataFrame(rows)
     named = table["recommended_prob"].notna()
     effective = table["recommended_prob"].where(named, table["history_prob"])  # no setting named: the mix goes on
-    tie = lambda prob: prob.astype(float) <= table["best_prob"] * (1 + 1e-6) + TIE  # noqa: E731
+    tie = lambda prob: prob.astype(float) <= table["best_prob"] * (1 + 1e-6) + TIE
     table["relative_reduction"] = 1 - effective / table["history_prob"]
     table["truly_best"] = tie(effective)
     table["truly_worse"] = [_worse(p, h) for p, h in zip(table["recommended_prob"], table["history_prob"])]
@@ -222,11 +222,13 @@ def evaluate(records: pd.DataFrame, setting: np.ndarray, shot_prob: np.ndarray, 
         "best_available_relative_reduction": float(1 - np.average(table["best_prob"], weights=w) / hist),
         "mean_relative_reduction_per_facility_item": float(table["relative_reduction"].mean()),
         "truly_best_share": float(table["truly_best"].mean()),
-        "truly_best_share_multi_setting": float(table.loc[table["settings_run"] > 1, "truly_best"].mean()) if (table["settings_run"] > 1).any() else None,
+        "truly_best_share_multi_setting": (float(table.loc[table["settings_run"] > 1, "truly_best"].mean())
+                                           if (table["settings_run"] > 1).any() else None),
         "combination_chosen_by_evidence": int((table["chosen_by"] == "lowest credible defect rate").sum()),
         "centroid_published": int(table["chosen_by"].fillna("").str.startswith("cluster centre").sum()),
         # Of the pairs told to keep their practice: how many would the blocked candidate truly have made worse.
-        "kept_candidate_truly_worse": int(sum(_worse(p, h) for p, h in zip(table.get("considered_prob", pd.Series(dtype=float)), table["history_prob"]))),
+        "kept_candidate_truly_worse": int(sum(_worse(p, h) for p, h in zip(table.get("considered_prob", pd.Series(dtype=float)),
+                                                                           table["history_prob"]))),
         "recommended_only": {
             "facility_items": int(len(recs)),
             "truly_best_share": float(recs["truly_best"].mean()) if len(recs) else None,
@@ -297,7 +299,8 @@ def load(plant_name: str, seed: int, shots: int, days: int) -> tuple[pd.DataFram
     shot_prob = prob.loc[records["record_id"]].to_numpy(float)
     check = {"mean_true_probability": float(shot_prob.mean()), "defect_share": float(labels["defect"].mean()),
              "auroc_of_probability_for_labels": float(roc_auc_score(labels["defect"], shot_prob))}
-    if abs(check["mean_true_probability"] - check["defect_share"]) > 0.2 * check["defect_share"] or check["auroc_of_probability_for_labels"] < 0.7:
+    if (abs(check["mean_true_probability"] - check["defect_share"]) > 0.2 * check["defect_share"]
+            or check["auroc_of_probability_for_labels"] < 0.7):
         raise SystemExit(f"forge truth does not match its labels: {check}")
     return records, lots, plant.schema, labels["recipe"].to_numpy(object), shot_prob, {
         "generator": "bench/plants/forge.py", "plant": plant_name, "shots": len(records), **check,
@@ -367,7 +370,8 @@ def main() -> None:
     coverage = overall["coverage"]
     print(f"coverage {coverage['share']:.1%} ({coverage['answered']} of {overall['facility_items']} facility/items answered, "
           f"{coverage['with_setting']} with a setting to run); truly worse than "
-          f"history {worse['count']} ({(worse['share_of_recipes'] or 0):.1%} of recipes, all flagged uncertain: {worse['all_flagged_uncertain']}); "
+          f"history {worse['count']} ({(worse['share_of_recipes'] or 0):.1%} of recipes, "
+          f"all flagged uncertain: {worse['all_flagged_uncertain']}); "
           f"clearly better {overall['confidence']['clearly_better']}, uncertain {overall['confidence']['uncertain']}; relative reduction "
           f"{overall['relative_reduction']:.1%} (best available {overall['best_available_relative_reduction']:.1%}, most-produced baseline "
           f"{overall['baseline_most_produced']['relative_reduction']:.1%}); truly best {overall['truly_best_share']:.0%} -> {path}")

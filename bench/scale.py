@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import RESULTS, PeakMemory, write_result  # noqa: E402
+from bench._common import RESULTS, PeakMemory, write_result
 
 MOLDWATCH = [sys.executable, "-m", "service"]
 GROUP_KEYS = ["maker", "facility", "item", "cluster"]
@@ -137,7 +137,6 @@ def _context(work: Path) -> tuple[Any, dict, Any]:
 
 
 def engine_pyarrow(work: Path, rows: int, buckets: int) -> dict[str, Any]:
-    import pandas as pd
 
     from model_store.aggregates import HistoryAggregates, lot_rates_of, profiles_from_spill, spill_by_group
     from model_store.loaders import iter_table
@@ -146,7 +145,7 @@ def engine_pyarrow(work: Path, rows: int, buckets: int) -> dict[str, Any]:
     rates = lot_rates_of(iter_table(work / "lots.parquet", rows=rows))
     agg = HistoryAggregates(schema, rates)
 
-    def pieces():  # noqa: ANN202
+    def pieces():
         for piece in iter_table(work / "prepared", rows=rows):
             agg.add(piece)
             yield piece
@@ -164,8 +163,8 @@ def engine_memory(work: Path) -> dict[str, Any]:
     import pandas as pd
 
     from model_store.groups import group_table
-    from model_store.lots import lot_defect_rates, row_lot_rates
     from model_store.loaders import read_table
+    from model_store.lots import lot_defect_rates, row_lot_rates
     from model_store.training import facility_defaults, setting_profiles
 
     schema, models, config = _context(work)
@@ -202,7 +201,7 @@ def engine_duckdb(work: Path, threads: int, memory_limit: str | None = None) -> 
     table = assign_roles(table, config.grouping)
     items = con.execute(f"""SELECT maker, facility, item, count(*) AS n FROM {src} WHERE item IS NOT NULL GROUP BY ALL""").df()
     defaults: dict[str, dict] = {}
-    for (maker, facility), sub in items.groupby(["maker", "facility"]):
+    for (_maker, facility), sub in items.groupby(["maker", "facility"]):
         best = sorted(sub.loc[sub["n"] == sub["n"].max(), "item"].astype(str))
         defaults[str(facility)] = {"item": best[0]}
     profiles: dict[str, list] = {}
@@ -227,7 +226,8 @@ def engine_duckdb(work: Path, threads: int, memory_limit: str | None = None) -> 
                 for item, grp in sub[sub["item"].notna()].groupby("item")}
         mf = list(model.fields)
         prod = list(fields.production)
-        scaled = ", ".join(f'("{f}" - {float(m)!r}) / {float(s)!r} AS s{i}' for i, (f, m, s) in enumerate(zip(mf, model.minimum, model.scale)))
+        scaled = ", ".join(f'("{f}" - {float(m)!r}) / {float(s)!r} AS s{i}'
+                           for i, (f, m, s) in enumerate(zip(mf, model.minimum, model.scale)))
         s_ok = " AND ".join(f"s{i} IS NOT NULL" for i in range(len(mf)))
         stats = ", ".join(
             f'median("{f}") AS med{i}, quantile_cont("{f}", 0.001) AS lo{i}, quantile_cont("{f}", 0.999) AS hi{i}'
@@ -434,7 +434,7 @@ class PeakPerProcess:
                         pass
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakPerProcess":
+    def __enter__(self) -> PeakPerProcess:
         self._thread.start()
         return self
 

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import write_result  # noqa: E402
+from bench._common import write_result
 
 LOCKS = {"serve": "requirements-serve.lock", "full": "requirements.lock"}
 TARGET_BYTES = 400e6
@@ -81,7 +81,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def source_tree(commit: str, target: Path) -> Path:
     """The project's files at ``commit`` (pyproject, README, the two packages), as the image copies them."""
     target.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "pyproject.toml", "README.md", "model_store", "service"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit,
+                              "pyproject.toml", "README.md", "model_store", "service"],
                              capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
@@ -168,7 +169,7 @@ def worker_ready(venv: Path, store: Path, mongo_uri: str, kafka: str, logs: Path
         env["PYTHONPATH"] = str(pythonpath)
     command = [str(venv / "bin" / "python"), "-m", "service", "run", "--store", str(store), "--http-host", "127.0.0.1",
                "--http-port", str(port), "--mongo-database", f"bench_{tag}"]
-    log = open(logs / f"worker-{tag}.log", "w")
+    log = open(logs / f"worker-{tag}.log", "w")  # noqa: SIM115 - the child writes to it until it exits; closed below
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=logs)
     ready = None

@@ -25,20 +25,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import statistics
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import write_result  # noqa: E402
-from bench.stream import RunningWorker, code_state, later_plant, log, raw_documents, train  # noqa: E402
+from bench._common import write_result
+from bench.stream import RunningWorker, code_state, later_plant, log, raw_documents, train
 
 SCRIPT = Path(__file__).resolve()
 TARGETS = {"rss_growth_after_warmup": 0.05, "p99_last_over_first_third": 1.5}
@@ -63,7 +62,7 @@ def child_insert(opts: argparse.Namespace) -> None:
         if due <= i:
             time.sleep(max(0.0, t0 + i / opts.rate - now))
             continue
-        stamp = datetime.now(timezone.utc)
+        stamp = datetime.now(UTC)
         chunk = []
         for n in range(i, due):
             doc = dict(templates[n % len(templates)])
@@ -103,7 +102,7 @@ def child_produce(opts: argparse.Namespace) -> None:
                 if due <= i:
                     await asyncio.sleep(max(0.0, t0 + i / opts.rate - now))
                     continue
-                stamp = datetime.now(timezone.utc)
+                stamp = datetime.now(UTC)
                 for n in range(i, due):
                     doc = dict(templates[n % len(templates)])
                     doc[id_field] = f"soak-{n:08d}"
@@ -130,7 +129,7 @@ async def soak(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     kafka = await asyncio.to_thread(KafkaServer().start)
     mongo = await asyncio.to_thread(MongoServer().start)
     name = f"soak-{uuid.uuid4().hex[:8]}"
-    settings = WorkerSettings(  # type: ignore[call-arg]
+    settings = WorkerSettings(  # type: ignore[call-arg]  # pydantic-settings fills the other fields from defaults and the environment
         _env_file=None, worker_name=name, mongo_uri=mongo.uri, mongo_database="plant", mongo_collection="shots",
         kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_verdicts_topic=f"{name}.verdicts",
         kafka_alarms_topic=f"{name}.alarms", kafka_dead_letters_topic=f"{name}.dead-letters", store=store,

@@ -56,14 +56,15 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import _tree_rss_bytes, process_tree, write_result  # noqa: E402
-from tests.plants import SMALL_PLANT, SMALL_TRAINING  # noqa: E402
+from bench._common import _tree_rss_bytes, process_tree, write_result
+from tests.plants import SMALL_PLANT, SMALL_TRAINING
 
 SCRIPT = Path(__file__).resolve()
 ONE_THREAD = {
@@ -175,7 +176,7 @@ def run_child(mode: str, args: list[str], env: dict[str, str] | None = None, tim
         proc = subprocess.run(command, env={**os.environ, **(env or {})}, timeout=timeout, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout.splitlines():
-            if line.startswith("[") or line.startswith("  "):
+            if line.startswith(("[", "  ")):
                 print(line, flush=True)
         if proc.returncode != 0:
             raise RuntimeError(f"child {mode} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
@@ -189,18 +190,18 @@ def run_child(mode: str, args: list[str], env: dict[str, str] | None = None, tim
 # ------------------------------------------------------------------------------------------------
 def child_core(opts: argparse.Namespace) -> dict[str, Any]:
     os.sched_setaffinity(0, {0})
+    import keras
     import numpy as np
+    import tensorflow as tf
 
     import model_store.models.keras_nets  # noqa: F401 - registers MemoryModule for load_model
-    import keras
-    import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
+    from model_store.schema import canonical_records
     from model_store.serving.imputation import fill_with_means
     from model_store.serving.scaling import scale_clip
-    from model_store.schema import canonical_records
     from model_store.serving.scoring import EXACT, ScoringEngine
     from model_store.serving.store import open_store
     from model_store.serving.verdict import to_verdicts
@@ -242,8 +243,8 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
 
         check = engine.score(frame, memory={}, backward=False)
         assert (check.group_id == group_id).all(), "the batch must resolve to the one group"
-        core_s = median_call_seconds(lambda: engine.score(frame, memory={}, backward=False))
-        step_s = median_call_seconds(lambda: group.evaluate(x))
+        core_s = median_call_seconds(lambda: engine.score(frame, memory={}, backward=False))  # noqa: B023 - timed at once, inside the iteration
+        step_s = median_call_seconds(lambda: group.evaluate(x))  # noqa: B023 - timed at once, inside the iteration
 
         n = opts.baseline_records
         figures: dict[str, Any] = {
@@ -260,17 +261,17 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
             figures["n_estimators"] = int(model.n_estimators)
             figures["serving_model"] = type(group.model).__name__
             figures["serving_vs_sklearn_max_abs_diff"] = float(np.max(np.abs(group.evaluate(x).loss + model.score_samples(scaled))))
-            per = per_record_seconds(lambda i: model.score_samples(scaled[i % batch : i % batch + 1]), n)
-            batched = median_call_seconds(lambda: model.score_samples(scaled), min_seconds=0.5)
+            per = per_record_seconds(lambda i: model.score_samples(scaled[i % batch : i % batch + 1]), n)  # noqa: B023 - timed at once, inside the iteration
+            batched = median_call_seconds(lambda: model.score_samples(scaled), min_seconds=0.5)  # noqa: B023 - timed at once, inside the iteration
             figures["baseline"] = "sklearn IsolationForest.score_samples, one call per record"
             figures["baseline_records_per_s"] = 1.0 / per
             figures["sklearn_score_samples_whole_batch_records_per_s"] = batch / batched
         else:
             kmodel = keras.saving.load_model(manifest.artifact(entry.artifacts["model"]), safe_mode=True)
             parity = float(np.max(np.abs(kmodel.predict(scaled32, verbose=0) - group.model(scaled32))))
-            per = per_record_seconds(lambda i: kmodel.predict(scaled32[i % batch : i % batch + 1], verbose=0), n)
-            direct = per_record_seconds(lambda i: kmodel(scaled32[i % batch : i % batch + 1], training=False), n)
-            batched = median_call_seconds(lambda: kmodel.predict(scaled32, verbose=0), min_seconds=0.5)
+            per = per_record_seconds(lambda i: kmodel.predict(scaled32[i % batch : i % batch + 1], verbose=0), n)  # noqa: B023 - timed at once, inside the iteration
+            direct = per_record_seconds(lambda i: kmodel(scaled32[i % batch : i % batch + 1], training=False), n)  # noqa: B023 - timed at once, inside the iteration
+            batched = median_call_seconds(lambda: kmodel.predict(scaled32, verbose=0), min_seconds=0.5)  # noqa: B023 - timed at once, inside the iteration
             figures["baseline"] = "Keras model.predict, one call per record"
             figures["baseline_records_per_s"] = 1.0 / per
             figures["keras_call_per_record_records_per_s"] = 1.0 / direct  # model(x): no predict() loop
@@ -308,13 +309,13 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
     small = {}
     for size in (1, 10, 100):
         some = messages[:size]
-        small[str(size)] = median_call_seconds(lambda: pipeline.run_batch(some, memory={}), min_seconds=0.5) * 1000
+        small[str(size)] = median_call_seconds(lambda: pipeline.run_batch(some, memory={}), min_seconds=0.5) * 1000  # noqa: B023 - timed at once, inside the iteration
     fixed = {}
     for kind in KINDS:
         figures = result["kinds"].get(kind, {})
         if "group_id" in figures:
             one = records.iloc[np.flatnonzero(scored.group_id == figures["group_id"])[:1]].reset_index(drop=True)
-            fixed[kind] = median_call_seconds(lambda: engine.score(one, memory={}, backward=False), min_seconds=0.5) * 1000
+            fixed[kind] = median_call_seconds(lambda: engine.score(one, memory={}, backward=False), min_seconds=0.5) * 1000  # noqa: B023 - timed at once, inside the iteration
     result["per_call_fixed_costs_ms"] = {
         "run_batch_mixed_records": small,
         "engine_score_one_record_of_kind": fixed,
@@ -439,10 +440,10 @@ def child_rss(opts: argparse.Namespace) -> dict[str, Any]:
 
     pid = os.getpid()
     # What a worker process imports (HTTP included: it is on by default).
-    import service.http  # noqa: F401
-    import service.sink  # noqa: F401
-    import service.sources.mongo  # noqa: F401
-    from service.worker import Worker, load_engine  # noqa: F401
+    import service.http
+    import service.sink
+    import service.sources.mongo  # noqa: F401 - imported for its memory cost
+    from service.worker import Worker, load_engine  # noqa: F401 - imported for its memory cost
 
     gc.collect()
     rss_imports = _tree_rss_bytes(pid)
@@ -534,7 +535,7 @@ def child_insert(opts: argparse.Namespace) -> None:
             first = time.time()
             for i in range(0, count, size):
                 chunk = docs[i : i + size]
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 for doc in chunk:
                     doc[ts_field] = now
                 collection.insert_many(chunk, ordered=True)
@@ -551,7 +552,7 @@ def child_insert(opts: argparse.Namespace) -> None:
                     time.sleep(max(0.0, t0 + i / rate - now))
                     continue
                 chunk = docs[i:due]
-                stamp = datetime.now(timezone.utc)
+                stamp = datetime.now(UTC)
                 for doc in chunk:
                     doc[ts_field] = stamp
                 if len(chunk) == 1:
@@ -617,7 +618,7 @@ def histogram_sum_count(histogram: Any) -> tuple[float, float]:
 def worker_settings(opts: argparse.Namespace, mongo: Any, kafka: Any, store: Path, name: str, **extra: Any) -> Any:
     from service.config import WorkerSettings
 
-    return WorkerSettings(  # type: ignore[call-arg]
+    return WorkerSettings(  # type: ignore[call-arg]  # pydantic-settings fills the other fields from defaults and the environment
         _env_file=None,
         source="mongo",
         worker_name=name,
@@ -668,9 +669,9 @@ class RunningWorker:
                 self.read_to_ack.append(acked_at - scored.received_at)
                 hook(scored, acked_at)
 
-            self.worker._on_verdict_ack = on_ack  # type: ignore[method-assign]
+            self.worker._on_verdict_ack = on_ack  # type: ignore[method-assign]  # the bench wraps the ack hook to time it
 
-    async def __aenter__(self) -> "RunningWorker":
+    async def __aenter__(self) -> RunningWorker:
         from service.gc_tuning import tune_for_streaming
 
         tune_for_streaming()  # as `moldwatch run` does: this bench process hosts the worker
@@ -769,7 +770,7 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before[k] for k in after}
 
 
-async def end_to_end(opts: argparse.Namespace, inserter: "Inserter", kafka: Any, store: Path, pids: dict[str, int],
+async def end_to_end(opts: argparse.Namespace, inserter: Inserter, kafka: Any, store: Path, pids: dict[str, int],
                      base: dict[str, Any], prefix: str) -> dict[str, Any]:
     """A burst of ``opts.records`` through a fresh server -> worker -> Kafka, first insert to last ack."""
     from service.devservers import MongoServer
@@ -827,7 +828,8 @@ async def end_to_end(opts: argparse.Namespace, inserter: "Inserter", kafka: Any,
         "load_average_at_start": load,
         "latency_under_saturation_ms": {"p50": q[0.5] * 1000, "p99": q[0.99] * 1000},
     }
-    log(f"stream: end to end ({prefix}) {n:,} records in {seconds:.2f}s = {rate:,.0f}/s (x{rate / base['records_per_s']:.2f} of insert-only; "
+    log(f"stream: end to end ({prefix}) {n:,} records in {seconds:.2f}s = {rate:,.0f}/s "
+        f"(x{rate / base['records_per_s']:.2f} of insert-only; "
         f"inserts done after {sent['last'] - sent['first']:.2f}s); CPU s {cpu}; worker {result['worker_cpu_us_per_record']:.0f} us/record; "
         f"load {load[0]:.1f}")
     return result
@@ -895,7 +897,7 @@ async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, A
         try:
             await p.partitions_for(topic)
             messages = [Outgoing(topic, k, value) for k in keys]
-            refused, exc = await hand_over(p, messages)
+            _refused, exc = await hand_over(p, messages)
             if exc is not None:
                 raise exc
             await asyncio.gather(*{m.future for m in messages})
@@ -906,7 +908,7 @@ async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, A
                                                 "aiokafka send_batch (16 KiB batches)": batches,
                                                 "the sink: hand_over (send_batch, kafka_batch_bytes batches)": sink_hand_over}
     try:
-        import confluent_kafka  # type: ignore[import-not-found]
+        import confluent_kafka  # type: ignore[import-not-found]  # optional: only the produce comparison uses it
 
         def librdkafka(topic: str) -> None:
             p = confluent_kafka.Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all",
@@ -935,7 +937,8 @@ async def produce_comparison(kafka: Any, count: int, rounds: int) -> dict[str, A
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu0
             results[name]["records_per_s"].append(count / wall)
             results[name]["cpu_us_per_record"].append(cpu / count * 1e6)
-            log(f"produce: round {round_ + 1} {name}: {count / wall:,.0f}/s, {cpu / count * 1e6:.1f} us CPU per message (load {load[0]:.1f})")
+            log(f"produce: round {round_ + 1} {name}: {count / wall:,.0f}/s, {cpu / count * 1e6:.1f} us CPU per message "
+                f"(load {load[0]:.1f})")
     median = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     base = median[PER_MESSAGE]
     return {
@@ -967,7 +970,7 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
     templates = await inserter.start()
     kafka = await asyncio.to_thread(KafkaServer().start)
     log(f"stream: inserter ready ({templates:,} later documents), Kafka up ({time.perf_counter() - t:.0f}s)")
-    pids = {"worker (bench process)": os.getpid(), "kafka": kafka.pid, "inserter": inserter.proc.pid}  # type: ignore[union-attr]
+    pids = {"worker (bench process)": os.getpid(), "kafka": kafka.pid, "inserter": inserter.proc.pid}  # type: ignore[union-attr]  # started above
     try:
         if "stream" in parts:
             # -- baseline: the same inserts into a fresh server that nobody watches ------------------
@@ -1128,7 +1131,9 @@ def train(store: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="core,stream,latency,rss", help="comma-separated subset of core,stream,latency,rss,delivery,produce (delivery: at-least-once vs exactly-once throughput; produce: Kafka client send paths compared)")
+    parser.add_argument("--parts", default="core,stream,latency,rss",
+                        help="comma-separated subset of core,stream,latency,rss,delivery,produce (delivery: at-least-once "
+                             "vs exactly-once throughput; produce: Kafka client send paths compared)")
     parser.add_argument("--store", type=Path, help="a trained store to use (default: train the small plant's store)")
     parser.add_argument("--out", default="stream")
     g = parser.add_argument_group("part 1: scoring core")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PeakMemory, write_result  # noqa: E402
+from bench._common import PeakMemory, write_result
 
 MOLDWATCH = [sys.executable, "-m", "service"]
 TARGET_SECONDS = 600

@@ -27,9 +27,10 @@ Pure logic apart from the spill folder, which the caller owns (a temporary direc
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,7 +122,8 @@ class HistoryAggregates:
         table = counts.merge(lots.reset_index(), on=GROUP_KEYS, how="left")
         with np.errstate(invalid="ignore", divide="ignore"):
             table["lot_defect_rate"] = np.where(table["lot_rows"] > 0, table["rate_sum"] / table["lot_rows"], np.nan)
-        table = table[[*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate"]].astype({"rows": "int64", "lots": "int64", "lot_rows": "int64"})
+        table = table[[*GROUP_KEYS, "rows", "lots", "lot_rows", "lot_defect_rate"]].astype(
+            {"rows": "int64", "lots": "int64", "lot_rows": "int64"})
         return assign_roles(table, config).sort_values(GROUP_KEYS).reset_index(drop=True)
 
     def facility_defaults(self) -> dict[str, dict[str, Any]]:

@@ -24,8 +24,9 @@ a line an operator can act on.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -101,7 +102,7 @@ def judge(anomaly: np.ndarray, judged: np.ndarray, lot: np.ndarray, lot_bad: Map
     lot = np.asarray(lot, dtype=object)
     answer = np.asarray(answer, dtype=object)
     covered = np.array([k is not None and k in lot_bad for k in lot.tolist()], dtype=bool)
-    keys = sorted({k for k in lot[covered].tolist()}, key=str)
+    keys = sorted(set(lot[covered].tolist()), key=str)
     alarms = int(np.count_nonzero(anomaly & covered))
     # Bad shots expected among the records seen: each lot's bad share times its records here
     # (a lot may be reported for more shots than reached the stream, or the other way round).
@@ -175,7 +176,7 @@ def judge_window(engine: Any, records: Any, lots: Any, answers: Mapping[str, str
 
     batch = engine.score(records, memory={}, backward=False, explain=False)
     totals = lot_defect_rates(lots)
-    key = lambda f, i, d: f"{f}\x1f{i}\x1f{d}"  # noqa: E731 - one spelling of a lot key, for both sides
+    key = lambda f, i, d: f"{f}\x1f{i}\x1f{d}"
     lot_bad = {key(*k): float(b) for k, b in zip(totals[LOT_KEYS].itertuples(index=False), totals["bad_qty"])}
     lot_size = {key(*k): float(g + b) for k, g, b in zip(totals[LOT_KEYS].itertuples(index=False), totals["good_qty"],
                                                           totals["bad_qty"])}

@@ -15,8 +15,17 @@ import numpy as np
 import pandas as pd
 
 from model_store.config import ConditionalConfig
-from model_store.serving.conditional import FALLBACK, Calibration, ConditionalUnit, Levels, SettingResponse, design_matrix, log_floors, part_keys
 from model_store.serving.baseline import running_baseline
+from model_store.serving.conditional import (
+    FALLBACK,
+    Calibration,
+    ConditionalUnit,
+    Levels,
+    SettingResponse,
+    design_matrix,
+    log_floors,
+    part_keys,
+)
 from model_store.serving.tails import TailTable
 
 ROW_CHUNK = 20000  # rows per block of the normal equations: bounds the design matrix's memory

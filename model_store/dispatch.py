@@ -25,9 +25,10 @@ import multiprocessing
 import os
 import uuid
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from model_store.errors import MoldwatchError
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def _swap_in(new: Path, store: Path, parked: Path) -> None:
 
 
 def _stamp(manifest: StoreManifest | None) -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + (f"_{manifest.model_version}" if manifest else "")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + (f"_{manifest.model_version}" if manifest else "")
 
 
 def _log(store: Path, event: dict[str, Any]) -> None:
@@ -105,7 +105,7 @@ def _log(store: Path, event: dict[str, Any]) -> None:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers; the event still counts
         user = str(os.getuid())
-    line = json.dumps({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": user, **event})
+    line = json.dumps({"at": datetime.now(UTC).isoformat(timespec="seconds"), "by": user, **event})
     with open(root / LOG, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()

@@ -13,13 +13,13 @@ import pandas as pd
 from model_store.calibration import fit_probability, unit_factors
 from model_store.config import DriftReferenceConfig, TrainingConfig
 from model_store.groups import GroupKey
-from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
-
-OWN_PATHS = (EXACT, PART)
 from model_store.serving.drift import block_history, long_run_inflation, reference_for_part
 from model_store.serving.lot_drift import lot_reference
+from model_store.serving.resolution import EXACT, PART, PATHS, UNSCORABLE
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import StoreManifest
+
+OWN_PATHS = (EXACT, PART)
 
 
 def _history(data: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -31,7 +31,8 @@ def _history(data: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     return frame, frame["_lot_rate"].to_numpy(dtype=float), lot
 
 
-def _calibrated_scores(batch: ScoredBatch, factors: dict[tuple[int, str], float], path_factor: dict[str, float], group_code: np.ndarray) -> np.ndarray:
+def _calibrated_scores(batch: ScoredBatch, factors: dict[tuple[int, str], float], path_factor: dict[str, float],
+                       group_code: np.ndarray) -> np.ndarray:
     """What the serving core will score once calibrated (see ScoringEngine.line_factors)."""
     factor = np.ones(len(batch))
     path = batch.resolution.astype(str)
@@ -59,8 +60,9 @@ def calibrate(manifest: StoreManifest, data: Any, config: TrainingConfig, progre
     fitted: dict[str, Any] = {}
     evidence: dict[str, float] = {}
     for _ in range(len(PATHS)):  # again without each path the lots found no evidence for, until all have some
-        batch = ScoringEngine(manifest, calibrated=False, paths=enabled, conditional=False).score(frame, memory={}, backward=True, explain=False)
-        ids, group_code = np.unique(np.where(batch.group_id == None, "", batch.group_id).astype(str), return_inverse=True)  # noqa: E711
+        engine = ScoringEngine(manifest, calibrated=False, paths=enabled, conditional=False)
+        batch = engine.score(frame, memory={}, backward=True, explain=False)
+        ids, group_code = np.unique(np.where(batch.group_id == None, "", batch.group_id).astype(str), return_inverse=True)  # noqa: E711 - elementwise on an object array
         units = unit_factors(group_code, batch.resolution.astype(str), batch.prior_ratio, np.nan_to_num(batch.excursion),
                              lot_rate, config.threshold.calibration_min_rows, _in_sample(frame, batch, data))
         score = _calibrated_scores(batch, units.factors, units.path_factor, group_code)
@@ -147,7 +149,8 @@ def history_figures(frame: pd.DataFrame, lot_rate: np.ndarray, batch: ScoredBatc
     keys = frame[["maker", "facility", "item", "cluster"]]
     scored = batch.resolution != UNSCORABLE
     table = pd.DataFrame({
-        "own_group": [GroupKey(m, f, i, int(c)).id if isinstance(i, str) and c >= 0 else None for m, f, i, c in keys.itertuples(index=False)],
+        "own_group": [GroupKey(m, f, i, int(c)).id if isinstance(i, str) and c >= 0 else None
+                      for m, f, i, c in keys.itertuples(index=False)],
         "judged_by": batch.group_id, "path": batch.resolution, "lot_rate": lot_rate, "anomaly": batch.anomaly,
         "scored": scored, "probability": batch.defect_probability,
     })

@@ -13,9 +13,10 @@ The caller canonicalises with :mod:`model_store.schema`; this module only moves 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -141,7 +142,7 @@ def iter_table(
         raise DataError(f"{_redact(str(source))}: no rows")
 
 
-def open_dataset(path: Path) -> "pads.FileSystemDataset":
+def open_dataset(path: Path) -> pads.FileSystemDataset:
     """A folder of Parquet files, hive partitions (``key=value`` folders) read as columns.
 
     A partition key that is also a column of the files (as the simulator writes them) keeps the
@@ -187,7 +188,7 @@ def iter_dataset(path: Path, rows: int = PIECE_ROWS, columns: Sequence[str] | No
     yield from _pieces(_dataset_batches(dataset, path, columns), rows)
 
 
-def _dataset_batches(dataset: "pads.FileSystemDataset", root: Path, columns: Sequence[str] | None) -> Iterator["pa.RecordBatch"]:
+def _dataset_batches(dataset: pads.FileSystemDataset, root: Path, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
 
     wanted = list(columns) if columns is not None else dataset.schema.names
@@ -201,8 +202,7 @@ def _dataset_batches(dataset: "pads.FileSystemDataset", root: Path, columns: Seq
         if missing:
             raise DataError(f"{fragment.path}: missing column {missing[0]!r} (the dataset {root} has it)")
         try:
-            for batch in fragment.to_batches(schema=dataset.schema, columns=wanted):
-                yield batch
+            yield from fragment.to_batches(schema=dataset.schema, columns=wanted)
         except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{fragment.path}: cannot read it ({_first_line(exc)})") from None
 
@@ -259,22 +259,21 @@ def iter_postgres(dsn: str, query: str | None, rows: int = PIECE_ROWS) -> Iterat
 
     statement = _statement(dsn, query)
     try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            with conn.cursor(name="moldwatch_history") as cur:
-                cur.itersize = rows
-                cur.execute(statement)
-                names = [d.name for d in cur.description or []]
-                numeric = [d.name for d in cur.description or [] if d.type_code == NUMERIC_OID]
-                while batch := cur.fetchmany(rows):
-                    frame = pd.DataFrame(batch, columns=names)
-                    for column in numeric:  # Decimal -> float, in every piece (not inferred per piece)
-                        frame[column] = frame[column].astype(float)
-                    yield frame
+        with psycopg.connect(dsn, connect_timeout=10) as conn, conn.cursor(name="moldwatch_history") as cur:
+            cur.itersize = rows
+            cur.execute(statement)
+            names = [d.name for d in cur.description or []]
+            numeric = [d.name for d in cur.description or [] if d.type_code == NUMERIC_OID]
+            while batch := cur.fetchmany(rows):
+                frame = pd.DataFrame(batch, columns=names)
+                for column in numeric:  # Decimal -> float, in every piece (not inferred per piece)
+                    frame[column] = frame[column].astype(float)
+                yield frame
     except psycopg.Error as exc:
         raise DataError(f"{_redact(dsn)}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def _pieces(batches: Iterable["pa.RecordBatch"], rows: int) -> Iterator[pd.DataFrame]:
+def _pieces(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pd.DataFrame]:
     """Record batches re-cut into frames of exactly ``rows`` rows (the last one shorter)."""
     import pyarrow as pa
 

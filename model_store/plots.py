@@ -8,10 +8,10 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # reports are written on headless servers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
-def figure_to_img(fig: "plt.Figure", alt: str) -> str:
+def figure_to_img(fig: plt.Figure, alt: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

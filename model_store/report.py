@@ -267,7 +267,8 @@ def _group_table(manifest: dict[str, Any], statistics: bool = False) -> str:
             f"<td class=l>{ROLE_WORDS.get(row['role'], row['role'])}</td>"
             f"<td class=l>{KIND_WORDS.get(entry['model_kind'], entry['model_kind']) if entry else ''}</td>")
         if statistics:
-            cells += (f"<td>{entry['threshold']['base']:.4g}</td><td>{entry['threshold']['cv']:.3f}</td>" if entry else "<td></td><td></td>")
+            cells += (f"<td>{entry['threshold']['base']:.4g}</td><td>{entry['threshold']['cv']:.3f}</td>" if entry
+                      else "<td></td><td></td>")
             cells += f"<td class=l><small>{html.escape(gid)}</small></td>"
         else:
             alarm = (history.get(gid) or {}).get("alarm_rate")

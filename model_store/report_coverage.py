@@ -312,7 +312,8 @@ def coverage_section(manifest: dict[str, Any]) -> str:
         f"<b>{cov.machines} machine{'s' if cov.machines != 1 else ''}</b> and <b>{cov.items} item{'s' if cov.items != 1 else ''}</b>: "
         f"<b>{len(cov.parts)} parts</b> (a part is one item on one machine).</p>",
         "<ul class=verdict>",
-        f"<li class=ok><b>{len(own)}</b> part{'s are' if len(own) != 1 else ' is'} judged against {'their' if len(own) != 1 else 'its'} own history.</li>",
+        f"<li class=ok><b>{len(own)}</b> part{'s are' if len(own) != 1 else ' is'} judged against "
+        f"{'their' if len(own) != 1 else 'its'} own history.</li>",
         f"<li class=warn><b>{len(borrowed)}</b> part{'s are' if len(borrowed) != 1 else ' is'} judged only against other parts' history "
         "(less specific than a part's own history: what is unusual for the part but usual for the others can pass).</li>",
         f"<li class=bad><b>{len(none)}</b> part{'s' if len(none) != 1 else ''} cannot be judged.</li>",

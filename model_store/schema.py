@@ -7,13 +7,13 @@ canonical frame produced by :func:`canonical_records`.
 from __future__ import annotations
 
 import difflib
-
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -305,7 +305,8 @@ def canonical_lots(frame: pd.DataFrame, schema: PlantSchema, source: str = "lots
     lots["item"] = lots["item"].astype(str)
     dates = pd.to_datetime(lots["lot_date"], errors="coerce")
     if dates.isna().any():
-        raise DataError(f"{source}: column {schema.lot_columns['lot_date']!r} must hold dates; {_first_bad_row(lots, 'lot_date', dates.isna().to_numpy())}")
+        raise DataError(f"{source}: column {schema.lot_columns['lot_date']!r} must hold dates; "
+                        f"{_first_bad_row(lots, 'lot_date', dates.isna().to_numpy())}")
     lots["lot_date"] = dates.dt.strftime("%Y-%m-%d")
     for col in ("good_qty", "bad_qty"):
         qty = pd.to_numeric(lots[col], errors="coerce")

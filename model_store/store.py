@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def first_lost_field(built: Any, written: Any, path: str = "") -> str | None:
 
 
 def new_model_version(schema_hash: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{schema_hash[:8]}-{uuid.uuid4().hex[:6]}"
 
 
@@ -62,7 +62,7 @@ class StoreStaging:
         self.path = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
 
-    def __enter__(self) -> "StoreStaging":
+    def __enter__(self) -> StoreStaging:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

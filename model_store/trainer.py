@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from model_store.config import TrainingConfig
+from model_store.models import IFOREST, MEMAE
 from model_store.serving.excursions import training_band
 from model_store.serving.imputation import fill_with_means
-from model_store.models import AUTOENCODER, IFOREST, MEMAE
-from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.losses import feature_errors, group_losses
+from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.thresholds import fit_threshold, loss_summary
 
 
@@ -76,8 +76,8 @@ def train_group(task: GroupTask) -> dict:
     training: dict = {}
     artifacts: dict[str, str] = {}
     if task.kind == IFOREST:
-        from model_store.serving.forest import ForestArrays
         from model_store.models.iforest import fit_iforest, save_iforest
+        from model_store.serving.forest import ForestArrays
 
         forest = fit_iforest(fit_rows, cfg.iforest_trees, cfg.seed)
         save_iforest(forest, group_dir / "model.skops")

@@ -8,32 +8,33 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from model_store.calibration import fit_conditional_probability, gross_excursions
 from model_store.config import TrainingConfig
+from model_store.dispatch import Dispatcher, InProcess, ProcessPool
 from model_store.errors import DataError
-from model_store.serving.excursions import training_band
+from model_store.fits import fit_group, fit_maker, maker_task, write_files
 from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups, slug
-from model_store.serving.imputation import impute_state
+from model_store.history import calibrate, drift_references, history_figures, score_history
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
+from model_store.report_settings import cluster_set_points
 from model_store.schema import PlantSchema
 from model_store.serving.clusters import SettingModel, scale_settings
-from model_store.settings import fit_setting_model
+from model_store.serving.excursions import training_band
+from model_store.serving.imputation import impute_state
 from model_store.serving.store import STORE_FORMAT, StoreManifest, sha256_file
+from model_store.settings import fit_setting_model
 from model_store.store import StoreStaging, new_model_version
-from model_store.calibration import fit_conditional_probability, gross_excursions
-from model_store.dispatch import Dispatcher, InProcess, ProcessPool
-from model_store.fits import fit_group, fit_maker, maker_task, write_files
-from model_store.history import calibrate, drift_references, history_figures, score_history
 from model_store.trainer import GroupTask
-from model_store.report_settings import cluster_set_points
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as work advances, for a progress bar."""
@@ -178,7 +179,7 @@ def build_manifest(
     facility_maker = data.records.drop_duplicates("facility").set_index("facility")["maker"].astype(str).to_dict()
     return {
         "model_version": new_model_version(schema.hash()),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "schema_hash": schema.hash(),
         "schema": schema.to_dict(),
         "config": config.to_dict(),

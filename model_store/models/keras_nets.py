@@ -9,11 +9,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers, ops  # noqa: E402
+import keras
+import numpy as np
+from keras import layers, ops
 
-from model_store.serving.forward import DenseLayer, ForwardNet, MemoryLayer  # noqa: E402
+from model_store.serving.forward import DenseLayer, ForwardNet, MemoryLayer
 
 _EPS = 1e-12
 

@@ -46,7 +46,7 @@ def attribute_lots(shares: np.ndarray, good: np.ndarray, bad: np.ndarray) -> Lot
         return LotAttribution(p, parts_c, np.full(len(parts_l), pooled), 0)
     pc = np.where(covered, p, 0.0)
     iterations = 0
-    for iterations in range(1, MAX_ITERATIONS + 1):
+    for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 - the count is reported after the loop
         q = shares @ pc
         with np.errstate(divide="ignore", invalid="ignore"):
             bad_w = np.where(q > 0, bad / q, 0.0)

@@ -5,9 +5,10 @@ returns a :class:`RecipeResult`; :mod:`.output`, :mod:`.report` and :mod:`.mongo
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,14 +16,13 @@ import pandas as pd
 from model_store.errors import DataError
 from model_store.recipe.combination import EVIDENCE, Combination, choose_combination, combination_json, use_centroid
 from model_store.recipe.config import RecipeConfig
-from model_store.recipe.gate import Difference, difference, not_shown_better, difference_json
-from model_store.recipe.guard import (KEEP, RECOMMEND, UNCERTAIN, confidence, spread_radius, within_spread,
-                                      worse_than_history)
+from model_store.recipe.gate import Difference, difference, difference_json, not_shown_better
+from model_store.recipe.guard import KEEP, RECOMMEND, UNCERTAIN, confidence, spread_radius, within_spread, worse_than_history
 from model_store.recipe.pseudo_labels import pseudo_label
 from model_store.recipe.ranking import PAIR, rank_clusters
 from model_store.recipe.window import DIGITS, centroid_raw, operating_window
-from model_store.serving.scoring import ScoringEngine
 from model_store.serving.clusters import scale_settings
+from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import StoreManifest
 
 Progress = Callable[[str, int, int], None]
@@ -55,7 +55,7 @@ class RecipeResult:
     records: int = 0
     labels: pd.DataFrame | None = None  # the pseudo-labels, one row per ranked record (not serialised)
     windows: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # per pair, per cluster
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     # Facility/items where no setting is shown better than their own history: "keep current practice".
     kept: list[dict[str, Any]] = field(default_factory=list)
 
@@ -93,7 +93,7 @@ class RecipeResult:
         """
         answers, missing = self.answers(), self.not_covered()
         pairs = len(self.recipes) + len(self.kept) + len(missing)
-        count = lambda key, value: sum(1 for r in answers if r.get(key) == value)  # noqa: E731
+        count = lambda key, value: sum(1 for r in answers if r.get(key) == value)
         return {
             "facility_items": pairs,
             "answered": len(self.recipes) + len(self.kept),
@@ -235,7 +235,8 @@ def compute_recipes(
         known = np.ones(len(records), dtype=bool)
     left_out = records.loc[~known]
     for (facility, item), n in left_out.groupby([left_out["facility"].astype(str), left_out["item"]], dropna=True).size().items():
-        skipped.append({"facility": facility, "item": str(item), "rows": int(n), "reason": "the store has no trained group for this facility"})
+        skipped.append({"facility": facility, "item": str(item), "rows": int(n),
+                        "reason": "the store has no trained group for this facility"})
     history = records.loc[known].reset_index(drop=True)
 
     if labels is not None and len(labels) == len(records) and len(history) < len(records):
@@ -308,7 +309,7 @@ def _versus_rest(pair_shots: pd.DataFrame, chosen: np.ndarray, lots: pd.DataFram
     unit = np.where(chosen, 0, np.where(ranked, 1, -1))
     pair = (str(pair_shots["facility"].iloc[0]), str(pair_shots["item"].iloc[0]))
     table = rank_clusters(pair_shots.assign(cluster=unit), lots, config, predicted_pairs={pair} if use_predicted else set())
-    interval = lambda row: (_num(row["credible_low"]), _num(row["credible_rate"]))  # noqa: E731
+    interval = lambda row: (_num(row["credible_low"]), _num(row["credible_rate"]))
     own = table[table["cluster"] == 0]
     rest = table[table["cluster"] == 1]
     return (interval(own.iloc[0]) if len(own) else (None, None)), (interval(rest.iloc[0]) if len(rest) else None)
@@ -421,7 +422,7 @@ def _build_recipes(
         pair_normal = normal[rows] if config.window_normal_only else None
 
         def window_of(mask: np.ndarray) -> dict[str, Any]:
-            return operating_window(production[mask], None if pair_normal is None else pair_normal[mask])
+            return operating_window(production[mask], None if pair_normal is None else pair_normal[mask])  # noqa: B023 - called only inside this iteration (the comprehension below)
 
         windows = {int(c): window_of(cluster_of == c) for c in ranking["cluster"]}
         result.windows[(facility, item)] = windows
@@ -554,7 +555,7 @@ def _build_recipes(
 def _fallback(
     result: RecipeResult, history: pd.DataFrame, labels: pd.DataFrame, lots: pd.DataFrame | None, manifest: StoreManifest,
     facility: str, item: str, rows: np.ndarray, ranking: pd.DataFrame | None, history_doc: dict[str, Any] | None,
-    normal: np.ndarray, spread: "_Spread", why: str,
+    normal: np.ndarray, spread: _Spread, why: str,
 ) -> None:
     """No cluster qualifies: publish the part's most produced exact setting, marked uncertain, with ``why``.
 
@@ -585,7 +586,7 @@ def _fallback(
     share = shots / len(rows)
     combo = Combination(exact, shots, float(shots / max(1, int((cluster_of == cluster).sum()) if cluster >= 0 else len(rows))),
                         FALLBACK, exact, mask)
-    centroid: dict[str, float | None] = {f: None for f in fields.settings}
+    centroid: dict[str, float | None] = dict.fromkeys(fields.settings)
     radius = None
     if cluster >= 0 and maker in manifest.setting_models:
         model = manifest.setting_models[maker]

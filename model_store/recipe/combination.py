@@ -153,4 +153,5 @@ def use_centroid(combo: Combination, centroid: dict[str, float | None]) -> Combi
 
 
 def combination_json(combo: Combination) -> dict[str, Any]:
-    return {"exact": combo.values, "exact_rows": combo.rows, "exact_share": round(combo.share, DIGITS), "chosen_by": combo.chosen_by, "most_used": combo.most_used}
+    return {"exact": combo.values, "exact_rows": combo.rows, "exact_share": round(combo.share, DIGITS), "chosen_by": combo.chosen_by,
+            "most_used": combo.most_used}

@@ -91,7 +91,7 @@ class RecipeConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_overrides(self, overrides: dict[str, str]) -> "RecipeConfig":
+    def with_overrides(self, overrides: dict[str, str]) -> RecipeConfig:
         """Apply ``name=value`` (or ``recipe.name=value``) overrides from the CLI's ``--set``."""
         known = {f.name: f for f in fields(self)}
         changes: dict[str, Any] = {}

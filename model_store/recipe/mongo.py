@@ -7,8 +7,9 @@ current recipe book. Kept thin: the documents are :meth:`RecipeResult.to_json`'s
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from model_store.driver_errors import mongo_cause
 from model_store.errors import MoldwatchError
@@ -35,7 +36,7 @@ def upsert_recipes(collection: Any, recipes: Iterable[dict[str, Any]], model_ver
     """Upsert into a PyMongo collection; returns counts (upserted, modified, pruned)."""
     from pymongo import ReplaceOne
 
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")  # a string: documents stay JSON-ready
+    now = datetime.now(UTC).isoformat(timespec="seconds")  # a string: documents stay JSON-ready
     operations = [
         ReplaceOne(
             {"facility": r["facility"], "item": r["item"]},
@@ -68,7 +69,8 @@ def check_reachable(uri: str) -> None:
         raise MongoPublishError(f"{_redact(uri)}: {_reason(exc)}") from None
 
 
-def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, database: str = DEFAULT_DB, collection: str = DEFAULT_COLLECTION) -> dict[str, int]:
+def publish(uri: str, recipes: list[dict[str, Any]], model_version: str, database: str = DEFAULT_DB,
+            collection: str = DEFAULT_COLLECTION) -> dict[str, int]:
     """Connect, upsert, disconnect. Raises :class:`MongoPublishError` with a one-line reason."""
     from pymongo import MongoClient
     from pymongo.errors import PyMongoError

@@ -11,14 +11,15 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from model_store.errors import DataError
-from model_store.serving.recipe_book import RECIPES_JSON
 from model_store.recipe.build import RecipeResult
+from model_store.serving.recipe_book import RECIPES_JSON
 
 RECIPES_CSV, CLUSTERS_CSV, REPORT_HTML = "recipes.csv", "clusters.csv", "report.html"
 

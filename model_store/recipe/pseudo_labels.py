@@ -5,7 +5,7 @@ the setting cluster is the one the scoring core assigned after imputing gaps in 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

@@ -17,7 +17,7 @@ Pure: takes the pseudo-labelled shots and the lot table, returns one row per
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -83,7 +83,8 @@ def _lots(units: pd.DataFrame, lots: pd.DataFrame | None, table: pd.DataFrame, c
         dates = sorted(joined["lot_date"].unique())
         row = {d: i for i, d in enumerate(dates)}
         counts = np.zeros((len(dates), len(clusters)))
-        np.add.at(counts, (joined["lot_date"].map(row).to_numpy(), [column[c] for c in zip(joined["maker"], joined["cluster"])]), joined["rows"].to_numpy())
+        np.add.at(counts, (joined["lot_date"].map(row).to_numpy(), [column[c] for c in zip(joined["maker"], joined["cluster"])]),
+                  joined["rows"].to_numpy())
         shares = counts / counts.sum(axis=1, keepdims=True)
         lot_counts = joined.drop_duplicates("lot_date").set_index("lot_date").loc[dates]
         good, bad = lot_counts["good_qty"].to_numpy(float), lot_counts["bad_qty"].to_numpy(float)
@@ -179,7 +180,8 @@ def recommend(table: pd.DataFrame, config: RecipeConfig) -> pd.DataFrame:
     limit = best * (1 + config.relative_tolerance) + config.absolute_tolerance
     table["candidate"] = table["eligible"] & (table["credible_rate"] <= limit)
     table["recommended"] = False
-    order = table[table["candidate"]].sort_values(["facility", "item", "rows", "credible_rate", "cluster"], ascending=[True, True, False, True, True])
+    order = table[table["candidate"]].sort_values(["facility", "item", "rows", "credible_rate", "cluster"],
+                                                  ascending=[True, True, False, True, True])
     picks = order.drop_duplicates(PAIR).index
     table.loc[picks, "recommended"] = True
     table["rank"] = (

@@ -234,7 +234,9 @@ def _pair_layout(facility: str, item: str, ranking: pd.DataFrame, windows: dict[
 def _table(head: list[str], rows: list[list[Any]], left: int = 2) -> str:
     th = "".join(f"<th class=l>{html.escape(h)}</th>" if i < left else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f"<td class=l>{html.escape(str(v))}</td>" if i < left else f"<td>{html.escape(str(v))}</td>" for i, v in enumerate(r)) + "</tr>"
+        "<tr>"
+        + "".join(f"<td class=l>{html.escape(str(v))}</td>" if i < left else f"<td>{html.escape(str(v))}</td>" for i, v in enumerate(r))
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{th}</tr>{body}</table>"
@@ -284,9 +286,11 @@ def _setting_table(recipe: dict[str, Any]) -> str:
     setting = recipe["setting"]
     differs = setting["most_used"] != setting["exact"]
     head = ["field", "recommended", "cluster centre"] + (["most used"] if differs else [])
-    rows = [[name, _num(setting["exact"].get(name)), _num(setting["centroid"].get(name))] + ([_num(setting["most_used"].get(name))] if differs else [])
+    rows = [[name, _num(setting["exact"].get(name)), _num(setting["centroid"].get(name))]
+            + ([_num(setting["most_used"].get(name))] if differs else [])
             for name in setting["fields"]]
-    window = [[name, *(_num(s[k]) for k in ("p1", "p5", "mean", "p95", "p99")), _outliers(s)] for name, s in recipe["window"]["fields"].items()]
+    window = [[name, *(_num(s[k]) for k in ("p1", "p5", "mean", "p95", "p99")), _outliers(s)]
+              for name, s in recipe["window"]["fields"].items()]
     note = "pseudo-labelled normal shots" if recipe["window"]["normal_only"] else "all shots"
     sure = recipe.get("confidence")
     return (

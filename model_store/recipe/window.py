@@ -1,7 +1,8 @@
 """The recommended setting and the operating window of production under it. Pure NumPy/pandas."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ def window_stats(values: np.ndarray) -> dict[str, float | int | None]:
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if len(values) == 0:
-        return {**{s: None for s in STATS}, "outliers": 0}
+        return {**dict.fromkeys(STATS), "outliers": 0}
     p1, p5, p95, p99 = np.percentile(values, [1, 5, 95, 99])
     return {"min": _num(values.min()), "p1": _num(p1), "p5": _num(p5), "mean": _num(values.mean()), "p95": _num(p95),
             "p99": _num(p99), "max": _num(values.max()), "outliers": int(((values < p1) | (values > p99)).sum())}
@@ -66,7 +67,8 @@ def operating_window(production: pd.DataFrame, normal: np.ndarray | None = None)
     }
 
 
-def centroid_raw(centroid_scaled: Sequence[float], minimum: np.ndarray, scale: np.ndarray, fields: Sequence[str]) -> dict[str, float | None]:
+def centroid_raw(centroid_scaled: Sequence[float], minimum: np.ndarray, scale: np.ndarray,
+                 fields: Sequence[str]) -> dict[str, float | None]:
     """A cluster centre from the maker's [0, 1] setting space back to raw set-point units."""
     raw = np.asarray(centroid_scaled, dtype=float) * np.asarray(scale, dtype=float) + np.asarray(minimum, dtype=float)
     return {name: _num(v) for name, v in zip(fields, raw)}

@@ -8,8 +8,8 @@ setting-dependent defect mechanisms, daily lots) for tests, demos and benchmarks
                                                         # a year, piece by piece, as a partitioned Parquet dataset
 """
 from model_store.simulate.config import SimulationConfig, SimulationConfigError
-from model_store.simulate.documents import as_documents
 from model_store.simulate.defects import CAUSES, NONE_LABEL, SENSOR_SPIKE_LABEL
+from model_store.simulate.documents import as_documents
 from model_store.simulate.makers import MAKERS, plant_schema
 from model_store.simulate.plant import PlantDefinition, define_plant
 from model_store.simulate.simulator import SimulatedPlant, continue_plant, simulate

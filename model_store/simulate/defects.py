@@ -16,7 +16,7 @@ real plants; a sensor spike is a data glitch on a good part (defect 0), a classi
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -15,8 +15,8 @@ definition uses to judge how far a setting sits from its part's ideal process wi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def process(
             return 0.0
         return rng.standard_normal(shape or n) * scale
 
-    col = lambda name: sp[:, SP[name]]  # noqa: E731 - a tiny accessor keeps the formulas readable
+    col = lambda name: sp[:, SP[name]]
 
     zones = sp[:, [SP["t_zone1"], SP["t_zone2"], SP["t_zone3"]]] + d.zone + noise(0.35, (n, 3))
     n_screw = col("n_screw") * (1 - 0.002 * (col("p_back") - 8)) * (1 + noise(0.008))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 
@@ -200,10 +201,10 @@ def _pairs(fac: pd.DataFrame, items: pd.DataFrame, assigned: list[tuple[int, int
     for j, (_, i) in enumerate(assigned):
         per_item.setdefault(i, []).append(j)
     share = np.zeros(len(assigned))
-    for i, js in per_item.items():  # how the item's demand is split over its machines
+    for js in per_item.values():  # how the item's demand is split over its machines
         share[js] = rng.dirichlet(np.full(len(js), 1.5))
     for j, (f, i) in enumerate(assigned):
-        F, I = fac.iloc[f], items.iloc[i]
+        F, I = fac.iloc[f], items.iloc[i]  # noqa: E741 - F and I: the facility and item rows the formulas below read
         screw_area = np.pi * F.screw_d**2 / 4  # mm²
         s_part = I.part_volume * 1000 / screw_area
         rows.append(
@@ -272,7 +273,7 @@ def _perturb(x0: np.ndarray, direction: str, strength: float, pr: pd.Series, mak
     """A setting that departs from the standard recipe in one direction (strength 1 = a poor recipe)."""
     x = x0.copy()
     k = strength
-    u = lambda lo, hi: rng.uniform(lo, hi)  # noqa: E731
+    u = lambda lo, hi: rng.uniform(lo, hi)
     if direction == "cold":
         x[_zones(maker)] -= k * u(12, 24)
     elif direction == "hot":

@@ -8,8 +8,8 @@ Pipeline per run of days (all vectorised over shots after the small schedule loo
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -22,8 +22,8 @@ the plan (a few integers per run of one setting) — not the number of days.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

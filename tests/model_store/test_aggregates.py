@@ -3,12 +3,13 @@ the in-memory ones (groups.group_table, training.facility_defaults, training.set
 wherever the pieces are cut."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_store.aggregates import HistoryAggregates, buckets_for, lot_rates_of, profiles_from_spill, spill_by_group
 from model_store.config import TrainingConfig
@@ -31,7 +32,7 @@ def plant() -> tuple[PreparedData, pd.DataFrame, object]:
 
 def _cut(frame: pd.DataFrame, cuts: list[int]) -> list[pd.DataFrame]:
     edges = [0, *sorted({c % (len(frame) + 1) for c in cuts}), len(frame)]
-    return [frame.iloc[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [frame.iloc[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
 def _aggregates(data: PreparedData, lots: pd.DataFrame, schema: object, cuts: list[int]) -> HistoryAggregates:
@@ -41,14 +42,14 @@ def _aggregates(data: PreparedData, lots: pd.DataFrame, schema: object, cuts: li
     return agg
 
 
-def test_lot_rates_from_pieces(plant) -> None:  # noqa: ANN001
+def test_lot_rates_from_pieces(plant) -> None:
     _, lots, _ = plant
     doubled = pd.concat([lots, lots.iloc[::7]], ignore_index=True)  # a lot exported in two rows is summed
     expected = lot_defect_rates(doubled)
     pd.testing.assert_frame_equal(lot_rates_of(_cut(doubled, [5, 17, 400])), expected)
 
 
-def test_group_table_and_facility_defaults_equal_the_in_memory_ones(plant) -> None:  # noqa: ANN001
+def test_group_table_and_facility_defaults_equal_the_in_memory_ones(plant) -> None:
     data, lots, schema = plant
     agg = _aggregates(data, lots, schema, [1000, 5000, 5001, 17_000, 39_000])
     expected = group_table(data.records, data.lot_rates, CONFIG.grouping)
@@ -60,7 +61,7 @@ def test_group_table_and_facility_defaults_equal_the_in_memory_ones(plant) -> No
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.integers(0, 45_000), max_size=8))
-def test_wherever_the_pieces_are_cut(plant, cuts: list[int]) -> None:  # noqa: ANN001
+def test_wherever_the_pieces_are_cut(plant, cuts: list[int]) -> None:
     data, lots, schema = plant
     agg = _aggregates(data, lots, schema, cuts)
     expected = group_table(data.records, data.lot_rates, CONFIG.grouping)
@@ -68,7 +69,7 @@ def test_wherever_the_pieces_are_cut(plant, cuts: list[int]) -> None:  # noqa: A
     assert agg.facility_defaults() == facility_defaults(data.records, schema)
 
 
-def test_ties_between_setting_combinations_go_to_the_first_seen(plant) -> None:  # noqa: ANN001
+def test_ties_between_setting_combinations_go_to_the_first_seen(plant) -> None:
     """Two combinations with the same count: pandas' value_counts keeps the one seen first, and so
     do the pieces, even when the other one's rows come in an earlier piece's later part."""
     data, lots, schema = plant
@@ -89,7 +90,7 @@ def test_ties_between_setting_combinations_go_to_the_first_seen(plant) -> None: 
 
 
 @pytest.mark.parametrize("buckets", [1, 7, 32])
-def test_profiles_from_the_spill_equal_the_in_memory_ones(plant, tmp_path: Path, buckets: int) -> None:  # noqa: ANN001
+def test_profiles_from_the_spill_equal_the_in_memory_ones(plant, tmp_path: Path, buckets: int) -> None:
     data, _, schema = plant
     spill_by_group(_cut(data.records, [3000, 9000, 9001, 20_000]), tmp_path, buckets=buckets)
     assert len(list(tmp_path.glob("bucket=*"))) <= buckets

@@ -150,8 +150,8 @@ def test_bag_objective_gradient_matches_finite_differences() -> None:
     bag = rng.integers(0, 20, n)
     share = rng.uniform(0.01, 0.2, 20)
     for theta in (np.array([-3.0, -2.0, 1.5]), np.array([0.5, -1.0, 0.2])):
-        f = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[0]  # noqa: E731
-        g = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[1]  # noqa: E731
+        f = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[0]
+        g = lambda t: bag_objective(t, column, slope_column, x, bag, share, 2)[1]
         assert check_grad(f, g, theta) < 1e-6
 
 

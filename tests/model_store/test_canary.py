@@ -161,9 +161,9 @@ def test_the_reasons_word_for_word() -> None:
 
 def test_rule_edges_that_are_allowed_and_the_messages_of_those_that_are_not() -> None:
     CanaryRule(min_lots=2, min_bad=1, min_answers=1, ratio_slack=1.0, rank_slack=0.0, feedback_slack=1.0, unscorable_slack=0.0)
-    with pytest.raises(ValueError, match="^canary min_lots >= 2, min_bad >= 1 and min_answers >= 1 are needed$"):
+    with pytest.raises(ValueError, match=r"^canary min_lots >= 2, min_bad >= 1 and min_answers >= 1 are needed$"):
         CanaryRule(min_bad=0)
-    with pytest.raises(ValueError, match="^canary ratio_slack must be at least 1, got 0.5$"):
+    with pytest.raises(ValueError, match=r"^canary ratio_slack must be at least 1, got 0.5$"):
         CanaryRule(ratio_slack=0.5)
     with pytest.raises(ValueError, match=r"^canary unscorable_slack must be in \[0, 1\], got 2$"):
         CanaryRule(unscorable_slack=2)
@@ -175,7 +175,7 @@ class _Engine:
     def __init__(self, anomaly: list[bool], resolution: list[str]) -> None:
         self.batch = type("Batch", (), {"anomaly": np.array(anomaly), "resolution": np.array(resolution, dtype=object)})
 
-    def score(self, records, memory, backward, explain):  # noqa: ANN001, ANN201
+    def score(self, records, memory, backward, explain):
         assert memory == {} and backward is False and explain is False  # online scoring, fresh memory
         assert len(records) == len(self.batch.anomaly)
         return self.batch

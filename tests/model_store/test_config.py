@@ -27,7 +27,7 @@ def test_booleans_are_read_as_words(word, value) -> None:
 
 
 def test_a_boolean_that_is_not_a_word_for_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="conditional.quadratic takes true or false, got 'maybe'"):
+    with pytest.raises(ValueError, match=r"conditional.quadratic takes true or false, got 'maybe'"):
         TrainingConfig().with_overrides({"conditional.quadratic": "maybe"})
 
 
@@ -35,14 +35,14 @@ def test_combine_and_residual_evidence_are_validated() -> None:
     assert COMBINE_RULES == ("conditional", "max", "groups")
     for rule in COMBINE_RULES:
         assert TrainingConfig().with_overrides({"conditional.combine": rule}).conditional.combine == rule
-    with pytest.raises(ValueError, match="conditional.combine must be one of conditional, max, groups, got 'both'"):
+    with pytest.raises(ValueError, match=r"conditional.combine must be one of conditional, max, groups, got 'both'"):
         TrainingConfig().with_overrides({"conditional.combine": "both"})
-    with pytest.raises(ValueError, match="conditional.residual_evidence must be tails, squares or both"):
+    with pytest.raises(ValueError, match=r"conditional.residual_evidence must be tails, squares or both"):
         ConditionalConfig(residual_evidence="cubes")
 
 
 def test_an_unknown_conditional_setting_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown setting 'conditional.nope'"):
+    with pytest.raises(ValueError, match=r"unknown setting 'conditional.nope'"):
         TrainingConfig().with_overrides({"conditional.nope": "1"})
 
 
@@ -50,7 +50,7 @@ def test_the_lasting_excursion_ratio_is_at_least_one_tolerance() -> None:
     assert ConditionalConfig(lasting_excursion_ratio=1.0).lasting_excursion_ratio == 1.0  # the boundary is allowed
     assert ConditionalConfig(lasting_excursion_ratio=float("inf")).lasting_excursion_ratio == float("inf")
     for bad in (0.999, 0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="conditional.lasting_excursion_ratio must be >= 1"):
+        with pytest.raises(ValueError, match=r"conditional.lasting_excursion_ratio must be >= 1"):
             ConditionalConfig(lasting_excursion_ratio=bad)
     assert TrainingConfig().with_overrides({"conditional.lasting_excursion_ratio": "3"}).conditional.lasting_excursion_ratio == 3.0
     assert TrainingConfig().with_overrides({"conditional.group_excursions": "false"}).conditional.group_excursions is False

@@ -10,8 +10,9 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,9 +174,8 @@ def _free_port() -> int:
 
 def test_a_dead_scheduler_is_named_with_its_address() -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
-    with pytest.raises(ClusterError) as caught:
-        with open_dispatcher(address, connect_timeout=2):
-            pass
+    with pytest.raises(ClusterError) as caught, open_dispatcher(address, connect_timeout=2):
+        pass
     assert str(caught.value) == (f"--cluster {address}: no Dask scheduler answered there within 2 s (OSError); "
                                  f"is it running, and is the address right?")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from model_store.errors import StoreError
-from model_store.generations import (generations_dir, list_generations, promote, read_log, record_refusal, rollback)
+from model_store.generations import generations_dir, list_generations, promote, read_log, record_refusal, rollback
 from model_store.serving.store import MANIFEST, open_store
 from tests.plants import versioned_store as versioned
 
@@ -51,7 +51,7 @@ def test_refusals_leave_the_served_store_untouched(served: Path, forest_store: P
     with pytest.raises(StoreError, match="already served"):
         promote(served, same)
     other_plant = versioned(forest_store, tmp_path / "other", "v9", schema_hash="0" * 64)
-    with pytest.raises(StoreError, match="schema hash mismatch|another plant schema"):
+    with pytest.raises(StoreError, match=r"schema hash mismatch|another plant schema"):
         promote(served, other_plant)
     tampered = versioned(forest_store, tmp_path / "tampered", "v2")
     victim = next(p for p in tampered.rglob("*") if p.is_file() and p.name != MANIFEST)

@@ -8,10 +8,10 @@ import pandas as pd
 
 from model_store.config import DriftReferenceConfig
 from model_store.history import drift_references
+from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.drift import REFERENCE_PROBS, references_from_manifest
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store
-from model_store.schema import canonical_lots, canonical_records
 
 
 def test_every_judged_part_gets_a_reference_or_is_listed_with_its_count(forest_store: Path, forest_plant) -> None:

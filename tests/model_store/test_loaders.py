@@ -11,7 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_store.errors import DataError
 from model_store.loaders import _pieces, iter_table, read_postgres, read_table
@@ -151,7 +152,7 @@ def test_pieces_are_full_and_keep_every_row_in_order(sizes: list[int], rows: int
 
 
 @pytest.mark.servers
-def test_postgres_reads_through_a_server_side_cursor(postgres_server) -> None:  # noqa: ANN001 - fixture type lives in tests/fixtures
+def test_postgres_reads_through_a_server_side_cursor(postgres_server) -> None:
     import psycopg
 
     table = f"shots_{uuid.uuid4().hex[:8]}"

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_store.lots import LOT_KEYS, lot_defect_rates, row_lot_rates
 

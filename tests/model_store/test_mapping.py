@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 from bson import Decimal128, ObjectId
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_store.errors import DataError
 from model_store.mapping import map_documents
@@ -44,7 +45,7 @@ numbers = st.one_of(
     st.floats(-1e9, 1e9, allow_nan=False).map(lambda f: Decimal128(repr(f))), st.sampled_from(["", " nan ", "  7 "]),
 )
 stamps = st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31),
-                      timezones=st.none() | st.just(timezone.utc) | st.just(timezone(timedelta(hours=9))))
+                      timezones=st.none() | st.just(UTC) | st.just(timezone(timedelta(hours=9))))
 
 
 @st.composite
@@ -112,7 +113,7 @@ def test_both_paths_refuse_the_same_rows_and_keep_the_others(documents):
 
 # -- hand-computed cases ---------------------------------------------------------------------------
 def good(**changes) -> dict:
-    doc = {"_id": "s1", "TimeStamp": datetime(2026, 1, 5, 8, 30, tzinfo=timezone.utc), "EQUIP_CD": "F01",
+    doc = {"_id": "s1", "TimeStamp": datetime(2026, 1, 5, 8, 30, tzinfo=UTC), "EQUIP_CD": "F01",
            "PART_NAME": "ITM-1", "maker": "A", "Barrel Temp 1": 230.0, "s2": 50, "Cycle_Time": "13.25", "p2": None}
     doc.update(changes)
     return doc
@@ -324,7 +325,7 @@ def test_a_null_cell_in_an_export_is_a_missing_value_like_an_absent_key():
 
 
 def test_a_typed_lot_date_column_gives_its_day_and_a_gap_falls_back_to_the_shot_day():
-    frame = as_export([good(_id="a"), good(_id="b", TimeStamp=datetime(2026, 1, 6, 23, 0, tzinfo=timezone.utc))]).assign(
+    frame = as_export([good(_id="a"), good(_id="b", TimeStamp=datetime(2026, 1, 6, 23, 0, tzinfo=UTC))]).assign(
         PART_FACT_PLAN_DATE=pd.to_datetime(["2026-01-04 17:00", None]))  # datetime64 with a NaT, as Parquet gives it
     assert canonical_records(frame, SCHEMA)["lot_date"].tolist() == ["2026-01-04", "2026-01-06"]
 

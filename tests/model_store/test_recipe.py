@@ -14,8 +14,8 @@ import pytest
 from model_store.errors import DataError
 from model_store.recipe import RecipeBook, RecipeConfig, rank_clusters
 from model_store.recipe.attribution import attribute_lots
-from model_store.recipe.intervals import beta_interval, pearson_dispersion, wilson_interval
 from model_store.recipe.guard import spread_radius, within_spread, worse_than_history
+from model_store.recipe.intervals import beta_interval, pearson_dispersion, wilson_interval
 from model_store.recipe.window import centroid_raw, most_used_combination, operating_window, window_stats
 
 DAYS = [f"2026-01-{d:02d}" for d in range(1, 21)]
@@ -333,7 +333,7 @@ def test_recipe_book_refuses_bad_input(tmp_path):
         RecipeBook.from_json(tmp_path / "bad.json")
     with pytest.raises(DataError, match="setting_cluster"):
         RecipeBook([{"facility": "F1", "item": "I1"}])
-    with pytest.raises(DataError, match="expected a recipes.json document"):
+    with pytest.raises(DataError, match=r"expected a recipes.json document"):
         RecipeBook.from_json({"recipes": [], "keep_current_practice": "nope"})
 
 

@@ -7,13 +7,15 @@ one-row-per-recipe CSV, the served recipe, and tick labels that never overlap in
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_store.errors import DataError
 from model_store.recipe import RecipeBook, RecipeConfig, compute_recipes
@@ -169,7 +171,7 @@ def test_a_setting_far_below_the_rest_is_clearly_better():
                   {"combo": OTHER, "n": 400, "bad": 80, "anomalies": 60, "day": "2026-01-02"}])
     recipe = answer(result)
     assert (recipe["selection"], recipe["confidence"], recipe["setting_cluster"]) == (RANKED, CLEARLY_BETTER, 0)
-    low, high = recipe["defect_rate"]["tested_interval"]
+    _low, high = recipe["defect_rate"]["tested_interval"]
     rest_low, _ = recipe["history"]["rest_interval"]
     assert high < rest_low and recipe["confidence_reason"].startswith("clearly better")
 
@@ -218,7 +220,7 @@ def test_a_pick_shown_better_with_overlapping_intervals_is_recommended_but_uncer
     test = recipe["defect_rate"]["test"]
     assert upper < 0 and test["difference_upper"] == pytest.approx(upper, abs=1e-6) and test["better"] is True
     assert recipe["selection"] == RANKED and recipe["setting_cluster"] == 0
-    low, high = recipe["defect_rate"]["tested_interval"]
+    _low, high = recipe["defect_rate"]["tested_interval"]
     rest_low, _ = recipe["history"]["rest_interval"]
     assert recipe["confidence"] == (CLEARLY_BETTER if high < rest_low else UNCERTAIN)
 
@@ -501,7 +503,8 @@ def test_the_most_used_combination_stays_unless_another_is_clearly_better():
     assert kept["considered"]["exact"] == {"a": 10.0, "b": 10.0} and kept["considered"]["test"]["better"] is False
     assert kept["considered"]["test"]["candidates"] == 1  # kept by volume, not picked on evidence: no correction
     assert recipe["setting"]["chosen_by"] == "most used" and recipe["setting"]["exact"] == {"a": 10.0, "b": 10.0}
-    clearly = run([{"combo": STANDARD, "n": 600, "bad": 60, "day": "2026-01-01"}, {"combo": NUDGE, "n": 300, "bad": 0, "day": "2026-01-02"}])
+    clearly = run([{"combo": STANDARD, "n": 600, "bad": 60, "day": "2026-01-01"},
+                   {"combo": NUDGE, "n": 300, "bad": 0, "day": "2026-01-02"}])
     recipe = answer(clearly)  # 0 of 300 (upper 1.3 %) vs 60 of 600 (lower 7.9 %): the nudge, on its evidence
     assert recipe["setting"]["chosen_by"] == "lowest credible defect rate" and recipe["setting"]["exact"] == {"a": 11.0, "b": 10.0}
     assert recipe["confidence"] == CLEARLY_BETTER

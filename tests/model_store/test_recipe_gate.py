@@ -11,7 +11,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from model_store.recipe.gate import Difference, corrected_z, difference, not_shown_better, shrink, difference_json
+from model_store.recipe.gate import Difference, corrected_z, difference, difference_json, not_shown_better, shrink
 from model_store.recipe.intervals import pearson_dispersion
 
 PURE = np.array([[1.0, 0.0], [0.0, 1.0]])  # lot 1: only the picked setting ran; lot 2: only the rest

@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_store.recipe.config import BETA, WILSON
 from model_store.recipe.intervals import beta_interval, pearson_dispersion, rate_interval, wilson_interval
@@ -146,7 +147,7 @@ def test_intervals_hold_the_rate_and_widen_with_confidence(case, confidence, int
     assert 0.0 <= low[0] <= k / n <= high[0] <= 1.0
     assert wider_low[0] <= low[0] and high[0] <= wider_high[0]
     if 0 < k < n:
-        assert 0.0 < low[0] and high[0] < 1.0
+        assert low[0] > 0.0 and high[0] < 1.0
 
 
 # -- dispersion -----------------------------------------------------------------------------------

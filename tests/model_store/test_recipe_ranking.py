@@ -17,11 +17,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_store.recipe.config import RecipeConfig
 from model_store.recipe.intervals import beta_interval, wilson_interval
-from model_store.recipe.ranking import SHOT_COLUMNS, rank_clusters, recommend
+from model_store.recipe.ranking import rank_clusters, recommend
 
 Z2 = 1.959963984540054**2  # z² of a two-sided 95 % interval
 
@@ -275,7 +276,8 @@ def test_credible_rate_is_the_weighted_mean_of_the_upper_bounds():
     # Point estimate: from the evidence each cluster has (cluster 2: its pseudo-labels alone).
     assert out["defect_rate"].tolist() == pytest.approx([(2 / 18 + 0.05) / 2, (0.2 + 0.1125) / 2, 0.25], rel=1e-6)
     # Weights 1 : 3 are normalised to 0.25 / 0.75.
-    weighted = by_cluster(rank_clusters(frame, table, RecipeConfig(overdispersion=False, predicted_weight=1.0, lot_weight=3.0, evidence="blend")))
+    weighted = by_cluster(rank_clusters(frame, table,
+                                        RecipeConfig(overdispersion=False, predicted_weight=1.0, lot_weight=3.0, evidence="blend")))
     assert weighted["credible_rate"].tolist() == pytest.approx(
         [0.25 * p0[1] + 0.75 * l0[1], 0.25 * p1[1] + 0.75 * l1[1], 0.25 * p2[1] + 0.75], rel=1e-6)
     assert weighted["credible_low"].tolist() == pytest.approx(

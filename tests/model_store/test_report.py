@@ -186,7 +186,7 @@ def test_report_is_well_formed_self_contained_with_the_statistics_folded(tiny_st
     assert all(folded for alt, _, folded in page.images if "silhouette" in alt)
     assert [alt for alt, _, folded in page.images if not folded and "alarm line" in alt]
     # the report opens with what the store can judge
-    assert [h for h in page.headings if h[0] == "h2"][0][1] == "What this store can judge"
+    assert next(h for h in page.headings if h[0] == "h2")[1] == "What this store can judge"
 
 
 def test_headings_and_columns_up_front_speak_plant(tiny_store) -> None:
@@ -214,7 +214,7 @@ def test_every_part_with_history_is_listed_once_with_a_path_or_a_reason(tiny_sto
     listed = [tuple(r["attrs"]["data-part"].split("|")) for r in page.rows]
     assert sorted(listed) == _parts_with_history(manifest)  # each exactly once
     for row in page.rows:
-        machine, item, maker, shots, against, models, why = row["cells"]
+        _machine, _item, _maker, _shots, against, _models, why = row["cells"]
         assert against, row
         if row["attrs"]["data-basis"] != OWN:
             assert why, row
@@ -304,7 +304,7 @@ def test_unjudged_history_is_counted_with_its_causes(manifest) -> None:
     variant = copy.deepcopy(manifest)
     # a store whose history came back partly unjudged: one setting never judged, others partly
     groups = variant["history"]["groups"]
-    gid, first = next(iter(groups.items()))
+    _gid, first = next(iter(groups.items()))
     first["scored"], first["paths"] = 0, {}
     missing = first["rows"]
     variant["history"]["paths"]["unscorable"] = {"rows": missing + 7}
@@ -335,7 +335,7 @@ def test_a_store_without_recorded_set_points_shows_cluster_centres(manifest, tmp
 
 
 def test_the_one_line_summary_counts_what_the_section_counts(manifest) -> None:
-    from model_store.report_coverage import BORROWED, NONE, OWN, coverage_line
+    from model_store.report_coverage import BORROWED, OWN, coverage_line
 
     coverage = store_coverage(manifest)
     own, borrowed, none = (len(coverage.by_basis(b)) for b in (OWN, BORROWED, NONE))

@@ -60,7 +60,7 @@ def test_bad_records_name_the_problem(frame, message) -> None:
 
 
 def test_schema_errors_name_the_file() -> None:
-    with pytest.raises(SchemaError, match="plant.yaml: 'maker' must be"):
+    with pytest.raises(SchemaError, match=r"plant.yaml: 'maker' must be"):
         parse_schema({"record_id": "a", "timestamp": "b", "facility": "c", "item": "d", "makers": {}}, source="plant.yaml")
     with pytest.raises(SchemaError, match=r"listed as both"):
         parse_schema(

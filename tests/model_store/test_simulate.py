@@ -220,7 +220,7 @@ def test_poor_settings_have_higher_defect_rates(medium: SimulatedPlant) -> None:
     good = st[st["true_defect_prob"] < 0.008]
     poor = st[st["true_defect_prob"] >= 0.02]
     assert len(good) and len(poor)
-    rate = lambda t: t["defects"].sum() / t["shots"].sum()  # noqa: E731
+    rate = lambda t: t["defects"].sum() / t["shots"].sum()
     assert rate(poor) > 3 * rate(good)
     assert st["true_defect_prob"].corr(st["observed_defect_rate"], method="spearman") > 0.4
     assert st["observed_defect_rate"].max() > 5 * st["observed_defect_rate"].median()

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from model_store.errors import StoreError
@@ -93,13 +92,13 @@ def test_unknown_group_and_unlisted_or_changed_artifacts_are_refused(tmp_path) -
     manifest = open_store(_write_store(tmp_path / "store"))
     with pytest.raises(StoreError, match="no group 'g9' in the manifest"):
         manifest.group("g9")
-    with pytest.raises(StoreError, match="artifact other.npz is not listed in the manifest"):
+    with pytest.raises(StoreError, match=r"artifact other.npz is not listed in the manifest"):
         manifest.artifact("other.npz")
     (manifest.root / "notes.txt").write_text("changed after opening")
-    with pytest.raises(StoreError, match="artifact notes.txt does not match its sha256"):
+    with pytest.raises(StoreError, match=r"artifact notes.txt does not match its sha256"):
         manifest.artifact("notes.txt")
     (manifest.root / "notes.txt").unlink()
-    with pytest.raises(StoreError, match="artifact notes.txt is missing; retrain or restore the store"):
+    with pytest.raises(StoreError, match=r"artifact notes.txt is missing; retrain or restore the store"):
         manifest.artifact("notes.txt")
 
 
@@ -195,10 +194,9 @@ def test_unreadable_and_incompatible_stores(tmp_path) -> None:
 def test_failed_write_leaves_existing_store_untouched(tmp_path) -> None:
     store = _write_store(tmp_path / "store")
     before = (store / MANIFEST).read_bytes()
-    with pytest.raises(RuntimeError):
-        with StoreStaging(store) as staging:
-            (staging.path / "half-written").write_text("x")
-            raise RuntimeError("training crashed")
+    with pytest.raises(RuntimeError), StoreStaging(store) as staging:
+        (staging.path / "half-written").write_text("x")
+        raise RuntimeError("training crashed")
     assert (store / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
 

@@ -212,7 +212,7 @@ def test_the_state_carries_the_run_between_batches_and_a_mean_only_state_reads()
     # a store from before the rule ships the mean alone: the run starts empty
     legacy, _ = _one_field([10.0, 10.0, 10.0, 0.0], 3, state={"P": np.array([0.0])})
     assert legacy[3, 0] == 10.0
-    off, off_end = _one_field(values, 0)
+    _off, off_end = _one_field(values, 0)
     assert off_end["P"].shape == (1,)  # off: the state is the mean, as before
 
 

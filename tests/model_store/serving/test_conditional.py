@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_store.conditional_fit import fit_conditional
-from model_store.serving.baseline import smoothing
 from model_store.config import ConditionalConfig
+from model_store.serving.baseline import smoothing
 from model_store.serving.conditional import (
     CONDITIONAL,
     FALLBACK,
@@ -28,7 +28,6 @@ from model_store.serving.conditional import (
 from model_store.serving.excursions import lasting_rank
 from model_store.serving.store_format import ConditionalUnitEntry, read
 from tests.model_store.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
-
 
 # -- Calibration: survival and score --------------------------------------------------------------
 TINY = Calibration(np.array([1.0, 2.0, 3.0, 4.0]), line=3.0, alpha=0.25)  # n = 4

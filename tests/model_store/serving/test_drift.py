@@ -7,8 +7,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_store.serving.drift import (
-    DETECTORS, REFERENCE_PROBS, Cusum, DriftConfig, DriftWatch, PartReference, PartWatch, block_history, block_llr,
-    long_run_inflation, reference_for_part, references_from_manifest, transform, transform_many, wilson_bounds)
+    DETECTORS,
+    REFERENCE_PROBS,
+    Cusum,
+    DriftConfig,
+    DriftWatch,
+    PartReference,
+    PartWatch,
+    block_history,
+    block_llr,
+    long_run_inflation,
+    reference_for_part,
+    references_from_manifest,
+    transform,
+    transform_many,
+    wilson_bounds,
+)
 
 QUANTILES = tuple(float(q) for q in range(1, 20))  # 19 reference quantiles: scores 1..19
 
@@ -117,11 +131,11 @@ def test_shift_fires_exactly_at_the_line() -> None:
         fired += at_line.observe(100.0, False)
     assert fired == ["shift_up"] and at_line.drifted() == ("shift_up",)
     above = PartWatch(ref, DriftConfig(shift_h=y - 0.5 + 1e-9))
-    assert sum((above.observe(100.0, False) for _ in range(100)), []) == []
+    assert [e for _ in range(100) for e in above.observe(100.0, False)] == []
     # the other side: every score below the quantiles
     low_pit = sum([1 / 40] * 100) / 100
     low = PartWatch(reference(pit_mean=0.6, sd=0.05), DriftConfig(shift_h=-((low_pit - 0.6) / 0.05) - 0.5))
-    assert sum((low.observe(-5.0, False) for _ in range(100)), []) == ["shift_down"]
+    assert [e for _ in range(100) for e in low.observe(-5.0, False)] == ["shift_down"]
 
 
 def test_non_finite_scores_are_not_shots() -> None:
@@ -205,14 +219,14 @@ def test_manifest_references_round_trip_and_name_the_bad_part() -> None:
     raw = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **ref.to_dict()}]}
     assert references_from_manifest(raw) == {("F1", "I1"): ref}
     assert references_from_manifest(None) == {} and references_from_manifest({}) == {}
-    broken = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), "quantiles": [3.0, 1.0]}}]}
+    broken = {"block": 100, "parts": [{"facility": "F1", "item": "I1", **ref.to_dict(), "quantiles": [3.0, 1.0]}]}
     with pytest.raises(ValueError, match="F1/I1: quantiles"):
         references_from_manifest(broken)
     for field, value in (("alarms", 20_000), ("pit_sd", 0.0), ("count_inflation", 0.5), ("pit_mean", 1.5),
                          ("alarm_counts", [[101, 5]]), ("alarm_counts", [[1, 1]]), ("alarm_counts", [[1, 0], [2, 3]]),
                          ("rows", "many"), ("quantiles", [float("nan")] * 19)):
         with pytest.raises(ValueError, match="F1/I1"):
-            references_from_manifest({"block": 100, "parts": [{"facility": "F1", "item": "I1", **{**ref.to_dict(), field: value}}]})
+            references_from_manifest({"block": 100, "parts": [{"facility": "F1", "item": "I1", **ref.to_dict(), field: value}]})
 
 
 def test_config_refuses_nonsense() -> None:
@@ -242,13 +256,13 @@ def test_any_stream_keeps_levels_bounded_and_counts_unreferenced(shots: list) ->
 
 # -- boundaries and messages the rules above rely on -------------------------------------------------
 def test_config_messages_name_the_setting() -> None:
-    with pytest.raises(ValueError, match="drift ratio_noisy must be above 1, got 1.0"):
+    with pytest.raises(ValueError, match=r"drift ratio_noisy must be above 1, got 1.0"):
         DriftConfig(ratio_noisy=1.0)
     with pytest.raises(ValueError, match=r"drift ratio_blind must be in \(0, 1\), got 1.0"):
         DriftConfig(ratio_blind=1.0)
-    with pytest.raises(ValueError, match="drift rate_h must be a positive number, got 0.0"):
+    with pytest.raises(ValueError, match=r"drift rate_h must be a positive number, got 0.0"):
         DriftConfig(rate_h=0.0)
-    with pytest.raises(ValueError, match="drift burst_cap must be at least 1, got 0.5"):
+    with pytest.raises(ValueError, match=r"drift burst_cap must be at least 1, got 0.5"):
         DriftConfig(burst_cap=0.5)
     assert DriftConfig(burst_cap=1.0).burst_cap == 1.0  # exactly 1: allowed
 
@@ -291,10 +305,10 @@ def test_long_run_inflation_skips_short_or_flat_parts_and_keeps_going() -> None:
 
 def test_noisy_and_blind_fire_by_name_and_high_rates_have_a_ceiling() -> None:
     noisy = PartWatch(reference(), DriftConfig(rate_h=0.5))
-    fired = sum((noisy.observe(10.0, True) for _ in range(100)), [])
+    fired = [e for _ in range(100) for e in noisy.observe(10.0, True)]
     assert "noisy" in fired and noisy.blocks == 1
     blind = PartWatch(reference(), DriftConfig(rate_h=0.5))
-    fired = sum((blind.observe(10.0, False) for _ in range(100)), [])
+    fired = [e for _ in range(100) for e in blind.observe(10.0, False)]
     assert "blind" in fired and blind.drifted() == ("blind",)
     for _ in range(100):
         blind.observe(10.0, False)
@@ -345,5 +359,5 @@ def test_defaults_and_leftovers_of_a_reference() -> None:
     one = {"rows": 4, "alarms": 0, "quantiles": [1.0] * 19, "pit_mean": 0.5, "pit_sd": 0.1,
            "alarm_counts": [[0, 4]], "count_inflation": 1.0, "block": 1}
     assert PartReference.from_dict(one).block == 1  # blocks of one shot are a reference too
-    with pytest.raises(ValueError, match="^rows, alarms, block, pit_mean"):
+    with pytest.raises(ValueError, match=r"^rows, alarms, block, pit_mean"):
         PartReference.from_dict({**one, "block": 0})

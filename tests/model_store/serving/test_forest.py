@@ -31,7 +31,8 @@ def test_no_gaps_is_sklearn_parity(forest: ForestArrays) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=4, max_size=4), st.integers(0, 3), st.floats(0, 1))
-def test_an_unmeasured_value_never_scores_lower_than_any_real_value(forest: ForestArrays, row: list[float], field: int, other: float) -> None:
+def test_an_unmeasured_value_never_scores_lower_than_any_real_value(forest: ForestArrays, row: list[float], field: int,
+                                                                     other: float) -> None:
     x = np.array([row], dtype=np.float32)
     mask = np.zeros_like(x, dtype=bool)
     mask[0, field] = True

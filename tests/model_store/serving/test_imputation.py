@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_store.serving.imputation import _last_valid, fill_with_means, impute_state
 
@@ -19,7 +20,8 @@ def _frame() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "facility": ["F1", "F2", "F1", "F1", "F2"],
-            "timestamp": pd.to_datetime(["2026-01-01 00:00:02", "2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 00:00:03", "2026-01-01 00:00:01"]),
+            "timestamp": pd.to_datetime(["2026-01-01 00:00:02", "2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 00:00:03",
+                                         "2026-01-01 00:00:01"]),
             "item": [None, "B", "A", None, None],
             "temp": [np.nan, 200.0, 210.0, np.nan, np.nan],
         }

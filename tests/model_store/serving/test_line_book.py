@@ -133,7 +133,8 @@ def test_every_field_round_trips_including_the_revert_time() -> None:
 @pytest.mark.parametrize("raw, message", [
     ([], "expected a JSON object, got list"),
     ({"lines_format": 1, "version": 1, "change": "x", "parts": [], "created_at": 7}, "created_at: expected a string or null, got int"),
-    ({"lines_format": 1, "version": 1, "change": "x", "parts": [], "answers_since": 7}, "answers_since: expected a string or null, got int"),
+    ({"lines_format": 1, "version": 1, "change": "x", "parts": [], "answers_since": 7},
+     "answers_since: expected a string or null, got int"),
     ({"lines_format": 1, "version": 1, "change": 3, "parts": []}, "change: expected a string"),
     ({"lines_format": 1, "version": 1, "change": "x", "parts": None}, "parts: expected a list"),
 ])

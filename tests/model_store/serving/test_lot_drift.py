@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from model_store.serving.lot_drift import (MIN_EXPECTED, LotDriftConfig, LotReference, LotWatch, lot_reference,
-                                           lot_references_from_manifest, poisson_llr)
+from model_store.serving.lot_drift import (
+    MIN_EXPECTED,
+    LotDriftConfig,
+    LotReference,
+    LotWatch,
+    lot_reference,
+    lot_references_from_manifest,
+    poisson_llr,
+)
 
 
 def test_the_reference_is_alarms_per_expected_bad_part_with_pearson_dispersion() -> None:
@@ -65,7 +72,7 @@ def test_nonsense_lots_are_skipped(alarms: int, expected: float) -> None:
 def test_false_flags_stay_rare_at_the_reference_ratio() -> None:
     rng = np.random.default_rng(3)
     flags = 0
-    for part in range(20):  # 20 parts x 400 lots of Poisson alarms at the reference ratio
+    for _part in range(20):  # 20 parts x 400 lots of Poisson alarms at the reference ratio
         watch = LotWatch(LotReference(50, 1.2, 1.0))
         expected = rng.uniform(0.5, 8.0, 400)
         for e, a in zip(expected, rng.poisson(1.2 * expected)):

@@ -145,7 +145,7 @@ def test_an_unknown_maker_stays_unscorable(engine, records) -> None:
 @pytest.mark.parametrize("where", ["grouped", "unseen"])
 def test_more_than_half_the_production_fields_missing_is_unscorable(engine, records, scored, where) -> None:
     if where == "grouped":
-        row = records.iloc[[int(np.flatnonzero(scored.group_id != None)[0])]].copy()  # noqa: E711
+        row = records.iloc[[int(np.flatnonzero(scored.group_id != None)[0])]].copy()  # noqa: E711 - elementwise on an object array
     else:
         row = _unseen_part(records).head(1)
     unit = engine.conditional_units[row["maker"].iloc[0]]
@@ -219,9 +219,10 @@ def test_the_groups_excursion_bands_alarm_beside_the_conditional_scorer_only_whe
     for engine_ in (on, off):
         for maker, unit in list(engine_.conditional_units.items()):
             quiet = dataclasses.replace(unit)
-            object.__setattr__(quiet, "_excursion_ratios", lambda keys, *args, **kwargs: (
-                np.zeros((len(keys), len(unit.features))), np.zeros((len(keys), len(unit.features)), dtype=bool),
-                np.zeros((len(keys), len(unit.features)), dtype=bool)))
+            width = len(unit.features)
+            object.__setattr__(quiet, "_excursion_ratios", lambda keys, *args, width=width, **kwargs: (
+                np.zeros((len(keys), width)), np.zeros((len(keys), width), dtype=bool),
+                np.zeros((len(keys), width), dtype=bool)))
             engine_.conditional_units[maker] = quiet
     with_unit = plain["maker"].isin(list(on.conditional_units)).to_numpy()
     rows = np.flatnonzero((first.resolution != UNSCORABLE) & with_unit)[:40]

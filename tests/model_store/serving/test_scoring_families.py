@@ -264,7 +264,7 @@ def test_disabled_paths_are_not_taken(trained_store, small_plant) -> None:
 
 
 def test_verdict_numbers_keep_the_sign_of_a_tiny_margin(scored, engine) -> None:
-    records, batch = scored
+    records, _batch = scored
     one = records.iloc[[0]]
     single = engine.score(one)
     single.margin[0], single.anomaly[0], single.score[0] = 3e-7, True, 1.0000001

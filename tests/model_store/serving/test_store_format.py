@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,8 +19,17 @@ from model_store.serving.excursions import EXCURSION_BAND_SHARE
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import MANIFEST, StoreManifest, open_store
 from model_store.serving.store_format import (
-    LEGACY_BASELINE_HALFLIFE, LEGACY_FOLLOW_NEW_SETTINGS, LEGACY_GROUP_EXCURSIONS, LEGACY_LASTING_RATIO,
-    LEGACY_PROBABILITY_BLEND, STORE_FORMAT, Band, GroupEntry, Manifest, StoreGroupKey, read,
+    LEGACY_BASELINE_HALFLIFE,
+    LEGACY_FOLLOW_NEW_SETTINGS,
+    LEGACY_GROUP_EXCURSIONS,
+    LEGACY_LASTING_RATIO,
+    LEGACY_PROBABILITY_BLEND,
+    STORE_FORMAT,
+    Band,
+    GroupEntry,
+    Manifest,
+    StoreGroupKey,
+    read,
 )
 from model_store.serving.thresholds import GroupThreshold
 from model_store.serving.verdict import to_verdicts
@@ -67,7 +77,7 @@ def test_verdicts_are_the_same_from_the_written_and_the_rewritten_manifest(fores
 
 def test_serving_defaults_are_training_defaults() -> None:
     # defined once: the excursion share serving falls back on is the configuration's
-    assert EXCURSION_BAND_SHARE == ThresholdConfig().excursion_band_share
+    assert ThresholdConfig().excursion_band_share == EXCURSION_BAND_SHARE
     assert Manifest(STORE_FORMAT, "v", "h", {}, {}, (), {}).effective_config == TrainingConfig()
 
 
@@ -186,7 +196,7 @@ def test_any_one_edit_parses_or_is_refused_naming_where(raw, data) -> None:
             named = message.split("field '", 1)[1].split("'", 1)[0]
             # the field itself, one inside it, or (an edited dictionary key) its parent's next field
             parent_name = name.rsplit(".", 1)[0] if "." in name else name
-            assert named.startswith(name) or named.startswith(parent_name), (name, message)
+            assert named.startswith((name, parent_name)), (name, message)
 
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)

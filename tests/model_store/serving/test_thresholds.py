@@ -63,7 +63,7 @@ def test_decide_excursion_term_of_the_max() -> None:
 
 
 def test_zero_threshold_does_not_divide_by_zero() -> None:
-    margin, score, anomaly = decide(np.array([0.0, 1e-9]), np.zeros(2))
+    _margin, score, anomaly = decide(np.array([0.0, 1e-9]), np.zeros(2))
     assert anomaly.tolist() == [False, True] and np.isfinite(score).all()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -133,7 +133,7 @@ def _stamps(values: list[datetime | None], zone: str | None) -> pd.Series:
 def test_timestamps_are_what_isoformat_writes_offset_included(values: list[datetime | None], zone: str | None) -> None:
     # The vectorised path must equal pandas' own isoformat(), value by value: an aware time keeps its
     # offset (a verdict without one would be read as local time by a consumer).
-    stamps = _stamps([v.replace(tzinfo=timezone.utc) if (v and zone) else v for v in values], zone)
+    stamps = _stamps([v.replace(tzinfo=UTC) if (v and zone) else v for v in values], zone)
     verdicts = to_verdicts(records_of(len(stamps), stamps), batch_of(len(stamps)), "v1")
     expected = [None if pd.isna(s) else pd.Timestamp(s).isoformat() for s in stamps]
     assert [v["timestamp"] for v in verdicts] == expected
