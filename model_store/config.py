@@ -250,7 +250,7 @@ class TrainingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> TrainingConfig:
         return cls(
             grouping=GroupingConfig(**raw.get("grouping", {})),
             model=ModelConfig(**raw.get("model", {})),
@@ -260,10 +260,10 @@ class TrainingConfig:
             workers=int(raw.get("workers", 0)),
         )
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "TrainingConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainingConfig:
         """Apply ``section.name=value`` overrides (from the CLI's ``--set``)."""
-        sections = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold, "conditional": self.conditional,
-                    "drift": self.drift}
+        sections: dict[str, Any] = {"grouping": self.grouping, "model": self.model, "threshold": self.threshold,
+                                    "conditional": self.conditional, "drift": self.drift}
         updated = dict(sections)
         workers = self.workers
         for dotted, value in overrides.items():

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -189,7 +191,7 @@ def maker_rule(makers: Sequence[str]) -> Callable[[Any], str | None]:
 
 def _to_naive_utc(value: datetime) -> datetime:
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     if not TS_MIN <= value <= TS_MAX:
         raise Refusal(INVALID_FIELD, _RANGE)
     return value
@@ -341,7 +343,7 @@ def number_column(values: Sequence[Any], column: str, errors: Errors) -> np.ndar
     out: np.ndarray | None = None
     types = None if isinstance(values, np.ndarray) and values.dtype == np.float64 else set(map(type, values))
     if types is None:
-        out = values.copy()  # type: ignore[union-attr]
+        out = values.copy()
     elif types == _NONE_ONLY:
         out = np.full(len(values), np.nan)  # another maker's field: NumPy's None -> NaN path is slow
     elif types <= _FLOATISH:

@@ -24,7 +24,8 @@ history.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def running_baseline(
     step = np.nan_to_num(np.clip(x - mean, -clip, clip), nan=0.0)
     first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
     if jump is not None:
-        far = _far(x, np.where(started[:, None], mean, first), clip, jump[: offsets[1]])
+        far: np.ndarray | None = _far(x, np.where(started[:, None], mean, first), clip, jump[: offsets[1]])
     shifted = _level_shift(x, mean, run[: offsets[1]], last[: offsets[1]], clip, shift_run, started)
     mean = np.where(started[:, None], mean + a * step, first)
     if jump is not None:
@@ -151,21 +152,22 @@ def _level_shift(shots: np.ndarray, mean: np.ndarray, run: np.ndarray, last: np.
         above, below = distance > clip, distance < -clip
         steady = np.abs(shots - last) <= clip  # NaN (no previous shot): not steady
     measured = ~np.isnan(shots)
-    continued = np.where(above, np.where(steady & (run > 0), run + 1, 1.0), np.where(below, np.where(steady & (run < 0), run - 1, -1.0), 0.0))
+    continued = np.where(above, np.where(steady & (run > 0), run + 1, 1.0),
+                         np.where(below, np.where(steady & (run < 0), run - 1, -1.0), 0.0))
     if started is not None:
         continued[~started] = 0.0  # a part's first shot: its mean starts there
     run[:] = np.where(measured, continued, run)  # a missing value leaves the run and the last shot as they were
     last[:] = np.where(measured, shots, last)
     shifted = np.abs(run) >= shift_run
     run[shifted] = 0.0
-    return shifted
+    return cast("np.ndarray", shifted)
 
 
 def _far(shots: np.ndarray, mean: np.ndarray, clip: float, rows: np.ndarray) -> np.ndarray:
     """(rows, fields): the fields of ``rows`` whose shot lies more than ``clip`` from the mean
     (those a followed shot moves the mean all the way to; NaN never)."""
     with np.errstate(invalid="ignore"):
-        return rows[:, None] & (np.abs(shots - mean) > clip)
+        return cast("np.ndarray", rows[:, None] & (np.abs(shots - mean) > clip))
 
 
 __all__ = ["running_baseline", "smoothing", "START_LIMIT"]

@@ -7,6 +7,7 @@ with NumPy alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class SettingModel:
     def k(self) -> int:
         return int(self.centroids.shape[0])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "maker": self.maker,
             "fields": list(self.fields),
@@ -38,7 +39,7 @@ class SettingModel:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "SettingModel":
+    def from_dict(cls, raw: dict[str, Any]) -> SettingModel:
         return cls(
             maker=raw["maker"],
             fields=tuple(raw["fields"]),
@@ -51,7 +52,7 @@ class SettingModel:
 
 def scale_settings(values: np.ndarray, model: SettingModel) -> np.ndarray:
     """Raw set points -> the maker's [0, 1] setting space (not clipped: distance must see outliers)."""
-    return (np.asarray(values, dtype=float) - model.minimum) / model.scale
+    return cast("np.ndarray", (np.asarray(values, dtype=float) - model.minimum) / model.scale)
 
 
 def assign_clusters(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -60,4 +61,4 @@ def assign_clusters(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     with np.errstate(over="ignore"):  # a set point of 1e308 is infinitely far: the nearest is still the nearest
         d2 = ((scaled[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-    return d2.argmin(axis=1)
+    return cast("np.ndarray", d2.argmin(axis=1))

@@ -7,7 +7,7 @@ scoring core and to the verdicts without a frame. Offline callers that hold a fr
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ class RecordColumns(Mapping[str, np.ndarray]):
         self._frame: pd.DataFrame | None = None
 
     @classmethod
-    def of(cls, records: "pd.DataFrame | RecordColumns") -> "RecordColumns":
+    def of(cls, records: pd.DataFrame | RecordColumns) -> RecordColumns:
         """Columns of a frame (each converted when first read), or the columns themselves."""
         return records if isinstance(records, RecordColumns) else FrameColumns(records)
 
@@ -39,14 +39,14 @@ class RecordColumns(Mapping[str, np.ndarray]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._columns)
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self._columns)
 
     @property
     def rows(self) -> int:
         return self._length
 
-    def take(self, rows: np.ndarray | list[int]) -> "RecordColumns":
+    def take(self, rows: np.ndarray | list[int]) -> RecordColumns:
         index = np.asarray(rows, dtype=np.int64)
         return RecordColumns({name: self[name][index] for name in self}, len(index))
 
@@ -61,7 +61,7 @@ class RecordColumns(Mapping[str, np.ndarray]):
         return self._frame
 
     @classmethod
-    def concat(cls, parts: list["RecordColumns"], empty: "RecordColumns") -> "RecordColumns":
+    def concat(cls, parts: list[RecordColumns], empty: RecordColumns) -> RecordColumns:
         """Rows of ``parts`` one after the other (``empty`` gives the columns when there are none)."""
         if not parts:
             return empty
@@ -90,7 +90,7 @@ class FrameColumns(RecordColumns):
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self._names)
 
 

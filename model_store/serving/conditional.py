@@ -27,19 +27,28 @@ from __future__ import annotations
 
 import warnings
 from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, cast
 
 import numpy as np
 
 from model_store.serving.baseline import running_baseline
 from model_store.serving.excursions import BAND_QUANTILES, excursion_ratios, excursion_tolerance, lasting_rank
 from model_store.serving.store_format import (
-    LEGACY_BASELINE_CLIP, LEGACY_BASELINE_HALFLIFE, LEGACY_EXCURSION_SHARE, LEGACY_FOLLOW_NEW_PARTS, LEGACY_FOLLOW_NEW_SETTINGS,
-    LEGACY_BASELINE_SHIFT_RUN, LEGACY_LASTING_AT_LINE, LEGACY_LASTING_RATIO,
-    LEGACY_RAW_WEIGHT, LEGACY_RESIDUAL_EVIDENCE, ConditionalUnitEntry,
+    LEGACY_BASELINE_CLIP,
+    LEGACY_BASELINE_HALFLIFE,
+    LEGACY_BASELINE_SHIFT_RUN,
+    LEGACY_EXCURSION_SHARE,
+    LEGACY_FOLLOW_NEW_PARTS,
+    LEGACY_FOLLOW_NEW_SETTINGS,
+    LEGACY_LASTING_AT_LINE,
+    LEGACY_LASTING_RATIO,
+    LEGACY_RAW_WEIGHT,
+    LEGACY_RESIDUAL_EVIDENCE,
+    ConditionalUnitEntry,
 )
 from model_store.serving.tails import TAIL_LEVELS, TailBank, TailTable
 
@@ -74,7 +83,7 @@ class Levels:
     items: dict[str, int]
 
     @classmethod
-    def of(cls, part_names: list[str]) -> "Levels":
+    def of(cls, part_names: list[str]) -> Levels:
         parts = sorted(set(part_names))
         facilities = sorted({p.split(PART_SEPARATOR, 1)[0] for p in parts})
         items = sorted({p.split(PART_SEPARATOR, 1)[1] for p in parts})
@@ -115,7 +124,7 @@ class TableSet:
     tolerance: np.ndarray  # (tables, fields)
 
     @classmethod
-    def of(cls, tables: Mapping[str, TailTable], fields: int, share: float, unit: float | None = None) -> "TableSet":
+    def of(cls, tables: Mapping[str, TailTable], fields: int, share: float, unit: float | None = None) -> TableSet:
         """``unit``: for tables of residuals in units of their spread (``z``, ``d``), 1: a column
         that held one value in history (a field a sensor reports in steps, never stepping) has
         a central spread and an excursion tolerance of one residual spread, not of ~0."""
@@ -202,7 +211,7 @@ class SettingResponse:
 
     def scale_settings(self, settings: np.ndarray) -> np.ndarray:
         scaled = (self.transform_settings(settings) - self.setting_center) / self.setting_scale
-        return np.clip(np.nan_to_num(scaled, nan=0.0), -SETTING_CLIP, SETTING_CLIP)
+        return cast("np.ndarray", np.clip(np.nan_to_num(scaled, nan=0.0), -SETTING_CLIP, SETTING_CLIP))
 
     def residuals(self, settings: np.ndarray, codes: np.ndarray, production: np.ndarray, counts: tuple[int, int, int]) -> np.ndarray:
         """Normalised production minus its expectation; NaN where the value is missing."""
@@ -220,7 +229,7 @@ class SettingResponse:
             # only log(10) out, and a push far beyond a part's range would hide in the compression.
             log_units = residual[:, logged] * self.target_scale[logged]
             residual[:, logged] = np.sign(log_units) * np.expm1(np.minimum(np.abs(log_units), 700.0)) / self.target_scale[logged]
-        return residual
+        return cast("np.ndarray", residual)
 
 
 @dataclass(frozen=True)
@@ -242,7 +251,7 @@ class Calibration:
         # (the exponent is clamped at 0: np.where evaluates it on every row, and one far below the
         # range with a tiny spread would overflow)
         p = np.where(beyond, np.exp(-np.maximum(evidence - c[-1], 0.0) / spread) / (n + 1.0), p)
-        return np.clip(p, 1e-300, 1.0)
+        return cast("np.ndarray", np.clip(p, 1e-300, 1.0))
 
     @cached_property
     def _log_p_line(self) -> float:
@@ -251,7 +260,7 @@ class Calibration:
 
     def score(self, evidence: np.ndarray) -> np.ndarray:
         """``log p / log p_line``: 1 at the line, > 1 beyond it, monotone in the evidence."""
-        return np.log(self.survival(evidence)) / self._log_p_line
+        return cast("np.ndarray", np.log(self.survival(evidence)) / self._log_p_line)
 
 
 @dataclass(frozen=True)
@@ -296,7 +305,7 @@ class ConditionalUnit:
         codes = self.levels.codes(keys)
         residual = self.response.residuals(settings, codes, production, self.levels.counts)
         parts = len(self.levels.parts)
-        return residual / self.residual_scale[np.where(codes[:, 0] >= 0, codes[:, 0], parts)]
+        return cast("np.ndarray", residual / self.residual_scale[np.where(codes[:, 0] >= 0, codes[:, 0], parts)])
 
     def judged_residuals(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
                          state: Mapping[str, np.ndarray] | None = None
@@ -361,7 +370,7 @@ class ConditionalUnit:
         with np.errstate(invalid="ignore", over="ignore"):
             beyond = np.fmax(low - x, x - high)
             ratio = beyond / (SETTING_EXCURSION_TOLERANCES * tolerance)
-        return np.clip(np.nan_to_num(ratio, nan=0.0, posinf=EXCURSION_CAP), 0.0, EXCURSION_CAP)
+        return cast("np.ndarray", np.clip(np.nan_to_num(ratio, nan=0.0, posinf=EXCURSION_CAP), 0.0, EXCURSION_CAP))
 
     def field_evidence(self, key: str, z: np.ndarray, d: np.ndarray | None) -> np.ndarray:
         """Per field, against the tables of ``key`` (a part or FALLBACK): the residual evidence,
@@ -375,16 +384,16 @@ class ConditionalUnit:
         evidence = self._residual_evidence(residual, z)
         if d is None or neighbour is None:
             return evidence
-        return np.minimum(evidence, self.neighbour_set.evidence(neighbour, d))
+        return cast("np.ndarray", np.minimum(evidence, self.neighbour_set.evidence(neighbour, d)))
 
     def _residual_evidence(self, table: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Per field: ECDF tail evidence of the residual, or half its square (a Gaussian's
         log-likelihood: moderate shifts on several fields add up), or the larger of the two."""
         tails = self.residual_set.evidence(table, z) if self.residual_evidence != "squares" else 0.0
         if self.residual_evidence == "tails":
-            return tails
+            return cast("np.ndarray", tails)  # an array: only "squares" leaves it 0.0
         squares = 0.5 * np.nan_to_num(np.minimum(z, 1e6)) ** 2
-        return np.maximum(tails, squares)
+        return cast("np.ndarray", np.maximum(tails, squares))
 
     def raw_evidence(self, key: str, production: np.ndarray) -> np.ndarray | float:
         """The part's raw-value tails, weighted (0 when the weight is 0: an infinite value's
@@ -396,7 +405,7 @@ class ConditionalUnit:
 
     def evidence(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
                  state: Mapping[str, np.ndarray] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray | None], dict[str, np.ndarray]]:
         """Per record: evidence sum, per-field evidence (rows, fields), the calibration unit key,
         the judged residuals (rows, fields); and the running baselines' end state.
 
@@ -418,7 +427,7 @@ class ConditionalUnit:
         return fields.sum(axis=1), fields, unit, (z, d), end
 
     def score(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray, order: np.ndarray | None = None,
-              state: Mapping[str, np.ndarray] | None = None) -> "ConditionalScore":
+              state: Mapping[str, np.ndarray] | None = None) -> ConditionalScore:
         """Verdict numbers per record; ``order`` and ``state`` as in :meth:`judged_residuals`."""
         total, fields, unit, (z, d), end = self.evidence(settings, keys, production, order, state)
         score = np.zeros(len(total))
@@ -495,7 +504,7 @@ class ConditionalUnit:
         low, high = self._maker_span
         width = high - low
         with np.errstate(invalid="ignore"):
-            return ((settings < low - width) | (settings > high + width)).any(axis=1)
+            return cast("np.ndarray", ((settings < low - width) | (settings > high + width)).any(axis=1))
 
     def followed(self, keys: np.ndarray, settings: np.ndarray) -> np.ndarray | None:
         """Per row: whether the running baseline follows a far shot all the way (see
@@ -512,7 +521,7 @@ class ConditionalUnit:
     def new_parts(self, keys: np.ndarray) -> np.ndarray:
         """Per row: its part had no row in the history the response was fitted on."""
         names, inverse = _distinct(keys)
-        return np.array([name not in self.levels.parts for name in names], dtype=bool)[inverse]
+        return cast("np.ndarray", np.array([name not in self.levels.parts for name in names], dtype=bool)[inverse])
 
     def within_history(self, key: str, settings: np.ndarray) -> np.ndarray:
         """Per row: every set point within the lowest..highest its part ran in history (False for
@@ -558,7 +567,7 @@ class ConditionalUnit:
             arrays.update(self.neighbour_tables[key].to_arrays(f"nbr{i}_"))
         for i, key in enumerate(calibration_keys):
             arrays[f"cal{i}"] = self.calibration[key].scores
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle
         return {
             "maker": self.maker, "features": list(self.features), "settings": list(self.settings),
             "parts": sorted(self.levels.parts, key=self.levels.parts.__getitem__), "quadratic": self.response.quadratic,
@@ -575,7 +584,7 @@ class ConditionalUnit:
         }
 
     @classmethod
-    def from_files(cls, entry: ConditionalUnitEntry, path: Path) -> "ConditionalUnit":
+    def from_files(cls, entry: ConditionalUnitEntry, path: Path) -> ConditionalUnit:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         response = SettingResponse(arrays["setting_center"], arrays["setting_scale"], arrays["target_center"],

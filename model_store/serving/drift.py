@@ -39,10 +39,12 @@ flap). A store reload starts every unit afresh against the new store's reference
 """
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -98,17 +100,17 @@ class PartReference:
                 "alarm_quantiles": None if self.alarm_quantiles is None else list(self.alarm_quantiles)}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "PartReference":
+    def from_dict(cls, raw: Mapping[str, Any]) -> PartReference:
         quantiles = tuple(float(q) for q in raw["quantiles"])
         if len(quantiles) != len(REFERENCE_PROBS) or any(not math.isfinite(q) for q in quantiles) \
-                or any(b < a for a, b in zip(quantiles, quantiles[1:])):
+                or any(b < a for a, b in itertools.pairwise(quantiles)):
             raise ValueError(f"quantiles: expected {len(REFERENCE_PROBS)} finite non-decreasing numbers")
         counts = tuple((int(k), int(n)) for k, n in raw["alarm_counts"])
         alarm_quantiles = raw.get("alarm_quantiles")
         if alarm_quantiles is not None:
             alarm_quantiles = tuple(float(q) for q in alarm_quantiles)
             if len(alarm_quantiles) != len(ALARM_PROBS) or any(not math.isfinite(q) for q in alarm_quantiles) \
-                    or any(b < a for a, b in zip(alarm_quantiles, alarm_quantiles[1:])):
+                    or any(b < a for a, b in itertools.pairwise(alarm_quantiles)):
                 raise ValueError(f"alarm_quantiles: expected {len(ALARM_PROBS)} finite non-decreasing numbers or null")
         reference = cls(int(raw["rows"]), int(raw["alarms"]), quantiles, float(raw["pit_mean"]), float(raw["pit_sd"]),
                         counts, float(raw["count_inflation"]), int(raw["block"]), alarm_quantiles)

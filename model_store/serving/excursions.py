@@ -17,6 +17,8 @@ Pure functions: arrays in, arrays out.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from model_store.config import ThresholdConfig
@@ -59,10 +61,11 @@ def excursion_tolerance(
     low = np.asarray(low, dtype=float)
     high = np.asarray(high, dtype=float)
     magnitude = np.maximum(np.abs(low), np.abs(high))
-    return np.maximum(np.maximum(share * (high - low), floor * magnitude), ABSOLUTE_FLOOR)
+    return cast("np.ndarray", np.maximum(np.maximum(share * (high - low), floor * magnitude), ABSOLUTE_FLOOR))
 
 
-def excursion_ratios(x: np.ndarray, low: np.ndarray, high: np.ndarray, tolerance: np.ndarray, measured: np.ndarray | None = None) -> np.ndarray:
+def excursion_ratios(x: np.ndarray, low: np.ndarray, high: np.ndarray, tolerance: np.ndarray,
+                     measured: np.ndarray | None = None) -> np.ndarray:
     """Per value: distance outside ``[low, high]`` divided by ``tolerance``; 0 inside the band,
     for unmeasured (imputed) values and for NaN. Shape (rows, features)."""
     x = np.asarray(x, dtype=float)

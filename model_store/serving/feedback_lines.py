@@ -36,8 +36,9 @@ not a lower line from a handful of answers).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -77,11 +78,12 @@ class LineBounds:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "LineBounds":
+    def from_dict(cls, raw: Mapping[str, Any]) -> LineBounds:
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown feedback line bounds {sorted(unknown)}")
-        return cls(**{k: (int(v) if k == "min_false_alarms" else float(v)) for k, v in raw.items()})
+        values: dict[str, Any] = {k: (int(v) if k == "min_false_alarms" else float(v)) for k, v in raw.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def decide_line(
     """
     def finite(values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=float)
-        return values[np.isfinite(values)]
+        return cast("np.ndarray", values[np.isfinite(values)])
 
     false_alarms, alarmed, defects = finite(false_alarm_scores), finite(alarmed_defect_scores), finite(defect_scores)
     counts = (len(false_alarms), len(alarmed), len(defects))
@@ -156,7 +158,7 @@ def decide_line(
 
 def alarms(score: np.ndarray, line: float | np.ndarray) -> np.ndarray:
     """Which verdicts alarm at ``line`` (NaN scores never do)."""
-    return np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf) > line
+    return cast("np.ndarray", np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf) > line)
 
 
 __all__ = ["TRAINED_LINE", "TERMS", "LineBounds", "LineDecision", "lot_floor_score", "decide_line", "alarms"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class ForestArrays:
     shortest_leaf: np.ndarray  # (nodes,) the leaf of least path length in each node's subtree
 
     @classmethod
-    def from_sklearn(cls, model: IsolationForest) -> "ForestArrays":
+    def from_sklearn(cls, model: IsolationForest) -> ForestArrays:
         if any(len(f) != model.n_features_in_ for f in model.estimators_features_):
             raise ValueError("feature-subsampled forests (max_features < 1.0) are not supported")
         roots, left, right, feature, threshold, value = [], [], [], [], [], []
@@ -95,7 +95,7 @@ class ForestArrays:
         depths = self.leaf_depth[node].sum(axis=1)
         if self.denominator == 0:
             return np.ones(len(x))
-        return 2.0 ** (-depths / self.denominator)
+        return cast("np.ndarray", 2.0 ** (-depths / self.denominator))
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as fh:
@@ -106,7 +106,7 @@ class ForestArrays:
             )
 
     @classmethod
-    def load(cls, path: Path) -> "ForestArrays":
+    def load(cls, path: Path) -> ForestArrays:
         with np.load(path, allow_pickle=False) as data:
             return cls(
                 roots=data["roots"], left=data["left"], right=data["right"], feature=data["feature"],

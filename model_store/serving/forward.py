@@ -6,8 +6,10 @@ through a few small dense layers costs microseconds in NumPy. Parity with Keras 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -15,7 +17,7 @@ _EPS = 1e-12
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0.0)
+    return cast("np.ndarray", np.maximum(x, 0.0))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -26,7 +28,7 @@ def _linear(x: np.ndarray) -> np.ndarray:
     return x
 
 
-ACTIVATIONS = {"relu": _relu, "sigmoid": _sigmoid, "linear": _linear, "tanh": np.tanh}
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"relu": _relu, "sigmoid": _sigmoid, "linear": _linear, "tanh": np.tanh}
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,10 @@ class MemoryLayer:
         w /= w.sum(axis=1, keepdims=True)
         shifted = w - self.shrink_threshold
         w = np.maximum(shifted, 0.0) * w / (np.abs(shifted) + _EPS)
-        return w / (w.sum(axis=1, keepdims=True) + _EPS)
+        return cast("np.ndarray", w / (w.sum(axis=1, keepdims=True) + _EPS))
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
-        return self.attention(z) @ self.items
+        return cast("np.ndarray", self.attention(z) @ self.items)
 
 
 Layer = DenseLayer | MemoryLayer
@@ -73,7 +75,7 @@ class ForwardNet:
         return out
 
     def save(self, path: Path) -> None:
-        spec: list[dict] = []
+        spec: list[dict[str, Any]] = []
         arrays: dict[str, np.ndarray] = {}
         for i, layer in enumerate(self.layers):
             if isinstance(layer, DenseLayer):
@@ -83,10 +85,10 @@ class ForwardNet:
                 spec.append({"kind": "memory", "shrink_threshold": layer.shrink_threshold})
                 arrays[f"l{i}_m"] = layer.items
         with open(path, "wb") as fh:
-            np.savez(fh, spec=np.array(json.dumps(spec)), **arrays)
+            np.savez(fh, spec=np.array(json.dumps(spec)), **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle
 
     @classmethod
-    def load(cls, path: Path) -> "ForwardNet":
+    def load(cls, path: Path) -> ForwardNet:
         with np.load(path, allow_pickle=False) as data:
             spec = json.loads(str(data["spec"]))
             layers: list[Layer] = []

@@ -8,7 +8,8 @@ means (see :mod:`model_store.serving.scoring`), because only the group knows wha
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,8 @@ FacilityMemory = MutableMapping[str, dict[str, Any]]
 
 def _is_missing(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
-        return np.isnan(values)
-    return pd.isna(values)
+        return cast("np.ndarray", np.isnan(values))
+    return cast("np.ndarray", pd.isna(values))
 
 
 def _last_valid(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -59,7 +59,7 @@ class LineBook:
 
     @property
     def lines(self) -> dict[tuple[str, str], float]:
-        return self._lines  # type: ignore[attr-defined, no-any-return] - set in __post_init__ (frozen)
+        return self._lines  # type: ignore[attr-defined, no-any-return]  # set in __post_init__: a frozen dataclass has no other way
 
     def line_of(self, facility: str, item: str) -> float:
         return self.lines.get((facility, item), TRAINED_LINE)
@@ -70,7 +70,7 @@ class LineBook:
                 "bounds": self.bounds.to_dict(), "parts": [p.to_dict() for p in self.parts]}
 
     @classmethod
-    def from_dict(cls, raw: Any) -> "LineBook":
+    def from_dict(cls, raw: Any) -> LineBook:
         """The book, or ValueError naming the field and what was expected."""
         if not isinstance(raw, dict):
             raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
@@ -95,10 +95,10 @@ class LineBook:
         parts, seen = [], set()
         for n, entry in enumerate(entries):
             parts.append(_part(entry, n, bounds))
-            key = (parts[-1].facility, parts[-1].item)
-            if key in seen:
-                raise ValueError(f"parts[{n}]: {key[0]}/{key[1]} appears twice")
-            seen.add(key)
+            part_key = (parts[-1].facility, parts[-1].item)
+            if part_key in seen:
+                raise ValueError(f"parts[{n}]: {part_key[0]}/{part_key[1]} appears twice")
+            seen.add(part_key)
         if version == 0 and parts:
             raise ValueError("version: 0 is the empty book, but it lists parts")
         return cls(version, raw.get("model_version"), raw.get("created_at"), raw["change"], bounds, tuple(parts),
@@ -154,7 +154,7 @@ def apply_lines(anomaly: np.ndarray, score: np.ndarray, judged: np.ndarray, line
     return np.where(np.asarray(judged, dtype=bool) & (lines != TRAINED_LINE), above, np.asarray(anomaly, dtype=bool))
 
 
-def judge_with_book(batch: "ScoredBatch", book: LineBook | None, model_version: str) -> None:
+def judge_with_book(batch: ScoredBatch, book: LineBook | None, model_version: str) -> None:
     """Judge a scored batch at its parts' feedback lines (in place: ``anomaly``, ``line``,
     ``line_version``); a book for another store version, or none, leaves it as scored."""
     from model_store.serving.resolution import UNSCORABLE

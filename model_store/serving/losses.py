@@ -1,20 +1,22 @@
 """A group's loss per record: the one formula training (thresholds) and serving (verdicts) share."""
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 
 from model_store.models import IFOREST
 
 
-def feature_errors(kind: str, model, scaled: np.ndarray, median: np.ndarray) -> np.ndarray:
+def feature_errors(kind: str, model: Any, scaled: np.ndarray, median: np.ndarray) -> np.ndarray:
     """Per-feature error: |x - x_hat| for AE/MemAE; |x - training median| for IsolationForest."""
     if kind == IFOREST:
-        return np.abs(scaled - median)
-    return np.abs(scaled - model(scaled))
+        return cast("np.ndarray", np.abs(scaled - median))
+    return cast("np.ndarray", np.abs(scaled - model(scaled)))
 
 
 def group_losses(
-    kind: str, model, scaled: np.ndarray, median: np.ndarray, error_scale: np.ndarray,
+    kind: str, model: Any, scaled: np.ndarray, median: np.ndarray, error_scale: np.ndarray,
     unmeasured: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row loss and per-feature errors in units of each feature's usual training error.
@@ -41,6 +43,6 @@ def group_losses(
             count = measured.sum(axis=1)
             measured_rms = np.sqrt(np.where(measured, errors**2, 0.0).sum(axis=1) / np.maximum(count, 1))
             loss = np.where(count > 0, np.maximum(loss, measured_rms), loss)
-    if gaps:
+    if gaps and unmeasured is not None:  # gaps implies unmeasured; said again for the type checker
         errors = np.where(unmeasured, 0.0, errors)
     return loss, errors

@@ -23,8 +23,9 @@ off below ``h / 2``, capped at ``2h`` (:class:`model_store.serving.drift.Cusum`)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class LotReference:
         return {"lots": self.lots, "ratio": self.ratio, "dispersion": self.dispersion}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "LotReference":
+    def from_dict(cls, raw: Mapping[str, Any]) -> LotReference:
         reference = cls(int(raw["lots"]), float(raw["ratio"]), float(raw["dispersion"]))
         if not (reference.lots >= 2 and math.isfinite(reference.ratio) and reference.ratio > 0
                 and math.isfinite(reference.dispersion) and reference.dispersion >= 1.0):
@@ -132,4 +133,5 @@ def lot_references_from_manifest(drift: Mapping[str, Any] | None) -> dict[tuple[
     return references
 
 
-__all__ = ["lot_references_from_manifest", "MIN_EXPECTED", "LOT_DETECTORS", "LotDriftConfig", "LotReference", "lot_reference", "poisson_llr", "LotWatch"]
+__all__ = ["lot_references_from_manifest", "MIN_EXPECTED", "LOT_DETECTORS", "LotDriftConfig", "LotReference", "lot_reference",
+           "poisson_llr", "LotWatch"]

@@ -8,7 +8,8 @@ train'``, whatever is wrong and however deep.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NoReturn, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
 
 from model_store.errors import StoreError
 
@@ -89,19 +90,19 @@ class Fields:
             return default
         return self.items(key, _text)
 
-    def items(self, key: str, read: Callable[[Any, str, "Fields"], T]) -> tuple[T, ...]:
+    def items(self, key: str, read: Callable[[Any, str, Fields], T]) -> tuple[T, ...]:
         values = self.value(key)
         if not isinstance(values, list):
             self.refuse(self.name(key), f"must be a list, got {kind_of(values)}")
         return tuple(read(v, f"{self.name(key)}[{i}]", self) for i, v in enumerate(values))
 
-    def objects(self, key: str) -> tuple["Fields", ...]:
+    def objects(self, key: str) -> tuple[Fields, ...]:
         return self.items(key, lambda v, n, f: Fields(v, f.source, n))
 
-    def child(self, key: str) -> "Fields":
+    def child(self, key: str) -> Fields:
         return Fields(self.value(key), self.source, self.name(key))
 
-    def children(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, "Fields"]:
+    def children(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Fields]:
         """A JSON object of objects, by key (``default`` when absent)."""
         if default is not None and key not in self.raw:
             return {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class ProbabilityModel:
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+    return cast("np.ndarray", 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0))))
 
 
 def log_score(score: np.ndarray) -> np.ndarray:
@@ -72,5 +73,5 @@ class ConditionalProbability:
             p = self.blend * p + (1.0 - self.blend) * self.base_rate
         return p
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"excursion_intercept": self.excursion_intercept, "base_rate": self.base_rate, "blend": self.blend}

@@ -16,8 +16,9 @@ fallback recipe whose setting no cluster holds has ``setting_cluster`` -1: on_re
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,11 +44,12 @@ class RecipeBook:
                 key = (str(doc["facility"]), str(doc["item"]))
                 doc["setting_cluster"] = int(doc["setting_cluster"])
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"recipe {doc.get('facility')!r}/{doc.get('item')!r}: needs facility, item and an integer setting_cluster") from None
+                raise DataError(f"recipe {doc.get('facility')!r}/{doc.get('item')!r}: "
+                                "needs facility, item and an integer setting_cluster") from None
             self._by_pair[key] = doc
 
     @classmethod
-    def from_json(cls, source: str | Path | Mapping[str, Any] | list[Mapping[str, Any]]) -> "RecipeBook":
+    def from_json(cls, source: str | Path | Mapping[str, Any] | list[Mapping[str, Any]]) -> RecipeBook:
         """From a recipes.json path, its parsed document, or a plain list of recipe dicts."""
         if isinstance(source, (str, Path)):
             path = Path(source)
@@ -58,12 +60,13 @@ class RecipeBook:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise DataError(f"{path}: unreadable recipes file ({exc.__class__.__name__})") from None
         kept: Any = []
+        recipes: Any = source
         if isinstance(source, Mapping):
             kept = source.get("keep_current_practice") or []
-            source = source.get("recipes")
-        if not isinstance(source, list) or not isinstance(kept, list):
+            recipes = source.get("recipes")
+        if not isinstance(recipes, list) or not isinstance(kept, list):
             raise DataError("recipes: expected a recipes.json document or a list of recipes")
-        return cls(source, kept)
+        return cls(recipes, kept)
 
     def __len__(self) -> int:
         return len(self._by_pair)
@@ -107,9 +110,10 @@ class RecipeBook:
             return None
         if cluster < 0 or recipe["setting_cluster"] < 0:
             return None
-        return cluster == recipe["setting_cluster"]
+        return cast(bool, cluster == recipe["setting_cluster"])
 
-    def on_recipe_batch(self, facility: Iterable[Any], item: Iterable[Any], setting_cluster: Iterable[Any], model_version: str | None = None) -> np.ndarray:
+    def on_recipe_batch(self, facility: Iterable[Any], item: Iterable[Any], setting_cluster: Iterable[Any],
+                        model_version: str | None = None) -> np.ndarray:
         """:meth:`on_recipe` for parallel arrays (e.g. a ScoredBatch's): an object array of True/False/None."""
         return np.array(
             [self.on_recipe(f, i, c, model_version) for f, i, c in zip(facility, item, setting_cluster)], dtype=object

@@ -17,8 +17,8 @@ explain the lots' bad counts on the plant's own history); its records move down 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class MakerIndex:
     centroids: np.ndarray  # (G, settings) scaled
 
     @classmethod
-    def build(cls, entries: Sequence[GroupEntry], settings: int) -> "MakerIndex":
+    def build(cls, entries: Sequence[GroupEntry], settings: int) -> MakerIndex:
         return cls(
             group_ids=np.array([e.id for e in entries], dtype=object),
             facility=np.array([e.key.facility for e in entries], dtype=object),

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 
 from model_store.errors import StoreError
-from model_store.serving.excursions import NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
-from model_store.serving.imputation import fill_with_means
 from model_store.models import IFOREST
+from model_store.serving.excursions import NEW_SETTING_FLOOR, excursion_ratios, excursion_tolerance
 from model_store.serving.forest import ForestArrays
 from model_store.serving.forward import ForwardNet
+from model_store.serving.imputation import fill_with_means
+from model_store.serving.losses import group_losses
 from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.store import StoreManifest
 from model_store.serving.store_format import GroupEntry, StoreGroupKey
 from model_store.serving.thresholds import GroupThreshold
-from model_store.serving.losses import group_losses
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def load_runtime_group(manifest: StoreManifest, entry: GroupEntry) -> RuntimeGro
             model = ForwardNet.load(manifest.artifact(entry.artifacts["forward"]))
     except StoreError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means an unusable artifact
+    except Exception as exc:
         raise StoreError(f"{manifest.root}: group {entry.id}: cannot load its model ({exc})") from exc
     low, high = np.asarray(entry.feature_band.low, dtype=float), np.asarray(entry.feature_band.high, dtype=float)
     share = manifest.contents.effective_config.threshold.excursion_band_share
@@ -123,7 +123,7 @@ class GroupCache:
     manifest: StoreManifest
     capacity: int = 2048
     stats: CacheStats = field(default_factory=CacheStats)
-    _items: "OrderedDict[str, RuntimeGroup]" = field(default_factory=OrderedDict)
+    _items: OrderedDict[str, RuntimeGroup] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, group_id: str) -> RuntimeGroup:

@@ -20,14 +20,14 @@ class MinMax:
         return np.where(span > 0, span, 1.0)
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "MinMax":
+    def fit(cls, x: np.ndarray) -> MinMax:
         return cls(np.nanmin(x, axis=0).astype(float), np.nanmax(x, axis=0).astype(float))
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"min": self.minimum.tolist(), "max": self.maximum.tolist()}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, list[float]]) -> "MinMax":
+    def from_dict(cls, raw: dict[str, list[float]]) -> MinMax:
         return cls(np.asarray(raw["min"], dtype=float), np.asarray(raw["max"], dtype=float))
 
 

@@ -8,24 +8,29 @@ impute state -> setting cluster -> resolve group -> impute production -> scale (
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
-from model_store.serving.probability import ConditionalProbability, ProbabilityModel
-from model_store.serving.excursions import excursion_ratios, excursion_tolerance
-from model_store.serving.imputation import FacilityMemory, impute_columns
-from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
-from model_store.serving.runtime import GroupCache, RuntimeGroup
+from model_store.errors import StoreError
 from model_store.serving.clusters import assign_clusters, scale_settings
 from model_store.serving.columns import RecordColumns
-from model_store.errors import StoreError
+from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
+from model_store.serving.excursions import excursion_ratios, excursion_tolerance
+from model_store.serving.imputation import FacilityMemory, impute_columns
+from model_store.serving.probability import ConditionalProbability, ProbabilityModel
+from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
+from model_store.serving.runtime import GroupCache, RuntimeGroup
 from model_store.serving.store import MANIFEST, StoreManifest
 from model_store.serving.store_format import (
-    NO_CONDITIONAL, Calibration, ConditionalProbabilityEntry, FacilityDefaults, GroupEntry,
+    NO_CONDITIONAL,
+    Calibration,
+    ConditionalProbabilityEntry,
+    FacilityDefaults,
+    GroupEntry,
 )
 from model_store.serving.thresholds import decide, effective_thresholds
 
@@ -109,18 +114,28 @@ BASELINE_MEMORY = ("conditional", "baselines")  # not a str: no facility name ca
 MAX_REMEMBERED_PARTS = 100_000  # per store version and maker: a stream of made-up items cannot grow memory without end
 
 
+# The running baselines ride in the facility memory under a key no facility can have (a tuple), so
+# their type is stated here, where they are read and written, rather than in FacilityMemory.
+BaselineSlot = dict[tuple[str, str], dict[str, np.ndarray]]
+
+
+def _carried(memory: FacilityMemory) -> BaselineSlot:
+    slot: BaselineSlot = cast("MutableMapping[Any, Any]", memory).get(BASELINE_MEMORY, {})
+    return slot
+
+
 def baselines(memory: FacilityMemory | None, state_key: tuple[str, str]) -> dict[str, np.ndarray] | None:
     """The running baselines this stream carries for one store version's maker (None: none yet)."""
     if memory is None:
         return None
-    return memory.get(BASELINE_MEMORY, {}).get(state_key)  # type: ignore[call-overload]
+    return _carried(memory).get(state_key)
 
 
 def remember_baselines(memory: FacilityMemory, state_key: tuple[str, str], end: dict[str, np.ndarray]) -> None:
     """Carry the parts' baselines to the next batch. Dictionaries are replaced, never changed in
     place, so a shallow copy of the memory (POST /score) cannot move the stream's baselines; a
     new store version's baselines replace the old one's (whose residuals meant something else)."""
-    carried = memory.get(BASELINE_MEMORY, {})  # type: ignore[call-overload]
+    carried = _carried(memory)
     parts = dict(carried.get(state_key, {}))
     for key, value in end.items():
         parts.pop(key, None)  # re-inserted last: the parts seen longest ago are dropped first
@@ -128,7 +143,7 @@ def remember_baselines(memory: FacilityMemory, state_key: tuple[str, str], end: 
     if len(parts) > MAX_REMEMBERED_PARTS:
         parts = dict(list(parts.items())[len(parts) - MAX_REMEMBERED_PARTS:])
     kept = {k: v for k, v in carried.items() if k[0] == state_key[0] and k != state_key}
-    memory[BASELINE_MEMORY] = {**kept, state_key: parts}  # type: ignore[index]
+    cast("MutableMapping[Any, Any]", memory)[BASELINE_MEMORY] = {**kept, state_key: parts}
 
 
 def _empty_batch(n: int) -> ScoredBatch:
@@ -285,7 +300,7 @@ class ScoringEngine:
                 on_disk = json.load(fh).get("model_version")
         except (OSError, ValueError, AttributeError):
             return True
-        return on_disk != self.manifest.model_version
+        return cast(bool, on_disk != self.manifest.model_version)
 
     def _default_state(self, facility: str, item: Any, fields: tuple[str, ...]) -> tuple[Any, np.ndarray | None]:
         facility_defaults = self.defaults.get(str(facility), NO_FACILITY_DEFAULTS)
@@ -505,6 +520,7 @@ class ScoringEngine:
         out.resolution[target[newly]] = CONDITIONAL
         out.reason[target] = None
         out.model_kind[target] = CONDITIONAL
+        assert out.basis is not None  # filled by ScoredBatch.__post_init__
         out.basis[target] = np.where(result.unit[wins] == FALLBACK, "maker", "part")
         out.loss[target] = result.evidence[wins]
         out.threshold[target] = result.line[wins]
@@ -529,6 +545,7 @@ class ScoringEngine:
             for i, columns in _row_lists(~measured[judged] & listing[:, None]):
                 out.imputed[target[i]] = out.imputed[target[i]] + [names[j] for j in columns]
             if naming_only or newly.any():
+                assert result.outside is not None  # every conditional score carries it
                 for i, columns in _row_lists(result.outside[wins] & (listing[:, None])):
                     out.out_of_range[target[i]] = [names[j] for j in columns]
             if result.settings_outside is not None and result.settings_outside.any():
@@ -588,6 +605,7 @@ class ScoringEngine:
                 f"{len(features)} production fields are missing")
         keep = np.flatnonzero(evidence)
         target = target[keep]
+        assert out.basis is not None  # filled by ScoredBatch.__post_init__
         out.basis[target] = "group"
         out.loss[target] = evaluation.loss[keep]
         out.threshold[target] = threshold[keep]
@@ -628,4 +646,5 @@ def _row_lists(mask: np.ndarray) -> list[tuple[int, list[int]]]:
     return list(zip(rows[np.r_[0, cuts]].tolist(), (c.tolist() for c in np.split(columns, cuts))))
 
 
-__all__ = ["ScoringEngine", "ScoredBatch", "UNSCORABLE_CAUSES", "unscorable_cause", "EXACT", "PART", "NEAREST", "ITEM", "MAKER", "UNSCORABLE"]
+__all__ = ["ScoringEngine", "ScoredBatch", "UNSCORABLE_CAUSES", "unscorable_cause",
+           "EXACT", "PART", "NEAREST", "ITEM", "MAKER", "UNSCORABLE"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from model_store.errors import StoreError
 from model_store.schema import PlantSchema, parse_schema
@@ -50,7 +51,7 @@ class StoreManifest:
 
     @classmethod
     def of_parsed(cls, root: Path, raw: dict[str, Any], contents: Manifest, schema: PlantSchema,
-                  setting_models: dict[str, SettingModel]) -> "StoreManifest":
+                  setting_models: dict[str, SettingModel]) -> StoreManifest:
         """The manifest of ``raw`` already parsed as ``contents`` (by :func:`open_store`): a large
         store's manifest takes about as long to parse as to read, so it is not parsed twice."""
         manifest = cls.__new__(cls)

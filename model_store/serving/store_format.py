@@ -23,12 +23,19 @@ unchanged.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 from model_store.config import (
-    COMBINE_RULES, ConditionalConfig, DriftReferenceConfig, GroupingConfig, ModelConfig, ThresholdConfig, TrainingConfig,
+    COMBINE_RULES,
+    ConditionalConfig,
+    DriftReferenceConfig,
+    GroupingConfig,
+    ModelConfig,
+    ThresholdConfig,
+    TrainingConfig,
 )
 from model_store.errors import StoreError
 from model_store.serving.manifest_fields import RETRAIN, Fields, kind_of, read
@@ -80,7 +87,7 @@ class StoreGroupKey:
     cluster: int
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "StoreGroupKey":
+    def from_dict(cls, raw: Fields) -> StoreGroupKey:
         return cls(raw.text("maker"), raw.text("facility"), raw.text("item"), raw.integer("cluster"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +102,7 @@ class Band:
     high: tuple[float, ...]
 
     @classmethod
-    def from_dict(cls, raw: Fields, length: int | None = None) -> "Band":
+    def from_dict(cls, raw: Fields, length: int | None = None) -> Band:
         return cls(raw.numbers("low", length), raw.numbers("high", length))
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +135,7 @@ class GroupEntry:
     training: dict[str, Any]  # fit figures for the report (seconds, loss histogram...)
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "GroupEntry":
+    def from_dict(cls, raw: Fields) -> GroupEntry:
         features = raw.texts("features")
         n = len(features)
         artifacts = raw.child("artifacts")
@@ -186,7 +193,7 @@ class FacilityDefaults:
     settings_by_item: dict[str, tuple[float, ...]] | None = None
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "FacilityDefaults":
+    def from_dict(cls, raw: Fields) -> FacilityDefaults:
         by_item = raw.child("settings_by_item") if "settings_by_item" in raw.raw else None
         return cls(
             item=raw.optional_text("item"),
@@ -217,7 +224,7 @@ class SettingProfile:
     band: Band
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "SettingProfile":
+    def from_dict(cls, raw: Fields) -> SettingProfile:
         median = raw.numbers_or_none("median")
         return cls(raw.text("facility"), raw.text("item"), raw.integer("cluster"), raw.integer("rows"), median,
                    raw.numbers("setting_centroid"), raw.number("setting_radius"), Band.from_dict(raw.child("band"), len(median)))
@@ -242,7 +249,7 @@ class CalibrationUnit:
     history_excursions: int
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "CalibrationUnit":
+    def from_dict(cls, raw: Fields) -> CalibrationUnit:
         return cls(raw.text("group_id"), raw.text("path"), raw.number("factor"), raw.integer("rows"),
                    raw.number("expected_bad"), raw.integer("history_alarms"), raw.integer("history_excursions"))
 
@@ -261,7 +268,7 @@ class PathUse:
     evidence: float | None  # likelihood-ratio statistic; None: not tested (a record's own group or part)
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "PathUse":
+    def from_dict(cls, raw: Fields) -> PathUse:
         return cls(raw.flag("used"), raw.integer("rows"), raw.optional_number("evidence"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,7 +286,7 @@ class Calibration:
     min_evidence: float
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "Calibration":
+    def from_dict(cls, raw: Fields) -> Calibration:
         path_factor = raw.child("path_factor")
         probability = raw.child("probability")
         coefficients = {k: probability.numbers(k, 2) for k in probability.raw}
@@ -316,7 +323,7 @@ class UnitLine:
     rows: int | None
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "UnitLine":
+    def from_dict(cls, raw: Fields) -> UnitLine:
         return cls(raw.text("unit"), raw.number("line"), raw.number("alpha"), raw.optional_integer("rows"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,7 +359,7 @@ class ConditionalUnitEntry:
     setting_range_parts: tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "ConditionalUnitEntry":
+    def from_dict(cls, raw: Fields) -> ConditionalUnitEntry:
         residual_evidence = raw.text("residual_evidence", LEGACY_RESIDUAL_EVIDENCE)
         if residual_evidence not in ("tails", "squares", "both"):
             raw.refuse(raw.name("residual_evidence"), f"must be tails, squares or both, got {residual_evidence!r}")
@@ -397,7 +404,7 @@ class ConditionalProbabilityEntry:
     blend: float = LEGACY_PROBABILITY_BLEND
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "ConditionalProbabilityEntry":
+    def from_dict(cls, raw: Fields) -> ConditionalProbabilityEntry:
         return cls(raw.optional_number("excursion_intercept"), raw.optional_number("base_rate"),
                    raw.number("blend", LEGACY_PROBABILITY_BLEND))
 
@@ -418,7 +425,7 @@ class ConditionalSection:
     held_out_excursions: int | None = None
 
     @classmethod
-    def from_dict(cls, raw: Fields) -> "ConditionalSection":
+    def from_dict(cls, raw: Fields) -> ConditionalSection:
         combine = raw.text("combine", LEGACY_COMBINE)
         if combine not in COMBINE_RULES:
             raw.refuse(raw.name("combine"), f"must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
@@ -510,13 +517,14 @@ class Manifest:
     drift: dict[str, Any] | None = None
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str) -> "Manifest":
+    def from_dict(cls, raw: Any, source: str) -> Manifest:
         """Parse and check a manifest; ``source`` (the file) opens every refusal."""
         found = raw.get("store_format") if isinstance(raw, Mapping) else None
         if type(found) is not int or found != STORE_FORMAT:  # not True, 4.0 or "4": the writer writes the integer
             known = FORMAT_HISTORY.get(found) if type(found) is int else None
             reads = f"this moldwatch reads format {STORE_FORMAT} ({FORMAT_HISTORY[STORE_FORMAT]})"
-            detail = (f"Format {found} ({known}) was written by an older moldwatch; {reads}." if known and found < STORE_FORMAT
+            older = bool(known) and found is not None and found < STORE_FORMAT
+            detail = (f"Format {found} ({known}) was written by an older moldwatch; {reads}." if older
                       else f"The manifest has no store_format; {reads}." if found is None
                       else f"It was written by another moldwatch; {reads}.")
             raise StoreError(f"{source}: store format {found!r} is not supported (expected {STORE_FORMAT}); {RETRAIN}. {detail}")

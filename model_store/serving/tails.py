@@ -41,7 +41,7 @@ class TailTable:
     rows: np.ndarray  # (fields,) measured rows per field
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "TailTable":
+    def fit(cls, x: np.ndarray) -> TailTable:
         x = np.asarray(x, dtype=float)
         values = np.full((len(TAIL_LEVELS), x.shape[1]), np.nan)
         rows = (~np.isnan(x)).sum(axis=0)
@@ -55,11 +55,11 @@ class TailTable:
         return {f"{prefix}values": self.values, f"{prefix}rows": self.rows}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "TailTable":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> TailTable:
         return cls(np.asarray(arrays[f"{prefix}values"], dtype=float), np.asarray(arrays[f"{prefix}rows"], dtype=np.int64))
 
     @cached_property
-    def bank(self) -> "TailBank":
+    def bank(self) -> TailBank:
         """This table alone, prepared for evaluation (built on first use, then kept)."""
         return TailBank.of([self])
 
@@ -93,7 +93,7 @@ class TailBank:
     CHUNK_ELEMENTS = 40_000_000
 
     @classmethod
-    def of(cls, tables: list[TailTable] | tuple[TailTable, ...], unit: float | None = None) -> "TailBank":
+    def of(cls, tables: list[TailTable] | tuple[TailTable, ...], unit: float | None = None) -> TailBank:
         """``unit``: the central spread of a column whose table holds one value only (default: 1 %
         of that value's magnitude); tables of residuals in units of their spread pass 1."""
         levels = len(TAIL_LEVELS)
@@ -143,7 +143,7 @@ class TailBank:
         return out
 
     def _evidence(self, index: np.ndarray, x: np.ndarray) -> np.ndarray:
-        tables, levels, fields = self.knots.shape
+        _tables, levels, fields = self.knots.shape
         count = self.count[index]
         ok = (count > 0) & ~np.isnan(x)
         v = np.where(ok, x, 0.0)

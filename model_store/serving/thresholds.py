@@ -41,7 +41,7 @@ class GroupThreshold:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, float]) -> "GroupThreshold":
+    def from_dict(cls, raw: dict[str, float]) -> GroupThreshold:
         return cls(**{k: float(raw[k]) for k in cls.__dataclass_fields__})
 
 

@@ -6,9 +6,9 @@ messages against it.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -17,13 +17,15 @@ from model_store.serving.columns import RecordColumns
 from model_store.serving.scoring import ScoredBatch
 
 VERDICT_SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "verdict.schema.json"
-VERDICT_VERSION = 4  # 2: excursion, measured_share, defect_probability; resolution part/item/maker. 3: basis; resolution and model_kind "conditional". 4: line, line_version, lot_date
+# 2: excursion, measured_share, defect_probability; resolution part/item/maker. 3: basis; resolution and
+# model_kind "conditional". 4: line, line_version, lot_date
+VERDICT_VERSION = 4
 
 
 def _iso(ts: Any) -> str | None:
     if ts is None or (isinstance(ts, float) and math.isnan(ts)) or pd.isna(ts):
         return None
-    return pd.Timestamp(ts).isoformat()
+    return cast(str, pd.Timestamp(ts).isoformat())
 
 
 def _iso_column(column: pd.Series | np.ndarray) -> list[str | None]:
@@ -62,7 +64,7 @@ _NUMBERS = ("distance", "loss", "threshold", "margin", "score", "excursion", "me
 def to_verdicts(records: pd.DataFrame | RecordColumns, batch: ScoredBatch, model_version: str,
                 scored_at: str | None = None) -> list[dict[str, Any]]:
     """One verdict per record, in input order."""
-    scored_at = scored_at or datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    scored_at = scored_at or datetime.now(UTC).isoformat(timespec="milliseconds")
     if isinstance(records, pd.DataFrame):
         ids = records["record_id"].to_numpy(dtype=object).tolist()
         stamps = _iso_column(records["timestamp"])  # a frame's column keeps its time zone
