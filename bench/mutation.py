@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench._common import write_result  # noqa: E402
+from bench._common import write_result
 
 EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.yaml"
 TARGET = 0.90  # kill rate asked of every module (issue 9)
@@ -67,7 +67,8 @@ MODULES: dict[str, RuleModule] = {
     "probability": RuleModule("model_store/serving/probability.py", ("tests/model_store/test_calibration.py",)),
     "decode": RuleModule("service/decode.py", ("tests/service/test_decode*.py",)),
     "mapping": RuleModule("model_store/mapping.py", ("tests/model_store/test_mapping.py", "tests/service/test_decode*.py")),
-    "ranking": RuleModule("model_store/recipe/ranking.py", ("tests/model_store/test_recipe.py", "tests/model_store/test_recipe_ranking.py")),
+    "ranking": RuleModule("model_store/recipe/ranking.py",
+                          ("tests/model_store/test_recipe.py", "tests/model_store/test_recipe_ranking.py")),
     "intervals": RuleModule("model_store/recipe/intervals.py",
                             ("tests/model_store/test_recipe_intervals.py", "tests/model_store/test_recipe.py")),
     "recipe_gate": RuleModule("model_store/recipe/gate.py", ("tests/model_store/test_recipe_gate.py",)),
@@ -265,7 +266,7 @@ def run_module(name: str, module: RuleModule, copy: Path, timeout_s: float, equi
     survivors.sort(key=lambda s: (s["line"] or 0, s["mutant"]))
     return {
         "module": module.path,
-        "ran_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "head": _head(),
         "source_sha256": _sha256(copy / module.path),
         "tests": tests,
@@ -369,7 +370,7 @@ def relabel(out: str, names: list[str], equivalents: list[dict[str, Any]]) -> in
         judged = r["killed"] + r["timeout"] + r["survived"] + r["no_tests"] + r["other"]
         r["kill_rate"] = round((r["killed"] + r["timeout"]) / judged, 4) if judged else None
         r["meets_target"] = r["kill_rate"] is not None and r["kill_rate"] >= TARGET
-        r["relabelled_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        r["relabelled_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _save(out, name, r, None)
         print(f"   {name}: kill rate {r['kill_rate']:.1%} ({r['survived'] + r['no_tests']} survivors, {r['equivalent']} equivalent)")
     return 0
@@ -431,7 +432,7 @@ def recheck(out: str, names: list[str], equivalents: list[dict[str, Any]], timeo
         r.pop("incomplete", None)
         r.pop("kill_rate_of_checked", None)
         r.pop("not_checked", None)
-        r["rechecked"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "head": _head(),
+        r["rechecked"] = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "head": _head(),
                           "mutants": len(pending), "killed_now": newly[KILLED] + newly[TIMEOUT],
                           "seconds": round(time.monotonic() - started, 1), "mutmut_exit": code,
                           "tests": tests}
