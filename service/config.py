@@ -400,13 +400,12 @@ class WorkerSettings(BaseSettings):
 
 def mongo_uri_problem(uri: str) -> str | None:
     """Why the driver would refuse ``uri`` (one line, credentials masked), or None."""
+    from pymongo.errors import ConfigurationError, InvalidURI
+
+    from service.client_internals import validate_mongo_uri
+
     try:
-        from pymongo.errors import ConfigurationError, InvalidURI
-        from pymongo.uri_parser_shared import _validate_uri  # parses without the DNS lookup of mongodb+srv
-    except ImportError:  # another PyMongo layout: the driver reports it at connection time instead
-        return None
-    try:
-        _validate_uri(uri)
+        validate_mongo_uri(uri)  # without the DNS lookup of mongodb+srv
     except (InvalidURI, ConfigurationError, ValueError) as exc:
         secrets = uri_secrets(uri)
         text = one_line(exc)

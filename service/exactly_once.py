@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
 from bson import json_util
 
 from service.backoff import Backoff
+from service.client_internals import fail_buffered
 from service.config import WorkerSettings
 from service.kafka_acls import denied, transactional_id
 from service.metrics import WorkerMetrics
@@ -104,7 +105,11 @@ class TransactionalSink(KafkaSinkBase):
             await self.setup()
         producer = self.producer
         assert producer is not None
-        await producer.begin_transaction()
+        # aiokafka's transaction context: begins; on exit commits, or aborts unless the producer's
+        # error is fatal (fenced: no abort is possible). Entered and left by hand so that the
+        # abort is bounded: it waits for a broker that may be gone.
+        transaction = producer.transaction()
+        await transaction.__aenter__()
         try:
             for message in delivery.messages:
                 message.future = None  # a retried transaction hands everything over again
@@ -129,11 +134,11 @@ class TransactionalSink(KafkaSinkBase):
                     if messages and is_permanent(outcome):
                         self.refused(messages, outcome)  # the next attempt sends them apart / as dead letters
                     raise outcome
-            await producer.commit_transaction()
-        except BaseException:
+            await transaction.__aexit__(None, None, None)  # commits
+        except BaseException as exc:
             with contextlib.suppress(Exception):
-                if producer._txn_manager is not None and not producer._txn_manager.is_fatal_error():
-                    await asyncio.wait_for(producer.abort_transaction(), self.settings.kafka_request_timeout_ms / 1000 * 3)
+                await asyncio.wait_for(transaction.__aexit__(type(exc), exc, exc.__traceback__),
+                                       self.settings.kafka_request_timeout_ms / 1000 * 3)
             raise
         now = time.time()
         for message in delivery.messages:
@@ -147,7 +152,7 @@ class TransactionalSink(KafkaSinkBase):
         producer, self.producer = self.producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
-                producer._message_accumulator.fail_all(KafkaError("transaction aborted"))
+                fail_buffered(producer, KafkaError("transaction aborted"))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5)
 
@@ -165,14 +170,20 @@ class KafkaPositionStore:
         """The position as a message for :meth:`TransactionalSink.commit_batch`."""
         return self.topic, self.key, json_util.dumps(fields, json_options=_JSON).encode()
 
-    async def ensure_topic(self) -> None:
+    async def ensure_topic(self) -> list[int]:
+        """The positions topic's partitions; the topic is created (compacted) when it does not
+        exist, and then holds no position yet: no partitions to read."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                     request_timeout_ms=self.settings.kafka_request_timeout_ms,
                                     **self.settings.kafka_security_kwargs())
         await admin.start()
         try:
-            if self.topic in await admin.list_topics():
-                return
+            # Every topic, as list_topics asks: naming this one could make the broker auto-create
+            # it (not compacted).
+            topics = {t["topic"]: t for t in await admin.describe_topics()}
+            if self.topic in topics:
+                described = topics[self.topic]
+                return sorted(p["partition"] for p in described["partitions"]) if described["error_code"] == 0 else []
             brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
             result = await admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=min(3, brokers),
                                                          topic_configs={"cleanup.policy": "compact"})])
@@ -183,6 +194,7 @@ class KafkaPositionStore:
             pass
         finally:
             await admin.close()
+        return []
 
     async def load(self) -> dict[str, Any] | None:
         """:meth:`_load`, its Kafka errors as :class:`CheckpointUnavailable` (the source retries)."""
@@ -200,7 +212,9 @@ class KafkaPositionStore:
         producer fenced this worker's previous incarnation at start-up, so an abandoned transaction
         is aborted and this wait is short.
         """
-        await self.ensure_topic()
+        partitions = [TopicPartition(self.topic, p) for p in await self.ensure_topic()]
+        if not partitions:
+            return None
         kwargs = dict(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
                       **self.settings.kafka_security_kwargs())
         consumer = AIOKafkaConsumer(isolation_level="read_committed", **kwargs)
@@ -208,10 +222,6 @@ class KafkaPositionStore:
         await consumer.start()
         await probe.start()
         try:
-            metadata = await consumer._client.fetch_all_metadata()  # the consumer's own knows only subscribed topics
-            partitions = [TopicPartition(self.topic, p) for p in (metadata.partitions_for_topic(self.topic) or set())]
-            if not partitions:
-                return None
             deadline = time.monotonic() + self.settings.kafka_transaction_timeout_ms / 1000 + 10
             while True:
                 stable, high = await consumer.end_offsets(partitions), await probe.end_offsets(partitions)

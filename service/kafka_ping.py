@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)
 
+from service.client_internals import open_connection
 from service.redact import one_line
 
 if TYPE_CHECKING:
     from service.config import WorkerSettings
 
 
-async def metadata_ping(client: Any, timeout_s: float, what: str, endpoint: str = "") -> str | None:
-    """``None`` when ``client`` (an aiokafka client) gets a metadata answer in time, else why not."""
+async def metadata_ping(request: Awaitable[Any], timeout_s: float, what: str, endpoint: str = "") -> str | None:
+    """``None`` when ``request`` (a client's metadata request to the cluster) is answered in time,
+    else why not."""
     where = f"{what} {endpoint}" if endpoint else what
     try:
-        await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+        await asyncio.wait_for(request, timeout_s)
     except asyncio.TimeoutError:
         cause = f"no metadata answer within {timeout_s} s"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
@@ -93,14 +96,12 @@ async def connect_failure(settings: "WorkerSettings", error: BaseException) -> s
 
 async def _connect_cause(endpoint: str, settings: "WorkerSettings", timeout_s: float) -> str | None:
     """Connect to one broker as the worker's clients do (TLS handshake, SASL); None when that works."""
-    from aiokafka.conn import create_conn
-
     host, _, port = endpoint.rpartition(":")
     host = host.strip("[]") or endpoint
     try:
         conn = await asyncio.wait_for(
-            create_conn(host, int(port or 9092), client_id=settings.kafka_client_id,
-                        request_timeout_ms=int(timeout_s * 1000), **settings.kafka_security_kwargs()),
+            open_connection(host, int(port or 9092), client_id=settings.kafka_client_id,
+                            request_timeout_ms=int(timeout_s * 1000), **settings.kafka_security_kwargs()),
             timeout_s)
     except (SaslAuthenticationFailed, AuthenticationFailedError):
         return (f"{endpoint}: SASL authentication failed for user {settings.kafka_sasl_username!r} "

@@ -59,6 +59,7 @@ from aiokafka.errors import (
 from bson import json_util
 
 from service.backoff import Backoff
+from service.client_internals import fail_buffered, keep_batches_until_acked, producer_metadata
 from service.config import WorkerSettings
 from service.dead_letter import MESSAGE_TOO_LARGE, REJECTED_BY_BROKER, SERIALIZATION_FAILED, DeadLetter, DeadLetterMessage
 from service.kafka_acls import denied
@@ -285,7 +286,7 @@ class KafkaSinkBase:
             diagnosis = await tcp_diagnosis(self.settings.kafka_bootstrap_servers, min(self.settings.ready_timeout_s, 2.0),
                                             accepted="accepts connections (the producer is connecting)")
             return f"kafka producer not connected: {diagnosis}" if diagnosis else "kafka producer not connected"
-        return await metadata_ping(self.producer.client, self.settings.ready_timeout_s, "kafka",
+        return await metadata_ping(producer_metadata(self.producer), self.settings.ready_timeout_s, "kafka",
                                    self.settings.kafka_bootstrap_servers)
 
     # -- messages ----------------------------------------------------------------------------------
@@ -447,7 +448,7 @@ class KafkaSink(KafkaSinkBase):
             # Fail what the old producer still holds instead of letting it trickle out behind
             # the resends below (that would put an older verdict after a newer one).
             with contextlib.suppress(Exception):
-                old._message_accumulator.fail_all(KafkaError("producer replaced"))
+                fail_buffered(old, KafkaError("producer replaced"))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), 5)
         producer = self.new_producer()
@@ -598,16 +599,6 @@ async def hand_over(producer: AIOKafkaProducer, messages: list[Outgoing],
     except Exception as exc:  # noqa: BLE001 - the caller classifies it: permanent or retried
         return attempt, exc
     return [], None
-
-
-def keep_batches_until_acked(producer: AIOKafkaProducer) -> None:
-    """With idempotence aiokafka retries a batch until it is acknowledged, except a batch whose
-    partition has no known leader for longer than the request timeout (a broker restarting): that
-    one fails while younger batches of the same partition may still be written after it, which
-    reorders a facility's verdicts. No expiry: such a batch waits for the leader like the others."""
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is not None and hasattr(accumulator, "_batch_ttl"):
-        accumulator._batch_ttl = float(365 * 24 * 3600)
 
 
 def _bounded_key(key: bytes | None) -> bytes | None:

@@ -255,7 +255,7 @@ class KafkaSource:
     async def ping(self) -> str | None:
         if self.consumer is None:
             return f"kafka source not connected: {self.connect_error}" if self.connect_error else "kafka source not connected"
-        return await metadata_ping(self.consumer._client, self.settings.ready_timeout_s, "kafka source",
+        return await metadata_ping(self.consumer.topics(), self.settings.ready_timeout_s, "kafka source",
                                    self.settings.kafka_bootstrap_servers)
 
     async def close(self) -> None:
