@@ -81,6 +81,7 @@ MODULES: dict[str, RuleModule] = {
     "feedback_lines": RuleModule("model_store/serving/feedback_lines.py", ("tests/model_store/serving/test_feedback_lines.py",)),
     "line_book": RuleModule("model_store/serving/line_book.py", ("tests/model_store/serving/test_line_book.py",)),
     "lot_drift": RuleModule("model_store/serving/lot_drift.py", ("tests/model_store/serving/test_lot_drift.py",)),
+    "baseline": RuleModule("model_store/serving/baseline.py", ("tests/model_store/serving/test_baseline.py",)),
 }
 
 # mutmut's exit-code vocabulary, folded into the outcomes reported here.

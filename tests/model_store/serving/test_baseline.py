@@ -225,3 +225,99 @@ def test_batches_and_one_pass_agree_with_the_level_shift_rule(values: list[float
     second, again = _one_field(values[cut:], shift_run, state=carried)
     assert np.allclose(np.r_[first[:, 0], second[:, 0]], whole[:, 0])
     assert np.allclose(again["P"], end["P"], equal_nan=True)
+
+
+def test_the_run_counts_each_side_exactly_and_restarts_on_a_switch_or_a_jump_between_shots() -> None:
+    # (the run and last shot are the state's second and third thirds)
+    assert _one_field([10.0, 10.0], 5)[1]["P"][1] == 2.0
+    assert _one_field([-10.0, -10.0], 5)[1]["P"][1] == -2.0
+    assert _one_field([10.0, 10.0, -10.0], 5)[1]["P"][1] == -1.0  # the other side starts a run of its own
+    assert _one_field([-10.0, -10.0, 10.0], 5)[1]["P"][1] == 1.0
+    assert _one_field([10.0, 20.0], 5)[1]["P"][1] == 1.0  # not steady: a new run of one
+    assert _one_field([-10.0, -20.0], 5)[1]["P"][1] == -1.0
+    assert _one_field([10.0, 1.0], 5)[1]["P"][1] == 0.0  # back within the clip
+
+
+def test_exactly_the_clip_below_the_mean_is_not_beyond_it_either() -> None:
+    assert _one_field([-4.0, -6.0, -6.0], 3)[1]["P"][1] == -2.0  # counted, -4 would have completed the run
+
+
+def test_a_run_of_one_follows_every_shot_beyond_the_clip() -> None:
+    base, end = _one_field([10.0, 0.0], 1)
+    assert base[1, 0] == 10.0 and end["P"].shape == (3,)
+
+
+def test_a_new_parts_first_shot_starts_its_mean_and_no_run() -> None:
+    # no state: the first shot (100) starts the mean at START_LIMIT (50); the second, 50 from the
+    # mean and steady, is the run's first shot, so a run of 2 has not yet moved the mean
+    a = smoothing(5.0)
+    base, end = _one_field([100.0, 100.0, 0.0], 2, state={})
+    assert base[1, 0] == START_LIMIT and base[2, 0] == pytest.approx(START_LIMIT + a * 4.0)
+    assert end["P"][1] == -1.0  # the last shot, 0, lies beyond the clip below the mean
+
+
+def test_infinite_and_huge_readings_raise_no_warning_and_never_make_a_run() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        base, end = _one_field([np.inf, np.inf, np.inf, 1e308, -1e308, np.nan, 0.0], 3)
+    assert np.isfinite(base).all() and end["P"][1] == 0.0
+
+
+# -- the running baseline follows a judged shot all the way where asked ---------------------------
+def test_follow_moves_the_mean_to_the_judged_shot_and_the_next_shot_is_judged_against_it() -> None:
+    z = np.array([[0.0, 0.0], [10.0, np.nan], [10.0, 3.0], [10.0, 3.0]])
+    keys = np.array(["P"] * 4, dtype=object)
+    state = {"P": np.array([0.0, 1.0])}
+    a = smoothing(5.0)
+    plain, _ = running_baseline(z, keys, np.arange(4), 5.0, 4.0, state)
+    followed, end = running_baseline(z, keys, np.arange(4), 5.0, 4.0, state, np.array([False, True, False, False]))
+    # row 0 is judged against the state and pulls field 1 towards 0 by a * 1
+    assert followed[0].tolist() == [0.0, 1.0]
+    assert followed[1].tolist() == pytest.approx([0.0, 1.0 - a])
+    # row 1 is followed: field 0 jumps to 10; field 1 has no value there and stays
+    assert followed[2].tolist() == pytest.approx([10.0, 1.0 - a])
+    # without follow the mean moves by a * clip (4) at most
+    assert plain[2, 0] == pytest.approx(a * 4.0)
+    # row 2 (not followed) moves the mean the usual clipped step: field 1 by a * (3 - (1 - a))
+    assert followed[3].tolist() == pytest.approx([10.0, (1.0 - a) + a * (3.0 - (1.0 - a))])
+    assert end["P"].tolist() == pytest.approx([10.0, followed[3, 1] + a * (3.0 - followed[3, 1])])
+
+
+def test_follow_on_a_first_shot_without_state_starts_the_mean_unclipped() -> None:
+    z = np.array([[500.0], [500.0]])
+    keys = np.array(["new", "new"], dtype=object)
+    plain, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {})
+    followed, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {}, np.array([True, False]))
+    assert plain[1, 0] == 50.0  # START_LIMIT holds a new part's first mean
+    assert followed[1, 0] == 500.0  # followed: the shot itself
+
+
+def test_a_followed_shot_exactly_the_clip_from_the_mean_takes_the_usual_step() -> None:
+    a = smoothing(5.0)
+    z = np.array([[14.0], [0.0]])
+    keys = np.array(["P", "P"], dtype=object)
+    base, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {"P": np.array([10.0])}, np.array([True, False]))
+    assert base[1, 0] == pytest.approx(10.0 + a * 4.0)  # 4 from the mean: not further than the clip
+    base, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {"P": np.array([-10.0])}, np.array([True, False]))
+    assert base[1, 0] == 14.0  # 24 from a mean of -10 (|shot + mean| would be 4)
+
+
+def test_a_carried_state_of_two_fields_reads_its_run_and_last_shot() -> None:
+    z = np.array([[10.0, 0.0], [0.0, 0.0]])
+    keys = np.array(["P", "P"], dtype=object)
+    state = {"P": np.array([0.0, 0.0, 2.0, 0.0, 10.0, 0.0])}  # mean (0, 0), run (2, 0), last (10, 0)
+    base, end = running_baseline(z, keys, np.arange(2), 5.0, 4.0, state, shift_run=3)
+    assert base[1].tolist() == [10.0, 0.0]  # the carried run of 2 completed by the first shot
+    assert end["P"].shape == (6,)
+
+
+def test_a_missing_first_value_leaves_a_carried_mean_where_it_was() -> None:
+    base, _ = _one_field([np.nan, 0.0], 3, state={"P": np.array([2.0])})
+    assert base[1, 0] == 2.0
+
+
+def test_a_shift_completed_by_the_last_shot_leaves_an_empty_run_in_the_state() -> None:
+    _, end = _one_field([10.0, 10.0, 10.0], 3)
+    assert end["P"].tolist() == [10.0, 0.0, 10.0]

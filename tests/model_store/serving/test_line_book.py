@@ -173,6 +173,17 @@ def test_judge_with_book_applies_its_parts_lines_and_version() -> None:
     assert batch.line.tolist() == [1.4, 1.4, 1.4, 1.0, 1.0] and batch.line_version == 3
 
 
+def test_judge_with_book_keeps_a_lasting_excursion_beyond_the_line_alarming() -> None:
+    from model_store.serving.line_book import judge_with_book
+
+    parsed = LineBook.from_dict(book())  # F01/ITM-1 at 1.4
+    # scored just above 1 (a lasting excursion), its ratio 5 and 1.3 tolerances out
+    batch = judged_batch(["F01", "F01"], [1.002, 1.002], ["exact", "exact"])
+    batch.excursion = np.array([5.0, 1.3])
+    judge_with_book(batch, parsed, "v1")
+    assert batch.anomaly.tolist() == [True, False]
+
+
 @pytest.mark.parametrize("which", ["no book", "another store", "no raised part in the batch"])
 def test_judge_with_book_leaves_the_batch_as_scored(which: str) -> None:
     from model_store.serving.line_book import judge_with_book

@@ -12,39 +12,9 @@ import pytest
 
 from model_store.conditional_fit import RESOLUTION_SHARE, UNSTEPPED_SHARE, fit_conditional, scale_floor
 from model_store.config import ConditionalConfig
-from model_store.serving.baseline import running_baseline, smoothing
 from model_store.serving.conditional import RESIDUAL_UNIT, SettingResponse, TableSet, part_keys
 from model_store.serving.tails import EXCESS_GAIN, TailBank, TailTable
 from tests.model_store.maker_frames import FEATURES, SETTINGS, expected, maker_frame
-
-
-# -- the running baseline follows a judged shot all the way where asked ---------------------------
-def test_follow_moves_the_mean_to_the_judged_shot_and_the_next_shot_is_judged_against_it() -> None:
-    z = np.array([[0.0, 0.0], [10.0, np.nan], [10.0, 3.0], [10.0, 3.0]])
-    keys = np.array(["P"] * 4, dtype=object)
-    state = {"P": np.array([0.0, 1.0])}
-    a = smoothing(5.0)
-    plain, _ = running_baseline(z, keys, np.arange(4), 5.0, 4.0, state)
-    followed, end = running_baseline(z, keys, np.arange(4), 5.0, 4.0, state, np.array([False, True, False, False]))
-    # row 0 is judged against the state and pulls field 1 towards 0 by a * 1
-    assert followed[0].tolist() == [0.0, 1.0]
-    assert followed[1].tolist() == pytest.approx([0.0, 1.0 - a])
-    # row 1 is followed: field 0 jumps to 10; field 1 has no value there and stays
-    assert followed[2].tolist() == pytest.approx([10.0, 1.0 - a])
-    # without follow the mean moves by a * clip (4) at most
-    assert plain[2, 0] == pytest.approx(a * 4.0)
-    # row 2 (not followed) moves the mean the usual clipped step: field 1 by a * (3 - (1 - a))
-    assert followed[3].tolist() == pytest.approx([10.0, (1.0 - a) + a * (3.0 - (1.0 - a))])
-    assert end["P"].tolist() == pytest.approx([10.0, followed[3, 1] + a * (3.0 - followed[3, 1])])
-
-
-def test_follow_on_a_first_shot_without_state_starts_the_mean_unclipped() -> None:
-    z = np.array([[500.0], [500.0]])
-    keys = np.array(["new", "new"], dtype=object)
-    plain, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {})
-    followed, _ = running_baseline(z, keys, np.arange(2), 5.0, 4.0, {}, np.array([True, False]))
-    assert plain[1, 0] == 50.0  # START_LIMIT holds a new part's first mean
-    assert followed[1, 0] == 500.0  # followed: the shot itself
 
 
 # -- where the response has nothing to go by ------------------------------------------------------
