@@ -18,7 +18,7 @@ it never exceeds the deterministic pause, so ``cap`` stays a true upper bound.
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Backoff:

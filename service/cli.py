@@ -8,15 +8,17 @@ import importlib.util
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from model_store.errors import MoldwatchError
+
 
 class _App(typer.Typer):
     """The CLI app; a usage mistake (missing option, bad value) ends like every other failure:
@@ -26,7 +28,7 @@ class _App(typer.Typer):
         try:  # typer >= 0.20 vendors click; older ones use click itself
             from typer._click import exceptions as errors
         except ImportError:  # pragma: no cover
-            from click import exceptions as errors  # type: ignore[no-redef]
+            from click import exceptions as errors  # type: ignore[no-redef]  # the same module where typer does not vendor it
 
         try:
             result = super().__call__(*args, standalone_mode=False, **kwargs)
@@ -118,7 +120,6 @@ def _list_training_settings(value: bool) -> None:
     """``train --list-settings``: print every --set name with its default and meaning, then exit."""
     if value:
         from model_store.config import TrainingConfig
-
         from service.settings_help import listing
 
         typer.echo(listing(TrainingConfig()))
@@ -154,7 +155,8 @@ def simulate(
 ) -> None:
     """Simulate a plant: records, daily lots, the plant schema and (for evaluation) ground truth."""
     require_train_extra("simulate", ("pyarrow",))  # the ground truth is always Parquet
-    from model_store.simulate import SimulationConfig, simulate as run_simulation, write_plant
+    from model_store.simulate import SimulationConfig, write_plant
+    from model_store.simulate import simulate as run_simulation
 
     if fmt not in ("parquet", "csv", "parquet-dataset"):
         raise MoldwatchError(f"--format {fmt!r}: expected parquet, csv or parquet-dataset")
@@ -178,7 +180,6 @@ def _simulate_dataset(config: Any, out: Path, chunk_shots: int, partition_by: st
     """``simulate --format parquet-dataset``: the plant piece by piece, each piece written and dropped."""
     from model_store.simulate import PlantStream, write_plant_dataset
     from model_store.simulate.writer import check_partitioning
-
     from service.progress import progress_bar
 
     keys = check_partitioning([k.strip() for k in partition_by.split(",") if k.strip()])
@@ -198,16 +199,17 @@ def train(
     records: str = typer.Option(..., help="Records: .csv, .parquet, or a postgresql:// URI."),
     lots: str = typer.Option(..., help="Daily lots: .csv, .parquet, or a postgresql:// URI."),
     store: Path = typer.Option(..., help="Model store directory to write (replaced atomically)."),
-    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
-    lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
+    records_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    lots_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
     workers: int = typer.Option(0, help="Parallel training processes (0 = one per core)."),
-    cluster: Optional[str] = typer.Option(None, help="Fit the groups and makers' units as Dask tasks: a running scheduler "
-                                          "(tcp://host:8786) or local:N (N worker processes here). Needs the cluster extra."),
+    cluster: str | None = typer.Option(None, help="Fit the groups and makers' units as Dask tasks: a running scheduler "
+                                       "(tcp://host:8786) or local:N (N worker processes here). Needs the cluster extra."),
     cluster_memory: str = typer.Option("4GB", help="Memory limit of each local:N worker (Dask restarts one past it and "
                                        "retries its fits elsewhere)."),
-    feedback: Optional[Path] = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
-                                            "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
-    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, e.g. grouping.min_group_rows=300 (names: --list-settings)."),
+    feedback: Path | None = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
+                                         "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
+    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, "
+                                   "e.g. grouping.min_group_rows=300 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
@@ -218,7 +220,6 @@ def train(
     from model_store.loaders import read_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.training import train_store
-
     from service.progress import progress_bar
     from service.settings_help import check_names, names
 
@@ -317,21 +318,21 @@ def _json_lines(stream: Any) -> tuple[list[dict[str, Any]], list[int]]:
 @user_errors
 def score(
     store: Path = typer.Option(..., help="Model store directory."),
-    records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON records on stdin (JSON lines, pretty-printed objects or an array; the plant's own field names, as for POST /score)."),
+    records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON records on stdin "
+                                "(JSON lines, pretty-printed objects or an array; the plant's own field names, as for POST /score)."),
     out: Path = typer.Option(..., help="Verdicts file to write (JSON lines); - for stdout."),
-    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    records_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
     batch: int = typer.Option(50_000, min=1, help="Records per scoring batch."),
-    lines: Optional[Path] = typer.Option(None, help="Feedback lines: the line book 'moldwatch lines update' writes "
-                                         "(as the worker's --lines); judges each part at its line."),
+    lines: Path | None = typer.Option(None, help="Feedback lines: the line book 'moldwatch lines update' writes "
+                                      "(as the worker's --lines); judges each part at its line."),
 ) -> None:
     """Score records with a store; write one verdict per record (JSON lines)."""
     from model_store.loaders import is_postgres, read_table
     from model_store.schema import canonical_records
+    from model_store.serving.line_book import judge_with_book
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store
-    from model_store.serving.line_book import judge_with_book
     from model_store.serving.verdict import to_verdicts
-
     from service.line_book_file import read_line_book
     from service.progress import progress_bar
 
@@ -377,17 +378,19 @@ def score(
 # CLI as ``moldwatch`` or ``python -m service`` (not ``python -m service.cli``, which would build
 # a second ``app`` without them).
 
-from service import run_command  # noqa: E402,F401  (registers `moldwatch run`)
-from service import demo  # noqa: E402,F401  (registers `moldwatch demo`)
-from service.recipe_command import register as _register_recipe  # noqa: E402
-
-from service.token_command import register as _register_token  # noqa: E402
+# The import order is the order of the commands in --help.
+# isort: off
+from service import run_command  # noqa: E402, F401 - after `app`; registers `moldwatch run`
+from service import demo  # noqa: E402, F401 - after `app`; registers `moldwatch demo`
+# isort: on
+from service.recipe_command import register as _register_recipe  # noqa: E402 - after `app`, as above
+from service.token_command import register as _register_token  # noqa: E402 - after `app`, as above
 
 _register_recipe(app)
 _register_token(app)
-from service.store_command import register as _register_store  # noqa: E402
+from service.store_command import register as _register_store  # noqa: E402 - after `app`, as above
 
 _register_store(app)
-from service.lines_command import register as _register_lines  # noqa: E402
+from service.lines_command import register as _register_lines  # noqa: E402 - after `app`, as above
 
 _register_lines(app)

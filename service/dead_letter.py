@@ -13,8 +13,9 @@ Version 1 added ``dead_letter_version`` to the fields dead letters always had.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from model_store.mapping import INVALID_FIELD, MISSING_FIELD, NOT_A_DOCUMENT, UNKNOWN_MAKER
 
@@ -89,7 +90,7 @@ class DeadLetterMessage:
         return head[:-1] + b',"document":' + self.document_json.encode("utf-8", errors="replace") + b"}"
 
     @classmethod
-    def from_bytes(cls, value: bytes | str) -> "DeadLetterMessage":
+    def from_bytes(cls, value: bytes | str) -> DeadLetterMessage:
         try:
             raw = json.loads(value)
         except (ValueError, UnicodeDecodeError) as exc:

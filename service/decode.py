@@ -14,8 +14,9 @@ are normalised to naive UTC like the offline path, ``Decimal128``/``Int64`` are 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,13 @@ from model_store.serving.columns import RecordColumns
 # Dead letters and their reasons: the contract is service/dead_letter.py (re-exported here, where
 # records become them).
 from service.dead_letter import (
-    MESSAGE_TOO_LARGE, REASONS, REJECTED_BY_BROKER, SCORING_FAILED, SERIALIZATION_FAILED, UNDECODABLE, DeadLetter,
+    MESSAGE_TOO_LARGE,
+    REASONS,
+    REJECTED_BY_BROKER,
+    SCORING_FAILED,
+    SERIALIZATION_FAILED,
+    UNDECODABLE,
+    DeadLetter,
 )
 
 

@@ -18,9 +18,10 @@ import signal
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import typer
 from rich.live import Live
@@ -66,14 +67,12 @@ def settings_line(settings: Any, log_path: Path | None) -> str:
 def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
     """Simulate the plant and train its store once; later runs reuse the store."""
     from model_store.config import TrainingConfig
+    from model_store.errors import StoreError
     from model_store.schema import canonical_lots, canonical_records
+    from model_store.serving.store import open_store
     from model_store.simulate import SimulationConfig, simulate
     from model_store.training import train_store
-
     from service.progress import progress_bar
-
-    from model_store.errors import StoreError
-    from model_store.serving.store import open_store
 
     plant = simulate(SimulationConfig(**DEMO_PLANT))
     store = workdir / "store"
@@ -129,7 +128,7 @@ async def feed(collection: Any, documents: Iterator[tuple[dict[str, Any], bool]]
         batch = []
         while owed >= 1:
             doc, broken = next(documents)
-            doc[timestamp_field] = datetime.now(timezone.utc)
+            doc[timestamp_field] = datetime.now(UTC)
             batch.append(doc)
             stats.broken_inserted += int(broken)
             owed -= 1
@@ -163,7 +162,7 @@ class DemoError(MoldwatchError):
     """The demo cannot go on (its worker stopped before it listened); one line for the user."""
 
 
-async def until_listening(worker: Any, worker_task: "asyncio.Task[Any]", timeout: float = 60.0) -> None:
+async def until_listening(worker: Any, worker_task: asyncio.Task[Any], timeout: float = 60.0) -> None:
     """Until the worker reads the change stream; a worker that stops first (a busy HTTP port, a
     store it cannot load) ends the wait at once with its own one-line reason, not a timeout."""
     listening = asyncio.ensure_future(worker.wait_listening(timeout))
@@ -241,7 +240,7 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         def running() -> bool:
             for task in tasks:
                 if task.done() and task.exception():
-                    raise task.exception()  # type: ignore[misc]
+                    raise task.exception()  # type: ignore[misc]  # not None: checked on the line above
             return time.monotonic() < deadline and not worker_task.done() and not interrupted.is_set()
 
         if console.is_terminal and sys.stdout.isatty():  # `demo > file` or `demo | tee`: the plain lines below
@@ -288,7 +287,8 @@ def demo(
     retrain: bool = typer.Option(False, help="Train the store again even if one exists."),
     defect_boost: float = typer.Option(3.0, help="Multiply every defect hazard: a bad day makes a livelier demo."),
     broken_share: float = typer.Option(0.002, help="Share of inserted records that are broken (to dead letters)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the worker's and libraries' logs here instead of in WORKDIR/worker.log."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show the worker's and libraries' logs here instead of in WORKDIR/worker.log."),
 ) -> None:
     """Live demo: simulate, train, start local Kafka + MongoDB, stream shots through the worker, watch verdicts."""
     require_train_extra("demo")  # it trains (or at least imports training) before any server starts

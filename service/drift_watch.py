@@ -23,7 +23,8 @@ Readiness is never affected: drift says the verdicts need a look, not that the w
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter

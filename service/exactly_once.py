@@ -35,9 +35,8 @@ from service.backoff import Backoff
 from service.client_internals import fail_buffered
 from service.config import WorkerSettings
 from service.kafka_acls import denied, transactional_id
-from service.metrics import WorkerMetrics
-from service.sink import RETRY_BACKOFF_S, MESSAGE_OVERHEAD, Delivery, KafkaSinkBase, Outgoing, SinkError, hand_over, is_permanent
 from service.redact import one_line
+from service.sink import MESSAGE_OVERHEAD, RETRY_BACKOFF_S, Delivery, KafkaSinkBase, Outgoing, SinkError, hand_over, is_permanent
 from service.sources import CheckpointUnavailable
 
 log = structlog.get_logger("moldwatch.exactly_once")

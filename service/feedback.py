@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -56,7 +57,7 @@ class FeedbackEvent(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("needs a time zone (e.g. 2026-12-05T08:14:03Z)")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class VerdictRef:
     item: str | None
 
     @classmethod
-    def of(cls, verdict: Mapping[str, Any]) -> "VerdictRef":
+    def of(cls, verdict: Mapping[str, Any]) -> VerdictRef:
         def number(key: str) -> float | None:
             value = verdict.get(key)
             return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -274,7 +275,7 @@ def read_answers(lines: Iterable[str], source: str, names: Sequence[str] | None 
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 __all__ = ["FeedbackEvent", "VerdictRef", "VerdictMemory", "FeedbackDesk", "Joined", "Refusal", "parse_event",

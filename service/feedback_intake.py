@@ -12,14 +12,13 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter
 
+from service.backoff import Backoff
 from service.config import WorkerSettings
 from service.decode import DeadLetter
 from service.feedback import LABELS, REFUSALS, FeedbackDesk, Joined, Refusal, VerdictMemory, now_utc, parse_event
-from aiokafka.errors import KafkaError
-
-from service.backoff import Backoff
 from service.sink import RETRY_BACKOFF_S, dead_letter_value, dumps
 
 log = structlog.get_logger("moldwatch.feedback")
@@ -70,7 +69,7 @@ class FeedbackIntake:
             producer = await self._producer_started()
             await asyncio.wait_for(await producer.send(topic, value, key=key),
                                    self.settings.kafka_request_timeout_ms / 1000)
-        except Exception as exc:  # noqa: BLE001 - any failure: the client retries with the same key
+        except Exception as exc:  # any failure: the client retries with the same key
             raise FeedbackUnavailable(f"kafka did not take the answer: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
     async def submit(self, document: Any, via: str, token: str | None,

@@ -28,7 +28,7 @@ async def read_feedback_topic(settings: WorkerSettings, topic: str, timeout_s: f
         try:
             await asyncio.wait_for(consumer.start(), timeout_s)
             topics = await asyncio.wait_for(consumer.topics(), timeout_s)
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             raise DataError(f"feedback topic {where}: cannot connect ({type(exc).__name__}: {str(exc)[:150]}); "
                             f"check MOLDWATCH_KAFKA_BOOTSTRAP_SERVERS and the broker") from None
         if topic not in topics:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -116,7 +117,7 @@ class BatchFlow:
                     break
                 try:
                     message = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             if message is END:
                 return batch, True
@@ -153,7 +154,7 @@ class BatchFlow:
                 # Wake up at least once per interval, so the last positions of a burst are
                 # checkpointed even when nothing follows it.
                 item = await asyncio.wait_for(self.in_flight.get(), max(self.settings.checkpoint_interval_s, 0.05))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await commit.checkpoint()
                 continue
             if item is None:
@@ -195,7 +196,8 @@ class BatchFlow:
         self.fence(partitions)
         fenced_before = self.fenced_records
         deadline = time.monotonic() + commit.rebalance_drain_s
-        while self.waiting() and time.monotonic() < deadline and not stopped():
+        # A poll, not an event: the three conditions change in three different places.
+        while self.waiting() and time.monotonic() < deadline and not stopped():  # noqa: ASYNC110 - see above
             await asyncio.sleep(0.02)
         if self.waiting():
             log.warning("rebalance: records of revoked partitions still unacknowledged; their new owner scores them again",

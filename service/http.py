@@ -26,8 +26,9 @@ import dataclasses
 import json
 import socket
 import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from service.worker import Worker
 
 
-def create_app(worker: "Worker", extra_warnings: Callable[[], dict[str, str]] = dict) -> FastAPI:
+def create_app(worker: Worker, extra_warnings: Callable[[], dict[str, str]] = dict) -> FastAPI:
     """The endpoints; ``extra_warnings`` adds the HTTP layer's own (a refused tokens file) to /readyz."""
     # No /docs, /redoc or /openapi.json: the API is documented in README, and an unauthenticated
     # map of the endpoints helps nobody but a stranger.
@@ -182,7 +183,7 @@ class TlsFiles:
 
 
 async def start_http(app: Any, host: str, port: int,
-                     tls: TlsFiles | None = None) -> tuple[EmbeddedServer, "asyncio.Task[None]", int]:
+                     tls: TlsFiles | None = None) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
     """Serve the ASGI ``app`` on the running loop; return the server, its task and the bound port.
 
     The socket is bound here, not by uvicorn: uvicorn answers a bind failure with ``sys.exit``,
@@ -235,7 +236,7 @@ def check_tls_files(tls: TlsFiles) -> None:
             raise OSError(0, f"HTTPS: {tls.client_ca}: not a usable CA file for client certificates ({exc})") from None
 
 
-async def stop_http(server: EmbeddedServer, task: "asyncio.Task[None]") -> None:
+async def stop_http(server: EmbeddedServer, task: asyncio.Task[None]) -> None:
     server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 5)

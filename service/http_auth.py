@@ -30,8 +30,8 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from model_store.errors import MoldwatchError
 

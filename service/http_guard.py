@@ -15,8 +15,9 @@ told that it does not exist, so the server does not map itself out to strangers.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -89,7 +90,7 @@ class TokenStore:
 
     async def _read(self, path: Path, force: bool) -> TokenTable:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")  # noqa: ASYNC240 - a tokens file of a few lines: cheaper than a thread hop
         except UnicodeDecodeError as exc:
             raise TokenFileError(f"{path}: not UTF-8 text (byte {exc.start}); expected token lines") from None
         table = parse_tokens(text, str(path))
@@ -181,7 +182,7 @@ class HttpGuard:
         return authorize(self.tokens.table, header, needed)
 
 
-async def guarded_app(worker: "Worker") -> tuple[ASGIApp, TokenStore | None, TlsFiles | None]:
+async def guarded_app(worker: Worker) -> tuple[ASGIApp, TokenStore | None, TlsFiles | None]:
     """The worker's HTTP app behind its gate, as the settings ask; the token store (None: no tokens
     configured, scoped endpoints open) and the TLS files (None: plain HTTP).
 
@@ -198,7 +199,7 @@ async def guarded_app(worker: "Worker") -> tuple[ASGIApp, TokenStore | None, Tls
     if not configured:
         check_exposure(settings.http_host, TokenTable(), settings.http_allow_open)
         if not is_loopback(settings.http_host):
-            log.warning("http scoped endpoints are open to the network (http_allow_open): anyone who reaches "
+            log.warning("http scoped endpoints are open to the network (http_allow_open): anyone who reaches "  # noqa: G004 - structlog renders the event once: no deferred %-formatting to keep
                         f"{settings.http_host}:{settings.http_port} may score records and read recipes and metrics")
         return create_app(worker), None, tls
     guard: HttpGuard | None = None

@@ -25,8 +25,12 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka.errors import (ClusterAuthorizationFailedError, GroupAuthorizationFailedError,
-                             TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed)
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 from service.config import WorkerSettings
 
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every mode: both sources, both delivery modes")
     args = parser.parse_args(argv)
     # The ACLs depend on names and modes only: no password is needed to print them.
-    settings = WorkerSettings(kafka_sasl_mechanism=None)  # type: ignore[call-arg]
+    settings = WorkerSettings(kafka_sasl_mechanism=None)  # type: ignore[call-arg]  # the other fields come from defaults and MOLDWATCH_*
     principal = args.principal or f"User:{settings.kafka_sasl_username or 'moldwatch'}"
     for line in kafka_acls_commands(worker_acls(settings, every_mode=args.all), principal):
         print(line)

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.errors import (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)
+from aiokafka.errors import AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
 from service.client_internals import open_connection
 from service.redact import one_line
@@ -28,7 +28,7 @@ async def metadata_ping(request: Awaitable[Any], timeout_s: float, what: str, en
     where = f"{what} {endpoint}" if endpoint else what
     try:
         await asyncio.wait_for(request, timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         cause = f"no metadata answer within {timeout_s} s"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
         cause = one_line(exc)
@@ -60,7 +60,7 @@ async def _probe(endpoint: str, timeout_s: float, default_port: int = 9092, acce
         return f"{endpoint}: connection refused"
     except socket.gaierror:
         return f"{endpoint}: host name does not resolve"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"{endpoint}: connect timed out after {timeout_s:g} s"
     except (OSError, ValueError) as exc:
         return f"{endpoint}: {one_line(exc)}"
@@ -81,7 +81,7 @@ _VERIFY_HINTS = (
 )
 
 
-async def connect_failure(settings: "WorkerSettings", error: BaseException) -> str:
+async def connect_failure(settings: WorkerSettings, error: BaseException) -> str:
     """Why a Kafka client of the worker could not start, as ``host:port: cause`` (one line, no secret).
 
     ``error`` is what the client raised; it is named only when no bootstrap address shows a cause
@@ -94,7 +94,7 @@ async def connect_failure(settings: "WorkerSettings", error: BaseException) -> s
     return "; ".join(named) if named else f"{settings.kafka_bootstrap_servers}: {one_line(error)}"
 
 
-async def _connect_cause(endpoint: str, settings: "WorkerSettings", timeout_s: float) -> str | None:
+async def _connect_cause(endpoint: str, settings: WorkerSettings, timeout_s: float) -> str | None:
     """Connect to one broker as the worker's clients do (TLS handshake, SASL); None when that works."""
     host, _, port = endpoint.rpartition(":")
     host = host.strip("[]") or endpoint

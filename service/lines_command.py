@@ -14,9 +14,8 @@ line moves only in steps of ``min_false_alarms`` answers).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -43,11 +42,11 @@ def _bounds(overrides: list[str], base: LineBounds) -> LineBounds:
 
 
 def update(store: Path = typer.Option(..., "--store", help="The served model store directory (the worker's --store)."),
-           feedback: Optional[Path] = typer.Option(None, help="Operator feedback (JSON lines, as kept on "
-                                                   "kafka_feedback_topic)."),
-           feedback_topic: Optional[str] = typer.Option(None, help="Or read the kept answers from this Kafka topic "
-                                                        "(the worker's kafka_feedback_topic; connection from "
-                                                        "MOLDWATCH_KAFKA_*)."),
+           feedback: Path | None = typer.Option(None, help="Operator feedback (JSON lines, as kept on "
+                                                "kafka_feedback_topic)."),
+           feedback_topic: str | None = typer.Option(None, help="Or read the kept answers from this Kafka topic "
+                                                     "(the worker's kafka_feedback_topic; connection from "
+                                                     "MOLDWATCH_KAFKA_*)."),
            lines: Path = LINES_OPTION,
            bound: list[str] = typer.Option([], "--bound", help="Change a bound, NAME=VALUE (min_false_alarms, "
                                            "min_false_alarm_share, target_quantile, step, max_line, defect_quantile, "
@@ -162,8 +161,8 @@ def history(lines: Path = LINES_OPTION) -> None:
 
 
 def revert(lines: Path = LINES_OPTION,
-           to: Optional[int] = typer.Option(None, help="Version to serve again (default: the one before the current; "
-                                            "0: every part at its trained line)."),
+           to: int | None = typer.Option(None, help="Version to serve again (default: the one before the current; "
+                                         "0: every part at its trained line)."),
            reason: str = typer.Option("", help="Why (kept in the book and its log).")) -> None:
     """Serve an earlier version's lines again, as a new version; earlier answers stop counting."""
     from model_store.serving.line_book import LineBook, PartLine
@@ -187,7 +186,7 @@ def revert(lines: Path = LINES_OPTION,
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def register(app: typer.Typer) -> None:

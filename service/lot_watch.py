@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import structlog
@@ -192,7 +193,7 @@ class LotMonitor(Collector):
             while not stopping.is_set():
                 try:
                     await asyncio.wait_for(stopping.wait(), self.settings.lots_poll_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self.poll()
         finally:
             if self._client is not None:

@@ -8,7 +8,7 @@ is ``__main__.app``, not ``service.cli.app``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -36,7 +36,6 @@ def _read_records(records: str, query: str | None, manifest: StoreManifest) -> p
 def _list_recipe_settings(value: bool) -> None:
     if value:
         from model_store.recipe import RecipeConfig
-
         from service.settings_help import listing
 
         typer.echo(listing(RecipeConfig()))
@@ -47,14 +46,15 @@ def recipe(
     store: Path = typer.Option(..., help="Model store directory (its models pseudo-label the history)."),
     records: str = typer.Option(..., help="Production history: .csv, .parquet, or a postgresql:// URI."),
     out: Path = typer.Option(..., help="Directory to write recipes.json, recipes.csv, clusters.csv and report.html (replaced atomically)."),
-    lots: Optional[str] = typer.Option(None, help="Daily lots (.csv, .parquet or postgresql://): adds the actual defect rates."),
-    schema: Optional[Path] = typer.Option(None, help="The records' plant schema: refused unless it is the store's."),
-    records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
-    lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
-    mongo_uri: Optional[str] = typer.Option(None, help="Also upsert the recipes into MongoDB (one document per facility/item)."),
+    lots: str | None = typer.Option(None, help="Daily lots (.csv, .parquet or postgresql://): adds the actual defect rates."),
+    schema: Path | None = typer.Option(None, help="The records' plant schema: refused unless it is the store's."),
+    records_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+    lots_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
+    mongo_uri: str | None = typer.Option(None, help="Also upsert the recipes into MongoDB (one document per facility/item)."),
     mongo_db: str = typer.Option("moldwatch", help="MongoDB database for --mongo-uri."),
     mongo_collection: str = typer.Option("recipes", help="MongoDB collection for --mongo-uri."),
-    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a recipe setting: name=value, e.g. confidence=0.9 (names: --list-settings)."),
+    set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE",
+                                   help="Override a recipe setting: name=value, e.g. confidence=0.9 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_recipe_settings,
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
@@ -67,7 +67,6 @@ def recipe(
     from model_store.recipe.output import check_target, write_recipes
     from model_store.schema import canonical_lots, load_schema
     from model_store.serving.store import open_store
-
     from service.cli import _parse_sets, console
     from service.progress import progress_bar
     from service.settings_help import check_names, names
@@ -93,7 +92,8 @@ def recipe(
     with console.status("Reading records and lots..."):
         frame = _read_records(records, records_query, manifest)
         lot_frame = canonical_lots(read_table(lots, lots_query), manifest.schema, source=str(lots)) if lots else None
-    console.print(f"Read {len(frame):,} records" + (f" and {len(lot_frame):,} lots." if lot_frame is not None else " (no lots: pseudo-labels only)."))
+    console.print(f"Read {len(frame):,} records"
+                  + (f" and {len(lot_frame):,} lots." if lot_frame is not None else " (no lots: pseudo-labels only)."))
     with progress_bar(console) as progress:
         result = compute_recipes(frame, lot_frame, manifest, config, progress=progress)
 

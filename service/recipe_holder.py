@@ -8,8 +8,9 @@ a book made with another store version than the served one is logged (``on_recip
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 import structlog
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "**********"
@@ -64,7 +65,7 @@ def uri_secrets(uri: str) -> list[str]:
     at = rest.rfind("@")
     if at >= 0:
         userinfo = rest[:at]
-        user, colon, password = userinfo.partition(":")
+        _user, colon, password = userinfo.partition(":")
         if colon:
             found += [password, unquote(password), unquote_plus(password), userinfo]
         else:

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -131,12 +132,12 @@ class Reloader(Generic[T]):
             self.signature = signature  # before reading: see the module docstring
             try:
                 value = await self._load(path, force)
-            except Exception as exc:  # noqa: BLE001 - any failure: keep serving the last good value
+            except Exception as exc:  # any failure: keep serving the last good value
                 self.error = f"{type(exc).__name__}: {exc}"
                 if raise_errors:
                     raise
                 self.failures += 1
-                log.error(f"{self.name} rejected; keeping the current one", path=str(path), error=self.error,
+                log.error(f"{self.name} rejected; keeping the current one", path=str(path), error=self.error,  # noqa: G004 - structlog renders the event once: no deferred %-formatting to keep
                           serving=self._serving())
                 if self._on_failed is not None:
                     self._on_failed(exc)

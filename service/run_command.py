@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import signal
+import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
@@ -35,7 +36,7 @@ def _cli_type(annotation: Any) -> type:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
         return str
-    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return _cli_type(args[0])
     if annotation in (bool, int, float, str, Path):
         return annotation
@@ -52,7 +53,7 @@ def _choices(annotation: Any) -> list[str]:
 def _parameters() -> list[inspect.Parameter]:
     params = [
         inspect.Parameter(
-            "env_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            "env_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
             default=typer.Option(None, "--env-file", help="Read settings from this file instead of ./.env.",
                                  rich_help_panel="Source"),
         )
@@ -71,13 +72,13 @@ def _parameters() -> list[inspect.Parameter]:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         option = typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=str(extra.get("panel", "")) or None)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind], default=option))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None, default=option))
     return params
 
 
 def _settings(env_file: Path | None, overrides: dict[str, Any]) -> WorkerSettings:
     try:
-        return WorkerSettings(_env_file=env_file or ".env", **overrides)  # type: ignore[call-arg]
+        return WorkerSettings(_env_file=env_file or ".env", **overrides)  # type: ignore[call-arg]  # pydantic-settings' own init argument
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
@@ -90,7 +91,7 @@ def _settings(env_file: Path | None, overrides: dict[str, Any]) -> WorkerSetting
         raise  # unreachable: fail() exits
 
 
-async def serve(worker: "Worker", install_signal_handlers: bool = False) -> int:
+async def serve(worker: Worker, install_signal_handlers: bool = False) -> int:
     """Run ``worker`` with its HTTP server beside it (``http_enabled``) on this loop; return the
     worker's exit code. ``worker.http_port`` says where it listens once it does.
 
@@ -162,8 +163,9 @@ def run(**options: Any) -> None:
     raise typer.Exit(code)
 
 
-run.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
-run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]
+# typer reads the options from the signature built here; a function declares no __signature__ to mypy.
+run.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]  # see above
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}  # type: ignore[attr-defined]  # see above
 run.__annotations__["return"] = None
 
 _EPILOG = (

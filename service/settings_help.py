@@ -11,8 +11,9 @@ import inspect
 import re
 import shutil
 import textwrap
+from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from model_store.errors import MoldwatchError
 

@@ -9,8 +9,9 @@ metric (``moldwatch_shadow_active``) and a log line.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 

@@ -40,13 +40,13 @@ import hashlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
@@ -56,6 +56,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     UnsupportedForMessageFormatError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from bson import json_util
 
 from service.backoff import Backoff
@@ -168,7 +169,7 @@ def document_json(document: Any) -> str:
 def _safe_repr(value: Any) -> str:
     try:
         return repr(value)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a broken __repr__ of any kind still gets a dead letter
         return f"<{type(value).__name__}>"
 
 
@@ -177,7 +178,7 @@ def dead_letter_value(letter: DeadLetter, worker: str, model_version: str | None
     text, size, digest, truncated = quote_document(letter.document)
     message = DeadLetterMessage(
         reason=letter.reason, error=letter.error, worker=worker, model_version=model_version,
-        dead_lettered_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), original_size=size,
+        dead_lettered_at=datetime.now(UTC).isoformat(timespec="milliseconds"), original_size=size,
         original_sha256=digest, truncated=truncated, document_json=text,
         source=source)  # where the record was read, as in a verdict (service/supersede.py); bounded there
     return message.to_bytes(dumps)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -54,7 +53,7 @@ def promote_store(candidate: Path = typer.Argument(..., help="The candidate stor
 
 
 def rollback_store(store: Path = STORE_OPTION,
-                   to: Optional[str] = typer.Option(None, help="Model version to serve again (default: the newest kept)."),
+                   to: str | None = typer.Option(None, help="Model version to serve again (default: the newest kept)."),
                    reason: str = typer.Option("", help="Why (kept in the log).")) -> None:
     """Serve the newest kept store (or --to VERSION) again; the one it replaces is kept."""
     from model_store.generations import rollback
@@ -65,16 +64,16 @@ def rollback_store(store: Path = STORE_OPTION,
 
 def canary(store: Path = STORE_OPTION,
            candidate: Path = typer.Option(..., help="The retrained candidate store directory."),
-           schema: Optional[Path] = typer.Option(None, help="Plant schema (default: the served store's)."),
+           schema: Path | None = typer.Option(None, help="Plant schema (default: the served store's)."),
            records: str = typer.Option(..., help="Recent records both stores judge: .csv, .parquet, or postgresql://."),
            lots: str = typer.Option(..., help="Daily lots covering them: .csv, .parquet, or postgresql://."),
-           records_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
-           lots_query: Optional[str] = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
-           feedback: Optional[Path] = typer.Option(None, help="Operator feedback (JSON lines, as on kafka_feedback_topic)."),
-           since: Optional[str] = typer.Option(None, help="Only records at or after this time (ISO 8601), e.g. since the "
-                                               "candidate's training data ends."),
+           records_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for records."),
+           lots_query: str | None = typer.Option(None, help="PostgreSQL: table name or SELECT for lots."),
+           feedback: Path | None = typer.Option(None, help="Operator feedback (JSON lines, as on kafka_feedback_topic)."),
+           since: str | None = typer.Option(None, help="Only records at or after this time (ISO 8601), e.g. since the "
+                                            "candidate's training data ends."),
            promote_now: bool = typer.Option(False, "--promote", help="Promote the candidate when the rule holds."),
-           report: Optional[Path] = typer.Option(None, help="Write the comparison as JSON here."),
+           report: Path | None = typer.Option(None, help="Write the comparison as JSON here."),
            ) -> None:
     """Judge the candidate beside the served store on recent records, lots and feedback; promote it
     only when it is not worse (exit 0), else refuse with the reasons (3) or wait for evidence (4)."""
@@ -151,7 +150,7 @@ def register(app: typer.Typer) -> None:
     store_app.command(name="rollback")(user_errors(rollback_store))
     app.add_typer(store_app, name="store")
 
-    def canary_command(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def canary_command(*args, **kwargs):  # type: ignore[no-untyped-def]  # canary's signature, through functools.wraps below
         require_train_extra("canary")
         return canary(*args, **kwargs)
 

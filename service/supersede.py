@@ -32,7 +32,8 @@ After a crash the memory is empty, so a replay there is never marked either.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 HTTP_SOURCE: Mapping[str, Any] = {"kind": "http"}  # shared and never mutated: one object for every POST /score
 MAX_ID_TEXT = 256  # a plant-set _id quoted in document_id is cut here (identifying fields are bounded)

@@ -65,7 +65,7 @@ def revoke(name: str = typer.Argument(..., help="The token's name."), file: Path
     if name not in parse_tokens(text, str(file)).names():
         raise TokenFileError(f"{file}: no token named {name!r}")
     kept = [line for line in text.splitlines(keepends=True)
-            if not (line.split("#", 1)[0].split()[:1] == [name])]
+            if line.split("#", 1)[0].split()[:1] != [name]]
     _write(file, "".join(kept))
     print(f"token {name!r} removed from {file}", file=sys.stderr)
 

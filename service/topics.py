@@ -9,7 +9,8 @@ bounds); where it does not, the worker refuses to start and names the topic and 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -32,7 +33,7 @@ def refusals(topic_errors: Sequence[Sequence[object]]) -> list[tuple[str, str]]:
     TOPIC_ALREADY_EXISTS = another worker created it meanwhile: both are fine)."""
     refused = []
     for entry in topic_errors:
-        topic, code = str(entry[0]), int(entry[1])  # type: ignore[call-overload]
+        topic, code = str(entry[0]), int(entry[1])  # type: ignore[call-overload]  # aiokafka's answer entries are untyped: the code is an int
         if code in (0, TopicAlreadyExistsError.errno):
             continue
         message = entry[2] if len(entry) > 2 and entry[2] else ""

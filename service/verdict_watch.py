@@ -9,7 +9,8 @@ lot poller and the lines watcher run as supervised tasks) and stops (``TASKS`` a
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 

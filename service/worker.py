@@ -161,7 +161,7 @@ class Worker:
             except (StoreError, TopicError) as exc:
                 self.exit_code = 2  # what the run command exits with: the closing log line must agree
                 what = "model store unusable" if isinstance(exc, StoreError) else "kafka topic missing"
-                log.error(f"{what}; not starting", error=str(exc))
+                log.error(f"{what}; not starting", error=str(exc))  # noqa: G004 - structlog renders the event once: no deferred %-formatting to keep
                 raise
             spawn("reader", self.source.run(self.flow.emit))
             spawn("scorer", self.flow.score(self.commit), may_finish=True)  # both end after the drain marker

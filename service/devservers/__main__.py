@@ -26,10 +26,10 @@ from types import FrameType
 
 from service.devservers._process import DevServer, DevServerError
 from service.devservers.fetch import cache_dir, fetch_all
-from service.processes import pid_alive
 from service.devservers.kafka import KafkaServer
 from service.devservers.mongo import MongoServer
 from service.devservers.postgres import PostgresServer
+from service.processes import pid_alive
 
 
 def _cmd_fetch(_: argparse.Namespace) -> int:
@@ -106,10 +106,10 @@ def _detach(args: argparse.Namespace) -> int:
     state = _state_dir()
     state.mkdir(parents=True, exist_ok=True)
     pid_file, env_file, log_file = state / "pid", state / "env.sh", state / "up.log"
-    if pid_file.is_file() and pid_alive(int(pid_file.read_text() or 0)):
-        if env_file.is_file():  # already up: the same variables again (idempotent)
-            print(env_file.read_text(), end="", flush=True)
-            return 0
+    if pid_file.is_file() and pid_alive(int(pid_file.read_text() or 0)) and env_file.is_file():
+        # already up: the same variables again (idempotent)
+        print(env_file.read_text(), end="", flush=True)
+        return 0
     env_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "service.devservers", "up", "--env-out", str(env_file)]
     for flag, value in (("--kafka-port", args.kafka_port), ("--mongo-port", args.mongo_port), ("--postgres-port", args.postgres_port)):

@@ -75,7 +75,7 @@ def _close_all() -> None:
     for server in servers:
         try:
             server.close()
-        except Exception:  # noqa: BLE001, S110 - best effort at exit: keep closing the others
+        except Exception:  # noqa: BLE001 - best effort at exit: keep closing the others
             pass
 
 
@@ -117,7 +117,7 @@ class DevServer(abc.ABC):
             _OPEN.add(self)  # from now on there is a temp dir to clean up
 
     # -- subclass hooks -------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - an optional hook: most servers need no setup
         """One-time setup before the first start (config files, data dirs)."""
 
     @abc.abstractmethod

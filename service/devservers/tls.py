@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -36,7 +36,7 @@ def make_pki(directory: Path, host: str) -> TestPki:
     except ImportError as exc:  # the secured servers are test tools; the serving install lacks trustme
         raise RuntimeError("the secured test servers need trustme: pip install 'moldwatch[test]'") from exc
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ca, other = trustme.CA(organization_name="moldwatch test CA"), trustme.CA(organization_name="some other CA")
     good = ca.issue_cert(host, not_before=now - timedelta(hours=1), not_after=now + timedelta(days=2))
     expired = ca.issue_cert(host, not_before=now - timedelta(days=3), not_after=now - timedelta(days=1))

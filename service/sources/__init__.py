@@ -26,9 +26,9 @@ What only exactly-once or a rebalance needs is part of the same surface, so the 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
-
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.pipeline import SourceMessage
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
@@ -39,14 +40,14 @@ class Holder:
     expires: datetime
 
     @classmethod
-    def of(cls, raw: Any) -> "Holder | None":
+    def of(cls, raw: Any) -> Holder | None:
         if not isinstance(raw, Mapping):
             return None
         expires = raw.get("expires")
         if not isinstance(expires, datetime):
             return None
         if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=timezone.utc)
+            expires = expires.replace(tzinfo=UTC)
         return cls(str(raw.get("owner")), str(raw.get("host")), int(raw.get("pid") or 0), expires)
 
     def describe(self) -> str:
@@ -81,7 +82,7 @@ class CheckpointLease:
 
     async def try_acquire(self) -> bool:
         """Take the lease if it is free, ours, expired or our previous incarnation's."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         document = await self.collection.find_one({"_id": self.name}, {"lease": 1})
         holder = Holder.of(document.get("lease")) if document else None
         if not may_take(holder, self.me(now), now):
@@ -100,7 +101,7 @@ class CheckpointLease:
 
     async def renew(self) -> None:
         """Extend the lease; raises :class:`LeaseLost` when another worker holds it now."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         result = await self.collection.update_one({"_id": self.name, "lease.owner": self.owner},
                                                   {"$set": {"lease.expires": now + self.ttl}})
         if result.matched_count != 1:
@@ -114,7 +115,7 @@ class CheckpointLease:
 
     async def release(self) -> None:
         """Hand the name over at once (a clean stop): the lease expires now."""
-        await self.collection.update_one(self.owned(), {"$set": {"lease.expires": datetime.now(timezone.utc)}})
+        await self.collection.update_one(self.owned(), {"$set": {"lease.expires": datetime.now(UTC)}})
 
     def owned(self) -> dict[str, Any]:
         """The filter that makes a checkpoint write conditional on holding the lease."""

@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.plants import ProvingPlant
-from bench.plants import public
+from bench.plants import ProvingPlant, public
 from model_store.schema import canonical_lots, canonical_records, load_schema
 
 SETS = list(public.PUBLIC_SETS)
@@ -188,7 +187,7 @@ def _write_lab(root: Path) -> None:
             field, value = DEFECTIVE_CYCLES[c]
             values[field] = value
         if c == UNMEASURED_CYCLE:
-            values = {m: None for m in values}
+            values = dict.fromkeys(values)
         quality.append([float(c), *values.values()])
     _write_xlsx(root / public.LAB / public.LAB_QUALITY_FILE, quality)
 

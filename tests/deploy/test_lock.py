@@ -41,7 +41,8 @@ def platform_machine(lock: Path) -> str:
 def requirements(lists: tuple[str, ...], machine: str) -> list[Requirement]:
     """pyproject's requirements in ``lists`` that apply on ``machine`` (markers evaluated)."""
     declared = project()
-    specs = [spec for name in lists for spec in (declared["dependencies"] if name == "dependencies" else declared["optional-dependencies"][name])]
+    specs = [spec for name in lists
+             for spec in (declared["dependencies"] if name == "dependencies" else declared["optional-dependencies"][name])]
     found = [Requirement(spec) for spec in specs]
     return [r for r in found if r.marker is None or r.marker.evaluate({"platform_machine": machine})]
 
@@ -62,7 +63,8 @@ def test_pyproject_dependencies_are_locked_within_their_ranges(lock) -> None:
         name = canonicalize_name(requirement.name)
         assert name in locked, f"{name} is not in {lock.name}: run deploy/local/lock.sh"
         version = locked[name][0]
-        assert requirement.specifier.contains(version, prereleases=True), f"{lock.name}: {name}=={version} is outside {requirement.specifier}"
+        assert requirement.specifier.contains(version, prereleases=True), \
+            f"{lock.name}: {name}=={version} is outside {requirement.specifier}"
 
 
 def test_the_serving_lock_is_the_full_lock_less_training_and_tests() -> None:

@@ -87,7 +87,7 @@ def test_without_jitter_the_nth_pause_is_initial_times_factor_to_the_n_capped(in
     pauses = first(Backoff(initial, cap, factor), n)
     expected = [min(initial * factor**k, cap) for k in range(n)]
     assert pauses == pytest.approx(expected, rel=1e-9)
-    assert all(a <= b for a, b in zip(pauses, pauses[1:])) and max(pauses) <= cap
+    assert all(a <= b for a, b in itertools.pairwise(pauses)) and max(pauses) <= cap
 
 
 @given(**settings, jitter=st.floats(0.0, 1.0), seed=st.integers(0, 2**32))

@@ -61,7 +61,8 @@ def test_simulate_streams_a_partitioned_dataset_and_refuses_to_overwrite_it(tmp_
 
 def test_simulate_train_score_end_to_end(tmp_path) -> None:
     plant = tmp_path / "plant"
-    result = moldwatch("simulate", "--out", str(plant), "--shots", "30000", "--days", "5", "--facilities", "20", "--items", "40", "--seed", "3")
+    result = moldwatch("simulate", "--out", str(plant), "--shots", "30000", "--days", "5", "--facilities", "20", "--items", "40",
+                       "--seed", "3")
     assert result.returncode == 0, result.stderr
     store = tmp_path / "store"
     # Operator feedback kept by a worker: 40 shots confirmed as defects, one more taken back later.

@@ -5,7 +5,8 @@ import io
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from model_store.errors import MoldwatchError
 from service.cli import _json_lines

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -73,7 +72,8 @@ def test_train_without_the_extra_says_what_to_install(tmp_path) -> None:
     store = tmp_path / "store"
     line = the_hint(base_install("train", "--schema", str(tmp_path / "schema.yaml"), "--records", str(tmp_path / "r.csv"),
                                  "--lots", str(tmp_path / "l.csv"), "--store", str(store)))
-    assert line.startswith("error: moldwatch train needs the train extra (tensorflow, keras, sklearn, scipy, skops, matplotlib not installed)")
+    assert line.startswith("error: moldwatch train needs the train extra "
+                           "(tensorflow, keras, sklearn, scipy, skops, matplotlib not installed)")
     assert not store.exists()
 
 
@@ -85,12 +85,14 @@ def test_one_missing_training_library_is_enough(tmp_path) -> None:
 
 def test_recipe_simulate_and_parquet_input_say_what_to_install(tmp_path) -> None:
     out = tmp_path / "out"
-    assert "moldwatch recipe needs" in the_hint(base_install("recipe", "--store", str(tmp_path / "store"), "--records", "r.csv", "--out", str(out)))
+    assert "moldwatch recipe needs" in the_hint(base_install("recipe", "--store", str(tmp_path / "store"), "--records", "r.csv",
+                                                            "--out", str(out)))
     assert "moldwatch simulate needs the train extra (pyarrow not installed)" in the_hint(base_install("simulate", "--out", str(out)))
     assert "moldwatch demo needs" in the_hint(base_install("demo", "--workdir", str(out), "--duration", "1"))
     parquet = tmp_path / "records.parquet"
     parquet.write_bytes(b"PAR1")
-    assert "moldwatch score on Parquet needs" in the_hint(base_install("score", "--store", str(tmp_path), "--records", str(parquet), "--out", str(out)))
+    assert "moldwatch score on Parquet needs" in the_hint(base_install("score", "--store", str(tmp_path), "--records", str(parquet),
+                                                                      "--out", str(out)))
     assert not out.exists()
 
 

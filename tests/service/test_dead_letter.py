@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.dead_letter import (
-    DEAD_LETTER_VERSION, MAX_ERROR_CHARS, REASONS, DeadLetter, DeadLetterFormatError, DeadLetterMessage,
+    DEAD_LETTER_VERSION,
+    MAX_ERROR_CHARS,
+    REASONS,
+    DeadLetter,
+    DeadLetterFormatError,
+    DeadLetterMessage,
 )
 from service.sink import dead_letter_value
 

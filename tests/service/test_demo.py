@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 
 def _metric(port: int, name: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith((name + "{", name + " ")))
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -81,7 +81,7 @@ def test_demo_streams_verdicts_and_ctrl_c_leaves_nothing_running(tmp_path) -> No
             [sys.executable, "-m", "service", "demo", "--workdir", str(tmp_path), "--http-port", str(port), "--rate", "100"],
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )
-    tail = lambda: log.read_text()[-4000:]  # noqa: E731
+    tail = lambda: log.read_text()[-4000:]
     try:
         deadline = time.monotonic() + 420
         verdicts = 0.0

@@ -1,7 +1,7 @@
 """Operator feedback as pure logic: the contract, the boundaries of each refusal, the join."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from service.feedback import FeedbackDesk, Joined, Refusal, VerdictMemory, parse_event
 
-NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 VERDICT = {"record_id": "F07-1", "model_version": "v1", "group_id": "HANIL__F07__ITM-012__c4", "threshold": 38.2,
            "score": 1.7, "anomaly": True, "scored_at": "2026-12-05T11:59:00+00:00", "facility": "F07", "item": "ITM-012"}
 

@@ -4,7 +4,7 @@ answer (duplicate, unknown record, late, invalid) to the dead-letter topic with 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -41,7 +41,7 @@ async def test_feedback_is_joined_kept_and_every_refusal_dead_lettered(mongo_ser
             await mongo[settings.mongo_database][settings.mongo_collection].insert_many(documents)
         verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 20))
         answered = verdicts[3]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
 
         def answer(**overrides) -> dict:
             return {"record_id": answered["record_id"], "label": "false_alarm", "operator": "kim",
@@ -84,9 +84,11 @@ async def test_feedback_is_joined_kept_and_every_refusal_dead_lettered(mongo_ser
 async def test_a_worker_without_a_feedback_topic_says_so(trained_store):
     from tests.service.test_http import serving_offline
 
-    async with serving_offline(trained_store) as worker:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client:
-            response = await client.post("/feedback", json={})
+    async with (
+        serving_offline(trained_store) as worker,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client,
+    ):
+        response = await client.post("/feedback", json={})
     assert response.status_code == 404 and response.json()["reason"] == "feedback_not_configured"
     assert "MOLDWATCH_KAFKA_FEEDBACK_TOPIC" in response.json()["error"]
 
@@ -106,7 +108,7 @@ async def test_answers_arriving_on_kafka_are_judged_like_posted_ones(mongo_serve
             await mongo[settings.mongo_database][settings.mongo_collection].insert_many(documents)
         verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 5))
         answer = {"record_id": verdicts[0]["record_id"], "label": "defect", "operator": "lee",
-                  "at": datetime.now(timezone.utc).isoformat(), "idempotency_key": "mes-1"}
+                  "at": datetime.now(UTC).isoformat(), "idempotency_key": "mes-1"}
         producer = AIOKafkaProducer(bootstrap_servers=kafka_server.bootstrap_servers, acks="all")
         await producer.start()
         try:

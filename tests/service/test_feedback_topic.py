@@ -95,7 +95,8 @@ async def test_lines_update_reads_the_topic_with_the_workers_kafka_settings(kafk
 
     from service.cli import app
     from service.line_book_file import read_line_book
-    from tests.service.test_lines_command import answers, part_alarms, scored as scored_fixture
+    from tests.service.test_lines_command import answers, part_alarms
+    from tests.service.test_lines_command import scored as scored_fixture
 
     scored = scored_fixture.__wrapped__(forest_plant, forest_store)  # type: ignore[attr-defined]
     topic = unique("kept-for-lines")

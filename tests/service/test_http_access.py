@@ -56,36 +56,38 @@ def auth(token: str) -> dict[str, str]:
 async def test_each_hostile_request_is_refused_with_one_line_and_the_probes_stay_open(trained_store, small_plant,
                                                                                      tokens_file):
     document = jsonable(plant_documents(small_plant, 1, "http-auth", offset=2000)[0])
-    async with serving_offline(trained_store, http_tokens_file=tokens_file, http_auth_burst=1000) as worker:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client:
-            answers = {
-                "no token": await client.post("/score", json=document),
-                "wrong token": await client.post("/score", json=document, headers=auth(OPERATOR[:-1] + "x")),
-                "basic auth": await client.post("/score", json=document, headers={"authorization": "Basic b3A6cA=="}),
-                "oversized": await client.post("/score", json=document, headers=auth("x" * 4_000)),
-                "no scope": await client.post("/score", json=document, headers=auth(READER)),
-                "metrics no token": await client.get("/metrics"),
-                "metrics wrong scope": await client.get("/metrics", headers=auth(OPERATOR)),
-                "recipes no token": await client.get("/recipes/F01/ITM-001"),
-                "recipes wrong scope": await client.get("/recipes/F01/ITM-001", headers=auth(SCRAPER)),
-                "feedback no scope": await client.post("/feedback", json={}, headers=auth(OPERATOR)),
-                "unknown path": await client.get("/admin"),
-                "docs": await client.get("/docs"),
-                "openapi": await client.get("/openapi.json"),
-            }
-            try:  # beyond the HTTP parser's own header limit (16 KiB): the connection is dropped unanswered
-                huge = (await client.post("/score", json=document, headers=auth("x" * 100_000))).status_code
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                huge = None
-            allowed = {
-                "score": await client.post("/score", json=document, headers=auth(OPERATOR)),
-                "recipes": await client.get("/recipes/F01/ITM-001", headers=auth(READER)),
-                "metrics": await client.get("/metrics", headers=auth(SCRAPER)),
-                "unknown path, valid token": await client.get("/admin", headers=auth(SCRAPER)),
-                "docs, valid token": await client.get("/docs", headers=auth(SCRAPER)),
-                "healthz": await client.get("/healthz"),
-                "readyz": await client.get("/readyz"),  # 503: offline, but answered without a token
-            }
+    async with (
+        serving_offline(trained_store, http_tokens_file=tokens_file, http_auth_burst=1000) as worker,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client,
+    ):
+        answers = {
+            "no token": await client.post("/score", json=document),
+            "wrong token": await client.post("/score", json=document, headers=auth(OPERATOR[:-1] + "x")),
+            "basic auth": await client.post("/score", json=document, headers={"authorization": "Basic b3A6cA=="}),
+            "oversized": await client.post("/score", json=document, headers=auth("x" * 4_000)),
+            "no scope": await client.post("/score", json=document, headers=auth(READER)),
+            "metrics no token": await client.get("/metrics"),
+            "metrics wrong scope": await client.get("/metrics", headers=auth(OPERATOR)),
+            "recipes no token": await client.get("/recipes/F01/ITM-001"),
+            "recipes wrong scope": await client.get("/recipes/F01/ITM-001", headers=auth(SCRAPER)),
+            "feedback no scope": await client.post("/feedback", json={}, headers=auth(OPERATOR)),
+            "unknown path": await client.get("/admin"),
+            "docs": await client.get("/docs"),
+            "openapi": await client.get("/openapi.json"),
+        }
+        try:  # beyond the HTTP parser's own header limit (16 KiB): the connection is dropped unanswered
+            huge = (await client.post("/score", json=document, headers=auth("x" * 100_000))).status_code
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            huge = None
+        allowed = {
+            "score": await client.post("/score", json=document, headers=auth(OPERATOR)),
+            "recipes": await client.get("/recipes/F01/ITM-001", headers=auth(READER)),
+            "metrics": await client.get("/metrics", headers=auth(SCRAPER)),
+            "unknown path, valid token": await client.get("/admin", headers=auth(SCRAPER)),
+            "docs, valid token": await client.get("/docs", headers=auth(SCRAPER)),
+            "healthz": await client.get("/healthz"),
+            "readyz": await client.get("/readyz"),  # 503: offline, but answered without a token
+        }
     statuses = {case: response.status_code for case, response in answers.items()}
     assert statuses == {"no token": 401, "wrong token": 401, "basic auth": 401, "oversized": 401, "no scope": 403,
                         "metrics no token": 401, "metrics wrong scope": 403, "recipes no token": 401,
@@ -117,28 +119,29 @@ async def test_each_hostile_request_is_refused_with_one_line_and_the_probes_stay
 
 async def test_tokens_rotate_without_a_restart_and_a_refused_file_keeps_the_last_good_tokens(trained_store,
                                                                                                 tokens_file):
-    async with serving_offline(trained_store, http_tokens_file=tokens_file, store_poll_s=0.05) as worker:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client:
+    async with (
+        serving_offline(trained_store, http_tokens_file=tokens_file, store_poll_s=0.05) as worker,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}", timeout=10) as client,
+    ):
+        async def status(token: str) -> int:
+            return (await client.get("/metrics", headers=auth(token))).status_code
 
-            async def status(token: str) -> int:
-                return (await client.get("/metrics", headers=auth(token))).status_code
-
-            assert await status(SCRAPER) == 200
-            revoke("scraper", tokens_file)  # the CLI's own rewrite
-            await wait_for(lambda: status(SCRAPER), timeout=10)  # still reachable while it settles
-            await wait_for(lambda: _is(status(SCRAPER), 401), timeout=10)
-            new = "mw_rotated-" + "n" * 35
-            write_tokens(tokens_file, token_line("scraper2", ["metrics"], new))
-            await wait_for(lambda: _is(status(new), 200), timeout=10)
-            assert await status(SCRAPER) == 401  # a revoked token replayed stays out
-            tokens_file.write_text("scraper3 metrics " + new + "\n")  # a token in clear: refused
-            await wait_for(lambda: metric(worker, "moldwatch_http_tokens_rejected") == 1, timeout=10)
-            assert await status(new) == 200  # the last good table still holds
-            ready = (await client.get("/readyz")).json()
-            assert "token in clear" in ready["warnings"]["http_tokens"] and new not in json.dumps(ready)
-            write_tokens(tokens_file, token_line("scraper3", ["metrics"], new))
-            await wait_for(lambda: metric(worker, "moldwatch_http_tokens_rejected") == 0, timeout=10)
-            assert "warnings" not in (await client.get("/readyz")).json()
+        assert await status(SCRAPER) == 200
+        revoke("scraper", tokens_file)  # the CLI's own rewrite
+        await wait_for(lambda: status(SCRAPER), timeout=10)  # still reachable while it settles
+        await wait_for(lambda: _is(status(SCRAPER), 401), timeout=10)
+        new = "mw_rotated-" + "n" * 35
+        write_tokens(tokens_file, token_line("scraper2", ["metrics"], new))
+        await wait_for(lambda: _is(status(new), 200), timeout=10)
+        assert await status(SCRAPER) == 401  # a revoked token replayed stays out
+        tokens_file.write_text("scraper3 metrics " + new + "\n")  # a token in clear: refused
+        await wait_for(lambda: metric(worker, "moldwatch_http_tokens_rejected") == 1, timeout=10)
+        assert await status(new) == 200  # the last good table still holds
+        ready = (await client.get("/readyz")).json()
+        assert "token in clear" in ready["warnings"]["http_tokens"] and new not in json.dumps(ready)
+        write_tokens(tokens_file, token_line("scraper3", ["metrics"], new))
+        await wait_for(lambda: metric(worker, "moldwatch_http_tokens_rejected") == 0, timeout=10)
+        assert "warnings" not in (await client.get("/readyz")).json()
 
 
 async def _is(status: object, expected: int) -> bool:
@@ -154,16 +157,15 @@ async def test_a_burst_of_bad_attempts_gets_nothing_and_does_not_stop_the_verdic
     name = unique("http-flood")
     settings = worker_settings(mongo_server, kafka_server, trained_store, name, http_tokens_file=tokens_file)
     documents = plant_documents(small_plant, 300, name)
-    async with running_worker(settings) as worker:
-        async with AsyncMongoClient(mongo_server.uri) as mongo:
-            collection = mongo[settings.mongo_database][settings.mongo_collection]
-            headers = [auth("mw_guess-" + str(i)) for i in range(10)] + [{}, auth(READER), {"authorization": "x" * 600}]
-            inserting = asyncio.create_task(_insert_slowly(collection, documents))
-            parts = await asyncio.gather(*(_attack(worker.http_port, range(s, 10_000, 16), headers) for s in range(16)))
-            codes = [code for part in parts for code in part]
-            await inserting
-            verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 300,
-                                               timeout=120))
+    async with running_worker(settings) as worker, AsyncMongoClient(mongo_server.uri) as mongo:
+        collection = mongo[settings.mongo_database][settings.mongo_collection]
+        headers = [auth("mw_guess-" + str(i)) for i in range(10)] + [{}, auth(READER), {"authorization": "x" * 600}]
+        inserting = asyncio.create_task(_insert_slowly(collection, documents))
+        parts = await asyncio.gather(*(_attack(worker.http_port, range(s, 10_000, 16), headers) for s in range(16)))
+        codes = [code for part in parts for code in part]
+        await inserting
+        verdicts = values(await read_topic(kafka_server.bootstrap_servers, settings.kafka_verdicts_topic, 300,
+                                           timeout=120))
     assert len(codes) == 10_000
     assert set(codes) <= {401, 403, 429} and codes.count(429) >= 9_900  # the budget (20) is spent at once
     assert metric(worker, "moldwatch_http_auth_failures_total") == 10_000

@@ -228,7 +228,7 @@ def test_only_loopback_addresses_count_as_private(host, loopback):
 
 def test_open_scoped_endpoints_on_the_network_are_refused_unless_asked_for():
     empty = parse_tokens("", "t")
-    with pytest.raises(ExposureError, match="0.0.0.0 would serve /score.*--http-allow-open"):
+    with pytest.raises(ExposureError, match=r"0.0.0.0 would serve /score.*--http-allow-open"):
         check_exposure("0.0.0.0", empty, allow_open=False)
     check_exposure("0.0.0.0", empty, allow_open=True)
     check_exposure("127.0.0.1", empty, allow_open=False)

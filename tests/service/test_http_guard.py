@@ -43,7 +43,7 @@ async def gate(tmp_path: Path):
 
 
 async def test_every_feedback_write_is_audited_with_the_token_name_never_the_token(gate):
-    client, app, _ = gate
+    client, _app, _ = gate
     with capture_logs() as logs:
         ok = await client.post("/feedback", json={"label": "false_alarm"}, headers={"authorization": f"Bearer {FEEDBACK}"})
         scored = await client.post("/score", json={}, headers={"authorization": f"Bearer {SCORER}"})

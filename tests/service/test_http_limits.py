@@ -6,7 +6,9 @@ import json
 
 import httpx
 import pytest_asyncio
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from service.config import WorkerSettings
 from service.decode import DeadLetter
@@ -54,12 +56,14 @@ async def test_bad_requests_get_4xx_with_a_reason(small_limits_worker):
 
 
 async def test_deeply_nested_json_within_the_body_limit_is_422_not_500(trained_store):
-    async with serving_offline(trained_store) as worker:  # default limits: 1 MiB, depth 32
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}") as client:
-            for depth in (33, 5_000, 400_000):
-                body = b"[" * depth + b"]" * depth
-                response = await client.post("/score", content=body)
-                assert response.status_code == 422 and response.json()["reason"] == "too_deep", depth
+    async with (
+        serving_offline(trained_store) as worker,  # default limits: 1 MiB, depth 32
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.http_port}") as client,
+    ):
+        for depth in (33, 5_000, 400_000):
+            body = b"[" * depth + b"]" * depth
+            response = await client.post("/score", content=body)
+            assert response.status_code == 422 and response.json()["reason"] == "too_deep", depth
 
 
 class _Scorer:

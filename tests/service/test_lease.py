@@ -2,7 +2,7 @@
 workers with one name against the real MongoDB-protocol and Kafka servers."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -12,7 +12,7 @@ from tests.service.test_worker import acknowledged, read_to_end
 from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
 from tests.service.worker_process import WorkerProcess
 
-NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 ME = Holder("me", "host-a", 100, NOW + timedelta(seconds=15))
 
 
@@ -36,7 +36,7 @@ def test_who_may_take_the_lease(holder, alive, expected) -> None:
 
 def test_a_lease_document_reads_naive_dates_as_utc_and_refuses_junk() -> None:
     holder = Holder.of({"owner": "o", "host": "h", "pid": 7, "expires": datetime(2026, 1, 1, 12, 0)})
-    assert holder == Holder("o", "h", 7, datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc))
+    assert holder == Holder("o", "h", 7, datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
     assert Holder.of(None) is None and Holder.of({"owner": "o", "expires": "tomorrow"}) is None
 
 
@@ -103,7 +103,7 @@ def _reasons(process: WorkerProcess) -> dict:
 def _verdicts(process: WorkerProcess) -> float:
     try:
         text = process.metrics()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not listening yet
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("moldwatch_verdicts_total{"))
 

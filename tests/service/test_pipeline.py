@@ -1,16 +1,16 @@
 """The batch step: raw messages -> verdicts and dead letters, with the real scoring core."""
 from __future__ import annotations
 
-import copy
-
 import asyncio
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jsonschema
-import pytest
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_store.errors import StoreError
 from model_store.serving.scoring import ScoringEngine

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import bson
@@ -21,15 +21,17 @@ from bson.codec_options import CodecOptions
 from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pymongo import AsyncMongoClient
 
 from service.config import WorkerSettings
 from service.decode import MAX_NAME_LENGTH, DeadLetter, RecordDecoder
 from service.metrics import WorkerMetrics
-from service.pipeline import BatchResult, FailedRecord, ScoredRecord, SourceMessage
+from service.pipeline import BatchResult, ScoredRecord, SourceMessage
 from service.sink import MAX_QUOTED_DOCUMENT, KafkaSink, dead_letter_value
-from service.sources.mongo import _RAW_CODEC, RECORD_CODEC, ChangeEvent, _plain, decode_document
+from service.sources.mongo import _RAW_CODEC, ChangeEvent, _plain, decode_document
 from tests.service.fake_producer import FakeProducer
 from tests.service.test_worker_support import plant_documents, read_topic, running_worker, unique, values, worker_settings
 
@@ -48,7 +50,7 @@ BSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), _text,
     st.binary(max_size=16).map(lambda b: Binary(b, 0)),
     st.integers(-(2**62), 2**62).map(DatetimeMS),  # most of these are outside Python's datetime
-    st.datetimes(timezones=st.just(timezone.utc)),
+    st.datetimes(timezones=st.just(UTC)),
     st.builds(ObjectId),
     st.sampled_from([Decimal128("1.5"), Decimal128("NaN"), Decimal128("-Infinity"), Decimal128("1E+6000"), Decimal128("-0")]),
     st.just(MinKey()), st.just(MaxKey()), st.builds(Regex, _cstring), st.builds(Code, _text),
@@ -62,7 +64,7 @@ BSON_VALUES = st.recursive(BSON_SCALARS, lambda inner: st.lists(inner, max_size=
 
 def overrides(fields: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     """Some of the plant's own fields replaced by arbitrary BSON, plus a few unknown fields."""
-    return st.fixed_dictionaries({}, optional={f: BSON_VALUES for f in fields}).flatmap(
+    return st.fixed_dictionaries({}, optional=dict.fromkeys(fields, BSON_VALUES)).flatmap(
         lambda known: st.dictionaries(_keys.map(lambda k: "x_" + k), BSON_VALUES, max_size=3).map(lambda extra: {**known, **extra}))
 
 

@@ -149,7 +149,8 @@ def test_report_renders_in_headless_chromium_with_plots(recipes_dir, tmp_path):
         assert pixels.shape[0] > 100 and pixels.shape[1] > 300, alt
         assert _not_blank(pixels), f"plot {alt!r} is blank"
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run([*flags, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120, check=True)
     assert _not_blank(_png_pixels(shot.read_bytes()))
 
 

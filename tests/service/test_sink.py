@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from bson import Decimal128, ObjectId
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from service.config import WorkerSettings
 from service.decode import DeadLetter
@@ -24,7 +26,7 @@ def settings(**overrides) -> WorkerSettings:
 
 
 def test_dead_letters_quote_bson_documents_as_extended_json():
-    document = {"_id": ObjectId("6b0518ffc15a762ceb0939d4"), "ts": datetime(2026, 1, 5, tzinfo=timezone.utc),
+    document = {"_id": ObjectId("6b0518ffc15a762ceb0939d4"), "ts": datetime(2026, 1, 5, tzinfo=UTC),
                 "v": Decimal128("1.5"), "nan": float("nan"), "raw": b"\x00\x01"}
     value = json.loads(dead_letter_value(DeadLetter("invalid_field", "v: bad", document), "w1", "v1"))
     assert value["reason"] == "invalid_field" and value["error"] == "v: bad" and value["worker"] == "w1"
@@ -218,7 +220,8 @@ async def test_real_broker_acknowledges_keyed_messages_on_their_topics(kafka_ser
         assert delivery.acked
     finally:
         await sink.close()
-    assert await sink.ping() == f"kafka producer not connected: {kafka_server.bootstrap_servers}: accepts connections (the producer is connecting)"
+    assert await sink.ping() == (f"kafka producer not connected: {kafka_server.bootstrap_servers}: "
+                                 "accepts connections (the producer is connecting)")
     out = await read_topic(kafka_server.bootstrap_servers, f"{name}.v", 40)
     assert [json.loads(m.value)["record_id"] for m in out] == [v["record_id"] for v in verdicts]  # in order
     assert all(m.key == json.loads(m.value)["facility"].encode() for m in out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId, json_util
@@ -12,7 +12,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 from service.sources.kafka import KafkaSource, encode_document, parse_value
 from service.sources.mongo import MongoPosition, MongoSource, token_unusable
 
-DOC = {"_id": ObjectId("6b0518ffc15a762ceb0939d4"), "shot_id": "S1", "timestamp": datetime(2026, 1, 5, tzinfo=timezone.utc), "x": 1.5}
+DOC = {"_id": ObjectId("6b0518ffc15a762ceb0939d4"), "shot_id": "S1", "timestamp": datetime(2026, 1, 5, tzinfo=UTC), "x": 1.5}
 
 
 def test_plain_documents_in_extended_json_become_bson_types():

@@ -39,7 +39,7 @@ async def keep_swapping(store: Path, work: Path, stop: asyncio.Event) -> list[st
             done.append("rollback")
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     return done
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -50,7 +50,7 @@ async def test_updates_and_repeated_ids_supersede_and_late_records_move_only_the
     schema = small_plant.schema
     documents = plant_documents(small_plant, 4, name)
     twin = {**documents[3], schema.record_id: documents[0][schema.record_id]}  # the same shot id, a second document
-    late = plant_documents(small_plant, 1, f"{name}-late", start=datetime.now(timezone.utc) - timedelta(hours=1),
+    late = plant_documents(small_plant, 1, f"{name}-late", start=datetime.now(UTC) - timedelta(hours=1),
                            offset=10)[0]
     updated = documents[1]
     field = schema.makers[updated[schema.maker_column]].production[0]
@@ -150,7 +150,7 @@ async def test_kafka_source_verdicts_carry_topic_partition_offset_and_supersede_
     settings = worker_settings(mongo_server, kafka_server, trained_store, name, source="kafka", start_from="beginning")
     schema = small_plant.schema
     documents = plant_documents(small_plant, 4, name)
-    key = lambda doc: str(doc[schema.facility]).encode()  # noqa: E731 - the connector's key: the facility
+    key = lambda doc: str(doc[schema.facility]).encode()  # the connector's key: the facility
     revision = json.dumps({"_id": {"_data": "01"}, "operationType": "update", "ns": {"db": "p", "coll": "shots"},
                            "documentKey": {"_id": 1}, "fullDocument": json.loads(encode_document(documents[1]))})
     payloads = [(key(d), encode_document(d)) for d in documents]

@@ -230,7 +230,7 @@ async def test_hot_reload_swaps_the_store_under_load_with_no_record_missing(mong
         # through the reload, at the worker's own pace.
         for first in range(start, stop, 10):
             await collection.insert_many(documents[first : first + 10])
-            await wait_for(lambda: metric(worker, "moldwatch_records_in_total") >= first + 10, timeout=90, interval=0.01)
+            await wait_for(lambda first=first: metric(worker, "moldwatch_records_in_total") >= first + 10, timeout=90, interval=0.01)
 
     try:
         async with running_worker(settings) as worker:

@@ -29,7 +29,7 @@ async def test_closed_lots_of_watched_parts_are_judged_as_the_lots_arrive(
             await client[settings.mongo_database][settings.mongo_collection].insert_many(documents)
             await wait_for(acknowledged(worker, 600), timeout=60)
             assert metric(worker, "moldwatch_lot_drift_lots_total", outcome="judged") == 0  # no lots yet
-            lots = small_plant.lots.rename(columns={k: v for k, v in schema.lot_columns.items()})
+            lots = small_plant.lots.rename(columns=dict(schema.lot_columns))
             await client[settings.mongo_database]["lots"].insert_many(lots.to_dict("records"))
             await wait_for(lambda: metric(worker, "moldwatch_lot_drift_lots_total", outcome="judged") >= len(watched),
                            timeout=30)

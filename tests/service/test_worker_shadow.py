@@ -9,8 +9,7 @@ from model_store.generations import promote, rollback
 from model_store.serving.store import open_store
 from tests.plants import versioned_store
 from tests.service.test_worker import acknowledged, read_to_end
-from tests.service.test_worker_support import (metric, plant_documents, running_worker, unique, values, wait_for,
-                                               worker_settings)
+from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

@@ -4,20 +4,21 @@ running-worker context). No tests here; the ``test_`` name keeps it among the wo
 from __future__ import annotations
 
 import asyncio
-import inspect
 import contextlib
+import inspect
 import json
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from model_store.simulate import as_documents
 from model_store.serving.verdict import VERDICT_SCHEMA_PATH
+from model_store.simulate import as_documents
 from service.config import WorkerSettings
 from service.run_command import serve
 from service.worker import Worker
@@ -38,7 +39,7 @@ def plant_documents(plant: Any, count: int, prefix: str, start: datetime | None 
     """
     schema = plant.schema
     frame = plant.records.iloc[offset : offset + count]
-    start = start or datetime.now(timezone.utc)
+    start = start or datetime.now(UTC)
     documents = as_documents(frame)
     for i, doc in enumerate(documents):
         doc[schema.record_id] = f"{prefix}-{offset + i:06d}"

@@ -40,11 +40,10 @@ class WorkerProcess:
         self.env = worker_env(self.settings, **env)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "WorkerProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moldwatch"), "run", "--log-format", "json"],
-                                     cwd=self.log_path.parent, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moldwatch"), "run", "--log-format", "json"],
+                                         cwd=self.log_path.parent, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def ready(self) -> bool:
