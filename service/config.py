@@ -11,10 +11,10 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from service.redact import one_line, redact_uri, uri_secrets
-
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.redact import one_line, redact_uri, uri_secrets
 
 ENV_PREFIX = "MOLDWATCH_"
 
@@ -305,7 +305,7 @@ class WorkerSettings(BaseSettings):
         return uri
 
     @model_validator(mode="after")
-    def _check_pairs(self) -> "WorkerSettings":
+    def _check_pairs(self) -> WorkerSettings:
         if (self.kafka_tls_cert_file is None) != (self.kafka_tls_key_file is None):
             raise ValueError("kafka_tls_cert_file and kafka_tls_key_file go together (mutual TLS needs both)")
         if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
@@ -363,7 +363,10 @@ class WorkerSettings(BaseSettings):
         """Security keyword arguments shared by aiokafka's producer and consumer."""
         protocol = self.kafka_security_protocol
         if protocol is None:
-            protocol = ("SASL_" if self.kafka_sasl_mechanism else "") + ("SSL" if self.kafka_tls else "PLAINTEXT")
+            if self.kafka_sasl_mechanism:
+                protocol = "SASL_SSL" if self.kafka_tls else "SASL_PLAINTEXT"
+            else:
+                protocol = "SSL" if self.kafka_tls else "PLAINTEXT"
         kwargs: dict[str, Any] = {"security_protocol": protocol}
         if protocol in ("SSL", "SASL_SSL"):
             context = ssl.create_default_context(cafile=str(self.kafka_tls_ca_file) if self.kafka_tls_ca_file else None)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -35,8 +36,7 @@ from model_store.serving.line_book import LineBook, judge_with_book
 from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.verdict import to_verdicts
-from service.decode import (SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, UnknownFields, short_repr,
-                            unknown_field_text)
+from service.decode import SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, UnknownFields, short_repr, unknown_field_text
 from service.supersede import HTTP_SOURCE, AnsweredIds
 
 log = structlog.get_logger("moldwatch.pipeline")
@@ -237,8 +237,9 @@ class Pipeline:
                 error = f"scoring raised {type(exc).__name__}: {short_repr(str(exc))}"
                 result.failed.append(FailedRecord(DeadLetter(SCORING_FAILED, error, original), at, sources[j]))
             else:
-                if sources[j] is not None:
-                    mark(verdict, sources[j], answered)
+                source = sources[j]
+                if source is not None:
+                    mark(verdict, source, answered)
                 result.scored.append(ScoredRecord(verdict, record_time, at, dumps(verdict), events[j]))
 
     def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:

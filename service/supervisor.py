@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
+from typing import Any
 
 import structlog
 
@@ -41,7 +43,7 @@ class Supervisor:
         self._tasks[name] = task
         if may_finish:
             self._may_finish.add(name)
-        task.add_done_callback(lambda t, n=name: self._done(n, t))
+        task.add_done_callback(partial(self._done, name))
         return task
 
     def task(self, name: str) -> asyncio.Task[Any] | None:

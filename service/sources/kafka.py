@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -29,8 +30,8 @@ from bson.json_util import JSONOptions
 
 from service.backoff import Backoff
 from service.config import WorkerSettings
-from service.metrics import WorkerMetrics
 from service.kafka_ping import connect_failure, metadata_ping
+from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
 from service.sources import Emit, PositionStore
 
@@ -53,7 +54,7 @@ def parse_value(raw: bytes | None) -> tuple[Any, str | None, bool]:
     ``error`` is set when the value is not JSON (``document`` is then its text); ``is_record`` is
     False for change events that carry no record (deletes, drops) and for tombstones.
     """
-    return parse_change(raw)[:3]  # type: ignore[return-value]
+    return parse_change(raw)[:3]
 
 
 def parse_change(raw: bytes | None) -> tuple[Any, str | None, bool, str | None]:
@@ -83,10 +84,10 @@ def parse_change(raw: bytes | None) -> tuple[Any, str | None, bool, str | None]:
     return value, None, True, None
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints; subscribe() wants this base
     """Commit what is acknowledged before partitions go; forget what is not ours any more."""
 
-    def __init__(self, source: "KafkaSource") -> None:
+    def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -231,7 +232,7 @@ class KafkaSource:
                 try:
                     remaining = max(0.1, deadline - time.monotonic())
                     committed = await asyncio.wait_for(self.consumer.committed(TopicPartition(*key)), remaining)
-                except (KafkaError, asyncio.TimeoutError):
+                except (TimeoutError, KafkaError):
                     committed = None
                 if committed is not None and committed >= offset:
                     del behind[key]

@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import ItemsView, Iterator
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-import structlog
 import bson
+import structlog
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
@@ -47,11 +48,11 @@ from model_store.driver_errors import mongo_cause
 from model_store.errors import MoldwatchError
 from model_store.schema import PlantSchema
 from service.backoff import Backoff
-from service.kafka_ping import tcp_diagnosis
 from service.config import WorkerSettings
-from service.redact import one_line
+from service.kafka_ping import tcp_diagnosis
 from service.metrics import WorkerMetrics
 from service.pipeline import SourceMessage
+from service.redact import one_line
 from service.sources import CheckpointUnavailable, Emit, PositionStore
 from service.sources.lease import CheckpointLease, LeaseLost
 from service.supersede import event_id, mongo_document_id
@@ -75,7 +76,7 @@ NOT_ABOUT_THE_TOKEN = frozenset({
 # How documents are decoded: whatever BSON a server accepts must decode. Dates beyond Python's
 # datetime (valid in MongoDB) become DatetimeMS instead of raising; invalid UTF-8 is replaced
 # (U+FFFD) instead of raising; everything else has a Python type in the bson package.
-RECORD_CODEC = CodecOptions(tz_aware=True, tzinfo=timezone.utc, datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+RECORD_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO,
                             unicode_decode_error_handler="replace")
 
 
@@ -120,7 +121,7 @@ class ChangeEvent(RawBSONDocument):
 
 # Change events are read raw: a document that still fails to decode is then one dead letter with
 # its event's resume token, not an exception that kills the whole getMore batch (and the reader).
-_RAW_CODEC = CodecOptions(document_class=ChangeEvent, tz_aware=True, tzinfo=timezone.utc,
+_RAW_CODEC = CodecOptions(document_class=ChangeEvent, tz_aware=True, tzinfo=UTC,
                           datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace")
 MAX_RAW_QUOTE = 64 * 1024  # bytes of an undecodable document quoted (hex) in its dead letter
 MAX_AWAIT_MS = 500  # an idle getMore waits this long server-side: bounds how long a stop waits for a read
@@ -133,7 +134,7 @@ def token_unusable(exc: BaseException, had_token: bool) -> bool:
         return False
     if exc.code in HISTORY_LOST_CODES:
         return True
-    if exc.has_error_label("ResumableChangeStreamError") or exc.code in NOT_ABOUT_THE_TOKEN:
+    if exc.has_error_label("ResumableChangeStreamError") or exc.code in NOT_ABOUT_THE_TOKEN:  # noqa: SIM103 - each rule on its own, the last with its why
         return False
     # Refused for a reason of the server's own (older servers and other implementations report
     # bad tokens without these codes): a backfill costs duplicates, a silent restart loses data.
@@ -212,13 +213,13 @@ class MongoSource:
             return None  # only the lease (this worker just took its name): no position yet
         return document
 
-    def checkpoint_fields(self, position: "MongoPosition") -> dict[str, Any]:
+    def checkpoint_fields(self, position: MongoPosition) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "source": "mongo",
             "database": self.settings.mongo_database,
             "collection": self.settings.mongo_collection,
             "resume_token": position.token,
-            "updated_at": datetime.now(timezone.utc),
+            "updated_at": datetime.now(UTC),
         }
         if position.has_record:
             fields["last_timestamp"] = position.timestamp
@@ -278,7 +279,7 @@ class MongoSource:
             return self.standby
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), self.settings.ready_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             cause = f"no ping answer within {self.settings.ready_timeout_s} s"
             # The driver's monitor already knows why it cannot use the server (a TLS certificate it
             # refuses, a connection the server closes) when that failed faster than this ping's
@@ -395,7 +396,7 @@ class MongoSource:
                         # before the worker reports ready, so a crash right after start resumes
                         # here instead of at the end of the stream (losing what came meanwhile).
                         start = MongoPosition(self._token, start_at=None if self._token else self._start_at)
-                        await self._retry("write the starting checkpoint", lambda: self.commit([start]))
+                        await self._retry("write the starting checkpoint", partial(self.commit, [start]))
                         log.info("starting position checkpointed", worker=self.settings.worker_name,
                                  by="resume token" if self._token else "cluster time")
                     first_start = False
@@ -557,7 +558,7 @@ class MongoSource:
             except (PyMongoError, CheckpointUnavailable, OSError) as exc:
                 self.metrics.source_errors.labels(self.name).inc()
                 pause = backoff.next()
-                log.warning(f"mongodb: cannot {what}, retrying", server=self.endpoint, error=_cause(exc), retry_in_s=pause)
+                log.warning(f"mongodb: cannot {what}, retrying", server=self.endpoint, error=_cause(exc), retry_in_s=pause)  # noqa: G004 - structlog renders the event once: no deferred %-formatting to keep
                 await asyncio.sleep(pause)
 
 
@@ -603,7 +604,7 @@ def _event_time(change: Mapping[str, Any]) -> float | None:
     # coarse for an end-to-end latency measured against a 100 ms objective.
     wall = change.get("wallTime")
     if isinstance(wall, datetime):
-        return (wall if wall.tzinfo else wall.replace(tzinfo=timezone.utc)).timestamp()
+        return (wall if wall.tzinfo else wall.replace(tzinfo=UTC)).timestamp()
     cluster = change.get("clusterTime")
     if isinstance(cluster, Timestamp):
         return float(cluster.time)
