@@ -136,6 +136,11 @@ ABLATIONS: tuple[Ablation, ...] = (
              engine=(("group_excursions", True),)),
     Ablation("no_group_excursions", "the setting groups' own excursion bands do not alarm", {},
              engine=(("group_excursions", False),)),
+    Ablation("no_level_shift", "the running baseline walks to a lasting offset a clipped step a shot (no level-shift rule)",
+             {"baseline_shift_run": 0}),
+    Ablation("no_new_part_follow", "a part the history never had is not followed (its baseline walks from the first shot)",
+             {"follow_new_parts": False}),
+    Ablation("lasting_full_ratio", "an excursion that alarms only because it lasts scores its whole ratio", {"lasting_at_line": False}),
 )
 
 
