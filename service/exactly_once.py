@@ -36,7 +36,7 @@ from service.client_internals import fail_buffered
 from service.config import WorkerSettings
 from service.kafka_acls import denied, transactional_id
 from service.redact import one_line
-from service.sink import MESSAGE_OVERHEAD, RETRY_BACKOFF_S, Delivery, KafkaSinkBase, Outgoing, SinkError, hand_over, is_permanent
+from service.sink import RETRY_BACKOFF_S, Delivery, KafkaSinkBase, Outgoing, SinkError, hand_over, is_permanent
 from service.sources import CheckpointUnavailable
 
 log = structlog.get_logger("moldwatch.exactly_once")
@@ -54,19 +54,8 @@ class TransactionalSink(KafkaSinkBase):
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=s.kafka_client_id,
-            transactional_id=transactional_id(s),
-            transaction_timeout_ms=s.kafka_transaction_timeout_ms,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.kafka_linger_ms,
-            max_batch_size=s.producer_batch_bytes,
-            request_timeout_ms=s.kafka_request_timeout_ms,
-            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
-            **s.kafka_security_kwargs(),
-        )
+        return AIOKafkaProducer(**self._producer_options(), transactional_id=transactional_id(s),
+                                transaction_timeout_ms=s.kafka_transaction_timeout_ms)
 
     async def setup(self, stopping: asyncio.Event | None = None) -> None:
         await super().setup(stopping)

@@ -251,6 +251,23 @@ class KafkaSinkBase:
         """The producer :meth:`setup` starts: each sink configures its own."""
         raise NotImplementedError
 
+    def _producer_options(self) -> dict[str, Any]:
+        """The options both sinks' producers share."""
+        s = self.settings
+        return {
+            "bootstrap_servers": s.kafka_bootstrap_servers,
+            "client_id": s.kafka_client_id,
+            "acks": "all",
+            # Broker-side dedupe of the producer's own retries; with aiokafka's one request in
+            # flight per broker, one partition's messages are written once and in order.
+            "enable_idempotence": True,
+            "linger_ms": s.kafka_linger_ms,
+            "max_batch_size": s.producer_batch_bytes,
+            "request_timeout_ms": s.kafka_request_timeout_ms,
+            "max_request_size": s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
+            **s.kafka_security_kwargs(),
+        }
+
     async def setup(self, stopping: asyncio.Event | None = None) -> None:
         """Connect, retrying with back-off until the brokers answer (or ``stopping`` is set)."""
         backoff = Backoff(*RETRY_BACKOFF_S)
@@ -385,20 +402,7 @@ class KafkaSink(KafkaSinkBase):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _new_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=s.kafka_client_id,
-            acks="all",
-            # Broker-side dedupe of the producer's own retries; with aiokafka's one request in
-            # flight per broker, one partition's messages are written once and in order.
-            enable_idempotence=True,
-            linger_ms=s.kafka_linger_ms,
-            max_batch_size=s.producer_batch_bytes,
-            request_timeout_ms=s.kafka_request_timeout_ms,
-            max_request_size=s.kafka_max_message_bytes + MESSAGE_OVERHEAD,
-            **s.kafka_security_kwargs(),
-        )
+        producer = AIOKafkaProducer(**self._producer_options())
         keep_batches_until_acked(producer)
         return producer
 
