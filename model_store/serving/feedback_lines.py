@@ -1,9 +1,10 @@
 """A part's alarm line moved by operator feedback, within bounds. Pure: arrays in, a line out.
 
-A verdict's ``score`` is the larger of the tail score and the worst excursion ratio; the store
-alarms above 1. Operators answer alarms: ``false_alarm`` (the part was good) or ``defect``. When a
-part's answered alarms are mostly false, its *feedback line* rises above 1 (``anomaly = score >
-line``), so that the next shots like those stop alarming — never so far that the defects the
+A verdict's ``score`` is the larger of the tail score and the worst excursion ratio (a lasting
+excursion counts just above 1: see ``excursions.lasting_rank``); the store alarms above 1.
+Operators answer alarms: ``false_alarm`` (the part was good) or ``defect``. When a part's answered
+alarms are mostly false, its *feedback line* rises above 1 (``anomaly = score > line or excursion >
+line``: line_book.apply_lines), so that the next shots like those stop alarming — never so far that the defects the
 operators confirmed stop alarming, nor so far that the part alarms less than its lots say it
 should. The unit is the part (facility, item) of one store version: what operators answer and what
 the lots count; a new store starts every part at 1 again (its training left the confirmed defects

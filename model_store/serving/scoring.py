@@ -1,7 +1,7 @@
 """The scoring core, shared by ``moldwatch score``, ``recipe``, the benchmarks and the worker.
 
 impute state -> setting cluster -> resolve group -> impute production -> scale (clip) -> loss
--> lot-calibrated line -> score = max(loss / line, worst excursion ratio) -> anomaly = score > 1
+-> lot-calibrated line -> score = max(loss / line, worst excursion ratio; a lasting one just above 1) -> anomaly = score > 1
 -> defect probability. Vectorised per group; returns arrays (:class:`ScoredBatch`), and
 :func:`model_store.serving.verdict.to_verdicts` turns them into verdict objects.
 """
