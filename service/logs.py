@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -44,6 +46,27 @@ def scrub_rendered(_: Any, __: str, line: Any) -> Any:
     return SCRUB(line) if isinstance(line, str) else line
 
 
+def exception_text(exc_info: tuple[type[BaseException], BaseException, TracebackType | None]) -> str:
+    """The traceback as text, and never an exception of its own.
+
+    CPython 3.11 parses each frame's source line to draw carets, and its AST converter keeps one
+    recursion counter for all threads: two threads formatting a traceback at once (a driver's
+    monitor thread and the event loop) can raise ``SystemError: AST constructor recursion depth
+    mismatch``. A log line must not take the worker down, so the frames are then written without
+    carets."""
+    try:
+        return "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+    except Exception:  # noqa: BLE001 - whatever the formatter hit, the frames below still describe the error
+        frames = traceback.extract_tb(exc_info[2])
+        lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n' for f in frames]
+        return "".join(["Traceback (most recent call last):\n", *lines,
+                        *traceback.format_exception_only(exc_info[0], exc_info[1])]).rstrip("\n")
+
+
+def _plain_traceback(sio: TextIO, exc_info: tuple[type[BaseException], BaseException, TracebackType | None]) -> None:
+    sio.write("\n" + exception_text(exc_info))
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -70,7 +93,7 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=_isatty(stream), exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(colors=_isatty(stream), exception_formatter=_plain_traceback)
     )
     shared = _shared_processors()
     structlog.configure(
@@ -83,7 +106,7 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if as_json else _identity,
+            structlog.processors.ExceptionRenderer(exception_text) if as_json else _identity,
             renderer,
             scrub_rendered,
         ],
@@ -95,6 +118,9 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # A handler that cannot write (stdout closed) must not raise into the code that logged: the
+    # worker keeps scoring and /metrics still shows it. Python's logging docs advise this in production.
+    logging.raiseExceptions = False
     # Chatty libraries: their INFO lines are connection churn, not events an operator acts on.
     for name in ("aiokafka", "pymongo", "uvicorn.access", "kafka"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
@@ -115,4 +141,4 @@ def get_logger(name: str = "moldwatch") -> Any:
     return structlog.get_logger(name)
 
 
-__all__ = ["configure_logging", "get_logger", "mask_secrets", "EventDict"]
+__all__ = ["configure_logging", "exception_text", "get_logger", "mask_secrets", "EventDict"]
