@@ -83,7 +83,7 @@ def prepare_pieces(plant: Path, work: Path, rows: int) -> dict[str, Any]:
     from model_store.loaders import iter_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.serving.imputation import impute_state
-    from model_store.settings import fit_setting_model
+    from model_store.setting_clusters import fit_setting_model
 
     prepared = work / "prepared"
     if prepared.is_dir():

@@ -32,7 +32,7 @@ from model_store.serving.clusters import SettingModel, scale_settings
 from model_store.serving.excursions import training_band
 from model_store.serving.imputation import impute_state
 from model_store.serving.store import STORE_FORMAT, StoreManifest, sha256_file
-from model_store.settings import fit_setting_model
+from model_store.setting_clusters import fit_setting_model
 from model_store.store import StoreStaging, new_model_version
 from model_store.trainer import GroupTask
 

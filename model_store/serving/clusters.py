@@ -1,7 +1,7 @@
 """Setting clusters at serving time: a maker's setting space and the nearest-centroid rule.
 
 Fitting the centroids (K-Means over the unique set-point combinations) is training's job
-(:mod:`model_store.settings`); serving only scales set points and picks the nearest centroid,
+(:mod:`model_store.setting_clusters`); serving only scales set points and picks the nearest centroid,
 with NumPy alone.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ import pytest
 
 from model_store.config import GroupingConfig
 from model_store.serving.clusters import SettingModel, assign_clusters, scale_settings
-from model_store.settings import _candidate_ks, fit_setting_model
+from model_store.setting_clusters import _candidate_ks, fit_setting_model
 
 
 def test_k_is_chosen_by_silhouette_and_recovers_settings() -> None:
