@@ -35,7 +35,7 @@ from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store
 from model_store.serving.thresholds import decide, effective_thresholds, fit_threshold
-from model_store.training import prepare, train_store
+from model_store.store_training import prepare, train_store
 
 
 def split_by_day(records: pd.DataFrame, train_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -48,7 +48,7 @@ from model_store.serving.drift import DriftConfig, DriftWatch, references_from_m
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store
 from model_store.simulate.changes import CHANGES, apply_change, plan_change
-from model_store.training import train_store
+from model_store.store_training import train_store
 
 PLANTS = ("sim_default", "sim_seed5", *FORGE)
 TRAIN_SHARE = 0.5

@@ -70,7 +70,7 @@ from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.scaling import MinMax
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import open_store
-from model_store.training import prepare, train_store
+from model_store.store_training import prepare, train_store
 
 KEYS = ["maker", "facility", "item", "cluster"]
 PART_KEYS = ["maker", "facility", "item"]

@@ -54,7 +54,7 @@ from model_store.recipe import RecipeConfig, compute_recipes
 from model_store.recipe.window import most_used_combination
 from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.store import open_store
-from model_store.training import train_store
+from model_store.store_training import train_store
 
 TIE = 1e-9  # settings with the same true probability (e.g. a "fine" variant) are equally best
 

@@ -165,7 +165,7 @@ def engine_memory(work: Path) -> dict[str, Any]:
     from model_store.groups import group_table
     from model_store.loaders import read_table
     from model_store.lots import lot_defect_rates, row_lot_rates
-    from model_store.training import facility_defaults, setting_profiles
+    from model_store.store_training import facility_defaults, setting_profiles
 
     schema, models, config = _context(work)
     records = read_table(work / "prepared")
@@ -462,7 +462,7 @@ def cmd_train_once(args: argparse.Namespace) -> None:
     from model_store.dispatch import open_dispatcher
     from model_store.loaders import read_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
-    from model_store.training import train_store
+    from model_store.store_training import train_store
 
     plant = Path(args.plant)
     schema = load_schema(plant / "schema.yaml")

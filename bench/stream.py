@@ -1120,7 +1120,7 @@ def train(store: Path) -> dict[str, Any]:
     from model_store.config import TrainingConfig
     from model_store.schema import canonical_lots, canonical_records
     from model_store.simulate import SimulationConfig, simulate
-    from model_store.training import train_store
+    from model_store.store_training import train_store
 
     plant = simulate(SimulationConfig(**SMALL_PLANT))
     records = canonical_records(plant.records, plant.schema)

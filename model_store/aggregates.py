@@ -1,14 +1,14 @@
 """Training's whole-history aggregates, computed piece by piece (out of core), equal to the
 in-memory ones.
 
-:func:`model_store.training.prepare` and the manifest compute, from the whole records frame:
+:func:`model_store.store_training.prepare` and the manifest compute, from the whole records frame:
 
 * lot defect rates and, per setting group, rows / lots / lot rows / row-weighted lot defect rate
   (:func:`model_store.groups.group_table`);
 * each facility's usual item and most used setting combination, overall and per item
-  (:func:`model_store.training.facility_defaults`);
+  (:func:`model_store.store_training.facility_defaults`);
 * per-setting profiles: per (maker, facility, item, cluster) the median and band of every
-  production field and the setting centroid and radius (:func:`model_store.training.setting_profiles`).
+  production field and the setting centroid and radius (:func:`model_store.store_training.setting_profiles`).
 
 Here the records come as pieces (:func:`model_store.loaders.iter_table`, then canonical, imputed
 and clustered), and the results are the same:
@@ -127,7 +127,7 @@ class HistoryAggregates:
         return assign_roles(table, config).sort_values(GROUP_KEYS).reset_index(drop=True)
 
     def facility_defaults(self) -> dict[str, dict[str, Any]]:
-        """:func:`model_store.training.facility_defaults`, from the pieces."""
+        """:func:`model_store.store_training.facility_defaults`, from the pieces."""
         items = pd.concat(self._items, ignore_index=True).groupby(["maker", "facility", "item"], as_index=False)["n"].sum()
         out: dict[tuple[str, str], dict[str, Any]] = {}
         for maker, facility in sorted(self._facilities):
@@ -189,7 +189,7 @@ def spill_by_group(pieces: Iterable[pd.DataFrame], spill_dir: Path, buckets: int
 
 
 def profile_of(sub: pd.DataFrame, model: SettingModel, production: list[str]) -> dict[str, Any] | None:
-    """One group's profile, as :func:`model_store.training.setting_profiles` computes it."""
+    """One group's profile, as :func:`model_store.store_training.setting_profiles` computes it."""
     values = sub[production].to_numpy(dtype=float)
     median = np.nanmedian(values, axis=0)
     band_low, band_high = training_band(values)
@@ -206,7 +206,7 @@ def profile_of(sub: pd.DataFrame, model: SettingModel, production: list[str]) ->
 
 def profiles_from_spill(spill_dir: Path, schema: PlantSchema, models: dict[str, SettingModel],
                         min_rows: int) -> dict[str, list[dict[str, Any]]]:
-    """:func:`model_store.training.setting_profiles` from a :func:`spill_by_group` folder, one bucket at a time."""
+    """:func:`model_store.store_training.setting_profiles` from a :func:`spill_by_group` folder, one bucket at a time."""
     import pyarrow.parquet as pq
 
     found: dict[str, list[dict[str, Any]]] = {}

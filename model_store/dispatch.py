@@ -87,7 +87,7 @@ class ProcessPool:
             yield from InProcess().map(fn, tasks)
             return
         if self._pool is None:
-            from model_store.trainer import init_worker
+            from model_store.group_training import init_worker
 
             # spawn, not fork: TensorFlow's thread pools do not survive a fork.
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -110,7 +110,7 @@ class ProcessPool:
 def _on_worker(fn: Callable[[T], R], task: T) -> R:
     """Runs on a Dask worker: one thread for TensorFlow and BLAS there too (parallelism comes from
     the workers; a fit spreading over every core of a shared node slows its neighbours)."""
-    from model_store.trainer import init_worker
+    from model_store.group_training import init_worker
 
     init_worker()
     return fn(task)

@@ -23,7 +23,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from model_store.config import ConditionalConfig
-from model_store.trainer import GroupTask, train_group
+from model_store.group_training import GroupTask, train_group
 
 Files = dict[str, bytes]
 """Store-relative POSIX path -> file content."""
@@ -49,7 +49,7 @@ class GroupResult:
 
 
 def fit_group(task: GroupTask) -> GroupResult:
-    """:func:`model_store.trainer.train_group` into a private folder; its artifacts come back as bytes."""
+    """:func:`model_store.group_training.train_group` into a private folder; its artifacts come back as bytes."""
     with threadpool_limits(limits=1), tempfile.TemporaryDirectory(prefix="moldwatch-fit-") as folder:
         entry = train_group(replace(task, out_dir=folder))
         return GroupResult(entry, read_files(Path(folder)))

@@ -21,7 +21,7 @@ from model_store.groups import PART_CLUSTER
 def cluster_set_points(records: pd.DataFrame, setting_models: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per maker, per setting cluster: its shots and the median of each set point over them.
 
-    ``records`` as :func:`model_store.training.prepare` leaves them (state imputed, ``cluster``
+    ``records`` as :func:`model_store.store_training.prepare` leaves them (state imputed, ``cluster``
     column); ``setting_models`` maps maker -> :class:`~model_store.serving.clusters.SettingModel`.
     JSON-ready (NaN -> None).
     """

@@ -219,7 +219,7 @@ def train(
     from model_store.dispatch import check_cluster, open_dispatcher
     from model_store.loaders import read_table
     from model_store.schema import canonical_lots, canonical_records, load_schema
-    from model_store.training import train_store
+    from model_store.store_training import train_store
     from service.progress import progress_bar
     from service.settings_help import check_names, names
 

@@ -71,7 +71,7 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
     from model_store.schema import canonical_lots, canonical_records
     from model_store.serving.store import open_store
     from model_store.simulate import SimulationConfig, simulate
-    from model_store.training import train_store
+    from model_store.store_training import train_store
     from service.progress import progress_bar
 
     plant = simulate(SimulationConfig(**DEMO_PLANT))

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-if TYPE_CHECKING:  # a type only: model_store.training needs the train extra, `moldwatch score` must not
-    from model_store.training import Progress as ProgressCallback
+if TYPE_CHECKING:  # a type only: model_store.store_training needs the train extra, `moldwatch score` must not
+    from model_store.store_training import Progress as ProgressCallback
 
 STAGES = {
     "prepare": "Lots, setting clusters, groups",

@@ -34,7 +34,7 @@ def _simulate(plant: dict):
 
 
 def _train(plant, store: Path, overrides: dict[str, str], report: bool = True) -> Path:
-    from model_store.training import train_store
+    from model_store.store_training import train_store
 
     records = canonical_records(plant.records, plant.schema)
     lots = canonical_lots(plant.lots, plant.schema)

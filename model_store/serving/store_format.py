@@ -111,7 +111,7 @@ class Band:
 
 @dataclass(frozen=True)
 class GroupEntry:
-    """One trained setting group (written by ``model_store/trainer.py``)."""
+    """One trained setting group (written by ``model_store/group_training.py``)."""
 
     id: str
     key: StoreGroupKey

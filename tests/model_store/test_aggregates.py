@@ -17,7 +17,7 @@ from model_store.groups import group_table
 from model_store.lots import lot_defect_rates
 from model_store.schema import canonical_lots, canonical_records
 from model_store.simulate import SimulationConfig, simulate
-from model_store.training import PreparedData, facility_defaults, prepare, setting_profiles
+from model_store.store_training import PreparedData, facility_defaults, prepare, setting_profiles
 
 CONFIG = TrainingConfig().with_overrides({"grouping.min_group_rows": "200"})
 

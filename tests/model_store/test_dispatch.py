@@ -119,7 +119,7 @@ def _training_inputs(files: dict[str, Path]) -> tuple[Any, Any, Any, TrainingCon
 
 
 def test_a_worker_killed_mid_run_has_its_fits_retried(dask_cluster, plant_csv, in_process_store, tmp_path) -> None:
-    from model_store.training import _tasks, prepare, train_store
+    from model_store.store_training import _tasks, prepare, train_store
 
     records, lots, schema, config = _training_inputs(plant_csv)
     store = tmp_path / "store"
@@ -148,7 +148,7 @@ def test_a_worker_killed_mid_run_has_its_fits_retried(dask_cluster, plant_csv, i
 
 
 def test_an_interrupted_run_leaves_the_previous_store(dask_cluster, plant_csv, in_process_store, tmp_path) -> None:
-    from model_store.training import train_store
+    from model_store.store_training import train_store
 
     records, lots, schema, config = _training_inputs(plant_csv)
     store = tmp_path / "store"

@@ -31,7 +31,7 @@ def history_as_trained(forest_store: Path, forest_plant) -> tuple[pd.DataFrame, 
     """The history, its lot rates and verdicts exactly as training scored them (items imputed)."""
     from model_store.config import TrainingConfig
     from model_store.history import score_history
-    from model_store.training import prepare
+    from model_store.store_training import prepare
     from tests.plants import FOREST_TRAINING
 
     data = prepare(canonical_records(forest_plant.records, forest_plant.schema),

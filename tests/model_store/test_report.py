@@ -66,7 +66,7 @@ def _cut(records: pd.DataFrame, lots: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny_store(forest_plant, tmp_path_factory) -> Path:
-    from model_store.training import train_store
+    from model_store.store_training import train_store
 
     records = canonical_records(forest_plant.records, forest_plant.schema)
     lots = canonical_lots(forest_plant.lots, forest_plant.schema)

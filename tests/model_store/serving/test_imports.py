@@ -11,7 +11,7 @@ import pytest
 # Top-level packages serving must never import, and training/recipe-building modules of our own.
 FORBIDDEN_PACKAGES = ("tensorflow", "keras", "sklearn", "matplotlib", "psycopg", "skops")
 FORBIDDEN_MODULES = (
-    "scipy.optimize", "model_store.training", "model_store.trainer", "model_store.setting_clusters",
+    "scipy.optimize", "model_store.store_training", "model_store.group_training", "model_store.setting_clusters",
     "model_store.calibration", "model_store.history", "model_store.groups", "model_store.report",
     "model_store.plots", "model_store.recipe.build", "model_store.recipe.ranking", "model_store.models.keras_nets",
 )
@@ -41,6 +41,6 @@ def test_serving_entry_points_load_no_training_library(entry: list[str]) -> None
 
 
 def test_the_check_itself_sees_a_training_import() -> None:
-    # The guard must be able to fail: the trainer pulls in what serving must not.
-    assert "model_store.trainer" in _offenders(_loaded_after(["model_store.trainer"]))
+    # The guard must be able to fail: group training pulls in what serving must not.
+    assert "model_store.group_training" in _offenders(_loaded_after(["model_store.group_training"]))
     assert any(m.startswith("sklearn") for m in _offenders(_loaded_after(["model_store.setting_clusters"])))

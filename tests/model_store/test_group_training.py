@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_store.group_training import error_scale_of, loss_histogram
 from model_store.models import AUTOENCODER
 from model_store.serving.losses import group_losses
-from model_store.trainer import error_scale_of, loss_histogram
 
 
 def _identity_net(x: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from model_store.config import TrainingConfig
 from model_store.dispatch import Dispatcher, InProcess, ProcessPool
 from model_store.errors import DataError
 from model_store.fits import fit_group, fit_maker, maker_task, write_files
+from model_store.group_training import GroupTask
 from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups, slug
 from model_store.history import calibrate, drift_references, history_figures, score_history
 from model_store.lots import lot_defect_rates, row_lot_rates
@@ -34,7 +35,6 @@ from model_store.serving.imputation import impute_state
 from model_store.serving.store import STORE_FORMAT, StoreManifest, sha256_file
 from model_store.setting_clusters import fit_setting_model
 from model_store.store import StoreStaging, new_model_version
-from model_store.trainer import GroupTask
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): called as work advances, for a progress bar."""
