@@ -24,7 +24,7 @@ from model_store.errors import DataError
 from model_store.fits import fit_group, fit_maker, maker_task, write_files
 from model_store.group_training import GroupTask
 from model_store.groups import PART_CLUSTER, TRAIN, GroupKey, cluster_rows, group_table, part_groups, slug
-from model_store.history import calibrate, drift_references, history_figures, score_history
+from model_store.history_scoring import calibrate, drift_references, history_figures, score_history
 from model_store.lots import lot_defect_rates, row_lot_rates
 from model_store.models import kind_for_rows
 from model_store.report_settings import cluster_set_points

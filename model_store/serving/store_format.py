@@ -235,7 +235,7 @@ class SettingProfile:
                 "setting_radius": self.setting_radius, "band": self.band.to_dict()}
 
 
-# -- lot calibration (model_store/calibration.py, model_store/history.py) ---------------------------
+# -- lot calibration (model_store/calibration.py, model_store/history_scoring.py) -------------------
 @dataclass(frozen=True)
 class CalibrationUnit:
     """The matched line factor of the records one group judges through one resolution path."""

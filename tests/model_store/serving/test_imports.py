@@ -12,7 +12,7 @@ import pytest
 FORBIDDEN_PACKAGES = ("tensorflow", "keras", "sklearn", "matplotlib", "psycopg", "skops")
 FORBIDDEN_MODULES = (
     "scipy.optimize", "model_store.store_training", "model_store.group_training", "model_store.setting_clusters",
-    "model_store.calibration", "model_store.history", "model_store.groups", "model_store.report",
+    "model_store.calibration", "model_store.history_scoring", "model_store.groups", "model_store.report",
     "model_store.plots", "model_store.recipe.build", "model_store.recipe.ranking", "model_store.models.keras_nets",
 )
 

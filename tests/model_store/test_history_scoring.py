@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from model_store.config import DriftReferenceConfig
-from model_store.history import drift_references
+from model_store.history_scoring import drift_references
 from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.drift import REFERENCE_PROBS, references_from_manifest
 from model_store.serving.scoring import ScoringEngine
@@ -30,7 +30,7 @@ def test_every_judged_part_gets_a_reference_or_is_listed_with_its_count(forest_s
 def history_as_trained(forest_store: Path, forest_plant) -> tuple[pd.DataFrame, np.ndarray, Any]:
     """The history, its lot rates and verdicts exactly as training scored them (items imputed)."""
     from model_store.config import TrainingConfig
-    from model_store.history import score_history
+    from model_store.history_scoring import score_history
     from model_store.store_training import prepare
     from tests.plants import FOREST_TRAINING
 
