@@ -120,7 +120,7 @@ def _list_training_settings(value: bool) -> None:
     """``train --list-settings``: print every --set name with its default and meaning, then exit."""
     if value:
         from model_store.config import TrainingConfig
-        from service.settings_help import listing
+        from service.set_option_help import listing
 
         typer.echo(listing(TrainingConfig()))
         raise typer.Exit(0)
@@ -221,7 +221,7 @@ def train(
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.store_training import train_store
     from service.progress import progress_bar
-    from service.settings_help import check_names, names
+    from service.set_option_help import check_names, names
 
     overrides = _parse_sets(set_)
     check_names(overrides, names(TrainingConfig()), "train")

@@ -36,7 +36,7 @@ def _read_records(records: str, query: str | None, manifest: StoreManifest) -> p
 def _list_recipe_settings(value: bool) -> None:
     if value:
         from model_store.recipe import RecipeConfig
-        from service.settings_help import listing
+        from service.set_option_help import listing
 
         typer.echo(listing(RecipeConfig()))
         raise typer.Exit(0)
@@ -69,7 +69,7 @@ def recipe(
     from model_store.serving.store import open_store
     from service.cli import _parse_sets, console
     from service.progress import progress_bar
-    from service.settings_help import check_names, names
+    from service.set_option_help import check_names, names
 
     overrides = _parse_sets(set_)
     check_names({k.removeprefix("recipe."): v for k, v in overrides.items()}, names(RecipeConfig()), "recipe")

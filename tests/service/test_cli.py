@@ -200,7 +200,7 @@ def test_help_is_legible_at_80_columns(command) -> None:
 def test_unknown_set_name_lists_the_valid_names() -> None:
     from model_store.config import TrainingConfig
     from model_store.recipe import RecipeConfig
-    from service.settings_help import names
+    from service.set_option_help import names
 
     runner, app = _runner()
     result = runner.invoke(app, ["train", "--schema", "s", "--records", "r", "--lots", "l", "--store", "x", "--set", "grouping.min_rows=3"])
@@ -216,7 +216,7 @@ def test_unknown_set_name_lists_the_valid_names() -> None:
 def test_list_settings_prints_every_name_with_default_and_meaning(command, config) -> None:
     from model_store.config import TrainingConfig
     from model_store.recipe import RecipeConfig
-    from service.settings_help import settings
+    from service.set_option_help import settings
 
     runner, app = _runner()
     result = runner.invoke(app, [command, "--list-settings"], env={"COLUMNS": "80"})
