@@ -20,10 +20,10 @@ from model_store.serving.clusters import assign_clusters, scale_settings
 from model_store.serving.columns import RecordColumns
 from model_store.serving.conditional import CONDITIONAL, FALLBACK, ConditionalUnit, part_keys
 from model_store.serving.excursions import excursion_ratios, excursion_tolerance
+from model_store.serving.group_cache import GroupCache, RuntimeGroup
 from model_store.serving.imputation import FacilityMemory, impute_columns
 from model_store.serving.probability import ConditionalProbability, ProbabilityModel
 from model_store.serving.resolution import ALIGNED_PATHS, EXACT, ITEM, MAKER, NEAREST, PART, PATHS, UNSCORABLE, MakerIndex, resolve
-from model_store.serving.runtime import GroupCache, RuntimeGroup
 from model_store.serving.store import MANIFEST, StoreManifest
 from model_store.serving.store_format import (
     NO_CONDITIONAL,

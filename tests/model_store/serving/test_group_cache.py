@@ -1,4 +1,4 @@
-"""Loaded groups: the LRU cache and a group's evaluation (model_store/serving/runtime.py)."""
+"""Loaded groups: the LRU cache and a group's evaluation (model_store/serving/group_cache.py)."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +8,7 @@ import pytest
 
 from model_store.errors import StoreError
 from model_store.serving.excursions import NEW_SETTING_FLOOR, excursion_tolerance
-from model_store.serving.runtime import GroupCache, load_runtime_group
+from model_store.serving.group_cache import GroupCache, load_runtime_group
 from model_store.serving.store import open_store
 
 
