@@ -173,9 +173,10 @@ class BatchFlow:
                       positions=commit.held)
 
     def _count(self, result: BatchResult, delivery: Delivery) -> None:
+        # dead-lettered by the sink (too large for Kafka): counted there
+        self.metrics.observe_batch(result.verdict_columns(), skip=delivery.dead_lettered)
         for index, scored in enumerate(result.scored):
-            if index not in delivery.dead_lettered:  # dead-lettered by the sink (too large for Kafka): counted there
-                self.metrics.observe_verdict(scored.verdict)
+            if index not in delivery.dead_lettered:
                 self.observe(scored.verdict)
         for verdict, _ in result.shadow:
             self.metrics.observe_shadow(verdict)

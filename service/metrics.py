@@ -37,14 +37,18 @@ counters exist only when the worker has a recipes file (``MOLDWATCH_RECIPES``).
 """
 from __future__ import annotations
 
+import collections
 import time
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from model_store.serving.verdict import VerdictColumns
 
 # Scoring a batch takes ~1-100 ms; end-to-end spans a few ms (live) to minutes (catching up).
 SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -239,6 +243,7 @@ class WorkerMetrics:
         self.unscorable = Counter(
             "moldwatch_unscorable", "Records no model could judge, by cause (insufficient_evidence: too many "
             "production values missing).", ["cause"], registry=r)
+        self._causes = frozenset(UNSCORABLE_CAUSES)
         for cause in (*UNSCORABLE_CAUSES, "other"):
             self.unscorable.labels(cause)
         for outcome in ("ok", "failed"):
@@ -286,15 +291,15 @@ class WorkerMetrics:
         if known or self.known_parts is not None:
             self.known_parts = known
 
-    def part_labels(self, facility: Any, item: Any) -> tuple[str, str]:
-        """The (facility, item) label values of a verdict: its own when the store knows the pair,
-        else ("other", "other") (counted)."""
+    def part_labels(self, facility: Any, item: Any, verdicts: int = 1) -> tuple[str, str]:
+        """The (facility, item) label values of ``verdicts`` verdicts of one pair: its own when the
+        store knows the pair, else ("other", "other") (counted)."""
         pair = (label(facility), label(item))
         if pair in self._per_item or (self.known_parts is not None and pair in self.known_parts):
             return pair
         if self.known_parts is None and len(self._per_item) < MAX_PAIRS_WITHOUT_STORE:
             return pair
-        self.unknown_parts.inc()
+        self.unknown_parts.inc(verdicts)
         return OTHER_LABEL, OTHER_LABEL
 
     def child(self, metric: Any, *values: str) -> Any:
@@ -310,24 +315,43 @@ class WorkerMetrics:
         self._last_checkpoint = time.time()
         self.checkpoints.inc()
 
-    def observe_verdict(self, verdict: dict[str, Any]) -> None:
-        facility, item = self.part_labels(verdict.get("facility"), verdict.get("item"))
-        children = self._per_item.get((facility, item))
-        if children is None:  # labels() costs a lock and a tuple hash per call: resolve once per pair
-            children = self._per_item[(facility, item)] = (
-                self.verdicts.labels(facility, item), self.anomalies.labels(facility, item))
-        children[0].inc()
-        if verdict.get("anomaly"):
-            children[1].inc()
-        self.child(self.resolutions, str(verdict.get("resolution"))).inc()
-        if verdict.get("resolution") == "unscorable":
-            from model_store.serving.scoring import unscorable_cause
+    def observe_verdict(self, verdict: Mapping[str, Any]) -> None:
+        """One verdict that exists only as an object (see :meth:`observe_batch`)."""
+        from model_store.serving.verdict import VerdictColumns
 
-            self.unscorable.labels(unscorable_cause(verdict.get("reason"))).inc()
-        for name in verdict.get("imputed") or ():
-            self.child(self.imputed, str(name)).inc()
-        if "on_recipe" in verdict:  # absent: the worker has no recipes file
-            self.child(self.recipe_checks, facility, ON_RECIPE.get(verdict["on_recipe"], "unknown")).inc()
+        self.observe_batch(VerdictColumns.of_verdicts([verdict]))
+
+    def observe_batch(self, columns: VerdictColumns, skip: Collection[int] = ()) -> None:
+        """Count a batch's verdicts from its columns, but those at the positions in ``skip``
+        (dead-lettered by the sink, counted there): one increment per label set, not per verdict."""
+        keep = [i for i in range(len(columns)) if i not in skip] if skip else None
+
+        def column(values: list[Any]) -> list[Any]:
+            return values if keep is None else [values[i] for i in keep]
+
+        facility, item, anomaly = column(columns.facility), column(columns.item), column(columns.anomaly)
+        pairs = collections.Counter(zip(facility, item))
+        alarms = collections.Counter(pair for pair, alarm in zip(zip(facility, item), anomaly) if alarm)
+        labelled: dict[tuple[Any, Any], tuple[str, str]] = {}
+        for pair, count in pairs.items():
+            labels = labelled[pair] = self.part_labels(*pair, verdicts=count)
+            children = self._per_item.get(labels)
+            if children is None:  # labels() costs a lock and a tuple hash per call: resolve once per pair
+                children = self._per_item[labels] = (self.verdicts.labels(*labels), self.anomalies.labels(*labels))
+            children[0].inc(count)
+            if alarms[pair]:
+                children[1].inc(alarms[pair])
+        for resolution, count in collections.Counter(column(columns.resolution)).items():
+            self.child(self.resolutions, resolution).inc(count)
+        for cause, count in collections.Counter(c for c in column(columns.cause) if c is not None).items():
+            self.child(self.unscorable, cause if cause in self._causes else "other").inc(count)
+        for name, count in collections.Counter(n for names in column(columns.imputed) for n in names).items():
+            self.child(self.imputed, str(name)).inc(count)
+        if columns.on_recipe is not None:  # None: the worker has no recipes file
+            checks = collections.Counter((labelled[pair][0], ON_RECIPE.get(flag, "unknown"))
+                             for pair, flag in zip(zip(facility, item), column(columns.on_recipe)))
+            for (facility_label, answer), count in checks.items():
+                self.child(self.recipe_checks, facility_label, answer).inc(count)
 
     def observe_shadow(self, verdict: dict[str, Any]) -> None:
         facility, item = self.part_labels(verdict.get("facility"), verdict.get("item"))

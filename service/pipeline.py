@@ -35,7 +35,7 @@ from model_store.serving.imputation import FacilityMemory
 from model_store.serving.line_book import LineBook, judge_with_book
 from model_store.serving.recipe_book import RecipeBook
 from model_store.serving.scoring import ScoringEngine
-from model_store.serving.verdict import to_verdicts
+from model_store.serving.verdict import VerdictColumns, to_verdicts_and_columns
 from service.decode import SCORING_FAILED, UNDECODABLE, DeadLetter, RecordDecoder, UnknownFields, short_repr, unknown_field_text
 from service.supersede import HTTP_SOURCE, AnsweredIds
 
@@ -87,6 +87,9 @@ class BatchResult:
     fallback: bool = False
     # The candidate store's verdicts of the same records (shadow canary), as JSON; empty without one.
     shadow: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
+    # What the sink and the metrics read of ``scored``, as columns (same order); None for a result
+    # built from verdict objects alone (then read from them: see :meth:`verdict_columns`).
+    columns: VerdictColumns | None = None
 
     @property
     def verdicts(self) -> list[dict[str, Any]]:
@@ -95,6 +98,11 @@ class BatchResult:
     @property
     def dead_letters(self) -> list[DeadLetter]:
         return [f.dead_letter for f in self.failed]
+
+    def verdict_columns(self) -> VerdictColumns:
+        if self.columns is None or len(self.columns) != len(self.scored):
+            return VerdictColumns.of_verdicts(self.verdicts)
+        return self.columns
 
 
 class Pipeline:
@@ -178,7 +186,7 @@ class Pipeline:
             sources = [messages_of[k].source for k in decoded.rows]
             events = [messages_of[k].event_time for k in decoded.rows]
             try:
-                verdicts = score_frame(engine, decoded.records, memory, recipes, lines)
+                verdicts, columns = score_columns(engine, decoded.records, memory, recipes, lines)
                 # Before serialising (the payload is what Kafka gets), and after scoring succeeded:
                 # a batch that raises StoreError is retried whole and finds the same positions,
                 # which the answered-ids memory treats as replays.
@@ -188,6 +196,7 @@ class Pipeline:
                 payloads = dumps_many(verdicts)
                 result.scored = [ScoredRecord(v, r, t, p, e) for v, r, t, p, e
                                  in zip(verdicts, decoded.record_time, times, payloads, events)]
+                result.columns = columns
                 if shadow is not None and track:
                     result.shadow = self._shadow(shadow, decoded.records, sources)
             except StoreError:
@@ -228,9 +237,10 @@ class Pipeline:
         answered: AnsweredIds | None,
         lines: LineBook | None = None,
     ) -> None:
+        parts: list[VerdictColumns] = []
         for j, (record_time, original, at) in enumerate(zip(record_times, originals, received)):
             try:
-                (verdict,) = score_frame(engine, records.take([j]), memory, recipes, lines)
+                (verdict,), columns = score_columns(engine, records.take([j]), memory, recipes, lines)
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001 - this record is the offender
@@ -241,6 +251,8 @@ class Pipeline:
                 if source is not None:
                     mark(verdict, source, answered)
                 result.scored.append(ScoredRecord(verdict, record_time, at, dumps(verdict), events[j]))
+                parts.append(columns)
+        result.columns = VerdictColumns.concat(parts)
 
     def score_document(self, document: Any) -> dict[str, Any] | DeadLetter:
         """Score one document synchronously (``POST /score``) without touching the stream's state.
@@ -324,14 +336,27 @@ def score_frame(
     """Run the shared scoring core on canonical records (online: no backward fill); with
     ``recipes``, add ``on_recipe`` judged against the serving store's version; with ``lines``,
     judge each part at its feedback line."""
+    return score_columns(engine, frame, memory, recipes, lines)[0]
+
+
+def score_columns(
+    engine: ScoringEngine,
+    frame: pd.DataFrame | RecordColumns,
+    memory: FacilityMemory,
+    recipes: RecipeBook | None = None,
+    lines: LineBook | None = None,
+) -> tuple[list[dict[str, Any]], VerdictColumns]:
+    """:func:`score_frame`, with the verdicts' columns (what the sink and the metrics read)."""
     batch = engine.score(frame, memory=memory, backward=False)
     judge_with_book(batch, lines, engine.model_version)
-    verdicts = to_verdicts(frame, batch, engine.model_version)
+    verdicts, columns = to_verdicts_and_columns(frame, batch, engine.model_version)
     if recipes is not None:
         flags = recipes.on_recipe_batch(batch.facility, batch.item, batch.cluster, model_version=engine.model_version)
         for verdict, flag in zip(verdicts, flags):
             verdict["on_recipe"] = flag
-    return verdicts
+        columns = columns.with_recipes(flags.tolist())
+    return verdicts, columns
 
 
-__all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_frame", "dumps", "dumps_many"]
+__all__ = ["Pipeline", "SourceMessage", "BatchResult", "ScoredRecord", "FailedRecord", "score_frame", "score_columns",
+           "dumps", "dumps_many"]

@@ -315,9 +315,10 @@ class KafkaSinkBase:
         self._model_version = result.model_version
         delivery = Delivery()
         limit = self.max_message_bytes
+        columns = result.verdict_columns()
         for index, scored in enumerate(result.scored):
             verdict = scored.verdict
-            key = facility_key(verdict.get("facility"))
+            key = facility_key(columns.facility[index])
             try:
                 value = scored.payload or dumps(verdict)
             except (TypeError, ValueError, RecursionError) as exc:
@@ -330,7 +331,7 @@ class KafkaSinkBase:
                 continue
             callback = (lambda at, sc=scored: on_verdict_ack(sc, at)) if on_verdict_ack else None
             delivery.messages.append(Outgoing(s.kafka_verdicts_topic, key, value, callback, origin=verdict, verdict_index=index))
-            if verdict.get("anomaly"):
+            if columns.anomaly[index]:
                 delivery.messages.append(Outgoing(s.kafka_alarms_topic, key, value, origin=verdict))
         if s.kafka_shadow_topic:
             for verdict, value in result.shadow:  # the candidate's: its own topic only, never alarms

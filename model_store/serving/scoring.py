@@ -59,7 +59,9 @@ UNSCORABLE_CAUSES = {
 
 
 def unscorable_cause(reason: str | None) -> str:
-    """The short cause of an unscorable verdict's reason ('other' for a reason not listed)."""
+    """The short cause of an unscorable verdict's reason text ('other' for a reason not listed):
+    for verdicts read back from Kafka or files. The scoring core carries the cause itself
+    (:attr:`ScoredBatch.cause`), so the worker never parses its own text."""
     for cause, text in UNSCORABLE_CAUSES.items():
         if reason and reason.startswith(text):
             return cause
@@ -99,12 +101,29 @@ class ScoredBatch:
     # (model_store.serving.line_book.apply_lines), with that book's version (0: none applied).
     line: np.ndarray | None = None
     line_version: int = 0
+    # Why a record is unscorable, as a key of UNSCORABLE_CAUSES (a metric label); None when judged.
+    # Set with ``reason`` by :meth:`unscorable` only, so the two never disagree.
+    cause: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.basis is None:
             self.basis = np.full(len(self.loss), None, dtype=object)
         if self.line is None:
             self.line = np.ones(len(self.loss))
+        if self.cause is None:
+            self.cause = np.full(len(self.loss), None, dtype=object)
+
+    def unscorable(self, rows: np.ndarray, cause: str, detail: str = "") -> None:
+        """Say why ``rows`` cannot be judged: the cause's text (then ``detail``) as the reason."""
+        assert self.cause is not None  # filled by __post_init__
+        self.reason[rows] = UNSCORABLE_CAUSES[cause] + detail
+        self.cause[rows] = cause
+
+    def judged(self, rows: np.ndarray) -> None:
+        """``rows`` were judged after all: no reason, no cause."""
+        assert self.cause is not None  # filled by __post_init__
+        self.reason[rows] = None
+        self.cause[rows] = None
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -375,7 +394,7 @@ class ScoringEngine:
         out.facility[:] = columns["facility"]
         out.maker[:] = maker
         known = np.array([isinstance(m, str) and m in self.index for m in maker.tolist()], dtype=bool)
-        out.reason[~known] = UNSCORABLE_CAUSES["unknown_maker"]
+        out.unscorable(~known, "unknown_maker")
         for name, index in self.index.items():
             rows = np.flatnonzero(maker == name)
             if len(rows):
@@ -426,10 +445,10 @@ class ScoringEngine:
         out.distance[rows] = resolution.distance
         unscorable = resolution.group < 0
         has_item = np.array([isinstance(v, str) for v in item], dtype=bool)
-        out.reason[rows[unscorable & ~known & ~has_item]] = UNSCORABLE_CAUSES["unknown_state"]
-        out.reason[rows[unscorable & ~known & has_item]] = UNSCORABLE_CAUSES["no_settings"]
-        out.reason[rows[unscorable & known & ~profiled]] = UNSCORABLE_CAUSES["no_model_for_part"]
-        out.reason[rows[unscorable & known & profiled]] = UNSCORABLE_CAUSES["no_group_near"]
+        out.unscorable(rows[unscorable & ~known & ~has_item], "unknown_state")
+        out.unscorable(rows[unscorable & ~known & has_item], "no_settings")
+        out.unscorable(rows[unscorable & known & ~profiled], "no_model_for_part")
+        out.unscorable(rows[unscorable & known & profiled], "no_group_near")
 
         for r in np.flatnonzero(imputed_state.any(axis=1)) if explain else ():  # most records have no gap
             out.imputed[rows[r]] = [state_columns[j] for j in np.flatnonzero(imputed_state[r])]
@@ -453,7 +472,7 @@ class ScoringEngine:
                 # scorer below still judges them where it can), every other group keeps judging.
                 self.broken_groups[group_id] = str(exc)
                 out.resolution[rows[local]] = UNSCORABLE
-                out.reason[rows[local]] = f"{UNSCORABLE_CAUSES['broken_model']}: group {group_id}"
+                out.unscorable(rows[local], "broken_model", f": group {group_id}")
                 out.group_id[rows[local]] = group_id
                 continue
             self._judge(group, local, rows, sub, resolution, profiled, facility, item, cluster, out, explain, with_model)
@@ -476,8 +495,8 @@ class ScoringEngine:
         evidence_ok = share >= 1.0 - self.max_imputed_share - 1e-12
         grouped = out.resolution[rows] != UNSCORABLE
         if self.combine == "groups":
-            take = evidence_ok & ~grouped & (out.reason[rows] != None)  # noqa: E711 - object array
-            take &= np.array([not str(r).startswith(UNSCORABLE_CAUSES["insufficient_evidence"]) for r in out.reason[rows]], dtype=bool)
+            assert out.cause is not None  # filled by ScoredBatch.__post_init__
+            take = evidence_ok & ~grouped & (out.cause[rows] != None) & (out.cause[rows] != "insufficient_evidence")  # noqa: E711 - object array
         else:
             take = evidence_ok
         # Too few measurements is the reason whatever the groups said (no model for the part, no
@@ -489,8 +508,8 @@ class ScoringEngine:
             out.resolution[rows[weak]] = UNSCORABLE
             out.measured_share[rows[weak]] = share[weak]
         if weak.any():
-            out.reason[rows[weak]] = (f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} "
-                                      f"of the {len(unit.features)} production fields are missing")
+            out.unscorable(rows[weak], "insufficient_evidence", f": more than {self.max_imputed_share:.0%} "
+                                                                f"of the {len(unit.features)} production fields are missing")
         local = np.flatnonzero(take)
         if len(local) == 0:
             return
@@ -518,7 +537,7 @@ class ScoringEngine:
         target, score, excursion = target[wins], score[wins], excursion[wins]
         newly = out.resolution[target] == UNSCORABLE
         out.resolution[target[newly]] = CONDITIONAL
-        out.reason[target] = None
+        out.judged(target)
         out.model_kind[target] = CONDITIONAL
         assert out.basis is not None  # filled by ScoredBatch.__post_init__
         out.basis[target] = np.where(result.unit[wins] == FALLBACK, "maker", "part")
@@ -600,8 +619,8 @@ class ScoringEngine:
         weak = target[~evidence]
         if len(weak):
             out.resolution[weak] = UNSCORABLE
-            out.reason[weak] = (
-                f"{UNSCORABLE_CAUSES['insufficient_evidence']}: more than {self.max_imputed_share:.0%} of the "
+            out.unscorable(
+                weak, "insufficient_evidence", f": more than {self.max_imputed_share:.0%} of the "
                 f"{len(features)} production fields are missing")
         keep = np.flatnonzero(evidence)
         target = target[keep]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from model_store.serving.scoring import UNSCORABLE_CAUSES
@@ -87,3 +89,33 @@ def test_without_a_store_pairs_are_labelled_up_to_a_bound() -> None:
         metrics.observe_verdict(_verdict(f"F{n}", "A"))
     assert metrics.part_labels(f"F{MAX_PAIRS_WITHOUT_STORE - 1}", "A") == (f"F{MAX_PAIRS_WITHOUT_STORE - 1}", "A")
     assert metrics.part_labels(f"F{MAX_PAIRS_WITHOUT_STORE}", "A") == ("other", "other")
+
+
+def _samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in metrics.registry.collect()
+            for s in m.samples if not s.name.startswith(("process_", "moldwatch_checkpoint_age", "moldwatch_store_"))
+            and not s.name.endswith("_created")}
+
+
+@settings(max_examples=60, deadline=None)
+@given(verdicts=st.lists(st.fixed_dictionaries({
+    "facility": st.sampled_from(["F1", "F2", "F9"]), "item": st.sampled_from(["A", "B", None]),
+    "anomaly": st.booleans(), "resolution": st.sampled_from(["exact", "conditional", "unscorable"]),
+    "reason": st.sampled_from([None, UNSCORABLE_CAUSES["no_group_near"], "a reason from another version"]),
+    "imputed": st.lists(st.sampled_from(["cushion", "fill_time"]), max_size=2),
+    "on_recipe": st.sampled_from([True, False, None])}), max_size=15),
+    skip=st.sets(st.integers(0, 14), max_size=3), known=st.booleans())
+def test_a_batch_counts_what_its_verdicts_count_one_by_one(verdicts, skip, known) -> None:
+    """Counting a batch's columns at once is counting each verdict it keeps, label by label
+    (parts the store does not know, skipped positions and recipe checks included)."""
+    from model_store.serving.verdict import VerdictColumns
+
+    at_once, one_by_one = WorkerMetrics(), WorkerMetrics()
+    if known:  # a store that knows F1/A and F2/B only: the rest count as "other"
+        for metrics in (at_once, one_by_one):
+            metrics.set_store(_Engine([("F1", "A"), ("F2", "B")]), "/store")
+    at_once.observe_batch(VerdictColumns.of_verdicts(verdicts), skip=skip)
+    for index, verdict in enumerate(verdicts):
+        if index not in skip:
+            one_by_one.observe_verdict(verdict)
+    assert _samples(at_once) == _samples(one_by_one)

@@ -163,3 +163,21 @@ def test_a_facilitys_state_carries_over_between_calls_through_memory(engine, jud
     # same production values, same judge, same part baseline: as if the complete record came twice
     again = engine.score(complete.assign(record_id="again"), memory=after_first, backward=False)
     assert second.score[0] == pytest.approx(again.score[0])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), gap_share=st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+def test_each_unscorable_record_carries_the_cause_its_reason_names(engine, records, seed, gap_share) -> None:
+    """The cause (a metric label) comes with the reason from one place: records with gaps in any
+    field, unknown makers and unknown items give reasons, each naming exactly the carried cause."""
+    rng = np.random.default_rng(seed)
+    rows = records.iloc[rng.choice(len(records), size=60, replace=False)].copy().reset_index(drop=True)
+    fields = [c for c in rows.columns if c not in ("record_id", "timestamp", "facility", "maker")]
+    for field in fields:
+        rows.loc[rng.random(len(rows)) < gap_share * 0.5, field] = np.nan if rows[field].dtype.kind == "f" else None
+    rows.loc[rng.random(len(rows)) < 0.1, "maker"] = "NO-SUCH-MAKER"
+    batch = engine.score(rows)
+    for reason, cause, resolution in zip(batch.reason, batch.cause, batch.resolution):
+        assert (cause is None) == (reason is None) == (resolution != UNSCORABLE), (reason, cause, resolution)
+        if cause is not None:
+            assert cause in UNSCORABLE_CAUSES and unscorable_cause(reason) == cause

@@ -143,3 +143,31 @@ def test_timestamps_given_as_text_or_objects_are_written_as_iso() -> None:
     stamps = pd.Series([pd.Timestamp("2026-11-27T08:00:00.250000+00:00"), None], dtype=object)
     verdicts = to_verdicts(records_of(2, stamps), batch_of(2), "v1")
     assert [v["timestamp"] for v in verdicts] == ["2026-11-27T08:00:00.250000+00:00", None]
+
+
+_CAUSES = st.sampled_from([None, "unknown_maker", "no_group_near", "insufficient_evidence", "broken_model"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["F01", "F02", "7"]), st.sampled_from(["ITM-1", "ITM-2", None]),
+                               st.booleans(), _CAUSES, st.lists(st.sampled_from(["a", "b"]), max_size=2)),
+                     min_size=1, max_size=12))
+def test_the_columns_are_what_the_verdicts_say(rows) -> None:
+    """The columns the sink and metrics read agree with the verdicts, field by field, and the
+    carried cause is the one the reason text names (the path for verdicts read back)."""
+    from model_store.serving.scoring import UNSCORABLE_CAUSES
+    from model_store.serving.verdict import VerdictColumns, to_verdicts_and_columns, verdict_columns
+
+    n = len(rows)
+    batch = batch_of(n, facility=np.array([r[0] for r in rows], dtype=object),
+                     item=np.array([r[1] for r in rows], dtype=object),
+                     anomaly=np.array([r[2] and r[3] is None for r in rows]),
+                     resolution=np.array([UNSCORABLE if r[3] else "exact" for r in rows], dtype=object),
+                     reason=np.full(n, None, dtype=object), imputed=[list(r[4]) for r in rows])
+    for i, (_, _, _, cause, _) in enumerate(rows):
+        if cause is not None:
+            batch.unscorable(np.array([i]), cause, ": group g" if cause == "broken_model" else "")
+    verdicts, columns = to_verdicts_and_columns(records_of(n), batch, "v1")
+    assert columns == verdict_columns(batch) == VerdictColumns.of_verdicts(verdicts)
+    assert [v["reason"] is None for v in verdicts] == [c is None for c in columns.cause]
+    assert all(c is None or v["reason"].startswith(UNSCORABLE_CAUSES[c]) for v, c in zip(verdicts, columns.cause))
