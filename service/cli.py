@@ -4,20 +4,18 @@ Every command exits non-zero with a one-line reason on bad input (``error: ...``
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from model_store.errors import MoldwatchError
+from service import demo, lines_command, recipe_command, run_command, store_command, token_command
+from service.cli_errors import INSTALL_TRAIN, TRAIN_EXTRA, console, require_train_extra, say_error, user_errors
 
 
 class _App(typer.Typer):
@@ -37,18 +35,18 @@ class _App(typer.Typer):
             sys.exit(0)
         except errors.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "moldwatch"
-            _say_error(f"{exc.format_message().rstrip('.')} (see: {where} --help)")
+            say_error(f"{exc.format_message().rstrip('.')} (see: {where} --help)")
             sys.exit(2)
         except errors.ClickException as exc:
-            _say_error(exc.format_message())
+            say_error(exc.format_message())
             sys.exit(2)
         except typer.Abort:
-            _say_error("interrupted")
+            say_error("interrupted")
             sys.exit(130)
         except ModuleNotFoundError as exc:  # a lazy import the commands' own checks did not foresee
             if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA:
                 raise
-            _say_error(f"{exc.name} is not installed; this needs the train extra: {INSTALL_TRAIN}")
+            say_error(f"{exc.name} is not installed; this needs the train extra: {INSTALL_TRAIN}")
             sys.exit(2)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -63,57 +61,6 @@ app = _App(
     # ("--mongo-checkpoint-col…") at 80 columns; click wraps the text and never cuts a name.
     rich_markup_mode=None,
 )
-console = Console(stderr=True)
-
-# What only the `train` extra installs (pyproject.toml). A base install, such as the worker image,
-# serves (`run`, `score` on CSV or JSON lines) but cannot train, build recipes, simulate, or read
-# Parquet or PostgreSQL; those commands say so in one line instead of a traceback.
-TRAIN_EXTRA = ("tensorflow", "keras", "sklearn", "scipy", "skops", "matplotlib", "psycopg", "pyarrow")
-TRAINING = ("tensorflow", "keras", "sklearn", "scipy", "skops", "matplotlib")
-INSTALL_TRAIN = "pip install 'moldwatch[train]'"
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # an import hook refusing it, or a module without a spec
-        return False
-
-
-def require_train_extra(command: str, modules: tuple[str, ...] = TRAINING) -> None:
-    """Called first thing by the commands that need the train extra: before any input is read."""
-    missing = [module for module in modules if not _installed(module)]
-    if missing:
-        fail(f"moldwatch {command} needs the train extra ({', '.join(missing)} not installed): {INSTALL_TRAIN}")
-
-
-def _say_error(message: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """The one way a command ends on bad input: ``error: <reason>`` on stderr, exit code 2."""
-    _say_error(message)
-    raise typer.Exit(code)
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected failures into a one-line reason and exit code 2 (no traceback)."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except MoldwatchError as exc:
-            fail(str(exc))
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            fail(f"{exc.filename}: {exc.strerror}")
-        except KeyboardInterrupt:
-            fail("interrupted", code=130)
-
-    return wrapper
 
 
 def _list_training_settings(value: bool) -> None:
@@ -126,18 +73,6 @@ def _list_training_settings(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _parse_sets(values: list[str]) -> dict[str, str]:
-    overrides = {}
-    for value in values:
-        name, sep, setting = value.partition("=")
-        if not sep:
-            raise MoldwatchError(f"--set {value!r}: expected section.name=value, e.g. grouping.min_group_rows=300")
-        overrides[name.strip()] = setting.strip()
-    return overrides
-
-
-@app.command()
-@user_errors
 def simulate(
     out: Path = typer.Option(..., "--out", help="Directory to write records, lots, schema and truth/ into."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same plant."),
@@ -192,8 +127,6 @@ def _simulate_dataset(config: Any, out: Path, chunk_shots: int, partition_by: st
         console.print(f"  {role:<10} {path}")
 
 
-@app.command()
-@user_errors
 def train(
     schema: Path = typer.Option(..., help="Plant schema file (YAML or TOML)."),
     records: str = typer.Option(..., help="Records: .csv, .parquet, or a postgresql:// URI."),
@@ -221,9 +154,9 @@ def train(
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.store_training import train_store
     from service.progress import progress_bar
-    from service.set_option_help import check_names, names
+    from service.set_option_help import check_names, names, parse_sets
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     check_names(overrides, names(TrainingConfig()), "train")
     if cluster is not None:  # before the long read of the history: a missing Dask or a bad value is one line now
         check_cluster(cluster)
@@ -314,8 +247,6 @@ def _json_lines(stream: Any) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, numbers
 
 
-@app.command()
-@user_errors
 def score(
     store: Path = typer.Option(..., help="Model store directory."),
     records: str = typer.Option(..., help="Records: .csv, .parquet, a postgresql:// URI, or - for JSON records on stdin "
@@ -374,23 +305,18 @@ def score(
     )
 
 
-# Commands defined in their own modules register themselves on ``app`` when imported. Run the
-# CLI as ``moldwatch`` or ``python -m service`` (not ``python -m service.cli``, which would build
-# a second ``app`` without them).
+def register_commands(app: typer.Typer) -> None:
+    """Every command, added by an explicit call (no module registers itself on import). The order
+    is the order of ``--help``, where typer lists single commands before command groups."""
+    app.command()(user_errors(simulate))
+    app.command()(user_errors(train))
+    app.command()(user_errors(score))
+    run_command.register(app)
+    demo.register(app)
+    recipe_command.register(app)
+    token_command.register(app)
+    store_command.register(app)
+    lines_command.register(app)
 
-# The import order is the order of the commands in --help.
-# isort: off
-from service import run_command  # noqa: E402, F401 - after `app`; registers `moldwatch run`
-from service import demo  # noqa: E402, F401 - after `app`; registers `moldwatch demo`
-# isort: on
-from service.recipe_command import register as _register_recipe  # noqa: E402 - after `app`, as above
-from service.token_command import register as _register_token  # noqa: E402 - after `app`, as above
 
-_register_recipe(app)
-_register_token(app)
-from service.store_command import register as _register_store  # noqa: E402 - after `app`, as above
-
-_register_store(app)
-from service.lines_command import register as _register_lines  # noqa: E402 - after `app`, as above
-
-_register_lines(app)
+register_commands(app)

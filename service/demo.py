@@ -27,7 +27,7 @@ import typer
 from rich.live import Live
 
 from model_store.errors import MoldwatchError
-from service.cli import app, console, require_train_extra, user_errors
+from service.cli_errors import console, require_train_extra, user_errors
 from service.demo_view import LiveStats, render, summary_line
 
 SUMMARY_EVERY_S = 5.0  # off a terminal: one plain line this often
@@ -277,8 +277,6 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
     return stats
 
 
-@app.command()
-@user_errors
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), help="Where the simulated plant's store is kept between runs."),
     rate: float = typer.Option(200.0, help="Shots per second inserted into MongoDB."),
@@ -307,4 +305,9 @@ def demo(
     )
 
 
-__all__ = ["demo", "LiveStats", "render"]
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to a CLI app (called by service.cli)."""
+    app.command()(user_errors(demo))
+
+
+__all__ = ["register", "demo", "LiveStats", "render"]

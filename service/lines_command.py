@@ -21,6 +21,7 @@ import typer
 
 from model_store.errors import DataError
 from model_store.serving.feedback_lines import LineBounds
+from service.cli_errors import user_errors
 
 lines_app = typer.Typer(help="Feedback lines: parts whose operators mark mostly false alarms alarm above a raised "
                         "line, within bounds; versioned and revertible.", no_args_is_help=True)
@@ -191,8 +192,6 @@ def _now() -> str:
 
 def register(app: typer.Typer) -> None:
     """Add ``lines`` to a CLI app (called by service.cli)."""
-    from service.cli import user_errors
-
     lines_app.command(name="update")(user_errors(update))
     lines_app.command(name="show")(user_errors(show))
     lines_app.command(name="history")(user_errors(history))

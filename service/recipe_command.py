@@ -1,9 +1,7 @@
 """``moldwatch recipe``: the best setting per facility and item, as CSV, JSON, HTML and MongoDB.
 
 A thin adapter: read the inputs, :func:`model_store.recipe.compute_recipes`, write atomically,
-optionally upsert into MongoDB. ``service/cli.py`` calls :func:`register` with its ``app`` (an
-explicit call rather than a decorator at import: under ``python -m service.cli`` the running app
-is ``__main__.app``, not ``service.cli.app``).
+optionally upsert into MongoDB. ``service/cli.py`` calls :func:`register` with its ``app``.
 """
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from model_store.errors import DataError, MoldwatchError
+from service.cli_errors import console, require_train_extra, user_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,19 +58,16 @@ def recipe(
                                        help="Print every --set name with its default and meaning, and exit."),
 ) -> None:
     """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
-    from service.cli import require_train_extra
-
     require_train_extra("recipe", ("scipy", "matplotlib"))  # intervals, the HTML report
     from model_store.loaders import read_table
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes
     from model_store.schema import canonical_lots, load_schema
     from model_store.serving.store import open_store
-    from service.cli import _parse_sets, console
     from service.progress import progress_bar
-    from service.set_option_help import check_names, names
+    from service.set_option_help import check_names, names, parse_sets
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     check_names({k.removeprefix("recipe."): v for k, v in overrides.items()}, names(RecipeConfig()), "recipe")
     try:
         config = RecipeConfig().with_overrides(overrides)
@@ -121,7 +117,5 @@ def recipe(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``recipe`` to a CLI app. service.cli is imported here, not at the top, to avoid an import cycle."""
-    from service.cli import user_errors
-
+    """Add ``recipe`` to a CLI app (called by service.cli)."""
     app.command(name="recipe")(user_errors(recipe))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from pydantic import ValidationError
 
-from service.cli import app, fail, user_errors
+from service.cli_errors import fail, user_errors
 from service.config import WorkerSettings, env_name, is_secret
 
 if TYPE_CHECKING:
@@ -174,11 +174,15 @@ _EPILOG = (
     "SIGTERM/SIGINT: stop reading, drain, flush Kafka, checkpoint, exit 0."
 )
 
-app.command(
-    "run",
-    help="Run the streaming worker: MongoDB change stream (or a Kafka topic) -> score -> Kafka verdicts, "
-    "with /healthz /readyz /metrics and POST /score.",
-    epilog=_EPILOG,
-)(user_errors(run))
 
-__all__ = ["run", "serve"]
+def register(app: typer.Typer) -> None:
+    """Add ``run`` to a CLI app (called by service.cli)."""
+    app.command(
+        "run",
+        help="Run the streaming worker: MongoDB change stream (or a Kafka topic) -> score -> Kafka verdicts, "
+        "with /healthz /readyz /metrics and POST /score.",
+        epilog=_EPILOG,
+    )(user_errors(run))
+
+
+__all__ = ["register", "run", "serve"]

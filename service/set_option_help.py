@@ -2,7 +2,8 @@
 
 The meaning is read from the comments above each field of the config dataclasses
 (model_store/config.py, model_store/recipe/config.py): the reason for a default is written there
-once, so ``--list-settings`` cannot drift from the code.
+once, so ``--list-settings`` cannot drift from the code. Also the reading of ``--set NAME=VALUE``
+options (:func:`parse_sets`) and the refusal of unknown names (:func:`check_names`).
 """
 from __future__ import annotations
 
@@ -111,3 +112,14 @@ def check_names(overrides: dict[str, str], valid: list[str], command: str, alias
             f"--set {name}: unknown setting{hint}; valid names: {', '.join(valid)} "
             f"(defaults and meanings: moldwatch {command} --list-settings)"
         )
+
+
+def parse_sets(values: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` options as a name -> value mapping (both stripped)."""
+    overrides = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep:
+            raise MoldwatchError(f"--set {value!r}: expected section.name=value, e.g. grouping.min_group_rows=300")
+        overrides[name.strip()] = setting.strip()
+    return overrides

@@ -13,10 +13,13 @@ changes; these commands are the only way that path should change once a plant is
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
+
+from service.cli_errors import console, require_train_extra, user_errors
 
 store_app = typer.Typer(help="The served model store: list its kept versions, promote a new one, roll back.",
                         no_args_is_help=True)
@@ -85,7 +88,6 @@ def canary(store: Path = STORE_OPTION,
     from model_store.schema import canonical_lots, canonical_records, load_schema
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store
-    from service.cli import console
     from service.feedback import latest_labels, read_answers
 
     served, new = open_store(store), open_store(candidate)
@@ -143,8 +145,6 @@ def canary(store: Path = STORE_OPTION,
 
 def register(app: typer.Typer) -> None:
     """Add ``store`` and ``canary`` to a CLI app (called by service.cli)."""
-    from service.cli import require_train_extra, user_errors
-
     store_app.command(name="list")(user_errors(list_store))
     store_app.command(name="promote")(user_errors(promote_store))
     store_app.command(name="rollback")(user_errors(rollback_store))
@@ -153,8 +153,6 @@ def register(app: typer.Typer) -> None:
     def canary_command(*args, **kwargs):  # type: ignore[no-untyped-def]  # canary's signature, through functools.wraps below
         require_train_extra("canary")
         return canary(*args, **kwargs)
-
-    import functools
 
     app.command(name="canary")(user_errors(functools.wraps(canary)(canary_command)))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from service.cli_errors import user_errors
 from service.http_auth import SCOPES, TokenFileError, new_token, parse_tokens, token_line
 
 token_app = typer.Typer(help="Bearer tokens for the worker's HTTP API (POST /score, /recipes, /feedback, /metrics).",
@@ -79,8 +80,6 @@ def list_tokens(file: Path = FILE_OPTION) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``token`` to a CLI app (called by service.cli, like the other command modules)."""
-    from service.cli import user_errors
-
     token_app.command(name="create")(user_errors(create))
     token_app.command(name="revoke")(user_errors(revoke))
     token_app.command(name="list")(user_errors(list_tokens))
