@@ -26,10 +26,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import detection_metrics, write_result
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
 from model_store.groups import TRAIN
 from model_store.models import AUTOENCODER, IFOREST, MEMAE
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.imputation import fill_with_means
 from model_store.serving.scaling import MinMax, scale_clip
 from model_store.serving.scoring import ScoringEngine

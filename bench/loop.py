@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result
 from bench.peers import FORGE, SIMULATED, load_plant, split_by_day
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.drift import DriftConfig, DriftWatch, references_from_manifest
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store

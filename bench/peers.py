@@ -63,10 +63,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import RESULTS, detection_metrics, write_result
 from bench.detection import EXCURSION_PUSHES
 from bench.plants import ProvingPlant
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.conditional_fit import fit_conditional
 from model_store.config import TrainingConfig
 from model_store.groups import PART_CLUSTER, TRAIN
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.scaling import MinMax
 from model_store.serving.scoring import ScoredBatch, ScoringEngine
 from model_store.serving.store import open_store

@@ -49,10 +49,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write_result
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
 from model_store.recipe import RecipeConfig, compute_recipes
 from model_store.recipe.window import most_used_combination
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.store import open_store
 from model_store.store_training import train_store
 

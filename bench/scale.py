@@ -78,10 +78,11 @@ def prepare_pieces(plant: Path, work: Path, rows: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.config import TrainingConfig
     from model_store.groups import cluster_rows
     from model_store.loaders import iter_table
-    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.schema import load_schema
     from model_store.serving.imputation import impute_state
     from model_store.setting_clusters import fit_setting_model
 
@@ -458,10 +459,11 @@ class PeakPerProcess:
 
 def cmd_train_once(args: argparse.Namespace) -> None:
     """One training run in this process, stage times from the progress callback (cluster part)."""
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.config import TrainingConfig
     from model_store.dispatch import open_dispatcher
     from model_store.loaders import read_table
-    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.schema import load_schema
     from model_store.store_training import train_store
 
     plant = Path(args.plant)

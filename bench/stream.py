@@ -199,7 +199,7 @@ def child_core(opts: argparse.Namespace) -> dict[str, Any]:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from model_store.schema import canonical_records
+    from model_store.canonical import canonical_records
     from model_store.serving.imputation import fill_with_means
     from model_store.serving.scaling import scale_clip
     from model_store.serving.scoring import EXACT, ScoringEngine
@@ -1117,8 +1117,8 @@ async def stream_parts(opts: argparse.Namespace, store: Path, parts: set[str]) -
 
 # ------------------------------------------------------------------------------------------------
 def train(store: Path) -> dict[str, Any]:
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.config import TrainingConfig
-    from model_store.schema import canonical_lots, canonical_records
     from model_store.simulate import SimulationConfig, simulate
     from model_store.store_training import train_store
 

@@ -5,7 +5,7 @@ live here once. :func:`map_columns` applies them column by column to a batch of 
 the canonical frame of the rows that map plus, for each row that does not, every refusal in field
 order. Two callers feed it:
 
-- offline, :func:`model_store.schema.canonical_records` hands it a plant export's columns (a
+- offline, :func:`model_store.canonical.canonical_records` hands it a plant export's columns (a
   CSV/Parquet/PostgreSQL frame) and raises :class:`~model_store.errors.DataError` on the first
   refused row;
 - online, :class:`service.decode.RecordDecoder` hands it a micro-batch of MongoDB/JSON documents

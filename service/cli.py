@@ -148,10 +148,11 @@ def train(
 ) -> None:
     """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
     require_train_extra("train")
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.config import TrainingConfig
     from model_store.dispatch import check_cluster, open_dispatcher
     from model_store.loaders import read_table
-    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.schema import load_schema
     from model_store.store_training import train_store
     from service.progress import progress_bar
     from service.set_option_help import check_names, names, parse_sets
@@ -258,8 +259,8 @@ def score(
                                       "(as the worker's --lines); judges each part at its line."),
 ) -> None:
     """Score records with a store; write one verdict per record (JSON lines)."""
+    from model_store.canonical import canonical_records
     from model_store.loaders import is_postgres, read_table
-    from model_store.schema import canonical_records
     from model_store.serving.line_book import judge_with_book
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store

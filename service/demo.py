@@ -66,9 +66,9 @@ def settings_line(settings: Any, log_path: Path | None) -> str:
 
 def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
     """Simulate the plant and train its store once; later runs reuse the store."""
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.config import TrainingConfig
     from model_store.errors import StoreError
-    from model_store.schema import canonical_lots, canonical_records
     from model_store.serving.store import open_store
     from model_store.simulate import SimulationConfig, simulate
     from model_store.store_training import train_store

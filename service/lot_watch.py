@@ -31,8 +31,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from model_store.canonical import canonical_lots
 from model_store.errors import DataError
-from model_store.schema import PlantSchema, canonical_lots
+from model_store.schema import PlantSchema
 from model_store.serving.lot_drift import LOT_DETECTORS, LotDriftConfig, LotWatch, lot_references_from_manifest
 from service.config import WorkerSettings
 

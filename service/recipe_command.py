@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 def _read_records(records: str, query: str | None, manifest: StoreManifest) -> pd.DataFrame:
+    from model_store.canonical import canonical_records
     from model_store.loaders import read_table
-    from model_store.schema import canonical_records
 
     frame = read_table(records, query)
     try:
@@ -59,10 +59,11 @@ def recipe(
 ) -> None:
     """Recommend the best setting per facility/item from the pseudo-labelled history, with its operating window."""
     require_train_extra("recipe", ("scipy", "matplotlib"))  # intervals, the HTML report
+    from model_store.canonical import canonical_lots
     from model_store.loaders import read_table
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes
-    from model_store.schema import canonical_lots, load_schema
+    from model_store.schema import load_schema
     from model_store.serving.store import open_store
     from service.progress import progress_bar
     from service.set_option_help import check_names, names, parse_sets

@@ -83,9 +83,10 @@ def canary(store: Path = STORE_OPTION,
     import pandas as pd
 
     from model_store.canary import CanaryRule, decide, judge_window
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.generations import promote, record_refusal
     from model_store.loaders import read_table
-    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.schema import load_schema
     from model_store.serving.scoring import ScoringEngine
     from model_store.serving.store import open_store
     from service.feedback import latest_labels, read_answers

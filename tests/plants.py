@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
-from model_store.schema import canonical_lots, canonical_records
 
 SMALL_PLANT = dict(seed=1, days=10, facilities=20, items=40, shots=80_000)
 # Few epochs and low size bounds so every model family appears in a small store.

@@ -7,7 +7,7 @@ import pytest
 
 from bench.plants import ProvingPlant
 from bench.plants.forge import FORGE_PLANTS, MAKERS, forge_plant
-from model_store.schema import canonical_lots, canonical_records
+from model_store.canonical import canonical_lots, canonical_records
 
 
 @pytest.fixture(scope="module")

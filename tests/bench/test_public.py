@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from bench.plants import ProvingPlant, public
-from model_store.schema import canonical_lots, canonical_records, load_schema
+from model_store.canonical import canonical_lots, canonical_records
+from model_store.schema import load_schema
 
 SETS = list(public.PUBLIC_SETS)
 

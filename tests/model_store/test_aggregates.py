@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_store.aggregates import HistoryAggregates, buckets_for, lot_rates_of, profiles_from_spill, spill_by_group
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
 from model_store.groups import group_table
 from model_store.lots import lot_defect_rates
-from model_store.schema import canonical_lots, canonical_records
 from model_store.simulate import SimulationConfig, simulate
 from model_store.store_training import PreparedData, facility_defaults, prepare, setting_profiles
 

@@ -109,8 +109,9 @@ def test_the_cli_trains_on_the_cluster_and_writes_the_in_process_store(dask_clus
 
 
 def _training_inputs(files: dict[str, Path]) -> tuple[Any, Any, Any, TrainingConfig]:
+    from model_store.canonical import canonical_lots, canonical_records
     from model_store.loaders import read_table
-    from model_store.schema import canonical_lots, canonical_records, load_schema
+    from model_store.schema import load_schema
 
     schema = load_schema(files["schema"])
     records = canonical_records(read_table(str(files["records"]), None), schema)

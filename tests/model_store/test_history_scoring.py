@@ -6,9 +6,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import DriftReferenceConfig
 from model_store.history_scoring import drift_references
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.drift import REFERENCE_PROBS, references_from_manifest
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store

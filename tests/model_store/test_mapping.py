@@ -14,9 +14,9 @@ from bson import Decimal128, ObjectId
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from model_store.canonical import canonical_records
 from model_store.errors import DataError
 from model_store.mapping import map_documents
-from model_store.schema import canonical_records
 from service.decode import INVALID_FIELD, MISSING_FIELD, RecordDecoder
 from tests.service.test_decode import SCHEMA
 

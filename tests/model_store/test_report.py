@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from model_store.canonical import canonical_lots, canonical_records
 from model_store.config import TrainingConfig
 from model_store.groups import PART_CLUSTER, GroupKey
 from model_store.report import write_training_report
 from model_store.report_coverage import BORROWED, NONE, OWN, judged_on_own_history, store_coverage
 from model_store.report_settings import cluster_set_points
-from model_store.schema import canonical_lots, canonical_records
 from model_store.serving.conditional import PART_SEPARATOR, ConditionalUnit
 from model_store.serving.store_format import ConditionalUnitEntry, read
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.schema import canonical_lots, canonical_records, load_schema
+from model_store.canonical import canonical_lots, canonical_records
+from model_store.schema import load_schema
 from model_store.simulate import (
     MAKERS,
     SimulatedPlant,

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.schema import canonical_records
+from model_store.canonical import canonical_records
 from model_store.simulate.changes import CHANGES, PlantChange, apply_change, plan_change
 
 

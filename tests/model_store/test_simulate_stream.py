@@ -12,8 +12,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
+from model_store.canonical import canonical_records
 from model_store.errors import MoldwatchError
-from model_store.schema import canonical_records, load_schema
+from model_store.schema import load_schema
 from model_store.simulate import PlantStream, SimulatedPlant, SimulationConfig, simulate, write_plant_dataset
 from model_store.simulate.stream import plan_chunks
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_store.canonical import canonical_records
 from model_store.errors import StoreError
 from model_store.groups import PART_CLUSTER
 from model_store.models import MODEL_KINDS
-from model_store.schema import canonical_records, parse_schema
+from model_store.schema import parse_schema
 from model_store.serving.scoring import UNSCORABLE_CAUSES, ScoringEngine
 from model_store.serving.store import MANIFEST, STORE_FORMAT, open_store, sha256_file
 from model_store.store import StoreStaging

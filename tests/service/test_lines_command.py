@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from model_store.schema import canonical_records
+from model_store.canonical import canonical_records
 from model_store.serving.drift import references_from_manifest
 from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store

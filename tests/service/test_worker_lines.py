@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pymongo import AsyncMongoClient
 
-from model_store.schema import canonical_records
+from model_store.canonical import canonical_records
 from model_store.serving.feedback_lines import LineBounds
 from model_store.serving.line_book import LineBook, PartLine
 from model_store.serving.store import open_store

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_store.schema import canonical_records
+from model_store.canonical import canonical_records
 from model_store.serving.scoring import UNSCORABLE, UNSCORABLE_CAUSES, ScoringEngine, unscorable_cause
 from model_store.serving.store import open_store
 

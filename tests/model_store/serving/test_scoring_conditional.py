@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.schema import canonical_records
+from model_store.canonical import canonical_records
 from model_store.serving.conditional import CONDITIONAL
 from model_store.serving.scoring import UNSCORABLE, UNSCORABLE_CAUSES, ScoringEngine, unscorable_cause
 from model_store.serving.store import open_store

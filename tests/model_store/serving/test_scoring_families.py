@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from model_store.canonical import canonical_records
 from model_store.models import MODEL_KINDS
-from model_store.schema import canonical_records
 from model_store.serving.scoring import UNSCORABLE_CAUSES, ScoringEngine, unscorable_cause
 from model_store.serving.store import open_store
 from model_store.serving.verdict import VERDICT_SCHEMA_PATH, VERDICT_VERSION, to_verdicts

@@ -63,7 +63,7 @@ def test_a_trained_store_round_trips_through_the_typed_manifest(store, request) 
 
 
 def test_verdicts_are_the_same_from_the_written_and_the_rewritten_manifest(forest_store, forest_plant) -> None:
-    from model_store.schema import canonical_records
+    from model_store.canonical import canonical_records
 
     opened = open_store(forest_store)
     rewritten = StoreManifest(opened.root, opened.contents.to_dict(), opened.schema, opened.setting_models)
