@@ -47,7 +47,8 @@ from service.recipe_holder import RecipeHolder
 from service.redact import SCRUB
 from service.shadow_candidate import ShadowCandidate
 from service.sink import SinkError
-from service.sources import Source, open_source
+from service.sources import Source
+from service.sources.factory import open_source
 from service.store_holder import StoreHolder, load_engine
 from service.supervisor import LoopLag, Supervisor
 from service.topics import TopicError, ensure_output_topics

@@ -23,6 +23,8 @@ What only exactly-once or a rebalance needs is part of the same surface, so the 
   there are no partitions.
 - ``wait_materialized(offsets, timeout_s)``: until committed offsets are readable by a partition's
   next owner; ``[]`` at once where nothing is handed over.
+
+:func:`service.sources.factory.open_source` opens the source the settings name.
 """
 from __future__ import annotations
 
@@ -34,10 +36,6 @@ from service.pipeline import SourceMessage
 
 if TYPE_CHECKING:
     from aiokafka import TopicPartition
-
-    from model_store.schema import PlantSchema
-    from service.config import WorkerSettings
-    from service.metrics import WorkerMetrics
 
 Emit = Callable[[SourceMessage], Awaitable[None]]
 
@@ -79,19 +77,4 @@ class Source(Protocol):
     async def wait_materialized(self, offsets: dict[tuple[str, int], int], timeout_s: float) -> list[tuple[str, int]]: ...
 
 
-OnPartitions = Callable[[set["TopicPartition"]], Awaitable[None]]
-
-
-def open_source(settings: WorkerSettings, schema: PlantSchema, metrics: WorkerMetrics,
-                on_revoked: OnPartitions, on_assigned: OnPartitions) -> Source:
-    """The source ``settings.source`` names (the rebalance callbacks concern only Kafka's)."""
-    if settings.source == "kafka":
-        from service.sources.kafka import KafkaSource
-
-        return KafkaSource(settings, metrics, on_revoked=on_revoked, on_assigned=on_assigned)
-    from service.sources.mongo import MongoSource
-
-    return MongoSource(settings, schema, metrics)
-
-
-__all__ = ["Source", "PositionStore", "Emit", "CheckpointUnavailable", "open_source"]
+__all__ = ["Source", "PositionStore", "Emit", "CheckpointUnavailable"]
