@@ -51,7 +51,7 @@ async def attack(port: int, connections: int) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
     async def one(offset: int) -> None:
-        from tests.service.raw_http import post_score
+        from tests.support.raw_http import post_score
 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = offset

@@ -47,7 +47,7 @@ async def run(opts: argparse.Namespace, store: Path) -> dict[str, Any]:
     from service.config import WorkerSettings
     from service.devservers import KafkaServer, free_port
     from service.sources.kafka import encode_document
-    from tests.service.worker_process import WorkerProcess, read_to_end, verdict_id
+    from tests.support.worker_process import WorkerProcess, read_to_end, verdict_id
 
     kafka = await asyncio.to_thread(KafkaServer().start)
     name = f"rebalance-{uuid.uuid4().hex[:8]}"

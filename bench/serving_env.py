@@ -23,7 +23,7 @@ and measures, in the same run (ratios serve/full; the machine is shared and nois
     .venv/bin/python bench/serving_env.py --store runs/store --keep /tmp/envs   # reuse built envs
 
 A small store: ``moldwatch simulate --out P --format csv --shots 80000 --days 10 --facilities 20
---items 40 --seed 1`` then ``moldwatch train ... --workers 1 --set model.epochs=4`` (tests/plants.py).
+--items 40 --seed 1`` then ``moldwatch train ... --workers 1 --set model.epochs=4`` (tests/support/plants.py).
 """
 from __future__ import annotations
 

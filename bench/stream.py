@@ -64,7 +64,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import _tree_rss_bytes, process_tree, write_result
-from tests.plants import SMALL_PLANT, SMALL_TRAINING
+from tests.support.plants import SMALL_PLANT, SMALL_TRAINING
 
 SCRIPT = Path(__file__).resolve()
 ONE_THREAD = {

@@ -1,5 +1,7 @@
 """Shared fixtures. Real-server fixtures (Kafka, MongoDB, PostgreSQL, Prometheus) live in
-``tests/fixtures/servers.py`` and start lazily, only for tests that ask for them."""
+``tests/support/servers.py`` and start lazily, only for tests that ask for them; the plant and
+store fixtures in ``tests/support/plants.py``. Every helper module the tests share is in
+``tests/support/``; the test files mirror the packages' layout."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +13,10 @@ import structlog
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-pytest_plugins = ["tests.fixtures.servers", "tests.plants"]
+# Helpers' own asserts report their values, as the tests' do (the plugins below are rewritten anyway).
+pytest.register_assert_rewrite("tests.support")
+
+pytest_plugins = ["tests.support.servers", "tests.support.plants"]
 
 _QUIETED = ("aiokafka", "pymongo", "uvicorn.access", "kafka")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.promql import DASHBOARD, LEGEND_LABEL, known_series, label_values_query, references, unknown_names
+from tests.support.promql import DASHBOARD, LEGEND_LABEL, known_series, label_values_query, references, unknown_names
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from service.config import ENV_PREFIX, WorkerSettings, is_secret
-from tests.deploy.promql import K8S_WORKER
+from tests.support.promql import K8S_WORKER
 
 CLOSE_CLIENTS_S = 15  # after the drain, the worker closes Kafka, the source and HTTP (5 s each at most)
 

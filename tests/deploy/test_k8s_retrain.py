@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.promql import K8S_WORKER
-from tests.deploy.standin import standin_moldwatch
+from tests.support.promql import K8S_WORKER
+from tests.support.standin import standin_moldwatch
 
 RETRAIN = K8S_WORKER.parent / "moldwatch-retrain.yaml"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.promql import K8S_WORKER, ROOT
+from tests.support.promql import K8S_WORKER, ROOT
 
 TRAIN_DASK = K8S_WORKER.parent / "moldwatch-train-dask.yaml"
 RETRAIN = K8S_WORKER.parent / "moldwatch-retrain.yaml"

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import start_http_server
 
 from service.metrics import WorkerMetrics
-from tests.deploy.promql import (
+from tests.support.promql import (
     ALERTS,
     DASHBOARD,
     PROMETHEUS_CONFIG,

@@ -10,7 +10,7 @@ import pytest
 from model_store.conditional_fit import SMALL_HISTORY_FLOOR, fit_conditional
 from model_store.config import ConditionalConfig
 from model_store.serving.conditional import FALLBACK, PART_SEPARATOR
-from tests.model_store.maker_frames import FEATURES, SETTINGS, maker_frame
+from tests.support.maker_frames import FEATURES, SETTINGS, maker_frame
 
 CONFIG = ConditionalConfig(calibration_share=0.3, min_alpha=0.002)
 

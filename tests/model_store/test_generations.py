@@ -6,7 +6,7 @@ import pytest
 from model_store.errors import StoreError
 from model_store.generations import generations_dir, list_generations, promote, read_log, record_refusal, rollback
 from model_store.serving.store import MANIFEST, open_store
-from tests.plants import versioned_store as versioned
+from tests.support.plants import versioned_store as versioned
 
 
 @pytest.fixture()

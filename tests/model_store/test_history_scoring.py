@@ -32,7 +32,7 @@ def history_as_trained(forest_store: Path, forest_plant) -> tuple[pd.DataFrame, 
     from model_store.config import TrainingConfig
     from model_store.history_scoring import score_history
     from model_store.store_training import prepare
-    from tests.plants import FOREST_TRAINING
+    from tests.support.plants import FOREST_TRAINING
 
     data = prepare(canonical_records(forest_plant.records, forest_plant.schema),
                    canonical_lots(forest_plant.lots, forest_plant.schema), forest_plant.schema,

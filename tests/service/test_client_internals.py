@@ -38,7 +38,7 @@ from service.client_internals import (
     validate_mongo_uri,
 )
 from service.config import WorkerSettings
-from tests.service.test_worker_support import unique
+from tests.support.worker_helpers import unique
 
 AIOKAFKA_RANGE = ((0, 11), (0, 15))  # as pyproject.toml
 PYMONGO_RANGE = ((4, 13), (4, 21))

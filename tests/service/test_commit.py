@@ -19,8 +19,8 @@ from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, ScoredRecord
 from service.sink import Delivery, SinkError
 from service.topics import ensure_topics
-from tests.service.test_worker_support import unique
-from tests.service.worker_process import read_to_end
+from tests.support.worker_helpers import unique
+from tests.support.worker_process import read_to_end
 
 TOPIC = "plant.records"
 

@@ -27,7 +27,7 @@ from service.devservers import (
     free_port,
     promtool_check_config,
 )
-from tests.fixtures.servers import PrometheusFactory
+from tests.support.servers import PrometheusFactory
 
 
 def _port_open(host: str, port: int) -> bool:

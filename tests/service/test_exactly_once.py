@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.service.test_worker_support import plant_documents, unique, worker_settings
-from tests.service.worker_process import kill_loop
+from tests.support.worker_helpers import plant_documents, unique, worker_settings
+from tests.support.worker_process import kill_loop
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(900)]
 

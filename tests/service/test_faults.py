@@ -15,8 +15,8 @@ from pymongo import AsyncMongoClient
 from service.devservers import free_port
 from service.run_command import serve
 from service.worker import Worker
-from tests.service.test_worker_support import get, metric, plant_documents, running_worker, unique, wait_for, worker_settings
-from tests.service.worker_process import WorkerProcess, order_violations, verdict_id, wait_for_ids
+from tests.support.worker_helpers import get, metric, plant_documents, running_worker, unique, wait_for, worker_settings
+from tests.support.worker_process import WorkerProcess, order_violations, verdict_id, wait_for_ids
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -12,7 +12,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from service.http_auth import token_line
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     metric,
     plant_documents,
     read_topic,

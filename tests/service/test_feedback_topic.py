@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from model_store.errors import DataError
 from service.config import WorkerSettings
 from service.feedback_topic import read_feedback_topic
-from tests.service.test_worker_support import unique, wait_for
+from tests.support.worker_helpers import unique, wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 

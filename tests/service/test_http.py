@@ -18,7 +18,7 @@ from service.config import WorkerSettings
 from service.devservers import free_port
 from service.run_command import serve
 from service.worker import Worker
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     VERDICT_SCHEMA,
     get,
     metric,

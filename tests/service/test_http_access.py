@@ -18,9 +18,9 @@ from service.http_auth import token_line
 from service.run_command import serve
 from service.token_command import revoke
 from service.worker import Worker
-from tests.service.raw_http import post_score
 from tests.service.test_http import jsonable, serving_offline
-from tests.service.test_worker_support import (
+from tests.support.raw_http import post_score
+from tests.support.worker_helpers import (
     metric,
     plant_documents,
     read_topic,

@@ -25,9 +25,9 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from service.kafka_acls import Acl, worker_acls
-from tests.service.kafka_secure import WORKER_USER, create_acls
-from tests.service.test_worker_support import plant_documents, unique, worker_settings
-from tests.service.worker_process import WorkerProcess, kill_loop, verdict_id, wait_for_ids
+from tests.support.kafka_secure import WORKER_USER, create_acls
+from tests.support.worker_helpers import plant_documents, unique, worker_settings
+from tests.support.worker_process import WorkerProcess, kill_loop, verdict_id, wait_for_ids
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(600)]
 

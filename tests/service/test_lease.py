@@ -9,8 +9,8 @@ from pymongo import AsyncMongoClient
 
 from service.sources.lease import CheckpointLease, Holder, LeaseLost, may_take
 from tests.service.test_worker import acknowledged, read_to_end
-from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
-from tests.service.worker_process import WorkerProcess
+from tests.support.worker_helpers import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
+from tests.support.worker_process import WorkerProcess
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 ME = Holder("me", "host-a", 100, NOW + timedelta(seconds=15))

@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 
 from service.config import WorkerSettings
 from service.lot_watch import LotMonitor
-from tests.service.test_worker_support import unique
+from tests.support.worker_helpers import unique
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     plant_documents,
     read_topic,
     running_worker,

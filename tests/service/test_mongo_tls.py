@@ -1,4 +1,4 @@
-"""The worker against a MongoDB-protocol server that serves TLS only (tests/fixtures/servers.py
+"""The worker against a MongoDB-protocol server that serves TLS only (tests/support/servers.py
 ``mongo_tls_server``: mongo-java-server behind netty's SslHandler, a CA made in this run):
 
 - records inserted are read over TLS (server certificate verified against mongo_tls_ca_file) and
@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from service.devservers import MongoServer
 from service.run_command import serve
 from service.worker import Worker
-from tests.service.test_worker_support import get, plant_documents, read_topic, running_worker, unique, values, worker_settings
+from tests.support.worker_helpers import get, plant_documents, read_topic, running_worker, unique, values, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(180)]
 

@@ -17,7 +17,7 @@ from model_store.serving.scoring import ScoringEngine
 from model_store.serving.store import open_store
 from service.decode import INVALID_FIELD, MISSING_FIELD, REASONS, SCORING_FAILED, UNDECODABLE, UNKNOWN_MAKER
 from service.pipeline import Pipeline, SourceMessage
-from tests.service.test_worker_support import VERDICT_SCHEMA, plant_documents
+from tests.support.worker_helpers import VERDICT_SCHEMA, plant_documents
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, ScoredRecord, SourceMessage
 from service.sink import MAX_QUOTED_DOCUMENT, KafkaSink, dead_letter_value
 from service.sources.mongo import _RAW_CODEC, ChangeEvent, _plain, decode_document
-from tests.service.fake_producer import FakeProducer
-from tests.service.test_worker_support import plant_documents, read_topic, running_worker, unique, values, worker_settings
+from tests.support.fake_producer import FakeProducer
+from tests.support.worker_helpers import plant_documents, read_topic, running_worker, unique, values, worker_settings
 
 MB = 1024 * 1024
 

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.sources.kafka import encode_document
-from tests.service.test_worker_support import plant_documents, unique, worker_settings
-from tests.service.worker_process import WorkerProcess, read_to_end, verdict_id, wait_for_ids
+from tests.support.worker_helpers import plant_documents, unique, worker_settings
+from tests.support.worker_process import WorkerProcess, read_to_end, verdict_id, wait_for_ids
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(900)]
 

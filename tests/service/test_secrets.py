@@ -23,7 +23,7 @@ from service.logs import configure_logging
 from service.redact import MASK, SCRUB, Scrubber, redact_uri, uri_secrets
 from service.run_command import serve
 from service.worker import Worker
-from tests.service.test_worker_support import wait_for
+from tests.support.worker_helpers import wait_for
 
 ODD = ["p#ss/w@rd:1", "a/b/c", "x@y@z", "c:o:l:o:n", "h#sh#", "per%cent", "sp ace+plus", "q?u=e&ry", "ü-ñí©ødé"]
 

@@ -17,8 +17,8 @@ from service.decode import DeadLetter
 from service.metrics import WorkerMetrics
 from service.pipeline import BatchResult, FailedRecord, ScoredRecord
 from service.sink import MAX_QUOTED_DOCUMENT, PARTITIONER, KafkaSink, dead_letter_value, document_json, dumps
-from tests.service.fake_producer import FakeProducer
-from tests.service.test_worker_support import read_topic, unique
+from tests.support.fake_producer import FakeProducer
+from tests.support.worker_helpers import read_topic, unique
 
 
 def settings(**overrides) -> WorkerSettings:

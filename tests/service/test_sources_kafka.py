@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bson import json_util
 
 from service.sources.kafka import encode_document
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     VERDICT_SCHEMA,
     metric,
     plant_documents,

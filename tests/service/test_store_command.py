@@ -10,7 +10,7 @@ import pytest
 
 from model_store.generations import list_generations, read_log
 from model_store.serving.store import open_store
-from tests.plants import versioned_store as versioned
+from tests.support.plants import versioned_store as versioned
 
 pytestmark = pytest.mark.slow
 

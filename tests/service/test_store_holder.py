@@ -20,8 +20,8 @@ from service.pipeline import SourceMessage
 from service.recipe_holder import RecipeHolder
 from service.store_holder import StoreHolder
 from service.verdict_watch import VerdictWatchers
-from tests.plants import versioned_store
-from tests.service.test_worker_support import plant_documents
+from tests.support.plants import versioned_store
+from tests.support.worker_helpers import plant_documents
 
 
 @pytest.fixture()

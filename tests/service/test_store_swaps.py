@@ -1,5 +1,5 @@
 """Promotions and rollbacks while the worker is SIGKILLed again and again: the kill loop of the fault
-tests (tests/service/worker_process.py) with the served store swapped underneath it every second.
+tests (tests/support/worker_process.py) with the served store swapped underneath it every second.
 Nothing is lost in either mode, nothing repeated with exactly-once, and the verdicts come from several
 store versions (the swaps landed mid-stream)."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pymongo import AsyncMongoClient
 
 from model_store.generations import promote, rollback
 from model_store.serving.store import open_store
-from tests.plants import versioned_store
-from tests.service.test_worker_support import plant_documents, unique, worker_settings
-from tests.service.worker_process import kill_loop, read_to_end
+from tests.support.plants import versioned_store
+from tests.support.worker_helpers import plant_documents, unique, worker_settings
+from tests.support.worker_process import kill_loop, read_to_end
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -14,7 +14,7 @@ from model_store.serving.store import open_store
 from service.metrics import WorkerMetrics
 from service.pipeline import Pipeline, SourceMessage
 from service.supersede import AnsweredIds, is_older, mongo_document_id
-from tests.service.test_worker_support import VERDICT_SCHEMA, plant_documents
+from tests.support.worker_helpers import VERDICT_SCHEMA, plant_documents
 
 
 def kafka(offset: int, partition: int = 0, topic: str = "raw") -> dict[str, Any]:

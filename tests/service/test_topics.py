@@ -8,7 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from service.topics import TopicError, ensure_topics, refusals
 from service.worker import Worker
-from tests.service.test_worker_support import unique, wait_for, worker_settings
+from tests.support.worker_helpers import unique, wait_for, worker_settings
 
 
 def test_refusals_keeps_only_real_refusals() -> None:

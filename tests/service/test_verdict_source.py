@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 from service.sources.kafka import encode_document
 from tests.service.test_sources_kafka import create_topic
 from tests.service.test_worker import acknowledged, read_to_end
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     VERDICT_SCHEMA,
     metric,
     plant_documents,
@@ -29,7 +29,7 @@ from tests.service.test_worker_support import (
     wait_for,
     worker_settings,
 )
-from tests.service.worker_process import WorkerProcess
+from tests.support.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

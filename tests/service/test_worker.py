@@ -1,4 +1,4 @@
-"""The worker against the real Kafka broker and MongoDB-protocol server (tests/fixtures/servers.py)."""
+"""The worker against the real Kafka broker and MongoDB-protocol server (tests/support/servers.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymongo import AsyncMongoClient
 
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     VERDICT_SCHEMA,
     metric,
     plant_documents,

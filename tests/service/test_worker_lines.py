@@ -12,7 +12,7 @@ from model_store.serving.line_book import LineBook, PartLine
 from model_store.serving.store import open_store
 from service.line_book_file import publish
 from tests.service.test_worker import acknowledged, read_to_end
-from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
+from tests.support.worker_helpers import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

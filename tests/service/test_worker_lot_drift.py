@@ -8,7 +8,7 @@ from pymongo import AsyncMongoClient
 from model_store.serving.lot_drift import lot_references_from_manifest
 from model_store.serving.store import open_store
 from tests.service.test_worker import acknowledged
-from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, wait_for, worker_settings
+from tests.support.worker_helpers import metric, plant_documents, running_worker, unique, wait_for, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 from model_store.serving.recipe_book import RecipeBook
 from service.pipeline import Pipeline, SourceMessage
 from service.worker import load_engine
-from tests.service.test_worker_support import (
+from tests.support.worker_helpers import (
     VERDICT_SCHEMA,
     get,
     metric,

@@ -7,9 +7,9 @@ from pymongo import AsyncMongoClient
 
 from model_store.generations import promote, rollback
 from model_store.serving.store import open_store
-from tests.plants import versioned_store
 from tests.service.test_worker import acknowledged, read_to_end
-from tests.service.test_worker_support import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
+from tests.support.plants import versioned_store
+from tests.support.worker_helpers import metric, plant_documents, running_worker, unique, values, wait_for, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

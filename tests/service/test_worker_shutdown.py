@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 
 from service.devservers import free_port
 from service.worker import Worker
-from tests.service.test_worker_support import metric, plant_documents, read_topic, unique, values, wait_for, worker_settings
+from tests.support.worker_helpers import metric, plant_documents, read_topic, unique, values, wait_for, worker_settings
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

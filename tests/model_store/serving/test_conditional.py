@@ -27,7 +27,7 @@ from model_store.serving.conditional import (
 )
 from model_store.serving.excursions import lasting_rank
 from model_store.serving.store_format import ConditionalUnitEntry, read
-from tests.model_store.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
+from tests.support.maker_frames import FEATURES, NOISE, SETTINGS, SPEEDS, TEMPS, expected, maker_frame
 
 # -- Calibration: survival and score --------------------------------------------------------------
 TINY = Calibration(np.array([1.0, 2.0, 3.0, 4.0]), line=3.0, alpha=0.25)  # n = 4

@@ -14,7 +14,7 @@ from model_store.conditional_fit import RESOLUTION_SHARE, UNSTEPPED_SHARE, fit_c
 from model_store.config import ConditionalConfig
 from model_store.serving.conditional import RESIDUAL_UNIT, SettingResponse, TableSet, part_keys
 from model_store.serving.tails import EXCESS_GAIN, TailBank, TailTable
-from tests.model_store.maker_frames import FEATURES, SETTINGS, expected, maker_frame
+from tests.support.maker_frames import FEATURES, SETTINGS, expected, maker_frame
 
 
 # -- where the response has nothing to go by ------------------------------------------------------

@@ -1,5 +1,5 @@
 """Helpers shared by the worker tests (documents from the simulated plant, Kafka readers, a
-running-worker context). No tests here; the ``test_`` name keeps it among the worker's test files.
+running-worker context).
 """
 from __future__ import annotations
 
