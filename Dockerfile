@@ -18,6 +18,7 @@ RUN python -m venv /opt/moldwatch && /opt/moldwatch/bin/pip install --no-cache-d
 COPY pyproject.toml README.md ./
 COPY model_store ./model_store
 COPY service ./service
+# The wheel leaves service/devservers (the local test and demo servers) out: pyproject.toml.
 RUN /opt/moldwatch/bin/pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim-bookworm

@@ -28,7 +28,8 @@ TRAINING = ("tensorflow", "keras", "sklearn", "scipy", "skops", "matplotlib")
 INSTALL_TRAIN = "pip install 'moldwatch[train]'"
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found, not imported)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # an import hook refusing it, or a module without a spec
@@ -37,7 +38,7 @@ def _installed(module: str) -> bool:
 
 def require_train_extra(command: str, modules: tuple[str, ...] = TRAINING) -> None:
     """Called first thing by the commands that need the train extra: before any input is read."""
-    missing = [module for module in modules if not _installed(module)]
+    missing = [module for module in modules if not installed(module)]
     if missing:
         fail(f"moldwatch {command} needs the train extra ({', '.join(missing)} not installed): {INSTALL_TRAIN}")
 
@@ -72,4 +73,4 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-__all__ = ["console", "fail", "require_train_extra", "say_error", "user_errors", "TRAIN_EXTRA", "TRAINING", "INSTALL_TRAIN"]
+__all__ = ["console", "fail", "installed", "require_train_extra", "say_error", "user_errors", "TRAIN_EXTRA", "TRAINING", "INSTALL_TRAIN"]

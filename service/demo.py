@@ -27,10 +27,15 @@ import typer
 from rich.live import Live
 
 from model_store.errors import MoldwatchError
-from service.cli_errors import console, require_train_extra, user_errors
+from service.cli_errors import console, fail, installed, require_train_extra, user_errors
 from service.demo_view import LiveStats, render, summary_line
 
 SUMMARY_EVERY_S = 5.0  # off a terminal: one plain line this often
+# The local servers the demo starts are the source tree's (service/devservers: Java launchers, Maven
+# POMs); an installed wheel, such as the worker image's, leaves them out (pyproject.toml).
+NO_DEVSERVERS = ("moldwatch demo runs the local Kafka and MongoDB servers of a source checkout (service/devservers), "
+                 "which an installed moldwatch does not include: run it from a clone of the repository, after "
+                 "deploy/local/setup.sh")
 
 # A quick plant: ~1 minute of training on 2 cores, yet every maker, several settings per item and
 # all three model families.
@@ -290,6 +295,8 @@ def demo(
 ) -> None:
     """Live demo: simulate, train, start local Kafka + MongoDB, stream shots through the worker, watch verdicts."""
     require_train_extra("demo")  # it trains (or at least imports training) before any server starts
+    if not installed("service.devservers"):
+        fail(NO_DEVSERVERS)
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = None if verbose else workdir / "worker.log"

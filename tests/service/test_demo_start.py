@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from service.demo import DemoError, until_listening
+from service.demo import NO_DEVSERVERS, DemoError, until_listening
 from service.http import create_app, start_http
 
 
@@ -52,3 +54,28 @@ def test_a_listening_worker_lets_the_demo_go_on() -> None:
         forever.cancel()
 
     asyncio.run(scenario())
+
+
+# `moldwatch demo` where service.devservers cannot be imported, as in an installed wheel (which
+# leaves the local servers out: tests/deploy/test_wheel.py).
+WITHOUT_DEVSERVERS = """
+import importlib.abc, sys
+class NotInWheel(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "service.devservers" or name.startswith("service.devservers."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInWheel())
+sys.argv = ["moldwatch", *sys.argv[1:]]
+from service.cli import app
+app()
+"""
+
+
+def test_without_the_source_trees_servers_the_demo_says_to_run_from_a_checkout_in_one_line(tmp_path) -> None:
+    workdir = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-c", WITHOUT_DEVSERVERS, "demo", "--workdir", str(workdir), "--duration", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"error: {NO_DEVSERVERS}"]
+    assert not workdir.exists()  # refused before anything was simulated, trained or started
