@@ -37,11 +37,6 @@ OWN_PATHS = (EXACT, PART, NEAREST)
 
 OWN, BORROWED, NONE = "own", "borrowed", "none"
 BASIS_SHORT = {OWN: "its own history", BORROWED: "other parts' history", NONE: "not judged"}
-BASIS_WORDS = {
-    OWN: "judged against its own history",
-    BORROWED: "judged only against other parts' history",
-    NONE: "not judged",
-}
 
 
 def judged_on_own_history(unit: dict[str, Any], part: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from model_store.errors import DataError, SchemaError
+from model_store.errors import SchemaError
 
 # Canonical column names of the records frame that every later step uses.
 RECORD_ID = "record_id"
@@ -27,7 +27,6 @@ FACILITY = "facility"
 ITEM = "item"
 LOT_DATE = "lot_date"
 LABEL = "label"
-IDENTITY_COLUMNS: tuple[str, ...] = (RECORD_ID, TIMESTAMP, MAKER, FACILITY, ITEM, LOT_DATE)
 
 LOT_COLUMNS: tuple[str, ...] = ("facility", "item", "lot_date", "good_qty", "bad_qty")
 
@@ -61,13 +60,6 @@ class PlantSchema:
     timestamp_format: str | None = None
     lot_columns: Mapping[str, str] = field(default_factory=lambda: {c: c for c in LOT_COLUMNS})
     source: str = "<memory>"
-
-    def fields_of(self, maker: str) -> MakerFields:
-        try:
-            return self.makers[maker]
-        except KeyError:
-            known = ", ".join(sorted(self.makers))
-            raise DataError(f"{self.source}: unknown maker {maker!r}; the schema defines: {known}") from None
 
     @property
     def numeric_fields(self) -> tuple[str, ...]:

@@ -24,7 +24,6 @@ MAX_UNSCORABLE_PARTS = 1000  # distinct (facility, item, reason) kept for the "u
 # Lines the panel needs besides the table rows and alarms: outer border 2, summary 4, alarms
 # border 2, table title 1 + header 1 + rules 2 (box.SIMPLE_HEAD) + the "more" row 1.
 FIXED_LINES = 2 + 4 + 2 + 1 + 1 + 2 + 1
-MIN_HEIGHT = FIXED_LINES + 2
 
 
 @dataclass

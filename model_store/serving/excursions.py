@@ -95,8 +95,3 @@ def lasting_rank(ratio: np.ndarray) -> np.ndarray:
     rank = np.maximum(1.0 + LASTING_RANK_STEP * np.log(np.where(beyond, ratio, 1.0)), JUST_ABOVE_LINE)
     return np.where(beyond, rank, ratio)
 
-
-def worst_excursion(ratios: np.ndarray) -> np.ndarray:
-    """The largest excursion ratio of each row (0 for a row with no feature)."""
-    return ratios.max(axis=1) if ratios.shape[1] else np.zeros(len(ratios))
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,9 +88,6 @@ class StoreManifest:
         if sha256_file(path) != expected:
             raise StoreError(f"{self.root}: artifact {relative} does not match its sha256; the store was modified, retrain or restore it")
         return path
-
-    def iter_groups(self) -> Iterator[GroupEntry]:
-        return iter(self.groups)
 
 
 def open_store(root: str | Path, verify: bool = True) -> StoreManifest:

@@ -178,7 +178,6 @@ MAKER_NAMES: tuple[str, ...] = tuple(MAKERS)
 SHOT_ID, TIMESTAMP, MAKER_COL, FACILITY_COL, ITEM_COL, LOT_DATE_COL = (
     "shot_id", "timestamp", "maker", "facility", "item", "lot_date",
 )
-COMMON_COLUMNS: tuple[str, ...] = (SHOT_ID, TIMESTAMP, MAKER_COL, FACILITY_COL, ITEM_COL, LOT_DATE_COL)
 
 
 def schema_mapping() -> dict[str, Any]:

@@ -16,7 +16,6 @@ from model_store.simulate.simulator import SimulatedPlant
 from model_store.simulate.stream import PlantStream
 
 RECORD_FORMATS = ("parquet", "csv")
-DATASET_FORMAT = "parquet-dataset"
 PARTITION_COLUMNS = ("lot_date", "facility")  # what a dataset may be partitioned by (hive: key=value folders)
 DATASET_ROW_GROUP = 65_536  # rows per Parquet row group in a dataset's files: what a reader holds at once per file
 

@@ -111,8 +111,6 @@ class DevServer(abc.ABC):
         self._prepared = False
         self._closed = False
         self._lock = threading.RLock()
-        #: Seconds the last start() took until the server answered.
-        self.last_start_s: float | None = None
         with _OPEN_LOCK:
             _OPEN.add(self)  # from now on there is a temp dir to clean up
 
@@ -173,7 +171,6 @@ class DevServer(abc.ABC):
             except BaseException:
                 self.stop()
                 raise
-            self.last_start_s = time.monotonic() - began
             return self
 
     def _wait_ready(self, began: float) -> None:

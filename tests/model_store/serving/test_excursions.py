@@ -14,7 +14,6 @@ from model_store.serving.excursions import (
     excursion_tolerance,
     lasting_rank,
     training_band,
-    worst_excursion,
 )
 
 
@@ -63,11 +62,6 @@ def test_unmeasured_values_are_no_evidence() -> None:
 def test_infinite_value_is_the_largest_excursion() -> None:
     ratio = excursion_ratios(np.array([[np.inf], [-np.inf]]), np.zeros(1), np.ones(1), np.ones(1))
     assert ratio[:, 0].tolist() == [MAX_RATIO, MAX_RATIO]
-
-
-def test_worst_excursion_per_row() -> None:
-    assert worst_excursion(np.array([[0.0, 2.0], [3.0, 1.0]])).tolist() == [2.0, 3.0]
-    assert worst_excursion(np.zeros((2, 0))).tolist() == [0.0, 0.0]
 
 
 @settings(max_examples=200, deadline=None)
