@@ -1,7 +1,7 @@
 """Decode and validate raw production documents into canonical rows, or say why not.
 
 The rules are :mod:`model_store.mapping`'s — the one mapping from a plant's records to canonical
-columns that the offline loader (:func:`model_store.schema.canonical_records`) uses too. This
+columns that the offline loader (:func:`model_store.canonical.canonical_records`) uses too. This
 module adds what only a stream needs: :meth:`RecordDecoder.decode_batch` maps a micro-batch of
 documents into the canonical frame in one vectorised pass and turns every document that cannot be
 scored into a :class:`DeadLetter` with a reason from a small fixed vocabulary (it is a metric

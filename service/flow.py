@@ -137,6 +137,8 @@ class BatchFlow:
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(len(batch))
             self.metrics.scoring_seconds.observe(result.seconds)
+            if result.shadow_failed:
+                self.metrics.shadow_failed_batches.inc()
             if result.fallback:
                 self.metrics.batch_fallbacks.inc()
                 log.warning("batch scoring failed; scored record by record", records=len(batch),

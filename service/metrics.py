@@ -214,6 +214,9 @@ class WorkerMetrics:
                                        "acknowledged with their batch.", ["facility", "item"], registry=r)
         self.shadow_anomalies = Counter("moldwatch_shadow_anomalies", "The candidate store's anomalous verdicts (shadow "
                                         "canary; never sent to the alarms topic).", ["facility", "item"], registry=r)
+        self.shadow_failed_batches = Counter(
+            "moldwatch_shadow_failed_batches", "Batches the candidate store raised on (shadow canary): its verdicts of "
+            "them are missing from the shadow topic, the served verdicts are not touched.", registry=r)
         self.cache = CacheStatsCollector()
         r.register(self.cache)
         self.latencies = LatencyWindow()

@@ -87,6 +87,7 @@ class BatchResult:
     fallback: bool = False
     # The candidate store's verdicts of the same records (shadow canary), as JSON; empty without one.
     shadow: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
+    shadow_failed: bool = False  # the candidate store raised on this batch: no shadow verdicts of it
     # What the sink and the metrics read of ``scored``, as columns (same order); None for a result
     # built from verdict objects alone (then read from them: see :meth:`verdict_columns`).
     columns: VerdictColumns | None = None
@@ -127,7 +128,6 @@ class Pipeline:
         # baselines are its own). A failure there never touches the served verdicts.
         self.shadow: ScoringEngine | None = None
         self.shadow_memory: FacilityMemory = {}
-        self.shadow_failures = 0
 
     @property
     def engine(self) -> ScoringEngine:
@@ -198,7 +198,8 @@ class Pipeline:
                                  in zip(verdicts, decoded.record_time, times, payloads, events)]
                 result.columns = columns
                 if shadow is not None and track:
-                    result.shadow = self._shadow(shadow, decoded.records, sources)
+                    judged = self._shadow(shadow, decoded.records, sources)
+                    result.shadow, result.shadow_failed = judged or [], judged is None
             except StoreError:
                 raise
             except Exception:  # noqa: BLE001 - isolate the offending records instead of losing the batch
@@ -208,8 +209,8 @@ class Pipeline:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _shadow(self, engine: ScoringEngine, records: Any, sources: list[Any]) -> list[tuple[dict[str, Any], bytes]]:
-        """The candidate's verdicts of a batch the served store judged, or none when it fails."""
+    def _shadow(self, engine: ScoringEngine, records: Any, sources: list[Any]) -> list[tuple[dict[str, Any], bytes]] | None:
+        """The candidate's verdicts of a batch the served store judged; None when it fails."""
         try:
             verdicts = score_frame(engine, records, self.shadow_memory)
             for verdict, source in zip(verdicts, sources):
@@ -217,10 +218,9 @@ class Pipeline:
                     mark(verdict, source, None)
             return list(zip(verdicts, dumps_many(verdicts)))
         except Exception as exc:  # noqa: BLE001 - the candidate is on trial; the served verdicts go on
-            self.shadow_failures += 1
             log.warning("candidate store failed a batch; its shadow verdicts of it are skipped",
                         model_version=engine.model_version, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-            return []
+            return None
 
     def _score_one_by_one(
         self,

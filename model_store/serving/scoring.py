@@ -291,7 +291,6 @@ class ScoringEngine:
             maker: ConditionalUnit.from_files(entry, manifest.artifact(entry.artifact))
             for maker, entry in section.units.items()
         }
-        self.conditional_probability: tuple[float, float] | None = section.probability
         extra = section.probability_model or ConditionalProbabilityEntry()
         self.conditional_probability_model: ConditionalProbability | None = (
             ConditionalProbability(section.probability[0], section.probability[1], extra.excursion_intercept, extra.base_rate,
@@ -376,7 +375,7 @@ class ScoringEngine:
         self, records: pd.DataFrame | RecordColumns, memory: FacilityMemory | None = None, backward: bool = True,
         explain: bool = True,
     ) -> ScoredBatch:
-        """Score canonical records (a frame, see :func:`model_store.schema.canonical_records`, or
+        """Score canonical records (a frame, see :func:`model_store.canonical.canonical_records`, or
         the decoder's columns).
 
         ``memory`` carries each facility's last known item and settings, and each part's running

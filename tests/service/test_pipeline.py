@@ -260,3 +260,24 @@ def test_a_set_point_far_beyond_anything_ever_run_is_never_silently_normal(engin
     assert len(result.verdicts) + len(result.dead_letters) == 1
     for verdict in result.verdicts:
         assert verdict["anomaly"] is True or verdict["resolution"] == "unscorable", verdict
+
+
+def test_a_candidate_that_raises_loses_only_its_shadow_verdicts_and_says_so(engine, documents):
+    """Shadow canary: a candidate store on trial that raises never touches the served verdicts;
+    the batch says its shadow failed (the worker counts it in moldwatch_shadow_failed_batches)."""
+
+    class Raising(ScoringEngine):
+        def score(self, *_: Any, **__: Any) -> Any:
+            raise RuntimeError("candidate broke")
+
+    pipeline = Pipeline(engine)
+    served = pipeline.run_batch(messages(documents[:50]), track=True)
+    pipeline.shadow = copy.copy(engine)
+    pipeline.shadow.__class__ = Raising
+    pipeline.memory, pipeline.shadow_memory = {}, {}
+    result = pipeline.run_batch(messages(documents[:50]), track=True)
+    assert result.shadow_failed and result.shadow == [] and not result.fallback
+    assert [v["score"] for v in result.verdicts] == [v["score"] for v in served.verdicts]
+    pipeline.shadow = engine
+    healthy = pipeline.run_batch(messages(documents[50:60]), track=True)
+    assert not healthy.shadow_failed and len(healthy.shadow) == 10
