@@ -6,18 +6,7 @@ import pytest
 
 from model_store.canonical import canonical_lots, canonical_records
 from model_store.errors import DataError
-from model_store.schema import parse_schema
-
-
-def _schema():
-    return parse_schema(
-        {
-            "record_id": "id", "timestamp": "ts", "facility": "fac", "item": "part",
-            "maker": {"column": "mk"},
-            "makers": {"A": {"settings": ["s1"], "production": ["p1", "p2"]}, "B": {"settings": ["t1"], "production": ["q1"]}},
-        },
-        source="plant.yaml",
-    )
+from tests.support.schemas import two_maker_schema
 
 
 def _records(**changes) -> pd.DataFrame:
@@ -31,7 +20,7 @@ def _records(**changes) -> pd.DataFrame:
 
 
 def test_canonical_records_renames_and_types() -> None:
-    out = canonical_records(_records(), _schema())
+    out = canonical_records(_records(), two_maker_schema())
     assert list(out["record_id"]) == ["1", "2"] and list(out["lot_date"]) == ["2026-01-01"] * 2
     assert out["p2"].dtype == float and out["maker"].tolist() == ["A", "B"]
 
@@ -49,10 +38,10 @@ def test_canonical_records_renames_and_types() -> None:
 )
 def test_bad_records_name_the_problem(frame, message) -> None:
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        canonical_records(frame, _schema(), source="records.csv")
+        canonical_records(frame, two_maker_schema(), source="records.csv")
 
 
 def test_lots_validation() -> None:
     lots = pd.DataFrame({"facility": ["F1"], "item": ["X"], "lot_date": ["2026-01-01"], "good_qty": [10], "bad_qty": [-1]})
     with pytest.raises(DataError, match="bad_qty' must be a non-negative count"):
-        canonical_lots(lots, _schema())
+        canonical_lots(lots, two_maker_schema())

@@ -4,19 +4,9 @@ import pytest
 
 from model_store.errors import SchemaError
 from model_store.schema import load_schema, parse_schema
+from tests.support.schemas import two_maker_schema
 
 KAMP = Path(__file__).parents[2] / "model_store" / "schemas" / "kamp.yaml"
-
-
-def _schema():
-    return parse_schema(
-        {
-            "record_id": "id", "timestamp": "ts", "facility": "fac", "item": "part",
-            "maker": {"column": "mk"},
-            "makers": {"A": {"settings": ["s1"], "production": ["p1", "p2"]}, "B": {"settings": ["t1"], "production": ["q1"]}},
-        },
-        source="plant.yaml",
-    )
 
 
 def test_kamp_example_parses() -> None:
@@ -49,7 +39,7 @@ def test_a_data_file_given_as_the_schema_is_one_line_naming_it(tmp_path) -> None
 
 
 def test_schema_hash_ignores_formatting_but_not_roles() -> None:
-    a, b = _schema(), _schema()
+    a, b = two_maker_schema(), two_maker_schema()
     assert a.hash() == b.hash()
     c = parse_schema({**a.to_dict(), "item": "other"})
     assert c.hash() != a.hash()
