@@ -412,6 +412,15 @@ def build_big_store(source: Path, target: Path, count: int) -> dict[str, Any]:
     entries = []
     facility_maker = dict(raw.get("facility_maker", {}))
     with StoreStaging(target) as staging:
+        # Everything that is not a setting group's (the conditional units) is served as it is.
+        for path in sorted(manifest.root.rglob("*")):
+            relative = path.relative_to(manifest.root)
+            if path.is_file() and relative.parts[0] not in ("groups", "manifest.json"):
+                (staging.path / relative).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, staging.path / relative)
+                except OSError:
+                    shutil.copy2(path, staging.path / relative)
         for i in range(count):
             template = templates[i % len(templates)]
             key = {**template["key"], "facility": f"BENCH{i:04d}"}
