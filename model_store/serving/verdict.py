@@ -69,7 +69,7 @@ class VerdictColumns:
     of its reason text. ``on_recipe`` is None when no recipe book judged the batch.
     """
 
-    facility: list[str]
+    facility: list[str | None]  # None only in a verdict built by hand without one
     item: list[str | None]
     anomaly: list[bool]
     resolution: list[str]
@@ -97,7 +97,8 @@ class VerdictColumns:
         """The columns of verdicts that exist only as objects (read back, or built by hand); the
         cause of an unscorable one is then read from its reason text."""
         recipes = [v.get("on_recipe") for v in verdicts] if verdicts and all("on_recipe" in v for v in verdicts) else None
-        return cls([str(v.get("facility")) for v in verdicts], [v.get("item") for v in verdicts],
+        return cls([None if v.get("facility") is None else str(v.get("facility")) for v in verdicts],
+                   [v.get("item") for v in verdicts],
                    [bool(v.get("anomaly")) for v in verdicts], [str(v.get("resolution")) for v in verdicts],
                    [unscorable_cause(v.get("reason")) if v.get("resolution") == UNSCORABLE else None for v in verdicts],
                    [list(v.get("imputed") or ()) for v in verdicts], recipes)

@@ -99,7 +99,7 @@ def _samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], .
 
 @settings(max_examples=60, deadline=None)
 @given(verdicts=st.lists(st.fixed_dictionaries({
-    "facility": st.sampled_from(["F1", "F2", "F9"]), "item": st.sampled_from(["A", "B", None]),
+    "facility": st.sampled_from(["F1", "F2", "F9", None, ""]), "item": st.sampled_from(["A", "B", None, ""]),
     "anomaly": st.booleans(), "resolution": st.sampled_from(["exact", "conditional", "unscorable"]),
     "reason": st.sampled_from([None, UNSCORABLE_CAUSES["no_group_near"], "a reason from another version"]),
     "imputed": st.lists(st.sampled_from(["cushion", "fill_time"]), max_size=2),
@@ -119,3 +119,11 @@ def test_a_batch_counts_what_its_verdicts_count_one_by_one(verdicts, skip, known
         if index not in skip:
             one_by_one.observe_verdict(verdict)
     assert _samples(at_once) == _samples(one_by_one)
+
+
+def test_a_verdict_without_facility_or_item_counts_under_none() -> None:
+    metrics = WorkerMetrics()
+    metrics.observe_verdict({"facility": None, "item": "", "anomaly": True, "resolution": "exact", "reason": None})
+    text = generate_latest(metrics.registry).decode()
+    assert 'moldwatch_verdicts_total{facility="none",item="none"} 1.0' in text
+    assert 'moldwatch_anomalies_total{facility="none",item="none"} 1.0' in text
