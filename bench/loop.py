@@ -304,6 +304,7 @@ def summarise_feedback(plants: dict[str, dict[str, Any]]) -> dict[str, Any]:
         caught_before = sum(u["caught_before"] for u in mine)
         caught_after = sum(u[run]["caught_after"] for u in mine)
         per_unit = [1 - u[run]["false_alarms_after"] / u["false_alarms_before"] for u in mine if u["false_alarms_before"]]
+        units_detail = [unit_outcome(u, run) for u in mine]
         summary[run] = {
             "units": len(mine), "raised": sum(1 for u in mine if u[run]["line"] > 1.0),
             "bounds_that_set_the_line": {b: sum(1 for u in mine if u[run]["bound"] == b)
@@ -315,8 +316,33 @@ def summarise_feedback(plants: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "recall_after": round(caught_after / bad, 4) if bad else None,
             "recall_drop_points": round(100 * (caught_before - caught_after) / bad, 2) if bad else None,
             "recall_kept_share": round(caught_after / caught_before, 4) if caught_before else None,
+            # the target is worded per unit: each unit's false alarms -50 % with its recall -5 points at most
+            "per_unit": {
+                "meeting_both": sum(1 for o in units_detail if o["false_alarm_reduction"] is not None
+                                    and o["false_alarm_reduction"] >= 0.5 and o["recall_drop_points"] <= 5.0),
+                "false_alarms_halved": sum(1 for o in units_detail if o["false_alarm_reduction"] is not None
+                                           and o["false_alarm_reduction"] >= 0.5),
+                "recall_drop_over_5_points": sum(1 for o in units_detail if o["recall_drop_points"] > 5.0),
+                "median_recall_drop_points": round(float(np.median([o["recall_drop_points"] for o in units_detail])), 2)
+                if units_detail else None,
+                "max_recall_drop_points": max((o["recall_drop_points"] for o in units_detail), default=None),
+                "recall_kept_below_80_percent": sum(1 for o in units_detail if o["recall_kept_share"] is not None
+                                                    and o["recall_kept_share"] < 0.8),
+                "units": units_detail,
+            },
         }
     return summary
+
+
+def unit_outcome(unit: dict[str, Any], run: str) -> dict[str, Any]:
+    """One unit's figures as the target words them: its false-alarm reduction, its recall drop in
+    points of its own defects, and the share of its caught defects still caught."""
+    after = unit[run]
+    before_fa, before_caught, defects = unit["false_alarms_before"], unit["caught_before"], unit["evaluation_defects"]
+    return {"facility": unit["facility"], "item": unit["item"],
+            "false_alarm_reduction": round(1 - after["false_alarms_after"] / before_fa, 4) if before_fa else None,
+            "recall_drop_points": round(100 * (before_caught - after["caught_after"]) / defects, 2) if defects else 0.0,
+            "recall_kept_share": round(after["caught_after"] / before_caught, 4) if before_caught else None}
 
 
 def _simulated(name: str, shots: int) -> Any:
@@ -374,7 +400,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", default="loop")
-    parser.add_argument("--summarise", action="store_true", help="recompute the summary of the results file and print it")
+    parser.add_argument("--summarise", action="store_true", help="recompute the summaries of the results file (drift, "
+                        "feedback) from its per-plant records, and print them; runs nothing")
     parser.add_argument("--part", default="drift,canary,feedback", help="drift, canary, feedback (comma-separated)")
     parser.add_argument("--answer-share", type=float, default=1.0, help="share of a part's alarms the operator answers")
     parser.add_argument("--flip", type=float, default=0.10, help="share of the operator's answers that are wrong")
@@ -385,9 +412,15 @@ def main() -> None:
 
         path = RESULTS / f"{args.out}.json"
         payload = json.loads(path.read_text())
-        payload["drift"]["summary"] = summarise(payload["drift"]["plants"])
+        if "drift" in payload:
+            payload["drift"]["summary"] = summarise(payload["drift"]["plants"])
+            print(json.dumps(payload["drift"]["summary"], indent=1))
+        if "feedback" in payload:
+            payload["feedback"]["summary"] = summarise_feedback(payload["feedback"]["plants"])
+            print(json.dumps({run: {k: v for k, v in figures.items() if k != "per_unit"} | {
+                "per_unit": {k: v for k, v in figures["per_unit"].items() if k != "units"}}
+                for run, figures in payload["feedback"]["summary"].items()}, indent=1))
         path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-        print(json.dumps(payload["drift"]["summary"], indent=1))
         return
     args.size = [float(z) for z in str(args.size).split(",")]
     from bench._common import RESULTS
