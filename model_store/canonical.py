@@ -7,19 +7,50 @@ the plant's schema (:mod:`model_store.schema`).
 """
 from __future__ import annotations
 
+import math
+import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from model_store.errors import DataError
-from model_store.mapping import map_frame
+from model_store.mapping import Refusal, lot_day_value, map_frame, short_repr
 from model_store.schema import LABEL, MAKER, PlantSchema
 
 
 def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
     index = int(np.flatnonzero(bad)[0])
-    return f"row {index + 1} (value {frame[column].iloc[index]!r})"
+    value = frame[column].iloc[index]
+    if isinstance(value, np.generic):  # the plant's value, not numpy's repr of it (np.int64(-5))
+        value = value.item()
+    return f"row {index + 1} (value {value!r})"
+
+
+def _name_key(name: Any) -> str:
+    """How a column name is compared with the schema's: Unicode NFC (an 'ü' typed on one system and
+    exported as 'u' + combining diaeresis on another are one name), outer spaces ignored."""
+    return unicodedata.normalize("NFC", str(name)).strip()
+
+
+def align_columns(frame: pd.DataFrame, names: Iterable[str], source: str) -> pd.DataFrame:
+    """``frame`` with each column that is one of ``names`` but for Unicode normalisation or outer
+    spaces renamed to the schema's spelling; two columns that would take one name are refused."""
+    wanted = {_name_key(n): n for n in names}
+    rename: dict[Any, str] = {}
+    taken: dict[str, Any] = {}
+    for column in frame.columns:
+        target = wanted.get(_name_key(column))
+        if target is None:
+            continue
+        if target in taken:
+            raise DataError(f"{source}: columns {taken[target]!r} and {column!r} both read as {target!r} "
+                            f"(they differ only in spaces or Unicode form); keep one")
+        taken[target] = column
+        if column != target:
+            rename[column] = target
+    return frame.rename(columns=rename) if rename else frame
 
 
 def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "records") -> pd.DataFrame:
@@ -31,6 +62,9 @@ def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "r
     """
     if frame.empty:
         raise DataError(f"{source}: no rows; expected production records with columns {schema.record_id}, {schema.timestamp}, ...")
+    frame = align_columns(frame, [schema.record_id, schema.timestamp, schema.facility, schema.item,
+                                  *(c for c in (schema.maker_column, schema.lot_date, schema.label) if c),
+                                  *schema.numeric_fields], source)
     needed = [schema.record_id, schema.timestamp, schema.facility, schema.item]
     if schema.maker_column:
         needed.append(schema.maker_column)
@@ -56,12 +90,23 @@ def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "r
     return out
 
 
+def repeated_records(records: pd.DataFrame) -> tuple[pd.DataFrame, int, list[str]]:
+    """(``records`` without rows that repeat an earlier row exactly, how many were left out, the
+    record ids still shared by different shots)."""
+    exact = records.duplicated(keep="first").to_numpy()
+    kept = records[~exact].reset_index(drop=True) if exact.any() else records
+    shared = kept["record_id"][kept["record_id"].duplicated(keep=False)]
+    return kept, int(exact.sum()), [str(v) for v in pd.unique(shared)]
+
+
 def _refused_row(schema: PlantSchema, index: int, error: Any) -> str:
     """An offline refusal: the column, the row (1-based) and its value, then the rule's words."""
     column, at = error.column, f"row {index + 1}"
     if error.reason == "missing_field":
         return f"column {column!r} is empty at {at}; every record needs it"
-    value = f"(value {error.value!r})" if len(repr(error.value)) <= 120 else f"(value of {len(repr(error.value))} characters)"
+    shown = repr(error.value)
+    length = len(error.value) if isinstance(error.value, str) else len(shown)  # the plant's characters, not the quotes
+    value = f"(value {shown})" if len(shown) <= 120 else f"(value of {length:,} characters)"
     if error.reason == "unknown_maker":
         return f"unknown maker in column {column!r}, {at} {value}; the schema defines {', '.join(schema.makers)}"
     if column == schema.timestamp:
@@ -90,17 +135,28 @@ def canonical_lots(frame: pd.DataFrame, schema: PlantSchema, source: str = "lots
     if frame.empty:
         raise DataError(f"{source}: no rows; expected daily lots with columns {', '.join(schema.lot_columns.values())}")
     rename = {v: k for k, v in schema.lot_columns.items()}
+    frame = align_columns(frame, schema.lot_columns.values(), source)
     missing = [v for v in schema.lot_columns.values() if v not in frame.columns]
     if missing:
         raise DataError(f"{source}: missing column {missing[0]!r}; lots need {', '.join(schema.lot_columns.values())}")
     lots = frame[list(rename)].rename(columns=rename).copy()
-    lots["facility"] = lots["facility"].astype(str)
-    lots["item"] = lots["item"].astype(str)
-    dates = pd.to_datetime(lots["lot_date"], errors="coerce")
-    if dates.isna().any():
-        raise DataError(f"{source}: column {schema.lot_columns['lot_date']!r} must hold dates; "
-                        f"{_first_bad_row(lots, 'lot_date', dates.isna().to_numpy())}")
-    lots["lot_date"] = dates.dt.strftime("%Y-%m-%d")
+    for key in ("facility", "item"):
+        # the records' rule for names (model_store.mapping.name_value): text, trimmed, never empty
+        names = lots[key].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+        empty = names.isna().to_numpy() | (names == "").to_numpy()
+        if empty.any():
+            raise DataError(f"{source}: column {schema.lot_columns[key]!r} is empty at row {int(np.flatnonzero(empty)[0]) + 1}; "
+                            f"every lot names its {key}")
+        lots[key] = names
+    days = []
+    for index, value in enumerate(lots["lot_date"].tolist()):
+        try:
+            days.append(lot_day_value(value, schema.lot_date_format))
+        except Refusal as refusal:
+            quoted = f" (value {short_repr(value)})" if refusal.quote else ""
+            raise DataError(f"{source}: column {schema.lot_columns['lot_date']!r} must hold dates; row {index + 1}"
+                            f"{quoted} {refusal.message}") from None
+    lots["lot_date"] = days
     for col in ("good_qty", "bad_qty"):
         qty = pd.to_numeric(lots[col], errors="coerce")
         bad = qty.isna().to_numpy() | (qty.fillna(0) < 0).to_numpy()

@@ -242,6 +242,7 @@ def time_value(value: Any, fmt: str | None = None) -> datetime:
     raise Refusal(INVALID_FIELD, "expected a BSON date or an ISO 8601 string")
 
 
+_TWO_DIGIT_YEAR = re.compile(r"^\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2}(?:\D|$)")
 _DAY_MONTH = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)")
 
 
@@ -424,9 +425,69 @@ def _place(out: np.ndarray, rows: list[int], us: np.ndarray, values: Sequence[An
         out[rows[k]] = 0
 
 
-def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray) -> list[str]:
-    """``YYYY-MM-DD`` of the lot date where one parses (:func:`time_value`), else of the timestamp
-    (lenient on purpose: a lot date is a hint, the timestamp decides)."""
+LOT_DATE_AMBIGUOUS = ("is ambiguous (day or month first?); write ISO 8601 (2026-01-05) or name the plant's format in the "
+                      "schema (lot_date_format: \"%d.%m.%Y\")")
+
+
+def lot_day_value(value: Any, fmt: str | None = None) -> str:
+    """A lot date as ``YYYY-MM-DD``, strictly (the lot table's rule): dates and date-times (the
+    day as written, never shifted to UTC), ISO 8601 text, text in ``fmt``, other unambiguous
+    text; text that reads both day first and month first is refused without ``fmt`` (a
+    day-first plant would otherwise get silently wrong lots), and so are numbers."""
+    if isinstance(value, np.datetime64):
+        value = None if np.isnat(value) else pd.Timestamp(value).to_pydatetime()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is ABSENT or value is pd.NaT or (isinstance(value, float) and math.isnan(value)) \
+            or (isinstance(value, str) and not value.strip()):
+        raise Refusal(MISSING_FIELD, "is empty; every lot needs its date", quote=False)
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if not isinstance(value, str):
+        raise Refusal(INVALID_FIELD, "is not a date; write ISO 8601 (2026-01-05) or text in the schema's lot_date_format")
+    text = value.strip()
+    if len(text) > MAX_SCALAR_TEXT:
+        raise Refusal(INVALID_FIELD, f"is {len(text)} characters long; not a date")
+    try:
+        return datetime.fromisoformat(text).date().isoformat()
+    except ValueError:
+        pass
+    if fmt:
+        try:
+            return datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            raise Refusal(INVALID_FIELD, f"is not a date in the schema's lot_date_format {fmt!r}") from None
+    if _ambiguous_day_month(text):
+        raise Refusal(INVALID_FIELD, LOT_DATE_AMBIGUOUS)
+    if _TWO_DIGIT_YEAR.match(text):
+        raise Refusal(INVALID_FIELD, "has a two-digit year (which century?); write ISO 8601 (2026-01-05) or name the "
+                                     "plant's format in the schema (lot_date_format: \"%d.%m.%y\")")
+    try:
+        parsed = pd.Timestamp(text)
+    except Exception:  # noqa: BLE001 - pandas raises many types for unparseable text
+        parsed = pd.NaT
+    if pd.isna(parsed):
+        raise Refusal(INVALID_FIELD, "is not a date; write ISO 8601 (2026-01-05) or name the plant's format in the schema "
+                                     "(lot_date_format: \"%d.%m.%Y\")")
+    return str(parsed.date().isoformat())
+
+
+def lot_date_refusals(values: Sequence[Any], column: str, errors: Errors, fmt: str | None) -> None:
+    """Records whose lot date is text that reads both day first and month first (no ``fmt``):
+    refused, as a timestamp would be, instead of silently taking one reading."""
+    if fmt or (isinstance(values, np.ndarray) and values.dtype.kind == "M"):
+        return
+    for i, value in enumerate(values):
+        if type(value) is str and _ambiguous_day_month(value.strip()):
+            errors[i] = FieldError(column, INVALID_FIELD, LOT_DATE_AMBIGUOUS, value)
+
+
+def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray, fmt: str | None = None) -> list[str]:
+    """``YYYY-MM-DD`` of the lot date where one parses (:func:`time_value`, or ``fmt``), else of
+    the timestamp (lenient on purpose: a lot date is a hint, the timestamp decides; an ambiguous
+    one was refused by :func:`lot_date_refusals`)."""
     days: list[str] = np.datetime_as_string(stamps_us.astype("datetime64[us]"), unit="D").tolist()
     if values is None:
         return days
@@ -443,6 +504,12 @@ def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray) -> list[
                 stamp = None
             if stamp is not None and stamp.tzinfo is None and TS_MIN <= stamp <= TS_MAX:
                 days[i] = stamp.date().isoformat()
+                continue
+            if fmt and stamp is None:
+                try:
+                    days[i] = datetime.strptime(value.strip(), fmt).date().isoformat()
+                except ValueError:
+                    pass
                 continue
         try:
             days[i] = time_value(value).date().isoformat()
@@ -474,6 +541,8 @@ def map_columns(columns: Mapping[str, Sequence[Any]], n: int, schema: PlantSchem
     else:
         makers = [schema.maker_constant] * n
     numbers = [number_column(take(name), name, errs()) for name in schema.numeric_fields]
+    if schema.lot_date:
+        lot_date_refusals(take(schema.lot_date), schema.lot_date, errs(), schema.lot_date_format)
 
     errors: dict[int, list[FieldError]] = {}
     for field_errors in per_field:
@@ -498,7 +567,7 @@ def map_columns(columns: Mapping[str, Sequence[Any]], n: int, schema: PlantSchem
         MAKER: _objects(pick(makers)),
         FACILITY: _objects(pick(facilities)),
         ITEM: _objects(pick(items)),
-        LOT_DATE: _objects(lot_day_column(lot_values, stamps)),
+        LOT_DATE: _objects(lot_day_column(lot_values, stamps, schema.lot_date_format)),
     }
     for name, values in zip(schema.numeric_fields, numbers):
         data[name] = np.asarray(values if keep is None else values[rows], dtype=float)

@@ -58,6 +58,9 @@ class PlantSchema:
     lot_date: str | None = None
     label: str | None = None
     timestamp_format: str | None = None
+    # strptime format of lot dates (records' lot_date column and the lot table), e.g. "%d.%m.%Y";
+    # without it a lot date that reads both day first and month first is refused
+    lot_date_format: str | None = None
     lot_columns: Mapping[str, str] = field(default_factory=lambda: {c: c for c in LOT_COLUMNS})
     source: str = "<memory>"
 
@@ -89,6 +92,8 @@ class PlantSchema:
             out["label"] = self.label
         if self.timestamp_format:
             out["timestamp_format"] = self.timestamp_format
+        if self.lot_date_format:
+            out["lot_date_format"] = self.lot_date_format
         return out
 
     def hash(self) -> str:
@@ -113,15 +118,22 @@ def _str_list(value: Any, where: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-SCHEMA_KEYS = ("name", "record_id", "timestamp", "timestamp_format", "facility", "item", "lot_date", "label", "maker",
-               "makers", "lots")
+SCHEMA_KEYS = ("name", "record_id", "timestamp", "timestamp_format", "facility", "item", "lot_date", "lot_date_format",
+               "label", "maker", "makers", "lots")
+MAKER_KEYS = ("settings", "production")
 
 
 def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchema:
     """Build and check a :class:`PlantSchema` from a parsed YAML/TOML mapping."""
     if not isinstance(raw, Mapping):
-        raise SchemaError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise SchemaError(f"{source}: expected a mapping at the top level, got {type(raw).__name__} (a schema names the "
+                          f"plant's columns: record_id, timestamp, facility, item, maker, makers; was a data file given as "
+                          f"--schema?)")
     unknown = [str(k) for k in raw if k not in SCHEMA_KEYS]
+    if unknown and "makers" not in raw and len(unknown) >= len(raw) - len(unknown):  # mostly other keys, no makers
+        raise SchemaError(f"{source}: not a plant schema (it has no 'makers' and mostly other keys: "
+                          f"{', '.join(repr(k) for k in unknown[:3])}{' ...' if len(unknown) > 3 else ''}): was a record, "
+                          f"a store manifest or another file given as --schema?")
     if unknown:
         close = difflib.get_close_matches(unknown[0], SCHEMA_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; the keys are {', '.join(SCHEMA_KEYS)}"
@@ -142,6 +154,11 @@ def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchem
     for maker, spec in makers_raw.items():
         if not isinstance(spec, Mapping):
             raise SchemaError(f"{source}: makers.{maker} must have 'settings' and 'production' lists")
+        unknown_fields = [str(k) for k in spec if k not in MAKER_KEYS]
+        if unknown_fields:
+            close = difflib.get_close_matches(unknown_fields[0], MAKER_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else "; a maker has 'settings' and 'production'"
+            raise SchemaError(f"{source}: unknown key {unknown_fields[0]!r} in makers.{maker}{hint}")
         settings = _str_list(spec.get("settings"), f"makers.{maker}.settings", source)
         production = _str_list(spec.get("production"), f"makers.{maker}.production", source)
         if not settings or not production:
@@ -159,7 +176,7 @@ def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchem
     lot_columns = {c: str(lots_raw.get(c, c)) for c in LOT_COLUMNS}
 
     optional = {}
-    for key in ("lot_date", "label", "timestamp_format"):
+    for key in ("lot_date", "label", "timestamp_format", "lot_date_format"):
         if raw.get(key) is not None:
             optional[key] = _require_str(raw, key, source)
     return PlantSchema(
@@ -180,6 +197,10 @@ def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchem
 def load_schema(path: str | Path) -> PlantSchema:
     """Read a plant schema from a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".toml"))
+        hint = f" (it holds {', '.join(inside[:3])}: give that file)" if inside else ""
+        raise SchemaError(f"{path}: is a directory; --schema takes the plant's schema file{hint}")
     if not path.is_file():
         raise SchemaError(f"{path}: schema file not found")
     try:

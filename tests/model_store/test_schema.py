@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,20 @@ def test_a_misspelt_key_is_named_with_the_key_it_resembles() -> None:
         parse_schema({**{k: v for k, v in raw.items() if k != "recordid"}, "record_id": "a", "zzz": 1}, source="plant.yaml")
 
 
+def test_a_misspelt_key_inside_a_maker_is_named_too() -> None:
+    raw = {"record_id": "a", "timestamp": "b", "facility": "c", "item": "d", "maker": {"constant": "A"},
+           "makers": {"A": {"setings": ["x"], "settings": ["w"], "production": ["y"]}}}
+    with pytest.raises(SchemaError, match=r"plant.yaml: unknown key 'setings' in makers.A \(did you mean 'settings'\?\)"):
+        parse_schema(raw, source="plant.yaml")
+
+
+def test_a_lot_date_format_is_a_role_of_the_schema() -> None:
+    schema = parse_schema({**two_maker_schema().to_dict(), "lot_date_format": "%d.%m.%Y"})
+    assert schema.lot_date_format == "%d.%m.%Y"
+    assert parse_schema(schema.to_dict()).lot_date_format == "%d.%m.%Y"
+    assert schema.hash() != two_maker_schema().hash()  # it changes which lot a record belongs to
+
+
 @pytest.mark.parametrize(("text", "suffix", "expected"), [
     ("maker: [a\nfoo: : :\n", ".yaml",
      "line 2, column 4: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at line 1)"),
@@ -66,3 +81,26 @@ def test_a_schema_syntax_error_names_file_line_and_column(tmp_path, text: str, s
     with pytest.raises(SchemaError) as caught:
         load_schema(path)
     assert str(caught.value) == f"{path}{', ' if suffix == '.yaml' else ''}{expected}"
+
+
+@pytest.mark.parametrize(("content", "name", "expected"), [
+    ("shot_id,facility\n1,F1\n", "lots.csv", "expected a mapping at the top level, got str (a schema names the plant's "
+                                             "columns"),
+    ('{"shot_id": "S1", "facility": "F11", "cushion": 4.2}', "record.json",
+     "not a plant schema (it has no 'makers' and mostly other keys: 'shot_id', 'cushion'): was a record, a store "
+     "manifest or another file given as --schema?"),
+    ('{"store_format": 5, "model_version": "v1", "groups": [], "schema": {}}', "manifest.json",
+     "not a plant schema (it has no 'makers' and mostly other keys: 'store_format', 'model_version', 'groups' ...)"),
+])
+def test_a_file_that_is_not_a_schema_says_so(tmp_path: Path, content: str, name: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(SchemaError, match=re.escape(expected)):
+        load_schema(path)
+
+
+def test_a_folder_given_as_schema_points_at_the_schema_inside(tmp_path: Path) -> None:
+    (tmp_path / "schema.yaml").write_text("name: x\n")
+    with pytest.raises(SchemaError, match=re.escape(f"{tmp_path}: is a directory; --schema takes the plant's schema file "
+                                                    f"(it holds schema.yaml: give that file)")):
+        load_schema(tmp_path)
