@@ -173,4 +173,4 @@ def history_figures(frame: pd.DataFrame, lot_rate: np.ndarray, batch: ScoredBatc
         }
     return {"groups": per_group, "paths": per_path,
             "alarm_rate": float(batch.anomaly[scored].mean()) if scored.any() else None,
-            "lot_defect_rate": float(np.nanmean(lot_rate[scored])) if scored.any() else None}
+            "lot_defect_rate": float(np.nanmean(lot_rate[scored])) if np.isfinite(lot_rate[scored]).any() else None}

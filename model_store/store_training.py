@@ -59,16 +59,45 @@ def prepare(records: pd.DataFrame, lots: pd.DataFrame, schema: PlantSchema, conf
     for maker in makers:
         fields = schema.makers[maker].settings
         sub = records[records["maker"] == maker]
+        production = [f for f in schema.makers[maker].production if f in sub.columns]
+        measured = sub[production].notna().to_numpy().any(axis=1)
+        if not measured.any():
+            raise DataError(f"records: none of maker {maker!r}'s production fields ({', '.join(production)}) holds a value "
+                            f"in its {len(sub):,} records; check the schema's maker column or constant and the makers' "
+                            f"field names")
+        blank = pd.Series(measured).groupby(sub["facility"].to_numpy()).any()
+        if not blank.all():
+            facility = str(blank.index[~blank.to_numpy()][0])
+            rows = int((sub["facility"] == facility).sum())
+            raise DataError(f"records: facility {facility!r} is of maker {maker!r}, but none of that maker's production "
+                            f"fields ({', '.join(production)}) holds a value in its {rows:,} records; check its maker (the "
+                            f"schema's maker column or constant), or leave that machine's records out")
         sub, _ = impute_state(sub, ["item", *fields], fallback={}, backward=True)
         models[maker] = fit_setting_model(maker, fields, sub[list(fields)].to_numpy(dtype=float), config.grouping, config.model.seed)
         frames.append(sub)
     imputed = pd.concat(frames).sort_index()
     imputed["cluster"], _ = cluster_rows(imputed, models)
     rates = row_lot_rates(imputed, lot_defect_rates(lots))
+    if len(rates) and not np.isfinite(rates).any():
+        raise DataError(no_lot_matches(imputed, lots))
     table = group_table(imputed, rates, config.grouping)
     parts, part_rows = part_groups(imputed, rates, config.grouping)
     table = pd.concat([table, parts], ignore_index=True) if len(parts) else table
     return PreparedData(imputed, models, table, rates, part_rows)
+
+
+def no_lot_matches(records: pd.DataFrame, lots: pd.DataFrame) -> str:
+    """Why no record found its lot: what each side names, side by side, so that a lots file of
+    another period, other machine names or other dates shows at a glance."""
+    def span(frame: pd.DataFrame) -> str:
+        days = frame["lot_date"].dropna().astype(str)
+        names = sorted(frame["facility"].dropna().astype(str).unique())
+        shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"{days.min()} to {days.max()}, facilities {shown}" if len(days) else f"no dates, facilities {shown}"
+
+    return (f"lots: none of the {len(lots):,} lot rows matches a record's (facility, item, lot date), so no group's "
+            f"defect rate is known. Records: {span(records)}; lots: {span(lots)}. Give the lots of the same days and "
+            f"machines, with the same names (the schema's 'lots:' block renames its columns)")
 
 
 def facility_defaults(records: pd.DataFrame, schema: PlantSchema) -> dict[str, dict[str, Any]]:

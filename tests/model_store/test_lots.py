@@ -69,3 +69,13 @@ def test_rates_match_totals_per_lot(rows):
         assert (sub["good_qty"].item(), sub["bad_qty"].item()) == (good, bad)
         assert (math.isnan(rate) if good + bad == 0 else rate == bad / (good + bad))
     assert len(rates) == len({r[:3] for r in rows})
+
+
+def test_lot_coverage_counts_lots_that_meet_a_record_and_records_that_meet_a_lot():
+    from model_store.lots import lot_coverage
+
+    records = pd.DataFrame({"facility": ["F1", "F1", "F1", "F2"], "item": ["A", "A", "A", "B"],
+                            "lot_date": ["2026-01-01", "2026-01-01", "2026-01-02", "2026-01-01"]})
+    lots = pd.DataFrame({"facility": ["F1", "F1", "F9"], "item": ["A", "A", "A"],
+                         "lot_date": ["2026-01-01", "2026-01-01", "2026-01-01"]})  # a lot exported twice counts once
+    assert lot_coverage(records, lots) == (1, 2, 0.5)  # F1/A/01-01 matches; 2 of 4 records have their lot
