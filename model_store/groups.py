@@ -5,6 +5,7 @@ the others are kept to measure the models on; groups too small for any model are
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,14 @@ class GroupKey:
 
 
 def slug(text: str) -> str:
-    """A name made safe for paths and URLs (every other character becomes '_')."""
-    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in str(text))
+    """A name made safe for paths and URLs, one to one: every character but letters, digits, '-'
+    and '.' becomes '_', and a name that this changed gets '~' and 8 hex digits of its SHA-1, so
+    that 'H1 M01' and 'H1_M01' (two machines of one plant) never share a group id or a folder."""
+    text = str(text)
+    safe = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in text)
+    if safe == text:
+        return safe
+    return f"{safe}~{hashlib.sha1(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def cluster_rows(records: pd.DataFrame, models: dict[str, SettingModel]) -> tuple[np.ndarray, np.ndarray]:

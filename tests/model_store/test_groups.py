@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from model_store.config import GroupingConfig
 from model_store.groups import (
@@ -21,6 +23,7 @@ from model_store.groups import (
     cluster_rows,
     group_table,
     part_groups,
+    slug,
 )
 from model_store.serving.clusters import SettingModel
 
@@ -143,14 +146,24 @@ def test_cluster_rows_of_a_maker_without_records():
 # -- GroupKey -----------------------------------------------------------------------------------
 def test_group_id_is_filesystem_safe_and_stable():
     key = GroupKey("LS Mtron", "F/07", "ITM.12-a", np.int64(3))
-    assert key.id == "LS_Mtron__F_07__ITM.12-a__c3"
+    assert key.id == "LS_Mtron~6f87bb83__F_07~72ec37f9__ITM.12-a__c3"
     assert key.to_dict() == {"maker": "LS Mtron", "facility": "F/07", "item": "ITM.12-a", "cluster": 3}
     assert type(key.to_dict()["cluster"]) is int
 
 
-@pytest.mark.parametrize("text, slug", [("a b", "a_b"), ("ü", "ü"), ("x:y*z", "x_y_z"), ("..", ".."), ("_", "_")])
+@pytest.mark.parametrize("text, slug", [("a b", "a_b~7dbde935"), ("ü", "ü"), ("x:y*z", "x_y_z~50b3850a"), ("..", ".."),
+                                        ("_", "_"), ("H1_M01", "H1_M01"), ("H1 M01", "H1_M01~931e95c8")])
 def test_group_id_slugs(text, slug):
+    # a name the slug changes carries its hash: 'H1 M01' and 'H1_M01' are two machines, two ids
     assert GroupKey(text, "f", "i", 0).id == f"{slug}__f__i__c0"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.text(max_size=12))
+def test_distinct_names_never_share_a_slug(first, second):
+    assume(first != second)
+    assert slug(first) != slug(second)
+    assert all(ch.isalnum() or ch in "-._~" for ch in slug(first))
 
 
 # -- part_groups: the boundaries tests/model_store/test_part_groups.py leaves open ----------------

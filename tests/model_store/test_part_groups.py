@@ -59,5 +59,5 @@ def test_rows_without_item_or_lot_are_left_out() -> None:
 
 
 def test_pooled_group_id() -> None:
-    assert GroupKey("M", "F 1", "I/1", PART_CLUSTER).id == "M__F_1__I_1__all"
+    assert GroupKey("M", "F 1", "I/1", PART_CLUSTER).id == "M__F_1~e8c5caca__I_1~f59da6c6__all"
     assert GroupKey("M", "F1", "I1", 3).id == "M__F1__I1__c3"
