@@ -68,6 +68,10 @@ SETTING_MAGNITUDE_SHARE = 0.5
 # a central spread and an excursion tolerance of this (see TableSet.of).
 RESIDUAL_UNIT = 1.0
 EXCURSION_CAP = 1e9  # a finite ratio for the verdict however absurd the value
+# Tolerances beyond what a part (or its maker) ever produced past which a value alarms however
+# new its setting and however long it lasts: no set point makes a cushion of 1e12 or inf, so the
+# shots before it (the running baseline) must not be able to make it normal.
+ABSURD_EXCURSION_RATIO = 100.0
 
 
 def part_keys(facility: np.ndarray, item: np.ndarray) -> np.ndarray:
@@ -300,6 +304,7 @@ class ConditionalUnit:
     # (excursions.lasting_rank) instead of its whole ratio. False: a store from before it.
     lasting_at_line: bool = LEGACY_LASTING_AT_LINE
     baseline_shift_run: int = LEGACY_BASELINE_SHIFT_RUN  # shots of a level shift the baseline jumps to (0: off)
+    absurd_ratio: float = ABSURD_EXCURSION_RATIO  # a rule of the scorer, not of the store: not in its files
 
     def z(self, settings: np.ndarray, keys: np.ndarray, production: np.ndarray) -> np.ndarray:
         codes = self.levels.codes(keys)
@@ -465,7 +470,10 @@ class ConditionalUnit:
         shots before it can. Within the part's own setting range the raw and residual bands are
         trusted alone for a value ``lasting_ratio`` tolerances out or more, so such an excursion
         keeps alarming however long it lasts; a smaller one must stand out from the last shots
-        too (a lasting small shift is the plant's new normal until its lots say otherwise)."""
+        too (a lasting small shift is the plant's new normal until its lots say otherwise). At any
+        setting, a value ``absurd_ratio`` tolerances out or more on both bands of a part with a raw
+        table, or at ``EXCURSION_CAP`` for any part, alarms on the bands alone at its whole ratio:
+        no set point explains it."""
         ratio, _, _ = self._excursion_ratios(keys, production, z, d, settings)
         return ratio.max(axis=1) if ratio.shape[1] else np.zeros(len(keys))
 
@@ -483,17 +491,23 @@ class ConditionalUnit:
         names, inverse = _distinct(keys)
         ratio = self.residual_set.band_ratios(self.residual_set.lookup(names, FALLBACK)[inverse], z)
         outside = ratio > 0
+        # no setting explains it: a value at the cap (inf, 1e300) anywhere; for a part with its raw
+        # table, one absurd_ratio tolerances beyond what the part ever produced (a part without one,
+        # a new mould, may sit hundreds of residual spreads from the maker's response, legitimately)
+        absurd = ratio >= EXCURSION_CAP
         raw_table = self.raw_set.lookup(names)[inverse]
         with_raw = np.flatnonzero(raw_table >= 0)
         if len(with_raw):
             raw = self.raw_set.band_ratios(raw_table[with_raw], production[with_raw])
             outside[with_raw] = raw > 0
             ratio[with_raw] = np.minimum(ratio[with_raw], raw)
+            absurd[with_raw] = ratio[with_raw] >= self.absurd_ratio
         if d is not None:
             settled = np.minimum(ratio, self.neighbour_set.band_ratios(self.neighbour_set.lookup(names, FALLBACK)[inverse], d))
             known = self._within_history(names, inverse, settings) if settings is not None else np.zeros(len(keys), dtype=bool)
             lasting = known[:, None] & (ratio >= self.lasting_ratio)
-            return np.where(lasting, ratio, settled), outside, lasting & (settled <= 1.0) & (ratio > 1.0)
+            return (np.where(lasting | absurd, ratio, settled), outside,
+                    lasting & ~absurd & (settled <= 1.0) & (ratio > 1.0))
         return ratio, outside, np.zeros(ratio.shape, dtype=bool)
 
     def outside_history(self, keys: np.ndarray, settings: np.ndarray) -> np.ndarray:
