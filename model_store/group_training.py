@@ -144,8 +144,11 @@ def init_worker() -> None:
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from model_store.models.quiet import ignore_benign_numpy_warnings, import_tensorflow
+
+    ignore_benign_numpy_warnings()
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -9,11 +9,15 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras
-import numpy as np
-from keras import layers, ops
+from model_store.models.quiet import import_tensorflow
 
-from model_store.serving.forward import DenseLayer, ForwardNet, MemoryLayer
+import_tensorflow()  # before keras: its start-up lines would reach the user's terminal
+
+import keras  # noqa: E402 - after the muted TensorFlow import above
+import numpy as np  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from model_store.serving.forward import DenseLayer, ForwardNet, MemoryLayer  # noqa: E402
 
 _EPS = 1e-12
 
