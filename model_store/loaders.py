@@ -36,6 +36,11 @@ def is_postgres(source: str) -> bool:
     return str(source).startswith(("postgresql://", "postgres://"))
 
 
+def json_hint(path: Path | str) -> str:
+    """For JSON records, the way in that exists: ``score --records -`` reads them on stdin."""
+    return f" (JSON records: moldwatch score --records - < {path})" if str(path).lower().endswith((".json", ".jsonl")) else ""
+
+
 def read_table(source: str | Path, query: str | None = None) -> pd.DataFrame:
     """``source``: a .csv/.csv.gz/.parquet file, a directory of Parquet files, or a PostgreSQL URI.
 
@@ -58,7 +63,7 @@ def read_table(source: str | Path, query: str | None = None) -> pd.DataFrame:
         elif suffixes.endswith((".csv", ".csv.gz")):
             frame = pd.read_csv(path, low_memory=False)
         else:
-            raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet or a PostgreSQL URI")
+            raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet or a PostgreSQL URI{json_hint(path)}")
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header row and records") from None
     except (OSError, ValueError) as exc:
@@ -132,7 +137,8 @@ def iter_table(
         elif suffixes.endswith((".csv", ".csv.gz")):
             pieces = iter_csv(path, rows, columns)
         else:
-            raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet, a folder of Parquet files or a PostgreSQL URI")
+            raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz, .parquet, a folder of Parquet files or a "
+                            f"PostgreSQL URI{json_hint(path)}")
     empty = True
     for piece in pieces:
         if len(piece):

@@ -47,6 +47,18 @@ def new_model_version(schema_hash: str) -> str:
     return f"{stamp}-{schema_hash[:8]}-{uuid.uuid4().hex[:6]}"
 
 
+def check_store_target(target: str | Path) -> None:
+    """Refuse a place a store cannot go, before hours of training: a file, a folder holding
+    something else, or a path through a file."""
+    target = Path(target)
+    for parent in [target, *target.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "exists and is not a directory" if parent == target else f"is inside {parent}, which is a file"
+            raise StoreError(f"{target}: {what}; choose an empty or new directory for the store")
+    if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
+        raise StoreError(f"{target}: exists and is not a model store; choose an empty or new directory")
+
+
 class StoreStaging:
     """A staging directory that becomes the store only when :meth:`commit` succeeds.
 
@@ -56,9 +68,11 @@ class StoreStaging:
 
     def __init__(self, target: str | Path):
         self.target = Path(target).resolve()
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        if self.target.exists() and not (self.target / MANIFEST).is_file() and any(self.target.iterdir()):
-            raise StoreError(f"{self.target}: exists and is not a model store; choose an empty or new directory")
+        check_store_target(self.target)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.target.parent}: cannot create the store's folder ({exc.strerror or exc})") from None
         self.path = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
         self.path.mkdir()
 

@@ -95,6 +95,10 @@ def simulate(
 
     if fmt not in ("parquet", "csv", "parquet-dataset"):
         raise MoldwatchError(f"--format {fmt!r}: expected parquet, csv or parquet-dataset")
+    for folder in [out, *out.parents]:
+        if folder.exists() and not folder.is_dir():
+            raise MoldwatchError(f"--out {out}: {'exists and is not a directory' if folder == out else f'{folder} is a file'}; "
+                                 f"choose a directory for the plant")
     started = time.perf_counter()
     config = SimulationConfig(seed=seed, days=days, facilities=facilities, items=items, shots=shots, missing_rate=missing_rate)
     if fmt == "parquet-dataset":
@@ -161,6 +165,9 @@ def train(
     check_names(overrides, names(TrainingConfig()), "train")
     if cluster is not None:  # before the long read of the history: a missing Dask or a bad value is one line now
         check_cluster(cluster)
+    from model_store.store import check_store_target
+
+    check_store_target(store)  # a store that cannot be written is one line now, not after the training
     plant = load_schema(schema)
     if workers:
         overrides["workers"] = str(workers)
@@ -178,11 +185,16 @@ def train(
         frame = canonical_records(read_table(records, records_query), plant, source=str(records))
         lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
     console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
+    frame = _without_repeated_records(frame)
+    _print_lot_coverage(frame, lot_frame)
     if feedback is not None:
         confirmed = frame["record_id"].astype(str).isin(defects)
         frame = frame[~confirmed].reset_index(drop=True)
         console.print(f"Left out {int(confirmed.sum()):,} shots operators confirmed as defects ({len(defects):,} in "
                       f"{feedback}; the others are not in these records).")
+    from model_store.models.quiet import ignore_benign_numpy_warnings
+
+    ignore_benign_numpy_warnings()
     with open_dispatcher(cluster, config.workers, cluster_memory) as dispatcher, \
             progress_bar(console) as progress:
         if cluster is not None:
@@ -196,6 +208,38 @@ def train(
         f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) in {manifest['training']['seconds']:.0f} s. "
         f"Report: {store / 'report.html'}"
     )
+
+
+def _without_repeated_records(frame: Any) -> Any:
+    """The history with each exactly repeated row once (an export run twice over one window would
+    otherwise weigh those shots double); a record id reused by different shots is kept and named."""
+    from model_store.canonical import repeated_records
+
+    kept, repeated, reused = repeated_records(frame)
+    if repeated:
+        console.print(f"[yellow]warning:[/] left out {repeated:,} rows that repeat an earlier row exactly (same record id "
+                      f"and values).", highlight=False, soft_wrap=True)
+    if reused:
+        example = ", ".join(repr(v) for v in reused[:3])
+        console.print(f"[yellow]warning:[/] {len(reused):,} record ids name more than one shot (e.g. {example}); record "
+                      f"ids should be unique per shot: verdicts for these shots cannot be told apart.",
+                      highlight=False, soft_wrap=True)
+    return kept
+
+
+LOT_COVERAGE_WARNING = 0.9  # share of records with their lot below which train warns
+
+
+def _print_lot_coverage(records: Any, lots: Any) -> None:
+    """How many lots match records: lots of other days or other machine names are otherwise silent."""
+    from model_store.lots import lot_coverage
+
+    matched, total, share = lot_coverage(records, lots)
+    if share >= LOT_COVERAGE_WARNING:  # a lots file longer than the records' window is normal
+        return
+    console.print(f"[yellow]warning:[/] only {share:.0%} of the records have their lot ({matched:,} of the {total:,} lots "
+                  f"match a record's facility, item and lot date). Records without a lot count for no group's defect "
+                  f"rate: check that both files name the machines, parts and days alike.", highlight=False, soft_wrap=True)
 
 
 def _stdin_records(stream: Any, schema: Any) -> Any:
@@ -271,6 +315,8 @@ def score(
     source = Path(records)
     if records != "-" and not is_postgres(records) and (source.is_dir() or source.suffix.lower() in (".parquet", ".pq")):
         require_train_extra("score on Parquet", ("pyarrow",))
+    if str(out) != "-" and out.is_dir():
+        raise MoldwatchError(f"--out {out}: is a directory; give the verdicts file's name (e.g. {out / 'verdicts.jsonl'})")
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
     book = read_line_book(lines) if lines is not None else None
@@ -288,20 +334,26 @@ def score(
     tmp = out.with_name(out.name + ".partial")
     counts = {"anomaly": 0, "unscorable": 0}
     memory: dict = {}
-    with progress_bar(console) as progress, (nullcontext(sys.stdout) if to_stdout else open(tmp, "w", encoding="utf-8")) as fh:
-        for start in range(0, len(frame), batch):
-            chunk = frame.iloc[start : start + batch]
-            scored = engine.score(chunk, memory=memory)
-            judge_with_book(scored, book, engine.model_version)
-            for verdict in to_verdicts(chunk, scored, engine.model_version):
-                fh.write(json.dumps(verdict, separators=(",", ":")) + "\n")
-            counts["anomaly"] += int(scored.anomaly.sum())
-            counts["unscorable"] += int((scored.resolution == "unscorable").sum())
-            progress("score", min(start + batch, len(frame)), len(frame))
-    if not to_stdout:
-        tmp.replace(out)
+    try:
+        with progress_bar(console) as progress, \
+                (nullcontext(sys.stdout) if to_stdout else open(tmp, "w", encoding="utf-8")) as fh:
+            for start in range(0, len(frame), batch):
+                chunk = frame.iloc[start : start + batch]
+                scored = engine.score(chunk, memory=memory)
+                judge_with_book(scored, book, engine.model_version)
+                for verdict in to_verdicts(chunk, scored, engine.model_version):
+                    fh.write(json.dumps(verdict, separators=(",", ":")) + "\n")
+                counts["anomaly"] += int(scored.anomaly.sum())
+                counts["unscorable"] += int((scored.resolution == "unscorable").sum())
+                progress("score", min(start + batch, len(frame)), len(frame))
+        if not to_stdout:
+            tmp.replace(out)
+    finally:
+        if not to_stdout:
+            tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file beside --out
     console.print(
-        f"Scored {len(frame):,} records: {counts['anomaly']:,} anomalies ({counts['anomaly'] / len(frame):.2%}), "
+        f"Scored {len(frame):,} record{'' if len(frame) == 1 else 's'}: {counts['anomaly']:,} anomalies "
+        f"({counts['anomaly'] / len(frame):.2%}), "
         f"{counts['unscorable']:,} unscorable -> {'stdout' if to_stdout else out}"
     )
 

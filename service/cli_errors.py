@@ -19,6 +19,10 @@ from rich.console import Console
 from model_store.errors import MoldwatchError
 
 console = Console(stderr=True)
+if not console.is_terminal:
+    # Piped into a file or a CI log: one line per message (rich would break lines at 80 columns,
+    # mid-path, and grep would miss them).
+    console.soft_wrap = True
 
 # What only the `train` extra installs (pyproject.toml). A base install, such as the worker image,
 # serves (`run`, `score` on CSV or JSON lines) but cannot train, build recipes, simulate, or read

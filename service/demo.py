@@ -88,7 +88,7 @@ def prepare_store(workdir: Path, retrain: bool) -> tuple[Any, Path]:
             console.print(f"Cannot reuse {store} ({exc}); training a new one.")
             retrain = True
     if retrain or not (store / "manifest.json").is_file():
-        console.print(f"Simulated {len(plant.records):,} shots of history; training the store (about a minute)...")
+        console.print(f"Simulated {len(plant.records):,} shots of history; training the store (2-3 minutes on 2 cores)...")
         records = canonical_records(plant.records, plant.schema)
         lots = canonical_lots(plant.lots, plant.schema)
         with progress_bar(console) as progress:
@@ -186,6 +186,9 @@ async def until_listening(worker: Any, worker_task: asyncio.Task[Any], timeout: 
     raise DemoError(f"the worker stopped before it listened: {reason} (another moldwatch on this port? try --http-port)")
 
 
+DEMO_MONGO_HEAP = "2g"
+
+
 async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, retrain: bool, defect_boost: float,
                    broken_share: float, log_path: Path | None = None, started: float | None = None) -> LiveStats:
     from pymongo import AsyncMongoClient
@@ -202,7 +205,9 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupted.set)
     stats = LiveStats(started=started or time.monotonic())
-    kafka, mongo = KafkaServer(), MongoServer()
+    # 2 GB: the in-memory MongoDB keeps every inserted shot and its oplog entry; 512 MB ran out
+    # (inserts slowed, then stalled) after ~55k shots, ~5 minutes at the default rate
+    kafka, mongo = KafkaServer(), MongoServer(heap=DEMO_MONGO_HEAP)
     # The servers start while the plant is simulated (and the store loaded or trained): a second
     # run shows verdicts within seconds, not after one step then the other.
     servers = asyncio.gather(asyncio.to_thread(kafka.start), asyncio.to_thread(mongo.start))
@@ -306,10 +311,11 @@ def demo(
     except KeyboardInterrupt:
         console.print("Stopped; servers shut down.")
         return
+    unanswered = stats.inserted - stats.verdicts - stats.dead_letters
     console.print(
-        f"Demo finished: {stats.verdicts:,} verdicts, {stats.anomalies:,} anomalies, {stats.dead_letters} dead letters; "
-        "servers shut down."
-    )
+        f"Demo finished: {stats.inserted:,} shots inserted, {stats.verdicts:,} verdicts, {stats.anomalies:,} anomalies, "
+        f"{stats.dead_letters} dead letters" + (f", {unanswered:,} without an outcome yet when it stopped" if unanswered > 0 else "")
+        + "; servers shut down.", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -139,6 +139,10 @@ def show(lines: Path = LINES_OPTION) -> None:
     """The lines in effect."""
     from service.line_book_file import read_line_book
 
+    if not lines.exists():
+        typer.echo(f"no line book at {lines}: every part is judged at its trained line ('moldwatch lines update' "
+                   f"writes one; check the path if you expected lines)")
+        return
     book = read_line_book(lines)
     typer.echo(f"version {book.version} for store {book.model_version} ({book.created_at}): {book.change}")
     if book.answers_since:

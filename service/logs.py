@@ -124,6 +124,19 @@ def configure_logging(
     # Chatty libraries: their INFO lines are connection churn, not events an operator acts on.
     for name in ("aiokafka", "pymongo", "uvicorn.access", "kafka"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    client = logging.getLogger("aiokafka.client")
+    if not any(isinstance(f, RetriedConnectionFilter) for f in client.filters):
+        client.addFilter(RetriedConnectionFilter())
+
+
+class RetriedConnectionFilter(logging.Filter):
+    """Drops aiokafka's "Unable connect to ..." ERROR lines: the worker retries that connection and
+    says so itself, once per retry, at warning (``kafka unreachable, retrying``, naming the address
+    and the cause, and /readyz says it too). Left in, every retry logs twice, the library's line at
+    a severity that pages someone for a broker that is merely starting."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and str(record.msg).startswith("Unable connect to"))
 
 
 def _identity(_: Any, __: str, event: EventDict) -> EventDict:

@@ -114,8 +114,10 @@ def not_shown_better(test: Difference) -> str | None:
     if not np.isfinite(test.upper):
         return ("it cannot be told apart from the rest of the item's history (it never ran apart from it, or one of "
                 "the two has no evidence)")
+    settings_word = "setting" if test.candidates == 1 else "settings"
     return (f"not shown better than the rest of the item's history: {test.picked:.2%} against {test.rest:.2%}, and the "
-            f"difference could be as high as {test.upper:+.2%} (interval corrected for {test.candidates} candidate settings)")
+            f"difference could be as high as {test.upper:+.2%} (interval corrected for {test.candidates} candidate "
+            f"{settings_word})")
 
 
 def difference_json(test: Difference) -> dict[str, float | int | bool | None]:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 LAUNCHER = PACKAGE_DIR / "MongoLauncher.java"
 # The in-memory server is small; a low fixed heap keeps it from competing
 # with Kafka and the tests on a 2-core machine.
-JAVA_OPTS = ["-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=true"]
+JAVA_OPTS = ["-Xms64m", "-XX:+UseSerialGC", "-Djava.awt.headless=true"]
+DEFAULT_HEAP = "512m"
 
 
 class MongoServer(DevServer):
@@ -39,8 +40,12 @@ class MongoServer(DevServer):
         workdir: Path | None = None,
         start_timeout_s: float = 60.0,
         tls: bool = False,
+        heap: str = DEFAULT_HEAP,
     ) -> None:
         self._java = require_tool("java", JAVA_HINT)  # before the temp dir exists
+        # The memory backend keeps every document and every oplog entry (what change streams read):
+        # a long run needs heap in proportion to what it inserted.
+        self.heap = heap
         super().__init__(port=port, workdir=workdir, start_timeout_s=start_timeout_s)
         self.tls = tls
         self.expired_port = free_port() if tls else None
@@ -91,7 +96,7 @@ class MongoServer(DevServer):
         # Java 11+ runs a single source file directly (compiled in memory).
         return [
             self._java,
-            *JAVA_OPTS,
+            *JAVA_OPTS, f"-Xmx{self.heap}",
             "-cp",
             MONGO_JARS.classpath,
             str(LAUNCHER),

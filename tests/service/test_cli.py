@@ -301,3 +301,39 @@ def test_run_without_a_usable_store_exits_2_and_its_log_says_so(tmp_path) -> Non
     stopped = [e for e in events if e.get("event") == "worker stopped"]
     assert stopped and stopped[-1]["exit_code"] == 2
     assert any(e.get("event") == "model store unusable; not starting" for e in events)
+
+
+def test_paths_that_cannot_be_written_are_one_line_before_any_work(plant_csv, tmp_path) -> None:
+    a_file = tmp_path / "notes.json"
+    a_file.write_text("{}")
+    train = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+                      "--lots", str(plant_csv["lots"]), "--store", str(a_file))
+    assert train.returncode == 2
+    assert f"{a_file}: exists and is not a directory; choose an empty or new directory for the store" in one_line_error(train)
+    assert "Read " not in train.stdout  # refused before the history was read
+    under = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+                      "--lots", str(plant_csv["lots"]), "--store", str(a_file / "store"))
+    assert f"is inside {a_file}, which is a file" in one_line_error(under)
+    simulate = moldwatch("simulate", "--out", str(a_file), "--shots", "2000", "--days", "2")
+    assert simulate.returncode == 2
+    assert f"--out {a_file}: exists and is not a directory; choose a directory for the plant" in one_line_error(simulate)
+
+
+def test_score_out_a_directory_and_json_records_given_as_a_file_say_what_to_do(trained_store, small_plant_files,
+                                                                                 tmp_path) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    scored = moldwatch("score", "--store", str(trained_store), "--records", str(small_plant_files["records"]),
+                       "--out", str(folder))
+    assert f"--out {folder}: is a directory; give the verdicts file's name" in one_line_error(scored)
+    assert list(folder.iterdir()) == [] and not (tmp_path / "runs.partial").exists()
+    record = tmp_path / "record.json"
+    record.write_text("{}")
+    wrong = moldwatch("score", "--store", str(trained_store), "--records", str(record), "--out", "-")
+    assert f"(JSON records: moldwatch score --records - < {record})" in one_line_error(wrong)
+
+
+def test_lines_show_of_a_missing_book_says_there_is_none(tmp_path) -> None:
+    shown = moldwatch("lines", "show", "--lines", str(tmp_path / "nonexist.json"))
+    assert shown.returncode == 0
+    assert "no line book at" in shown.stdout and "None (None)" not in shown.stdout

@@ -55,11 +55,24 @@ def readme_record() -> dict:
     return json.loads(block.group(1))
 
 
-def assert_judged(verdict: dict) -> None:
-    """The README's example is a normal shot of a setting its part ran: judged on its own history."""
+def readme_verdict_figures() -> dict[str, float]:
+    """The score and defect probability README shows for its example record (its verdict block)."""
+    block = re.search(r"Its verdict, against the walk-through store.*?```json\n(.*?)```", README.read_text(), re.S)
+    assert block, "README: the example record's verdict block follows 'Its verdict, against the walk-through store'"
+    return {key: float(re.search(rf'"{key}": ([0-9.e+-]+)', block.group(1)).group(1))  # type: ignore[union-attr]
+            for key in ("score", "defect_probability")}
+
+
+def assert_judged(verdict: dict, as_printed: bool = False) -> None:
+    """The README's example is a normal shot of a setting its part ran: judged on its own history;
+    ``as_printed``: with the figures README prints (a stale README fails here). Only a fresh
+    scorer gives those: the running worker's POST /score continues its parts' running baselines."""
     assert verdict["record_id"] == readme_record()["shot_id"]
     assert verdict["resolution"] in ("exact", "part"), verdict
     assert verdict["anomaly"] is False and verdict["imputed"] == [] and verdict["out_of_range"] == [], verdict
+    if as_printed:
+        for key, shown in readme_verdict_figures().items():
+            assert verdict[key] == pytest.approx(shown, rel=0.02), (key, verdict[key], shown)
 
 
 def test_the_readme_walk_through_simulates_the_demo_plant() -> None:
@@ -128,7 +141,7 @@ def test_demo_streams_verdicts_and_ctrl_c_leaves_nothing_running(tmp_path) -> No
                              "--out", "-"], input=json.dumps(readme_record()) + "\n", capture_output=True, text=True, timeout=300)
     assert scored.returncode == 0, scored.stderr
     (from_shell,) = [json.loads(line) for line in scored.stdout.splitlines()]
-    assert_judged(from_shell)
+    assert_judged(from_shell, as_printed=True)
     assert {k: from_shell[k] for k in ("resolution", "group_id", "anomaly")} == \
         {k: over_http[k] for k in ("resolution", "group_id", "anomaly")}  # one input rule, one answer
 

@@ -69,3 +69,21 @@ def test_a_closed_log_stream_does_not_raise_into_the_caller(capsys):
     structlog.get_logger("t").info("still scoring")
     logging.getLogger("aiokafka").warning("still connecting")
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_the_kafka_librarys_retried_connection_errors_are_left_to_the_workers_own_warning() -> None:
+    import io
+    import logging
+
+    from service.logs import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    client = logging.getLogger("aiokafka.client")
+    client.error('Unable connect to "%s:%s": %s', "localhost", 9092, "[Errno 111] Connect call failed")
+    client.error("Unable connect to node with id %s: %s", 1, "refused")
+    client.error("Topic moldwatch.verdicts is not authorized")  # anything else still shows
+    configure_logging("info", "json", stream)  # configuring twice adds no second filter
+    assert len([f for f in client.filters if type(f).__name__ == "RetriedConnectionFilter"]) == 1
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "not authorized" in lines[0]

@@ -32,7 +32,7 @@ def monitor(mongo_uri: str, database: str, wait_days: int = 2) -> tuple[LotMonit
 
 def schema_with_lot_columns() -> Any:
     return SimpleNamespace(lot_columns={"facility": "machine", "item": "part", "lot_date": "day", "good_qty": "ok",
-                                        "bad_qty": "nok"})
+                                        "bad_qty": "nok"}, lot_date_format=None)
 
 
 def verdicts(day: str, shots: int, alarms: int, facility: str = "F1", item: str = "P1") -> list[dict[str, Any]]:
