@@ -310,11 +310,15 @@ def test_without_a_baseline_only_the_residual_tables_judge() -> None:
                           off.field_evidence(keys[0], z[keys == keys[0]], None))
 
 
-def _lasting_run(frame, shots: int, widths: float):
-    """``shots`` of part F1/A at its first historical setting, cushion held ``widths`` of the
-    part's cushion range below its lowest: (settings, keys, production)."""
+def _lasting_run(frame, shots: int, widths: float, new_speed: bool = False):
+    """``shots`` of part F1/A at its first historical setting (``new_speed``: at a speed beyond
+    anything it ran), cushion held ``widths`` of the part's cushion range below its lowest:
+    (settings, keys, production)."""
     part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
     settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], shots, axis=0)
+    if new_speed:
+        low, high = part["speed"].min(), part["speed"].max()
+        settings_[:, 0] = high + (high - low)
     facility, item = np.full(shots, "F1", dtype=object), np.full(shots, "A", dtype=object)
     production = expected(settings_[:, 0], settings_[:, 1], facility, item)
     cushion = part["cushion"].to_numpy()
@@ -523,25 +527,11 @@ def test_a_new_part_far_from_the_makers_response_alarms_on_its_first_shot_only(u
 
 
 # -- absurd values alarm at any setting, however long they last ---------------------------------------
-def _absurd_run(frame, shots: int, widths: float):
-    """``shots`` of part F1/A at a speed beyond anything it ran, cushion held ``widths`` of the
-    part's cushion range below its lowest."""
-    part = frame[(frame["facility"] == "F1") & (frame["item"] == "A")]
-    low, high = part["speed"].min(), part["speed"].max()
-    settings_ = np.repeat(part[list(SETTINGS)].to_numpy()[:1], shots, axis=0)
-    settings_[:, 0] = high + (high - low)
-    facility, item = np.full(shots, "F1", dtype=object), np.full(shots, "A", dtype=object)
-    production = expected(settings_[:, 0], settings_[:, 1], facility, item)
-    cushion = part["cushion"].to_numpy()
-    production[:, 2] = cushion.min() - widths * (cushion.max() - cushion.min())
-    return settings_, part_keys(facility, item), production
-
-
 def test_the_absurd_ratio_boundary_equal_to_the_line_alarms_alone_and_just_above_it_needs_the_neighbours(unit, frame) -> None:
     from model_store.serving.conditional import ABSURD_EXCURSION_RATIO
 
     assert unit.absurd_ratio == ABSURD_EXCURSION_RATIO == 100.0
-    settings_, keys, production = _absurd_run(frame, 400, 50.0)
+    settings_, keys, production = _lasting_run(frame, 400, 50.0, new_speed=True)
     assert not unit.within_history(keys[0], settings_).any()  # the lasting rule cannot hold it here
     z, d, _ = unit.judged_residuals(settings_, keys, production)
     line = float(replace(unit, absurd_ratio=1.0).excursions(keys, production, z, d, settings_)[-1])
@@ -554,7 +544,7 @@ def test_the_absurd_ratio_boundary_equal_to_the_line_alarms_alone_and_just_above
 
 
 def test_a_value_hundreds_of_widths_out_at_a_new_setting_keeps_alarming_at_its_whole_ratio(unit, frame) -> None:
-    settings_, keys, production = _absurd_run(frame, 400, 500.0)
+    settings_, keys, production = _lasting_run(frame, 400, 500.0, new_speed=True)
     result = unit.score(settings_, keys, production)
     assert (result.excursion >= unit.absurd_ratio).all()
     assert np.array_equal(result.excursion_score, result.excursion)  # not ranked as a lasting one
