@@ -152,9 +152,12 @@ class LotMonitor(Collector):
             self._client = AsyncMongoClient(self.settings.mongo_uri, **self.settings.mongo_client_kwargs())
         collection = self._client[self.settings.mongo_database][self.settings.lots_collection]
         first = min(key[2] for key in keys)
-        query = {columns["facility"]: {"$in": sorted({key[0] for key in keys})},
-                 "$or": [{columns["lot_date"]: {"$gte": first}},
-                         {columns["lot_date"]: {"$gte": pd.Timestamp(first).to_pydatetime()}}]}
+        query: dict[str, Any] = {columns["facility"]: {"$in": sorted({key[0] for key in keys})}}
+        if not getattr(self.schema, "lot_date_format", None):
+            # ISO text and BSON dates order by time, so the server can skip older lots; text in the
+            # plant's own format (02.03.2026) does not, and is read whole for these machines
+            query["$or"] = [{columns["lot_date"]: {"$gte": first}},
+                            {columns["lot_date"]: {"$gte": pd.Timestamp(first).to_pydatetime()}}]
         documents = await collection.find(query, {"_id": 0}).to_list(None)
         day = columns["lot_date"]
         for document in documents:  # a BSON date (time-zone aware or not) -> its day, as text lots hold it

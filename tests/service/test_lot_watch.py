@@ -124,3 +124,24 @@ def test_a_new_store_starts_every_part_and_lot_afresh() -> None:
     assert watch.open == {} and watch.watches == {}
     watch.observe({**verdicts("2026-03-02", 1, 1)[0], "model_version": "v2"})  # no reference: nothing counted
     assert watch.open == {}
+
+
+async def test_lots_dated_in_the_plants_own_format_are_found(mongo_server) -> None:
+    # day-first text does not order by time: the server-side date filter would skip every row
+    database = unique("lots-format").replace("-", "_")
+    watch, registry = monitor(mongo_server.uri, database, wait_days=7)
+    watch.use_store(SimpleNamespace(raw={"drift": {"parts": [{"facility": "F1", "item": "P1", "lots": {
+        "lots": 30, "ratio": 1.0, "dispersion": 1.0}}]}}), "v1",
+        SimpleNamespace(lot_columns=schema_with_lot_columns().lot_columns, lot_date_format="%d.%m.%Y"))
+    client = AsyncMongoClient(mongo_server.uri)
+    try:
+        for day in ("2026-03-01", "2026-03-02"):
+            for verdict in verdicts(day, 100, 20):
+                watch.observe(verdict)
+        await client[database]["lots"].insert_one({"machine": "F1", "part": "P1", "day": "01.03.2026", "ok": 96, "nok": 4})
+        assert await watch.poll() == [(("F1", "P1", "2026-03-01"), "more_than_lots")]
+        assert sample(registry, "moldwatch_lot_drift_lots_total", outcome="judged") == 1
+    finally:
+        await client.close()
+        if watch._client is not None:
+            await watch._client.close()
