@@ -47,14 +47,22 @@ def new_model_version(schema_hash: str) -> str:
     return f"{stamp}-{schema_hash[:8]}-{uuid.uuid4().hex[:6]}"
 
 
+def not_a_folder(path: str | Path) -> str | None:
+    """Why ``path`` cannot be (or be made) a directory: it is a file, or a file lies on its way."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            return "exists and is not a directory" if parent == path else f"is inside {parent}, which is a file"
+    return None
+
+
 def check_store_target(target: str | Path) -> None:
     """Refuse a place a store cannot go, before hours of training: a file, a folder holding
     something else, or a path through a file."""
     target = Path(target)
-    for parent in [target, *target.parents]:
-        if parent.exists() and not parent.is_dir():
-            what = "exists and is not a directory" if parent == target else f"is inside {parent}, which is a file"
-            raise StoreError(f"{target}: {what}; choose an empty or new directory for the store")
+    problem = not_a_folder(target)
+    if problem:
+        raise StoreError(f"{target}: {problem}; choose an empty or new directory for the store")
     if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
         raise StoreError(f"{target}: exists and is not a model store; choose an empty or new directory")
 

@@ -95,10 +95,11 @@ def simulate(
 
     if fmt not in ("parquet", "csv", "parquet-dataset"):
         raise MoldwatchError(f"--format {fmt!r}: expected parquet, csv or parquet-dataset")
-    for folder in [out, *out.parents]:
-        if folder.exists() and not folder.is_dir():
-            raise MoldwatchError(f"--out {out}: {'exists and is not a directory' if folder == out else f'{folder} is a file'}; "
-                                 f"choose a directory for the plant")
+    from model_store.store import not_a_folder
+
+    problem = not_a_folder(out)
+    if problem:
+        raise MoldwatchError(f"--out {out}: {problem}; choose a directory for the plant")
     started = time.perf_counter()
     config = SimulationConfig(seed=seed, days=days, facilities=facilities, items=items, shots=shots, missing_rate=missing_rate)
     if fmt == "parquet-dataset":
