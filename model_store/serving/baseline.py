@@ -49,6 +49,7 @@ def running_baseline(
     state: Mapping[str, np.ndarray],
     follow: np.ndarray | None = None,
     shift_run: int = 0,
+    first_reach: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per row: its part's running mean of the earlier residuals, weights halving every
     ``halflife`` shots, starting from ``state``.
@@ -63,7 +64,10 @@ def running_baseline(
     the mean all the way to it (other fields take the usual step; a missing field stays): a
     lasting offset of any size is followed from its first shot on, and the shots after it are
     judged against it. ``shift_run`` (0: off): a level shift of that many shots moves the mean
-    all the way (see the module). Returns the
+    all the way (see the module). ``first_reach`` (rows, fields; optional): for the first shot
+    of a part not in ``state``, how far from 0 its part may sit; its baseline is the point of
+    ``-reach..reach`` nearest to it (the shot judged by how far beyond the reach it lies) instead
+    of 0. Returns the
     baselines (rows, fields) and the end state of every part seen here (``state``'s other parts
     are not repeated): the mean alone without ``shift_run``, else mean, run and last shot
     (``3 * fields``); a state of either length is read.
@@ -108,7 +112,11 @@ def running_baseline(
             started[g] = True
     # The first shot of every part: a part without a state has no baseline, its mean starts there.
     x = shots[: offsets[1]]
-    judged[: offsets[1]] = np.where(started[:, None], mean, 0.0)
+    unseen = 0.0
+    if first_reach is not None:
+        reach = np.abs(np.asarray(first_reach, dtype=float)[layout[: offsets[1]]])
+        unseen = np.nan_to_num(np.clip(x, -reach, reach), nan=0.0)
+    judged[: offsets[1]] = np.where(started[:, None], mean, unseen)
     step = np.nan_to_num(np.clip(x - mean, -clip, clip), nan=0.0)
     first = np.nan_to_num(np.clip(x, -START_LIMIT, START_LIMIT), nan=0.0)
     if jump is not None:

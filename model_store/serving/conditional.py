@@ -327,9 +327,66 @@ class ConditionalUnit:
         order = np.arange(len(keys)) if order is None else np.asarray(order)
         start = self.baseline_state if state is None else ChainMap(dict(state), self.baseline_state)
         follow = self.followed(keys, settings)
+        reach = self.first_shot_reach(keys) if self.follow_new_parts else None
         baseline, end = running_baseline(z, keys, order, self.baseline_halflife, self.baseline_clip, start, follow,
-                                         self.baseline_shift_run)
+                                         self.baseline_shift_run, reach)
         return z, z - baseline, end
+
+    # -- where a part the response never saw may sit -------------------------------------------
+    @cached_property
+    def _new_part_reach(self) -> np.ndarray:
+        """(4, fields) in the maker's residual spreads: how far from the response's expectation a
+        part it never saw may sit, learned from the parts it did see. Rows: what a new part of a
+        known machine and a known item misses (its own offset and slopes), of a new machine (plus
+        the machine's offset), of a new item (plus the item's), of both (all three): per field the
+        largest of those terms over the known parts, in the units ``z`` is judged in."""
+        fields = len(self.features)
+        reach = np.zeros((4, fields))
+        parts, facilities, _ = self.levels.counts
+        if not parts:
+            return reach
+        response = self.response
+        settings = len(self.settings)
+        first = 1 + settings + (settings + settings * (settings - 1) // 2 if response.quadratic else 0)
+        coefficients = response.coefficients
+        own = np.zeros((parts, fields))
+        machine = np.zeros((parts, fields))
+        item = np.zeros((parts, fields))
+        for key, p in self.levels.parts.items():
+            facility, _, item_name = key.partition(PART_SEPARATOR)
+            own[p] = coefficients[first + p]
+            machine[p] = coefficients[first + parts + self.levels.facilities[facility]]
+            item[p] = coefficients[first + parts + facilities + self.levels.items[item_name]]
+            if len(response.part_slopes):
+                span = self.setting_ranges.get(key)
+                middle = (response.scale_settings(span.mean(axis=0, keepdims=True))[0] if span is not None
+                          else np.zeros(settings))
+                own[p] += np.r_[1.0, middle] @ response.part_slopes[p]
+        scale = self.residual_scale[parts]
+        logged = np.isfinite(response.target_log_floor)
+        for row, missed in enumerate((own, own + machine, own + item, own + machine + item)):
+            missed = missed.copy()
+            # as residuals() turns a logged field back into relative units
+            units = np.abs(missed[:, logged]) * response.target_scale[logged]
+            missed[:, logged] = np.expm1(np.minimum(units, 700.0)) / response.target_scale[logged]
+            reach[row] = np.nan_to_num(np.abs(missed).max(axis=0) / scale, nan=0.0)
+        return reach
+
+    def first_shot_reach(self, keys: np.ndarray) -> np.ndarray:
+        """(rows, fields): for a row of a part the response never saw, how far from its expectation
+        such a part may sit (see ``_new_part_reach``); 0 for a known part. The first shot of a new
+        part has no shots before it to be judged against: within this reach of the expectation it
+        is judged as where the part sits, beyond it by how far beyond (see running_baseline)."""
+        names, inverse = _distinct(keys)
+        reach = self._new_part_reach
+        per_name = np.zeros((len(names), reach.shape[1]))
+        for n, key in enumerate(names):
+            if key in self.levels.parts:
+                continue
+            facility, _, item = key.partition(PART_SEPARATOR)
+            new_machine, new_item = facility not in self.levels.facilities, item not in self.levels.items
+            per_name[n] = reach[int(new_machine) + 2 * int(new_item)]
+        return per_name[inverse] if len(names) else np.zeros((len(keys), reach.shape[1]))
 
     # -- every part's tables stacked once (built on first use, then kept) ------------------------
     @cached_property

@@ -65,6 +65,25 @@ def test_a_new_parts_mean_starts_at_its_first_shot_held_within_the_start_limit()
         assert baseline[1, 0] == start
 
 
+def test_a_new_parts_first_shot_is_judged_against_the_nearest_point_of_its_reach() -> None:
+    # reach 30 on field 0, 0 on field 1, 5 on field 2: the first shot's baseline is the shot held
+    # within -reach..reach (d = how far beyond the reach); later shots as before
+    x = np.array([[45.0, 7.0, -5.0], [45.0, 7.0, -5.0]])
+    keys = np.array(["p", "p"], dtype=object)
+    reach = np.array([[30.0, 0.0, 5.0], [30.0, 0.0, 5.0]])
+    baseline, end = running_baseline(x, keys, np.arange(2), 1.0, 4.0, {}, first_reach=reach)
+    assert baseline[0].tolist() == [30.0, 0.0, -5.0]  # beyond by 15; no reach; equal to it: d = 0
+    assert baseline[1].tolist() == [45.0, 7.0, -5.0]  # the mean started at the first shot, as without a reach
+    assert end["p"].tolist() == [45.0, 7.0, -5.0]
+    # a part with a state ignores its reach; a NaN shot is judged against 0
+    baseline, _ = running_baseline(x[:1], keys[:1], np.arange(1), 1.0, 4.0, {"p": np.array([1.0, 2.0, 3.0])},
+                                   first_reach=reach[:1])
+    assert baseline[0].tolist() == [1.0, 2.0, 3.0]
+    baseline, _ = running_baseline(np.array([[np.nan, 1.0, 9.0]]), keys[:1], np.arange(1), 1.0, 4.0, {},
+                                   first_reach=reach[:1])
+    assert baseline[0].tolist() == [0.0, 0.0, 5.0]
+
+
 def test_a_missing_residual_leaves_the_mean_where_it_was() -> None:
     baseline, end = _one_part([[2.0, 2.0], [np.nan, 4.0], [0.0, 0.0]])
     assert baseline[2].tolist() == [2.0, 3.0]  # field 0 held at 2.0 through the gap

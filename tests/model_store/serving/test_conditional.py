@@ -526,6 +526,47 @@ def test_a_new_part_far_from_the_makers_response_alarms_on_its_first_shot_only(u
     assert np.fmax(after.score, after.excursion_score)[200] > 1.0
 
 
+def test_a_new_parts_reach_is_how_far_the_known_parts_would_sit_were_they_new(unit, frame) -> None:
+    """Row by kind of news (new pairing, new machine, new item, both): per field the largest
+    residual a known part shows when scored under a name of that kind (its median over its
+    history), as the response's coefficients give it."""
+    settings_, production = frame[list(SETTINGS)].to_numpy(float), frame[list(FEATURES)].to_numpy(float)
+    reach = unit._new_part_reach
+    assert reach.shape == (4, len(FEATURES)) and (reach > 0).all()
+    for row, (machine, item) in enumerate([(None, None), ("F9", None), (None, "Z"), ("F9", "Z")]):
+        if row == 0:
+            continue  # the fixture's parts have no offset of their own beyond machine + item
+        seen = np.zeros(len(FEATURES))
+        for (f, i), rows in frame.groupby(["facility", "item"]).indices.items():
+            keys = part_keys(np.full(len(rows), machine or f, dtype=object), np.full(len(rows), item or i, dtype=object))
+            seen = np.maximum(seen, np.abs(np.median(unit.z(settings_[rows], keys, production[rows]), axis=0)))
+        assert reach[row] == pytest.approx(seen, rel=0.1, abs=0.3), row
+    keys = np.array([_key("F1", "A"), _key("F1", "C"), _key("F3", "A"), _key("F2", "C"), _key("F3", "D")], dtype=object)
+    got = unit.first_shot_reach(keys)
+    assert got[0].tolist() == [0.0, 0.0, 0.0]  # a known part is judged by its own shots
+    assert np.array_equal(got[1], reach[2]) and np.array_equal(got[2], reach[1])
+    assert np.array_equal(got[3], reach[2]) and np.array_equal(got[4], reach[3])
+
+
+@pytest.mark.parametrize(("facility", "item"), [("F3", "C"), ("F3", "A"), ("F1", "C")])
+def test_the_first_shot_of_a_new_part_alarms_only_beyond_where_the_known_parts_sit(unit, facility: str, item: str) -> None:
+    def first_verdict(offset_sds: float, judged: ConditionalUnit = unit) -> float:
+        settings_ = np.tile([80.0, 215.0], (3, 1))
+        f, i = np.full(3, facility, dtype=object), np.full(3, item, dtype=object)
+        production = expected(settings_[:, 0], settings_[:, 1], f, i) + np.random.default_rng(5).normal(size=(3, 3)) * NOISE
+        production[:, 1] += offset_sds * NOISE[1]
+        result = judged.score(settings_, part_keys(f, i), production)
+        return float(np.fmax(result.score, result.excursion_score)[0])
+
+    assert first_verdict(0.0) < 0.5  # as the machine and item suggest: a new mould, not a defect
+    assert first_verdict(50.0) > 1.0  # 50 noise sds beyond that: news
+    # the rule belongs to follow_new_parts: a store from before it judged the first shot on z alone
+    legacy = replace(unit, follow_new_parts=False, baseline_shift_run=0)
+    assert first_verdict(0.0, legacy) > first_verdict(0.0)
+    if item == "C":  # the furthest new part: the rule is what keeps its first shot quiet
+        assert first_verdict(0.0, legacy) > 1.0
+
+
 # -- absurd values alarm at any setting, however long they last ---------------------------------------
 def test_the_absurd_ratio_boundary_equal_to_the_line_alarms_alone_and_just_above_it_needs_the_neighbours(unit, frame) -> None:
     from model_store.serving.conditional import ABSURD_EXCURSION_RATIO
