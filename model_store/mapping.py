@@ -256,8 +256,16 @@ def _ambiguous_day_month(text: str) -> bool:
     return 1 <= first <= 12 and 1 <= second <= 12 and first != second
 
 
+# Text a numeric field holds for "no value": pandas' CSV reader reads these as a gap, so a JSON
+# record, a MongoDB document or a PostgreSQL text column that holds them reads the same as the CSV.
+MISSING_NUMBER_TEXT = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
 def number_value(value: Any) -> float:
-    """Numeric fields: numbers, numeric strings, Decimal128; blank / NaN / null / absent mean a gap (NaN)."""
+    """Numeric fields: numbers, numeric strings, Decimal128; blank / NaN / null / absent, and text
+    a CSV reader reads as missing (``n/a``, ``NA``, ``NULL``: MISSING_NUMBER_TEXT) mean a gap (NaN)."""
     if type(value) is float and math.isfinite(value):
         return value
     if value is None or value is ABSENT:
@@ -268,7 +276,7 @@ def number_value(value: Any) -> float:
         value = value.to_decimal()
     if isinstance(value, str):
         text = value.strip()
-        if not text:
+        if text in MISSING_NUMBER_TEXT:
             return math.nan
         if len(text) > MAX_SCALAR_TEXT:
             raise Refusal(INVALID_FIELD, f"is {len(text)} characters long; not a number")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from model_store.canonical import canonical_records
 from model_store.errors import DataError
-from model_store.mapping import map_documents
+from model_store.mapping import MISSING_NUMBER_TEXT, map_documents
 from service.decode import INVALID_FIELD, MISSING_FIELD, RecordDecoder
 from tests.service.test_decode import SCHEMA
 
@@ -43,6 +43,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 numbers = st.one_of(
     finite, st.integers(-(10**15), 10**15), finite.map(repr), st.just(None), st.just(float("nan")),
     st.floats(-1e9, 1e9, allow_nan=False).map(lambda f: Decimal128(repr(f))), st.sampled_from(["", " nan ", "  7 "]),
+    st.sampled_from(sorted(MISSING_NUMBER_TEXT)),
 )
 stamps = st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31),
                       timezones=st.none() | st.just(UTC) | st.just(timezone(timedelta(hours=9))))
@@ -117,6 +118,28 @@ def good(**changes) -> dict:
            "PART_NAME": "ITM-1", "maker": "A", "Barrel Temp 1": 230.0, "s2": 50, "Cycle_Time": "13.25", "p2": None}
     doc.update(changes)
     return doc
+
+
+def test_text_a_csv_reader_reads_as_missing_is_a_gap_in_every_source(tmp_path):
+    """'n/a' in a CSV cell is a gap (pandas reads it so); in a JSON record, a MongoDB document or a
+    text column it must be one too, not a refused record: one plant, one answer."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from model_store.loaders import read_table
+
+    assert frozenset(STR_NA_VALUES) == MISSING_NUMBER_TEXT
+    tokens = sorted(MISSING_NUMBER_TEXT - {""})
+    documents = [good(_id=f"r{i}", s2=token) for i, token in enumerate(tokens)]
+    decoded = online(documents)
+    assert decoded.dead_letters == {} and decoded.frame["s2"].isna().all()
+    csv = tmp_path / "records.csv"
+    as_export(documents).to_csv(csv, index=False)
+    from_csv = canonical_records(read_table(str(csv)), SCHEMA)
+    assert from_csv["s2"].isna().all() and len(from_csv) == len(tokens)
+    assert from_csv["Cycle_Time"].tolist() == decoded.frame["Cycle_Time"].tolist() == [13.25] * len(tokens)
+    # text that only resembles a token is still refused
+    for near in ("n/a/", "none yet", "NA NA"):
+        assert online([good(s2=near)]).dead_letters[0].reason == INVALID_FIELD, near
 
 
 def test_a_bad_document_is_refused_and_the_rest_of_the_batch_proceeds():
