@@ -10,6 +10,10 @@ out of core (pyarrow vs DuckDB), and the in-memory training baseline.
     .venv/bin/python bench/scale.py baseline --shots 1000000 2000000
         `moldwatch train` as today (whole history in memory): wall time and peak RSS of the
         process tree per size; bench/results/scale_baseline.json
+    .venv/bin/python bench/scale.py bounded --shots 10000000 50000000 --max-rows 1000000
+        a year-scale plant streamed to a Parquet dataset, then `moldwatch train --max-rows` on it
+        (two reads in pieces, whole lots kept: model_store/history_sample.py): wall time, peak RSS
+        of the process tree, time per million shots of history; bench/results/scale_bounded.json
     .venv/bin/python bench/scale.py cluster --shots 150000 --modes in-process local:2
         the same training in-process, on a local Dask cluster (`train --cluster local:2`) or a
         process pool (pool:2), on the same data, each in a process of its own: wall time per stage,
@@ -400,6 +404,52 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     print(path)
 
 
+# --- bounded: train on a history larger than memory ------------------------------------------
+
+
+def cmd_bounded(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    runs = []
+    for shots in args.shots:
+        days = max(1, round(shots / (args.facilities * args.shots_per_machine_day)))
+        plant = work / f"plant_{shots}" / "plant"
+        plant.parent.mkdir(parents=True, exist_ok=True)
+        made = make_plant(plant, shots, days, args.facilities, args.items, args.seed)
+        print({"shots": shots, "days": days, "simulate": made}, flush=True)
+        store = work / f"store_{shots}"
+        command = MOLDWATCH + ["train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records"),
+                               "--lots", str(plant / "lots.csv"), "--store", str(store), "--workers", str(args.workers),
+                               "--max-rows", str(args.max_rows)]
+        before = uptime()
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with PeakMemory(process.pid, interval=0.5) as memory:
+            output, _ = process.communicate()
+        seconds = time.perf_counter() - started
+        run: dict[str, Any] = {"shots": shots, "days": days, "facilities": args.facilities, "items": args.items,
+                               "simulate": made, "wall_seconds": round(seconds, 1),
+                               "peak_rss_mb_tree": round(memory.peak / 2**20), "uptime_before": before,
+                               "uptime_after": uptime(), "exit": process.returncode}
+        if process.returncode:
+            run["error"] = output.strip().splitlines()[-3:] if output.strip() else ""
+        else:
+            manifest = json.loads((store / "manifest.json").read_text())
+            sample = manifest["training"].get("history_sample", {})
+            run.update(history_sample=sample, records_trained=manifest["training"]["records"],
+                       training_seconds=manifest["training"]["seconds"], groups=len(manifest["groups"]),
+                       seconds_per_million_shots=round(seconds / (shots / 1e6), 1))
+        runs.append(run)
+        print(run, flush=True)
+    ratio = None
+    done = [r for r in runs if not r["exit"]]
+    if len(done) >= 2:
+        ratio = round(done[-1]["seconds_per_million_shots"] / done[0]["seconds_per_million_shots"], 3)
+    path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "workers": args.workers,
+                                    "max_rows": args.max_rows, "seed": args.seed, "runs": runs,
+                                    "time_per_million_largest_over_smallest": ratio, "notes": args.note})
+    print(path)
+
+
 # --- cluster: the same training in-process and on a local Dask cluster -------------------------
 
 
@@ -586,6 +636,18 @@ def main() -> None:
     base.add_argument("--name", default="scale_baseline")
     base.add_argument("--note", default="")
     base.set_defaults(run=cmd_baseline)
+    bnd = sub.add_parser("bounded", help="moldwatch train --max-rows on a history larger than memory: time and peak RSS")
+    bnd.add_argument("--shots", type=int, nargs="+", default=[10_000_000, 50_000_000])
+    bnd.add_argument("--facilities", type=int, default=100)
+    bnd.add_argument("--items", type=int, default=200)
+    bnd.add_argument("--shots-per-machine-day", type=int, default=4320, help="20 s cycles: days = shots / (machines x this)")
+    bnd.add_argument("--max-rows", type=int, default=1_000_000)
+    bnd.add_argument("--seed", type=int, default=0)
+    bnd.add_argument("--workers", type=int, default=2)
+    bnd.add_argument("--work", default="runs/scale_bounded")
+    bnd.add_argument("--name", default="scale_bounded")
+    bnd.add_argument("--note", default="")
+    bnd.set_defaults(run=cmd_bounded)
     clu = sub.add_parser("cluster", help="train --cluster local:N vs in-process on the same data: time and peak RSS")
     clu.add_argument("--shots", type=int, default=150_000)
     clu.add_argument("--days", type=int, default=20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 
 from model_store.errors import DataError
 from model_store.mapping import Refusal, lot_day_value, map_frame, short_repr
-from model_store.schema import LABEL, MAKER, PlantSchema
+from model_store.schema import LABEL, MAKER, MakerFields, PlantSchema
 
 
 def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
@@ -53,12 +54,43 @@ def align_columns(frame: pd.DataFrame, names: Iterable[str], source: str) -> pd.
     return frame.rename(columns=rename) if rename else frame
 
 
-def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "records") -> pd.DataFrame:
+@dataclass(frozen=True)
+class RefusedRow:
+    """A record of an export that the mapping refuses: where it is, which record, and why."""
+
+    row: int  # 1-based position in the export (a JSON source: the line the record starts on)
+    record_id: str | None  # the record's id as written (cut to MAX_QUOTED_ID characters), None when it has none
+    reason: str  # the mapping's reason, the dead letter's vocabulary (invalid_field, missing_field, unknown_maker)
+    error: str  # one line for a person: the column, the row, the value and what was expected
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "record_id": self.record_id, "reason": self.reason, "error": self.error}
+
+
+MAX_QUOTED_ID = 200
+
+
+def quoted_id(value: Any) -> str | None:
+    """A record id as a refusal quotes it: text, cut to MAX_QUOTED_ID; None for a missing one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= MAX_QUOTED_ID else text[:MAX_QUOTED_ID] + "..."
+
+
+def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "records",
+                      refused: list[RefusedRow] | None = None, first_row: int = 0, keys_only: bool = False) -> pd.DataFrame:
     """Rename a plant export to canonical roles and check it against the schema.
 
     The rules are :mod:`model_store.mapping`'s, the same the streaming worker decodes documents
-    with. Raises :class:`DataError` naming the source, the column and the first refused row.
-    Numeric fields may be missing (NaN) — imputation deals with gaps — but must not hold text.
+    with. Raises :class:`DataError` naming the source, the column and the first refused row; with
+    ``refused`` (a list), each refused row is appended to it instead and the others are returned
+    (an error still when every row is refused, or a column is missing: the file, not a row, is
+    wrong). Numeric fields may be missing (NaN) — imputation deals with gaps — but must not hold text.
+    ``first_row``: the frame's first row's position in the source (a piece of a larger read), so
+    that refusals name the source's row. ``keys_only``: the frame holds the identifying columns
+    only (record id, timestamp, machine, item, maker, lot date); the production fields are not
+    asked for.
     """
     if frame.empty:
         raise DataError(f"{source}: no rows; expected production records with columns {schema.record_id}, {schema.timestamp}, ...")
@@ -74,19 +106,27 @@ def canonical_records(frame: pd.DataFrame, schema: PlantSchema, source: str = "r
     if missing:
         raise DataError(f"{source}: missing column {missing[0]!r} (schema {schema.source} needs {', '.join(needed)})")
 
-    mapped = map_frame(frame, schema)
-    if mapped.errors:
+    mapped = map_frame(frame, replace(schema, makers={m: MakerFields((), ()) for m in schema.makers}) if keys_only else schema)
+    if mapped.errors and (refused is None or len(mapped.errors) == len(frame)):
         row = min(mapped.errors)
-        raise DataError(f"{source}: {_refused_row(schema, row, mapped.errors[row][0])}")
+        every = f" (and every other row: {len(frame):,} refused)" if refused is not None and len(frame) > 1 else ""
+        raise DataError(f"{source}: {_refused_row(schema, first_row + row, mapped.errors[row][0])}{every}")
+    if mapped.errors and refused is not None:
+        ids = frame[schema.record_id].tolist()
+        for row in sorted(mapped.errors):
+            first = mapped.errors[row][0]
+            refused.append(RefusedRow(first_row + row + 1, quoted_id(ids[row]), first.reason,
+                                      _refused_row(schema, first_row + row, first)))
     out = mapped.frame
     present = set(out[MAKER].dropna().unique())
-    for name in schema.numeric_fields:
+    for name in () if keys_only else schema.numeric_fields:
         if name not in frame.columns:
             makers_using = [m for m, f in schema.makers.items() if name in f.all]
             if present & set(makers_using):
                 raise DataError(f"{source}: missing column {name!r} (a field of maker {makers_using[0]} in {schema.source})")
     if schema.label and schema.label in frame.columns:
-        out[LABEL] = _as_label(frame[schema.label].reset_index(drop=True))
+        labels = _as_label(frame[schema.label].reset_index(drop=True))
+        out[LABEL] = labels.to_numpy()[mapped.rows] if mapped.errors else labels
     return out
 
 

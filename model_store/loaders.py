@@ -241,6 +241,32 @@ def iter_parquet_file(path: Path, rows: int = PIECE_ROWS, columns: Sequence[str]
         raise DataError(f"{path}: cannot read it ({_first_line(exc)})") from None
 
 
+def column_names(source: str | Path) -> list[str] | None:
+    """The columns a file or dataset folder holds, read from its header or footer (no rows);
+    None for PostgreSQL (a query's columns are known when it runs). Unreadable: DataError."""
+    if is_postgres(str(source)):
+        return None
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        return list(open_dataset(path).schema.names)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header row and records") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it ({_first_line(exc)})") from None
+
+
 def iter_csv(path: Path, rows: int = PIECE_ROWS, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
     """A CSV file (or .csv.gz) in chunks of at most ``rows`` rows."""
     try:

@@ -282,8 +282,12 @@ def train_store(
     progress: Progress | None = None,
     report: bool = True,
     dispatcher: Dispatcher | None = None,
+    history_sample: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train every group and write the store atomically. Returns the manifest.
+
+    ``history_sample``: how ``records`` were read from the plant's history
+    (:class:`model_store.history_sample.HistorySample`), kept in the manifest's ``training``.
 
     ``dispatcher`` runs the group and conditional fits (:mod:`model_store.dispatch`, e.g. a Dask
     cluster); by default this process, or a pool of ``config.workers`` processes."""
@@ -298,6 +302,8 @@ def train_store(
     with StoreStaging(store_dir) as staging:
         entries = run_tasks(_tasks(data, schema, config, staging.path), dispatcher, staging.path, progress)
         manifest = build_manifest(data, schema, config, entries, time.perf_counter() - started)
+        if history_sample is not None:
+            manifest["training"]["history_sample"] = history_sample
         if progress:
             progress("conditional", 0, 1)
         manifest["conditional"] = train_conditional(data, schema, config, staging.path, dispatcher)

@@ -146,6 +146,9 @@ def train(
                                        "retries its fits elsewhere)."),
     feedback: Path | None = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
                                          "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
+    max_rows: int = typer.Option(1_000_000, help="Records trained on at most (about 4 GB of memory per million): a longer "
+                                 "history is read in pieces and whole lots are kept, the same share of every part's "
+                                 "days. 0: no cap (the whole history in memory)."),
     set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, "
                                    "e.g. grouping.min_group_rows=300 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
@@ -153,9 +156,10 @@ def train(
 ) -> None:
     """Train per-group models (IsolationForest / AutoEncoder / MemAE) into a model store, with an HTML report."""
     require_train_extra("train")
-    from model_store.canonical import canonical_lots, canonical_records
+    from model_store.canonical import canonical_lots
     from model_store.config import TrainingConfig
     from model_store.dispatch import check_cluster, open_dispatcher
+    from model_store.history_sample import read_history
     from model_store.loaders import read_table
     from model_store.schema import load_schema
     from model_store.store_training import train_store
@@ -182,10 +186,24 @@ def train(
 
         with open(feedback, encoding="utf-8", errors="replace") as lines:
             defects = confirmed_defects(read_answers(lines, str(feedback)))
-    with console.status("Reading records and lots..."):
-        frame = canonical_records(read_table(records, records_query), plant, source=str(records))
+    if max_rows < 0:
+        raise MoldwatchError(f"--max-rows must be 0 (no cap) or a number of records, got {max_rows}")
+    with console.status("Reading records and lots...") as status:
+        def reading(stage: str, done: int, total: int | None) -> None:
+            status.update(f"Reading records: {stage}, {done:,}" + (f" of {total:,}" if total else "") + " rows...")
+
+        frame, sample = read_history(records, records_query, plant, max_rows, progress=reading)
         lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
     console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
+    if sample.sampled:
+        console.print(f"The history holds {sample.rows:,} records, more than --max-rows {max_rows:,}: training on the "
+                      f"{sample.kept_rows:,} shots of {sample.kept_lots:,} of its {sample.lots:,} lots (whole lots, the "
+                      f"same share of every part's days, at least {sample.min_lots} a part; the same lots every run).",
+                      highlight=False, soft_wrap=True)
+    if plant.label and "label" not in frame.columns:
+        console.print(f"[yellow]warning:[/] schema {plant.source} names {plant.label!r} as the label column, and {records} "
+                      f"has no such column: nothing to evaluate against (training never reads labels; remove 'label:' "
+                      f"from the schema or check the column's name).", highlight=False, soft_wrap=True)
     frame = _without_repeated_records(frame)
     _print_lot_coverage(frame, lot_frame)
     if feedback is not None:
@@ -200,7 +218,8 @@ def train(
             progress_bar(console) as progress:
         if cluster is not None:
             console.print(f"Fitting on the {dispatcher.description}.")
-        manifest = train_store(frame, lot_frame, plant, store, config, progress=progress, dispatcher=dispatcher)
+        manifest = train_store(frame, lot_frame, plant, store, config, progress=progress, dispatcher=dispatcher,
+                               history_sample=sample.to_json())
     kinds: dict[str, int] = {}
     for entry in manifest["groups"]:
         kinds[entry["model_kind"]] = kinds.get(entry["model_kind"], 0) + 1
@@ -243,10 +262,11 @@ def _print_lot_coverage(records: Any, lots: Any) -> None:
                   f"rate: check that both files name the machines, parts and days alike.", highlight=False, soft_wrap=True)
 
 
-def _stdin_records(stream: Any, schema: Any) -> Any:
+def _stdin_records(stream: Any, schema: Any, refused: list[Any] | None = None) -> Any:
     """JSON lines read by the rule the worker and ``POST /score`` read documents with (a missing
     production field is a gap to impute, not a missing column); the first refused line stops
-    with its number and reason."""
+    with its number and reason, or with ``refused`` (a list) each refused record is appended to
+    it (its line, id, reason and error) and the others are read (an error when none is left)."""
     from rich.markup import escape
 
     from service.decode import RecordDecoder, UnknownFields, unknown_field_text
@@ -255,9 +275,18 @@ def _stdin_records(stream: Any, schema: Any) -> Any:
     for name, resembles in UnknownFields(schema).observe(documents):
         console.print(f"[yellow]warning:[/] {escape(unknown_field_text(name, resembles))}", highlight=False, soft_wrap=True)
     decoded = RecordDecoder(schema).decode_batch(documents)
-    if decoded.dead_letters:
+    if decoded.dead_letters and (refused is None or len(decoded.dead_letters) == len(documents)):
         k = min(decoded.dead_letters)
-        raise MoldwatchError(f"stdin line {numbers[k]}: {decoded.dead_letters[k].error}")
+        every = f" (and every other record: {len(documents):,} refused)" if refused is not None and len(documents) > 1 else ""
+        raise MoldwatchError(f"stdin line {numbers[k]}: {decoded.dead_letters[k].error}{every}")
+    if decoded.dead_letters and refused is not None:
+        from model_store.canonical import RefusedRow, quoted_id
+
+        for k in sorted(decoded.dead_letters):
+            letter = decoded.dead_letters[k]
+            document = documents[k]
+            record_id = quoted_id(document.get(schema.record_id)) if isinstance(document, dict) else None
+            refused.append(RefusedRow(numbers[k], record_id, letter.reason, f"stdin line {numbers[k]}: {letter.error}"))
     return decoded.frame
 
 
@@ -302,8 +331,15 @@ def score(
     batch: int = typer.Option(50_000, min=1, help="Records per scoring batch."),
     lines: Path | None = typer.Option(None, help="Feedback lines: the line book 'moldwatch lines update' writes "
                                       "(as the worker's --lines); judges each part at its line."),
+    refused_out: Path | None = typer.Option(None, "--refused", help="Where records the schema's rules refuse are "
+                                            "written (JSON lines: row, record_id, reason, error); default OUT.refused.jsonl "
+                                            "beside --out, or stderr with --out -."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse the whole input at its first bad record (as train does) "
+                                "instead of scoring the others."),
 ) -> None:
-    """Score records with a store; write one verdict per record (JSON lines)."""
+    """Score records with a store; write one verdict per record (JSON lines). A record the schema's
+    rules refuse (a timestamp that is not one, text in a numeric field) gets no verdict: it is
+    written to the refused file with its row and reason, and the others are scored."""
     from model_store.canonical import canonical_records
     from model_store.loaders import is_postgres, read_table
     from model_store.serving.line_book import judge_with_book
@@ -324,10 +360,11 @@ def score(
     if book is not None and book.version > 0 and book.model_version != engine.model_version:
         console.print(f"[yellow]warning:[/] {lines} holds lines for store {book.model_version}, not {engine.model_version}: "
                       f"every part is judged at its trained line ('moldwatch lines update' for this store)")
+    refused: list[Any] | None = None if strict else []
     if records == "-":
-        frame = _stdin_records(sys.stdin, manifest.schema)
+        frame = _stdin_records(sys.stdin, manifest.schema, refused)
     else:
-        frame = canonical_records(read_table(records, records_query), manifest.schema, source=str(records))
+        frame = canonical_records(read_table(records, records_query), manifest.schema, source=str(records), refused=refused)
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     to_stdout = str(out) == "-"
     if not to_stdout:
@@ -349,6 +386,7 @@ def score(
                 progress("score", min(start + batch, len(frame)), len(frame))
         if not to_stdout:
             tmp.replace(out)
+        _write_refused(refused or [], refused_out, None if to_stdout else out)
     finally:
         if not to_stdout:
             tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file beside --out
@@ -356,7 +394,42 @@ def score(
         f"Scored {len(frame):,} record{'' if len(frame) == 1 else 's'}: {counts['anomaly']:,} anomalies "
         f"({counts['anomaly'] / len(frame):.2%}), "
         f"{counts['unscorable']:,} unscorable -> {'stdout' if to_stdout else out}"
+        + (f"; {len(refused):,} refused" if refused else ""), highlight=False, soft_wrap=True,
     )
+
+
+def refused_path(out: Path) -> Path:
+    """Where ``score --out OUT`` writes the records it refuses unless told (``--refused``)."""
+    return out.with_name(out.name + ".refused.jsonl")
+
+
+def _write_refused(refused: list[Any], target: Path | None, out: Path | None) -> None:
+    """The refused records as JSON lines (to ``target``, else beside ``out``, else stderr), and
+    one warning naming the first. Beside ``out`` a file of an earlier run is removed when none
+    is refused now (it would describe records this run scored)."""
+    from rich.markup import escape
+
+    path = target if target is not None else (refused_path(out) if out is not None else None)
+    if not refused:
+        if target is None and path is not None:
+            path.unlink(missing_ok=True)
+        return
+    lines = [json.dumps(r.to_json(), ensure_ascii=False, separators=(",", ":")) for r in refused]
+    if path is None or str(path) == "-":
+        for line in lines:
+            print(line, file=sys.stderr)
+        where = "stderr"
+    else:
+        if path.is_dir():
+            raise MoldwatchError(f"--refused {path}: is a directory; give a file's name (e.g. {path / 'refused.jsonl'})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        partial.replace(path)
+        where = str(path)
+    console.print(f"[yellow]warning:[/] {len(refused):,} record{'' if len(refused) == 1 else 's'} refused, no verdict "
+                  f"(first: {escape(refused[0].error)}) -> {escape(where)}; fix them at the source and score them again, "
+                  f"or --strict to refuse the whole input", highlight=False, soft_wrap=True)
 
 
 def register_commands(app: typer.Typer) -> None:

@@ -72,6 +72,10 @@ def test_simulate_train_score_end_to_end(tmp_path) -> None:
     answers.append({"record_id": "not-in-these-records", "label": "defect", "at": "2026-12-05T10:00:00.000+00:00"})
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    # a label column the schema names and the records lack: said, not silently ignored
+    schema_text = (plant / "schema.yaml").read_text()
+    assert "\nlabel:" not in schema_text
+    (plant / "schema.yaml").write_text(schema_text + "\nlabel: pass_fail\n")
     result = moldwatch(
         "train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records.parquet"), "--lots", str(plant / "lots.csv"),
         "--store", str(store), "--workers", "1", "--set", "model.epochs=2", "--set", "model.autoencoder_min_rows=900",
@@ -79,6 +83,7 @@ def test_simulate_train_score_end_to_end(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Left out 40 shots operators confirmed as defects (41 in" in " ".join(result.stderr.split())
+    assert "names 'pass_fail' as the label column" in " ".join(result.stderr.split())
     manifest = json.loads((store / "manifest.json").read_text())
     assert {g["model_kind"] for g in manifest["groups"]} == {"iforest", "autoencoder", "memae"}
     assert "<img" in (store / "report.html").read_text()
@@ -123,6 +128,22 @@ def test_bad_records_fail_with_one_line_and_write_nothing(plant_csv, tmp_path, m
     message = one_line_error(_train(plant_csv, bad, store))
     assert expected in message
     assert not store.exists() and not list(tmp_path.glob(".store.staging-*"))
+
+
+def test_a_history_above_max_rows_trains_on_whole_lots_and_the_store_says_so(plant_csv, tmp_path) -> None:
+    store = tmp_path / "store"
+    result = moldwatch("train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+                       "--lots", str(plant_csv["lots"]), "--store", str(store), "--workers", "1", "--max-rows", "30000",
+                       "--set", "model.epochs=1")
+    assert result.returncode == 0, result.stderr
+    rows = len(pd.read_csv(plant_csv["records"], usecols=[0]))
+    sample = json.loads((store / "manifest.json").read_text())["training"]["history_sample"]
+    assert sample["rows"] == rows and sample["kept_rows"] <= 30000 < rows and sample["max_rows"] == 30000
+    assert f"The history holds {rows:,} records, more than --max-rows 30,000: training on the {sample['kept_rows']:,} shots" \
+        in " ".join(result.stderr.split())
+    assert "--max-rows must be 0" in one_line_error(moldwatch("train", "--schema", str(plant_csv["schema"]), "--records",
+                                                              str(plant_csv["records"]), "--lots", str(plant_csv["lots"]),
+                                                              "--store", str(tmp_path / "other"), "--max-rows", "-5"))
 
 
 def test_a_bad_feedback_file_fails_before_reading_the_history(plant_csv, tmp_path) -> None:
@@ -268,10 +289,52 @@ def test_score_reads_json_lines_from_stdin(trained_store, small_plant_files) -> 
     assert gap.returncode == 0, gap.stderr
     (verdict,) = [json.loads(line) for line in gap.stdout.splitlines()]
     assert verdict["resolution"] != "unscorable" and set(verdict["imputed"]) & {"cushion", "PV_CUSHION", "CushionAct"}
+    two = lines.splitlines()[0] + "\n" + json.dumps({**lacking, "timestamp": "yesterday"}) + "\n"
+    strict = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-",
+                             "--strict"], input=two, capture_output=True, text=True, timeout=300)
+    assert "stdin line 2: timestamp: is not a date-time" in one_line_error(strict) and strict.stdout == ""
+    # without --strict the good record is scored and the refused one goes to stderr, one JSON line
     broken = subprocess.run([sys.executable, "-m", "service", "score", "--store", str(trained_store), "--records", "-", "--out", "-"],
-                            input=lines.splitlines()[0] + "\n" + json.dumps({**lacking, "timestamp": "yesterday"}) + "\n",
-                            capture_output=True, text=True, timeout=300)
-    assert "stdin line 2: timestamp: is not a date-time" in one_line_error(broken) and broken.stdout == ""
+                            input=two, capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 0, broken.stderr
+    assert [json.loads(line)["record_id"] for line in broken.stdout.splitlines()] == [str(record["shot_id"])]
+    refusal = json.loads(next(line for line in broken.stderr.splitlines() if line.startswith("{")))
+    assert refusal == {"row": 2, "record_id": str(lacking["shot_id"]), "reason": "invalid_field",
+                       "error": "stdin line 2: timestamp: is not a date-time (ISO 8601 expected) (got 'yesterday')"}
+    assert "1 record refused" in broken.stderr and "1 refused" in broken.stderr
+
+
+def test_score_of_a_file_with_bad_rows_scores_the_others_and_names_the_refused(trained_store, small_plant_files,
+                                                                                tmp_path) -> None:
+    frame = pd.read_csv(small_plant_files["records"]).head(12).astype(object)
+    numeric = max(frame.columns, key=lambda c: (pd.to_numeric(frame[c], errors="coerce").notna().sum(), c))  # a production field
+    frame.loc[2, "timestamp"] = "05/13/2026 25:99"
+    frame.loc[6, numeric] = "hot"
+    frame.loc[9, "maker"] = "ACME"
+    records, out = tmp_path / "records.csv", tmp_path / "verdicts.jsonl"
+    frame.to_csv(records, index=False)
+    stale = tmp_path / "verdicts.jsonl.refused.jsonl"
+    result = moldwatch("score", "--store", str(trained_store), "--records", str(records), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    scored = [json.loads(line)["record_id"] for line in out.read_text().splitlines()]
+    assert sorted(scored) == sorted(str(frame["shot_id"][i]) for i in range(12) if i not in (2, 6, 9))
+    refused = [json.loads(line) for line in stale.read_text().splitlines()]
+    assert [(r["row"], r["record_id"], r["reason"]) for r in refused] == [
+        (3, str(frame["shot_id"][2]), "invalid_field"), (7, str(frame["shot_id"][6]), "invalid_field"),
+        (10, str(frame["shot_id"][9]), "unknown_maker")]
+    assert refused[1]["error"] == f"column {numeric!r} must be numeric; row 7 (value 'hot'): expected a number or a numeric string"
+    assert "3 records refused" in result.stderr and str(stale) in result.stderr.replace("\n", "")
+    # a clean run removes the refusals of an earlier one beside its --out
+    frame.drop(index=[2, 6, 9]).to_csv(records, index=False)
+    assert moldwatch("score", "--store", str(trained_store), "--records", str(records), "--out", str(out)).returncode == 0
+    assert not stale.exists() and len(out.read_text().splitlines()) == 9
+    # every row refused: one line, nothing written
+    everything = frame.assign(maker="ACME")
+    everything.to_csv(records, index=False)
+    out.unlink()
+    message = one_line_error(moldwatch("score", "--store", str(trained_store), "--records", str(records), "--out", str(out)))
+    assert "unknown maker in column 'maker', row 1" in message and "12 refused" in message
+    assert not out.exists() and not stale.exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_readme_example_record_is_a_valid_input() -> None:
