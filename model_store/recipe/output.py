@@ -31,10 +31,20 @@ def _value(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def cell_name(name: str) -> str:
+    """A field's name inside a cell: as it is, or in double quotes (inner quotes doubled, as CSV
+    does) when it holds the cell's separators (``;``, ``=``), a quote or outer spaces, so that
+    ``Temp;Zone=1`` cannot read as two fields."""
+    if any(c in name for c in ';="') or name != name.strip() or not name:
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def set_points_text(setting: dict[str, Any]) -> str:
-    """``field=value; field=value; ...`` in the maker's field order (one cell, only that maker's fields)."""
+    """``field=value; field=value; ...`` in the maker's field order (one cell, only that maker's
+    fields; a name holding ``;``, ``=`` or a quote in double quotes: :func:`cell_name`)."""
     exact = setting.get("exact") or {}
-    return "; ".join(f"{name}={_value(exact.get(name))}" for name in setting.get("fields", exact))
+    return "; ".join(f"{cell_name(name)}={_value(exact.get(name))}" for name in setting.get("fields", exact))
 
 
 def window_text(window: dict[str, Any]) -> str:
@@ -42,9 +52,9 @@ def window_text(window: dict[str, Any]) -> str:
     parts = []
     for name, stats in window.get("fields", {}).items():
         if stats.get("p1") is None:
-            parts.append(f"{name} unknown")
+            parts.append(f"{cell_name(name)} unknown")
         else:
-            parts.append(f"{name} {_value(stats['p1'])}..{_value(stats['p99'])} (mean {_value(stats['mean'])})")
+            parts.append(f"{cell_name(name)} {_value(stats['p1'])}..{_value(stats['p99'])} (mean {_value(stats['mean'])})")
     return "; ".join(parts)
 
 

@@ -413,6 +413,17 @@ def test_the_csv_has_a_fixed_set_of_columns_and_only_the_rows_makers_fields():
     assert list(recipes_table([]).columns) == CSV_COLUMNS
 
 
+def test_field_names_holding_the_cells_separators_are_quoted_in_the_csv():
+    from model_store.recipe.output import cell_name, set_points_text, window_text
+
+    assert [cell_name(n) for n in ("Barrel Temp 1", "Temp;Zone1", "P=inj", 'say "hi"', " pad", "")] == [
+        "Barrel Temp 1", '"Temp;Zone1"', '"P=inj"', '"say ""hi"""', '" pad"', '""']
+    setting = {"fields": ["Temp;Zone1", "P=inj", "speed"], "exact": {"Temp;Zone1": 230.0, "P=inj": 80.5, "speed": 70}}
+    assert set_points_text(setting) == '"Temp;Zone1"=230; "P=inj"=80.5; speed=70'
+    window = {"fields": {"Cushion;mm": {"p1": 1.0, "p99": 2.0, "mean": 1.5}, "fill": {"p1": None}}}
+    assert window_text(window) == '"Cushion;mm" 1..2 (mean 1.5); fill unknown'
+
+
 def test_report_tick_labels_never_overlap():
     from model_store.recipe.report import overlapping, pair_figure, plt
 
