@@ -27,11 +27,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -189,16 +191,55 @@ def maker_rule(makers: Sequence[str]) -> Callable[[Any], str | None]:
     return maker_value
 
 
-def _to_naive_utc(value: datetime) -> datetime:
+@lru_cache(maxsize=32)
+def zone_info(name: str | None) -> tzinfo | None:
+    """The schema's ``timezone`` (checked when the schema was read), None for none."""
+    return ZoneInfo(name) if name else None
+
+
+def local_to_utc_us(local_us: np.ndarray, zone: tzinfo) -> np.ndarray:
+    """Wall-clock times in ``zone`` (microseconds since 1970 as if UTC) as UTC microseconds. The
+    one rule for every path: a time the clocks show twice (the hour a DST change repeats) is its
+    first occurrence; a time they skip (the hour a DST change jumps) is read as the first time
+    after the jump."""
+    local_us = np.asarray(local_us, dtype=np.int64)
+    if not len(local_us):
+        return local_us
+    index = pd.DatetimeIndex(local_us.astype("datetime64[us]"))
+    aware = index.tz_localize(zone, ambiguous=np.ones(len(index), dtype=bool), nonexistent="shift_forward")
+    return np.asarray(aware.tz_convert("UTC").tz_localize(None).as_unit("us").asi8, dtype=np.int64)
+
+
+def utc_to_local_us(utc_us: np.ndarray, zone: tzinfo | None) -> np.ndarray:
+    """UTC microseconds as wall-clock microseconds in ``zone`` (unchanged without one)."""
+    utc_us = np.asarray(utc_us, dtype=np.int64)
+    if zone is None or not len(utc_us):
+        return utc_us
+    index = pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC").tz_convert(zone).tz_localize(None)
+    return np.asarray(index.as_unit("us").asi8, dtype=np.int64)
+
+
+class UtcStamps(np.ndarray):
+    """A datetime64 column known to be UTC (an export's zone-aware column, converted): never
+    read as the plant's wall-clock time."""
+
+
+def _to_naive_utc(value: datetime, zone: tzinfo | None = None) -> datetime:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
+    elif zone is not None:
+        if not TS_MIN <= value <= TS_MAX:
+            raise Refusal(INVALID_FIELD, _RANGE)
+        local = (value - _EPOCH) // _US
+        value = _EPOCH + timedelta(microseconds=int(local_to_utc_us(np.array([local]), zone)[0]))
     if not TS_MIN <= value <= TS_MAX:
         raise Refusal(INVALID_FIELD, _RANGE)
     return value
 
 
-def time_value(value: Any, fmt: str | None = None) -> datetime:
-    """A date-time as naive UTC: BSON dates, dates, ISO 8601 text, or text in ``fmt``."""
+def time_value(value: Any, fmt: str | None = None, zone: tzinfo | None = None) -> datetime:
+    """A date-time as naive UTC: BSON dates, dates, ISO 8601 text, or text in ``fmt``; a value
+    without an offset is wall-clock time in ``zone`` (the schema's timezone), else UTC."""
     if value is ABSENT:
         raise Refusal(MISSING_FIELD, "is missing", quote=False)
     if isinstance(value, DatetimeMS):
@@ -209,15 +250,15 @@ def time_value(value: Any, fmt: str | None = None) -> datetime:
         except (OverflowError, ValueError, OSError, InvalidBSON):
             raise Refusal(INVALID_FIELD, _RANGE) from None
     if isinstance(value, datetime):
-        return _to_naive_utc(value)
+        return _to_naive_utc(value, zone)
     if isinstance(value, date):
-        return datetime.combine(value, dtime())
+        return _to_naive_utc(datetime.combine(value, dtime()), zone)
     if isinstance(value, str) and value.strip():
         text = value.strip()
         if len(text) > MAX_SCALAR_TEXT:
             raise Refusal(INVALID_FIELD, f"is {len(text)} characters long; not a date-time")
         try:
-            return _to_naive_utc(datetime.fromisoformat(text))
+            return _to_naive_utc(datetime.fromisoformat(text), zone)
         except Refusal:
             raise
         except ValueError:
@@ -227,10 +268,10 @@ def time_value(value: Any, fmt: str | None = None) -> datetime:
                                          "the plant's format in the schema (timestamp_format: \"%d/%m/%Y %H:%M\")")
         try:
             if fmt:
-                return _to_naive_utc(datetime.strptime(text, fmt))
+                return _to_naive_utc(datetime.strptime(text, fmt), zone)
             parsed = pd.Timestamp(text)  # pandas' leniency for mixed formats
             if not pd.isna(parsed):
-                return _to_naive_utc(parsed.to_pydatetime())
+                return _to_naive_utc(parsed.to_pydatetime(), zone)
         except Refusal:
             raise
         except Exception:  # noqa: BLE001 - pandas raises many types for unparseable text
@@ -375,7 +416,7 @@ def number_column(values: Sequence[Any], column: str, errors: Errors) -> np.ndar
     return out
 
 
-def time_column(values: Sequence[Any], column: str, errors: Errors, fmt: str | None) -> np.ndarray:
+def time_column(values: Sequence[Any], column: str, errors: Errors, fmt: str | None, zone: tzinfo | None = None) -> np.ndarray:
     """Microseconds since the epoch (int64, naive UTC); refused rows hold 0.
 
     Datetimes and ISO 8601 text (as ``datetime.fromisoformat`` reads it) are converted to UTC by
@@ -383,12 +424,15 @@ def time_column(values: Sequence[Any], column: str, errors: Errors, fmt: str | N
     """
     n = len(values)
     out = np.zeros(n, dtype=np.int64)
-    if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # an export's datetime64 column (naive UTC)
+    if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # an export's datetime64 column
         nat = np.isnat(values)
         for i in np.flatnonzero(nat).tolist():
             errors[i] = FieldError(column, MISSING_FIELD, "is missing", None, quote=False)
         present = np.flatnonzero(~nat)
-        _place(out, present.tolist(), values[present].astype("datetime64[us]").astype(np.int64), values, column, errors)
+        us = np.asarray(values[present].astype("datetime64[us]").astype(np.int64))
+        if zone is not None and not isinstance(values, UtcStamps):  # naive: the plant's wall clock
+            us = _local_within_range(us, zone)
+        _place(out, present.tolist(), us, values, column, errors)
         return out
     stamps: list[int] = []
     parsed_stamps: list[datetime] = []
@@ -415,12 +459,25 @@ def time_column(values: Sequence[Any], column: str, errors: Errors, fmt: str | N
             slow.append(i)
     if stamps:
         parsed = pd.to_datetime(parsed_stamps, utc=True)  # aware -> UTC, naive taken as UTC
-        _place(out, stamps, parsed.as_unit("us").asi8, values, column, errors)
+        us = np.asarray(parsed.as_unit("us").asi8, dtype=np.int64)
+        if zone is not None:  # naive: the plant's wall clock
+            naive = np.fromiter((s.tzinfo is None for s in parsed_stamps), dtype=bool, count=len(parsed_stamps))
+            us[naive] = _local_within_range(us[naive], zone)
+        _place(out, stamps, us, values, column, errors)
     for i in slow:
         try:
-            out[i] = (time_value(values[i], fmt) - _EPOCH) // _US
+            out[i] = (time_value(values[i], fmt, zone) - _EPOCH) // _US
         except Refusal as exc:
             errors[i] = FieldError(column, exc.reason, exc.message, values[i], exc.quote)
+    return out
+
+
+def _local_within_range(local_us: np.ndarray, zone: tzinfo) -> np.ndarray:
+    """:func:`local_to_utc_us` of the values within the supported range; the others as they are
+    (``_place`` refuses them by range)."""
+    out = np.array(local_us, dtype=np.int64)
+    inside = (out >= _TS_MIN_US) & (out <= _TS_MAX_US)
+    out[inside] = local_to_utc_us(out[inside], zone)
     return out
 
 
@@ -492,11 +549,13 @@ def lot_date_refusals(values: Sequence[Any], column: str, errors: Errors, fmt: s
             errors[i] = FieldError(column, INVALID_FIELD, LOT_DATE_AMBIGUOUS, value)
 
 
-def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray, fmt: str | None = None) -> list[str]:
+def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray, fmt: str | None = None,
+                   zone: tzinfo | None = None) -> list[str]:
     """``YYYY-MM-DD`` of the lot date where one parses (:func:`time_value`, or ``fmt``), else of
     the timestamp (lenient on purpose: a lot date is a hint, the timestamp decides; an ambiguous
-    one was refused by :func:`lot_date_refusals`)."""
-    days: list[str] = np.datetime_as_string(stamps_us.astype("datetime64[us]"), unit="D").tolist()
+    one was refused by :func:`lot_date_refusals`). Days of UTC instants are ``zone``'s days."""
+    local = utc_to_local_us(stamps_us, zone)
+    days: list[str] = np.datetime_as_string(local.astype("datetime64[us]"), unit="D").tolist()
     if values is None:
         return days
     if isinstance(values, np.ndarray) and values.dtype.kind == "M":  # an export's datetime64 column
@@ -520,7 +579,8 @@ def lot_day_column(values: Sequence[Any] | None, stamps_us: np.ndarray, fmt: str
                     pass
                 continue
         try:
-            days[i] = time_value(value).date().isoformat()
+            instant = time_value(value)  # a date-time with an offset: the zone's day of that instant
+            days[i] = (instant if zone is None else instant.replace(tzinfo=UTC).astimezone(zone)).date().isoformat()
         except Refusal:
             pass
     return days
@@ -540,8 +600,9 @@ def map_columns(columns: Mapping[str, Sequence[Any]], n: int, schema: PlantSchem
         per_field.append({})
         return per_field[-1]
 
+    zone = zone_info(schema.timezone)
     ids = id_column(take(schema.record_id), schema.record_id, errs())
-    stamps = time_column(take(schema.timestamp), schema.timestamp, errs(), schema.timestamp_format)
+    stamps = time_column(take(schema.timestamp), schema.timestamp, errs(), schema.timestamp_format, zone)
     facilities = name_column(take(schema.facility), schema.facility, errs(), facility_value)
     items = name_column(take(schema.item), schema.item, errs())
     if schema.maker_column:
@@ -575,7 +636,7 @@ def map_columns(columns: Mapping[str, Sequence[Any]], n: int, schema: PlantSchem
         MAKER: _objects(pick(makers)),
         FACILITY: _objects(pick(facilities)),
         ITEM: _objects(pick(items)),
-        LOT_DATE: _objects(lot_day_column(lot_values, stamps, schema.lot_date_format)),
+        LOT_DATE: _objects(lot_day_column(lot_values, stamps, schema.lot_date_format, zone)),
     }
     for name, values in zip(schema.numeric_fields, numbers):
         data[name] = np.asarray(values if keep is None else values[rows], dtype=float)
@@ -632,8 +693,10 @@ def frame_columns(frame: pd.DataFrame, schema: PlantSchema) -> dict[str, Sequenc
             out[name] = column.to_numpy()
             continue
         if pd.api.types.is_datetime64_any_dtype(column.dtype):
-            stamps = column.dt.tz_convert("UTC").dt.tz_localize(None) if column.dt.tz is not None else column
-            out[name] = stamps.to_numpy()
+            if column.dt.tz is not None:  # an instant: UTC, never the plant's wall clock
+                out[name] = column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().view(UtcStamps)
+            else:
+                out[name] = column.to_numpy()
             continue
         values: list[Any] = column.astype(object).tolist()
         missing = column.isna().to_numpy()

@@ -61,6 +61,10 @@ class PlantSchema:
     # strptime format of lot dates (records' lot_date column and the lot table), e.g. "%d.%m.%Y";
     # without it a lot date that reads both day first and month first is refused
     lot_date_format: str | None = None
+    # IANA time zone of the plant's clocks (e.g. "Asia/Seoul"): a timestamp written without an
+    # offset is wall-clock time there, and a lot day taken from a timestamp is that zone's day.
+    # None: such timestamps are UTC (as before the setting).
+    timezone: str | None = None
     lot_columns: Mapping[str, str] = field(default_factory=lambda: {c: c for c in LOT_COLUMNS})
     source: str = "<memory>"
 
@@ -94,6 +98,8 @@ class PlantSchema:
             out["timestamp_format"] = self.timestamp_format
         if self.lot_date_format:
             out["lot_date_format"] = self.lot_date_format
+        if self.timezone:
+            out["timezone"] = self.timezone
         return out
 
     def hash(self) -> str:
@@ -118,8 +124,8 @@ def _str_list(value: Any, where: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-SCHEMA_KEYS = ("name", "record_id", "timestamp", "timestamp_format", "facility", "item", "lot_date", "lot_date_format",
-               "label", "maker", "makers", "lots")
+SCHEMA_KEYS = ("name", "record_id", "timestamp", "timestamp_format", "timezone", "facility", "item", "lot_date",
+               "lot_date_format", "label", "maker", "makers", "lots")
 MAKER_KEYS = ("settings", "production")
 
 
@@ -176,9 +182,11 @@ def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchem
     lot_columns = {c: str(lots_raw.get(c, c)) for c in LOT_COLUMNS}
 
     optional = {}
-    for key in ("lot_date", "label", "timestamp_format", "lot_date_format"):
+    for key in ("lot_date", "label", "timestamp_format", "lot_date_format", "timezone"):
         if raw.get(key) is not None:
             optional[key] = _require_str(raw, key, source)
+    if "timezone" in optional:
+        check_timezone(optional["timezone"], source)
     return PlantSchema(
         name=str(raw.get("name", Path(source).stem)),
         record_id=_require_str(raw, "record_id", source),
@@ -192,6 +200,17 @@ def parse_schema(raw: Mapping[str, Any], source: str = "<memory>") -> PlantSchem
         source=source,
         **optional,
     )
+
+
+def check_timezone(name: str, source: str) -> None:
+    """A schema's ``timezone``: an IANA name the time zone database knows, or one line saying so."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a path-like name a ValueError
+        raise SchemaError(f"{source}: timezone {name!r} is not a time zone the time zone database knows; write an IANA "
+                          f"name such as Asia/Seoul, Europe/Berlin, America/Chicago or UTC") from None
 
 
 def load_schema(path: str | Path) -> PlantSchema:

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from model_store.canonical import canonical_lots
 from model_store.errors import DataError
+from model_store.mapping import zone_info
 from model_store.schema import PlantSchema
 from model_store.serving.lot_drift import LOT_DETECTORS, LotDriftConfig, LotWatch, lot_references_from_manifest
 from service.config import WorkerSettings
@@ -160,9 +161,12 @@ class LotMonitor(Collector):
                             {columns["lot_date"]: {"$gte": pd.Timestamp(first).to_pydatetime()}}]
         documents = await collection.find(query, {"_id": 0}).to_list(None)
         day = columns["lot_date"]
-        for document in documents:  # a BSON date (time-zone aware or not) -> its day, as text lots hold it
-            if isinstance(document.get(day), datetime):
-                document[day] = document[day].date().isoformat()
+        zone = zone_info(getattr(self.schema, "timezone", None))
+        for document in documents:  # a BSON date -> its day (the plant's day with a timezone), as text lots hold it
+            value = document.get(day)
+            if isinstance(value, datetime):
+                document[day] = (value.astimezone(zone) if zone is not None and value.tzinfo is not None
+                                 else value).date().isoformat()
         source = f"lots collection {self.settings.lots_collection}"
         try:
             return canonical_lots(pd.DataFrame(documents), self.schema, source=source) if documents else _NO_LOTS
