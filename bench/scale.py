@@ -10,10 +10,13 @@ out of core (pyarrow vs DuckDB), and the in-memory training baseline.
     .venv/bin/python bench/scale.py baseline --shots 1000000 2000000
         `moldwatch train` as today (whole history in memory): wall time and peak RSS of the
         process tree per size; bench/results/scale_baseline.json
-    .venv/bin/python bench/scale.py bounded --shots 10000000 50000000 --max-rows 1000000
+    .venv/bin/python bench/scale.py bounded --shots 10000000 50000000 --max-rows 400000
         a year-scale plant streamed to a Parquet dataset, then `moldwatch train --max-rows` on it
         (two reads in pieces, whole lots kept: model_store/history_sample.py): wall time, peak RSS
         of the process tree, time per million shots of history; bench/results/scale_bounded.json
+    .venv/bin/python bench/scale.py sample_quality --shots 600000 --shares 1 0.5 0.25
+        what --max-rows costs in detection: train on the early days whole and on samples of whole
+        lots (the same rule), score the same later days; bench/results/scale_sample_quality.json
     .venv/bin/python bench/scale.py cluster --shots 150000 --modes in-process local:2
         the same training in-process, on a local Dask cluster (`train --cluster local:2`) or a
         process pool (pool:2), on the same data, each in a process of its own: wall time per stage,
@@ -423,13 +426,14 @@ def cmd_bounded(args: argparse.Namespace) -> None:
         before = uptime()
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with PeakMemory(process.pid, interval=0.5) as memory:
+        with PeakMemory(process.pid, interval=0.5) as memory, PeakPerProcess(process.pid) as each:
             output, _ = process.communicate()
         seconds = time.perf_counter() - started
         run: dict[str, Any] = {"shots": shots, "days": days, "facilities": args.facilities, "items": args.items,
                                "simulate": made, "wall_seconds": round(seconds, 1),
-                               "peak_rss_mb_tree": round(memory.peak / 2**20), "uptime_before": before,
-                               "uptime_after": uptime(), "exit": process.returncode}
+                               "peak_rss_mb_tree": round(memory.peak / 2**20), **each.report(),
+                               "uptime_before": before, "uptime_after": uptime(), "exit": process.returncode}
+        run["stage_lines"] = [line for line in output.splitlines() if ": done (" in line or line.startswith("The history")]
         if process.returncode:
             run["error"] = output.strip().splitlines()[-3:] if output.strip() else ""
         else:
@@ -449,6 +453,58 @@ def cmd_bounded(args: argparse.Namespace) -> None:
     path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "workers": args.workers,
                                     "max_rows": args.max_rows, "seed": args.seed, "runs": runs,
                                     "time_per_million_largest_over_smallest": ratio, "notes": args.note})
+    print(path)
+
+
+# --- sample_quality: what a bounded history costs in detection ---------------------------------
+
+
+def cmd_sample_quality(args: argparse.Namespace) -> None:
+    """Train on the early days whole and on samples of whole lots (history_sample.choose_lots, the
+    rule train --max-rows uses), score the same later days, compare with the per-shot truth."""
+    import numpy as np
+
+    from bench._common import detection_metrics
+    from bench.detection import split_by_day
+    from model_store.canonical import canonical_lots, canonical_records
+    from model_store.config import TrainingConfig
+    from model_store.history_sample import LOT_ROLE_KEYS, choose_lots, lot_text
+    from model_store.serving.scoring import ScoringEngine
+    from model_store.serving.store import open_store
+    from model_store.simulate import SimulationConfig, simulate
+    from model_store.store_training import train_store
+
+    plant = simulate(SimulationConfig(shots=args.shots, days=args.days, facilities=args.facilities, items=args.items,
+                                      seed=args.seed))
+    records = canonical_records(plant.records, plant.schema)
+    lots = canonical_lots(plant.lots, plant.schema)
+    truth = plant.labels.set_index("record_id")
+    train, test = split_by_day(records, args.train_days)
+    test = test.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    labels = truth.loc[test["record_id"], "defect"].to_numpy().astype(int)
+    lot_rows = train.groupby(LOT_ROLE_KEYS, dropna=False).size().rename("rows").reset_index()
+    print(f"simulated {len(records):,} shots; train {len(train):,} ({len(lot_rows):,} lots), test {len(test):,}", flush=True)
+    runs = []
+    for share in args.shares:
+        cap = len(train) if share >= 1 else int(share * len(train))
+        chosen, floor = choose_lots(lot_rows, cap)
+        wanted = set(lot_text(chosen))
+        sample = train[np.array([k in wanted for k in lot_text(train)])].reset_index(drop=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            train_store(sample, lots, plant.schema, Path(tmp) / "store", TrainingConfig(workers=args.workers), report=False)
+            seconds = time.perf_counter() - started
+            batch = ScoringEngine(open_store(Path(tmp) / "store")).score(test, memory={}, backward=False)
+        metrics = detection_metrics(labels, batch.anomaly, np.nan_to_num(batch.score))
+        run = {"share_asked": share, "max_rows": cap, "rows": len(sample), "lots": len(chosen), "min_lots_per_part": floor,
+               "train_seconds": round(seconds, 1), "unscorable": float(np.mean(batch.resolution == "unscorable")),
+               **{k: metrics[k] for k in ("f1", "best_f1", "auroc", "pr_auc", "precision", "recall", "alarm_to_defect_ratio")}}
+        runs.append(run)
+        print(run, flush=True)
+    path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "shots": len(records),
+                                    "train_rows": len(train), "test_rows": len(test), "train_days": args.train_days,
+                                    "days": args.days, "facilities": args.facilities, "items": args.items, "seed": args.seed,
+                                    "workers": args.workers, "uptime": uptime(), "runs": runs, "notes": args.note})
     print(path)
 
 
@@ -645,13 +701,25 @@ def main() -> None:
     bnd.add_argument("--shots-per-machine-day", type=int, default=1300,
                      help="days = shots / (machines x this): the simulator's machines make ~1,400 shots a day, so "
                           "--shots is reached (it is a ceiling: the plant holds what its machines made in those days)")
-    bnd.add_argument("--max-rows", type=int, default=1_000_000)
+    bnd.add_argument("--max-rows", type=int, default=400_000)
     bnd.add_argument("--seed", type=int, default=0)
     bnd.add_argument("--workers", type=int, default=2)
     bnd.add_argument("--work", default="runs/scale_bounded")
     bnd.add_argument("--name", default="scale_bounded")
     bnd.add_argument("--note", default="")
     bnd.set_defaults(run=cmd_bounded)
+    qua = sub.add_parser("sample_quality", help="detection on later days: trained on the early days whole or on samples of whole lots")
+    qua.add_argument("--shots", type=int, default=600_000)
+    qua.add_argument("--days", type=int, default=30)
+    qua.add_argument("--train-days", type=int, default=21)
+    qua.add_argument("--facilities", type=int, default=20)
+    qua.add_argument("--items", type=int, default=40)
+    qua.add_argument("--seed", type=int, default=0)
+    qua.add_argument("--shares", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    qua.add_argument("--workers", type=int, default=2)
+    qua.add_argument("--name", default="scale_sample_quality")
+    qua.add_argument("--note", default="")
+    qua.set_defaults(run=cmd_sample_quality)
     clu = sub.add_parser("cluster", help="train --cluster local:N vs in-process on the same data: time and peak RSS")
     clu.add_argument("--shots", type=int, default=150_000)
     clu.add_argument("--days", type=int, default=20)

@@ -1,7 +1,7 @@
 """Training on a bounded history: whole lots, chosen per part, when the history is too large.
 
-A plant keeps years of records and ``train`` holds what it trains on in memory (about 4 GB per
-million shots, measured by ``bench/scale.py``). Above ``max_rows`` records, training reads the
+A plant keeps years of records and ``train`` holds what it trains on in memory (10 GB and more
+per million shots over its processes, measured by ``bench/scale.py bounded``). Above ``max_rows`` records, training reads the
 history twice in pieces (:func:`model_store.loaders.iter_table`), never whole:
 
 1. the identifying columns only (record id, time, maker, machine, item, lot date), checked by the
@@ -37,7 +37,10 @@ from model_store.schema import PlantSchema
 
 PART_KEYS = ["maker", "facility", "item"]
 LOT_ROLE_KEYS = [*PART_KEYS, "lot_date"]
-DEFAULT_MAX_ROWS = 1_000_000  # ~4 GB of training memory (bench/results/scale_baseline.json)
+# Training at 1M rows of a 100-machine plant peaked at 11.3 GB over its processes (driver and 2 pool
+# workers; bench/results/scale_bounded.json): 400k keeps a training near the 6 GB a machine like
+# this one can give it.
+DEFAULT_MAX_ROWS = 400_000
 MIN_LOTS_PER_PART = 3
 _BISECTION_STEPS = 40
 

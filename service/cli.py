@@ -146,9 +146,9 @@ def train(
                                        "retries its fits elsewhere)."),
     feedback: Path | None = typer.Option(None, help="Operator feedback kept by the worker (JSON lines, as on "
                                          "kafka_feedback_topic): shots whose latest answer is 'defect' are left out."),
-    max_rows: int = typer.Option(1_000_000, help="Records trained on at most (about 4 GB of memory per million): a longer "
-                                 "history is read in pieces and whole lots are kept, the same share of every part's "
-                                 "days. 0: no cap (the whole history in memory)."),
+    max_rows: int = typer.Option(400_000, help="Records trained on at most (training holds 10 GB and more per million): "
+                                 "a longer history is read in pieces and whole lots are kept, the same share of every "
+                                 "part's days. 0: no cap (the whole history in memory)."),
     set_: list[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Override a setting: section.name=value, "
                                    "e.g. grouping.min_group_rows=300 (names: --list-settings)."),
     list_settings: bool = typer.Option(False, "--list-settings", is_eager=True, expose_value=False, callback=_list_training_settings,
@@ -354,6 +354,8 @@ def score(
         require_train_extra("score on Parquet", ("pyarrow",))
     if str(out) != "-" and out.is_dir():
         raise MoldwatchError(f"--out {out}: is a directory; give the verdicts file's name (e.g. {out / 'verdicts.jsonl'})")
+    if refused_out is not None and refused_out.is_dir():
+        raise MoldwatchError(f"--refused {refused_out}: is a directory; give a file's name (e.g. {refused_out / 'refused.jsonl'})")
     manifest = open_store(store)
     engine = ScoringEngine(manifest)
     book = read_line_book(lines) if lines is not None else None
@@ -405,28 +407,29 @@ def refused_path(out: Path) -> Path:
 
 def _write_refused(refused: list[Any], target: Path | None, out: Path | None) -> None:
     """The refused records as JSON lines (to ``target``, else beside ``out``, else stderr), and
-    one warning naming the first. Beside ``out`` a file of an earlier run is removed when none
-    is refused now (it would describe records this run scored)."""
+    one warning naming the first. A ``target`` is always written (empty when none is refused);
+    beside ``out`` a file of an earlier run is removed when none is refused now (it would
+    describe records this run scored)."""
     from rich.markup import escape
 
     path = target if target is not None else (refused_path(out) if out is not None else None)
-    if not refused:
-        if target is None and path is not None:
-            path.unlink(missing_ok=True)
-        return
     lines = [json.dumps(r.to_json(), ensure_ascii=False, separators=(",", ":")) for r in refused]
-    if path is None or str(path) == "-":
-        for line in lines:
-            print(line, file=sys.stderr)
-        where = "stderr"
-    else:
-        if path.is_dir():
-            raise MoldwatchError(f"--refused {path}: is a directory; give a file's name (e.g. {path / 'refused.jsonl'})")
+    to_file = path is not None and str(path) != "-"
+    if to_file and path is not None and (refused or target is not None):
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         partial.replace(path)
+    if not refused:
+        if target is None and path is not None:
+            path.unlink(missing_ok=True)
+        return
+    if to_file:
         where = str(path)
+    else:
+        for line in lines:
+            print(line, file=sys.stderr)
+        where = "stderr"
     console.print(f"[yellow]warning:[/] {len(refused):,} record{'' if len(refused) == 1 else 's'} refused, no verdict "
                   f"(first: {escape(refused[0].error)}) -> {escape(where)}; fix them at the source and score them again, "
                   f"or --strict to refuse the whole input", highlight=False, soft_wrap=True)

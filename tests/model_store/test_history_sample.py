@@ -134,3 +134,12 @@ def test_text_in_a_production_field_of_a_kept_row_is_named_by_its_row_in_the_fil
     frame.to_csv(bad, index=False)
     with pytest.raises(DataError, match=rf"column '{field}' must be numeric; row {position + 1} \(value 'hot'\)"):
         read_history(bad, None, small_plant.schema, 20_000, piece_rows=7_001)
+
+
+def test_the_cli_default_is_the_modules() -> None:
+    import inspect
+
+    from model_store.history_sample import DEFAULT_MAX_ROWS
+    from service.cli import train
+
+    assert inspect.signature(train).parameters["max_rows"].default.default == DEFAULT_MAX_ROWS == 400_000
