@@ -62,6 +62,16 @@ class HistorySample:
     def sampled(self) -> bool:
         return self.kept_rows < self.rows
 
+    def describe(self) -> str:
+        """One line for the operator: what was kept of how much, and by how much above the cap."""
+        line = (f"The history holds {self.rows:,} records, more than --max-rows {self.max_rows:,}: training on the "
+                f"{self.kept_rows:,} shots of {self.kept_lots:,} of its {self.lots:,} lots (whole lots, the same share of "
+                f"every part's days, at least {self.min_lots} a part; the same lots every run).")
+        if self.kept_rows > self.max_rows:
+            line += (f" That is {self.kept_rows - self.max_rows:,} above the cap: one lot of each of the history's parts "
+                     f"is already more.")
+        return line
+
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "lots": self.lots, "kept_rows": self.kept_rows, "kept_lots": self.kept_lots,
                 "max_rows": self.max_rows, "min_lots_per_part": self.min_lots}

@@ -196,10 +196,7 @@ def train(
         lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
     console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
     if sample.sampled:
-        console.print(f"The history holds {sample.rows:,} records, more than --max-rows {max_rows:,}: training on the "
-                      f"{sample.kept_rows:,} shots of {sample.kept_lots:,} of its {sample.lots:,} lots (whole lots, the "
-                      f"same share of every part's days, at least {sample.min_lots} a part; the same lots every run).",
-                      highlight=False, soft_wrap=True)
+        console.print(sample.describe(), highlight=False, soft_wrap=True)
     if plant.label and "label" not in frame.columns:
         console.print(f"[yellow]warning:[/] schema {plant.source} names {plant.label!r} as the label column, and {records} "
                       f"has no such column: nothing to evaluate against (training never reads labels; remove 'label:' "

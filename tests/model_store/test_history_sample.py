@@ -143,3 +143,17 @@ def test_the_cli_default_is_the_modules() -> None:
     from service.cli import train
 
     assert inspect.signature(train).parameters["max_rows"].default.default == DEFAULT_MAX_ROWS == 400_000
+
+
+def test_the_line_says_what_was_kept_and_when_the_cap_could_not_hold() -> None:
+    from model_store.history_sample import HistorySample
+
+    within = HistorySample(rows=9_999_512, lots=14_133, kept_rows=399_000, kept_lots=900, max_rows=400_000, min_lots=3)
+    assert within.describe() == ("The history holds 9,999,512 records, more than --max-rows 400,000: training on the "
+                                 "399,000 shots of 900 of its 14,133 lots (whole lots, the same share of every part's "
+                                 "days, at least 3 a part; the same lots every run).")
+    at_cap = HistorySample(9_999_512, 14_133, 400_000, 900, 400_000, 3)
+    assert "above the cap" not in at_cap.describe()
+    above = HistorySample(9_999_512, 14_133, 444_349, 476, 400_000, 1)
+    assert above.describe().endswith("at least 1 a part; the same lots every run). That is 44,349 above the cap: one "
+                                     "lot of each of the history's parts is already more.")
