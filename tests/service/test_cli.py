@@ -84,6 +84,8 @@ def test_simulate_train_score_end_to_end(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Left out 40 shots operators confirmed as defects (41 in" in " ".join(result.stderr.split())
     assert "names 'pass_fail' as the label column" in " ".join(result.stderr.split())
+    # piped (a log, not a terminal): progress as lines while it runs, not a bar drawn at the end
+    assert "Training group models: started" in result.stderr and "Calibrating on the lots: done" in result.stderr
     manifest = json.loads((store / "manifest.json").read_text())
     assert {g["model_kind"] for g in manifest["groups"]} == {"iforest", "autoencoder", "memae"}
     assert "<img" in (store / "report.html").read_text()
@@ -328,6 +330,13 @@ def test_score_of_a_file_with_bad_rows_scores_the_others_and_names_the_refused(t
     frame.drop(index=[2, 6, 9]).to_csv(records, index=False)
     assert moldwatch("score", "--store", str(trained_store), "--records", str(records), "--out", str(out)).returncode == 0
     assert not stale.exists() and len(out.read_text().splitlines()) == 9
+    # a --refused file named by the user is always written, empty when nothing is refused
+    named = tmp_path / "refusals" / "today.jsonl"
+    assert moldwatch("score", "--store", str(trained_store), "--records", str(records), "--out", str(out),
+                     "--refused", str(named)).returncode == 0
+    assert named.read_text() == ""
+    assert "--refused" in one_line_error(moldwatch("score", "--store", str(trained_store), "--records", str(records),
+                                                   "--out", str(out), "--refused", str(tmp_path)))
     # every row refused: one line, nothing written
     everything = frame.assign(maker="ACME")
     everything.to_csv(records, index=False)
