@@ -29,10 +29,16 @@ def _first_bad_row(frame: pd.DataFrame, column: str, bad: np.ndarray) -> str:
     return f"row {index + 1} (value {value!r})"
 
 
+# Characters that print as nothing: a spreadsheet's byte-order mark or a zero-width space pasted
+# into a header must not make 'shot_id' another column.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
 def _name_key(name: Any) -> str:
     """How a column name is compared with the schema's: Unicode NFC (an 'ü' typed on one system and
-    exported as 'u' + combining diaeresis on another are one name), outer spaces ignored."""
-    return unicodedata.normalize("NFC", str(name)).strip()
+    exported as 'u' + combining diaeresis on another are one name), outer spaces and invisible
+    characters (byte-order mark, zero-width spaces, soft hyphen) ignored."""
+    return unicodedata.normalize("NFC", str(name)).translate(_INVISIBLE).strip()
 
 
 def align_columns(frame: pd.DataFrame, names: Iterable[str], source: str) -> pd.DataFrame:

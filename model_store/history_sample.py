@@ -15,7 +15,10 @@ shots, and the calibration matches alarms to lots. Every part (maker, machine, i
 share of its lot days (at least ``min_lots`` of them, or all it has), chosen by a hash of the lot's
 key: the same history gives the same sample every run, and a part's days are spread over its
 whole history (the calibration's earlier/later split still sees both). The share is the largest
-that keeps the sample within ``max_rows`` (a floor of one lot per part beyond that).
+that keeps the sample within ``max_rows``. When even one lot per part is more (many parts, big
+lots), every part keeps one lot and the same share of each lot's shots is kept, chosen by a hash
+of the record id: the sample stays about ``max_rows`` (by chance, a few hundred either way) and
+no part is left out.
 
 Memory: one piece, the lot counts (one row per lot) and the sample; not the history's size.
 """
@@ -57,6 +60,7 @@ class HistorySample:
     kept_lots: int
     max_rows: int
     min_lots: int  # the floor of lots a part kept (MIN_LOTS_PER_PART, or 1 where the cap needed it)
+    shot_share: float = 1.0  # share of each kept lot's shots kept (< 1 when one lot per part is above the cap)
 
     @property
     def sampled(self) -> bool:
@@ -67,14 +71,14 @@ class HistorySample:
         line = (f"The history holds {self.rows:,} records, more than --max-rows {self.max_rows:,}: training on the "
                 f"{self.kept_rows:,} shots of {self.kept_lots:,} of its {self.lots:,} lots (whole lots, the same share of "
                 f"every part's days, at least {self.min_lots} a part; the same lots every run).")
-        if self.kept_rows > self.max_rows:
-            line += (f" That is {self.kept_rows - self.max_rows:,} above the cap: one lot of each of the history's parts "
-                     f"is already more.")
+        if self.shot_share < 1.0:
+            line += (f" One lot of each of the history's parts is already more than the cap, so {self.shot_share:.1%} of "
+                     f"each kept lot's shots are kept (by a hash of the record id).")
         return line
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "lots": self.lots, "kept_rows": self.kept_rows, "kept_lots": self.kept_lots,
-                "max_rows": self.max_rows, "min_lots_per_part": self.min_lots}
+                "max_rows": self.max_rows, "min_lots_per_part": self.min_lots, "shot_share": self.shot_share}
 
 
 def lot_text(frame: pd.DataFrame) -> list[str]:
@@ -111,12 +115,14 @@ def choose_lots(lot_rows: pd.DataFrame, max_rows: int, min_lots: int = MIN_LOTS_
     cumulative = order.groupby(part)["rows"].cumsum().to_numpy()
     ends = starts + counts - 1
 
+    def lots_kept(share: float, floor: int) -> np.ndarray:  # per part: ceil(share x its lots), held to [floor, all]
+        return np.clip(np.ceil(share * counts - 1e-9).astype(np.int64), np.minimum(floor, counts), counts)
+
     def kept(share: float, floor: int) -> np.ndarray:
-        k = np.clip(np.ceil(share * counts - 1e-9).astype(np.int64), np.minimum(floor, counts), counts)
-        return np.asarray(position < np.repeat(k, counts))
+        return np.asarray(position < np.repeat(lots_kept(share, floor), counts))
 
     def rows_of(share: float, floor: int) -> int:
-        k = np.clip(np.ceil(share * counts - 1e-9).astype(np.int64), np.minimum(floor, counts), counts)
+        k = lots_kept(share, floor)
         return int(np.where(k > 0, cumulative[np.minimum(starts + k - 1, ends)], 0).sum())
 
     floor = min_lots
@@ -131,6 +137,22 @@ def choose_lots(lot_rows: pd.DataFrame, max_rows: int, min_lots: int = MIN_LOTS_
             high = middle
     chosen = order[kept(low, floor)].drop(columns="_order").sort_values(LOT_ROLE_KEYS, kind="stable")
     return chosen.reset_index(drop=True), floor
+
+
+def shot_share(chosen: pd.DataFrame, max_rows: int) -> float:
+    """The share of each kept lot's shots to keep so that the lots :func:`choose_lots` chose stay
+    within ``max_rows``: 1 unless one lot per part is already more."""
+    rows = int(chosen["rows"].sum())
+    return 1.0 if rows <= max_rows else max_rows / rows
+
+
+def shot_kept(record_ids: list[str], share: float) -> np.ndarray:
+    """Per record: kept when the hash of its id falls below ``share`` of the hash range (about that
+    share of every lot's shots, the same ones on every run)."""
+    if share >= 1.0:
+        return np.ones(len(record_ids), dtype=bool)
+    line = share * 2**32
+    return np.fromiter((zlib.crc32(str(r).encode("utf-8")) < line for r in record_ids), dtype=bool, count=len(record_ids))
 
 
 def read_history(source: str | Path, query: str | None, schema: PlantSchema, max_rows: int = DEFAULT_MAX_ROWS,
@@ -150,6 +172,7 @@ def read_history(source: str | Path, query: str | None, schema: PlantSchema, max
         frame = canonical_records(read_table(source, query), schema, source=label)
         return frame, HistorySample(len(frame), lots, len(frame), lots, max_rows, MIN_LOTS_PER_PART)
     chosen, floor = choose_lots(lot_rows, max_rows)
+    share = shot_share(chosen, max_rows)
     wanted = set(lot_text(chosen))
     kept: list[pd.DataFrame] = []
     offset = 0
@@ -158,6 +181,8 @@ def read_history(source: str | Path, query: str | None, schema: PlantSchema, max
         # named by its row in the source (the piece read again whole, on that path alone)
         keys = canonical_records(piece, schema, source=label, first_row=offset, keys_only=True)
         keep = np.fromiter((key in wanted for key in lot_text(keys)), dtype=bool, count=len(keys))
+        if share < 1.0 and keep.any():
+            keep[keep] = shot_kept(keys["record_id"].to_numpy()[keep].tolist(), share)
         if keep.any():
             try:
                 kept.append(canonical_records(piece[keep].reset_index(drop=True), schema, source=label))
@@ -168,7 +193,7 @@ def read_history(source: str | Path, query: str | None, schema: PlantSchema, max
         if progress:
             progress("read the chosen lots", offset, rows)
     frame = pd.concat(kept, ignore_index=True)
-    return frame, HistorySample(rows, lots, len(frame), len(chosen), max_rows, floor)
+    return frame, HistorySample(rows, lots, len(frame), len(chosen), max_rows, floor, share)
 
 
 def _lot_count(frame: pd.DataFrame) -> int:
@@ -197,4 +222,5 @@ def _count_lots(source: str | Path, query: str | None, schema: PlantSchema, prog
     return counts.groupby(LOT_ROLE_KEYS, dropna=False, sort=True, as_index=False)["rows"].sum()
 
 
-__all__ = ["HistorySample", "choose_lots", "read_history", "lot_order_key", "DEFAULT_MAX_ROWS", "MIN_LOTS_PER_PART"]
+__all__ = ["HistorySample", "choose_lots", "shot_share", "shot_kept", "read_history", "lot_order_key", "DEFAULT_MAX_ROWS",
+           "MIN_LOTS_PER_PART"]

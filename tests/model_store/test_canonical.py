@@ -146,6 +146,12 @@ def test_column_names_differing_only_in_unicode_form_or_outer_spaces_are_the_sch
         canonical_records(twice, schema)
 
 
+def test_a_byte_order_mark_or_zero_width_space_in_a_header_is_ignored() -> None:
+    frame = _records().rename(columns={"fac": "\ufefffac", "p1": "p\u200b1"})
+    out = canonical_records(frame, two_maker_schema())
+    assert out["facility"].tolist() == ["F1", "F2"] and out["p1"].tolist()[0] == 2.0
+
+
 def test_lot_columns_are_matched_the_same_way() -> None:
     lots = _lots(["2026-03-02"]).rename(columns={"good_qty": "good_qty "})
     assert canonical_lots(lots, two_maker_schema())["good_qty"].tolist() == [10]

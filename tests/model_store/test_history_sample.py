@@ -154,6 +154,36 @@ def test_the_line_says_what_was_kept_and_when_the_cap_could_not_hold() -> None:
                                  "days, at least 3 a part; the same lots every run).")
     at_cap = HistorySample(9_999_512, 14_133, 400_000, 900, 400_000, 3)
     assert "above the cap" not in at_cap.describe()
-    above = HistorySample(9_999_512, 14_133, 444_349, 476, 400_000, 1)
-    assert above.describe().endswith("at least 1 a part; the same lots every run). That is 44,349 above the cap: one "
-                                     "lot of each of the history's parts is already more.")
+    thinned = HistorySample(9_999_512, 14_133, 400_112, 476, 400_000, 1, 400_000 / 444_349)
+    assert thinned.describe().endswith("at least 1 a part; the same lots every run). One lot of each of the history's "
+                                       "parts is already more than the cap, so 90.0% of each kept lot's shots are kept "
+                                       "(by a hash of the record id).")
+    assert thinned.to_json()["shot_share"] == 400_000 / 444_349 and within.to_json()["shot_share"] == 1.0
+
+
+def test_when_one_lot_per_part_is_above_the_cap_the_same_share_of_each_lots_shots_is_kept() -> None:
+    from model_store.history_sample import shot_kept, shot_share
+
+    lots = _lots({("A", "x"): [10, 10], ("B", "y"): [30, 10], ("C", "z"): [10]})
+    chosen, floor = choose_lots(lots, 20)
+    assert floor == 1 and len(chosen) == 3  # one lot each: at least 30 rows, whatever lots
+    assert shot_share(chosen, int(chosen["rows"].sum())) == 1.0  # equal to the cap: nothing thinned
+    assert shot_share(chosen, 20) == 20 / int(chosen["rows"].sum())
+    ids = [f"shot-{i}" for i in range(20_000)]
+    kept = shot_kept(ids, 0.25)
+    assert abs(kept.mean() - 0.25) < 0.01 and np.array_equal(kept, shot_kept(ids, 0.25))  # the same ones every run
+    assert shot_kept(ids, 1.0).all() and not shot_kept(ids, 0.0).any()
+    assert (shot_kept(ids, 0.5) >= kept).all()  # a larger share keeps a superset
+
+
+def test_a_history_whose_parts_need_more_than_the_cap_is_thinned_to_about_the_cap(small_plant, export) -> None:
+    whole = canonical_records(read_table(str(export)), small_plant.schema)
+    cap = 3_000  # far below one lot of each part of the small plant
+    frame, sample = read_history(export, None, small_plant.schema, cap, piece_rows=7_001)
+    assert sample.min_lots == 1 and sample.shot_share < 0.5
+    assert abs(len(frame) - cap) < 0.1 * cap and sample.kept_rows == len(frame)
+    parts = ["maker", "facility", "item"]
+    named = whole[whole["item"].notna()]  # records without an item: a handful of shots per machine, some may go
+    assert frame[frame["item"].notna()].groupby(parts).ngroups == named.groupby(parts).ngroups  # no part left out
+    again, _ = read_history(export, None, small_plant.schema, cap, piece_rows=50_000)
+    pd.testing.assert_frame_equal(again, frame)

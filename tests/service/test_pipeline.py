@@ -39,7 +39,7 @@ def test_a_batch_yields_one_valid_verdict_per_good_record_and_dead_letters_for_t
     bad = [
         {k: v for k, v in documents[0].items() if k != schema.timestamp},
         {**documents[1], schema.maker_column: "NOBODY"},
-        {**documents[2], schema.makers[documents[2][schema.maker_column]].production[0]: "n/a"},
+        {**documents[2], schema.makers[documents[2][schema.maker_column]].production[0]: "hot"},
         ["not", "a", "document"],
     ]
     batch = messages(documents[3:200] + bad) + [SourceMessage("{oops", error="value is not JSON")]
