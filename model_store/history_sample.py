@@ -41,8 +41,8 @@ from model_store.schema import PlantSchema
 PART_KEYS = ["maker", "facility", "item"]
 LOT_ROLE_KEYS = [*PART_KEYS, "lot_date"]
 # Training at 1M rows of a 100-machine plant peaked at 11.3 GB over its processes (driver and 2 pool
-# workers; bench/results/scale_bounded.json): 400k keeps a training near the 6 GB a machine like
-# this one can give it.
+# workers; bench/results/scale_bounded_max1M.json); at 400k it peaked at 5.1 GB
+# (scale_bounded.json): within the 6 GB a machine like this one can give it.
 DEFAULT_MAX_ROWS = 400_000
 MIN_LOTS_PER_PART = 3
 _BISECTION_STEPS = 40
