@@ -249,8 +249,11 @@ LOT_COVERAGE_WARNING = 0.9  # share of records with their lot below which train 
 
 def _print_lot_coverage(records: Any, lots: Any) -> None:
     """How many lots match records: lots of other days or other machine names are otherwise silent."""
-    from model_store.lots import lot_coverage
+    from model_store.lots import lot_coverage, repeated_lots_warning
 
+    repeated = repeated_lots_warning(lots)
+    if repeated:
+        console.print(f"[yellow]warning:[/] {repeated}", highlight=False, soft_wrap=True)
     matched, total, share = lot_coverage(records, lots)
     if share >= LOT_COVERAGE_WARNING:  # a lots file longer than the records' window is normal
         return

@@ -61,6 +61,7 @@ def recipe(
     require_train_extra("recipe", ("scipy", "matplotlib"))  # intervals, the HTML report
     from model_store.canonical import canonical_lots
     from model_store.loaders import read_table
+    from model_store.lots import repeated_lots_warning
     from model_store.recipe import RecipeConfig, compute_recipes
     from model_store.recipe.output import check_target, write_recipes
     from model_store.schema import load_schema
@@ -91,6 +92,9 @@ def recipe(
         lot_frame = canonical_lots(read_table(lots, lots_query), manifest.schema, source=str(lots)) if lots else None
     console.print(f"Read {len(frame):,} records"
                   + (f" and {len(lot_frame):,} lots." if lot_frame is not None else " (no lots: pseudo-labels only)."))
+    repeated = repeated_lots_warning(lot_frame) if lot_frame is not None else None
+    if repeated:
+        console.print(f"[yellow]warning:[/] {repeated}", highlight=False, soft_wrap=True)
     with progress_bar(console) as progress:
         result = compute_recipes(frame, lot_frame, manifest, config, progress=progress)
 

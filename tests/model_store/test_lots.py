@@ -8,7 +8,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_store.lots import LOT_KEYS, lot_defect_rates, row_lot_rates
+from model_store.lots import LOT_KEYS, lot_defect_rates, repeated_lot_rows, repeated_lots_warning, row_lot_rates
 
 
 def _lots(rows: list[tuple[str, str, str, int, int]]) -> pd.DataFrame:
@@ -55,6 +55,18 @@ def test_summed_duplicate_lots_do_not_duplicate_records():
     rates = lot_defect_rates(_lots([("F1", "A", "d1", 3, 1), ("F1", "A", "d1", 3, 1)]))
     records = pd.DataFrame({"facility": ["F1"] * 3, "item": ["A"] * 3, "lot_date": ["d1"] * 3})
     assert row_lot_rates(records, rates).tolist() == [0.25, 0.25, 0.25]
+
+
+def test_repeated_lot_rows_are_counted_only_when_every_key_and_count_repeats():
+    lots = _lots([("F1", "A", "d1", 3, 1), ("F1", "A", "d1", 3, 1), ("F1", "A", "d1", 3, 1),  # twice repeated
+                  ("F1", "A", "d1", 3, 2), ("F1", "A", "d1", 4, 1),  # another shift: a count differs
+                  ("F2", "A", "d1", 3, 1), ("F1", "B", "d1", 3, 1), ("F1", "A", "d2", 3, 1)])  # another lot
+    assert repeated_lot_rows(lots) == (2, [("F1", "A", "d1"), ("F1", "A", "d1")])
+    assert repeated_lot_rows(lots.iloc[3:]) == (0, [])
+    assert repeated_lots_warning(lots.iloc[3:]) is None
+    assert repeated_lots_warning(lots).startswith("2 lot rows repeat an earlier row exactly (same facility, item, day and "
+                                                  "counts; e.g. F1 A d1; F1 A d1).")
+    assert repeated_lots_warning(lots.iloc[:2]).startswith("1 lot row repeats an earlier row exactly")
 
 
 @settings(max_examples=80, deadline=None)

@@ -49,7 +49,9 @@ def test_simulate_streams_a_partitioned_dataset_and_refuses_to_overwrite_it(tmp_
     assert f"Simulated {shots:,} shots" in " ".join(result.stderr.split())
     assert "already exists" in one_line_error(moldwatch(*args))
     assert "use lot_date, facility or both" in one_line_error(moldwatch(*args[:-1], "item"))
-    # `train` reads the dataset folder as it is (partition folders and all).
+    # `train` reads the dataset folder as it is (partition folders and all); a lot export that
+    # repeats a row is said (rows of one lot are summed, so the repeat doubles its counts).
+    pd.concat([lots, lots.iloc[[4]]]).to_csv(plant / "lots.csv", index=False)
     store = tmp_path / "store"
     result = moldwatch(
         "train", "--schema", str(plant / "schema.yaml"), "--records", str(plant / "records"), "--lots", str(plant / "lots.csv"),
@@ -57,6 +59,9 @@ def test_simulate_streams_a_partitioned_dataset_and_refuses_to_overwrite_it(tmp_
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((store / "manifest.json").read_text())["training"]["records"] == shots
+    repeated = lots.iloc[4]
+    assert (f"1 lot row repeats an earlier row exactly (same facility, item, day and counts; e.g. {repeated['facility']} "
+            f"{repeated['item']} {repeated['lot_date']})") in " ".join(result.stderr.split())
 
 
 def test_simulate_train_score_end_to_end(tmp_path) -> None:
