@@ -256,7 +256,8 @@ async def run_demo(workdir: Path, rate: float, duration: float, http_port: int, 
         if console.is_terminal and sys.stdout.isatty():  # `demo > file` or `demo | tee`: the plain lines below
             with Live(console=console, refresh_per_second=4, transient=False, vertical_overflow="crop") as live:
                 while running():
-                    live.update(render(stats, metrics_url, latencies(), worker.model_version or "-", console.size.height))
+                    live.update(render(stats, metrics_url, latencies(), worker.model_version or "-", console.size.height,
+                                       console.size.width))
                     await asyncio.sleep(0.25)
         else:  # piped or in a log: plain lines, no redraws
             next_line = time.monotonic() + SUMMARY_EVERY_S

@@ -7,6 +7,7 @@ few seconds says the same in key=value words.
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections import defaultdict, deque
@@ -14,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 ALARMS_SHOWN = 6
 MAX_UNSCORABLE_PARTS = 1000  # distinct (facility, item, reason) kept for the "unscorable" line
-# Lines the panel needs besides the table rows and alarms: outer border 2, summary 4, alarms
+# Lines the panel needs besides the table rows, alarms and summary: outer border 2, alarms
 # border 2, table title 1 + header 1 + rules 2 (box.SIMPLE_HEAD) + the "more" row 1.
-FIXED_LINES = 2 + 4 + 2 + 1 + 1 + 2 + 1
+FIXED_LINES = 2 + 2 + 1 + 1 + 2 + 1
+SUMMARY_INSET = 4  # the outer panel's borders and padding around the summary
 
 
 @dataclass
@@ -82,8 +84,11 @@ def _ms(latencies: dict[float, float], q: float) -> str:
     return f"{value:.0f} ms" if math.isfinite(value) else "-"
 
 
-def render(stats: LiveStats, metrics_url: str, latencies: dict[float, float], model_version: str, height: int = 24) -> Panel:
-    """The live panel, at most ``height`` lines tall (the latest alarms always inside)."""
+def render(stats: LiveStats, metrics_url: str, latencies: dict[float, float], model_version: str, height: int = 24,
+           width: int = 80) -> Panel:
+    """The live panel, at most ``height`` lines tall and ``width`` wide: the summary wraps rather
+    than cut a word (how to stop, the unscorable part's reason), the latest alarms always inside,
+    the facility table gets the lines left."""
     elapsed = time.monotonic() - stats.started
     share = stats.anomalies / max(stats.verdicts, 1)
     summary = Text.from_markup(
@@ -92,11 +97,12 @@ def render(stats: LiveStats, metrics_url: str, latencies: dict[float, float], mo
         f"latency p50 {_ms(latencies, 0.5)} · p99 {_ms(latencies, 0.99)} · inserted {stats.inserted:,} in {elapsed:.0f} s\n"
         "paths: " + (", ".join(f"{k} {v:,}" for k, v in sorted(stats.paths.items()) if k != "unscorable") or "-")
         + " · " + unscorable_text(stats) + "\n"
-        f"{metrics_url} · model {model_version} · Ctrl-C to stop"
+        f"Ctrl-C to stop · {metrics_url} · model {model_version}"
     )
-    summary.no_wrap, summary.overflow = True, "ellipsis"
+    summary_lines = len(summary.wrap(Console(width=max(width - SUMMARY_INSET, 20), file=io.StringIO()),
+                                     max(width - SUMMARY_INSET, 20)))
     alarms = Text("\n".join(stats.recent_alarms) or "(none yet)", no_wrap=True, overflow="ellipsis")
-    rows = max(0, height - FIXED_LINES - max(1, len(stats.recent_alarms)))
+    rows = max(0, height - FIXED_LINES - summary_lines - max(1, len(stats.recent_alarms)))
     table = Table(title="Verdicts per facility (highest anomaly rate first)", expand=True, box=box.SIMPLE_HEAD, padding=(0, 1),
                   show_edge=False)
     for name in ("facility", "verdicts", "anomalies", "anomaly rate"):

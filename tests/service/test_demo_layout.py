@@ -37,7 +37,7 @@ def busy_stats(facilities: int = 24, alarms: int = 10) -> LiveStats:
 
 def screen(stats: LiveStats, width: int, height: int) -> list[str]:
     console = Console(file=io.StringIO(), width=width, height=height, force_terminal=True, color_system=None, legacy_windows=False)
-    console.print(render(stats, "http://127.0.0.1:8000/metrics", {0.5: 0.043, 0.99: 0.0725}, "20261124T0521Z-e5ce4e4e", height))
+    console.print(render(stats, "http://127.0.0.1:8000/metrics", {0.5: 0.043, 0.99: 0.0725}, "20261124T0521Z-e5ce4e4e", height, width))
     return ANSI.sub("", console.file.getvalue()).rstrip("\n").splitlines()
 
 
@@ -51,6 +51,8 @@ def test_latest_alarms_fit_on_the_screen(width, height) -> None:
     for alarm in list(stats.recent_alarms):
         assert alarm[:40] in text  # every recent alarm is on screen (the latest included)
     assert f"ITM-LAST-{9}" in text and len(stats.recent_alarms) == ALARMS_SHOWN
+    assert "Ctrl-C to stop" in text and "…" not in text.replace("… ", "")  # nothing cut but the "… N more" row
+    assert "20261124T0521Z-e5ce4e4e" in text.replace("│", "").replace(" ", "")
     if height < 40:
         assert "more" in text  # the facilities that did not fit are counted, not silently dropped
 
@@ -76,7 +78,7 @@ from tests.service.test_demo_layout import busy_stats
 from service.demo_view import render
 console = Console()
 print("SIZE", console.size.width, console.size.height, console.is_terminal)
-console.print(render(busy_stats(), "http://127.0.0.1:8000/metrics", {0.5: 0.04, 0.99: 0.07}, "v1", console.size.height))
+console.print(render(busy_stats(), "http://127.0.0.1:8000/metrics", {0.5: 0.04, 0.99: 0.07}, "v1", console.size.height, console.size.width))
 """
 
 
@@ -130,3 +132,8 @@ def test_the_unscorable_share_names_the_part_and_reason_behind_most() -> None:
     assert "unscorable=4 " in summary_line(stats, {})
     lines = screen(stats, 120, 30)
     assert any("unscorable 4 (40.0%), most: F02 B" in line for line in lines)
+    # at 80 columns the reason wraps onto the next line instead of being cut, and the panel still fits
+    narrow = screen(stats, 80, 24)
+    assert len(narrow) <= 24 and all(len(line) <= 80 for line in narrow)
+    joined = " ".join(line.strip("│ ") for line in narrow)
+    assert "most: F02 B (3: no trained model for this facility and item)" in " ".join(joined.split())
