@@ -42,8 +42,8 @@ class LiveStats:
     per_facility: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     paths: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     unscorable: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))  # (facility, item, why)
-    recent_alarms: deque = field(default_factory=lambda: deque(maxlen=ALARMS_SHOWN))
-    arrivals: deque = field(default_factory=lambda: deque(maxlen=5000))
+    recent_alarms: deque[str] = field(default_factory=lambda: deque(maxlen=ALARMS_SHOWN))
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
 
     def observe(self, verdict: dict[str, Any]) -> None:
         now = time.monotonic()
