@@ -201,3 +201,39 @@ def test_without_dask_the_cli_says_how_to_install_it_before_reading_input(tmp_pa
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and INSTALL_CLUSTER in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_ctrl_c_ends_a_process_pool_train_at_once_without_a_worker_traceback(plant_csv, tmp_path) -> None:
+    """Ctrl-C reaches the whole process group. Before, each pool worker printed its own
+    KeyboardInterrupt traceback, and the driver waited for the running fits (39 s after a
+    `kill -INT` of a 150k-shot train). Fits here take minutes, so waiting for them fails the test."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    slow_fits = ["--set", "model.autoencoder_min_rows=300", "--set", "model.memae_min_rows=1000000000",
+                 "--set", "model.epochs=5000", "--set", "grouping.min_group_rows=300"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
+         "--lots", str(plant_csv["lots"]), "--store", str(store), "--workers", "2", *slow_fits],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in process.stderr:  # piped: progress comes as lines
+            seen.append(line)
+            if "Training group models: started" in line:
+                break
+        assert any("Training group models: started" in line for line in seen), "".join(seen)
+        import psutil
+
+        workers = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        rest = process.stderr.read()
+        assert process.wait(timeout=120) == 130, rest
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in rest and rest.strip().splitlines()[-1] == "error: interrupted", rest
+    assert not store.exists()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
