@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -508,6 +509,118 @@ def cmd_sample_quality(args: argparse.Namespace) -> None:
     print(path)
 
 
+# --- project: time and memory of a larger history, from the measured costs --------------------
+
+STAGE_LINE = re.compile(r"^(?P<stage>[^:]+): done \((?P<done>\d+) of (?P<total>\d+)\) in (?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d)")
+
+
+def stage_seconds(lines: list[str]) -> dict[str, float]:
+    """``{"Training group models": 109.0, ...}`` from train's ``<stage>: done (n of n) in H:MM:SS`` lines."""
+    found = {}
+    for line in lines:
+        match = STAGE_LINE.match(line.strip())
+        if match:
+            found[match["stage"]] = 3600.0 * int(match["h"]) + 60.0 * int(match["m"]) + int(match["s"])
+    return found
+
+
+def _least_squares(columns: list[list[float]], ys: list[float]) -> list[float]:
+    import numpy as np
+
+    solution, *_ = np.linalg.lstsq(np.array(columns, dtype=float).T, np.array(ys, dtype=float), rcond=None)
+    return [float(v) for v in solution]
+
+
+def _varies(values: list[float]) -> bool:
+    return len(set(values)) > 1
+
+
+def project(runs: list[dict[str, Any]], shots: float, machines: int, workers: list[int], rows_per_part: int) -> dict[str, Any]:
+    """What ``train --max-rows`` would take on ``shots`` of history from ``machines`` machines, from
+    measured ``bench/scale.py bounded`` runs (each with its file's ``max_rows`` and ``workers``).
+
+    Each term comes from the measurements (echoed in the output), none from a guess:
+    - reading (two passes over every piece, on the driver alone, plus writing the store): a line
+      through (history millions, wall - training seconds);
+    - peak memory of the whole process tree: least squares over (1, history millions, cap) when
+      the runs vary in both, else a line in history millions at the measured cap;
+    - training on the sample: a line through (cap, training seconds) at the measured pool size,
+      its group-fit share (the "Training group models" stage of the run with stage lines) spread
+      over N workers at the per-worker efficiency measured at that size, the rest (clusters,
+      makers' units, calibration: on the driver) unchanged;
+    - parts: per machine as measured (one lot per part kept); the cap that leaves each part
+      ``rows_per_part`` shots, never below the measured default.
+    """
+    done = [r for r in runs if not r.get("exit") and "history_rows" in r]
+    if not done:
+        raise SystemExit("no finished run in the bounded results")
+    m = [r["history_rows"] / 1e6 for r in done]
+    caps = [float(r["max_rows"]) for r in done]
+    read_fixed, read_per_million = _least_squares([[1.0] * len(done), m], [r["wall_seconds"] - r["training_seconds"] for r in done]) \
+        if _varies(m) else (0.0, sum(r["wall_seconds"] - r["training_seconds"] for r in done) / sum(m))
+    tree = [float(r["peak_rss_mb_tree"]) for r in done]
+    if _varies(m) and _varies(caps) and len(done) >= 3:
+        mem = _least_squares([[1.0] * len(done), m, caps], tree)
+    elif _varies(m):
+        at_default = [i for i, c in enumerate(caps) if c == min(caps)]
+        mem = [*_least_squares([[1.0] * len(at_default), [m[i] for i in at_default]], [tree[i] for i in at_default]), 0.0]
+    else:
+        mem = [max(tree), 0.0, 0.0]
+    by_cap: dict[float, list[float]] = {}
+    for r, cap in zip(done, caps):
+        by_cap.setdefault(cap, []).append(float(r["training_seconds"]))
+    cap_points = sorted((cap, sum(v) / len(v)) for cap, v in by_cap.items())
+    train_fixed, train_per_row = _least_squares([[1.0] * len(cap_points), [c for c, _ in cap_points]], [t for _, t in cap_points]) \
+        if len(cap_points) > 1 else (0.0, cap_points[0][1] / cap_points[0][0])
+    staged = next((r for r in reversed(done) if r.get("stage_lines")), None)
+    stages = stage_seconds(staged["stage_lines"]) if staged else {}
+    fit_share = stages.get("Training group models", 0.0) / max(sum(stages.values()), 1e-9) if stages else 0.5
+    pool = int(done[-1].get("workers", 2))
+    default = next((r for r in reversed(done) if r["history_sample"].get("min_lots_per_part") == 1 and r["max_rows"] == min(caps)), None)
+    parts_per_machine = default["history_sample"]["kept_lots"] / default["facilities"] if default else None
+    parts = round(parts_per_machine * machines) if parts_per_machine else None
+    cap = max(int(min(caps)), parts * rows_per_part) if parts else int(min(caps))
+    target = shots / 1e6
+    reading = read_fixed + read_per_million * target
+    training_at_pool = train_fixed + train_per_row * cap
+    rows = []
+    for n in workers:
+        training = training_at_pool * (fit_share * pool / n + (1 - fit_share))
+        rows.append({"workers": n, "max_rows": cap, "read_hours": round(reading / 3600, 2),
+                     "training_hours": round(training / 3600, 2), "total_hours": round((reading + training) / 3600, 2)})
+    return {
+        "shots": shots, "machines": machines, "parts_estimated": parts, "rows_per_part_wanted": rows_per_part,
+        "measured_from": {"runs": [{"history_millions": round(a, 2), "max_rows": int(c), "wall_seconds": r["wall_seconds"],
+                                    "training_seconds": r["training_seconds"], "peak_rss_mb_tree": r["peak_rss_mb_tree"]}
+                                   for a, c, r in zip(m, caps, done)],
+                          "stage_seconds": stages, "pool_workers": pool,
+                          "parts_per_machine": round(parts_per_machine, 2) if parts_per_machine else None},
+        "read_seconds_per_million": round(read_per_million, 2), "read_fixed_seconds": round(read_fixed, 1),
+        "training_seconds_at_pool": round(training_at_pool), "group_fit_share_of_training": round(fit_share, 3),
+        "peak_mb_tree": round(mem[0] + mem[1] * target + mem[2] * cap),
+        "peak_mb_terms": {"fixed": round(mem[0]), "per_million_history": round(mem[1], 2), "per_trained_row": round(mem[2], 5)},
+        "by_workers": rows,
+    }
+
+
+def cmd_project(args: argparse.Namespace) -> None:
+    runs = []
+    for name in args.bounded:
+        result = json.loads(Path(name).read_text())
+        runs += [{**r, "max_rows": result["max_rows"], "workers": result.get("workers", 2)} for r in result["runs"]]
+    projections = [project(runs, shots, args.machines, args.workers, args.rows_per_part) for shots in args.shots]
+    for projection in projections:
+        print(f"{projection['shots']:.0e} shots, {projection['machines']} machines (~{projection['parts_estimated']} parts), "
+              f"--max-rows {projection['by_workers'][0]['max_rows']:,}: peak memory ~{projection['peak_mb_tree'] / 1024:.1f} GB "
+              f"(driver and {projection['measured_from']['pool_workers']} pool workers)")
+        for row in projection["by_workers"]:
+            print(f"  {row['workers']:>3} workers: read {row['read_hours']:.1f} h (driver) + training "
+                  f"{row['training_hours']:.2f} h = {row['total_hours']:.1f} h")
+    path = write_result(args.name, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "bounded": args.bounded,
+                                    "projections": projections, "notes": args.note})
+    print(path)
+
+
 # --- cluster: the same training in-process and on a local Dask cluster -------------------------
 
 
@@ -732,6 +845,15 @@ def main() -> None:
     clu.add_argument("--name", default="scale_cluster")
     clu.add_argument("--note", default="")
     clu.set_defaults(run=cmd_cluster)
+    pro = sub.add_parser("project", help="time and memory of a larger history on N workers, from measured results")
+    pro.add_argument("--bounded", nargs="+", default=[str(RESULTS / n) for n in ("scale_bounded_5e7.json", "scale_bounded_max1M.json")])
+    pro.add_argument("--shots", type=float, nargs="+", default=[1e9])
+    pro.add_argument("--machines", type=int, default=600, help="a 10^9-shot history: ~600 machines at 20 s cycles for a year")
+    pro.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    pro.add_argument("--rows-per-part", type=int, default=500, help="shots per part the cap should leave each part")
+    pro.add_argument("--name", default="scale_projection")
+    pro.add_argument("--note", default="")
+    pro.set_defaults(run=cmd_project)
     once = sub.add_parser("_train")
     once.add_argument("--plant", required=True)
     once.add_argument("--mode", required=True)
