@@ -543,7 +543,8 @@ def project(runs: list[dict[str, Any]], shots: float, machines: int, workers: li
     - reading (two passes over every piece, on the driver alone, plus writing the store): a line
       through (history millions, wall - training seconds);
     - peak memory of the whole process tree: least squares over (1, history millions, cap) when
-      the runs vary in both, else a line in history millions at the measured cap;
+      the runs vary in both (a negative history term, noise between runs, is taken as none), else a
+      line in history millions at the measured cap;
     - training on the sample: a line through (cap, training seconds) at the measured pool size,
       its group-fit share (the "Training group models" stage of the run with stage lines) spread
       over N workers at the per-worker efficiency measured at that size, the rest (clusters,
@@ -561,6 +562,9 @@ def project(runs: list[dict[str, Any]], shots: float, machines: int, workers: li
     tree = [float(r["peak_rss_mb_tree"]) for r in done]
     if _varies(m) and _varies(caps) and len(done) >= 3:
         mem = _least_squares([[1.0] * len(done), m, caps], tree)
+        if mem[1] < 0:  # a longer history measured lower (run-to-run noise): not extrapolated as a fall
+            mem = [*_least_squares([[1.0] * len(done), caps], tree)]
+            mem.insert(1, 0.0)
     elif _varies(m):
         at_default = [i for i, c in enumerate(caps) if c == min(caps)]
         mem = [*_least_squares([[1.0] * len(at_default), [m[i] for i in at_default]], [tree[i] for i in at_default]), 0.0]
@@ -608,7 +612,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     for name in args.bounded:
         result = json.loads(Path(name).read_text())
         runs += [{**r, "max_rows": result["max_rows"], "workers": result.get("workers", 2)} for r in result["runs"]]
-    projections = [project(runs, shots, args.machines, args.workers, args.rows_per_part) for shots in args.shots]
+    projections = [project(runs, shots, args.machines, args.workers, per_part) for shots in args.shots for per_part in args.rows_per_part]
     for projection in projections:
         print(f"{projection['shots']:.0e} shots, {projection['machines']} machines (~{projection['parts_estimated']} parts), "
               f"--max-rows {projection['by_workers'][0]['max_rows']:,}: peak memory ~{projection['peak_mb_tree'] / 1024:.1f} GB "
@@ -850,7 +854,8 @@ def main() -> None:
     pro.add_argument("--shots", type=float, nargs="+", default=[1e9])
     pro.add_argument("--machines", type=int, default=600, help="a 10^9-shot history: ~600 machines at 20 s cycles for a year")
     pro.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    pro.add_argument("--rows-per-part", type=int, default=500, help="shots per part the cap should leave each part")
+    pro.add_argument("--rows-per-part", type=int, nargs="+", default=[0, 500],
+                     help="shots per part the cap should leave each part (0: the measured default cap)")
     pro.add_argument("--name", default="scale_projection")
     pro.add_argument("--note", default="")
     pro.set_defaults(run=cmd_project)

@@ -49,3 +49,13 @@ def test_without_a_second_history_size_memory_is_the_measured_peak() -> None:
     got = scale.project([run(10, 400_000, wall=500, training=200, tree_mb=5000)], 1e9, 100, [2], 100)
     assert got["peak_mb_tree"] == 5000 and got["read_seconds_per_million"] == pytest.approx(30.0)
     assert got["by_workers"][0]["max_rows"] == 400_000  # 500 parts x 100 shots is below the default: the default
+
+
+def test_a_history_measured_lighter_is_not_extrapolated_as_a_fall() -> None:
+    runs = [run(10, 400_000, wall=500, training=200, tree_mb=6000), run(50, 400_000, wall=1500, training=200, tree_mb=5800),
+            run(10, 1_000_000, wall=1400, training=1100, tree_mb=12000, stages=False)]
+    got = scale.project(runs, shots=1e9, machines=100, workers=[2], rows_per_part=0)
+    assert got["peak_mb_terms"]["per_million_history"] == 0.0
+    # the cap's line through the three runs: 400k at their mean 5900, 1M at 12000 -> 6100 MB per 600k rows
+    assert got["peak_mb_terms"]["per_trained_row"] == pytest.approx(6100 / 600_000, abs=1e-5)
+    assert got["peak_mb_tree"] == pytest.approx(5900, abs=1)  # at the default cap: the measured mean
