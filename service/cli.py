@@ -194,9 +194,6 @@ def train(
 
         frame, sample = read_history(records, records_query, plant, max_rows, progress=reading)
         lot_frame = canonical_lots(read_table(lots, lots_query), plant, source=str(lots))
-    from model_store.memory import release_freed_memory
-
-    release_freed_memory()  # what the read freed, before training allocates on top of it
     console.print(f"Read {len(frame):,} records and {len(lot_frame):,} lots.")
     if sample.sampled:
         console.print(sample.describe(), highlight=False, soft_wrap=True)
