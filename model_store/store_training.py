@@ -6,7 +6,6 @@ report; atomic store write.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pandas as pd
 
 from model_store.calibration import fit_conditional_probability, gross_excursions
 from model_store.config import TrainingConfig
-from model_store.dispatch import Dispatcher, InProcess, ProcessPool
+from model_store.dispatch import Dispatcher, InProcess, open_dispatcher
 from model_store.errors import DataError
 from model_store.fits import fit_group, fit_maker, maker_task, write_files
 from model_store.group_training import GroupTask
@@ -298,7 +297,17 @@ def train_store(
     data = prepare(records, lots, schema, config)
     if progress:
         progress("prepare", 1, 1)
-    dispatcher = dispatcher or ProcessPool(config.workers or os.cpu_count() or 1)
+    if dispatcher is not None:
+        return _fit_and_write(data, schema, store_dir, config, progress, report, dispatcher, history_sample, started)
+    # this run's own pool (or this process): closed when the run ends, its running fits ended at
+    # once when the run fails or is interrupted (model_store.dispatch.open_dispatcher)
+    with open_dispatcher(None, config.workers) as own:
+        return _fit_and_write(data, schema, store_dir, config, progress, report, own, history_sample, started)
+
+
+def _fit_and_write(data: Any, schema: PlantSchema, store_dir: str | Path, config: TrainingConfig, progress: Progress | None,
+                   report: bool, dispatcher: Dispatcher, history_sample: dict[str, Any] | None, started: float) -> dict[str, Any]:
+    """train_store after :func:`prepare`: the fits where ``dispatcher`` runs them, then the store."""
     with StoreStaging(store_dir) as staging:
         entries = run_tasks(_tasks(data, schema, config, staging.path), dispatcher, staging.path, progress)
         manifest = build_manifest(data, schema, config, entries, time.perf_counter() - started)

@@ -237,3 +237,42 @@ def test_ctrl_c_ends_a_process_pool_train_at_once_without_a_worker_traceback(pla
     assert not store.exists()
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+
+
+@pytest.mark.timeout(240)
+def test_an_interrupted_run_on_its_own_pool_ends_its_fits_at_once(plant_csv, in_process_store, tmp_path) -> None:
+    """train_store without a dispatcher (the demo, the tests) opens its own pool. Ctrl-C (a real
+    SIGINT to this process) while its fits run ends them with the run, and the previous store
+    stays. Before, the dropped pool waited for the running fits, which here would take many
+    minutes (no early stopping): the test's timeout fails it."""
+    import threading
+
+    import psutil
+
+    from model_store.store_training import train_store
+
+    records, lots, schema, _ = _training_inputs(plant_csv)
+    slow = {**TRAINING, "workers": "2", "model.autoencoder_min_rows": "300", "model.epochs": "100000",
+            "model.patience": "100000"}
+    store = tmp_path / "store"
+    shutil.copytree(in_process_store, store)
+    before = (store / MANIFEST).read_bytes()
+
+    def pool_workers() -> list[psutil.Process]:
+        return [c for c in psutil.Process().children() if "spawn_main" in " ".join(c.cmdline())]
+
+    def interrupt_once_fitting() -> None:
+        while True:  # both workers busy fitting (seconds of CPU each), then Ctrl-C
+            workers = pool_workers()
+            if len(workers) == 2 and all(w.cpu_times().user > 5 for w in workers):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            threading.Event().wait(0.2)
+
+    watcher = threading.Thread(target=interrupt_once_fitting, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        train_store(records, lots, schema, store, TrainingConfig().with_overrides(slow), report=False)
+    assert not pool_workers()  # terminated and joined by the run itself
+    assert (store / MANIFEST).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
