@@ -82,7 +82,9 @@ def _children_ignore_interrupts() -> Iterator[None]:
     Python then installs no KeyboardInterrupt handler): a Ctrl-C reaches the whole foreground
     process group, and a pool worker interrupted mid-import or mid-fit printed a traceback of
     its own while the driver, which alone decides, stops them all (:meth:`ProcessPool.close`).
-    The driver's own handler is back as soon as the processes are started."""
+    The driver's own handler is back as soon as the processes are started: a Ctrl-C in the
+    moment they are being started (a fraction of a second, once a run) is ignored with them, and
+    a second one is needed."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
@@ -136,11 +138,16 @@ class ProcessPool:
             pool.shutdown(cancel_futures=True)
             return
         processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor offers no terminate before 3.14
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=ABORT_JOIN_S)
+        if manager is not None:
+            # it notices the ended workers and closes its wake-up pipe; left running, the
+            # interpreter's exit hook could write to that pipe as it closed (an OSError traceback)
+            manager.join(timeout=ABORT_JOIN_S)
 
 
 def _on_worker(fn: Callable[[T], R], task: T) -> R:
