@@ -217,7 +217,10 @@ def test_ctrl_c_ends_a_process_pool_train_at_once_without_a_worker_traceback(pla
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "train", "--schema", str(plant_csv["schema"]), "--records", str(plant_csv["records"]),
          "--lots", str(plant_csv["lots"]), "--store", str(store), "--workers", "2", *slow_fits],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as a terminal's foreground job has it: a test run started in the background (`cmd &` in a
+        # script) ignores SIGINT, and a child inherits that ignore
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = []
         for line in process.stderr:  # piped: progress comes as lines
@@ -279,9 +282,14 @@ def test_an_interrupted_run_on_its_own_pool_ends_its_fits_at_once(plant_csv, in_
             threading.Event().wait(0.2)
 
     watcher = threading.Thread(target=interrupt_once_fitting, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        train_store(records, lots, schema, store, TrainingConfig().with_overrides(slow), report=False)
+    # Python's own handler, as in a terminal: a test run started in the background ignores SIGINT
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            train_store(records, lots, schema, store, TrainingConfig().with_overrides(slow), report=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not pool_workers()  # terminated and joined by the run itself
     assert (store / MANIFEST).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
